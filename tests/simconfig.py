@@ -1,0 +1,66 @@
+"""Cluster configurations built in code for the simulation and unit tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vigil.config import (
+    ClusterConfig,
+    GroupConfig,
+    LinkConfig,
+    NodeConfig,
+    ResourceConfig,
+    Timing,
+)
+
+NODE_NAMES = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota",
+              "kappa", "lambda", "mu", "nu", "xi", "omicron", "pi", "rho", "sigma", "tau",
+              "upsilon", "phi", "chi", "psi", "omega"]
+
+
+def node_names(n: int) -> list[str]:
+    if n <= len(NODE_NAMES):
+        return NODE_NAMES[:n]
+    return [f"n{i:02d}" for i in range(n)]
+
+
+def sim_config(
+    nodes: int = 3,
+    groups: int = 2,
+    *,
+    resources_per_group: int = 2,
+    group_chain: bool = True,
+    strategy: str = "cost",
+    prefer: bool = True,
+    migration_threshold: int = 2,
+    two_node: bool | None = None,
+    stop_timeout: float = 0.1,
+    timing: Timing | None = None,
+) -> ClusterConfig:
+    names = node_names(nodes)
+    node_cfgs = {
+        n: NodeConfig(n, (LinkConfig("lan0", "127.0.0.1", 7400 + i),),
+                      runtime_dir=Path("/nonexistent") / n)
+        for i, n in enumerate(names)
+    }
+    group_cfgs: dict[str, GroupConfig] = {}
+    res_cfgs: dict[str, ResourceConfig] = {}
+    for gi in range(groups):
+        gname = f"g{gi}"
+        rnames = [f"{gname}-r{ri}" for ri in range(resources_per_group)]
+        for ri, r in enumerate(rnames):
+            res_cfgs[r] = ResourceConfig(r, "dummy", gname,
+                                         depends_on=(rnames[ri - 1],) if ri else (),
+                                         stop_timeout=stop_timeout, start_timeout=stop_timeout)
+        deps = (f"g{gi - 1}",) if group_chain and gi % 3 == 1 else ()
+        pref = {names[(gi + k) % nodes]: float(k * 10) for k in range(nodes)} if prefer else {}
+        group_cfgs[gname] = GroupConfig(gname, tuple(rnames), depends_on=deps, prefer=pref,
+                                        nodes=tuple(names), migration_threshold=migration_threshold)
+    return ClusterConfig(
+        name="sim", key_file=Path("/nonexistent"), nodes=node_cfgs, groups=group_cfgs,
+        resources=res_cfgs,
+        timing=timing or Timing(heartbeat_interval=0.1, dead_time=0.5, lease_time=0.5,
+                                step_timeout=1.0, retransmit_interval=0.1, fence_margin=0.05),
+        strategy=strategy, two_node=(nodes == 2) if two_node is None else two_node,
+        digest="sim",
+    )

@@ -1,0 +1,130 @@
+"""Events into the pure cluster core and actions out of it (h11-style: frozen, slotted data).
+
+Inputs carry no time: the time comes with every call to ``NodeCore.handle(event, now)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from vigil.messages import Message
+
+Epoch = tuple[int, str]
+NO_EPOCH: Epoch = (0, "")
+
+
+def fmt_epoch(epoch: Epoch) -> str:
+    return f"{epoch[0]}.{epoch[1]}" if epoch != NO_EPOCH else "0"
+
+
+def parse_epoch(text: str) -> Epoch:
+    """Raises ValueError on anything but ``N.node`` or ``0``."""
+    if text == "0":
+        return NO_EPOCH
+    number, sep, node = text.partition(".")
+    if not sep or not node or not number.isdigit():
+        raise ValueError(f"bad epoch {text!r}")
+    return (int(number), node)
+
+
+# ---- inputs -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """An authenticated message from another node (or from ourselves, loopback)."""
+
+    msg: Message
+    link: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time has passed (a deadline the core asked for was reached)."""
+
+
+@dataclass(frozen=True, slots=True)
+class GroupDone:
+    """A start or stop of a whole group that the core asked for has finished."""
+
+    group: str
+    op: Literal["start", "stop"]
+    ok: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class GroupFailed:
+    """A monitor found a group that is in service here broken."""
+
+    group: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class AdminRequest:
+    """A manual request (CLI, /ha, API): it goes through the protocol like everything else."""
+
+    kind: Literal["move", "standby", "online"]
+    group: str = ""
+    node: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ClearFailures:
+    """`vigil resource cleanup`: forget this node's fail counts of a group."""
+
+    group: str
+
+
+@dataclass(frozen=True, slots=True)
+class FenceDone:
+    """A fencing device confirmed a node is off (fencers other than 'silence')."""
+
+    node: str
+    ok: bool
+
+
+Event = Received | Tick | GroupDone | GroupFailed | AdminRequest | ClearFailures | FenceDone
+
+
+# ---- outputs ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StartGroup:
+    group: str
+    epoch: Epoch
+
+
+@dataclass(frozen=True, slots=True)
+class StopGroup:
+    group: str
+    epoch: Epoch
+    reason: str
+    force: bool = False  # interrupt a start that is still running
+
+
+@dataclass(frozen=True, slots=True)
+class FenceNode:
+    node: str
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """A decision and why, for the log, `vigil status` and the notifier (Patroni's habit)."""
+
+    kind: str  # "transition", "membership", "quorum", "placement", "group", "config", ...
+    text: str
+    fields: tuple[tuple[str, str], ...] = ()
+
+
+Action = StartGroup | StopGroup | FenceNode | Notice
+
+
+@dataclass(slots=True)
+class Output:
+    messages: list[Message] = field(default_factory=list)
+    actions: list[Action] = field(default_factory=list)
+    deadline: float | None = None

@@ -1,0 +1,1028 @@
+"""The pure core of one node: membership, quorum lease and the transition protocol.
+
+Everything that must be right under faults lives in this file: who is alive, who is master,
+where a group goes and when it is safe to start it. It does no I/O: ``handle(event, now)``
+takes an event and the current time and returns the messages to send, the actions to take and
+the next deadline. The coordinator actor wraps it; the simulation drives thousands of them.
+
+The protocol (docs/protocol.md has the full story and the safety argument):
+
+1. The lowest-named live node of a quorate view *declares* epoch ``(n, name)`` with that view.
+2. Every node of the view *acks* (promises to ignore older epochs). Timeouts restart at 1.
+3. The master (the declarer, lowest-named) asks for *reports*: what each member has active and
+   the highest placement it has *accepted*.
+4. The master asks every member the *cost* of each group; the strategy decides placement.
+5. *Stop phase*: members stop what moves away; groups that a non-member may still hold wait
+   for fencing (the ``silence`` fencer: the non-member's quorum lease has surely run out and
+   its stops had time to finish).
+6. *Accept*: every member records the placement; only then
+7. *Start*: members start what is theirs. The epoch is complete when all confirmed.
+
+A node keeps groups in service only while it holds a *lease*: heartbeat echoes, from nodes in
+the same promised epoch, that together with itself make a quorum. A node cut off from the
+quorum loses the lease within ``lease_time`` and stops everything; the silence fencer waits
+for exactly that.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from vigil.cluster.events import (
+    NO_EPOCH,
+    Action,
+    AdminRequest,
+    ClearFailures,
+    Epoch,
+    Event,
+    FenceDone,
+    FenceNode,
+    GroupDone,
+    GroupFailed,
+    Notice,
+    Output,
+    Received,
+    StartGroup,
+    StopGroup,
+    Tick,
+    fmt_epoch,
+    parse_epoch,
+)
+from vigil.cluster.quorum import Quorum
+from vigil.cluster.strategy import (
+    INFINITY,
+    DecisionContext,
+    LocalCostContext,
+    Strategy,
+    group_order,
+    load_strategy,
+)
+from vigil.config import ClusterConfig
+from vigil.messages import BROADCAST, NAME_RE, Message
+
+
+class LocalState(enum.Enum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    UNCLEAN = "unclean"  # a stop failed: only fencing can make this node safe again
+
+
+ACTIVE = frozenset({LocalState.STARTING, LocalState.RUNNING, LocalState.STOPPING,
+                    LocalState.UNCLEAN})
+
+
+class Phase(enum.Enum):
+    ACK = "ack"
+    REPORT = "report"
+    COST = "cost"
+    STOP = "stop"
+    ACCEPT = "accept"
+    START = "start"
+    DONE = "done"
+
+
+#: Which reply completes each phase.
+_REPLY = {Phase.ACK: "ack", Phase.REPORT: "report", Phase.COST: "cost",
+          Phase.STOP: "stopped", Phase.ACCEPT: "accepted", Phase.START: "started"}
+_REQUEST = {Phase.ACK: "declare", Phase.REPORT: "report_req", Phase.COST: "cost_req",
+            Phase.STOP: "stop", Phase.ACCEPT: "accept", Phase.START: "start"}
+
+
+class ProtocolError(ValueError):
+    """A peer sent something that does not parse: it is dropped and counted."""
+
+
+# ---- small codecs for name/value fields ----------------------------------------------------
+
+
+def _names(text: str) -> list[str]:
+    out = [n for n in text.split(",") if n]
+    for n in out:
+        if not NAME_RE.match(n):
+            raise ProtocolError(f"bad name {n!r}")
+    return out
+
+
+def _pairs(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in text.split(","):
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not NAME_RE.match(key):
+            raise ProtocolError(f"bad pair {item!r}")
+        out[key] = value
+    return out
+
+
+def _enc_pairs(pairs: Iterable[tuple[str, object]]) -> str:
+    return ",".join(f"{k}={v}" for k, v in pairs)
+
+
+def _enc_placement(placement: Mapping[str, str | None]) -> str:
+    return _enc_pairs(sorted((g, n or "-") for g, n in placement.items()))
+
+
+def _dec_placement(text: str) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for group, node in _pairs(text).items():
+        if node != "-" and not NAME_RE.match(node):
+            raise ProtocolError(f"bad node {node!r} in placement")
+        out[group] = None if node == "-" else node
+    return out
+
+
+def _dec_costs(text: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for group, value in _pairs(text).items():
+        try:
+            cost = float(value)
+        except ValueError:
+            raise ProtocolError(f"bad cost {value!r}") from None
+        if math.isnan(cost):
+            raise ProtocolError("cost is NaN")
+        out[group] = cost
+    return out
+
+
+def _enc_cost(cost: float) -> str:
+    return "inf" if cost == INFINITY else repr(cost)
+
+
+# ---- state records ----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class PeerInfo:
+    """What the latest heartbeat of a peer said."""
+
+    incarnation: int = 0
+    hb: int = 0
+    promised: Epoch = NO_EPOCH
+    accepted: Epoch = NO_EPOCH
+    closed: bool = False
+    groups: tuple[str, ...] = ()
+    want: int = 0
+    digest: str = ""
+    requests: tuple[str, ...] = ()
+    received_at: float = -math.inf
+
+
+@dataclass(slots=True)
+class Round:
+    """A transition this node declared and leads as master."""
+
+    epoch: Epoch
+    view: tuple[str, ...]
+    reason: str
+    phase: Phase
+    started: float
+    phase_deadline: float
+    next_retransmit: float
+    replies: dict[str, Message] = field(default_factory=dict)
+    acked_at: float = 0.0
+    highest: tuple[Epoch, dict[str, str | None], frozenset[str]] = (NO_EPOCH, {}, frozenset())
+    standby: frozenset[str] = frozenset()
+    applied: tuple[str, ...] = ()
+    moves: dict[str, str] = field(default_factory=dict)
+    placement: dict[str, str | None] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)
+    stops: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    fence_until: float = 0.0
+    fence_pending: set[str] = field(default_factory=set)
+    reports: dict[str, dict[str, str]] = field(default_factory=dict)
+    done_at: float = math.inf
+    messages: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    epoch: Epoch
+    placement: Mapping[str, str | None]
+    standby: frozenset[str]
+    applied: tuple[str, ...] = ()
+
+
+NO_ACCEPTED = Accepted(NO_EPOCH, {}, frozenset())
+
+
+class NodeCore:
+    """One node's membership, lease and transition protocol, as a pure state machine."""
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        name: str,
+        *,
+        incarnation: int,
+        now: float,
+        strategy: Strategy | None = None,
+        missing_types: frozenset[str] = frozenset(),
+        fencer: str | None = None,
+    ) -> None:
+        if name not in config.nodes:
+            known = ", ".join(sorted(config.nodes))
+            raise ValueError(f"node {name!r} is not in the configuration (nodes: {known})")
+        self.config = config
+        self.name = name
+        self.incarnation = incarnation
+        self.strategy = strategy or load_strategy(config.strategy)
+        self.missing_types = missing_types
+        self.fencer = fencer or config.fencer
+        t = config.timing
+        self.timing = t
+        self.quorum = Quorum({n: c.votes for n, c in config.nodes.items()},
+                             two_node=config.two_node, wait_for_all=config.wait_for_all)
+        self.group_order = group_order(config)
+        self.group_deps = {g: tuple(c.depends_on) for g, c in config.groups.items()}
+        self.group_dependents: dict[str, tuple[str, ...]] = {
+            g: tuple(sorted(k for k, deps in self.group_deps.items() if g in deps))
+            for g in config.groups
+        }
+        self.started_at = now
+        self.now = now
+        # membership
+        self.last_heard: dict[str, float] = {}
+        self.link_heard: dict[tuple[str, str], float] = {}
+        self.peers: dict[str, PeerInfo] = {}
+        self.seen_all = False
+        self.mismatched: set[str] = set()
+        # heartbeats and lease
+        self.hb_counter = 0
+        self.next_hb = now
+        self.hb_sent_at: dict[int, float] = {}
+        self.support: dict[str, float] = {}
+        # protocol, member side
+        self.max_seen = 0
+        self.promised: Epoch = NO_EPOCH
+        self.promised_view: tuple[str, ...] = ()
+        self.accepted: Accepted = NO_ACCEPTED
+        self.closed = False  # START of the accepted epoch received
+        self.stop_orders: set[str] = set()
+        # local groups
+        self.local: dict[str, LocalState] = dict.fromkeys(config.groups, LocalState.STOPPED)
+        self.failed_hold: set[str] = set()
+        self.fail_times: dict[str, list[float]] = {g: [] for g in config.groups}
+        self.want = 0
+        self.requests: dict[str, AdminRequest] = {}
+        self.request_counter = 0
+        # protocol, master side
+        self.round: Round | None = None
+        self.unresponsive: dict[str, float] = {}
+        self.handled_want: dict[str, int] = {}
+        self.applied_ids: list[str] = []
+        # bookkeeping
+        self.dropped = 0
+        self.decisions: list[str] = []
+        self._out = Output()
+        self._inbox: list[Message] = []
+
+    # ---- the one entry point -------------------------------------------------------------
+
+    def handle(self, event: Event, now: float) -> Output:
+        """Feed one event at time ``now``; returns what to send and do, and the next deadline.
+
+        Expired deadlines are processed *before* the event, with the state as it was: a lease
+        that ran out is noticed even if the message that would renew it arrives at that very
+        instant (the safety argument of the silence fencer relies on it).
+        """
+        self.now = max(self.now, now)
+        self._out = Output()
+        self._advance()
+        if isinstance(event, Received):
+            self._receive(event.msg, event.link)
+        elif isinstance(event, GroupDone):
+            self._group_done(event)
+        elif isinstance(event, GroupFailed):
+            self._group_failed(event)
+        elif isinstance(event, AdminRequest):
+            self._admin_request(event)
+        elif isinstance(event, ClearFailures):
+            self.fail_times[event.group] = []
+            self.failed_hold.discard(event.group)
+            self.want += 1
+            self._note("group", f"fail count of {event.group} cleared on {self.name}")
+        elif isinstance(event, FenceDone):
+            self._fence_done(event)
+        elif isinstance(event, Tick):
+            pass
+        self._settle()
+        self._out.deadline = self._next_deadline()
+        return self._out
+
+    def _settle(self) -> None:
+        # Messages to ourselves are handled at once, and may produce more; bounded because
+        # every reply to self is answered by a phase change, never by another request.
+        for _ in range(64):
+            self._reconcile()
+            self._maybe_declare()
+            self._master_progress()
+            if not self._inbox:
+                break
+            inbox, self._inbox = self._inbox, []
+            for msg in inbox:
+                self._receive(msg, "")
+        self._heartbeat_if_due()
+
+    # ---- outputs ----------------------------------------------------------------------------
+
+    def _send(self, mtype: str, dest: str = BROADCAST, **fields: str) -> None:
+        msg = Message(type=mtype, sender=self.name, dest=dest, fields=fields)
+        if dest == self.name:
+            self._inbox.append(msg)
+            return
+        self._out.messages.append(msg)
+        if dest == BROADCAST:
+            self._inbox.append(msg)
+        if self.round is not None and self.round.phase is not Phase.DONE:
+            self.round.messages += 1
+
+    def _act(self, action: Action) -> None:
+        self._out.actions.append(action)
+
+    def _note(self, kind: str, text: str, **fields: str) -> None:
+        self.decisions.append(f"{self.now:.3f} {text}")
+        del self.decisions[:-200]
+        self._act(Notice(kind, text, tuple(sorted(fields.items()))))
+
+    # ---- membership ----------------------------------------------------------------------
+
+    def alive(self) -> frozenset[str]:
+        """Nodes heard within ``dead_time`` (and ourselves), minus config mismatches."""
+        dead_time = self.timing.dead_time
+        heard = {n for n, t in self.last_heard.items()
+                 if self.now - t < dead_time and n not in self.mismatched}
+        return frozenset(heard | {self.name})
+
+    def link_state(self) -> dict[str, dict[str, bool]]:
+        """node -> link -> heard on that link within dead_time."""
+        out: dict[str, dict[str, bool]] = {}
+        for (node, link), t in self.link_heard.items():
+            out.setdefault(node, {})[link] = self.now - t < self.timing.dead_time
+        return out
+
+    def quorate(self) -> bool:
+        return self.quorum.quorate(self.alive(), seen_all=self.seen_all)
+
+    def lease_until(self) -> float:
+        """Until when a quorum (ourselves included) is known to support us."""
+        if self.quorum.quorate([self.name], seen_all=self.seen_all):
+            return math.inf
+        votes = self.quorum.votes
+        weight = votes.get(self.name, 0)
+        for node, expiry in sorted(self.support.items(), key=lambda kv: -kv[1]):
+            if expiry <= self.now:
+                break
+            weight += votes.get(node, 0)
+            if 2 * weight > self.quorum.total:
+                return expiry
+        return -math.inf
+
+    def lease_valid(self) -> bool:
+        return self.lease_until() > self.now
+
+    def _advance(self) -> None:
+        alive = self.alive()
+        if alive == frozenset(self.config.nodes) and not self.seen_all:
+            self.seen_all = True
+        for node in list(self.support):
+            if self.support[node] <= self.now:
+                del self.support[node]
+        horizon = self.now - self.timing.lease_time - self.timing.heartbeat_interval
+        for n in [n for n, t in self.hb_sent_at.items() if t < horizon]:
+            del self.hb_sent_at[n]
+        for node in [n for n, t in self.unresponsive.items() if t <= self.now]:
+            del self.unresponsive[node]
+        expire = [g for g, c in self.config.groups.items() if c.failure_timeout > 0]
+        for g in expire:
+            limit = self.now - self.config.groups[g].failure_timeout
+            self.fail_times[g] = [t for t in self.fail_times[g] if t > limit]
+
+    def _heartbeat_if_due(self) -> None:
+        if self.now < self.next_hb:
+            return
+        self.hb_counter += 1
+        self.hb_sent_at[self.hb_counter] = self.now
+        self.next_hb = self.now + self.timing.heartbeat_interval
+        alive = self.alive()
+        echo = ",".join(f"{n}:{self.peers[n].hb}" for n in sorted(alive)
+                        if n != self.name and n in self.peers)
+        active = sorted(g for g, s in self.local.items() if s in ACTIVE)
+        msg = Message(type="hb", sender=self.name, fields={
+            "n": str(self.hb_counter), "inc": str(self.incarnation),
+            "epoch": fmt_epoch(self.promised), "acc": fmt_epoch(self.accepted.epoch),
+            "closed": "1" if self.closed else "0", "echo": echo,
+            "groups": ",".join(active), "want": str(self.want),
+            "digest": self.config.digest,
+            "reqs": ";".join(f"{rid}:{r.kind}:{r.group}:{r.node}"
+                             for rid, r in sorted(self.requests.items())),
+        })
+        self._out.messages.append(msg)
+
+    def _heartbeat(self, msg: Message) -> None:
+        sender = msg.sender
+        f = msg.fields
+        try:
+            incarnation = int(f["inc"])
+            hb = int(f["n"])
+            promised = parse_epoch(f["epoch"])
+            accepted = parse_epoch(f["acc"])
+            echo = {k: int(v) for k, v in (p.split(":", 1) for p in f["echo"].split(",") if p)}
+            groups = tuple(_names(f["groups"]))
+            want = int(f["want"])
+            reqs = tuple(r for r in f["reqs"].split(";") if r)
+        except (KeyError, ValueError, ProtocolError):
+            self.dropped += 1
+            return
+        if f.get("digest", "") != self.config.digest:
+            if sender not in self.mismatched:
+                self.mismatched.add(sender)
+                self._note("config", f"node {sender} runs a different configuration "
+                           f"(digest {f.get('digest', '')[:12]} vs ours "
+                           f"{self.config.digest[:12]}); it is kept out of the cluster")
+            return
+        self.mismatched.discard(sender)
+        peer = self.peers.get(sender)
+        if peer is None or incarnation != peer.incarnation:
+            if peer is not None and incarnation < peer.incarnation:
+                return  # a late heartbeat of a previous life
+            if peer is not None:
+                self._note("membership", f"node {sender} restarted (incarnation changed)")
+            peer = self.peers[sender] = PeerInfo(incarnation=incarnation)
+        elif hb <= peer.hb:
+            return  # reordered: an older heartbeat says nothing new
+        peer.hb = hb
+        peer.promised = promised
+        peer.accepted = accepted
+        peer.closed = f.get("closed") == "1"
+        peer.groups = groups
+        peer.want = want
+        peer.requests = reqs
+        peer.received_at = self.now
+        self.max_seen = max(self.max_seen, promised[0])
+        mine = echo.get(self.name)
+        if promised == self.promised and mine is not None and mine in self.hb_sent_at:
+            expiry = self.hb_sent_at[mine] + self.timing.lease_time
+            if expiry > self.support.get(sender, -math.inf):
+                self.support[sender] = expiry
+
+    # ---- receiving ----------------------------------------------------------------------
+
+    def _receive(self, msg: Message, link: str) -> None:
+        if msg.sender not in self.config.nodes:
+            self.dropped += 1
+            return
+        if msg.sender != self.name:
+            # Any message is proof of life: a node we can hear is not dead, whatever channel
+            # carried it (it also stops two would-be masters fighting over an asymmetric link).
+            self.last_heard[msg.sender] = self.now
+            if link:
+                self.link_heard[(msg.sender, link)] = self.now
+        handler = getattr(self, f"_on_{msg.type}", None)
+        if handler is None:
+            self.dropped += 1
+            return
+        try:
+            handler(msg)
+        except (KeyError, ValueError, ProtocolError):
+            self.dropped += 1
+
+    def _on_hb(self, msg: Message) -> None:
+        if msg.sender != self.name:
+            self._heartbeat(msg)
+
+    def _epoch_of(self, msg: Message) -> Epoch:
+        epoch = parse_epoch(msg.fields["epoch"])
+        self.max_seen = max(self.max_seen, epoch[0])
+        return epoch
+
+    def _reply(self, msg: Message, mtype: str, **fields: str) -> None:
+        self._send(mtype, msg.sender, epoch=msg.fields["epoch"], **fields)
+
+    def _on_declare(self, msg: Message) -> None:
+        epoch = self._epoch_of(msg)
+        view = tuple(_names(msg.fields["view"]))
+        if self.name not in view or epoch[1] != msg.sender or min(view) != msg.sender:
+            return
+        if epoch > self.promised:
+            self.promised = epoch
+            self.promised_view = view
+            self.stop_orders = set()
+            if msg.sender != self.name:
+                self._note("transition", f"joined epoch {fmt_epoch(epoch)} declared by "
+                           f"{msg.sender}: {msg.fields.get('reason', '')}",
+                           epoch=fmt_epoch(epoch), master=msg.sender)
+        if epoch == self.promised:
+            self._reply(msg, "ack")
+
+    def _for_current(self, msg: Message) -> bool:
+        """A request of the master of the epoch we promised (others are stale or forged)."""
+        epoch = self._epoch_of(msg)
+        return epoch == self.promised and msg.sender == epoch[1]
+
+    def _on_report_req(self, msg: Message) -> None:
+        if not self._for_current(msg):
+            return
+        active = ",".join(f"{g}={s.value}" for g, s in sorted(self.local.items())
+                          if s in ACTIVE)
+        fields = {"active": active, "acc": fmt_epoch(self.accepted.epoch)}
+        if fmt_epoch(self.accepted.epoch) != msg.fields.get("acc"):
+            fields["acc_place"] = _enc_placement(self.accepted.placement)
+            fields["acc_standby"] = ",".join(sorted(self.accepted.standby))
+        self._reply(msg, "report", **fields)
+
+    def _on_cost_req(self, msg: Message) -> None:
+        if not self._for_current(msg):
+            return
+        standby = frozenset(_names(msg.fields.get("standby", "")))
+        ctx = LocalCostContext(
+            node=self.name, config=self.config,
+            active=frozenset(g for g, s in self.local.items()
+                             if s in (LocalState.RUNNING, LocalState.STARTING)),
+            fail_counts=self.fail_counts(), standby=standby,
+            missing_types=self.missing_types)
+        costs = self.strategy.local_costs(ctx)
+        self._reply(msg, "cost", costs=_enc_pairs(
+            (g, _enc_cost(costs.get(g, INFINITY))) for g in sorted(self.config.groups)))
+
+    def _on_stop(self, msg: Message) -> None:
+        if not self._for_current(msg):
+            return
+        groups = _names(msg.fields["groups"])
+        self.stop_orders.update(g for g in groups if g in self.local)
+        self._reconcile()
+        self._confirm_stops(msg.sender)
+
+    def _confirm_stops(self, master: str) -> None:
+        pending = [g for g in self.stop_orders if self.local[g] not in
+                   (LocalState.STOPPED, LocalState.UNCLEAN)]
+        if pending or not self.stop_orders:
+            return
+        unclean = sorted(g for g in self.stop_orders if self.local[g] is LocalState.UNCLEAN)
+        self._send("stopped", master, epoch=fmt_epoch(self.promised),
+                   groups=",".join(sorted(self.stop_orders)), unclean=",".join(unclean))
+
+    def _on_accept(self, msg: Message) -> None:
+        if not self._for_current(msg):
+            return
+        epoch = self.promised
+        if self.accepted.epoch != epoch:
+            self.accepted = Accepted(
+                epoch, _dec_placement(msg.fields["placement"]),
+                frozenset(_names(msg.fields.get("standby", ""))),
+                tuple(r for r in msg.fields.get("applied", "").split(",") if r))
+            self.closed = False
+            for rid in self.accepted.applied:
+                self.requests.pop(rid, None)
+        self._reply(msg, "accepted")
+
+    def _on_start(self, msg: Message) -> None:
+        if not self._for_current(msg) or self.accepted.epoch != self.promised:
+            return
+        if not self.closed:
+            self.closed = True
+            self.stop_orders = set()
+            self.failed_hold = set()
+            mine = sorted(g for g, n in self.accepted.placement.items() if n == self.name)
+            self._note("transition", f"epoch {fmt_epoch(self.promised)} closed; here: "
+                       f"{', '.join(mine) or 'nothing'}", epoch=fmt_epoch(self.promised))
+        self._reply(msg, "started")
+
+    def _on_ack(self, msg: Message) -> None:
+        self._collect(msg, Phase.ACK)
+
+    def _on_report(self, msg: Message) -> None:
+        self._collect(msg, Phase.REPORT)
+
+    def _on_cost(self, msg: Message) -> None:
+        self._collect(msg, Phase.COST)
+
+    def _on_stopped(self, msg: Message) -> None:
+        self._collect(msg, Phase.STOP)
+
+    def _on_accepted(self, msg: Message) -> None:
+        self._collect(msg, Phase.ACCEPT)
+
+    def _on_started(self, msg: Message) -> None:
+        self._collect(msg, Phase.START)
+
+    def _collect(self, msg: Message, phase: Phase) -> None:
+        r = self.round
+        epoch = self._epoch_of(msg)
+        if r is None or r.epoch != epoch or r.phase is not phase or msg.sender not in r.view:
+            return
+        r.replies[msg.sender] = msg
+
+    # ---- local groups ---------------------------------------------------------------------
+
+    def fail_counts(self) -> dict[str, int]:
+        return {g: len(ts) for g, ts in self.fail_times.items() if ts}
+
+    def _may_run_here(self) -> bool:
+        return (self.closed and self.accepted.epoch == self.promised
+                and self.accepted.epoch != NO_EPOCH)
+
+    def _reconcile(self) -> None:
+        lease_ok = self.lease_valid()
+        freeze = self.config.no_quorum_policy == "freeze"
+        placement = self.accepted.placement if self._may_run_here() else None
+        # stops: dependents before what they depend on
+        for g in reversed(self.group_order):
+            state = self.local[g]
+            if state not in (LocalState.RUNNING, LocalState.STARTING):
+                continue
+            why = ""
+            if not lease_ok and not freeze:
+                why = "lost the quorum lease"
+            elif g in self.stop_orders:
+                why = f"stop phase of epoch {fmt_epoch(self.promised)}"
+            elif placement is not None and placement.get(g) != self.name:
+                why = "placed elsewhere"
+            if not why:
+                continue
+            if any(self.local[k] in ACTIVE for k in self.group_dependents[g]):
+                # its dependents go first; make sure they are going
+                for k in self.group_dependents[g]:
+                    if self.local[k] in (LocalState.RUNNING, LocalState.STARTING):
+                        self._stop_group(k, f"{why} (depends on {g})")
+                continue
+            self._stop_group(g, why)
+        if placement is None or not lease_ok:
+            return
+        for g in self.group_order:
+            if (self.local[g] is LocalState.STOPPED and placement.get(g) == self.name
+                    and g not in self.failed_hold
+                    and all(self.local[d] is LocalState.RUNNING for d in self.group_deps[g])):
+                self.local[g] = LocalState.STARTING
+                self._act(StartGroup(g, self.promised))
+                self._note("group", f"starting {g} on {self.name} (epoch "
+                           f"{fmt_epoch(self.promised)})", group=g)
+
+    def _stop_group(self, group: str, why: str) -> None:
+        force = self.local[group] is LocalState.STARTING
+        self.local[group] = LocalState.STOPPING
+        self._act(StopGroup(group, self.promised, why, force=force))
+        self._note("group", f"stopping {group} on {self.name}: {why}", group=group)
+
+    def _group_done(self, ev: GroupDone) -> None:
+        state = self.local.get(ev.group)
+        if state is None:
+            return
+        if ev.op == "start":
+            if state is not LocalState.STARTING:
+                return  # a stop overtook it; the stop's result decides
+            if ev.ok:
+                self.local[ev.group] = LocalState.RUNNING
+                self._note("group", f"{ev.group} in service on {self.name}", group=ev.group)
+            else:
+                self._record_failure(ev.group, f"start failed: {ev.reason}")
+                self.local[ev.group] = LocalState.STOPPED
+                self._stop_group(ev.group, "clean up after a failed start")
+            return
+        if ev.ok:
+            self.local[ev.group] = LocalState.STOPPED
+            self._note("group", f"{ev.group} out of service on {self.name}", group=ev.group)
+        else:
+            self.local[ev.group] = LocalState.UNCLEAN
+            self._note("group", f"stop of {ev.group} failed on {self.name}: {ev.reason}; "
+                       "the node is unclean and the group stays blocked until fenced",
+                       group=ev.group)
+        if self.stop_orders:
+            self._confirm_stops(self.promised[1])
+
+    def _group_failed(self, ev: GroupFailed) -> None:
+        if self.local.get(ev.group) is not LocalState.RUNNING:
+            return
+        self._record_failure(ev.group, ev.reason)
+        self._stop_group(ev.group, f"recovering from failure: {ev.reason}")
+
+    def _record_failure(self, group: str, reason: str) -> None:
+        self.fail_times[group].append(self.now)
+        self.failed_hold.add(group)
+        self.want += 1
+        count = len(self.fail_times[group])
+        self._note("group", f"{group} failed on {self.name} ({count} failure(s)): {reason}",
+                   group=group, reason=reason)
+
+    def _admin_request(self, req: AdminRequest) -> None:
+        self.request_counter += 1
+        rid = f"{self.name}-{self.incarnation}-{self.request_counter}"
+        self.requests[rid] = req
+        self._note("request", f"request {req.kind} {req.group or req.node} queued for the "
+                   "next transition")
+
+    # ---- master --------------------------------------------------------------------------
+
+    def master(self) -> str:
+        return self.promised[1]
+
+    def _maybe_declare(self) -> None:
+        if self.now < self.started_at + self.timing.dead_time:
+            return  # learn who is there before declaring anything
+        alive = self.alive()
+        if min(alive) != self.name:
+            return
+        view = tuple(sorted(alive - set(self.unresponsive)))
+        if not self.quorum.quorate(view, seen_all=self.seen_all):
+            return
+        reason = self._declare_reason(view, alive)
+        if reason:
+            self._declare(view, reason)
+
+    def _declare_reason(self, view: tuple[str, ...], alive: frozenset[str]) -> str:
+        r = self.round
+        if r is None or r.epoch != self.promised:
+            if self.promised == NO_EPOCH:
+                return "forming the cluster"
+            if self.master() not in alive:
+                return f"master {self.master()} lost"
+            return "taking over as the lowest-named live node"
+        if r.phase is not Phase.DONE:
+            lost = set(r.view) - alive
+            if lost:
+                return f"lost {', '.join(sorted(lost))} during the transition"
+            if self.now >= r.phase_deadline:
+                missing = sorted(set(r.view) - set(r.replies))
+                for node in missing:
+                    self.unresponsive[node] = self.now + 2 * self.timing.step_timeout
+                return (f"step {r.phase.value} timed out waiting for "
+                        f"{', '.join(missing)}")
+            return ""
+        if view != r.view:
+            joined = sorted(set(view) - set(r.view))
+            left = sorted(set(r.view) - set(view))
+            parts = ([f"joined: {', '.join(joined)}"] if joined else []) + (
+                [f"left: {', '.join(left)}"] if left else [])
+            return "membership changed (" + "; ".join(parts) + ")"
+        pending = self._pending_requests()
+        if pending:
+            return f"{len(pending)} request(s) pending"
+        for node in view:
+            if node == self.name:
+                continue
+            peer = self.peers.get(node)
+            if peer is None or peer.received_at <= r.done_at:
+                continue
+            if peer.promised != self.promised:
+                return f"{node} is not in epoch {fmt_epoch(self.promised)}"
+            if peer.want > self.handled_want.get(node, 0):
+                return f"{node} reported a failure"
+        if self.want > self.handled_want.get(self.name, 0):
+            return "a local failure"
+        return ""
+
+    def _pending_requests(self) -> dict[str, tuple[str, str, str]]:
+        out: dict[str, tuple[str, str, str]] = {}
+        sources: list[Iterable[str]] = [
+            f"{rid}:{r.kind}:{r.group}:{r.node}" for rid, r in self.requests.items()]
+        alive = self.alive()
+        sources += [p.requests for n, p in self.peers.items() if n in alive]
+        for src in sources:
+            for item in src:
+                rid, kind, group, node = [*item.split(":"), "", "", ""][:4]
+                if rid and rid not in self.applied_ids:
+                    out[rid] = (kind, group, node)
+        return out
+
+    def _declare(self, view: tuple[str, ...], reason: str) -> None:
+        epoch: Epoch = (max(self.max_seen, self.promised[0]) + 1, self.name)
+        self.max_seen = epoch[0]
+        for node in view:
+            peer = self.peers.get(node)
+            self.handled_want[node] = self.want if node == self.name else (
+                peer.want if peer else 0)
+        self.round = Round(epoch=epoch, view=view, reason=reason, phase=Phase.ACK,
+                           started=self.now, phase_deadline=self.now + self.timing.step_timeout,
+                           next_retransmit=self.now + self.timing.retransmit_interval)
+        self._note("transition", f"declaring epoch {fmt_epoch(epoch)}: {reason}; view "
+                   f"{', '.join(view)}", epoch=fmt_epoch(epoch), reason=reason)
+        self._send("declare", epoch=fmt_epoch(epoch), view=",".join(view), reason=reason)
+
+    def _enter(self, phase: Phase, timeout: float | None = None) -> None:
+        r = self.round
+        assert r is not None
+        r.phase = phase
+        r.replies = {}
+        r.phase_deadline = self.now + (timeout or self.timing.step_timeout)
+        r.next_retransmit = self.now + self.timing.retransmit_interval
+
+    def _phase_request(self, r: Round, dest: str = BROADCAST) -> None:
+        e = fmt_epoch(r.epoch)
+        if r.phase is Phase.ACK:
+            self._send("declare", dest, epoch=e, view=",".join(r.view), reason=r.reason)
+        elif r.phase is Phase.REPORT:
+            self._send("report_req", dest, epoch=e, acc=fmt_epoch(self.accepted.epoch))
+        elif r.phase is Phase.COST:
+            self._send("cost_req", dest, epoch=e, standby=",".join(sorted(r.standby)))
+        elif r.phase is Phase.STOP:
+            targets = [dest] if dest != BROADCAST else sorted(r.stops)
+            for node in targets:
+                if node in r.stops:
+                    self._send("stop", node, epoch=e, groups=",".join(r.stops[node]))
+        elif r.phase is Phase.ACCEPT:
+            self._send("accept", dest, epoch=e, placement=_enc_placement(r.placement),
+                       standby=",".join(sorted(r.standby)), applied=",".join(r.applied))
+        elif r.phase is Phase.START:
+            self._send("start", dest, epoch=e)
+
+    def _master_progress(self) -> None:
+        r = self.round
+        if r is None or r.epoch != self.promised or r.phase is Phase.DONE:
+            return
+        waiting_for = set(r.stops) if r.phase is Phase.STOP else set(r.view)
+        missing = sorted(waiting_for - set(r.replies))
+        if missing:
+            if self.now >= r.next_retransmit:
+                r.next_retransmit = self.now + self.timing.retransmit_interval
+                for node in missing:
+                    if node != self.name:
+                        self._phase_request(r, node)
+            return
+        if r.phase is Phase.ACK:
+            r.acked_at = self.now
+            self._enter(Phase.REPORT)
+        elif r.phase is Phase.REPORT:
+            self._absorb_reports(r)
+            self._enter(Phase.COST)
+        elif r.phase is Phase.COST:
+            self._decide(r)
+            if not r.stops and not r.fence_pending and self.now >= r.fence_until:
+                self._enter(Phase.ACCEPT)
+            else:
+                extra = max(0.0, r.fence_until - self.now) + 2 * self.config.max_stop_timeout()
+                self._enter(Phase.STOP, self.timing.step_timeout + extra)
+                for node in sorted(r.fence_pending):
+                    self._act(FenceNode(node))
+        elif r.phase is Phase.STOP:
+            if r.fence_pending or self.now < r.fence_until:
+                return
+            for msg in r.replies.values():
+                for g in _names(msg.fields.get("unclean", "")):
+                    self._note("placement", f"{g} is blocked: its stop failed on "
+                               f"{msg.sender}", group=g)
+            self._enter(Phase.ACCEPT)
+        elif r.phase is Phase.ACCEPT:
+            self._enter(Phase.START)
+        elif r.phase is Phase.START:
+            r.phase = Phase.DONE
+            r.done_at = self.now
+            self.applied_ids = (self.applied_ids + list(r.applied))[-1000:]
+            self._note("transition", f"epoch {fmt_epoch(r.epoch)} complete in "
+                       f"{self.now - r.started:.3f}s ({r.messages} messages)",
+                       epoch=fmt_epoch(r.epoch))
+            return
+        self._phase_request(r)
+
+    def _absorb_reports(self, r: Round) -> None:
+        highest = self.accepted
+        for node, msg in r.replies.items():
+            r.reports[node] = _pairs(msg.fields["active"])
+            acc = parse_epoch(msg.fields["acc"])
+            if acc > highest.epoch and "acc_place" in msg.fields:
+                highest = Accepted(acc, _dec_placement(msg.fields["acc_place"]),
+                                   frozenset(_names(msg.fields.get("acc_standby", ""))))
+        r.highest = (highest.epoch, dict(highest.placement), highest.standby)
+        standby = set(highest.standby)
+        applied: list[str] = []
+        for rid, (kind, group, node) in sorted(self._pending_requests().items()):
+            if kind == "standby" and node in self.config.nodes:
+                standby.add(node)
+            elif kind == "online" and node in self.config.nodes:
+                standby.discard(node)
+            elif kind == "move" and group in self.config.groups and node in self.config.nodes:
+                r.moves[group] = node
+            else:
+                self._note("request", f"request {rid} ignored: unknown {kind} {group} {node}")
+            applied.append(rid)
+        r.standby = frozenset(standby)
+        r.applied = tuple(applied)
+
+    def _decide(self, r: Round) -> None:
+        holders: dict[str, str] = {}
+        active_on: dict[str, set[str]] = {}
+        blocked: dict[str, str] = {}
+        for node, states in r.reports.items():
+            for g, state in states.items():
+                active_on.setdefault(node, set()).add(g)
+                if state in ("running", "starting"):
+                    holders.setdefault(g, node)
+                if state == "unclean":
+                    blocked[g] = f"a stop failed on {node}; it needs fencing"
+        costs = {node: _dec_costs(msg.fields["costs"]) for node, msg in r.replies.items()}
+        ctx = DecisionContext(config=self.config, members=r.view, costs=costs,
+                              holders=holders, moves=r.moves, blocked=blocked)
+        decision = self.strategy.decide(ctx)
+        r.placement = dict(decision.placement)
+        r.reasons = dict(decision.reasons)
+        for g, node in sorted(r.moves.items()):
+            if r.placement.get(g) != node:
+                self._note("request", f"cannot move {g} to {node}: "
+                           f"{r.reasons.get(g, 'it cannot run there')}", group=g)
+        stops: dict[str, list[str]] = {}
+        for node, groups in active_on.items():
+            for g in groups:
+                if r.placement.get(g) != node:
+                    stops.setdefault(node, []).append(g)
+        r.stops = {n: tuple(sorted(gs)) for n, gs in stops.items()}
+        suspects: set[str] = set()
+        _, placed, _ = r.highest
+        for g, target in r.placement.items():
+            previous = placed.get(g)
+            if target is not None and previous is not None and previous not in r.view:
+                suspects.add(previous)
+        if suspects:
+            if self.fencer == "silence":
+                r.fence_until = (r.acked_at + self.timing.lease_time
+                                 + self.config.max_stop_timeout() + self.timing.fence_margin)
+                self._note("fencing", f"waiting until {r.fence_until:.3f} for "
+                           f"{', '.join(sorted(suspects))} to be off (silence: its lease has "
+                           "run out and its stops had time to finish)")
+            else:
+                r.fence_pending = set(suspects)
+                self._note("fencing", f"fencing {', '.join(sorted(suspects))}")
+        moved = [f"{g}: {r.reasons.get(g, '')}" for g, n in sorted(r.placement.items())
+                 if n != placed.get(g)]
+        self._note("placement", f"epoch {fmt_epoch(r.epoch)} placement decided"
+                   + (f"; changes: {'; '.join(moved)}" if moved else "; no changes"),
+                   epoch=fmt_epoch(r.epoch))
+
+    def _fence_done(self, ev: FenceDone) -> None:
+        r = self.round
+        if r is None or ev.node not in r.fence_pending:
+            return
+        if ev.ok:
+            r.fence_pending.discard(ev.node)
+            self._note("fencing", f"{ev.node} fenced")
+        else:
+            self._note("fencing", f"fencing {ev.node} failed; retrying")
+            self._act(FenceNode(ev.node))
+
+    # ---- deadlines and status --------------------------------------------------------------
+
+    def _next_deadline(self) -> float:
+        t = self.timing
+        candidates = [self.next_hb]
+        if self.now < self.started_at + t.dead_time:
+            candidates.append(self.started_at + t.dead_time)
+        candidates += [h + t.dead_time for h in self.last_heard.values()
+                       if h + t.dead_time > self.now]
+        candidates += [e for e in self.support.values() if e > self.now]
+        candidates += [u for u in self.unresponsive.values()]
+        r = self.round
+        if r is not None and r.phase is not Phase.DONE and r.epoch == self.promised:
+            candidates += [r.phase_deadline, r.next_retransmit]
+            if r.fence_until > self.now:
+                candidates.append(r.fence_until)
+        for g, cfg in self.config.groups.items():
+            if cfg.failure_timeout > 0 and self.fail_times[g]:
+                candidates.append(self.fail_times[g][0] + cfg.failure_timeout)
+        return min(c for c in candidates if c > self.now - 1e-9)
+
+    def status(self) -> dict[str, object]:
+        """The node's view of the cluster, for `vigil status` and /ha."""
+        alive = self.alive()
+        r = self.round
+        groups: dict[str, dict[str, object]] = {}
+        running: dict[str, set[str]] = {}
+        for node, peer in self.peers.items():
+            if node in alive:
+                for g in peer.groups:
+                    running.setdefault(g, set()).add(node)
+        for g, s in self.local.items():
+            if s in ACTIVE:
+                running.setdefault(g, set()).add(self.name)
+        for g in self.config.groups:
+            where = sorted(running.get(g, ()))
+            groups[g] = {
+                "node": where[0] if len(where) == 1 else (where or None),
+                "placed": self.accepted.placement.get(g),
+                "state": (self.local[g].value if self.name in where and len(where) == 1
+                          else ("running" if where else "stopped")),
+            }
+        return {
+            "node": self.name,
+            "epoch": fmt_epoch(self.promised),
+            "accepted": fmt_epoch(self.accepted.epoch),
+            "closed": self.closed,
+            "master": self.promised[1] or None,
+            "quorate": self.quorate(),
+            "quorum": self.quorum.describe(alive),
+            "lease_valid": self.lease_valid(),
+            "members": list(self.promised_view),
+            "alive": sorted(alive),
+            "mismatched": sorted(self.mismatched),
+            "standby": sorted(self.accepted.standby),
+            "transition": (None if r is None or r.epoch != self.promised else
+                           {"phase": r.phase.value, "reason": r.reason}),
+            "groups": groups,
+            "local": {g: s.value for g, s in self.local.items()},
+            "fail_counts": self.fail_counts(),
+            "links": self.link_state(),
+            "dropped": self.dropped,
+            "decisions": self.decisions[-20:],
+        }

@@ -1,0 +1,435 @@
+"""A simulated cluster: N pure node cores over a simulated clock and network.
+
+Time moves only when the simulation moves it, every random choice comes from one
+``random.Random`` (Hypothesis hands in its own, so failures shrink and replay), and the
+resources are modelled one by one so that the invariants of docs/protocol.md can be checked
+after every step: exclusivity, dependency order, agreement, epochs only grow, no action
+from a minority. ``vigil simulate`` and the benchmarks use the same code.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from vigil.cluster.events import (
+    NO_EPOCH,
+    AdminRequest,
+    Epoch,
+    Event,
+    FenceDone,
+    FenceNode,
+    GroupDone,
+    GroupFailed,
+    Output,
+    Received,
+    StartGroup,
+    StopGroup,
+    Tick,
+    fmt_epoch,
+)
+from vigil.cluster.node import LocalState, NodeCore, Phase
+from vigil.config import ClusterConfig
+from vigil.messages import BROADCAST, Message
+from vigil.resources.graph import DependencyGraph
+
+
+class InvariantViolation(AssertionError):
+    pass
+
+
+@dataclass(slots=True)
+class SimNode:
+    name: str
+    core: NodeCore | None
+    incarnation: int
+    # resource -> "in" / "starting" / "stopping" ; absent = out of service
+    resources: dict[str, str] = field(default_factory=dict)
+    # group -> (op, token) of the operation the executor is running
+    ops: dict[str, tuple[str, int]] = field(default_factory=dict)
+    deadline: float = math.inf
+    fail_next_start: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class NetworkFaults:
+    blocked: set[tuple[str, str]] = field(default_factory=set)  # (src, dst) one-way
+    loss: float = 0.0
+    duplicate: float = 0.0
+    delay: tuple[float, float] = (0.001, 0.005)
+
+
+@dataclass(slots=True)
+class Stats:
+    messages: int = 0
+    deliveries: int = 0
+    bytes: int = 0
+
+
+class SimCluster:
+    def __init__(
+        self,
+        config: ClusterConfig,
+        *,
+        rng: random.Random | None = None,
+        start_duration: float = 0.02,
+        stop_duration: float = 0.02,
+        fencer: str | None = None,
+        check: bool = True,
+        measure_bytes: bool = False,
+    ) -> None:
+        self.config = config
+        self.rng = rng or random.Random(0)
+        self.now = 0.0
+        self.start_duration = start_duration
+        self.stop_duration = stop_duration
+        self.fencer = fencer
+        self.check = check
+        self.measure_bytes = measure_bytes
+        self.net = NetworkFaults()
+        self.stats = Stats()
+        self._queue: list[tuple[float, int, str, str, int, object]] = []
+        self._seq = itertools.count()
+        self._tokens = itertools.count(1)
+        self._incarnations = itertools.count(1)
+        self.group_resources = {
+            g: DependencyGraph({r: config.resources[r].depends_on for r in c.resources})
+            for g, c in config.groups.items()
+        }
+        self.resource_group = {r: c.group for r, c in config.resources.items()}
+        self.group_deps = {g: tuple(c.depends_on) for g, c in config.groups.items()}
+        self.nodes: dict[str, SimNode] = {}
+        self.closed_epochs: dict[Epoch, dict[str, str | None]] = {}
+        self.promised_seen: dict[tuple[str, int], Epoch] = {}
+        self.epoch_views: dict[Epoch, tuple[str, ...]] = {}
+        self.log: list[str] = []
+        self.starts = 0
+        for name in config.node_names:
+            self.nodes[name] = SimNode(name, None, 0)
+            self.power_on(name)
+
+    # ---- faults ---------------------------------------------------------------------------
+
+    def power_on(self, name: str) -> None:
+        node = self.nodes[name]
+        if node.core is not None:
+            return
+        node.incarnation = next(self._incarnations)
+        node.core = NodeCore(self.config, name, incarnation=node.incarnation, now=self.now,
+                             fencer=self.fencer)
+        node.resources = {}
+        node.ops = {}
+        self._deliver(name, Tick())
+
+    def crash(self, name: str) -> None:
+        """Power off: the daemon and everything it ran are gone at once."""
+        node = self.nodes[name]
+        node.core = None
+        node.resources = {}
+        node.ops = {}
+        node.deadline = math.inf
+        self.log.append(f"{self.now:.3f} crash {name}")
+
+    def partition(self, *sides: Iterable[str]) -> None:
+        groups = [set(s) for s in sides]
+        self.net.blocked = {(a, b) for g1 in groups for g2 in groups if g1 is not g2
+                            for a in g1 for b in g2}
+
+    def block(self, src: str, dst: str) -> None:
+        self.net.blocked.add((src, dst))
+
+    def heal(self) -> None:
+        self.net = NetworkFaults()
+
+    def fail_group(self, name: str, group: str) -> None:
+        """A monitor finds the group broken where it runs (no-op where it does not)."""
+        node = self.nodes[name]
+        if node.core is not None and node.core.local.get(group) is LocalState.RUNNING:
+            self._deliver(name, GroupFailed(group, "simulated monitor failure"))
+
+    def fail_next_start(self, name: str, group: str) -> None:
+        self.nodes[name].fail_next_start.add(group)
+
+    def request(self, name: str, req: AdminRequest) -> None:
+        if self.nodes[name].core is not None:
+            self._deliver(name, req)
+
+    # ---- running --------------------------------------------------------------------------
+
+    def run_for(self, duration: float, *, max_events: int = 2_000_000) -> None:
+        self.run_until(self.now + duration, max_events=max_events)
+
+    def run_until(self, end: float, *, max_events: int = 2_000_000) -> None:
+        for _ in range(max_events):
+            if not self._queue or self._queue[0][0] > end:
+                break
+            t, _, kind, name, inc, payload = heapq.heappop(self._queue)
+            self.now = max(self.now, t)
+            node = self.nodes[name]
+            if node.core is None or node.incarnation != inc:
+                continue
+            if kind == "wake":
+                if t != node.deadline:
+                    continue
+                self._deliver(name, Tick())
+            elif kind == "msg":
+                assert isinstance(payload, Message)
+                self._deliver(name, Received(payload, "lan0"))
+            elif kind == "op":
+                assert isinstance(payload, tuple)
+                self._op_step(node, *payload)
+            elif kind == "fence":
+                assert isinstance(payload, str)
+                if self.nodes[payload].core is not None:
+                    self.crash(payload)
+                self._deliver(name, FenceDone(payload, True))
+        else:
+            raise RuntimeError("simulation did not settle: too many events")
+        self.now = max(self.now, end)
+
+    def _push(self, t: float, kind: str, name: str, payload: object = None) -> None:
+        inc = self.nodes[name].incarnation
+        heapq.heappush(self._queue, (t, next(self._seq), kind, name, inc, payload))
+
+    def _deliver(self, name: str, event: Event) -> None:
+        node = self.nodes[name]
+        assert node.core is not None
+        out = node.core.handle(event, self.now)
+        self._apply(node, out)
+
+    def _apply(self, node: SimNode, out: Output) -> None:
+        core = node.core
+        assert core is not None
+        key = (node.name, node.incarnation)
+        previous = self.promised_seen.get(key, NO_EPOCH)
+        if self.check and core.promised < previous:
+            raise InvariantViolation(
+                f"epochs must only grow: {node.name} went from {fmt_epoch(previous)} to "
+                f"{fmt_epoch(core.promised)}")
+        self.promised_seen[key] = core.promised
+        if core.round is not None:
+            self.epoch_views.setdefault(core.round.epoch, core.round.view)
+        if core.closed and core.accepted.epoch != NO_EPOCH:
+            placement = dict(core.accepted.placement)
+            agreed = self.closed_epochs.setdefault(core.accepted.epoch, placement)
+            if self.check and agreed != placement:
+                raise InvariantViolation(
+                    f"agreement: members of epoch {fmt_epoch(core.accepted.epoch)} disagree "
+                    f"on its placement ({agreed} vs {placement} at {node.name})")
+        for msg in out.messages:
+            self._transmit(msg)
+        for action in out.actions:
+            if isinstance(action, StartGroup):
+                self._check_quorate_action(node, action.epoch)
+                self._begin(node, action.group, "start")
+            elif isinstance(action, StopGroup):
+                self._begin(node, action.group, "stop")
+            elif isinstance(action, FenceNode):
+                # A power fencer: a lower-named requester wins the race (pcmk_delay style).
+                delay = 0.05 + 0.5 * self.config.node_names.index(node.name)
+                self._push(self.now + delay, "fence", node.name, action.node)
+        if out.deadline is not None and out.deadline != node.deadline:
+            node.deadline = out.deadline
+            self._push(out.deadline, "wake", node.name)
+
+    def _transmit(self, msg: Message) -> None:
+        self.stats.messages += 1
+        if self.measure_bytes:
+            self.stats.bytes += sum(len(k) + len(v) + 2 for k, v in msg.fields.items()) + 40
+        dests = ([n for n in self.nodes if n != msg.sender] if msg.dest == BROADCAST
+                 else [msg.dest])
+        for dest in dests:
+            if (msg.sender, dest) in self.net.blocked:
+                continue
+            copies = 1
+            if self.net.loss and self.rng.random() < self.net.loss:
+                copies = 0
+            elif self.net.duplicate and self.rng.random() < self.net.duplicate:
+                copies = 2
+            for _ in range(copies):
+                lo, hi = self.net.delay
+                self.stats.deliveries += 1
+                self._push(self.now + self.rng.uniform(lo, hi), "msg", dest, msg)
+
+    # ---- the resource executor ------------------------------------------------------------
+
+    def _begin(self, node: SimNode, group: str, op: Literal["start", "stop"]) -> None:
+        token = next(self._tokens)
+        node.ops[group] = (op, token)
+        self._op_step(node, group, op, token)
+
+    def _op_step(self, node: SimNode, group: str, op: str, token: int) -> None:
+        if node.ops.get(group) != (op, token):
+            return  # superseded (a stop interrupted this start)
+        graph = self.group_resources[group]
+        if op == "start":
+            for r in graph.start_order():
+                state = node.resources.get(r)
+                if state == "starting":
+                    node.resources[r] = "in"
+                    continue
+                if state == "in":
+                    continue
+                if group in node.fail_next_start:
+                    node.fail_next_start.discard(group)
+                    del node.ops[group]
+                    self._deliver(node.name, GroupDone(group, "start", False, "injected"))
+                    return
+                self._check_start_order(node, r)
+                node.resources[r] = "starting"
+                self._push(self.now + self.start_duration, "op", node.name, (group, op, token))
+                return
+            del node.ops[group]
+            self.starts += 1
+            self._deliver(node.name, GroupDone(group, "start", True))
+            return
+        for r in graph.stop_order():
+            state = node.resources.get(r)
+            if state is None:
+                continue
+            if state == "stopping":
+                del node.resources[r]
+                continue
+            self._check_stop_order(node, r)
+            node.resources[r] = "stopping"
+            self._push(self.now + self.stop_duration, "op", node.name, (group, op, token))
+            return
+        del node.ops[group]
+        self._deliver(node.name, GroupDone(group, "stop", True))
+
+    # ---- invariants -------------------------------------------------------------------------
+
+    def _check_start_order(self, node: SimNode, resource: str) -> None:
+        if not self.check:
+            return
+        group = self.resource_group[resource]
+        needed = list(self.config.resources[resource].depends_on)
+        for dep_group in self.group_deps[group]:
+            needed += list(self.config.groups[dep_group].resources)
+        for dep in needed:
+            if node.resources.get(dep) != "in":
+                raise InvariantViolation(
+                    f"order: {resource} started on {node.name} while {dep} is not in service")
+        self._check_exclusive(group, node.name)
+
+    def _check_stop_order(self, node: SimNode, resource: str) -> None:
+        if not self.check:
+            return
+        group = self.resource_group[resource]
+        dependents = [r for r in self.group_resources[group].dependents(resource)]
+        for g, deps in self.group_deps.items():
+            if group in deps:
+                dependents += list(self.config.groups[g].resources)
+        for dep in dependents:
+            if node.resources.get(dep) is not None:
+                raise InvariantViolation(
+                    f"order: {resource} stopped on {node.name} while {dep} is still in service")
+
+    def _check_exclusive(self, group: str, starting_on: str) -> None:
+        resources = set(self.config.groups[group].resources)
+        for other in self.nodes.values():
+            if other.name != starting_on and resources & set(other.resources):
+                raise InvariantViolation(
+                    f"exclusivity: {group} starting on {starting_on} while still active on "
+                    f"{other.name}")
+
+    def _check_quorate_action(self, node: SimNode, epoch: Epoch) -> None:
+        if not self.check:
+            return
+        view = self.epoch_views.get(epoch)
+        assert node.core is not None
+        if view is None or not node.core.quorum.quorate(view):
+            raise InvariantViolation(
+                f"minority action: {node.name} starts a group in epoch {fmt_epoch(epoch)} "
+                f"whose view {view} has no quorum")
+
+    def check_exclusivity(self) -> None:
+        for group, cfg in self.config.groups.items():
+            holders = [n.name for n in self.nodes.values()
+                       if set(cfg.resources) & set(n.resources)]
+            if len(holders) > 1:
+                raise InvariantViolation(f"exclusivity: {group} active on {holders}")
+
+    # ---- observation ----------------------------------------------------------------------
+
+    def live(self) -> list[str]:
+        return [n for n, node in self.nodes.items() if node.core is not None]
+
+    def placement(self) -> dict[str, list[str]]:
+        """group -> live nodes where all its resources are in service."""
+        out: dict[str, list[str]] = {g: [] for g in self.config.groups}
+        for node in self.nodes.values():
+            for g, cfg in self.config.groups.items():
+                if cfg.resources and all(node.resources.get(r) == "in" for r in cfg.resources):
+                    out[g].append(node.name)
+        return out
+
+    def settled(self) -> bool:
+        """A transition completed, every live node is in that epoch, nothing in flight."""
+        live = [self.nodes[n].core for n in self.live()]
+        cores = [c for c in live if c is not None]
+        if not cores:
+            return True
+        epochs = {c.promised for c in cores}
+        if len(epochs) != 1:
+            return False
+        epoch = epochs.pop()
+        master = self.nodes.get(epoch[1])
+        if master is None or master.core is None or master.core.round is None:
+            return False
+        if master.core.round.epoch != epoch or master.core.round.phase is not Phase.DONE:
+            return False
+        if any(not c.closed or c.accepted.epoch != epoch for c in cores):
+            return False
+        return all(not n.ops for n in self.nodes.values() if n.core is not None)
+
+    def expected_placement_ok(self) -> list[str]:
+        """Problems with the placement now (for convergence checks)."""
+        problems = []
+        placement = self.placement()
+        live = set(self.live())
+        for g, where in placement.items():
+            if len(where) > 1:
+                problems.append(f"{g} in service on {where}")
+            runnable = self._runnable(g, live)
+            if runnable and not where:
+                problems.append(f"{g} is not in service although {sorted(runnable)} could run it")
+        return problems
+
+    def _runnable(self, group: str, live: set[str]) -> set[str]:
+        cores = {n: self.nodes[n].core for n in live}
+        out = set()
+        for n, core in cores.items():
+            if core is None:
+                continue
+            cfg = self.config.groups[group]
+            if n in core.accepted.standby:
+                continue
+            if len(core.fail_times[group]) >= cfg.migration_threshold:
+                continue
+            if cfg.nodes and self.config.strategy == "preferred" and n not in cfg.nodes:
+                continue
+            out.add(n)
+        if not self.config.groups[group].depends_on:
+            return out
+        return out if all(self._runnable(d, live) for d in self.group_deps[group]) else set()
+
+    def describe(self) -> str:
+        lines = [f"t={self.now:.3f}"]
+        for name, node in self.nodes.items():
+            if node.core is None:
+                lines.append(f"  {name}: off")
+                continue
+            c = node.core
+            r = c.round
+            rs = f" round {fmt_epoch(r.epoch)} {r.phase.value}" if r else ""
+            active = {g: s.value for g, s in c.local.items() if s is not LocalState.STOPPED}
+            lines.append(f"  {name}: epoch {fmt_epoch(c.promised)} acc "
+                         f"{fmt_epoch(c.accepted.epoch)} closed={c.closed}{rs} "
+                         f"alive={sorted(c.alive())} active={active}")
+        return "\n".join(lines)

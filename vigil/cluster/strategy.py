@@ -1,0 +1,251 @@
+"""Configuration strategy modules: the seed's pluggable "configuration strategy".
+
+A strategy answers two questions of the transition protocol (docs/protocol.md):
+
+* on every member, :meth:`Strategy.local_costs`: what does it cost *this* node to provide each
+  group (``INFINITY`` when it cannot)? Only the member knows its fail counts, load and what it
+  runs, which is why the seed has the master ask every node.
+* on the transition master, :meth:`Strategy.decide`: given every member's costs, where does
+  each group go (or nowhere)?
+
+Strategies are loaded by name from the entry-point group ``vigil.strategies``; the built-ins
+are registered directly so a source checkout works too. Both methods are pure functions of
+their arguments: the simulation runs them thousands of times.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+
+from vigil.config import ClusterConfig, GroupConfig
+from vigil.resources.graph import DependencyGraph
+
+log = logging.getLogger(__name__)
+
+INFINITY = math.inf
+
+
+@dataclass(frozen=True, slots=True)
+class LocalCostContext:
+    """What a member knows when it prices the groups."""
+
+    node: str
+    config: ClusterConfig
+    active: frozenset[str]  # groups in service (or starting) here
+    fail_counts: Mapping[str, int]
+    standby: frozenset[str]  # nodes in standby, cluster-wide administrative state
+    missing_types: frozenset[str] = frozenset()  # resource types this node cannot run
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionContext:
+    """What the transition master knows when it decides placement."""
+
+    config: ClusterConfig
+    members: tuple[str, ...]  # sorted
+    costs: Mapping[str, Mapping[str, float]]  # node -> group -> cost
+    holders: Mapping[str, str]  # group -> member that has it active now
+    moves: Mapping[str, str] = field(default_factory=dict)  # group -> node (manual requests)
+    blocked: Mapping[str, str] = field(default_factory=dict)  # group -> why it may not run
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    placement: Mapping[str, str | None]  # group -> node, None = nowhere
+    reasons: Mapping[str, str]  # group -> why, for the log and `vigil simulate`
+
+
+def group_order(config: ClusterConfig) -> list[str]:
+    """Groups with the ones they depend on first (deterministic)."""
+    graph = DependencyGraph({g.name: g.depends_on for g in config.groups.values()})
+    return graph.start_order()
+
+
+class Strategy(ABC):
+    """A configuration strategy. Guarantees an implementation must keep:
+
+    * ``local_costs`` returns INFINITY for every group the node cannot run (standby, a missing
+      resource type, fail count at ``migration_threshold``); the protocol never places a group
+      on a node that priced it at INFINITY.
+    * ``decide`` only names members, places a group that depends on another group on the same
+      node as that group (or nowhere), and is deterministic for equal inputs: two masters with
+      the same reports must decide the same thing.
+    """
+
+    name: str = ""
+
+    @abstractmethod
+    def local_costs(self, ctx: LocalCostContext) -> dict[str, float]: ...
+
+    @abstractmethod
+    def decide(self, ctx: DecisionContext) -> Decision: ...
+
+    @staticmethod
+    def hard_limit(ctx: LocalCostContext, group: GroupConfig) -> str | None:
+        """Why this node can never run the group now, or None."""
+        if ctx.node in ctx.standby:
+            return "node in standby"
+        if ctx.fail_counts.get(group.name, 0) >= group.migration_threshold:
+            return f"fail count reached migration_threshold {group.migration_threshold}"
+        for rname in group.resources:
+            rtype = ctx.config.resources[rname].type
+            if rtype in ctx.missing_types:
+                return f"resource type {rtype!r} not available on this node"
+        return None
+
+
+#: Chooses among the members that can run a group: (node, why).
+Picker = Callable[[DecisionContext, GroupConfig, list[str], dict[str, int]], tuple[str, str]]
+
+
+def _place_in_order(ctx: DecisionContext, pick: Picker) -> Decision:
+    placement: dict[str, str | None] = {}
+    reasons: dict[str, str] = {}
+    assigned: dict[str, int] = dict.fromkeys(ctx.members, 0)
+    for gname in group_order(ctx.config):
+        group = ctx.config.groups[gname]
+        if gname in ctx.blocked:
+            placement[gname] = None
+            reasons[gname] = f"blocked: {ctx.blocked[gname]}"
+            continue
+        candidates = list(ctx.members)
+        for dep in group.depends_on:
+            target = placement.get(dep)
+            candidates = [n for n in candidates if n == target]
+        finite = [n for n in candidates if ctx.costs.get(n, {}).get(gname, INFINITY) < INFINITY]
+        if not finite:
+            placement[gname] = None
+            deps = f" with {', '.join(group.depends_on)}" if group.depends_on else ""
+            reasons[gname] = f"no member can run it{deps}"
+            continue
+        move = ctx.moves.get(gname)
+        if move is not None and move in finite:
+            placement[gname] = move
+            reasons[gname] = f"moved to {move} by request"
+        else:
+            node, why = pick(ctx, group, finite, assigned)
+            placement[gname] = node
+            reasons[gname] = why
+        chosen = placement[gname]
+        if chosen is not None:
+            assigned[chosen] += 1
+    return Decision(placement=placement, reasons=reasons)
+
+
+class CostStrategy(Strategy):
+    """Default: lowest cost wins; ties go to the current holder, then the lowest node name.
+
+    A member's cost is its configured preference (``prefer``; nodes not listed cost 10 more
+    than the worst listed one) minus ``stickiness`` where the group already runs (unless
+    ``failback``), and the master adds ``LOAD_WEIGHT`` for each group it has already placed on
+    a node in the same decision, so that unpinned groups spread out.
+    """
+
+    name = "cost"
+    LOAD_WEIGHT = 1.0
+
+    def local_costs(self, ctx: LocalCostContext) -> dict[str, float]:
+        costs: dict[str, float] = {}
+        for group in ctx.config.groups.values():
+            if self.hard_limit(ctx, group) is not None:
+                costs[group.name] = INFINITY
+                continue
+            if group.prefer:
+                base = group.prefer.get(ctx.node, max(group.prefer.values()) + 10.0)
+            else:
+                base = 0.0
+            if group.name in ctx.active and not group.failback:
+                base -= group.stickiness
+            costs[group.name] = base
+        return costs
+
+    def decide(self, ctx: DecisionContext) -> Decision:
+        return _place_in_order(ctx, _pick_by_cost)
+
+
+def _pick_by_cost(
+    ctx: DecisionContext, group: GroupConfig, finite: list[str], assigned: dict[str, int]
+) -> tuple[str, str]:
+    holder = ctx.holders.get(group.name)
+
+    def key(n: str) -> tuple[float, int, str]:
+        cost = ctx.costs[n][group.name] + CostStrategy.LOAD_WEIGHT * assigned[n]
+        return (cost, 0 if n == holder else 1, n)
+
+    best = min(finite, key=key)
+    cost = key(best)[0]
+    if best == holder:
+        return best, f"stays on {best} (cost {cost:g})"
+    return best, f"lowest cost on {best} ({cost:g})"
+
+
+class PreferredListStrategy(Strategy):
+    """heartbeat's haresources: the first node of the group's ``nodes`` list that is up runs
+    it; no costs beyond "can" or "cannot". With ``failback = false`` a group stays where it
+    runs when a more preferred node comes back."""
+
+    name = "preferred"
+
+    def local_costs(self, ctx: LocalCostContext) -> dict[str, float]:
+        costs: dict[str, float] = {}
+        for group in ctx.config.groups.values():
+            order = group.nodes or tuple(sorted(ctx.config.nodes))
+            if ctx.node not in order or self.hard_limit(ctx, group) is not None:
+                costs[group.name] = INFINITY
+            else:
+                costs[group.name] = float(order.index(ctx.node))
+        return costs
+
+    def decide(self, ctx: DecisionContext) -> Decision:
+        return _place_in_order(ctx, _pick_first_listed)
+
+
+def _pick_first_listed(
+    ctx: DecisionContext, group: GroupConfig, finite: list[str], assigned: dict[str, int]
+) -> tuple[str, str]:
+    holder = ctx.holders.get(group.name)
+    if holder in finite and not group.failback:
+        return holder, f"stays on {holder} (failback off)"
+    best = min(finite, key=lambda n: (ctx.costs[n][group.name], n))
+    return best, f"first available in the preference list: {best}"
+
+
+_BUILTIN: dict[str, type[Strategy]] = {"cost": CostStrategy, "preferred": PreferredListStrategy}
+
+
+class UnknownStrategy(LookupError):
+    pass
+
+
+def available_strategies() -> dict[str, type[Strategy]]:
+    found: dict[str, type[Strategy]] = dict(_BUILTIN)
+    for ep in entry_points(group="vigil.strategies"):
+        if ep.name in found:
+            continue
+        try:
+            cls = ep.load()
+        except Exception as exc:  # a broken plug-in must not take the daemon down
+            log.warning("strategy plug-in %s could not be loaded: %s", ep.name, exc)
+            continue
+        if isinstance(cls, type) and issubclass(cls, Strategy):
+            found[ep.name] = cls
+        else:
+            log.warning("strategy plug-in %s is not a vigil Strategy subclass", ep.name)
+    return found
+
+
+def load_strategy(name: str) -> Strategy:
+    strategies = available_strategies()
+    try:
+        return strategies[name]()
+    except KeyError:
+        known = ", ".join(sorted(strategies))
+        raise UnknownStrategy(
+            f"unknown strategy {name!r}; known strategies: {known} "
+            "(plug-ins register in the entry-point group 'vigil.strategies')"
+        ) from None

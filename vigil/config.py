@@ -1,0 +1,859 @@
+"""The cluster configuration: one TOML file, identical on every node.
+
+Every node holds the whole cluster configuration (the seed's presumption): when the cluster
+re-forms it must know which resources of missing nodes to bring up elsewhere. The data classes
+here are plain, frozen data; :func:`load` reads and validates a file and raises
+:class:`ConfigError` naming the file, the key path and what is wrong.
+
+HELPER-OWNED: the loader and validator below this data model are implemented by the config
+work package; the data model itself is the contract other packages code against.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import ipaddress
+import json
+import math
+import os
+import re
+import secrets
+import tomllib
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, Literal
+
+from vigil.messages import NAME_RE
+
+ParamValue = str | int | float | bool | list[str]
+
+INFINITY = math.inf
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True, slots=True)
+class LinkConfig:
+    """One network link (NIC) of a node. Links with the same name on different nodes form
+    one heartbeat network."""
+
+    name: str
+    address: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    name: str
+    links: tuple[LinkConfig, ...]
+    votes: int = 1
+    runtime_dir: Path = Path("/run/vigil")
+
+    @property
+    def control_socket(self) -> Path:
+        return self.runtime_dir / "control.sock"
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorConfig:
+    interval: float  # seconds; 0 disables scheduled monitoring
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceConfig:
+    name: str
+    type: str
+    group: str
+    params: Mapping[str, ParamValue] = field(default_factory=dict)
+    depends_on: tuple[str, ...] = ()
+    monitor: MonitorConfig = MonitorConfig(interval=10.0, timeout=20.0)
+    start_timeout: float = 20.0
+    stop_timeout: float = 20.0
+
+
+@dataclass(frozen=True, slots=True)
+class GroupConfig:
+    name: str
+    resources: tuple[str, ...]  # members, in the order written
+    depends_on: tuple[str, ...] = ()  # other groups: start after them, on the same node
+    prefer: Mapping[str, float] = field(default_factory=dict)  # node -> cost
+    nodes: tuple[str, ...] = ()  # ordered preference list (strategy "preferred")
+    failback: bool = False
+    stickiness: float = 100.0
+    migration_threshold: int = 3
+    failure_timeout: float = 0.0  # seconds; 0 = fail counts never expire
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    heartbeat_interval: float = 0.2
+    dead_time: float = 1.0
+    lease_time: float = 1.0  # defaults to dead_time
+    step_timeout: float = 3.0  # a transition step waiting longer restarts from step 1
+    retransmit_interval: float = 0.2  # defaults to heartbeat_interval
+    fence_margin: float = 0.5  # added to every silence-based fencing wait (clock drift)
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    name: str
+    key_file: Path
+    nodes: Mapping[str, NodeConfig]
+    groups: Mapping[str, GroupConfig]
+    resources: Mapping[str, ResourceConfig]
+    timing: Timing = Timing()
+    strategy: str = "cost"
+    no_quorum_policy: Literal["stop", "freeze"] = "stop"
+    two_node: bool = False
+    wait_for_all: bool = True
+    fencer: str = "silence"
+    path: Path = Path("<memory>")
+    digest: str = ""  # sha256 of the canonical form; carried in heartbeats
+
+    @property
+    def node_names(self) -> tuple[str, ...]:
+        return tuple(sorted(self.nodes))
+
+    @property
+    def total_votes(self) -> int:
+        return sum(n.votes for n in self.nodes.values())
+
+    def max_stop_timeout(self) -> float:
+        return max((r.stop_timeout for r in self.resources.values()), default=0.0)
+
+    def max_start_timeout(self) -> float:
+        return max((r.start_timeout for r in self.resources.values()), default=0.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and validation
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigProblem:
+    """One thing wrong with a configuration: where (file, dotted key path) and what."""
+
+    file: str
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return ": ".join(part for part in (self.file, self.key, self.message) if part)
+
+
+class ConfigError(Exception):
+    """A configuration cannot be used; ``problems`` lists everything found, not just the first."""
+
+    def __init__(self, problems: Iterable[ConfigProblem]) -> None:
+        self.problems: tuple[ConfigProblem, ...] = tuple(problems)
+        super().__init__(self.problems)
+
+    def __str__(self) -> str:
+        return "\n".join(str(p) for p in self.problems)
+
+
+_DURATION_RE = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(us|ms|s|m|h)?")
+_UNITS: Final = {"us": (1, 1_000_000), "ms": (1, 1000), "s": (1, 1), "m": (60, 1),
+                 "h": (3600, 1)}  # unit -> (multiplier, divisor), exact for decimal input
+_DURATION_HINT: Final = "a duration such as '500us', '150ms', '2s', '1.5s', '1m' or seconds"
+
+# Floats from "3 * 200ms" are not exact: compare timing rules with a tolerance far below 1us.
+_EPSILON: Final = 1e-9
+
+
+def parse_duration(text: str | int | float, where: str) -> float:
+    """Seconds for ``"150ms"``, ``"2s"``, ``"1m"``, ``"500us"`` or a bare number of seconds.
+
+    Raises :class:`ConfigError` naming ``where`` for anything else, including negative,
+    infinite and NaN values.
+    """
+
+    def error(message: str) -> ConfigError:
+        return ConfigError([ConfigProblem("", where, message)])
+
+    seconds: float
+    if isinstance(text, str):
+        match = _DURATION_RE.fullmatch(text.strip())
+        if match is None:
+            raise error(f"expected {_DURATION_HINT}, got {_describe(text)}")
+        multiplier, divisor = _UNITS[match[2] or "s"]
+        seconds = float(match[1]) * multiplier / divisor
+    elif isinstance(text, int | float) and not isinstance(text, bool):
+        try:
+            seconds = float(text)
+        except OverflowError:
+            seconds = math.inf
+    else:
+        raise error(f"expected {_DURATION_HINT}, got {_describe(text)}")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise error(f"a duration must be finite and not negative, got {_describe(text)}")
+    return seconds
+
+
+def _describe(value: object) -> str:
+    """A value as the operator wrote it, with its TOML type: "string 'one'", "integer 5"."""
+    if isinstance(value, bool):
+        return f"boolean {str(value).lower()}"
+    if isinstance(value, int):
+        return f"integer {value}" if abs(value) < 10**30 else "a huge integer"
+    if isinstance(value, float):
+        return f"float {value}"
+    if isinstance(value, str):
+        return f"string {_quote(value)}"
+    if isinstance(value, list):
+        first_odd = next((v for v in value if not isinstance(v, str)), None)
+        return "an array" if first_odd is None else f"an array holding {_describe(first_odd)}"
+    if isinstance(value, dict):
+        return "a table"
+    return f"a {type(value).__name__}"  # TOML dates and times
+
+
+def _quote(text: object) -> str:
+    """``'text'`` for messages, shortened if long."""
+    quoted = repr(str(text))
+    return quoted if len(quoted) <= 60 else quoted[:56] + "...'"
+
+
+_BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _join(path: str, key: object) -> str:
+    """Dotted key path as TOML writes it; odd keys are quoted (``nodes."Web App"``)."""
+    text = str(key)
+    if not _BARE_KEY_RE.fullmatch(text):
+        text = json.dumps(text)
+    return f"{path}.{text}" if path else text
+
+
+def _suggest(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f"did you mean '{close[0]}'? " if close else ""
+
+
+def _known(choices: Iterable[str]) -> str:
+    names = sorted(choices)
+    return ", ".join(names) if names else "none"
+
+
+_NAME_RULE: Final = ("names start with a lowercase letter and use only lowercase letters, "
+                     "digits, '_' and '-' (at most 63 characters)")
+
+
+class _Checker:
+    """Reads values out of a parsed TOML document, recording a problem for each bad one.
+
+    Every getter returns a usable stand-in (the default, or None) after a problem, so that
+    checking goes on and reports everything in one pass; the caller builds a configuration
+    only when no problem was recorded.
+    """
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.problems: list[ConfigProblem] = []
+
+    def add(self, key: str, message: str) -> None:
+        self.problems.append(ConfigProblem(self.file, key, message))
+
+    def table(self, value: object, key: str,
+              known: Collection[str] | None = None) -> dict[str, object] | None:
+        if not isinstance(value, dict):
+            self.add(key, f"expected a table, got {_describe(value)}")
+            return None
+        for name in value:
+            if known is not None and name not in known:
+                self.add(_join(key, name), f"unknown key {_quote(name)} "
+                         f"({_suggest(str(name), known)}known keys: {_known(known)})")
+        return value
+
+    def name(self, name: object, key: str, kind: str) -> bool:
+        if isinstance(name, str) and NAME_RE.fullmatch(name):
+            return True
+        self.add(key, f"invalid {kind} name {_quote(name)}: {_NAME_RULE}")
+        return False
+
+    def string(self, t: Mapping[str, object], path: str, key: str,
+               default: str | None = None, required: str = "") -> str | None:
+        """A non-empty string; ``required`` is the hint given when the key is missing."""
+        where = _join(path, key)
+        if key not in t:
+            if required:
+                self.add(where, f"missing required key '{key}': {required}")
+            return default
+        value = t[key]
+        if not isinstance(value, str):
+            self.add(where, f"expected a string, got {_describe(value)}")
+        elif not value.strip():
+            self.add(where, "must not be empty")
+        elif "\0" in value:
+            self.add(where, "must not contain a NUL character")
+        else:
+            return value
+        return default
+
+    def integer(self, t: Mapping[str, object], path: str, key: str,
+                default: int, minimum: int, maximum: int | None = None) -> int:
+        where = _join(path, key)
+        value = t.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool):
+            self.add(where, f"expected an integer, got {_describe(value)}")
+        elif value < minimum or (maximum is not None and value > maximum):
+            allowed = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+            self.add(where, f"must be an integer {allowed}, got {_describe(value)}")
+        else:
+            return value
+        return default
+
+    def number(self, value: object, where: str, allow_infinite: bool = False) -> float | None:
+        """A number >= 0 (integer or float)."""
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            self.add(where, f"expected a number, got {_describe(value)}")
+            return None
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if math.isnan(number) or number < 0 or (math.isinf(number) and not allow_infinite):
+            limit = ">= 0 (inf allowed)" if allow_infinite else "finite and >= 0"
+            self.add(where, f"must be a number {limit}, got {_describe(value)}")
+            return None
+        return number
+
+    def boolean(self, t: Mapping[str, object], path: str, key: str, default: bool) -> bool:
+        value = t.get(key, default)
+        if isinstance(value, bool):
+            return value
+        self.add(_join(path, key), f"expected true or false, got {_describe(value)}")
+        return default
+
+    def duration(self, t: Mapping[str, object], path: str, key: str,
+                 default: float | None, positive: bool = False) -> float | None:
+        """Seconds, or None when absent without a default or when invalid."""
+        where = _join(path, key)
+        if key not in t:
+            return default
+        value = t[key]
+        try:
+            if not isinstance(value, str | int | float):
+                raise ConfigError([ConfigProblem("", where, f"expected {_DURATION_HINT}, "
+                                                 f"got {_describe(value)}")])
+            seconds = parse_duration(value, where)
+        except ConfigError as err:
+            self.problems.extend(ConfigProblem(self.file, p.key, p.message) for p in err.problems)
+            return None
+        if positive and seconds <= 0:
+            self.add(where, f"must be longer than 0, got {_describe(value)}")
+            return None
+        return seconds
+
+    def names(self, t: Mapping[str, object], path: str, key: str) -> list[str]:
+        """An array of strings naming other things; duplicates are reported and dropped."""
+        where = _join(path, key)
+        value = t.get(key, [])
+        if not isinstance(value, list):
+            self.add(where, f"expected an array of names, got {_describe(value)}")
+            return []
+        result: list[str] = []
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                self.add(f"{where}[{i}]", f"expected a name (string), got {_describe(item)}")
+            elif item in result:
+                self.add(f"{where}[{i}]", f"'{item}' is listed twice; list it once")
+            else:
+                result.append(item)
+        return result
+
+
+_TOP_KEYS: Final = ("cluster", "timing", "nodes", "groups", "resources")
+_CLUSTER_KEYS: Final = ("name", "key_file", "strategy", "no_quorum_policy", "two_node",
+                        "wait_for_all", "fencer", "runtime_dir")
+_TIMING_KEYS: Final = ("heartbeat_interval", "dead_time", "lease_time", "step_timeout",
+                       "retransmit_interval", "fence_margin")
+_NODE_KEYS: Final = ("votes", "runtime_dir", "links")
+_LINK_KEYS: Final = ("name", "address", "port")
+_GROUP_KEYS: Final = ("resources", "depends_on", "prefer", "nodes", "failback", "stickiness",
+                      "migration_threshold", "failure_timeout")
+_RESOURCE_KEYS: Final = ("type", "depends_on", "start_timeout", "stop_timeout", "params",
+                         "monitor")
+_MONITOR_KEYS: Final = ("interval", "timeout")
+_DEFAULT_RUNTIME_DIR: Final = "/run/vigil"
+_MEMORY: Final = "<memory>"
+
+
+def load(path: str | Path) -> ClusterConfig:
+    """Read, parse and validate a cluster file; raise :class:`ConfigError` for any problem."""
+    file = str(path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise ConfigError([ConfigProblem(file, "", f"cannot read the configuration file: "
+                                         f"{err.strerror or err}")]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError([ConfigProblem(file, "", f"not UTF-8 text (byte {err.start}); "
+                                         "save the file as UTF-8")]) from None
+    return loads(text, path)
+
+
+def loads(text: str, path: str | Path = _MEMORY) -> ClusterConfig:
+    """Parse and validate TOML text; ``path`` names it in problems and anchors relative paths."""
+    file = str(path)
+    try:
+        document = tomllib.loads(text)
+    except ValueError as err:  # TOMLDecodeError, or an integer literal too long to convert
+        message = str(err)
+        where = re.search(r"\s*\(at (line \d+, column \d+|end of document)\)$", message)
+        if where is not None:
+            message = message[: where.start()]
+        location = where[1] if where is not None else ""
+        raise ConfigError([ConfigProblem(file, location, f"invalid TOML: {message}")]) from None
+    return from_dict(document, path)
+
+
+def from_dict(document: Mapping[str, object], path: str | Path = _MEMORY) -> ClusterConfig:
+    """Validate an already parsed TOML document (as :func:`tomllib.loads` returns it)."""
+    file = str(path)
+    resolved = Path(path).resolve() if file != _MEMORY else Path(_MEMORY)
+    base = resolved.parent if file != _MEMORY else Path.cwd()
+    c = _Checker(file)
+    root = c.table(document, "", _TOP_KEYS)
+    if root is None:
+        raise ConfigError(c.problems)
+
+    cluster = _read_cluster(c, root)
+    timing = _read_timing(c, root)
+    nodes = _read_nodes(c, root, base, cluster.runtime_dir)
+    raw_resources = root.get("resources", {})
+    resources_table = c.table(raw_resources, "resources") or {}
+    node_names = set(_as_table(root.get("nodes")))  # also those whose table has problems
+    groups, owner = _read_groups(c, root, node_names, set(resources_table))
+    resources = _read_resources(c, resources_table, owner)
+    two_node = _check_cluster_rules(c, cluster, nodes, len(node_names))
+    if c.problems:
+        raise ConfigError(c.problems)
+
+    try:
+        canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), default=str)
+    except (TypeError, ValueError) as err:  # only reachable through from_dict() misuse
+        raise ConfigError([ConfigProblem(file, "", f"not a TOML document: {err}")]) from None
+    assert cluster.name and cluster.key_file and cluster.strategy and cluster.fencer
+    return ClusterConfig(
+        name=cluster.name,
+        key_file=base / cluster.key_file,
+        nodes=nodes,
+        groups=groups,
+        resources=resources,
+        timing=timing,
+        strategy=cluster.strategy,
+        no_quorum_policy=cluster.no_quorum_policy,
+        two_node=two_node,
+        wait_for_all=cluster.wait_for_all,
+        fencer=cluster.fencer,
+        path=resolved,
+        digest=hashlib.sha256(canonical.encode("utf-8")).hexdigest(),
+    )
+
+
+@dataclass(slots=True)
+class _ClusterSection:
+    """What [cluster] says; None where a required value is missing or bad."""
+
+    name: str | None
+    key_file: str | None
+    strategy: str | None
+    no_quorum_policy: Literal["stop", "freeze"]
+    two_node: bool | None  # None: not written, the default depends on the node count
+    wait_for_all: bool
+    fencer: str | None
+    runtime_dir: str
+
+
+def _read_cluster(c: _Checker, root: Mapping[str, object]) -> _ClusterSection:
+    if "cluster" not in root:
+        c.add("cluster", 'missing required table [cluster]: add it, with at least '
+              'name = "..." and key_file = "..."')
+    t = c.table(root.get("cluster", {}), "cluster", _CLUSTER_KEYS) or {}
+    p = "cluster"
+    name = c.string(t, p, "name", required='name the cluster, e.g. name = "demo"')
+    if name is not None:
+        c.name(name, "cluster.name", "cluster")
+    policy = c.string(t, p, "no_quorum_policy", "stop")
+    if policy not in ("stop", "freeze"):
+        c.add("cluster.no_quorum_policy",
+              f"must be 'stop' or 'freeze', got {_describe(t['no_quorum_policy'])}")
+    return _ClusterSection(
+        name=name,
+        key_file=c.string(t, p, "key_file", required='name the shared key file, e.g. '
+                          'key_file = "demo.key", and create it with `vigil keygen FILE`'),
+        strategy=c.string(t, p, "strategy", "cost"),
+        no_quorum_policy="freeze" if policy == "freeze" else "stop",
+        two_node=c.boolean(t, p, "two_node", False) if "two_node" in t else None,
+        wait_for_all=c.boolean(t, p, "wait_for_all", True),
+        fencer=c.string(t, p, "fencer", "silence"),
+        runtime_dir=c.string(t, p, "runtime_dir", _DEFAULT_RUNTIME_DIR) or _DEFAULT_RUNTIME_DIR,
+    )
+
+
+def _read_timing(c: _Checker, root: Mapping[str, object]) -> Timing:
+    t = c.table(root.get("timing", {}), "timing", _TIMING_KEYS) or {}
+    p = "timing"
+    hb = c.duration(t, p, "heartbeat_interval", 0.2, positive=True)
+    dead = c.duration(t, p, "dead_time", 1.0, positive=True)
+    # None for these three: not written (the default derives from the values above) or bad.
+    lease = c.duration(t, p, "lease_time", None, positive=True)
+    step = c.duration(t, p, "step_timeout", None, positive=True)
+    retransmit = c.duration(t, p, "retransmit_interval", None, positive=True)
+    margin = c.duration(t, p, "fence_margin", 0.5)
+
+    def ms(seconds: float) -> str:
+        return f"{seconds * 1000:g}ms"
+
+    # Derived defaults (lease = dead, step = 3 x dead, retransmit = heartbeat) satisfy their
+    # rules whenever the written values satisfy theirs: check only what the operator wrote,
+    # so that one mistake gives one problem.
+    if hb is not None and dead is not None and dead < 3 * hb - _EPSILON:
+        got = ms(dead) if "dead_time" in t else f"the default {ms(dead)}"
+        c.add("timing.dead_time", f"must be at least 3 x heartbeat_interval ({ms(3 * hb)}), "
+              f"got {got}: raise dead_time or lower heartbeat_interval")
+    if hb is not None and lease is not None and lease < 2 * hb - _EPSILON:
+        c.add("timing.lease_time", f"must be at least 2 x heartbeat_interval ({ms(2 * hb)}), "
+              f"got {ms(lease)}")
+    if dead is not None and lease is not None and lease > dead + _EPSILON:
+        c.add("timing.lease_time", f"must not be longer than dead_time ({ms(dead)}), "
+              f"got {ms(lease)}: a lease must run out before its node is declared dead")
+    if hb is not None and step is not None and step <= 2 * hb + _EPSILON:
+        c.add("timing.step_timeout", f"must be longer than 2 x heartbeat_interval "
+              f"({ms(2 * hb)}), got {ms(step)}")
+    if retransmit is not None and dead is not None and (step is not None
+                                                        or "step_timeout" not in t):
+        limit = (step if step is not None else 3 * dead) / 2
+        if retransmit > limit + _EPSILON:
+            c.add("timing.retransmit_interval", f"must be at most step_timeout / 2 "
+                  f"({ms(limit)}), got {ms(retransmit)}: a step must survive a lost message")
+    if hb is None or dead is None or margin is None:
+        return Timing()  # a stand-in: problems were recorded, no configuration will be built
+    return Timing(heartbeat_interval=hb, dead_time=dead,
+                  lease_time=dead if lease is None else lease,
+                  step_timeout=3 * dead if step is None else step,
+                  retransmit_interval=hb if retransmit is None else retransmit,
+                  fence_margin=margin)
+
+
+def _read_nodes(c: _Checker, root: Mapping[str, object], base: Path,
+                runtime_dir: object) -> dict[str, NodeConfig]:
+    if "nodes" not in root:
+        c.add("nodes", "missing required table [nodes]: add one [nodes.NAME] table per node")
+        return {}
+    table = c.table(root["nodes"], "nodes")
+    if table is None:
+        return {}
+    if not table:
+        c.add("nodes", "no nodes configured: add at least one [nodes.NAME] table")
+    nodes: dict[str, NodeConfig] = {}
+    endpoints: dict[tuple[IPAddress, int], str] = {}  # (address, port) -> key of first user
+    for name, raw in table.items():
+        key = _join("nodes", name)
+        c.name(name, key, "node")
+        t = c.table(raw, key, _NODE_KEYS)
+        if t is None:
+            continue
+        votes = c.integer(t, key, "votes", 1, minimum=0)
+        own_dir = c.string(t, key, "runtime_dir")
+        node_dir = base / own_dir if own_dir else base / str(runtime_dir) / str(name)
+        links = _read_links(c, t, key, endpoints)
+        nodes[name] = NodeConfig(name=name, links=links, votes=votes, runtime_dir=node_dir)
+    return nodes
+
+
+def _read_links(c: _Checker, t: Mapping[str, object], key: str,
+                endpoints: dict[tuple[IPAddress, int], str]) -> tuple[LinkConfig, ...]:
+    where = f"{key}.links"
+    raw = t.get("links")
+    if not isinstance(raw, list) or not raw:
+        hint = 'links = [{ name = "lan0", address = "192.0.2.1", port = 7401 }]'
+        c.add(where, "a node needs at least one link: "
+              f"{'add' if raw is None else 'expected an array of tables, e.g.'} {hint}")
+        return ()
+    links: list[LinkConfig] = []
+    for i, raw_link in enumerate(raw):
+        lk = f"{where}[{i}]"
+        lt = c.table(raw_link, lk, _LINK_KEYS)
+        if lt is None:
+            continue
+        name = c.string(lt, lk, "name", required='name the network, e.g. name = "lan0"')
+        if (name is not None and c.name(name, f"{lk}.name", "link")
+                and any(link.name == name for link in links)):
+            c.add(f"{lk}.name", f"link '{name}' appears twice on this node; "
+                  "give each link of a node its own name")
+        address = c.string(lt, lk, "address", required='give the IP address of this node on '
+                           'this network, e.g. address = "192.0.2.1"')
+        ip = _read_address(c, address, f"{lk}.address")
+        port = c.integer(lt, lk, "port", 0, minimum=1, maximum=65535)
+        if "port" not in lt:
+            c.add(f"{lk}.port", "missing required key 'port': give a UDP/TCP port, e.g. 7401")
+        if ip is not None and port:
+            first = endpoints.setdefault((ip, port), lk)
+            if first != lk:
+                c.add(f"{lk}.port", f"port {port} on {ip} is already used by {first}; "
+                      "every link needs its own address and port")
+        links.append(LinkConfig(name=name or "", address=address or "", port=port))
+    return tuple(links)
+
+
+def _read_address(c: _Checker, address: str | None, where: str) -> IPAddress | None:
+    if address is None:
+        return None
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        c.add(where, f"{_describe(address)} is not an IPv4 or IPv6 address; write the "
+              "address itself (host names are not resolved), e.g. \"192.0.2.1\" or \"fd00::1\"")
+        return None
+    if ip.is_unspecified:
+        c.add(where, f"{ip} is not an address the other nodes can reach; "
+              "give this node's own address on this network")
+        return None
+    return ip
+
+
+def _read_groups(c: _Checker, root: Mapping[str, object], node_names: set[str],
+                 resource_names: set[str]) -> tuple[dict[str, GroupConfig], dict[str, str]]:
+    """The groups, and which group each listed resource belongs to."""
+    table = c.table(root.get("groups", {}), "groups") or {}
+    groups: dict[str, GroupConfig] = {}
+    owner: dict[str, str] = {}
+    for name, raw in table.items():
+        key = _join("groups", name)
+        c.name(name, key, "group")
+        t = c.table(raw, key, _GROUP_KEYS)
+        if t is None:
+            continue
+        members = c.names(t, key, "resources")
+        if not members and "resources" in t and isinstance(t["resources"], list):
+            c.add(f"{key}.resources", "a group needs at least one resource")
+        elif "resources" not in t:
+            c.add(f"{key}.resources", "missing required key 'resources': list the group's "
+                  'resources, e.g. resources = ["web-ip", "web-app"]')
+        for member in members:
+            if member not in resource_names:
+                hint = _suggest(member, resource_names)
+                c.add(f"{key}.resources", f"unknown resource '{member}' "
+                      f"({hint}define it in a [resources.{member}] table)")
+            elif member in owner:
+                c.add(f"{key}.resources", f"resource '{member}' is already in group "
+                      f"'{owner[member]}'; a resource belongs to exactly one group")
+            else:
+                owner[member] = name
+        prefer: dict[str, float] = {}
+        for node, cost in (c.table(t.get("prefer", {}), f"{key}.prefer") or {}).items():
+            where = _join(f"{key}.prefer", node)
+            if node not in node_names:
+                c.add(where, _unknown_node(node, node_names))
+            number = c.number(cost, where, allow_infinite=True)
+            if number is not None:
+                prefer[node] = number
+        preferred = c.names(t, key, "nodes")
+        for i, node in enumerate(preferred):
+            if node not in node_names:
+                c.add(f"{key}.nodes[{i}]", _unknown_node(node, node_names))
+        stickiness = c.number(t.get("stickiness", 100.0), f"{key}.stickiness")
+        groups[name] = GroupConfig(
+            name=name,
+            resources=tuple(members),
+            depends_on=tuple(c.names(t, key, "depends_on")),
+            prefer=prefer,
+            nodes=tuple(preferred),
+            failback=c.boolean(t, key, "failback", False),
+            stickiness=100.0 if stickiness is None else stickiness,
+            migration_threshold=c.integer(t, key, "migration_threshold", 3, minimum=1),
+            failure_timeout=c.duration(t, key, "failure_timeout", 0.0) or 0.0,
+        )
+    for name, group in groups.items():
+        key = _join(_join("groups", name), "depends_on")
+        for other in group.depends_on:
+            if other == name:
+                c.add(key, f"group '{name}' depends on itself; remove '{name}'")
+            elif other not in groups:
+                c.add(key, f"unknown group '{other}' ({_suggest(other, groups)}"
+                      f"configured groups: {_known(groups)})")
+    graph = {n: [d for d in g.depends_on if d != n and d in groups] for n, g in groups.items()}
+    for cycle in _cycles(graph):
+        c.add(_join(_join("groups", cycle[0]), "depends_on"),
+              f"groups depend on each other in a cycle: {' -> '.join(cycle)}; "
+              "remove one of these dependencies")
+    return groups, owner
+
+
+def _unknown_node(node: str, node_names: Collection[str]) -> str:
+    return f"unknown node '{node}' ({_suggest(node, node_names)}configured nodes: " \
+        f"{_known(node_names)})"
+
+
+def _read_resources(c: _Checker, table: Mapping[str, object],
+                    owner: Mapping[str, str]) -> dict[str, ResourceConfig]:
+    resources: dict[str, ResourceConfig] = {}
+    for name, raw in table.items():
+        key = _join("resources", name)
+        c.name(name, key, "resource")
+        t = c.table(raw, key, _RESOURCE_KEYS)
+        if t is None:
+            continue
+        if name not in owner:
+            c.add(key, f"resource '{name}' is in no group; add it to a group's resources, "
+                  f'e.g. [groups.{name}] resources = ["{name}"]')
+        monitor = c.table(t.get("monitor", {}), f"{key}.monitor", _MONITOR_KEYS) or {}
+        interval = c.duration(monitor, f"{key}.monitor", "interval", 10.0)
+        timeout = c.duration(monitor, f"{key}.monitor", "timeout", 20.0, positive=True)
+        resources[name] = ResourceConfig(
+            name=name,
+            type=c.string(t, key, "type", required='give the resource type, e.g. type = '
+                          '"application"') or "",
+            group=owner.get(name, ""),
+            params=_read_params(c, t, key),
+            depends_on=tuple(c.names(t, key, "depends_on")),
+            monitor=MonitorConfig(interval=10.0 if interval is None else interval,
+                                  timeout=timeout or 20.0),
+            start_timeout=c.duration(t, key, "start_timeout", 20.0, positive=True) or 20.0,
+            stop_timeout=c.duration(t, key, "stop_timeout", 20.0, positive=True) or 20.0,
+        )
+    for name, resource in resources.items():
+        key = _join(_join("resources", name), "depends_on")
+        for other in resource.depends_on:
+            if other == name:
+                c.add(key, f"resource '{name}' depends on itself; remove '{name}'")
+            elif other not in resources:
+                c.add(key, f"unknown resource '{other}' ({_suggest(other, resources)}"
+                      f"configured resources: {_known(resources)})")
+            elif resources[other].group != resource.group and resource.group:
+                theirs = resources[other].group
+                c.add(key, f"'{other}' is in group '{theirs}', not in '{resource.group}': a "
+                      "resource depends only on resources of its own group; to start after "
+                      f"the other group, set groups.{resource.group}.depends_on = ['{theirs}']")
+    graph = {n: [d for d in r.depends_on if d != n and d in resources
+                 and resources[d].group == r.group] for n, r in resources.items()}
+    for cycle in _cycles(graph):
+        c.add(_join(_join("resources", cycle[0]), "depends_on"),
+              f"resources depend on each other in a cycle: {' -> '.join(cycle)}; "
+              "remove one of these dependencies")
+    return resources
+
+
+def _read_params(c: _Checker, t: Mapping[str, object], key: str) -> dict[str, ParamValue]:
+    params: dict[str, ParamValue] = {}
+    for name, value in (c.table(t.get("params", {}), f"{key}.params") or {}).items():
+        if isinstance(value, str | int | float | bool):
+            params[name] = value
+        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+            params[name] = list(value)
+        else:
+            c.add(_join(f"{key}.params", name), "a parameter is a string, number, boolean or "
+                  f"array of strings, got {_describe(value)}")
+    return params
+
+
+def _cycles(graph: Mapping[str, list[str]]) -> list[list[str]]:
+    """One cycle per strongly connected knot, each as a path ``[a, b, a]`` from its
+    smallest name."""
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    cycles: list[list[str]] = []
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        path.append(node)
+        for nxt in graph.get(node, ()):
+            if state.get(nxt) == 1:
+                loop = path[path.index(nxt):]
+                start = loop.index(min(loop))
+                loop = loop[start:] + loop[:start]
+                cycles.append([*loop, loop[0]])
+            elif nxt not in state:
+                visit(nxt, path)
+        path.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [])
+    return cycles
+
+
+def _as_table(value: object) -> dict[str, object]:
+    return value if isinstance(value, dict) else {}
+
+
+def _check_cluster_rules(c: _Checker, cluster: _ClusterSection,
+                         nodes: Mapping[str, NodeConfig], node_count: int) -> bool:
+    """Rules joining [cluster] and [nodes]; returns the effective two_node setting.
+
+    ``node_count`` counts the [nodes.X] tables written, ``nodes`` those that were readable.
+    """
+    two_node = node_count == 2 if cluster.two_node is None else cluster.two_node
+    if two_node and node_count != 2:
+        c.add("cluster.two_node", f"two_node = true needs exactly 2 nodes, but {node_count} "
+              "are configured; remove two_node or set it to false")
+    if nodes and len(nodes) == node_count and sum(n.votes for n in nodes.values()) == 0:
+        c.add("nodes", "the nodes have 0 votes in total, so no partition could ever have "
+              "quorum: give at least one node votes >= 1")
+    if cluster.no_quorum_policy == "freeze" and cluster.fencer == "silence":
+        c.add("cluster.no_quorum_policy",
+              "'freeze' cannot be used with fencer 'silence': a frozen partition keeps running "
+              "its resources while the majority, trusting silence as proof that they stopped, "
+              "restarts them elsewhere, so both would run at once; use no_quorum_policy = "
+              "'stop', or a fencer that really powers nodes off")
+    return two_node
+
+
+def validate_against_registry(cfg: ClusterConfig,
+                              known_types: Collection[str]) -> list[ConfigProblem]:
+    """Problems for resources whose type no installed resource-type plug-in provides."""
+    problems = []
+    for name, resource in cfg.resources.items():
+        if resource.type not in known_types:
+            problems.append(ConfigProblem(
+                str(cfg.path), _join(_join("resources", name), "type"),
+                f"unknown resource type '{resource.type}'; {_suggest(resource.type, known_types)}"
+                f"known types: {_known(known_types)} (install the package providing it, or "
+                "fix the type)"))
+    return problems
+
+
+_KEY_BYTES: Final = 32
+_MIN_KEY_BYTES: Final = 16
+
+
+def load_key(cfg: ClusterConfig) -> bytes:
+    """The cluster's shared key (the file's bytes without a trailing newline)."""
+    file = str(cfg.key_file)
+    how = f"create one with `vigil keygen {file}` and copy it to every node"
+    try:
+        key = cfg.key_file.read_bytes()
+    except OSError as err:
+        raise ConfigError([ConfigProblem(file, "cluster.key_file", f"cannot read the key "
+                                         f"file ({err.strerror or err}): {how}")]) from None
+    if key.endswith(b"\n"):
+        key = key[:-1].removesuffix(b"\r")
+    if len(key) < _MIN_KEY_BYTES:
+        raise ConfigError([ConfigProblem(file, "cluster.key_file", f"the key is {len(key)} "
+                                         f"bytes, shorter than {_MIN_KEY_BYTES}: {how}")])
+    return key
+
+
+def write_key(path: Path) -> None:
+    """Write a new random key (hex, mode 0600); never overwrite (FileExistsError)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as out:
+        os.fchmod(fd, 0o600)  # the umask can only take bits away, but be explicit
+        out.write(secrets.token_hex(_KEY_BYTES) + "\n")
+
+
+def check_file(path: str | Path) -> list[str]:
+    """Problem lines for ``vigil config check``: [] when the file and its key are usable."""
+    try:
+        load_key(load(path))
+    except ConfigError as err:
+        return [str(p) for p in err.problems]
+    return []

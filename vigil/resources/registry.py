@@ -1,0 +1,145 @@
+"""Resource types by name: the built-ins plus plug-ins from the ``vigil.resource_types`` group.
+
+A plug-in is an entry point whose object is a :class:`~vigil.resources.model.ResourceType`
+subclass (instantiated with no arguments) or instance. A plug-in that fails to import or is not
+a resource type is logged with its name and the error and skipped: one broken plug-in must not
+stop a node from providing everything else. What failed is kept in
+:attr:`ResourceTypeRegistry.load_errors` for ``vigil config check`` to show.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import threading
+from collections.abc import Iterable
+from importlib.metadata import EntryPoint, entry_points
+from typing import Final
+
+from vigil.resources.model import ResourceType
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "ResourceTypeRegistry",
+    "UnknownResourceType",
+    "default_registry",
+]
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP: Final = "vigil.resource_types"
+
+
+class UnknownResourceType(KeyError):
+    """No resource type of that name; the message lists the known ones."""
+
+    def __init__(self, typename: str, known: Iterable[str]) -> None:
+        self.typename = typename
+        known_sorted = sorted(known)
+        close = difflib.get_close_matches(typename, known_sorted, n=2)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        self.message = (f"unknown resource type {typename!r} (known types: "
+                        f"{', '.join(known_sorted) or 'none'}){hint}")
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ResourceTypeRegistry:
+    """A set of resource types, by :meth:`~ResourceType.typename`. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._types: dict[str, ResourceType] = {}
+        #: plug-in name -> why it was skipped
+        self.load_errors: dict[str, str] = {}
+
+    def register(self, rtype: ResourceType, *, replace: bool = False) -> None:
+        """Add ``rtype``. Registering the same class twice is harmless; a different type under
+        a taken name is refused unless ``replace``."""
+        if not isinstance(rtype, ResourceType):
+            raise TypeError(f"{rtype!r} is not a ResourceType")
+        name = rtype.typename()
+        with self._lock:
+            current = self._types.get(name)
+            if current is not None and type(current) is not type(rtype) and not replace:
+                raise ValueError(
+                    f"resource type {name!r} is already registered by "
+                    f"{type(current).__module__}.{type(current).__qualname__}"
+                )
+            if current is None or replace:
+                self._types[name] = rtype
+
+    def load_entry_points(self, group: str = ENTRY_POINT_GROUP) -> list[str]:
+        """Register every plug-in of entry-point ``group``; return the type names added or
+        confirmed. Failures are logged, recorded in :attr:`load_errors` and skipped."""
+        loaded = []
+        for entry in sorted(entry_points(group=group), key=lambda e: e.name):
+            try:
+                rtype = self._load(entry)
+                self.register(rtype)
+            except Exception as exc:  # any plug-in bug: skip it, keep the others
+                why = f"{type(exc).__name__}: {exc}"
+                log.error("resource type plug-in %r (%s) skipped: %s", entry.name, entry.value,
+                          why)
+                self.load_errors[entry.name] = why
+                continue
+            if rtype.typename() != entry.name:
+                log.warning("resource type plug-in %r calls itself %r; registered as %r",
+                            entry.name, rtype.typename(), rtype.typename())
+            loaded.append(rtype.typename())
+        return loaded
+
+    @staticmethod
+    def _load(entry: EntryPoint) -> ResourceType:
+        obj = entry.load()
+        if isinstance(obj, type) and issubclass(obj, ResourceType):
+            return obj()
+        if isinstance(obj, ResourceType):
+            return obj
+        raise TypeError(f"{entry.value} is {obj!r}, not a ResourceType subclass or instance")
+
+    def get(self, typename: str) -> ResourceType:
+        """The type called ``typename``; :class:`UnknownResourceType` (a KeyError) if none."""
+        with self._lock:
+            try:
+                return self._types[typename]
+            except KeyError:
+                raise UnknownResourceType(typename, self._types) from None
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._types)
+
+    def __contains__(self, typename: object) -> bool:
+        with self._lock:
+            return typename in self._types
+
+    def __repr__(self) -> str:
+        return f"ResourceTypeRegistry({self.names()!r})"
+
+
+_default: ResourceTypeRegistry | None = None
+_default_lock = threading.Lock()
+
+
+def default_registry() -> ResourceTypeRegistry:
+    """The process-wide registry: the built-ins, then the installed plug-ins.
+
+    The built-ins are registered directly so they exist even when the package runs from a
+    source tree without installed entry points.
+    """
+    global _default
+    with _default_lock:
+        if _default is None:
+            # Imported here: the agents import the model, and the model must not need them.
+            from vigil.resources.application import ApplicationType
+            from vigil.resources.dummy import DummyType
+
+            registry = ResourceTypeRegistry()
+            registry.register(DummyType())
+            registry.register(ApplicationType())
+            registry.load_entry_points()
+            _default = registry
+        return _default
