@@ -161,9 +161,10 @@ class ClusterMachine(RuleBasedStateMachine):
         assert not c.expected_placement_ok(), (
             f"{c.expected_placement_ok()} after {bound:.1f}s:\n{c.describe()}")
         # Stability: with heartbeats flowing and no faults, nothing moves.
-        before = c.placement()
+        before, story = c.placement(), c.describe()
         c.run_for(5 * c.config.timing.dead_time)
-        assert c.placement() == before, "a group moved while nothing failed"
+        assert c.placement() == before, (
+            f"a group moved while nothing failed:\n{story}\n{c.describe()}")
 
 
 ClusterMachine.TestCase.settings = settings(

@@ -196,6 +196,7 @@ class Round:
     fence_until: float = 0.0
     fence_pending: set[str] = field(default_factory=set)
     reports: dict[str, dict[str, str]] = field(default_factory=dict)
+    incarnations: dict[str, int] = field(default_factory=dict)
     done_at: float = math.inf
     messages: int = 0
 
@@ -211,6 +212,48 @@ class Accepted:
 NO_ACCEPTED = Accepted(NO_EPOCH, {}, frozenset())
 
 
+@dataclass(frozen=True, slots=True)
+class Persisted:
+    """What a node must remember across a restart (the shell writes it to disk before it
+    sends anything): a promise forgotten by a rebooted node could let an older epoch
+    complete beside a newer one, and a forgotten epoch number could be declared twice."""
+
+    promised: Epoch = NO_EPOCH
+    promised_view: tuple[str, ...] = ()
+    accepted: Accepted = NO_ACCEPTED
+    max_seen: int = 0
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "promised": fmt_epoch(self.promised),
+            "promised_view": list(self.promised_view),
+            "accepted": fmt_epoch(self.accepted.epoch),
+            "placement": dict(self.accepted.placement),
+            "standby": sorted(self.accepted.standby),
+            "max_seen": self.max_seen,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, object]) -> Persisted:
+        """Raises ValueError/KeyError/TypeError on a damaged file."""
+        placement = data["placement"]
+        view = data["promised_view"]
+        standby = data["standby"]
+        max_seen = data["max_seen"]
+        if not (isinstance(placement, dict) and isinstance(view, list)
+                and isinstance(standby, list) and isinstance(max_seen, int)):
+            raise TypeError("damaged node state")
+        return cls(
+            promised=parse_epoch(str(data["promised"])),
+            promised_view=tuple(str(v) for v in view),
+            accepted=Accepted(parse_epoch(str(data["accepted"])),
+                              {str(g): (None if n is None else str(n))
+                               for g, n in placement.items()},
+                              frozenset(str(n) for n in standby)),
+            max_seen=max_seen,
+        )
+
+
 class NodeCore:
     """One node's membership, lease and transition protocol, as a pure state machine."""
 
@@ -224,6 +267,7 @@ class NodeCore:
         strategy: Strategy | None = None,
         missing_types: frozenset[str] = frozenset(),
         fencer: str | None = None,
+        persisted: Persisted | None = None,
     ) -> None:
         if name not in config.nodes:
             known = ", ".join(sorted(config.nodes))
@@ -276,6 +320,11 @@ class NodeCore:
         self.unresponsive: dict[str, float] = {}
         self.handled_want: dict[str, int] = {}
         self.applied_ids: list[str] = []
+        if persisted is not None:
+            self.promised = persisted.promised
+            self.promised_view = persisted.promised_view
+            self.accepted = persisted.accepted
+            self.max_seen = max(persisted.max_seen, persisted.promised[0])
         # bookkeeping
         self.dropped = 0
         self.decisions: list[str] = []
@@ -328,6 +377,9 @@ class NodeCore:
             for msg in inbox:
                 self._receive(msg, "")
         self._heartbeat_if_due()
+
+    def persisted(self) -> Persisted:
+        return Persisted(self.promised, self.promised_view, self.accepted, self.max_seen)
 
     # ---- outputs ----------------------------------------------------------------------------
 
@@ -641,6 +693,8 @@ class NodeCore:
                 why = "lost the quorum lease"
             elif g in self.stop_orders:
                 why = f"stop phase of epoch {fmt_epoch(self.promised)}"
+            elif g in self.failed_hold and state is LocalState.RUNNING:
+                why = "recovering from a failure"
             elif placement is not None and placement.get(g) != self.name:
                 why = "placed elsewhere"
             if not why:
@@ -698,8 +752,7 @@ class NodeCore:
     def _group_failed(self, ev: GroupFailed) -> None:
         if self.local.get(ev.group) is not LocalState.RUNNING:
             return
-        self._record_failure(ev.group, ev.reason)
-        self._stop_group(ev.group, f"recovering from failure: {ev.reason}")
+        self._record_failure(ev.group, ev.reason)  # _reconcile stops it, dependents first
 
     def _record_failure(self, group: str, reason: str) -> None:
         self.fail_times[group].append(self.now)
@@ -766,7 +819,11 @@ class NodeCore:
             if node == self.name:
                 continue
             peer = self.peers.get(node)
-            if peer is None or peer.received_at <= r.done_at:
+            if peer is None:
+                continue
+            if peer.incarnation != r.incarnations.get(node, peer.incarnation):
+                return f"{node} restarted"
+            if peer.received_at <= r.done_at:
                 continue
             if peer.promised != self.promised:
                 return f"{node} is not in epoch {fmt_epoch(self.promised)}"
@@ -845,6 +902,7 @@ class NodeCore:
             return
         if r.phase is Phase.ACK:
             r.acked_at = self.now
+            r.incarnations = {n: self.peers[n].incarnation for n in r.view if n in self.peers}
             self._enter(Phase.REPORT)
         elif r.phase is Phase.REPORT:
             self._absorb_reports(r)

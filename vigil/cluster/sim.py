@@ -33,7 +33,8 @@ from vigil.cluster.events import (
     Tick,
     fmt_epoch,
 )
-from vigil.cluster.node import LocalState, NodeCore, Phase
+from vigil.cluster.node import LocalState, NodeCore, Persisted, Phase
+from vigil.cluster.strategy import colocation_sets
 from vigil.config import ClusterConfig
 from vigil.messages import BROADCAST, Message
 from vigil.resources.graph import DependencyGraph
@@ -54,6 +55,7 @@ class SimNode:
     ops: dict[str, tuple[str, int]] = field(default_factory=dict)
     deadline: float = math.inf
     fail_next_start: set[str] = field(default_factory=set)
+    persisted: Persisted | None = None
 
 
 @dataclass(slots=True)
@@ -120,8 +122,9 @@ class SimCluster:
         if node.core is not None:
             return
         node.incarnation = next(self._incarnations)
+        # The disk survives a power cycle: the node comes back with what it persisted.
         node.core = NodeCore(self.config, name, incarnation=node.incarnation, now=self.now,
-                             fencer=self.fencer)
+                             fencer=self.fencer, persisted=node.persisted)
         node.resources = {}
         node.ops = {}
         self._deliver(name, Tick())
@@ -205,6 +208,7 @@ class SimCluster:
     def _apply(self, node: SimNode, out: Output) -> None:
         core = node.core
         assert core is not None
+        node.persisted = core.persisted()
         key = (node.name, node.incarnation)
         previous = self.promised_seen.get(key, NO_EPOCH)
         if self.check and core.promised < previous:
@@ -389,35 +393,39 @@ class SimCluster:
         return all(not n.ops for n in self.nodes.values() if n.core is not None)
 
     def expected_placement_ok(self) -> list[str]:
-        """Problems with the placement now (for convergence checks)."""
+        """Problems with the placement now (for convergence checks): a group active in two
+        places, or a colocation set running fewer of its groups than some live node could."""
         problems = []
         placement = self.placement()
-        live = set(self.live())
         for g, where in placement.items():
             if len(where) > 1:
                 problems.append(f"{g} in service on {where}")
-            runnable = self._runnable(g, live)
-            if runnable and not where:
-                problems.append(f"{g} is not in service although {sorted(runnable)} could run it")
+        for groups in colocation_sets(self.config):
+            running = sum(1 for g in groups if placement[g])
+            best, best_node = 0, ""
+            for name in self.live():
+                can = self._runnable(name, groups)
+                if len(can) > best:
+                    best, best_node = len(can), name
+            if running < best:
+                problems.append(f"only {running} of {groups} in service although "
+                                f"{best_node} could run {best}")
         return problems
 
-    def _runnable(self, group: str, live: set[str]) -> set[str]:
-        cores = {n: self.nodes[n].core for n in live}
-        out = set()
-        for n, core in cores.items():
-            if core is None:
+    def _runnable(self, name: str, groups: list[str]) -> list[str]:
+        core = self.nodes[name].core
+        assert core is not None
+        ok: list[str] = []
+        for g in groups:
+            cfg = self.config.groups[g]
+            if (name in core.accepted.standby
+                    or len(core.fail_times[g]) >= cfg.migration_threshold
+                    or (self.config.strategy == "preferred" and cfg.nodes
+                        and name not in cfg.nodes)):
                 continue
-            cfg = self.config.groups[group]
-            if n in core.accepted.standby:
-                continue
-            if len(core.fail_times[group]) >= cfg.migration_threshold:
-                continue
-            if cfg.nodes and self.config.strategy == "preferred" and n not in cfg.nodes:
-                continue
-            out.add(n)
-        if not self.config.groups[group].depends_on:
-            return out
-        return out if all(self._runnable(d, live) for d in self.group_deps[group]) else set()
+            if all(d in ok for d in cfg.depends_on):
+                ok.append(g)
+        return ok
 
     def describe(self) -> str:
         lines = [f"t={self.now:.3f}"]
@@ -431,5 +439,8 @@ class SimCluster:
             active = {g: s.value for g, s in c.local.items() if s is not LocalState.STOPPED}
             lines.append(f"  {name}: epoch {fmt_epoch(c.promised)} acc "
                          f"{fmt_epoch(c.accepted.epoch)} closed={c.closed}{rs} "
-                         f"alive={sorted(c.alive())} active={active}")
+                         f"alive={sorted(c.alive())} active={active} "
+                         f"fails={c.fail_counts()}")
+            if r is not None:
+                lines += [f"    {d}" for d in c.decisions[-12:]]
         return "\n".join(lines)

@@ -99,41 +99,78 @@ class Strategy(ABC):
         return None
 
 
-#: Chooses among the members that can run a group: (node, why).
-Picker = Callable[[DecisionContext, GroupConfig, list[str], dict[str, int]], tuple[str, str]]
+def colocation_sets(config: ClusterConfig) -> list[list[str]]:
+    """Groups joined by ``depends_on`` (which means "same node"), each in start order."""
+    parent = {g: g for g in config.groups}
+
+    def root(g: str) -> str:
+        while parent[g] != g:
+            parent[g] = parent[parent[g]]
+            g = parent[g]
+        return g
+
+    for g, cfg in config.groups.items():
+        for dep in cfg.depends_on:
+            parent[root(g)] = root(dep)
+    sets: dict[str, list[str]] = {}
+    for g in group_order(config):
+        sets.setdefault(root(g), []).append(g)
+    return sorted(sets.values(), key=lambda gs: gs[0])
 
 
-def _place_in_order(ctx: DecisionContext, pick: Picker) -> Decision:
+def runnable_on(ctx: DecisionContext, node: str, groups: list[str]) -> list[str]:
+    """The groups of one colocation set that can run on ``node`` (with their dependencies)."""
+    costs = ctx.costs.get(node, {})
+    ok: list[str] = []
+    for g in groups:
+        if g in ctx.blocked or costs.get(g, INFINITY) == INFINITY:
+            continue
+        if all(dep in ok for dep in ctx.config.groups[g].depends_on):
+            ok.append(g)
+    return ok
+
+
+#: Orders the candidate nodes of one colocation set: (sort key, why) for a node.
+Ranker = Callable[[DecisionContext, str, list[str], str | None, int], tuple[float, str]]
+
+
+def _place_sets(ctx: DecisionContext, rank: Ranker) -> Decision:
+    """Place each colocation set on the member that can run most of it, then by ``rank``.
+
+    A set is placed as a whole because ``depends_on`` between groups means "on the same node":
+    choosing the node for the first group alone could strand a dependent that another node
+    could have run together with it.
+    """
     placement: dict[str, str | None] = {}
     reasons: dict[str, str] = {}
     assigned: dict[str, int] = dict.fromkeys(ctx.members, 0)
-    for gname in group_order(ctx.config):
-        group = ctx.config.groups[gname]
-        if gname in ctx.blocked:
-            placement[gname] = None
-            reasons[gname] = f"blocked: {ctx.blocked[gname]}"
-            continue
-        candidates = list(ctx.members)
-        for dep in group.depends_on:
-            target = placement.get(dep)
-            candidates = [n for n in candidates if n == target]
-        finite = [n for n in candidates if ctx.costs.get(n, {}).get(gname, INFINITY) < INFINITY]
-        if not finite:
-            placement[gname] = None
-            deps = f" with {', '.join(group.depends_on)}" if group.depends_on else ""
-            reasons[gname] = f"no member can run it{deps}"
-            continue
-        move = ctx.moves.get(gname)
-        if move is not None and move in finite:
-            placement[gname] = move
-            reasons[gname] = f"moved to {move} by request"
-        else:
-            node, why = pick(ctx, group, finite, assigned)
-            placement[gname] = node
-            reasons[gname] = why
-        chosen = placement[gname]
-        if chosen is not None:
-            assigned[chosen] += 1
+    for groups in colocation_sets(ctx.config):
+        holder = next((ctx.holders[g] for g in groups if g in ctx.holders), None)
+        options = {n: runnable_on(ctx, n, groups) for n in ctx.members}
+        options = {n: ok for n, ok in options.items() if ok}
+        chosen: str | None = None
+        why = ""
+        for g in groups:
+            move = ctx.moves.get(g)
+            if move is not None and g in options.get(move, ()):
+                chosen, why = move, f"moved to {move} by request"
+                break
+        if chosen is None and options:
+            ranked = {n: rank(ctx, n, ok, holder, assigned[n]) for n, ok in options.items()}
+            chosen = min(options, key=lambda n: (-len(options[n]), ranked[n][0],
+                                                 0 if n == holder else 1, n))
+            why = ranked[chosen][1]
+        for g in groups:
+            if chosen is not None and g in options[chosen]:
+                placement[g] = chosen
+                reasons[g] = why
+                assigned[chosen] += 1
+            else:
+                placement[g] = None
+                reasons[g] = (f"blocked: {ctx.blocked[g]}" if g in ctx.blocked else
+                              "no member can run it" + (
+                                  f" together with {', '.join(ctx.config.groups[g].depends_on)}"
+                                  if ctx.config.groups[g].depends_on else ""))
     return Decision(placement=placement, reasons=reasons)
 
 
@@ -165,23 +202,16 @@ class CostStrategy(Strategy):
         return costs
 
     def decide(self, ctx: DecisionContext) -> Decision:
-        return _place_in_order(ctx, _pick_by_cost)
+        return _place_sets(ctx, _rank_by_cost)
 
 
-def _pick_by_cost(
-    ctx: DecisionContext, group: GroupConfig, finite: list[str], assigned: dict[str, int]
-) -> tuple[str, str]:
-    holder = ctx.holders.get(group.name)
-
-    def key(n: str) -> tuple[float, int, str]:
-        cost = ctx.costs[n][group.name] + CostStrategy.LOAD_WEIGHT * assigned[n]
-        return (cost, 0 if n == holder else 1, n)
-
-    best = min(finite, key=key)
-    cost = key(best)[0]
-    if best == holder:
-        return best, f"stays on {best} (cost {cost:g})"
-    return best, f"lowest cost on {best} ({cost:g})"
+def _rank_by_cost(
+    ctx: DecisionContext, node: str, groups: list[str], holder: str | None, load: int
+) -> tuple[float, str]:
+    cost = sum(ctx.costs[node][g] for g in groups) + CostStrategy.LOAD_WEIGHT * load
+    if node == holder:
+        return cost, f"stays on {node} (cost {cost:g})"
+    return cost, f"lowest cost on {node} ({cost:g})"
 
 
 class PreferredListStrategy(Strategy):
@@ -202,17 +232,15 @@ class PreferredListStrategy(Strategy):
         return costs
 
     def decide(self, ctx: DecisionContext) -> Decision:
-        return _place_in_order(ctx, _pick_first_listed)
+        return _place_sets(ctx, _rank_by_list)
 
 
-def _pick_first_listed(
-    ctx: DecisionContext, group: GroupConfig, finite: list[str], assigned: dict[str, int]
-) -> tuple[str, str]:
-    holder = ctx.holders.get(group.name)
-    if holder in finite and not group.failback:
-        return holder, f"stays on {holder} (failback off)"
-    best = min(finite, key=lambda n: (ctx.costs[n][group.name], n))
-    return best, f"first available in the preference list: {best}"
+def _rank_by_list(
+    ctx: DecisionContext, node: str, groups: list[str], holder: str | None, load: int
+) -> tuple[float, str]:
+    if node == holder and not ctx.config.groups[groups[0]].failback:
+        return -math.inf, f"stays on {node} (failback off)"
+    return ctx.costs[node][groups[0]], f"first available in the preference list: {node}"
 
 
 _BUILTIN: dict[str, type[Strategy]] = {"cost": CostStrategy, "preferred": PreferredListStrategy}
