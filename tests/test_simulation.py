@@ -3,8 +3,8 @@
 Rules are faults (crash, restart, partitions including one-way ones, loss, duplication,
 delay, resource failures) and operator requests; the network's per-message choices (delay,
 loss, duplication) come from a ``random.Random`` whose seed Hypothesis draws, so a failure
-replays exactly and shrinks (towards seed 0 and fewer, simpler steps); invariants are checked after every step
-and, inside the simulator, at every single resource operation (exclusivity, dependency
+replays exactly and shrinks (towards seed 0 and fewer, simpler steps). Invariants are
+checked after every step and, inside the simulator, at every single resource operation (exclusivity, dependency
 order, agreement on closed epochs, epochs only grow, no start from a minority epoch).
 When faults stop, the cluster must converge within CONVERGENCE_BOUND of simulated time
 (derived in docs/protocol.md).
@@ -29,6 +29,7 @@ from hypothesis.stateful import (
 
 from tests.simconfig import sim_config
 from vigil.cluster.events import AdminRequest
+from vigil.cluster.node import stop_bound
 from vigil.cluster.sim import SimCluster
 from vigil.config import ClusterConfig
 
@@ -42,7 +43,7 @@ def convergence_bound(cfg: ClusterConfig, groups: int) -> float:
     detect = t.dead_time + t.heartbeat_interval  # notice a change (or a heal)
     unresponsive_backoff = 2 * t.step_timeout  # nodes excluded for not answering
     one_round = 6 * t.step_timeout  # ack, report, cost, stop, accept, start
-    fencing = t.lease_time + cfg.max_stop_timeout() + t.fence_margin
+    fencing = t.lease_time + stop_bound(cfg) + t.fence_margin
     group_ops = 2 * groups * 0.1  # simulated start+stop of every group, worst case in series
     # a heal can cost one aborted round, then one full round with fencing
     return detect + unresponsive_backoff + 2 * (one_round + fencing) + group_ops
@@ -61,7 +62,8 @@ class ClusterMachine(RuleBasedStateMachine):
     def setup(self, nodes: int, groups: int, seed: int, strategy: str) -> None:
         cfg = sim_config(nodes, groups, strategy=strategy)
         # two_node clusters need a fencer that powers nodes off (docs/protocol.md)
-        self.cluster = SimCluster(cfg, rng=random.Random(seed), fencer="power" if nodes == 2 else None)
+        self.cluster = SimCluster(cfg, rng=random.Random(seed),
+                                  fencer="power" if nodes == 2 else None)
         self.names = cfg.node_names
         self.groups = sorted(cfg.groups)
         self.cluster.run_for(2.0)

@@ -86,7 +86,22 @@ class FenceDone:
     ok: bool
 
 
-Event = Received | Tick | GroupDone | GroupFailed | AdminRequest | ClearFailures | FenceDone
+@dataclass(frozen=True, slots=True)
+class GroupProbed:
+    """At daemon start: a group's resources were found in service (left from a previous run)."""
+
+    group: str
+    active: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown:
+    """Leave the cluster cleanly: stop every group here (reverse dependency order), then say
+    goodbye so the others need not wait for ``dead_time`` nor fence us."""
+
+
+Event = (Received | Tick | GroupDone | GroupFailed | AdminRequest | ClearFailures | FenceDone
+         | GroupProbed | Shutdown)
 
 
 # ---- outputs ------------------------------------------------------------------------------

@@ -42,12 +42,13 @@ from vigil.cluster.events import (
     FenceNode,
     GroupDone,
     GroupFailed,
+    GroupProbed,
     Notice,
     Output,
     Received,
+    Shutdown,
     StartGroup,
     StopGroup,
-    Tick,
     fmt_epoch,
     parse_epoch,
 )
@@ -57,6 +58,7 @@ from vigil.cluster.strategy import (
     DecisionContext,
     LocalCostContext,
     Strategy,
+    colocation_sets,
     group_order,
     load_strategy,
 )
@@ -166,7 +168,7 @@ class PeerInfo:
     promised: Epoch = NO_EPOCH
     accepted: Epoch = NO_EPOCH
     closed: bool = False
-    groups: tuple[str, ...] = ()
+    groups: dict[str, str] = field(default_factory=dict)  # active group -> local state
     want: int = 0
     digest: str = ""
     requests: tuple[str, ...] = ()
@@ -254,6 +256,14 @@ class Persisted:
         )
 
 
+def stop_bound(config: ClusterConfig) -> float:
+    """Seconds a node may need to take everything out of service (the silence fencer waits
+    this long after a lost node's lease ran out)."""
+    return max((sum(config.resources[r].stop_timeout
+                    for g in groups for r in config.groups[g].resources)
+                for groups in colocation_sets(config)), default=0.0)
+
+
 class NodeCore:
     """One node's membership, lease and transition protocol, as a pure state machine."""
 
@@ -288,6 +298,9 @@ class NodeCore:
             g: tuple(sorted(k for k, deps in self.group_deps.items() if g in deps))
             for g in config.groups
         }
+        # The longest a node needs to stop everything: groups stop in parallel, but the
+        # resources of one colocation set stop one after the other.
+        self.stop_bound = stop_bound(config)
         self.started_at = now
         self.now = now
         # membership
@@ -296,6 +309,9 @@ class NodeCore:
         self.peers: dict[str, PeerInfo] = {}
         self.seen_all = False
         self.mismatched: set[str] = set()
+        self.departed: dict[str, int] = {}  # node -> incarnation that said goodbye
+        self.leaving = False
+        self.left = False
         # heartbeats and lease
         self.hb_counter = 0
         self.next_hb = now
@@ -358,8 +374,15 @@ class NodeCore:
             self._note("group", f"fail count of {event.group} cleared on {self.name}")
         elif isinstance(event, FenceDone):
             self._fence_done(event)
-        elif isinstance(event, Tick):
-            pass
+        elif isinstance(event, GroupProbed):
+            if event.active and self.local[event.group] is LocalState.STOPPED:
+                self.local[event.group] = LocalState.RUNNING
+                self._note("group", f"{event.group} found in service at start; the next "
+                           "transition decides where it stays", group=event.group)
+        elif isinstance(event, Shutdown) and not self.leaving:
+            self.leaving = True
+            self._note("membership", f"{self.name} is leaving the cluster: stopping "
+                       "every group here")
         self._settle()
         self._out.deadline = self._next_deadline()
         return self._out
@@ -408,7 +431,8 @@ class NodeCore:
         """Nodes heard within ``dead_time`` (and ourselves), minus config mismatches."""
         dead_time = self.timing.dead_time
         heard = {n for n, t in self.last_heard.items()
-                 if self.now - t < dead_time and n not in self.mismatched}
+                 if self.now - t < dead_time and n not in self.mismatched
+                 and n not in self.departed}
         return frozenset(heard | {self.name})
 
     def link_state(self) -> dict[str, dict[str, bool]]:
@@ -464,7 +488,7 @@ class NodeCore:
         alive = self.alive()
         echo = ",".join(f"{n}:{self.peers[n].hb}" for n in sorted(alive)
                         if n != self.name and n in self.peers)
-        active = sorted(g for g, s in self.local.items() if s in ACTIVE)
+        active = sorted(f"{g}={s.value}" for g, s in self.local.items() if s in ACTIVE)
         msg = Message(type="hb", sender=self.name, fields={
             "n": str(self.hb_counter), "inc": str(self.incarnation),
             "epoch": fmt_epoch(self.promised), "acc": fmt_epoch(self.accepted.epoch),
@@ -485,7 +509,7 @@ class NodeCore:
             promised = parse_epoch(f["epoch"])
             accepted = parse_epoch(f["acc"])
             echo = {k: int(v) for k, v in (p.split(":", 1) for p in f["echo"].split(",") if p)}
-            groups = tuple(_names(f["groups"]))
+            groups = _pairs(f["groups"])
             want = int(f["want"])
             reqs = tuple(r for r in f["reqs"].split(";") if r)
         except (KeyError, ValueError, ProtocolError):
@@ -505,6 +529,8 @@ class NodeCore:
                 return  # a late heartbeat of a previous life
             if peer is not None:
                 self._note("membership", f"node {sender} restarted (incarnation changed)")
+            if self.departed.get(sender, incarnation) != incarnation:
+                del self.departed[sender]
             peer = self.peers[sender] = PeerInfo(incarnation=incarnation)
         elif hb <= peer.hb:
             return  # reordered: an older heartbeat says nothing new
@@ -544,6 +570,18 @@ class NodeCore:
         except (KeyError, ValueError, ProtocolError):
             self.dropped += 1
 
+    def _on_bye(self, msg: Message) -> None:
+        if msg.sender == self.name:
+            return
+        peer = self.peers.get(msg.sender)
+        incarnation = int(msg.fields["inc"])
+        if peer is not None and peer.incarnation != incarnation:
+            return
+        self.departed[msg.sender] = incarnation
+        self.support.pop(msg.sender, None)
+        self._note("membership", f"{msg.sender} left the cluster cleanly (nothing in service "
+                   "there)")
+
     def _on_hb(self, msg: Message) -> None:
         if msg.sender != self.name:
             self._heartbeat(msg)
@@ -559,7 +597,8 @@ class NodeCore:
     def _on_declare(self, msg: Message) -> None:
         epoch = self._epoch_of(msg)
         view = tuple(_names(msg.fields["view"]))
-        if self.name not in view or epoch[1] != msg.sender or min(view) != msg.sender:
+        if (self.name not in view or epoch[1] != msg.sender or min(view) != msg.sender
+                or self.leaving):
             return
         if epoch > self.promised:
             self.promised = epoch
@@ -689,7 +728,9 @@ class NodeCore:
             if state not in (LocalState.RUNNING, LocalState.STARTING):
                 continue
             why = ""
-            if not lease_ok and not freeze:
+            if self.leaving:
+                why = "shutting down"
+            elif not lease_ok and not freeze:
                 why = "lost the quorum lease"
             elif g in self.stop_orders:
                 why = f"stop phase of epoch {fmt_epoch(self.promised)}"
@@ -706,6 +747,12 @@ class NodeCore:
                         self._stop_group(k, f"{why} (depends on {g})")
                 continue
             self._stop_group(g, why)
+        if self.leaving:
+            if not self.left and all(s is LocalState.STOPPED for s in self.local.values()):
+                self.left = True
+                self._send("bye", inc=str(self.incarnation))
+                self._note("membership", f"{self.name} stopped everything and said goodbye")
+            return
         if placement is None or not lease_ok:
             return
         for g in self.group_order:
@@ -775,7 +822,7 @@ class NodeCore:
         return self.promised[1]
 
     def _maybe_declare(self) -> None:
-        if self.now < self.started_at + self.timing.dead_time:
+        if self.leaving or self.now < self.started_at + self.timing.dead_time:
             return  # learn who is there before declaring anything
         alive = self.alive()
         if min(alive) != self.name:
@@ -912,7 +959,7 @@ class NodeCore:
             if not r.stops and not r.fence_pending and self.now >= r.fence_until:
                 self._enter(Phase.ACCEPT)
             else:
-                extra = max(0.0, r.fence_until - self.now) + 2 * self.config.max_stop_timeout()
+                extra = max(0.0, r.fence_until - self.now) + 2 * self.stop_bound
                 self._enter(Phase.STOP, self.timing.step_timeout + extra)
                 for node in sorted(r.fence_pending):
                     self._act(FenceNode(node))
@@ -991,12 +1038,13 @@ class NodeCore:
         _, placed, _ = r.highest
         for g, target in r.placement.items():
             previous = placed.get(g)
-            if target is not None and previous is not None and previous not in r.view:
+            if (target is not None and previous is not None and previous not in r.view
+                    and previous not in self.departed):
                 suspects.add(previous)
         if suspects:
             if self.fencer == "silence":
                 r.fence_until = (r.acked_at + self.timing.lease_time
-                                 + self.config.max_stop_timeout() + self.timing.fence_margin)
+                                 + self.stop_bound + self.timing.fence_margin)
                 self._note("fencing", f"waiting until {r.fence_until:.3f} for "
                            f"{', '.join(sorted(suspects))} to be off (silence: its lease has "
                            "run out and its stops had time to finish)")
@@ -1046,21 +1094,25 @@ class NodeCore:
         alive = self.alive()
         r = self.round
         groups: dict[str, dict[str, object]] = {}
-        running: dict[str, set[str]] = {}
+        active: dict[str, dict[str, str]] = {}
         for node, peer in self.peers.items():
             if node in alive:
-                for g in peer.groups:
-                    running.setdefault(g, set()).add(node)
+                for g, state in peer.groups.items():
+                    active.setdefault(g, {})[node] = state
         for g, s in self.local.items():
             if s in ACTIVE:
-                running.setdefault(g, set()).add(self.name)
+                active.setdefault(g, {})[self.name] = s.value
         for g in self.config.groups:
-            where = sorted(running.get(g, ()))
+            where = active.get(g, {})
+            holder: str | None = None
+            state = "stopped" if not where else "conflict"
+            if len(where) == 1:
+                holder, state = next(iter(where.items()))
             groups[g] = {
-                "node": where[0] if len(where) == 1 else (where or None),
+                "node": holder,
+                "state": state,
                 "placed": self.accepted.placement.get(g),
-                "state": (self.local[g].value if self.name in where and len(where) == 1
-                          else ("running" if where else "stopped")),
+                "active_on": dict(sorted(where.items())),
             }
         return {
             "node": self.name,

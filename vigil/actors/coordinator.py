@@ -1,0 +1,227 @@
+"""CoordinatorActor: the transition coordinator. A thin shell around the pure
+:class:`vigil.cluster.node.NodeCore`: it feeds it events with the time, persists what the
+core must remember, sends the core's messages over every link, turns its actions into tells
+to the group actors, and sets one timer for the core's next deadline."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from vigil.actors.base import Directory, VigilActor
+from vigil.actors.messages import (
+    Control,
+    GetStatus,
+    ProbeGroup,
+    ResourceState,
+    RunningGroups,
+    SendFrames,
+    StartGroupCmd,
+    StopGroupCmd,
+)
+from vigil.actors.timer import DeadlineTimer
+from vigil.api.notifications import Notification
+from vigil.cluster.events import (
+    AdminRequest,
+    ClearFailures,
+    Event,
+    FenceNode,
+    Notice,
+    Output,
+    Shutdown,
+    StartGroup,
+    StopGroup,
+    Tick,
+)
+from vigil.cluster.node import LocalState, NodeCore, Persisted
+from vigil.config import ClusterConfig
+from vigil.transports import Codec, Sequencer
+
+log = logging.getLogger(__name__)
+
+
+def load_persisted(path: Path) -> Persisted | None:
+    try:
+        data = json.loads(path.read_text())
+        return Persisted.from_json(data)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        # A damaged state file must not keep the node down; it rejoins as a new node and
+        # the others' promises keep the protocol safe (docs/protocol.md).
+        log.warning("ignoring damaged node state %s: %s", path, exc)
+        return None
+
+
+def save_persisted(path: Path, state: Persisted) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as f:
+        json.dump(state.to_json(), f, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class CoordinatorActor(VigilActor):
+    def __init__(self, name: str, directory: Directory, config: ClusterConfig, node: str,
+                 codec: Codec, sequencer: Sequencer, state_path: Path,
+                 missing_types: frozenset[str] = frozenset()) -> None:
+        super().__init__(name, directory)
+        self.config = config
+        self.node = node
+        self.codec = codec
+        self.sequencer = sequencer
+        self.state_path = state_path
+        self.links = [link.name for link in config.nodes[node].links]
+        self.core = NodeCore(config, node, incarnation=sequencer.incarnation,
+                             now=time.monotonic(), missing_types=missing_types,
+                             persisted=load_persisted(state_path))
+        self.saved = self.core.persisted()
+        self.tokens = 0
+        self.resource_states: dict[str, tuple[str, str]] = {
+            r: ("UNKNOWN", "not yet probed") for r, c in config.resources.items()}
+        self.running: frozenset[str] = frozenset()
+        self.timer: DeadlineTimer | None = None
+        self.left = False
+
+    def on_start(self) -> None:
+        me = self.actor_ref
+        self.timer = DeadlineTimer(self.node, lambda: me.tell(Tick()))
+        for group in self.config.groups:
+            self.directory.tell(f"group:{group}", ProbeGroup())
+        self._handle(Tick())
+
+    def on_stop(self) -> None:
+        if self.timer is not None:
+            self.timer.close()
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, GetStatus):
+            return self.status()
+        if isinstance(message, Control):
+            return self._control(message)
+        if isinstance(message, ResourceState):
+            self.resource_states[message.resource] = (message.state, message.reason)
+            return None
+        self._handle(message)
+        return None
+
+    # ---- the core --------------------------------------------------------------------------
+
+    def _handle(self, event: Event) -> None:
+        out = self.core.handle(event, time.monotonic())
+        self._apply(out)
+
+    def _apply(self, out: Output) -> None:
+        state = self.core.persisted()
+        if state != self.saved:
+            # before anything leaves: a promise must survive a crash (docs/protocol.md)
+            save_persisted(self.state_path, state)
+            self.saved = state
+        for msg in out.messages:
+            frames = tuple(self.codec.encode(self.sequencer.stamp(msg)))
+            for link in self.links:
+                self.directory.tell(f"link:{link}", SendFrames(frames))
+        for action in out.actions:
+            if isinstance(action, StartGroup):
+                self.tokens += 1
+                self.directory.tell(f"group:{action.group}", StartGroupCmd(self.tokens))
+            elif isinstance(action, StopGroup):
+                self.tokens += 1
+                self.directory.tell(f"group:{action.group}",
+                                    StopGroupCmd(self.tokens, action.force, action.reason))
+            elif isinstance(action, FenceNode):
+                log.error("fencing %s requested, but fencer %r cannot power nodes off",
+                          action.node, self.config.fencer)
+            elif isinstance(action, Notice):
+                self.directory.tell("notifier", Notification(
+                    action.kind, action.text, self.node, time.time(), action.fields))
+        running = frozenset(g for g, s in self.core.local.items() if s is LocalState.RUNNING)
+        if running != self.running:
+            self.running = running
+            self.directory.tell("diagnostics", RunningGroups(running))
+        if self.core.left and not self.left:
+            self.left = True
+            self.directory.tell("node", Control("left"))
+        if self.timer is not None:
+            wall = time.monotonic()
+            self.timer.set(None if out.deadline is None else max(out.deadline, wall))
+
+    # ---- manual requests ----------------------------------------------------------------
+
+    def _control(self, req: Control) -> dict[str, Any]:
+        cfg = self.config
+        cmd = req.command
+        group, node = req.arg("group"), req.arg("node")
+        if cmd == "status":
+            return {"ok": True, "status": self.status()}
+        if cmd == "move":
+            if group not in cfg.groups:
+                return _error(f"no group named {group!r}; groups: {', '.join(cfg.groups)}")
+            if node not in cfg.nodes:
+                return _error(f"no node named {node!r}; nodes: {', '.join(cfg.node_names)}")
+            self._handle(AdminRequest("move", group=group, node=node))
+            return {"ok": True, "message": f"move of {group} to {node} requested; the next "
+                    "transition applies it (watch `vigil status`)"}
+        if cmd in ("standby", "online"):
+            if node not in cfg.nodes:
+                return _error(f"no node named {node!r}; nodes: {', '.join(cfg.node_names)}")
+            self._handle(AdminRequest(cmd, node=node))  # type: ignore[arg-type]
+            return {"ok": True, "message": f"{cmd} of {node} requested"}
+        if cmd == "cleanup":
+            if group not in cfg.groups:
+                return _error(f"no group named {group!r}")
+            self._handle(ClearFailures(group))
+            return {"ok": True, "message": f"fail counts of {group} cleared on {self.node}"}
+        if cmd == "shutdown":
+            self._handle(Shutdown())
+            return {"ok": True, "message": "leaving the cluster"}
+        return _error(f"unknown command {cmd!r}")
+
+    def status(self) -> dict[str, Any]:
+        st = self.core.status()
+        alive = set(st["alive"])  # type: ignore[call-overload]
+        nodes = {n: {"state": "online" if n in alive else "offline",
+                     "standby": n in self.core.accepted.standby,
+                     "links": self.core.link_state().get(n, {})}
+                 for n in self.config.node_names}
+        nodes[self.node]["links"] = {link: True for link in self.links}
+        groups: dict[str, Any] = st["groups"]  # type: ignore[assignment]
+        resources = {}
+        for r, cfg in self.config.resources.items():
+            g = groups[cfg.group]
+            if g["node"] == self.node:
+                state, reason = self.resource_states[r]
+            elif isinstance(g["node"], str):
+                state, reason = "IN_SERVICE", f"reported by {g['node']}"
+            else:
+                local, reason = self.resource_states[r]
+                state = local if local in ("FAILED", "UNCLEAN") else "OOS"
+            resources[r] = {"node": g["node"] if state == "IN_SERVICE" else None,
+                            "group": cfg.group, "type": cfg.type, "state": state,
+                            "reason": reason, "depends_on": list(cfg.depends_on)}
+        return {
+            "cluster": self.config.name,
+            "node": self.node,
+            "epoch": st["epoch"],
+            "master": st["master"],
+            "quorate": st["quorate"],
+            "quorum": st["quorum"],
+            "transition": st["transition"],
+            "nodes": nodes,
+            "groups": groups,
+            "resources": resources,
+            "fail_counts": st["fail_counts"],
+            "mismatched": st["mismatched"],
+            "dropped": st["dropped"],
+            "messages": dict(self.codec.counters),
+            "decisions": st["decisions"],
+        }
+
+
+def _error(message: str) -> dict[str, Any]:
+    return {"ok": False, "error": message}

@@ -1,0 +1,111 @@
+"""Messages between the actors of one node: frozen, slotted data (Pykka does not copy
+messages, so immutable ones are also thread-safe ones). Messages between *nodes* are the
+seed's name/value :class:`vigil.messages.Message`; these stay inside one daemon."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from vigil.resources.model import OpResult
+
+ResourceOpName = Literal["start", "stop", "force_stop", "monitor"]
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceOp:
+    op: ResourceOpName
+    token: int
+    reply_to: str  # directory name of the actor to tell the ResourceOpDone
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceOpDone:
+    resource: str
+    op: ResourceOpName
+    token: int
+    result: OpResult
+
+
+@dataclass(frozen=True, slots=True)
+class StartGroupCmd:
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
+class StopGroupCmd:
+    token: int
+    force: bool
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeGroup:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceState:
+    """A resource's state changed (for status and notifications)."""
+
+    resource: str
+    group: str
+    state: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Frames:
+    """Raw frames from a link's reader thread."""
+
+    frames: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SendFrames:
+    frames: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RunningGroups:
+    """The coordinator tells diagnostics which groups are in service here."""
+
+    groups: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class ChildFailed:
+    name: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChildRestarted:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class GetStatus:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Control:
+    """A manual request from the control socket (CLI), /ha or the Python API."""
+
+    command: str
+    args: tuple[tuple[str, str], ...] = ()
+
+    def arg(self, name: str) -> str:
+        return dict(self.args).get(name, "")
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    ref: Any  # pykka.ActorRef of an application notification actor
+    kinds: frozenset[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    ref: Any

@@ -1,0 +1,185 @@
+"""NodeActor, the supervisor, and NodeRuntime, which builds one node's actor system.
+
+Children, each its own actor: one ResourceActor per resource, one GroupActor per group, one
+LinkActor per NIC, the CoordinatorActor, the DiagnosticsActor, the NotifierActor and the
+ControlActor. A child that dies is started again under the same name (a restarted
+coordinator comes back from the persisted state and probes the resources, like a daemon
+restart); a child that keeps dying takes the node down, loudly, rather than limp on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+from typing import Any, cast
+
+import pykka
+
+from vigil.actors.base import Directory, VigilActor
+from vigil.actors.control import ControlActor
+from vigil.actors.coordinator import CoordinatorActor
+from vigil.actors.diagnostics import DiagnosticsActor
+from vigil.actors.group import GroupActor
+from vigil.actors.link import LinkActor, LinkFactory
+from vigil.actors.messages import ChildFailed, ChildRestarted, Control, GetStatus, Subscribe
+from vigil.actors.notifier import NotifierActor
+from vigil.actors.resource import ResourceActor
+from vigil.config import ClusterConfig
+from vigil.resources.model import Catalog
+from vigil.resources.registry import ResourceTypeRegistry, default_registry
+from vigil.transports import Codec, Sequencer
+
+log = logging.getLogger(__name__)
+
+RESTARTS_ALLOWED = 5
+RESTART_WINDOW = 60.0
+
+Factory = Callable[[], pykka.ActorRef[Any]]
+
+
+class NodeActor(VigilActor):
+    def __init__(self, name: str, directory: Directory, factories: dict[str, Factory],
+                 left: threading.Event, failed: threading.Event) -> None:
+        super().__init__(name, directory)
+        self.factories = factories
+        self.left = left
+        self.failed = failed
+        self.restarts: dict[str, list[float]] = {}
+
+    def on_start(self) -> None:
+        for child, factory in self.factories.items():
+            self.directory.set(child, factory())
+
+    def on_stop(self) -> None:
+        for child in reversed(list(self.factories)):
+            ref = self.directory.get(child)
+            if ref is not None:
+                with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+                    ref.stop(block=True, timeout=10.0)
+
+    def on_failure(self, *args: Any) -> None:
+        self.failed.set()
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, ChildFailed):
+            self._restart(message)
+        elif isinstance(message, Control) and message.command == "left":
+            self.left.set()
+        return None
+
+    def _restart(self, failed: ChildFailed) -> None:
+        now = time.monotonic()
+        history = [t for t in self.restarts.get(failed.name, []) if now - t < RESTART_WINDOW]
+        if len(history) >= RESTARTS_ALLOWED:
+            log.critical("actor %s failed %d times in %.0fs (last: %s); stopping the node",
+                         failed.name, len(history) + 1, RESTART_WINDOW, failed.error)
+            self.failed.set()
+            return
+        self.restarts[failed.name] = [*history, now]
+        factory = self.factories.get(failed.name)
+        if factory is None:
+            return
+        log.warning("restarting actor %s after: %s", failed.name, failed.error)
+        self.directory.set(failed.name, factory())
+        for name in self.directory.names("group:"):
+            self.directory.tell(name, ChildRestarted(failed.name))
+
+
+class NodeRuntime:
+    """One node's actor system. ``start()`` builds it; ``stop()`` tears it down."""
+
+    def __init__(self, config: ClusterConfig, node: str, key: bytes,
+                 link_factory: Callable[[str, str], LinkFactory],
+                 registry: ResourceTypeRegistry | None = None,
+                 runtime_dir: Path | None = None) -> None:
+        self.config = config
+        self.node = node
+        self.key = key
+        self.link_factory = link_factory
+        self.registry = registry or default_registry()
+        self.runtime_dir = runtime_dir or config.nodes[node].runtime_dir
+        self.directory = Directory()
+        self.left = threading.Event()
+        self.failed = threading.Event()
+        self.executor: ThreadPoolExecutor | None = None
+        self.ref: pykka.ActorRef[Any] | None = None
+        self.missing_types = frozenset(
+            r.type for r in config.resources.values() if r.type not in self.registry)
+
+    def start(self) -> NodeRuntime:
+        cfg, node, d = self.config, self.node, self.directory
+        self.runtime_dir.mkdir(parents=True, exist_ok=True)
+        self.executor = ThreadPoolExecutor(max_workers=max(4, 2 * len(cfg.resources)),
+                                           thread_name_prefix=f"vigil-agent-{node}")
+        executor = self.executor
+        catalog = Catalog()
+        for rcfg in cfg.resources.values():
+            if rcfg.type in self.missing_types:
+                log.warning("resource %s: type %r is not installed on %s; its group %s "
+                            "cannot run here", rcfg.name, rcfg.type, node, rcfg.group)
+                continue
+            catalog.add(self.registry.get(rcfg.type).instantiate(rcfg, node, self.runtime_dir))
+        catalog.add_configured_dependencies()
+        codec = Codec(cfg.name, self.key, cfg.node_names, node)
+        sequencer = Sequencer(node)
+        factories: dict[str, Factory] = {}
+        factories["notifier"] = lambda: NotifierActor.start("notifier", d)
+        for res in catalog:
+            factories[f"resource:{res.name}"] = partial(
+                ResourceActor.start, f"resource:{res.name}", d, res, executor)
+        for group, gcfg in cfg.groups.items():
+            order = [r.name for r in catalog.group(group)] if any(
+                r in catalog for r in gcfg.resources) else []
+            factories[f"group:{group}"] = partial(
+                GroupActor.start, f"group:{group}", d, group, order)
+        factories["diagnostics"] = lambda: DiagnosticsActor.start("diagnostics", d, cfg)
+        state_path = self.runtime_dir / "state.json"
+        factories["coordinator"] = lambda: CoordinatorActor.start(
+            "coordinator", d, cfg, node, codec, sequencer, state_path, self.missing_types)
+        for link in cfg.nodes[node].links:
+            factory = self.link_factory(node, link.name)
+            factories[f"link:{link.name}"] = partial(
+                LinkActor.start, f"link:{link.name}", d, link.name, codec, factory)
+        factories["control"] = lambda: ControlActor.start(
+            "control", d, cfg.nodes[node].control_socket)
+        self.ref = NodeActor.start("node", d, factories, self.left, self.failed)
+        d.set("node", self.ref)
+        return self
+
+    def coordinator(self) -> pykka.ActorRef[Any]:
+        ref = self.directory.get("coordinator")
+        if ref is None:
+            raise RuntimeError(f"node {self.node} is not running")
+        return ref
+
+    def status(self, timeout: float = 5.0) -> dict[str, Any]:
+        return cast(dict[str, Any], self.coordinator().ask(GetStatus(), timeout=timeout))
+
+    def control(self, command: str, timeout: float = 5.0, **args: str) -> dict[str, Any]:
+        return cast(dict[str, Any], self.coordinator().ask(
+            Control(command, tuple(sorted(args.items()))), timeout=timeout))
+
+    def subscribe(self, ref: pykka.ActorRef[Any], kinds: frozenset[str] | None = None) -> None:
+        self.directory.tell("notifier", Subscribe(ref, kinds))
+
+    def shutdown(self, timeout: float) -> bool:
+        """Leave cleanly (groups stopped in reverse order); False if that took too long."""
+        try:
+            self.control("shutdown")
+        except (pykka.ActorDeadError, pykka.Timeout, RuntimeError):
+            return False
+        return self.left.wait(timeout)
+
+    def stop(self) -> None:
+        if self.ref is not None:
+            with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
+                self.ref.stop(block=True, timeout=30.0)
+            self.ref = None
+        if self.executor is not None:
+            self.executor.shutdown(wait=False, cancel_futures=True)

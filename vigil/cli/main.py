@@ -1,0 +1,307 @@
+"""The ``vigil`` command line.
+
+Exit codes scripts can rely on: 0 done; 1 the cluster refused or failed the request;
+2 usage or configuration error; 3 no daemon answers on the control socket.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from vigil.actors.control import request
+from vigil.config import ConfigError, check_file, load, validate_against_registry, write_key
+
+EXIT_REFUSED, EXIT_USAGE, EXIT_NO_DAEMON = 1, 2, 3
+DEFAULT_CONFIG = os.environ.get("VIGIL_CONFIG", "/etc/vigil/cluster.toml")
+
+config_option = click.option(
+    "--config", "-c", "config_path", default=DEFAULT_CONFIG, show_default=True,
+    type=click.Path(dir_okay=False), help="Cluster configuration file (or $VIGIL_CONFIG).")
+node_option = click.option(
+    "--node", "-n", default=None, help="Which node this is (default: the host name).")
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"vigil: {message}", err=True)
+    sys.exit(code)
+
+
+def _ask(config_path: str, via: str | None, command: str, **args: str) -> dict[str, Any]:
+    from vigil.daemon import StartupError, resolve_node
+
+    try:
+        cfg = load(config_path)
+        name = resolve_node(cfg, via)
+    except (ConfigError, StartupError) as exc:
+        _fail(str(exc), EXIT_USAGE)
+    path = cfg.nodes[name].control_socket
+    try:
+        return request(path, command, args)
+    except FileNotFoundError:
+        _fail(f"no daemon for node {name}: {path} does not exist (is `vigil node run` "
+              "running for this node?)", EXIT_NO_DAEMON)
+    except PermissionError:
+        _fail(f"permission denied on {path}: run as root", EXIT_NO_DAEMON)
+    except (OSError, ValueError) as exc:
+        _fail(f"no answer from node {name} on {path}: {exc}", EXIT_NO_DAEMON)
+
+
+def _request(config_path: str, via: str | None, command: str, **args: str) -> None:
+    answer = _ask(config_path, via, command, **args)
+    if not answer.get("ok"):
+        _fail(str(answer.get("error", "request failed")), EXIT_REFUSED)
+    click.echo(answer.get("message", "ok"))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="vigil")
+def cli() -> None:
+    """Vigil: a high-availability cluster manager."""
+
+
+# ---- node ---------------------------------------------------------------------------------
+
+
+@cli.group()
+def node() -> None:
+    """Run a node daemon; put nodes in standby and back online."""
+
+
+@node.command("run")
+@config_option
+@node_option
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def node_run(config_path: str, node: str | None, log_level: str) -> None:
+    """Run this node's daemon in the foreground (logs to stderr; SIGTERM leaves cleanly)."""
+    from vigil.daemon import configure_logging, run
+
+    configure_logging(log_level, node)
+    sys.exit(run(config_path, node))
+
+
+@node.command("standby")
+@config_option
+@click.option("--via", default=None, help="Node whose daemon takes the request.")
+@click.argument("name")
+def node_standby(config_path: str, via: str | None, name: str) -> None:
+    """Move every group off NAME and keep them off until `vigil node online`."""
+    _request(config_path, via, "standby", node=name)
+
+
+@node.command("online")
+@config_option
+@click.option("--via", default=None, help="Node whose daemon takes the request.")
+@click.argument("name")
+def node_online(config_path: str, via: str | None, name: str) -> None:
+    """Let NAME run groups again."""
+    _request(config_path, via, "online", node=name)
+
+
+# ---- group / resource ---------------------------------------------------------------------
+
+
+@cli.group()
+def group() -> None:
+    """Move resource groups."""
+
+
+@group.command("move")
+@config_option
+@click.option("--via", default=None, help="Node whose daemon takes the request.")
+@click.argument("group_name")
+@click.argument("target")
+def group_move(config_path: str, via: str | None, group_name: str, target: str) -> None:
+    """Move GROUP_NAME to node TARGET (through a transition; it stays there after)."""
+    _request(config_path, via, "move", group=group_name, node=target)
+
+
+@cli.group()
+def resource() -> None:
+    """Act on single resources."""
+
+
+@resource.command("cleanup")
+@config_option
+@node_option
+@click.argument("name")
+def resource_cleanup(config_path: str, node: str | None, name: str) -> None:
+    """Forget this node's failures of NAME's group so it may run here again."""
+    cfg = load(config_path)
+    if name not in cfg.resources and name not in cfg.groups:
+        _fail(f"no resource or group named {name!r}", EXIT_USAGE)
+    group_name = cfg.resources[name].group if name in cfg.resources else name
+    _request(config_path, node, "cleanup", group=group_name)
+
+
+# ---- status -------------------------------------------------------------------------------
+
+
+@cli.command()
+@config_option
+@node_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object (stable keys).")
+@click.option("--watch", "-w", is_flag=True, help="Refresh every second, like crm_mon.")
+def status(config_path: str, node: str | None, as_json: bool, watch: bool) -> None:
+    """Show the cluster as this node's daemon sees it."""
+    while True:
+        answer = _ask(config_path, node, "status")
+        if not answer.get("ok"):
+            _fail(str(answer.get("error")), EXIT_REFUSED)
+        st = answer["status"]
+        if as_json:
+            click.echo(json.dumps(st, indent=2, sort_keys=True))
+        else:
+            if watch:
+                click.clear()
+            click.echo(format_status(st))
+        if not watch:
+            return
+        time.sleep(1.0)
+
+
+def format_status(st: dict[str, Any]) -> str:
+    lines = []
+    t = st.get("transition")
+    lines.append(f"Cluster {st['cluster']}: epoch {st['epoch']}, master {st['master'] or '-'}, "
+                 f"{'quorate' if st['quorate'] else 'NO QUORUM'} ({st['quorum']})  "
+                 f"[seen from {st['node']}]")
+    if t and t["phase"] != "done":
+        lines.append(f"Transition in progress: {t['phase']} ({t['reason']})")
+    nodes = st["nodes"]
+    online = [n for n, v in nodes.items() if v["state"] == "online"]
+    lines.append(f"Nodes: {len(nodes)} configured, {len(online)} online")
+    for n, v in sorted(nodes.items()):
+        extra = " (standby)" if v.get("standby") else ""
+        links = v.get("links") or {}
+        down = [link for link, up in links.items() if not up]
+        if down:
+            extra += f" links down: {', '.join(down)}"
+        lines.append(f"  * {n:<12} {v['state'].upper() if v['state'] != 'online' else 'online'}"
+                     f"{extra}")
+    lines.append("Groups:")
+    by_group: dict[str, list[str]] = {}
+    for r, v in st["resources"].items():
+        by_group.setdefault(v["group"], []).append(r)
+    for g, v in sorted(st["groups"].items()):
+        where = f"on {v['node']}" if v["node"] else ""
+        lines.append(f"  * {g:<12} {v['state']} {where}".rstrip())
+        for r in by_group.get(g, []):
+            rv = st["resources"][r]
+            dep = f"  after {', '.join(rv['depends_on'])}" if rv["depends_on"] else ""
+            lines.append(f"      {r:<16} ({rv['type']}) {rv['state']}{dep}")
+    fails = st.get("fail_counts") or {}
+    if fails:
+        lines.append("Fail counts here: " + ", ".join(f"{g}={c}" for g, c in fails.items()))
+    if st.get("mismatched"):
+        lines.append("CONFIG MISMATCH (kept out): " + ", ".join(st["mismatched"]))
+    decisions = st.get("decisions") or []
+    if decisions:
+        lines.append("Recent decisions:")
+        lines += [f"    {d}" for d in decisions[-6:]]
+    return "\n".join(lines)
+
+
+# ---- configuration ------------------------------------------------------------------------
+
+
+@cli.group()
+def config() -> None:
+    """Check configuration files."""
+
+
+@config.command("check")
+@click.argument("path", type=click.Path(dir_okay=False))
+def config_check(path: str) -> None:
+    """Validate PATH; print every problem (file: key: what is wrong) and exit 2 if any."""
+    from vigil.resources.registry import default_registry
+
+    problems = check_file(path)
+    if not problems:
+        registry = default_registry()
+        problems = [str(p) for p in validate_against_registry(load(path), registry.names())]
+        cfg = load(path)
+        for r in cfg.resources.values():
+            if r.type in registry:
+                problems += [f"{path}: resources.{r.name}.params: {p}"
+                             for p in registry.get(r.type).check_params(r.params)]
+    if problems:
+        for p in problems:
+            click.echo(p, err=True)
+        sys.exit(EXIT_USAGE)
+    cfg = load(path)
+    click.echo(f"{path}: ok (cluster {cfg.name}, {len(cfg.nodes)} nodes, {len(cfg.groups)} "
+               f"groups, {len(cfg.resources)} resources, digest {cfg.digest[:12]})")
+
+
+@cli.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+def keygen(path: str) -> None:
+    """Write a new random cluster key to PATH (mode 0600); copy it to every node."""
+    try:
+        write_key(Path(path))
+    except FileExistsError:
+        _fail(f"{path} exists; remove it first if you really want a new key", EXIT_USAGE)
+    click.echo(f"wrote {path}")
+
+
+# ---- simulate -----------------------------------------------------------------------------
+
+
+@cli.command()
+@config_option
+@click.option("--node-down", multiple=True, metavar="NODE", help="Power NODE off.")
+@click.option("--node-up", multiple=True, metavar="NODE", help="Power NODE back on.")
+@click.option("--resource-fail", multiple=True, metavar="RESOURCE@NODE",
+              help="RESOURCE's monitor fails where it runs on NODE.")
+@click.option("--partition", multiple=True, metavar="A,B/C",
+              help="Split the network: nodes before '/' and after it cannot talk.")
+@click.option("--heal", is_flag=True, help="After the other events, heal the network.")
+@click.option("--json", "as_json", is_flag=True)
+def simulate(config_path: str, node_down: tuple[str, ...], node_up: tuple[str, ...],
+             resource_fail: tuple[str, ...], partition: tuple[str, ...], heal: bool,
+             as_json: bool) -> None:
+    """Show what the cluster would do, like crm_simulate: the placement now and after the
+    given events, computed by the same protocol code over a simulated network."""
+    from vigil.cli.simulate import Scenario, SimulateError, run_scenario
+
+    try:
+        cfg = load(config_path)
+    except ConfigError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    events: list[tuple[str, str]] = []
+    # Events apply in the order given per option, options in this order:
+    events += [("node-down", n) for n in node_down]
+    events += [("resource-fail", r) for r in resource_fail]
+    events += [("partition", p) for p in partition]
+    events += [("node-up", n) for n in node_up]
+    if heal:
+        events.append(("heal", ""))
+    try:
+        report = run_scenario(cfg, Scenario(events))
+    except SimulateError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    if as_json:
+        click.echo(json.dumps(report, indent=2, sort_keys=True))
+        return
+    for step in report["steps"]:
+        click.echo(f"== {step['title']} (t={step['time']:.2f}s)")
+        for g, where in sorted(step["placement"].items()):
+            click.echo(f"  {g:<14} {where or 'stopped'}")
+        for line in step["changes"]:
+            click.echo(f"  * {line}")
+
+
+def main() -> None:
+    cli(prog_name="vigil")
+
+
+if __name__ == "__main__":
+    main()
