@@ -45,8 +45,10 @@ def convergence_bound(cfg: ClusterConfig, groups: int) -> float:
     one_round = 6 * t.step_timeout  # ack, report, cost, stop, accept, start
     fencing = t.lease_time + stop_bound(cfg) + t.fence_margin
     group_ops = 2 * groups * 0.1  # simulated start+stop of every group, worst case in series
-    # a heal can cost one aborted round, then one full round with fencing
-    return detect + unresponsive_backoff + 2 * (one_round + fencing) + group_ops
+    # a heal can cost one aborted round, then one full round with fencing; then the
+    # cluster must stay settled for 2 * dead_time to count as converged
+    calm = 2 * t.dead_time
+    return detect + unresponsive_backoff + 2 * (one_round + fencing) + group_ops + calm
 
 
 class ClusterMachine(RuleBasedStateMachine):
@@ -155,10 +157,18 @@ class ClusterMachine(RuleBasedStateMachine):
             assert core is not None
         bound = convergence_bound(c.config, len(self.groups))
         deadline = c.now + bound
+        # A fault that began before the heal may still be detected after it (a heartbeat
+        # gap that reaches dead_time a moment later): settled means settled for a while.
+        calm_needed = 2 * c.config.timing.dead_time
+        calm_since: float | None = None
         while c.now < deadline:
-            c.run_for(0.25)
+            c.run_for(0.1)
             if c.settled() and not c.expected_placement_ok():
-                break
+                calm_since = c.now if calm_since is None else calm_since
+                if c.now - calm_since >= calm_needed:
+                    break
+            else:
+                calm_since = None
         assert c.settled(), f"not settled after {bound:.1f}s:\n{c.describe()}"
         assert not c.expected_placement_ok(), (
             f"{c.expected_placement_ok()} after {bound:.1f}s:\n{c.describe()}")

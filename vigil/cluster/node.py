@@ -188,7 +188,7 @@ class Round:
     next_retransmit: float
     replies: dict[str, Message] = field(default_factory=dict)
     acked_at: float = 0.0
-    highest: tuple[Epoch, dict[str, str | None], frozenset[str]] = (NO_EPOCH, {}, frozenset())
+    known: list[Accepted] = field(default_factory=list)  # every placement possibly in effect
     standby: frozenset[str] = frozenset()
     applied: tuple[str, ...] = ()
     moves: dict[str, str] = field(default_factory=dict)
@@ -222,36 +222,40 @@ class Persisted:
 
     promised: Epoch = NO_EPOCH
     promised_view: tuple[str, ...] = ()
-    accepted: Accepted = NO_ACCEPTED
+    history: tuple[Accepted, ...] = ()  # last closed placement, then those accepted since
     max_seen: int = 0
 
     def to_json(self) -> dict[str, object]:
         return {
             "promised": fmt_epoch(self.promised),
             "promised_view": list(self.promised_view),
-            "accepted": fmt_epoch(self.accepted.epoch),
-            "placement": dict(self.accepted.placement),
-            "standby": sorted(self.accepted.standby),
+            "history": [{"epoch": fmt_epoch(a.epoch), "placement": dict(a.placement),
+                         "standby": sorted(a.standby)} for a in self.history],
             "max_seen": self.max_seen,
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, object]) -> Persisted:
         """Raises ValueError/KeyError/TypeError on a damaged file."""
-        placement = data["placement"]
         view = data["promised_view"]
-        standby = data["standby"]
+        history = data["history"]
         max_seen = data["max_seen"]
-        if not (isinstance(placement, dict) and isinstance(view, list)
-                and isinstance(standby, list) and isinstance(max_seen, int)):
+        if not (isinstance(history, list) and isinstance(view, list)
+                and isinstance(max_seen, int)):
             raise TypeError("damaged node state")
+        entries = []
+        for item in history:
+            placement, standby = item["placement"], item["standby"]
+            if not isinstance(placement, dict) or not isinstance(standby, list):
+                raise TypeError("damaged node state")
+            entries.append(Accepted(parse_epoch(str(item["epoch"])),
+                                    {str(g): (None if n is None else str(n))
+                                     for g, n in placement.items()},
+                                    frozenset(str(n) for n in standby)))
         return cls(
             promised=parse_epoch(str(data["promised"])),
             promised_view=tuple(str(v) for v in view),
-            accepted=Accepted(parse_epoch(str(data["accepted"])),
-                              {str(g): (None if n is None else str(n))
-                               for g, n in placement.items()},
-                              frozenset(str(n) for n in standby)),
+            history=tuple(entries),
             max_seen=max_seen,
         )
 
@@ -321,7 +325,11 @@ class NodeCore:
         self.max_seen = 0
         self.promised: Epoch = NO_EPOCH
         self.promised_view: tuple[str, ...] = ()
-        self.accepted: Accepted = NO_ACCEPTED
+        # The last placement known to be fully accepted (its START arrived), then every one
+        # accepted since. A master must treat all of them as possibly in effect: a
+        # placement accepted by only some members may rest on a fencing wait that a newer
+        # epoch made void (docs/protocol.md, "partially accepted epochs").
+        self.history: list[Accepted] = []
         self.closed = False  # START of the accepted epoch received
         self.stop_orders: set[str] = set()
         # local groups
@@ -339,7 +347,7 @@ class NodeCore:
         if persisted is not None:
             self.promised = persisted.promised
             self.promised_view = persisted.promised_view
-            self.accepted = persisted.accepted
+            self.history = list(persisted.history)
             self.max_seen = max(persisted.max_seen, persisted.promised[0])
         # bookkeeping
         self.dropped = 0
@@ -402,7 +410,11 @@ class NodeCore:
         self._heartbeat_if_due()
 
     def persisted(self) -> Persisted:
-        return Persisted(self.promised, self.promised_view, self.accepted, self.max_seen)
+        return Persisted(self.promised, self.promised_view, tuple(self.history), self.max_seen)
+
+    @property
+    def accepted(self) -> Accepted:
+        return self.history[-1] if self.history else NO_ACCEPTED
 
     # ---- outputs ----------------------------------------------------------------------------
 
@@ -621,11 +633,11 @@ class NodeCore:
             return
         active = ",".join(f"{g}={s.value}" for g, s in sorted(self.local.items())
                           if s in ACTIVE)
-        fields = {"active": active, "acc": fmt_epoch(self.accepted.epoch)}
-        if fmt_epoch(self.accepted.epoch) != msg.fields.get("acc"):
-            fields["acc_place"] = _enc_placement(self.accepted.placement)
-            fields["acc_standby"] = ",".join(sorted(self.accepted.standby))
-        self._reply(msg, "report", **fields)
+        known = set(msg.fields.get("known", "").split(","))
+        history = ";".join(
+            f"{fmt_epoch(a.epoch)}|{_enc_placement(a.placement)}|{','.join(sorted(a.standby))}"
+            for a in self.history if fmt_epoch(a.epoch) not in known)
+        self._reply(msg, "report", active=active, hist=history)
 
     def _on_cost_req(self, msg: Message) -> None:
         if not self._for_current(msg):
@@ -663,10 +675,10 @@ class NodeCore:
             return
         epoch = self.promised
         if self.accepted.epoch != epoch:
-            self.accepted = Accepted(
+            self.history.append(Accepted(
                 epoch, _dec_placement(msg.fields["placement"]),
                 frozenset(_names(msg.fields.get("standby", ""))),
-                tuple(r for r in msg.fields.get("applied", "").split(",") if r))
+                tuple(r for r in msg.fields.get("applied", "").split(",") if r)))
             self.closed = False
             for rid in self.accepted.applied:
                 self.requests.pop(rid, None)
@@ -677,6 +689,7 @@ class NodeCore:
             return
         if not self.closed:
             self.closed = True
+            self.history = [self.accepted]
             self.stop_orders = set()
             self.failed_hold = set()
             mine = sorted(g for g, n in self.accepted.placement.items() if n == self.name)
@@ -920,7 +933,8 @@ class NodeCore:
         if r.phase is Phase.ACK:
             self._send("declare", dest, epoch=e, view=",".join(r.view), reason=r.reason)
         elif r.phase is Phase.REPORT:
-            self._send("report_req", dest, epoch=e, acc=fmt_epoch(self.accepted.epoch))
+            self._send("report_req", dest, epoch=e,
+                       known=",".join(fmt_epoch(a.epoch) for a in self.history))
         elif r.phase is Phase.COST:
             self._send("cost_req", dest, epoch=e, standby=",".join(sorted(r.standby)))
         elif r.phase is Phase.STOP:
@@ -984,14 +998,18 @@ class NodeCore:
         self._phase_request(r)
 
     def _absorb_reports(self, r: Round) -> None:
-        highest = self.accepted
+        known = {a.epoch: a for a in self.history}
         for node, msg in r.replies.items():
             r.reports[node] = _pairs(msg.fields["active"])
-            acc = parse_epoch(msg.fields["acc"])
-            if acc > highest.epoch and "acc_place" in msg.fields:
-                highest = Accepted(acc, _dec_placement(msg.fields["acc_place"]),
-                                   frozenset(_names(msg.fields.get("acc_standby", ""))))
-        r.highest = (highest.epoch, dict(highest.placement), highest.standby)
+            for entry in msg.fields.get("hist", "").split(";"):
+                if not entry:
+                    continue
+                epoch_text, placement, standby_text = entry.split("|")
+                epoch = parse_epoch(epoch_text)
+                known.setdefault(epoch, Accepted(epoch, _dec_placement(placement),
+                                                 frozenset(_names(standby_text))))
+        r.known = [known[e] for e in sorted(known)]
+        highest = r.known[-1] if r.known else NO_ACCEPTED
         standby = set(highest.standby)
         applied: list[str] = []
         for rid, (kind, group, node) in sorted(self._pending_requests().items()):
@@ -1035,12 +1053,21 @@ class NodeCore:
                     stops.setdefault(node, []).append(g)
         r.stops = {n: tuple(sorted(gs)) for n, gs in stops.items()}
         suspects: set[str] = set()
-        _, placed, _ = r.highest
         for g, target in r.placement.items():
-            previous = placed.get(g)
-            if (target is not None and previous is not None and previous not in r.view
-                    and previous not in self.departed):
-                suspects.add(previous)
+            if target is None:
+                continue
+            for acc in r.known:
+                previous = acc.placement.get(g)
+                if (previous is not None and previous not in r.view
+                        and previous not in self.departed):
+                    suspects.add(previous)
+        placed = r.known[-1].placement if r.known else {}
+        if self.quorum.two_node and any(t is not None for t in r.placement.values()):
+            # Each of two nodes is a quorum alone, so quorums need not intersect and the
+            # highest accepted placement may not be the last one: whoever is not with us
+            # could be running anything and must be fenced.
+            suspects |= {n for n in self.config.nodes
+                         if n not in r.view and n not in self.departed}
         if suspects:
             if self.fencer == "silence":
                 r.fence_until = (r.acked_at + self.timing.lease_time

@@ -212,7 +212,7 @@ class SimCluster:
         key = (node.name, node.incarnation)
         previous = self.promised_seen.get(key, NO_EPOCH)
         if self.check and core.promised < previous:
-            raise InvariantViolation(
+            raise self._violation(
                 f"epochs must only grow: {node.name} went from {fmt_epoch(previous)} to "
                 f"{fmt_epoch(core.promised)}")
         self.promised_seen[key] = core.promised
@@ -222,7 +222,7 @@ class SimCluster:
             placement = dict(core.accepted.placement)
             agreed = self.closed_epochs.setdefault(core.accepted.epoch, placement)
             if self.check and agreed != placement:
-                raise InvariantViolation(
+                raise self._violation(
                     f"agreement: members of epoch {fmt_epoch(core.accepted.epoch)} disagree "
                     f"on its placement ({agreed} vs {placement} at {node.name})")
         for msg in out.messages:
@@ -306,6 +306,9 @@ class SimCluster:
         del node.ops[group]
         self._deliver(node.name, GroupDone(group, "stop", True))
 
+    def _violation(self, text: str) -> InvariantViolation:
+        return InvariantViolation(f"{text}\n{self.describe(history=40)}")
+
     # ---- invariants -------------------------------------------------------------------------
 
     def _check_start_order(self, node: SimNode, resource: str) -> None:
@@ -317,7 +320,7 @@ class SimCluster:
             needed += list(self.config.groups[dep_group].resources)
         for dep in needed:
             if node.resources.get(dep) != "in":
-                raise InvariantViolation(
+                raise self._violation(
                     f"order: {resource} started on {node.name} while {dep} is not in service")
         self._check_exclusive(group, node.name)
 
@@ -331,14 +334,14 @@ class SimCluster:
                 dependents += list(self.config.groups[g].resources)
         for dep in dependents:
             if node.resources.get(dep) is not None:
-                raise InvariantViolation(
+                raise self._violation(
                     f"order: {resource} stopped on {node.name} while {dep} is still in service")
 
     def _check_exclusive(self, group: str, starting_on: str) -> None:
         resources = set(self.config.groups[group].resources)
         for other in self.nodes.values():
             if other.name != starting_on and resources & set(other.resources):
-                raise InvariantViolation(
+                raise self._violation(
                     f"exclusivity: {group} starting on {starting_on} while still active on "
                     f"{other.name}")
 
@@ -348,7 +351,7 @@ class SimCluster:
         view = self.epoch_views.get(epoch)
         assert node.core is not None
         if view is None or not node.core.quorum.quorate(view):
-            raise InvariantViolation(
+            raise self._violation(
                 f"minority action: {node.name} starts a group in epoch {fmt_epoch(epoch)} "
                 f"whose view {view} has no quorum")
 
@@ -357,7 +360,7 @@ class SimCluster:
             holders = [n.name for n in self.nodes.values()
                        if set(cfg.resources) & set(n.resources)]
             if len(holders) > 1:
-                raise InvariantViolation(f"exclusivity: {group} active on {holders}")
+                raise self._violation(f"exclusivity: {group} active on {holders}")
 
     # ---- observation ----------------------------------------------------------------------
 
@@ -427,7 +430,7 @@ class SimCluster:
                 ok.append(g)
         return ok
 
-    def describe(self) -> str:
+    def describe(self, history: int = 12) -> str:
         lines = [f"t={self.now:.3f}"]
         for name, node in self.nodes.items():
             if node.core is None:
@@ -441,6 +444,6 @@ class SimCluster:
                          f"{fmt_epoch(c.accepted.epoch)} closed={c.closed}{rs} "
                          f"alive={sorted(c.alive())} active={active} "
                          f"fails={c.fail_counts()}")
-            if r is not None:
-                lines += [f"    {d}" for d in c.decisions[-12:]]
+            if r is not None or history > 12:
+                lines += [f"    {d}" for d in c.decisions[-history:]]
         return "\n".join(lines)

@@ -150,9 +150,12 @@ def _place_sets(ctx: DecisionContext, rank: Ranker) -> Decision:
         options = {n: ok for n, ok in options.items() if ok}
         chosen: str | None = None
         why = ""
+        most = max((len(ok) for ok in options.values()), default=0)
         for g in groups:
             move = ctx.moves.get(g)
-            if move is not None and g in options.get(move, ()):
+            # A move that would strand a group of the set that could run elsewhere is
+            # refused (the master says why) rather than silently stopping that group.
+            if move is not None and g in options.get(move, ()) and len(options[move]) == most:
                 chosen, why = move, f"moved to {move} by request"
                 break
         if chosen is None and options:
