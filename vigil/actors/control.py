@@ -41,7 +41,7 @@ class _Handler(socketserver.StreamRequestHandler):
         except (OSError, TimeoutError) as exc:
             log.info("control request dropped: %s", exc)
             return
-        self.wfile.write(json.dumps(answer, sort_keys=True).encode() + b"\n")
+        self.wfile.write(json.dumps(answer).encode() + b"\n")  # keeps start order
 
     def _answer(self, line: bytes) -> dict[str, Any]:
         try:

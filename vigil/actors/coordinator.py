@@ -38,7 +38,9 @@ from vigil.cluster.events import (
     Tick,
 )
 from vigil.cluster.node import LocalState, NodeCore, Persisted
+from vigil.cluster.strategy import group_order
 from vigil.config import ClusterConfig
+from vigil.resources.graph import DependencyGraph
 from vigil.transports import Codec, Sequencer
 
 log = logging.getLogger(__name__)
@@ -87,6 +89,9 @@ class CoordinatorActor(VigilActor):
         self.running: frozenset[str] = frozenset()
         self.timer: DeadlineTimer | None = None
         self.left = False
+        self.start_order = [r for g in group_order(config) for r in DependencyGraph(
+            {r: config.resources[r].depends_on for r in config.groups[g].resources}
+        ).start_order()]
 
     def on_start(self) -> None:
         me = self.actor_ref
@@ -192,7 +197,8 @@ class CoordinatorActor(VigilActor):
         nodes[self.node]["links"] = {link: True for link in self.links}
         groups: dict[str, Any] = st["groups"]  # type: ignore[assignment]
         resources = {}
-        for r, cfg in self.config.resources.items():
+        for r in self.start_order:
+            cfg = self.config.resources[r]
             g = groups[cfg.group]
             if g["node"] == self.node:
                 state, reason = self.resource_states[r]
@@ -219,8 +225,13 @@ class CoordinatorActor(VigilActor):
             "mismatched": st["mismatched"],
             "dropped": st["dropped"],
             "messages": dict(self.codec.counters),
-            "decisions": st["decisions"],
+            "decisions": [[_wall(t), text] for t, text in st["decisions"]],  # type: ignore[attr-defined]
         }
+
+
+def _wall(monotonic: float) -> str:
+    """A core timestamp (time.monotonic) as local wall-clock time, for people."""
+    return time.strftime("%H:%M:%S", time.localtime(time.time() - (time.monotonic() - monotonic)))
 
 
 def _error(message: str) -> dict[str, Any]:

@@ -188,7 +188,7 @@ def format_status(st: dict[str, Any]) -> str:
                      f"{extra}")
     lines.append("Groups:")
     by_group: dict[str, list[str]] = {}
-    for r, v in st["resources"].items():
+    for r, v in st["resources"].items():  # in start order (the daemon sends them so)
         by_group.setdefault(v["group"], []).append(r)
     for g, v in sorted(st["groups"].items()):
         where = f"on {v['node']}" if v["node"] else ""
@@ -205,7 +205,7 @@ def format_status(st: dict[str, Any]) -> str:
     decisions = st.get("decisions") or []
     if decisions:
         lines.append("Recent decisions:")
-        lines += [f"    {d}" for d in decisions[-6:]]
+        lines += [f"    {at} {text}" for at, text in decisions[-6:]]
     return "\n".join(lines)
 
 

@@ -51,10 +51,9 @@ def run_scenario(cfg: ClusterConfig, scenario: Scenario) -> dict[str, Any]:
         lines = []
         for name, node in sorted(sim.nodes.items()):
             if node.core is not None:
-                lines += [(d.split(" ", 1)[0], name, d.split(" ", 1)[1])
-                          for d in node.core.decisions]
-        lines.sort(key=lambda x: float(x[0]))
-        fresh = [f"{name}: {text}" for at, name, text in lines if float(at) > seen]
+                lines += [(at, name, text) for at, text in node.core.decisions]
+        lines.sort()
+        fresh = [f"{name}: {text}" for at, name, text in lines if at > seen]
         changes += [c for c in fresh if "placement" in c or "declaring" in c
                     or "fencing" in c or "failed" in c or "cannot" in c or "waiting" in c]
         seen = sim.now

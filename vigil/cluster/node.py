@@ -351,7 +351,7 @@ class NodeCore:
             self.max_seen = max(persisted.max_seen, persisted.promised[0])
         # bookkeeping
         self.dropped = 0
-        self.decisions: list[str] = []
+        self.decisions: list[tuple[float, str]] = []  # (core time, why)
         self._out = Output()
         self._inbox: list[Message] = []
 
@@ -433,7 +433,7 @@ class NodeCore:
         self._out.actions.append(action)
 
     def _note(self, kind: str, text: str, **fields: str) -> None:
-        self.decisions.append(f"{self.now:.3f} {text}")
+        self.decisions.append((self.now, text))
         del self.decisions[:-200]
         self._act(Notice(kind, text, tuple(sorted(fields.items()))))
 

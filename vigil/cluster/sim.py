@@ -445,5 +445,5 @@ class SimCluster:
                          f"alive={sorted(c.alive())} active={active} "
                          f"fails={c.fail_counts()}")
             if r is not None or history > 12:
-                lines += [f"    {d}" for d in c.decisions[-history:]]
+                lines += [f"    {t:.3f} {d}" for t, d in c.decisions[-history:]]
         return "\n".join(lines)

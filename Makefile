@@ -1,0 +1,36 @@
+# Every target does its own set-up: a fresh clone needs only Python 3.11+ and make.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: test demo soak bench lint typecheck clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check vigil tests bench examples
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: lint typecheck
+	PYTHONHASHSEED=0 $(BIN)/python -m pytest -q
+
+demo: $(STAMP)
+	$(BIN)/python -m vigil.demo
+
+# The long simulation run: many more examples and steps than `make test`.
+soak: $(STAMP)
+	VIGIL_SIM_EXAMPLES=2000 VIGIL_SIM_STEPS=120 $(BIN)/python -m pytest -q \
+		tests/test_simulation.py -p no:cacheprovider --timeout=7200
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.transition_bench --write
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
