@@ -11,6 +11,7 @@ from typing import Any
 from vigil.actors.link import LinkFactory
 from vigil.actors.node import NodeRuntime
 from vigil.config import ClusterConfig, loads, write_key
+from vigil.resources.registry import ResourceTypeRegistry
 from vigil.transports import MemoryNetwork
 
 
@@ -71,9 +72,11 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str,
 
 
 class MemoryCluster:
-    def __init__(self, config: ClusterConfig, key: bytes) -> None:
+    def __init__(self, config: ClusterConfig, key: bytes,
+                 registry: ResourceTypeRegistry | None = None) -> None:
         self.config = config
         self.key = key
+        self.registry = registry
         self.net = MemoryNetwork(seed=1)
         self.nodes: dict[str, NodeRuntime] = {}
 
@@ -81,7 +84,8 @@ class MemoryCluster:
         return lambda link_name, on_frames: self.net.endpoint(node, link_name, on_frames)
 
     def start(self, name: str) -> NodeRuntime:
-        rt = NodeRuntime(self.config, name, self.key, self.link_factory).start()
+        rt = NodeRuntime(self.config, name, self.key, self.link_factory,
+                         registry=self.registry).start()
         self.nodes[name] = rt
         return rt
 

@@ -150,6 +150,8 @@ class NodeRuntime:
             "control", d, cfg.nodes[node].control_socket)
         self.ref = NodeActor.start("node", d, factories, self.left, self.failed)
         d.set("node", self.ref)
+        # on_start runs on the actor's thread: wait until every child is in the directory
+        self.ref.ask(Control("ready"), timeout=30.0)
         return self
 
     def coordinator(self) -> pykka.ActorRef[Any]:

@@ -342,6 +342,9 @@ class NodeCore:
         # protocol, master side
         self.round: Round | None = None
         self.unresponsive: dict[str, float] = {}
+        self.last_alive: frozenset[str] = frozenset({name})
+        self.settle_until = now
+        self.missed: dict[str, int] = {}
         self.handled_want: dict[str, int] = {}
         self.applied_ids: list[str] = []
         if persisted is not None:
@@ -838,7 +841,12 @@ class NodeCore:
         if self.leaving or self.now < self.started_at + self.timing.dead_time:
             return  # learn who is there before declaring anything
         alive = self.alive()
-        if min(alive) != self.name:
+        if alive - self.last_alive:
+            # Someone (re)appeared: others are likely coming back too (a healed partition,
+            # a rebooted switch). Wait a few heartbeats so one transition takes them all.
+            self.settle_until = self.now + 3 * self.timing.heartbeat_interval
+        self.last_alive = alive
+        if min(alive) != self.name or self.now < self.settle_until:
             return
         view = tuple(sorted(alive - set(self.unresponsive)))
         if not self.quorum.quorate(view, seen_all=self.seen_all):
@@ -861,8 +869,13 @@ class NodeCore:
                 return f"lost {', '.join(sorted(lost))} during the transition"
             if self.now >= r.phase_deadline:
                 missing = sorted(set(r.view) - set(r.replies))
+                # A node that is heard but does not answer twice in a row (a one-way link)
+                # is left out for a while so the rest can proceed; once is not enough, the
+                # reply may have been lost or the node unreachable only for a moment.
                 for node in missing:
-                    self.unresponsive[node] = self.now + 2 * self.timing.step_timeout
+                    self.missed[node] = self.missed.get(node, 0) + 1
+                    if self.missed[node] >= 2:
+                        self.unresponsive[node] = self.now + 2 * self.timing.step_timeout
                 return (f"step {r.phase.value} timed out waiting for "
                         f"{', '.join(missing)}")
             return ""
@@ -990,6 +1003,7 @@ class NodeCore:
         elif r.phase is Phase.START:
             r.phase = Phase.DONE
             r.done_at = self.now
+            self.missed = {}
             self.applied_ids = (self.applied_ids + list(r.applied))[-1000:]
             self._note("transition", f"epoch {fmt_epoch(r.epoch)} complete in "
                        f"{self.now - r.started:.3f}s ({r.messages} messages)",
@@ -1102,6 +1116,8 @@ class NodeCore:
         candidates = [self.next_hb]
         if self.now < self.started_at + t.dead_time:
             candidates.append(self.started_at + t.dead_time)
+        if self.settle_until > self.now:
+            candidates.append(self.settle_until)
         candidates += [h + t.dead_time for h in self.last_heard.values()
                        if h + t.dead_time > self.now]
         candidates += [e for e in self.support.values() if e > self.now]

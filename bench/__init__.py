@@ -1,0 +1,1 @@
+"""Benchmarks (never part of ``make test``): ``python -m bench.transition_bench``."""

@@ -1,0 +1,379 @@
+"""CPU time and messages of one complete transition after a node crash, in the simulator.
+
+For every cluster size (3, 9, 32 nodes) and number of groups (10, 100, 1,000) the benchmark
+builds a :class:`SimCluster` from ``tests.simconfig.sim_config(nodes, groups,
+group_chain=False)`` (two resources per group, independent groups, every node may run every
+group with a rotating preference, invariant checker off), runs it until it has settled, crashes
+one node and measures until the cluster has settled again with every group that can run back
+in service.
+
+Two scenarios: *holder crash* (the non-master node holding the most groups; the master stays
+and leads the transition) and *master crash* (the next-lowest node takes over and leads it).
+
+What one run measures (``time.process_time``, the whole simulated cluster in one process):
+
+* **crash → settled**: CPU of the simulation from the crash until ``settled()`` holds for a
+  newer epoch and ``expected_placement_ok()`` reports nothing. The simulation advances in
+  steps of ``STEP`` simulated seconds; only the ``run_for`` calls are timed, the convergence
+  checks between them are not (so polling costs nothing in the numbers, and the recovery time
+  is known to within one step).
+* **baseline**: CPU of the *same* simulated duration, run right afterwards on the recovered
+  cluster (the survivors in steady state: heartbeats, leases, deadlines). During the
+  detection wait and the fencing wait the survivors do exactly this, so
+* **transition CPU** = crash → settled - baseline: what the transition itself cost on top of
+  running the cluster. The same difference is also given for the node that led the transition
+  (CPU spent handling its events, the simulator's bookkeeping for them included).
+* **messages**: the master's ``Round.messages`` (what it sent itself while the round ran), all
+  protocol messages (everything but heartbeats, sent by any node: declare/ack, report, cost,
+  stop, accept, start and their replies) as sent / delivered (a broadcast is sent once and
+  delivered to every other node), and all messages in crash → settled including heartbeats.
+
+Each cell is the median (per column) of ``--reps`` runs with network seeds 1, 2, ...
+
+Run from the repository root::
+
+    .venv/bin/python -m bench.transition_bench            # print the tables
+    .venv/bin/python -m bench.transition_bench --write    # and update docs/benchmarks.md
+    .venv/bin/python -m bench.transition_bench --profile  # cProfile of 32 x 1,000, holder crash
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `tests.simconfig` lives in the repository, not the package
+    sys.path.insert(0, str(ROOT))
+
+import argparse  # noqa: E402
+import cProfile  # noqa: E402
+import gc  # noqa: E402
+import io  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import pstats  # noqa: E402
+import random  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+from collections import Counter  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+from dataclasses import dataclass, fields  # noqa: E402
+from datetime import date  # noqa: E402
+from typing import Literal  # noqa: E402
+
+from tests.simconfig import sim_config  # noqa: E402
+from vigil.cluster.events import NO_EPOCH, Epoch, Event, Received, Tick, fmt_epoch  # noqa: E402
+from vigil.cluster.node import NodeCore  # noqa: E402
+from vigil.cluster.sim import SimCluster  # noqa: E402
+from vigil.messages import Message  # noqa: E402
+
+NODES = (3, 9, 32)
+GROUPS = (10, 100, 1000)
+STEP = 0.01  # simulated seconds between convergence checks
+SETTLE_LIMIT = 30.0  # simulated seconds allowed for forming the cluster or recovering
+COMMAND = ".venv/bin/python -m bench.transition_bench --write"
+DOC = ROOT / "docs" / "benchmarks.md"
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+Scenario = Literal["holder", "master"]
+SCENARIOS: dict[Scenario, str] = {
+    "holder": "Holder crash (the non-master node holding the most groups)",
+    "master": "Master crash (the next-lowest node takes over)",
+}
+
+
+def event_kind(event: Event) -> str:
+    if isinstance(event, Tick):
+        return "tick"  # heartbeats out, deadlines (dead_time, retransmits, fencing waits)
+    if isinstance(event, Received) and event.msg.type == "hb":
+        return "hb"
+    return "protocol"  # protocol messages, group operations done, fencing done
+
+
+class BenchCluster(SimCluster):
+    """A SimCluster that counts messages by type and CPU per node (the node whose event it
+    handles; an event handled while handling another counts for the outer one)."""
+
+    def __init__(self, nodes: int, groups: int, seed: int) -> None:
+        # set before SimCluster.__init__, which already delivers the first ticks
+        self.node_cpu: Counter[str] = Counter()
+        self.kind_cpu: Counter[str] = Counter()  # "hb", "tick" or "protocol" (everything else)
+        self.sent: Counter[str] = Counter()
+        self.delivered: Counter[str] = Counter()
+        self._depth = 0
+        super().__init__(sim_config(nodes, groups, group_chain=False),
+                         rng=random.Random(seed), check=False)
+
+    def _deliver(self, name: str, event: Event) -> None:
+        if self._depth:
+            super()._deliver(name, event)
+            return
+        self._depth = 1
+        start = time.process_time()
+        try:
+            super()._deliver(name, event)
+        finally:
+            spent = time.process_time() - start
+            self.node_cpu[name] += spent
+            self.kind_cpu[event_kind(event)] += spent
+            self._depth = 0
+
+    def _transmit(self, msg: Message) -> None:
+        before = self.stats.deliveries
+        super()._transmit(msg)
+        self.sent[msg.type] += 1
+        self.delivered[msg.type] += self.stats.deliveries - before
+
+    # ---- observation ----------------------------------------------------------------------
+
+    def epoch(self) -> Epoch:
+        return max((c.promised for c in self.cores()), default=NO_EPOCH)
+
+    def cores(self) -> list[NodeCore]:
+        return [n.core for n in self.nodes.values() if n.core is not None]
+
+    def master_core(self) -> NodeCore:
+        core = self.nodes[self.epoch()[1]].core
+        assert core is not None, "the master of the current epoch is down"
+        return core
+
+    def converged(self, newer_than: Epoch) -> bool:
+        """Settled in an epoch newer than ``newer_than``, every group that can run placed."""
+        return (self.epoch() > newer_than and self.settled()
+                and not self.expected_placement_ok())
+
+    def holdings(self) -> Counter[str]:
+        held: Counter[str] = Counter({n: 0 for n in self.live()})
+        for where in self.placement().values():
+            held.update(where)
+        return held
+
+
+@dataclass(slots=True)
+class Sample:
+    """One run; times in seconds (CPU) or simulated seconds (recovery, detect, protocol)."""
+
+    recovery: float  # crash -> settled with every group placed
+    detect: float  # crash -> declaration of the new epoch
+    protocol: float  # declaration -> epoch complete (the rest: group starts, one STEP)
+    cpu_crash: float
+    cpu_base: float
+    master_crash: float
+    master_base: float
+    protocol_events: float  # CPU of the protocol's own events (not heartbeats, not ticks)
+    round_messages: int
+    proto_sent: int
+    proto_delivered: int
+    all_sent: int
+    all_delivered: int
+    epochs: int  # epochs declared during the recovery (1 unless a round was aborted)
+    transition: float = 0.0  # cpu_crash - cpu_base
+    master_transition: float = 0.0  # master_crash - master_base
+
+
+def run_timed(cluster: BenchCluster, duration: float) -> float:
+    start = time.process_time()
+    cluster.run_for(duration)
+    return time.process_time() - start
+
+
+def measure(nodes: int, groups: int, seed: int, scenario: Scenario,
+            profiler: cProfile.Profile | None = None) -> Sample:
+    cluster = BenchCluster(nodes, groups, seed)
+    while not cluster.converged(NO_EPOCH):
+        if cluster.now > SETTLE_LIMIT:
+            raise RuntimeError(f"{nodes}x{groups} seed {seed}: the cluster never formed\n"
+                               f"{cluster.describe()}")
+        cluster.run_for(STEP * 10)
+    before = cluster.epoch()
+    if scenario == "master":
+        victim = before[1]
+    else:
+        held = cluster.holdings()
+        most = max(c for n, c in held.items() if n != before[1])
+        victim = min(n for n, c in held.items() if n != before[1] and c == most)
+
+    sent0, delivered0 = cluster.stats.messages, cluster.stats.deliveries
+    proto_sent0 = sum(v for k, v in cluster.sent.items() if k != "hb")
+    proto_delivered0 = sum(v for k, v in cluster.delivered.items() if k != "hb")
+    node_cpu0 = Counter(cluster.node_cpu)
+    protocol_cpu0 = cluster.kind_cpu["protocol"]
+    gc.collect()
+    crashed_at = cluster.now
+    cpu_crash = 0.0
+    if profiler is not None:
+        profiler.enable()
+    cluster.crash(victim)
+    while not cluster.converged(before):
+        if cluster.now - crashed_at > SETTLE_LIMIT:
+            raise RuntimeError(f"{nodes}x{groups} seed {seed}: no recovery from the crash of "
+                               f"{victim}\n{cluster.describe()}")
+        cpu_crash += run_timed(cluster, STEP)
+    if profiler is not None:
+        profiler.disable()
+    recovery = cluster.now - crashed_at
+    master = cluster.master_core()
+    rnd = master.round
+    assert rnd is not None and rnd.epoch == master.promised
+    after = master.promised
+    node_cpu1 = Counter(cluster.node_cpu)
+    sample = Sample(
+        recovery=recovery,
+        detect=rnd.started - crashed_at,
+        protocol=rnd.done_at - rnd.started,
+        cpu_crash=cpu_crash,
+        cpu_base=0.0,
+        master_crash=node_cpu1[master.name] - node_cpu0[master.name],
+        master_base=0.0,
+        protocol_events=cluster.kind_cpu["protocol"] - protocol_cpu0,
+        round_messages=rnd.messages,
+        proto_sent=sum(v for k, v in cluster.sent.items() if k != "hb") - proto_sent0,
+        proto_delivered=(sum(v for k, v in cluster.delivered.items() if k != "hb")
+                         - proto_delivered0),
+        all_sent=cluster.stats.messages - sent0,
+        all_delivered=cluster.stats.deliveries - delivered0,
+        epochs=after[0] - before[0],
+    )
+    # baseline: the same simulated time on the recovered cluster, nothing happening
+    gc.collect()
+    sample.cpu_base = run_timed(cluster, recovery)
+    sample.master_base = cluster.node_cpu[master.name] - node_cpu1[master.name]
+    sample.transition = sample.cpu_crash - sample.cpu_base
+    sample.master_transition = sample.master_crash - sample.master_base
+    if cluster.epoch() != after or not cluster.converged(before):
+        raise RuntimeError(f"{nodes}x{groups} seed {seed}: the cluster did not stay settled "
+                           f"in epoch {fmt_epoch(after)} after recovering\n{cluster.describe()}")
+    return sample
+
+
+def median(samples: Sequence[Sample]) -> Sample:
+    values = {f.name: statistics.median(getattr(s, f.name) for s in samples)
+              for f in fields(Sample)}
+    return Sample(**values)
+
+
+# ---- output ---------------------------------------------------------------------------------
+
+
+HEADER = ("| nodes | groups | runs | recovery, sim s (detect + protocol) "
+          "| CPU crash→settled | CPU baseline | **transition CPU** (difference) "
+          "| protocol events CPU | transition CPU on master "
+          "| master `Round.messages` | protocol msgs sent / delivered "
+          "| all msgs sent / delivered | epochs |")
+
+
+def table_row(nodes: int, groups: int, runs: int, m: Sample) -> str:
+    return (f"| {nodes} | {groups:,} | {runs} "
+            f"| {m.recovery:.2f} ({m.detect:.2f} + {m.protocol:.3f}) "
+            f"| {m.cpu_crash:.3f} | {m.cpu_base:.3f} | **{m.transition:.3f}** "
+            f"| {m.protocol_events:.3f} | {m.master_transition:.3f} | {m.round_messages:.0f} "
+            f"| {m.proto_sent:,.0f} / {m.proto_delivered:,.0f} "
+            f"| {m.all_sent:,.0f} / {m.all_delivered:,.0f} | {m.epochs:.0f} |")
+
+
+def environment() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f
+                        if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                                capture_output=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return (f"{date.today().isoformat()}, commit {commit}, Python "
+            f"{platform.python_version()}, {os.cpu_count()} cores ({cpu}), {platform.system()}")
+
+
+def render(results: dict[Scenario, list[tuple[int, int, list[Sample]]]]) -> str:
+    lines = [f"Measured {environment()}; `sim_config(nodes, groups, group_chain=False)`, "
+             "network delay 1-5 ms, start/stop 20 ms per resource, invariant checker off. "
+             "Median of the runs per column (the difference is the median of the differences); CPU "
+             "in seconds of `time.process_time()` for the whole simulated cluster.", ""]
+    for scenario, rows in results.items():
+        lines += [f"#### {SCENARIOS[scenario]}", "", HEADER,
+                  "|" + "---|" * HEADER.count(" | ") + "---|"]
+        lines += [table_row(n, g, len(samples), median(samples)) for n, g, samples in rows]
+        lines.append("")
+    goal = [median(s) for n, g, s in results.get("holder", []) if (n, g) == (32, 1000)]
+    if goal:
+        got = goal[0].transition
+        lines.append(f"Goal, 32 nodes x 1,000 groups under one second of CPU for the "
+                     f"transition: {got:.2f} s, **{'met' if got < 1.0 else 'missed'}** "
+                     f"(crash → settled including the survivors' heartbeats: "
+                     f"{goal[0].cpu_crash:.1f} s).")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_doc(table: str) -> None:
+    text = DOC.read_text(encoding="utf-8")
+    head, sep1, rest = text.partition(BEGIN)
+    _, sep2, tail = rest.partition(END)
+    if not (sep1 and sep2):
+        raise SystemExit(f"{DOC}: the markers {BEGIN} and {END} are missing")
+    DOC.write_text(f"{head}{BEGIN}\n{table}{END}{tail}", encoding="utf-8")
+    print(f"updated {DOC.relative_to(ROOT)}", file=sys.stderr)
+
+
+def profile(nodes: int, groups: int, scenario: Scenario, top: int) -> None:
+    profiler = cProfile.Profile()
+    sample = measure(nodes, groups, 1, scenario, profiler)
+    print(f"{nodes} nodes x {groups} groups, {scenario} crash, seed 1: crash -> settled "
+          f"{sample.cpu_crash:.2f} s CPU (under cProfile), baseline {sample.cpu_base:.2f} s")
+    for key in ("tottime", "cumulative"):
+        out = io.StringIO()
+        pstats.Stats(profiler, stream=out).sort_stats(key).print_stats(top)
+        print(out.getvalue())
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.transition_bench",
+                                     description=__doc__.split("\n\n")[0] if __doc__ else "")
+    parser.add_argument("--nodes", type=int, nargs="+", default=list(NODES))
+    parser.add_argument("--groups", type=int, nargs="+", default=list(GROUPS))
+    parser.add_argument("--scenario", choices=list(SCENARIOS), nargs="+",
+                        default=list(SCENARIOS))
+    parser.add_argument("--reps", type=int, default=3, help="runs per cell (default 3)")
+    parser.add_argument("--big-reps", type=int, default=None,
+                        help="runs for 32 x 1,000 (default: --reps)")
+    parser.add_argument("--write", action="store_true",
+                        help=f"replace the table section of {DOC.relative_to(ROOT)}")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead: cProfile one run of the largest size (holder crash)")
+    parser.add_argument("--top", type=int, default=25, help="rows of profile output")
+    args = parser.parse_args(argv)
+    if args.profile:
+        profile(max(args.nodes), max(args.groups), args.scenario[0], args.top)
+        return
+    results: dict[Scenario, list[tuple[int, int, list[Sample]]]] = {}
+    began = time.monotonic()
+    for scenario in args.scenario:
+        rows = results.setdefault(scenario, [])
+        for nodes in args.nodes:
+            for groups in args.groups:
+                reps = args.reps
+                if (nodes, groups) == (32, 1000) and args.big_reps is not None:
+                    reps = args.big_reps
+                samples: list[Sample] = []
+                for seed in range(1, reps + 1):
+                    samples.append(measure(nodes, groups, seed, scenario))
+                    s = samples[-1]
+                    print(f"{scenario:6} {nodes:2}x{groups:<4} seed {seed}: recovery "
+                          f"{s.recovery:.2f}s sim, CPU {s.cpu_crash:.3f} - baseline "
+                          f"{s.cpu_base:.3f} = {s.transition:.3f} s "
+                          f"[{time.monotonic() - began:.0f}s]", file=sys.stderr, flush=True)
+                rows.append((nodes, groups, samples))
+    table = render(results)
+    print(table, end="")
+    if args.write:
+        write_doc(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""Integration: the real actors of three nodes in one process, over the in-memory network.
+
+Every actor is real (coordinator, links, groups, resources, diagnostics, notifier, control
+socket); only the wire is in memory, so tests can cut it. A recording resource type (a
+dummy that writes every start and stop to a shared journal) shows the order in which the
+resources really went in and out of service.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pykka
+import pytest
+
+from tests.cluster_harness import MemoryCluster, cluster_toml, wait_for
+from vigil.api.notifications import Notification
+from vigil.config import ResourceConfig, load_key, loads
+from vigil.resources.dummy import DummyResource, DummyType
+from vigil.resources.model import OpResult
+from vigil.resources.registry import ResourceTypeRegistry
+
+JOURNAL: list[tuple[float, str, str, str]] = []  # (time, node, op, resource)
+JOURNAL_LOCK = threading.Lock()
+
+
+class RecordingResource(DummyResource):
+    def _start(self, cancel: threading.Event) -> OpResult:
+        result = super()._start(cancel)
+        if result.ok:
+            with JOURNAL_LOCK:
+                JOURNAL.append((time.monotonic(), self.node, "start", self.name))
+        return result
+
+    def _stop(self, force: bool) -> OpResult:
+        was_running = self.state_file.exists()
+        result = super()._stop(force)
+        if was_running:
+            with JOURNAL_LOCK:
+                JOURNAL.append((time.monotonic(), self.node, "stop", self.name))
+        return result
+
+
+class RecordingType(DummyType):
+    def typename(self) -> str:
+        return "dummy"
+
+    def instantiate(self, config: ResourceConfig, node: str,
+                    runtime_dir: Path) -> RecordingResource:
+        return RecordingResource(self, config, node, runtime_dir)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[MemoryCluster]:
+    JOURNAL.clear()
+    cfg = loads(cluster_toml(tmp_path), tmp_path / "cluster.toml")
+    registry = ResourceTypeRegistry()
+    registry.register(RecordingType())
+    mc = MemoryCluster(cfg, load_key(cfg), registry=registry)
+    try:
+        yield mc
+    finally:
+        mc.stop()
+        pykka.ActorRegistry.stop_all(timeout=10)
+
+
+def running_on(mc: MemoryCluster, group: str) -> list[str]:
+    return [n for n in mc.holders(group)
+            if mc.status(n)["groups"][group]["state"] == "running"]
+
+
+def journal(node: str, op: str) -> list[str]:
+    with JOURNAL_LOCK:
+        return [r for _, n, o, r in JOURNAL if n == node and o == op]
+
+
+def test_group_starts_once_in_dependency_order(cluster: MemoryCluster) -> None:
+    for n in ("alpha", "beta", "gamma"):
+        cluster.start(n)
+    holders = wait_for(lambda: running_on(cluster, "web"), 15, "web in service")
+    assert holders == ["alpha"]  # prefer: alpha = 0
+    time.sleep(0.5)  # several heartbeats later, still exactly once
+    assert running_on(cluster, "web") == ["alpha"]
+    assert journal("alpha", "start") == ["web-ip", "web-data", "web-app"]
+    assert journal("beta", "start") == [] and journal("gamma", "start") == []
+    for n in ("alpha", "beta", "gamma"):
+        st = cluster.status(n)
+        assert st["epoch"] == "1.alpha" and st["master"] == "alpha"
+        assert st["groups"]["web"]["node"] == "alpha"
+        assert st["resources"]["web-app"]["state"] == "IN_SERVICE"
+
+
+def test_killing_the_holder_moves_the_group(cluster: MemoryCluster) -> None:
+    for n in ("alpha", "beta", "gamma"):
+        cluster.start(n)
+    wait_for(lambda: running_on(cluster, "web") == ["alpha"], 15, "web on alpha")
+    cluster.kill("alpha")
+    wait_for(lambda: running_on(cluster, "web") == ["beta"], 20, "web moved to beta")
+    st = cluster.status("gamma")
+    assert st["nodes"]["alpha"]["state"] == "offline"
+    assert st["master"] == "beta"
+    assert journal("beta", "start") == ["web-ip", "web-data", "web-app"]
+
+
+def test_moving_a_group_stops_it_in_reverse_order_before_it_starts_elsewhere(
+        cluster: MemoryCluster) -> None:
+    for n in ("alpha", "beta", "gamma"):
+        cluster.start(n)
+    wait_for(lambda: running_on(cluster, "web") == ["alpha"], 15, "web on alpha")
+    answer = cluster.nodes["gamma"].control("move", group="web", node="gamma")
+    assert answer["ok"], answer
+    wait_for(lambda: running_on(cluster, "web") == ["gamma"], 15, "web moved to gamma")
+    assert journal("alpha", "stop") == ["web-app", "web-data", "web-ip"]
+    with JOURNAL_LOCK:
+        last_stop = max(t for t, n, o, _ in JOURNAL if n == "alpha" and o == "stop")
+        first_start = min(t for t, n, o, _ in JOURNAL if n == "gamma" and o == "start")
+    assert last_stop < first_start, "started on gamma before alpha had stopped"
+
+
+def test_a_node_cut_off_stops_its_groups_and_the_majority_takes_over(
+        cluster: MemoryCluster) -> None:
+    for n in ("alpha", "beta", "gamma"):
+        cluster.start(n)
+    wait_for(lambda: running_on(cluster, "web") == ["alpha"], 15, "web on alpha")
+    cluster.net.partition({"alpha"}, {"beta", "gamma"})
+    # alpha loses its quorum lease and stops; only then may beta start (silence fencer)
+    wait_for(lambda: journal("alpha", "stop") == ["web-app", "web-data", "web-ip"], 15,
+             "alpha to stop web")
+    wait_for(lambda: cluster.status("beta")["groups"]["web"]["node"] == "beta"
+             and cluster.status("beta")["groups"]["web"]["state"] == "running", 20,
+             "web on beta")
+    with JOURNAL_LOCK:
+        last_stop = max(t for t, n, o, _ in JOURNAL if n == "alpha" and o == "stop")
+        first_start = min(t for t, n, o, _ in JOURNAL if n == "beta" and o == "start")
+    assert last_stop < first_start
+    assert cluster.status("alpha")["quorate"] is False
+    cluster.net.heal()
+    wait_for(lambda: cluster.status("alpha")["epoch"] == cluster.status("beta")["epoch"], 15,
+             "alpha to rejoin")
+    time.sleep(1.0)
+    st = cluster.status("alpha")
+    assert running_on(cluster, "web") == ["beta"], st  # failback is off: it stays
+
+
+def test_monitor_failure_restarts_the_group(cluster: MemoryCluster, tmp_path: Path) -> None:
+    for n in ("alpha", "beta", "gamma"):
+        cluster.start(n)
+    wait_for(lambda: running_on(cluster, "web") == ["alpha"], 15, "web on alpha")
+    fail_switch = tmp_path / "run" / "alpha" / "dummy" / "web-data.state.fail"
+    fail_switch.touch()
+    wait_for(lambda: "web-data" in journal("alpha", "stop"), 15, "the failure to be seen")
+    fail_switch.unlink()
+    wait_for(lambda: running_on(cluster, "web") == ["alpha"]
+             and journal("alpha", "start").count("web-app") == 2, 15,
+             "web restarted in place")
+    assert cluster.status("alpha")["fail_counts"] == {"web": 1}
+
+
+def test_application_actors_receive_notifications_in_order(cluster: MemoryCluster) -> None:
+    seen: list[Notification] = []
+    done = threading.Event()
+
+    class Listener(pykka.ThreadingActor):
+        def on_receive(self, message: Any) -> None:
+            if isinstance(message, Notification):
+                seen.append(message)
+                if message.kind == "group" and "in service on alpha" in message.text:
+                    done.set()
+
+    listener = Listener.start()
+    rt = cluster.start("alpha")
+    rt.subscribe(listener)
+    cluster.start("beta")
+    cluster.start("gamma")
+    assert done.wait(15), [n.text for n in seen]
+    texts = [n.text for n in seen]
+    declared = next(i for i, t in enumerate(texts) if t.startswith("declaring epoch 1.alpha"))
+    closed = next(i for i, t in enumerate(texts) if t.startswith("epoch 1.alpha closed"))
+    started = next(i for i, t in enumerate(texts) if t == "web in service on alpha")
+    assert declared < closed < started
+    assert all(n.node == "alpha" for n in seen)
