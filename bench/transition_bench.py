@@ -173,60 +173,86 @@ class Sample:
     master_transition: float = 0.0  # master_crash - master_base
 
 
-def run_timed(cluster: BenchCluster, duration: float) -> float:
-    start = time.process_time()
-    cluster.run_for(duration)
-    return time.process_time() - start
+def formed(nodes: int, groups: int, seed: int) -> BenchCluster:
+    """A new cluster, run until it has formed and placed every group."""
+    cluster = BenchCluster(nodes, groups, seed)
+    recover(cluster, NO_EPOCH, f"{nodes}x{groups} seed {seed}: the cluster never formed")
+    return cluster
+
+
+def recover(cluster: BenchCluster, newer_than: Epoch, failure: str,
+            timed: BenchCluster | None = None) -> tuple[float, float]:
+    """Run ``cluster`` in steps of STEP until it converges in an epoch newer than
+    ``newer_than``; returns the CPU of those steps and, if ``timed`` is given, the CPU of
+    running ``timed`` for the same steps, interleaved (the checks between steps are not
+    timed)."""
+    began = cluster.now
+    cpu = other = 0.0
+    while not cluster.converged(newer_than):
+        if cluster.now - began > SETTLE_LIMIT:
+            raise RuntimeError(f"{failure}\n{cluster.describe()}")
+        start = time.process_time()
+        cluster.run_for(STEP)
+        middle = time.process_time()
+        if timed is not None:
+            timed.run_for(STEP)
+        cpu += middle - start
+        other += time.process_time() - middle
+    return cpu, other
+
+
+def victim_for(cluster: BenchCluster, scenario: Scenario) -> str:
+    master = cluster.epoch()[1]
+    if scenario == "master":
+        return master
+    held = cluster.holdings()
+    most = max(c for n, c in held.items() if n != master)
+    return min(n for n, c in held.items() if n != master and c == most)
 
 
 def measure(nodes: int, groups: int, seed: int, scenario: Scenario,
             profiler: cProfile.Profile | None = None) -> Sample:
-    cluster = BenchCluster(nodes, groups, seed)
-    while not cluster.converged(NO_EPOCH):
-        if cluster.now > SETTLE_LIMIT:
-            raise RuntimeError(f"{nodes}x{groups} seed {seed}: the cluster never formed\n"
-                               f"{cluster.describe()}")
-        cluster.run_for(STEP * 10)
+    where = f"{nodes}x{groups} seed {seed}, {scenario} crash"
+    cluster = formed(nodes, groups, seed)
     before = cluster.epoch()
-    if scenario == "master":
-        victim = before[1]
-    else:
-        held = cluster.holdings()
-        most = max(c for n, c in held.items() if n != before[1])
-        victim = min(n for n, c in held.items() if n != before[1] and c == most)
+    victim = victim_for(cluster, scenario)
+    # The baseline: an identical twin (same seed, so the same history) that lost the same
+    # node earlier and has recovered; it runs the same simulated steps as the measured
+    # cluster, interleaved with them, so that other load on the machine hits both alike.
+    twin = formed(nodes, groups, seed)
+    twin.crash(victim)
+    recover(twin, before, f"{where}: the twin did not recover")
+    twin_epoch = twin.epoch()
 
     sent0, delivered0 = cluster.stats.messages, cluster.stats.deliveries
     proto_sent0 = sum(v for k, v in cluster.sent.items() if k != "hb")
     proto_delivered0 = sum(v for k, v in cluster.delivered.items() if k != "hb")
-    node_cpu0 = Counter(cluster.node_cpu)
     protocol_cpu0 = cluster.kind_cpu["protocol"]
+    node_cpu0, twin_cpu0 = Counter(cluster.node_cpu), Counter(twin.node_cpu)
     gc.collect()
     crashed_at = cluster.now
-    cpu_crash = 0.0
     if profiler is not None:
         profiler.enable()
     cluster.crash(victim)
-    while not cluster.converged(before):
-        if cluster.now - crashed_at > SETTLE_LIMIT:
-            raise RuntimeError(f"{nodes}x{groups} seed {seed}: no recovery from the crash of "
-                               f"{victim}\n{cluster.describe()}")
-        cpu_crash += run_timed(cluster, STEP)
+    cpu_crash, cpu_base = recover(cluster, before, f"{where}: no recovery", timed=twin)
     if profiler is not None:
         profiler.disable()
-    recovery = cluster.now - crashed_at
+    if twin.epoch() != twin_epoch or not twin.converged(before):
+        raise RuntimeError(f"{where}: the baseline twin did not stay settled in epoch "
+                           f"{fmt_epoch(twin_epoch)}\n{twin.describe()}")
     master = cluster.master_core()
     rnd = master.round
     assert rnd is not None and rnd.epoch == master.promised
-    after = master.promised
-    node_cpu1 = Counter(cluster.node_cpu)
-    sample = Sample(
-        recovery=recovery,
+    master_crash = cluster.node_cpu[master.name] - node_cpu0[master.name]
+    master_base = twin.node_cpu[master.name] - twin_cpu0[master.name]
+    return Sample(
+        recovery=cluster.now - crashed_at,
         detect=rnd.started - crashed_at,
         protocol=rnd.done_at - rnd.started,
         cpu_crash=cpu_crash,
-        cpu_base=0.0,
-        master_crash=node_cpu1[master.name] - node_cpu0[master.name],
-        master_base=0.0,
+        cpu_base=cpu_base,
+        master_crash=master_crash,
+        master_base=master_base,
         protocol_events=cluster.kind_cpu["protocol"] - protocol_cpu0,
         round_messages=rnd.messages,
         proto_sent=sum(v for k, v in cluster.sent.items() if k != "hb") - proto_sent0,
@@ -234,18 +260,10 @@ def measure(nodes: int, groups: int, seed: int, scenario: Scenario,
                          - proto_delivered0),
         all_sent=cluster.stats.messages - sent0,
         all_delivered=cluster.stats.deliveries - delivered0,
-        epochs=after[0] - before[0],
+        epochs=master.promised[0] - before[0],
+        transition=cpu_crash - cpu_base,
+        master_transition=master_crash - master_base,
     )
-    # baseline: the same simulated time on the recovered cluster, nothing happening
-    gc.collect()
-    sample.cpu_base = run_timed(cluster, recovery)
-    sample.master_base = cluster.node_cpu[master.name] - node_cpu1[master.name]
-    sample.transition = sample.cpu_crash - sample.cpu_base
-    sample.master_transition = sample.master_crash - sample.master_base
-    if cluster.epoch() != after or not cluster.converged(before):
-        raise RuntimeError(f"{nodes}x{groups} seed {seed}: the cluster did not stay settled "
-                           f"in epoch {fmt_epoch(after)} after recovering\n{cluster.describe()}")
-    return sample
 
 
 def median(samples: Sequence[Sample]) -> Sample:

@@ -908,9 +908,9 @@ class NodeCore:
 
     def _pending_requests(self) -> dict[str, tuple[str, str, str]]:
         out: dict[str, tuple[str, str, str]] = {}
-        sources: list[Iterable[str]] = [
-            f"{rid}:{r.kind}:{r.group}:{r.node}" for rid, r in self.requests.items()]
         alive = self.alive()
+        sources: list[Iterable[str]] = [
+            [f"{rid}:{r.kind}:{r.group}:{r.node}" for rid, r in self.requests.items()]]
         sources += [p.requests for n, p in self.peers.items() if n in alive]
         for src in sources:
             for item in src:
