@@ -4,10 +4,10 @@ Rules are faults (crash, restart, partitions including one-way ones, loss, dupli
 delay, resource failures) and operator requests; the network's per-message choices (delay,
 loss, duplication) come from a ``random.Random`` whose seed Hypothesis draws, so a failure
 replays exactly and shrinks (towards seed 0 and fewer, simpler steps). Invariants are
-checked after every step and, inside the simulator, at every single resource operation (exclusivity, dependency
-order, agreement on closed epochs, epochs only grow, no start from a minority epoch).
-When faults stop, the cluster must converge within CONVERGENCE_BOUND of simulated time
-(derived in docs/protocol.md).
+checked after every step and, inside the simulator, at every single resource operation
+(exclusivity, dependency order, agreement on closed epochs, epochs only grow, no start
+from a minority epoch). When faults stop, the cluster must converge within the bound of
+``convergence_bound`` (derived in docs/protocol.md).
 
 Environment knobs: VIGIL_SIM_EXAMPLES and VIGIL_SIM_STEPS (``make soak`` raises both).
 """

@@ -217,7 +217,7 @@ def test_hard_limit_says_why_a_node_cannot_run_a_group() -> None:
 def chain_config(**app: object) -> ClusterConfig:
     """ip <- app (app depends on ip: same node, started after it), plus a free group."""
     return config(group("ip", prefer={"alpha": 0.0, "beta": 10.0, "gamma": 20.0}),
-                  group("app", depends_on=("ip",), **app),  # type: ignore[arg-type]
+                  group("app", depends_on=("ip",), **app),
                   group("free"))
 
 

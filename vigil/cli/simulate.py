@@ -42,21 +42,17 @@ def run_scenario(cfg: ClusterConfig, scenario: Scenario) -> dict[str, Any]:
     bound = (t.dead_time * 3 + 8 * t.step_timeout + t.lease_time + stop_bound(cfg)
              + t.fence_margin + 2.0)
     steps: list[dict[str, Any]] = []
-    seen = 0.0
+    reported: set[tuple[float, str, str]] = set()
 
     def record(title: str) -> None:
-        nonlocal seen
-        changes: list[str] = []
-        # the decisions of every node, in time order, since the last step
-        lines = []
-        for name, node in sorted(sim.nodes.items()):
-            if node.core is not None:
-                lines += [(at, name, text) for at, text in node.core.decisions]
-        lines.sort()
-        fresh = [f"{name}: {text}" for at, name, text in lines if at > seen]
-        changes += [c for c in fresh if "placement" in c or "declaring" in c
-                    or "fencing" in c or "failed" in c or "cannot" in c or "waiting" in c]
-        seen = sim.now
+        # the decisions of every node, in time order, not reported by an earlier step
+        lines = sorted((at, name, text) for name, node in sim.nodes.items()
+                       if node.core is not None for at, text in node.core.decisions)
+        fresh = [f"{name}: {text}" for line in lines if line not in reported
+                 for _, name, text in [line]]
+        reported.update(lines)
+        changes = [c for c in fresh if any(word in c for word in (
+            "placement", "declaring", "fencing", "failed", "cannot", "waiting"))]
         steps.append({"title": title, "time": sim.now, "placement": _placement(sim),
                       "changes": changes})
 

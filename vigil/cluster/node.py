@@ -152,6 +152,14 @@ def _dec_costs(text: str) -> dict[str, float]:
     return out
 
 
+def _dec_history(entry: str) -> Accepted:
+    parts = entry.split("|")
+    if len(parts) != 3:
+        raise ProtocolError(f"bad history entry {entry[:40]!r}")
+    epoch = parse_epoch(parts[0])
+    return Accepted(epoch, _dec_placement(parts[1]), frozenset(_names(parts[2])))
+
+
 def _enc_cost(cost: float) -> str:
     return "inf" if cost == INFINITY else repr(cost)
 
@@ -610,8 +618,9 @@ class NodeCore:
         self._send(mtype, msg.sender, epoch=msg.fields["epoch"], **fields)
 
     def _on_declare(self, msg: Message) -> None:
-        epoch = self._epoch_of(msg)
+        epoch = parse_epoch(msg.fields["epoch"])
         view = tuple(_names(msg.fields["view"]))
+        self.max_seen = max(self.max_seen, epoch[0])  # only once the whole message parsed
         if (self.name not in view or epoch[1] != msg.sender or min(view) != msg.sender
                 or self.leaving):
             return
@@ -704,9 +713,14 @@ class NodeCore:
         self._collect(msg, Phase.ACK)
 
     def _on_report(self, msg: Message) -> None:
+        _pairs(msg.fields["active"])  # a malformed reply is dropped here, never later
+        for entry in msg.fields.get("hist", "").split(";"):
+            if entry:
+                _dec_history(entry)
         self._collect(msg, Phase.REPORT)
 
     def _on_cost(self, msg: Message) -> None:
+        _dec_costs(msg.fields["costs"])
         self._collect(msg, Phase.COST)
 
     def _on_stopped(self, msg: Message) -> None:
@@ -868,7 +882,8 @@ class NodeCore:
             if lost:
                 return f"lost {', '.join(sorted(lost))} during the transition"
             if self.now >= r.phase_deadline:
-                missing = sorted(set(r.view) - set(r.replies))
+                expected = set(r.stops) if r.phase is Phase.STOP else set(r.view)
+                missing = sorted(expected - set(r.replies))
                 # A node that is heard but does not answer twice in a row (a one-way link)
                 # is left out for a while so the rest can proceed; once is not enough, the
                 # reply may have been lost or the node unreachable only for a moment.
@@ -1016,12 +1031,9 @@ class NodeCore:
         for node, msg in r.replies.items():
             r.reports[node] = _pairs(msg.fields["active"])
             for entry in msg.fields.get("hist", "").split(";"):
-                if not entry:
-                    continue
-                epoch_text, placement, standby_text = entry.split("|")
-                epoch = parse_epoch(epoch_text)
-                known.setdefault(epoch, Accepted(epoch, _dec_placement(placement),
-                                                 frozenset(_names(standby_text))))
+                if entry:
+                    acc = _dec_history(entry)
+                    known.setdefault(acc.epoch, acc)
         r.known = [known[e] for e in sorted(known)]
         highest = r.known[-1] if r.known else NO_ACCEPTED
         standby = set(highest.standby)
@@ -1130,7 +1142,8 @@ class NodeCore:
         for g, cfg in self.config.groups.items():
             if cfg.failure_timeout > 0 and self.fail_times[g]:
                 candidates.append(self.fail_times[g][0] + cfg.failure_timeout)
-        return min(c for c in candidates if c > self.now - 1e-9)
+        # only the future: what is due now was handled before this returned
+        return min(c for c in candidates if c > self.now)
 
     def status(self) -> dict[str, object]:
         """The node's view of the cluster, for `vigil status` and /ha."""

@@ -1,0 +1,105 @@
+"""The command line as an operator meets it: exit codes, messages that say what and where."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from tests.cluster_harness import cluster_toml
+from vigil.cli.main import cli
+
+DEMO = Path(__file__).resolve().parent.parent / "config" / "demo.toml"
+
+
+def write(tmp: Path, text: str) -> Path:
+    path = tmp / "cluster.toml"
+    path.write_text(text)
+    return path
+
+
+def test_config_check_accepts_a_valid_file(tmp_path: Path) -> None:
+    path = write(tmp_path, cluster_toml(tmp_path))
+    result = CliRunner().invoke(cli, ["config", "check", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "ok (cluster test, 3 nodes, 1 groups, 3 resources" in result.output
+
+
+def test_config_check_names_file_key_and_problem(tmp_path: Path) -> None:
+    text = cluster_toml(tmp_path).replace('depends_on = ["web-ip"]', 'depends_on = ["web-ipp"]')
+    text = text.replace('type = "dummy"', 'type = "dumy"', 1)
+    path = write(tmp_path, text)
+    result = CliRunner().invoke(cli, ["config", "check", str(path)])
+    assert result.exit_code == 2
+    assert f"{path}: resources.web-data.depends_on" in result.output
+    assert "web-ipp" in result.output
+
+
+def test_config_check_reports_unknown_resource_types(tmp_path: Path) -> None:
+    path = write(tmp_path, cluster_toml(tmp_path).replace('type = "dummy"', 'type = "dumy"', 1))
+    result = CliRunner().invoke(cli, ["config", "check", str(path)])
+    assert result.exit_code == 2
+    assert "unknown resource type 'dumy'" in result.output
+    assert "dummy" in result.output
+
+
+def test_config_check_reports_application_without_a_command(tmp_path: Path) -> None:
+    text = cluster_toml(tmp_path).replace(
+        '[resources.web-app]\ntype = "dummy"', '[resources.web-app]\ntype = "application"')
+    path = write(tmp_path, text)
+    result = CliRunner().invoke(cli, ["config", "check", str(path)])
+    assert result.exit_code == 2
+    assert "resources.web-app.params" in result.output
+
+
+def test_keygen_refuses_to_overwrite(tmp_path: Path) -> None:
+    key = tmp_path / "k"
+    runner = CliRunner()
+    assert runner.invoke(cli, ["keygen", str(key)]).exit_code == 0
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    again = runner.invoke(cli, ["keygen", str(key)])
+    assert again.exit_code == 2 and "exists" in again.output
+
+
+def test_simulate_shows_failover_after_node_down(tmp_path: Path) -> None:
+    path = write(tmp_path, cluster_toml(tmp_path))
+    result = CliRunner().invoke(cli, ["simulate", "-c", str(path), "--node-down", "alpha",
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    steps = json.loads(result.output)["steps"]
+    assert steps[0]["placement"] == {"web": "alpha"}
+    assert steps[1]["title"] == "after node-down alpha"
+    assert steps[1]["placement"] == {"web": "beta"}
+    assert any("fencing" in c or "waiting until" in c for c in steps[1]["changes"])
+
+
+def test_simulate_partition_keeps_the_majority_in_charge(tmp_path: Path) -> None:
+    path = write(tmp_path, cluster_toml(tmp_path))
+    result = CliRunner().invoke(cli, ["simulate", "-c", str(path), "--partition",
+                                      "alpha/beta,gamma", "--json"])
+    assert result.exit_code == 0, result.output
+    steps = json.loads(result.output)["steps"]
+    assert steps[-1]["placement"] == {"web": "beta"}  # alpha alone has no quorum
+
+
+def test_simulate_rejects_unknown_nodes_with_the_known_ones(tmp_path: Path) -> None:
+    path = write(tmp_path, cluster_toml(tmp_path))
+    result = CliRunner().invoke(cli, ["simulate", "-c", str(path), "--node-down", "omega"])
+    assert result.exit_code == 2
+    assert "omega" in result.output and "alpha, beta, gamma" in result.output
+
+
+def test_simulate_resource_failure_restarts_in_place(tmp_path: Path) -> None:
+    path = write(tmp_path, cluster_toml(tmp_path))
+    result = CliRunner().invoke(cli, ["simulate", "-c", str(path), "--resource-fail",
+                                      "web-app@alpha", "--json"])
+    assert result.exit_code == 0, result.output
+    steps = json.loads(result.output)["steps"]
+    assert steps[-1]["placement"] == {"web": "alpha"}
+    assert any("failed" in c for c in steps[-1]["changes"])
+
+
+def test_the_demo_configuration_is_valid() -> None:
+    result = CliRunner().invoke(cli, ["simulate", "-c", str(DEMO), "--json"])
+    assert result.exit_code == 0, result.output
