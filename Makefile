@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check vigil tests bench examples
+	$(BIN)/ruff check vigil tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -26,7 +26,7 @@ demo: $(STAMP)
 
 # The long simulation run: many more examples and steps than `make test`.
 soak: $(STAMP)
-	VIGIL_SIM_EXAMPLES=2000 VIGIL_SIM_STEPS=120 $(BIN)/python -m pytest -q \
+	VIGIL_SIM_EXAMPLES=500 VIGIL_SIM_STEPS=100 VIGIL_SIM_LARGE=16,32 $(BIN)/python -m pytest -q \
 		tests/test_simulation.py -p no:cacheprovider --timeout=7200
 
 bench: $(STAMP)

@@ -183,3 +183,24 @@ def test_application_actors_receive_notifications_in_order(cluster: MemoryCluste
     started = next(i for i, t in enumerate(texts) if t == "web in service on alpha")
     assert declared < closed < started
     assert all(n.node == "alpha" for n in seen)
+
+
+def test_a_child_actor_that_dies_is_restarted_and_keeps_working(
+        cluster: MemoryCluster) -> None:
+    from vigil.actors.messages import ResourceOp
+
+    for n in ("alpha", "beta", "gamma"):
+        cluster.start(n)
+    wait_for(lambda: running_on(cluster, "web") == ["alpha"], 15, "web on alpha")
+    directory = cluster.nodes["gamma"].directory
+    before = directory.get("resource:web-app")
+    assert before is not None
+    # an operation no agent has: the actor fails (Pykka stops it and calls on_failure)
+    before.tell(ResourceOp("explode", 1, "group:web"))  # type: ignore[arg-type]
+    wait_for(lambda: directory.get("resource:web-app") not in (None, before), 10,
+             "the supervisor to restart resource:web-app")
+    assert not before.is_alive()
+    # the restarted actor does its job: web can move to gamma and run there
+    assert cluster.nodes["beta"].control("move", group="web", node="gamma")["ok"]
+    wait_for(lambda: running_on(cluster, "web") == ["gamma"], 20, "web on gamma")
+    assert journal("gamma", "start") == ["web-ip", "web-data", "web-app"]

@@ -9,7 +9,8 @@ checked after every step and, inside the simulator, at every single resource ope
 from a minority epoch). When faults stop, the cluster must converge within the bound of
 ``convergence_bound`` (derived in docs/protocol.md).
 
-Environment knobs: VIGIL_SIM_EXAMPLES and VIGIL_SIM_STEPS (``make soak`` raises both).
+Environment knobs: VIGIL_SIM_EXAMPLES, VIGIL_SIM_STEPS and VIGIL_SIM_LARGE (comma-separated
+large cluster sizes); ``make soak`` raises all three.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from vigil.config import ClusterConfig
 
 EXAMPLES = int(os.environ.get("VIGIL_SIM_EXAMPLES", "60"))
 STEPS = int(os.environ.get("VIGIL_SIM_STEPS", "40"))
+LARGE = [int(n) for n in os.environ.get("VIGIL_SIM_LARGE", "9").split(",")]
 
 
 def convergence_bound(cfg: ClusterConfig, groups: int) -> float:
@@ -56,7 +58,8 @@ class ClusterMachine(RuleBasedStateMachine):
     names: list[str]
 
     @initialize(
-        nodes=st.integers(min_value=2, max_value=7),
+        # 2 to 9 nodes; `make soak` adds large clusters (16 and 32 nodes)
+        nodes=st.integers(min_value=2, max_value=9) | st.sampled_from(LARGE),
         groups=st.integers(min_value=1, max_value=4),
         seed=st.integers(min_value=0, max_value=2**32 - 1),
         strategy=st.sampled_from(["cost", "cost", "preferred"]),
