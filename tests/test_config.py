@@ -117,7 +117,7 @@ def test_minimal_file_gets_the_documented_defaults(tmp_path: Path) -> None:
     assert (t.heartbeat_interval, t.dead_time, t.lease_time) == (0.2, 1.0, 1.0)
     assert (t.step_timeout, t.retransmit_interval, t.fence_margin) == (3.0, 0.2, 0.5)
     assert cfg.nodes["alpha"].votes == 1
-    assert cfg.nodes["alpha"].runtime_dir == Path("/run/vigil/alpha")
+    assert cfg.nodes["alpha"].runtime_dir == Path("/var/lib/vigil/alpha")
     group = cfg.groups["web"]
     assert (group.failback, group.stickiness, group.migration_threshold) == (False, 100.0, 3)
     state = cfg.resources["web-state"]

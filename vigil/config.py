@@ -49,7 +49,7 @@ class NodeConfig:
     name: str
     links: tuple[LinkConfig, ...]
     votes: int = 1
-    runtime_dir: Path = Path("/run/vigil")
+    runtime_dir: Path = Path("/var/lib/vigil")
 
     @property
     def control_socket(self) -> Path:
@@ -379,7 +379,7 @@ _GROUP_KEYS: Final = ("resources", "depends_on", "prefer", "nodes", "failback", 
 _RESOURCE_KEYS: Final = ("type", "depends_on", "start_timeout", "stop_timeout", "params",
                          "monitor")
 _MONITOR_KEYS: Final = ("interval", "timeout")
-_DEFAULT_RUNTIME_DIR: Final = "/run/vigil"
+_DEFAULT_RUNTIME_DIR: Final = "/var/lib/vigil"
 _MEMORY: Final = "<memory>"
 
 
