@@ -159,10 +159,7 @@ class ApplicationResource(Resource):
     def __init__(
         self, rtype: ApplicationType, config: ResourceConfig, node: str, runtime_dir: Path
     ) -> None:
-        super().__init__(rtype, config, node, runtime_dir)
-        problems = rtype.check_params(config.params)
-        if problems:
-            raise ValueError(f"resource {config.name!r} (application): " + "; ".join(problems))
+        super().__init__(rtype, config, node, runtime_dir)  # checks the params
         params = config.params
         self.argv = _command(params["start"], "start")
         self.health = _command(params["health"], "health") if "health" in params else None

@@ -81,10 +81,7 @@ class DummyResource(Resource):
     def __init__(
         self, rtype: DummyType, config: ResourceConfig, node: str, runtime_dir: Path
     ) -> None:
-        super().__init__(rtype, config, node, runtime_dir)
-        problems = rtype.check_params(config.params)
-        if problems:
-            raise ValueError(f"resource {config.name!r} (dummy): " + "; ".join(problems))
+        super().__init__(rtype, config, node, runtime_dir)  # checks the params
         params = config.params
         state_dir = params.get("state_dir")
         directory = Path(state_dir) if isinstance(state_dir, str) else runtime_dir / "dummy"

@@ -281,6 +281,10 @@ class Resource(abc.ABC):
     def __init__(
         self, rtype: ResourceType, config: ResourceConfig, node: str, runtime_dir: Path
     ) -> None:
+        problems = rtype.check_params(config.params)
+        if problems:
+            raise ValueError(
+                f"resource {config.name!r} ({rtype.typename()}): " + "; ".join(problems))
         self._type = rtype
         self._config = config
         self._node = node
