@@ -305,6 +305,8 @@ class NodeCore:
         self.quorum = Quorum({n: c.votes for n, c in config.nodes.items()},
                              two_node=config.two_node, wait_for_all=config.wait_for_all)
         self.group_order = group_order(config)
+        self.group_index = {g: i for i, g in enumerate(self.group_order)}
+        self.expiring = [g for g, c in config.groups.items() if c.failure_timeout > 0]
         self.group_deps = {g: tuple(c.depends_on) for g, c in config.groups.items()}
         self.group_dependents: dict[str, tuple[str, ...]] = {
             g: tuple(sorted(k for k, deps in self.group_deps.items() if g in deps))
@@ -342,6 +344,8 @@ class NodeCore:
         self.stop_orders: set[str] = set()
         # local groups
         self.local: dict[str, LocalState] = dict.fromkeys(config.groups, LocalState.STOPPED)
+        self.busy: set[str] = set()  # groups not STOPPED here (kept with _set)
+        self._placed_cache: tuple[Epoch, list[str]] = (NO_EPOCH, [])
         self.failed_hold: set[str] = set()
         self.fail_times: dict[str, list[float]] = {g: [] for g in config.groups}
         self.want = 0
@@ -395,7 +399,7 @@ class NodeCore:
             self._fence_done(event)
         elif isinstance(event, GroupProbed):
             if event.active and self.local[event.group] is LocalState.STOPPED:
-                self.local[event.group] = LocalState.RUNNING
+                self._set(event.group, LocalState.RUNNING)
                 self._note("group", f"{event.group} found in service at start; the next "
                            "transition decides where it stays", group=event.group)
         elif isinstance(event, Shutdown) and not self.leaving:
@@ -497,8 +501,7 @@ class NodeCore:
             del self.hb_sent_at[n]
         for node in [n for n, t in self.unresponsive.items() if t <= self.now]:
             del self.unresponsive[node]
-        expire = [g for g, c in self.config.groups.items() if c.failure_timeout > 0]
-        for g in expire:
+        for g in self.expiring:
             limit = self.now - self.config.groups[g].failure_timeout
             self.fail_times[g] = [t for t in self.fail_times[g] if t > limit]
 
@@ -748,12 +751,29 @@ class NodeCore:
         return (self.closed and self.accepted.epoch == self.promised
                 and self.accepted.epoch != NO_EPOCH)
 
+    def _set(self, group: str, state: LocalState) -> None:
+        self.local[group] = state
+        if state is LocalState.STOPPED:
+            self.busy.discard(group)
+        else:
+            self.busy.add(group)
+
+    def _placed_here(self) -> list[str]:
+        """Groups the accepted placement gives this node, in start order (cached: this runs
+        on every event, and a cluster may have thousands of groups)."""
+        epoch = self.accepted.epoch
+        if self._placed_cache[0] != epoch:
+            placement = self.accepted.placement
+            self._placed_cache = (epoch, [g for g in self.group_order
+                                          if placement.get(g) == self.name])
+        return self._placed_cache[1]
+
     def _reconcile(self) -> None:
         lease_ok = self.lease_valid()
         freeze = self.config.no_quorum_policy == "freeze"
         placement = self.accepted.placement if self._may_run_here() else None
         # stops: dependents before what they depend on
-        for g in reversed(self.group_order):
+        for g in sorted(self.busy, key=self.group_index.__getitem__, reverse=True):
             state = self.local[g]
             if state not in (LocalState.RUNNING, LocalState.STARTING):
                 continue
@@ -778,25 +798,24 @@ class NodeCore:
                 continue
             self._stop_group(g, why)
         if self.leaving:
-            if not self.left and all(s is LocalState.STOPPED for s in self.local.values()):
+            if not self.left and not self.busy:
                 self.left = True
                 self._send("bye", inc=str(self.incarnation))
                 self._note("membership", f"{self.name} stopped everything and said goodbye")
             return
         if placement is None or not lease_ok:
             return
-        for g in self.group_order:
-            if (self.local[g] is LocalState.STOPPED and placement.get(g) == self.name
-                    and g not in self.failed_hold
+        for g in self._placed_here():
+            if (self.local[g] is LocalState.STOPPED and g not in self.failed_hold
                     and all(self.local[d] is LocalState.RUNNING for d in self.group_deps[g])):
-                self.local[g] = LocalState.STARTING
+                self._set(g, LocalState.STARTING)
                 self._act(StartGroup(g, self.promised))
                 self._note("group", f"starting {g} on {self.name} (epoch "
                            f"{fmt_epoch(self.promised)})", group=g)
 
     def _stop_group(self, group: str, why: str) -> None:
         force = self.local[group] is LocalState.STARTING
-        self.local[group] = LocalState.STOPPING
+        self._set(group, LocalState.STOPPING)
         self._act(StopGroup(group, self.promised, why, force=force))
         self._note("group", f"stopping {group} on {self.name}: {why}", group=group)
 
@@ -808,18 +827,18 @@ class NodeCore:
             if state is not LocalState.STARTING:
                 return  # a stop overtook it; the stop's result decides
             if ev.ok:
-                self.local[ev.group] = LocalState.RUNNING
+                self._set(ev.group, LocalState.RUNNING)
                 self._note("group", f"{ev.group} in service on {self.name}", group=ev.group)
             else:
                 self._record_failure(ev.group, f"start failed: {ev.reason}")
-                self.local[ev.group] = LocalState.STOPPED
+                self._set(ev.group, LocalState.STOPPED)
                 self._stop_group(ev.group, "clean up after a failed start")
             return
         if ev.ok:
-            self.local[ev.group] = LocalState.STOPPED
+            self._set(ev.group, LocalState.STOPPED)
             self._note("group", f"{ev.group} out of service on {self.name}", group=ev.group)
         else:
-            self.local[ev.group] = LocalState.UNCLEAN
+            self._set(ev.group, LocalState.UNCLEAN)
             self._note("group", f"stop of {ev.group} failed on {self.name}: {ev.reason}; "
                        "the node is unclean and the group stays blocked until fenced",
                        group=ev.group)
@@ -1139,9 +1158,9 @@ class NodeCore:
             candidates += [r.phase_deadline, r.next_retransmit]
             if r.fence_until > self.now:
                 candidates.append(r.fence_until)
-        for g, cfg in self.config.groups.items():
-            if cfg.failure_timeout > 0 and self.fail_times[g]:
-                candidates.append(self.fail_times[g][0] + cfg.failure_timeout)
+        for g in self.expiring:
+            if self.fail_times[g]:
+                candidates.append(self.fail_times[g][0] + self.config.groups[g].failure_timeout)
         # only the future: what is due now was handled before this returned
         return min(c for c in candidates if c > self.now)
 
