@@ -25,13 +25,13 @@ process, so CPU is summed over all nodes, simulator bookkeeping included):
   advances in steps of ``STEP`` simulated seconds; only the ``run_for`` calls are timed, the
   convergence checks between them are not (polling costs nothing in the numbers, and the
   recovery time is known to within one step).
-* **baseline**: CPU of the same simulated steps run by an identical twin cluster (same seed,
-  hence the same history) that lost the same node earlier and has recovered: the survivors
-  in steady state. The twin's steps are interleaved with the measured ones, so that other
-  load on the machine hits both alike. **difference** = crash → settled - baseline. It is
-  *not* the cost of the transition: while a transition is open (declaration to START) no
-  node may start groups, so ``_reconcile`` skips its loop over all groups and every
-  heartbeat gets cheaper; the difference is often negative (docs/benchmarks.md).
+* **baseline**: CPU of running the recovered cluster for the same simulated time right
+  afterwards: the survivors in steady state, which is what they also do during the
+  detection and fencing waits. **difference** = crash → settled - baseline: only a rough
+  cross-check. It subtracts two measurements of up to several seconds taken one after the
+  other, so on a shared machine it is mostly noise, and the open transition itself changes
+  what a heartbeat costs (no node may start groups between the declaration and START), so
+  it can even come out negative (docs/benchmarks.md).
 * **messages**: the master's ``Round.messages`` (what it sent itself while the round ran), all
   protocol messages (everything but heartbeats, sent by any node) as sent / delivered (a
   broadcast is sent once and delivered to every other node, the crashed one included), and
@@ -186,24 +186,23 @@ def formed(nodes: int, groups: int, seed: int) -> BenchCluster:
 
 
 def recover(cluster: BenchCluster, newer_than: Epoch, failure: str,
-            timed: BenchCluster | None = None) -> tuple[float, float]:
+            profiler: cProfile.Profile | None = None) -> float:
     """Run ``cluster`` in steps of STEP until it converges in an epoch newer than
-    ``newer_than``; returns the CPU of those steps and, if ``timed`` is given, the CPU of
-    running ``timed`` for the same steps, interleaved (the checks between steps are not
-    timed)."""
+    ``newer_than``; returns the CPU of those steps (the checks between them are neither
+    timed nor profiled)."""
     began = cluster.now
-    cpu = other = 0.0
+    cpu = 0.0
     while not cluster.converged(newer_than):
         if cluster.now - began > SETTLE_LIMIT:
             raise RuntimeError(f"{failure}\n{cluster.describe()}")
+        if profiler is not None:
+            profiler.enable()
         start = time.process_time()
         cluster.run_for(STEP)
-        middle = time.process_time()
-        if timed is not None:
-            timed.run_for(STEP)
-        cpu += middle - start
-        other += time.process_time() - middle
-    return cpu, other
+        cpu += time.process_time() - start
+        if profiler is not None:
+            profiler.disable()
+    return cpu
 
 
 def victim_for(cluster: BenchCluster, scenario: Scenario) -> str:
@@ -221,36 +220,35 @@ def measure(nodes: int, groups: int, seed: int, scenario: Scenario,
     cluster = formed(nodes, groups, seed)
     before = cluster.epoch()
     victim = victim_for(cluster, scenario)
-    # The baseline: an identical twin (same seed, so the same history) that lost the same
-    # node earlier and has recovered; it runs the same simulated steps as the measured
-    # cluster, interleaved with them, so that other load on the machine hits both alike.
-    twin = formed(nodes, groups, seed)
-    twin.crash(victim)
-    recover(twin, before, f"{where}: the twin did not recover")
-    twin_epoch = twin.epoch()
-
     sent0, delivered0 = cluster.stats.messages, cluster.stats.deliveries
     proto_sent0 = sum(v for k, v in cluster.sent.items() if k != "hb")
     proto_delivered0 = sum(v for k, v in cluster.delivered.items() if k != "hb")
     cpu0 = dict(cluster.cpu)
     gc.collect()
     crashed_at = cluster.now
-    if profiler is not None:
-        profiler.enable()
     cluster.crash(victim)
-    cpu_crash, cpu_base = recover(cluster, before, f"{where}: no recovery", timed=twin)
-    if profiler is not None:
-        profiler.disable()
-    if twin.epoch() != twin_epoch or not twin.converged(before):
-        raise RuntimeError(f"{where}: the baseline twin did not stay settled in epoch "
-                           f"{fmt_epoch(twin_epoch)}\n{twin.describe()}")
+    cpu_crash = recover(cluster, before, f"{where}: no recovery", profiler)
+    recovery = cluster.now - crashed_at
     master = cluster.master_core()
     rnd = master.round
     assert rnd is not None and rnd.epoch == master.promised
     protocol_cpu = {node: spent - cpu0.get((node, kind), 0.0)
                     for (node, kind), spent in cluster.cpu.items() if kind == "protocol"}
+    sent, delivered = cluster.stats.messages - sent0, cluster.stats.deliveries - delivered0
+    proto_sent = sum(v for k, v in cluster.sent.items() if k != "hb") - proto_sent0
+    proto_delivered = sum(v for k, v in cluster.delivered.items() if k != "hb") - proto_delivered0
+    # The baseline: the same simulated time again on the recovered cluster, where nothing
+    # happens but what the survivors also did during the detection and fencing waits.
+    after = cluster.epoch()
+    gc.collect()
+    start = time.process_time()
+    cluster.run_for(recovery)
+    cpu_base = time.process_time() - start
+    if cluster.epoch() != after or not cluster.converged(before):
+        raise RuntimeError(f"{where}: the cluster did not stay settled in epoch "
+                           f"{fmt_epoch(after)}\n{cluster.describe()}")
     return Sample(
-        recovery=cluster.now - crashed_at,
+        recovery=recovery,
         detect=rnd.started - crashed_at,
         protocol=rnd.done_at - rnd.started,
         cpu_crash=cpu_crash,
@@ -258,11 +256,10 @@ def measure(nodes: int, groups: int, seed: int, scenario: Scenario,
         protocol_cpu=sum(protocol_cpu.values()),
         master_protocol_cpu=protocol_cpu.get(master.name, 0.0),
         round_messages=rnd.messages,
-        proto_sent=sum(v for k, v in cluster.sent.items() if k != "hb") - proto_sent0,
-        proto_delivered=(sum(v for k, v in cluster.delivered.items() if k != "hb")
-                         - proto_delivered0),
-        all_sent=cluster.stats.messages - sent0,
-        all_delivered=cluster.stats.deliveries - delivered0,
+        proto_sent=proto_sent,
+        proto_delivered=proto_delivered,
+        all_sent=sent,
+        all_delivered=delivered,
         epochs=master.promised[0] - before[0],
         difference=cpu_crash - cpu_base,
     )
@@ -305,6 +302,10 @@ def environment() -> str:
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
                                 capture_output=True, check=True).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "--", "vigil"], cwd=ROOT,
+                                 text=True, capture_output=True, check=True).stdout.strip()
+        if changed:
+            commit += " with uncommitted changes to vigil/"
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
     return (f"{date.today().isoformat()}, commit {commit}, Python "

@@ -208,6 +208,7 @@ class Round:
     reports: dict[str, dict[str, str]] = field(default_factory=dict)
     incarnations: dict[str, int] = field(default_factory=dict)
     done_at: float = math.inf
+    costs: dict[str, dict[str, float]] = field(default_factory=dict)  # parsed cost replies
     messages: int = 0
 
 
@@ -345,6 +346,8 @@ class NodeCore:
         # local groups
         self.local: dict[str, LocalState] = dict.fromkeys(config.groups, LocalState.STOPPED)
         self.busy: set[str] = set()  # groups not STOPPED here (kept with _set)
+        self._busy_order: list[str] | None = []  # busy, dependents first (None: recompute)
+        self._hb_groups: dict[str, tuple[str, dict[str, str]]] = {}
         self._placed_cache: tuple[Epoch, list[str]] = (NO_EPOCH, [])
         self.failed_hold: set[str] = set()
         self.fail_times: dict[str, list[float]] = {g: [] for g in config.groups}
@@ -478,11 +481,12 @@ class NodeCore:
             return math.inf
         votes = self.quorum.votes
         weight = votes.get(self.name, 0)
+        total = self.quorum.total
         for node, expiry in sorted(self.support.items(), key=lambda kv: -kv[1]):
             if expiry <= self.now:
                 break
             weight += votes.get(node, 0)
-            if 2 * weight > self.quorum.total:
+            if 2 * weight > total:
                 return expiry
         return -math.inf
 
@@ -514,7 +518,7 @@ class NodeCore:
         alive = self.alive()
         echo = ",".join(f"{n}:{self.peers[n].hb}" for n in sorted(alive)
                         if n != self.name and n in self.peers)
-        active = sorted(f"{g}={s.value}" for g, s in self.local.items() if s in ACTIVE)
+        active = sorted(f"{g}={self.local[g].value}" for g in self.busy)
         msg = Message(type="hb", sender=self.name, fields={
             "n": str(self.hb_counter), "inc": str(self.incarnation),
             "epoch": fmt_epoch(self.promised), "acc": fmt_epoch(self.accepted.epoch),
@@ -535,7 +539,13 @@ class NodeCore:
             promised = parse_epoch(f["epoch"])
             accepted = parse_epoch(f["acc"])
             echo = {k: int(v) for k, v in (p.split(":", 1) for p in f["echo"].split(",") if p)}
-            groups = _pairs(f["groups"])
+            raw = f["groups"]
+            cached = self._hb_groups.get(sender)
+            if cached is not None and cached[0] == raw:
+                groups = cached[1]
+            else:
+                groups = _pairs(raw)
+                self._hb_groups[sender] = (raw, groups)
             want = int(f["want"])
             reqs = tuple(r for r in f["reqs"].split(";") if r)
         except (KeyError, ValueError, ProtocolError):
@@ -723,8 +733,11 @@ class NodeCore:
         self._collect(msg, Phase.REPORT)
 
     def _on_cost(self, msg: Message) -> None:
-        _dec_costs(msg.fields["costs"])
+        costs = _dec_costs(msg.fields["costs"])
         self._collect(msg, Phase.COST)
+        r = self.round
+        if r is not None and r.replies.get(msg.sender) is msg:
+            r.costs[msg.sender] = costs
 
     def _on_stopped(self, msg: Message) -> None:
         self._collect(msg, Phase.STOP)
@@ -753,6 +766,8 @@ class NodeCore:
 
     def _set(self, group: str, state: LocalState) -> None:
         self.local[group] = state
+        if (state is LocalState.STOPPED) == (group in self.busy):
+            self._busy_order = None
         if state is LocalState.STOPPED:
             self.busy.discard(group)
         else:
@@ -773,7 +788,9 @@ class NodeCore:
         freeze = self.config.no_quorum_policy == "freeze"
         placement = self.accepted.placement if self._may_run_here() else None
         # stops: dependents before what they depend on
-        for g in sorted(self.busy, key=self.group_index.__getitem__, reverse=True):
+        if self._busy_order is None:
+            self._busy_order = sorted(self.busy, key=self.group_index.__getitem__, reverse=True)
+        for g in self._busy_order:
             state = self.local[g]
             if state not in (LocalState.RUNNING, LocalState.STARTING):
                 continue
@@ -1081,7 +1098,7 @@ class NodeCore:
                     holders.setdefault(g, node)
                 if state == "unclean":
                     blocked[g] = f"a stop failed on {node}; it needs fencing"
-        costs = {node: _dec_costs(msg.fields["costs"]) for node, msg in r.replies.items()}
+        costs = {node: r.costs[node] for node in r.replies}
         ctx = DecisionContext(config=self.config, members=r.view, costs=costs,
                               holders=holders, moves=r.moves, blocked=blocked)
         decision = self.strategy.decide(ctx)
