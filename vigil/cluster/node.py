@@ -565,6 +565,8 @@ class NodeCore:
                 return  # a late heartbeat of a previous life
             if peer is not None:
                 self._note("membership", f"node {sender} restarted (incarnation changed)")
+            # its failure counter starts again from zero in the new life
+            self.handled_want.pop(sender, None)
             if self.departed.get(sender, incarnation) != incarnation:
                 del self.departed[sender]
             peer = self.peers[sender] = PeerInfo(incarnation=incarnation)
