@@ -19,6 +19,7 @@ import os
 import random
 
 import hypothesis.strategies as st
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -189,4 +190,5 @@ ClusterMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                           HealthCheck.large_base_example],
 )
-TestClusterSimulation = ClusterMachine.TestCase
+# generation and shrinking together may take minutes on a shared two-core machine
+TestClusterSimulation = pytest.mark.timeout(1800)(ClusterMachine.TestCase)

@@ -216,8 +216,12 @@ class SimCluster:
                 f"epochs must only grow: {node.name} went from {fmt_epoch(previous)} to "
                 f"{fmt_epoch(core.promised)}")
         self.promised_seen[key] = core.promised
-        if core.round is not None:
-            self.epoch_views.setdefault(core.round.epoch, core.round.view)
+        if core.round is not None and core.round.epoch not in self.epoch_views:
+            self.epoch_views[core.round.epoch] = core.round.view
+            if self.check and not core.quorum.quorate(core.round.view):
+                raise self._violation(
+                    f"minority epoch: {node.name} declared {fmt_epoch(core.round.epoch)} "
+                    f"with view {core.round.view}, which has no quorum")
         if core.closed and core.accepted.epoch != NO_EPOCH:
             placement = dict(core.accepted.placement)
             agreed = self.closed_epochs.setdefault(core.accepted.epoch, placement)
