@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -702,3 +703,28 @@ def test_a_fresh_node_has_no_epoch_and_no_placement() -> None:
     assert status["epoch"] == "0" and status["master"] is None
     with pytest.raises(ValueError, match="not in the configuration"):
         NodeCore(cfg, "zeta", incarnation=1, now=0.0)
+
+
+def test_a_stale_stop_from_an_older_epoch_is_ignored() -> None:
+    """A request of an epoch the node no longer promises (a late or replayed message of a
+    former master) must not stop anything."""
+    from vigil.cluster.events import Received, fmt_epoch
+    from vigil.messages import Message
+
+    sim = SimCluster(sim_config(3, 3), rng=random.Random(3))
+    sim.run_for(3.0)
+    old_epoch = sim.nodes["alpha"].core.promised  # type: ignore[union-attr]
+    placement = sim.placement()
+    holder, group = next((where[0], g) for g, where in placement.items() if where)
+    bystander = next(n for n in ("alpha", "beta", "gamma") if n != holder)
+    sim.crash(bystander)
+    sim.run_for(3.0)
+    sim.power_on(bystander)
+    sim.run_for(3.0)
+    core = sim.nodes[holder].core
+    assert core is not None and core.promised > old_epoch
+    stale = Message(type="stop", sender=old_epoch[1], dest=holder,
+                    fields={"epoch": fmt_epoch(old_epoch), "groups": group})
+    sim._deliver(holder, Received(stale, "lan0"))
+    sim.run_for(1.0)
+    assert holder in sim.placement()[group], f"{group} stopped by a stale request"
