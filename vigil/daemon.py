@@ -10,7 +10,6 @@ import socket
 import sys
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from types import FrameType
 
 import zmq
@@ -117,7 +116,3 @@ def configure_logging(level: str, node: str | None) -> None:
     tag = f" [{node}]" if node else ""
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
                         format=f"%(asctime)s %(levelname)-7s{tag} %(name)s: %(message)s")
-
-
-def state_dir(cfg: ClusterConfig, node: str) -> Path:
-    return cfg.nodes[node].runtime_dir

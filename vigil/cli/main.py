@@ -223,20 +223,21 @@ def config_check(path: str) -> None:
     """Validate PATH; print every problem (file: key: what is wrong) and exit 2 if any."""
     from vigil.resources.registry import default_registry
 
-    problems = check_file(path)
-    if not problems:
-        registry = default_registry()
-        problems = [str(p) for p in validate_against_registry(load(path), registry.names())]
-        cfg = load(path)
-        for r in cfg.resources.values():
-            if r.type in registry:
-                problems += [f"{path}: resources.{r.name}.params: {p}"
-                             for p in registry.get(r.type).check_params(r.params)]
-    if problems:
-        for p in problems:
-            click.echo(p, err=True)
-        sys.exit(EXIT_USAGE)
+    def refuse_if(problems: list[str]) -> None:
+        if problems:
+            for p in problems:
+                click.echo(p, err=True)
+            sys.exit(EXIT_USAGE)
+
+    refuse_if(check_file(path))  # the file itself first: only a valid file can be loaded
     cfg = load(path)
+    registry = default_registry()
+    problems = [str(p) for p in validate_against_registry(cfg, registry.names())]
+    for r in cfg.resources.values():
+        if r.type in registry:
+            problems += [f"{path}: resources.{r.name}.params: {p}"
+                         for p in registry.get(r.type).check_params(r.params)]
+    refuse_if(problems)
     click.echo(f"{path}: ok (cluster {cfg.name}, {len(cfg.nodes)} nodes, {len(cfg.groups)} "
                f"groups, {len(cfg.resources)} resources, digest {cfg.digest[:12]})")
 

@@ -88,13 +88,6 @@ class Phase(enum.Enum):
     DONE = "done"
 
 
-#: Which reply completes each phase.
-_REPLY = {Phase.ACK: "ack", Phase.REPORT: "report", Phase.COST: "cost",
-          Phase.STOP: "stopped", Phase.ACCEPT: "accepted", Phase.START: "started"}
-_REQUEST = {Phase.ACK: "declare", Phase.REPORT: "report_req", Phase.COST: "cost_req",
-            Phase.STOP: "stop", Phase.ACCEPT: "accept", Phase.START: "start"}
-
-
 class ProtocolError(ValueError):
     """A peer sent something that does not parse: it is dropped and counted."""
 
@@ -174,8 +167,6 @@ class PeerInfo:
     incarnation: int = 0
     hb: int = 0
     promised: Epoch = NO_EPOCH
-    accepted: Epoch = NO_EPOCH
-    closed: bool = False
     groups: dict[str, str] = field(default_factory=dict)  # active group -> local state
     want: int = 0
     digest: str = ""
@@ -537,7 +528,7 @@ class NodeCore:
             incarnation = int(f["inc"])
             hb = int(f["n"])
             promised = parse_epoch(f["epoch"])
-            accepted = parse_epoch(f["acc"])
+            parse_epoch(f["acc"])  # carried for people reading the wire; checked, not used
             echo = {k: int(v) for k, v in (p.split(":", 1) for p in f["echo"].split(",") if p)}
             raw = f["groups"]
             cached = self._hb_groups.get(sender)
@@ -574,8 +565,6 @@ class NodeCore:
             return  # reordered: an older heartbeat says nothing new
         peer.hb = hb
         peer.promised = promised
-        peer.accepted = accepted
-        peer.closed = f.get("closed") == "1"
         peer.groups = groups
         peer.want = want
         peer.requests = reqs

@@ -332,7 +332,7 @@ class SimCluster:
         if not self.check:
             return
         group = self.resource_group[resource]
-        dependents = [r for r in self.group_resources[group].dependents(resource)]
+        dependents = list(self.group_resources[group].dependents(resource))
         for g, deps in self.group_deps.items():
             if group in deps:
                 dependents += list(self.config.groups[g].resources)
