@@ -145,7 +145,8 @@ class CoordinatorActor(VigilActor):
             elif isinstance(action, Notice):
                 self.directory.tell("notifier", Notification(
                     action.kind, action.text, self.node, time.time(), action.fields))
-        running = frozenset(g for g, s in self.core.local.items() if s is LocalState.RUNNING)
+        running = frozenset(g for g in self.core.busy  # not all groups: every event runs this
+                            if self.core.local[g] is LocalState.RUNNING)
         if running != self.running:
             self.running = running
             self.directory.tell("diagnostics", RunningGroups(running))
