@@ -20,8 +20,8 @@ import os
 import re
 import secrets
 import tomllib
-from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final, Literal
 
@@ -60,6 +60,7 @@ class NodeConfig:
 class MonitorConfig:
     interval: float  # seconds; 0 disables scheduled monitoring
     timeout: float
+    depth: int = 0  # deeper checks cost more (OCF_CHECK_LEVEL: 0, 10, 20)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +73,10 @@ class ResourceConfig:
     monitor: MonitorConfig = MonitorConfig(interval=10.0, timeout=20.0)
     start_timeout: float = 20.0
     stop_timeout: float = 20.0
+    on_fail: str = "restart"  # one of ON_FAIL_POLICIES
+    #: the keys the file gave ("start_timeout", "monitor.interval", ...): the others take the
+    #: resource type's defaults (:func:`apply_type_defaults`)
+    explicit: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,8 +382,10 @@ _LINK_KEYS: Final = ("name", "address", "port")
 _GROUP_KEYS: Final = ("resources", "depends_on", "prefer", "nodes", "failback", "stickiness",
                       "migration_threshold", "failure_timeout")
 _RESOURCE_KEYS: Final = ("type", "depends_on", "start_timeout", "stop_timeout", "params",
-                         "monitor")
-_MONITOR_KEYS: Final = ("interval", "timeout")
+                         "monitor", "on_fail")
+_MONITOR_KEYS: Final = ("interval", "timeout", "depth")
+#: What a failed monitor (or an operation past its timeout) does; docs/resources.md.
+ON_FAIL_POLICIES: Final = ("restart", "ignore", "stop", "standby")
 _DEFAULT_RUNTIME_DIR: Final = "/var/lib/vigil"
 _MEMORY: Final = "<memory>"
 
@@ -708,6 +715,19 @@ def _read_resources(c: _Checker, table: Mapping[str, object],
         monitor = c.table(t.get("monitor", {}), f"{key}.monitor", _MONITOR_KEYS) or {}
         interval = c.duration(monitor, f"{key}.monitor", "interval", 10.0)
         timeout = c.duration(monitor, f"{key}.monitor", "timeout", 20.0, positive=True)
+        depth = monitor.get("depth", 0)
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
+            c.add(f"{key}.monitor.depth", f"expected a whole number >= 0 (0, 10 or 20 for OCF "
+                  f"agents), got {depth!r}")
+            depth = 0
+        on_fail = t.get("on_fail", "restart")
+        if on_fail not in ON_FAIL_POLICIES:
+            c.add(f"{key}.on_fail", f"expected one of {', '.join(ON_FAIL_POLICIES)}, got "
+                  f"{on_fail!r}")
+            on_fail = "restart"
+        explicit = frozenset(
+            [k for k in ("start_timeout", "stop_timeout") if k in t]
+            + [f"monitor.{k}" for k in ("interval", "timeout") if k in monitor])
         resources[name] = ResourceConfig(
             name=name,
             type=c.string(t, key, "type", required='give the resource type, e.g. type = '
@@ -716,9 +736,11 @@ def _read_resources(c: _Checker, table: Mapping[str, object],
             params=_read_params(c, t, key),
             depends_on=tuple(c.names(t, key, "depends_on")),
             monitor=MonitorConfig(interval=10.0 if interval is None else interval,
-                                  timeout=timeout or 20.0),
+                                  timeout=timeout or 20.0, depth=depth),
             start_timeout=c.duration(t, key, "start_timeout", 20.0, positive=True) or 20.0,
             stop_timeout=c.duration(t, key, "stop_timeout", 20.0, positive=True) or 20.0,
+            on_fail=str(on_fail),
+            explicit=explicit,
         )
     for name, resource in resources.items():
         key = _join(_join("resources", name), "depends_on")
@@ -823,6 +845,41 @@ def validate_against_registry(cfg: ClusterConfig,
 
 _KEY_BYTES: Final = 32
 _MIN_KEY_BYTES: Final = 16
+
+
+@dataclass(frozen=True, slots=True)
+class TypeDefaults:
+    """What a resource type proposes where the file is silent (an OCF agent's meta-data)."""
+
+    monitor: MonitorConfig
+    start_timeout: float = 20.0
+    stop_timeout: float = 20.0
+
+
+def apply_type_defaults(
+    cfg: ClusterConfig, defaults: Callable[[ResourceConfig], TypeDefaults | None]
+) -> ClusterConfig:
+    """``cfg`` with every timeout the file did not give taken from the resource's type.
+
+    ``defaults`` answers None for a type that is not installed here (its values stay). Only
+    keys absent from the file change, so a node without an agent and one with it agree on
+    everything the operator wrote.
+    """
+    resources = dict(cfg.resources)
+    for name, r in cfg.resources.items():
+        d = defaults(r)
+        if d is None:
+            continue
+        given = r.explicit
+        monitor = MonitorConfig(
+            interval=r.monitor.interval if "monitor.interval" in given else d.monitor.interval,
+            timeout=r.monitor.timeout if "monitor.timeout" in given else d.monitor.timeout,
+            depth=r.monitor.depth)
+        resources[name] = replace(
+            r, monitor=monitor,
+            start_timeout=r.start_timeout if "start_timeout" in given else d.start_timeout,
+            stop_timeout=r.stop_timeout if "stop_timeout" in given else d.stop_timeout)
+    return replace(cfg, resources=resources)
 
 
 def load_key(cfg: ClusterConfig) -> bytes:

@@ -30,7 +30,7 @@ from vigil.actors.link import LinkActor, LinkFactory
 from vigil.actors.messages import ChildFailed, ChildRestarted, Control, GetStatus, Subscribe
 from vigil.actors.notifier import NotifierActor
 from vigil.actors.resource import ResourceActor
-from vigil.config import ClusterConfig
+from vigil.config import ClusterConfig, ResourceConfig, TypeDefaults, apply_type_defaults
 from vigil.resources.model import Catalog
 from vigil.resources.registry import ResourceTypeRegistry, default_registry
 from vigil.transports import Codec, Sequencer
@@ -98,11 +98,12 @@ class NodeRuntime:
                  link_factory: Callable[[str, str], LinkFactory],
                  registry: ResourceTypeRegistry | None = None,
                  runtime_dir: Path | None = None) -> None:
-        self.config = config
+        self.registry = registry or default_registry()
+        # Timeouts the file leaves out come from the resource types (OCF meta-data).
+        self.config = config = apply_type_defaults(config, self._type_defaults)
         self.node = node
         self.key = key
         self.link_factory = link_factory
-        self.registry = registry or default_registry()
         self.runtime_dir = runtime_dir or config.nodes[node].runtime_dir
         self.directory = Directory()
         self.left = threading.Event()
@@ -111,6 +112,9 @@ class NodeRuntime:
         self.ref: pykka.ActorRef[Any] | None = None
         self.missing_types = frozenset(
             r.type for r in config.resources.values() if r.type not in self.registry)
+
+    def _type_defaults(self, r: ResourceConfig) -> TypeDefaults | None:
+        return self.registry.get(r.type).defaults() if r.type in self.registry else None
 
     def start(self) -> NodeRuntime:
         cfg, node, d = self.config, self.node, self.directory

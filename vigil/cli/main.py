@@ -235,8 +235,11 @@ def config_check(path: str) -> None:
     problems = [str(p) for p in validate_against_registry(cfg, registry.names())]
     for r in cfg.resources.values():
         if r.type in registry:
-            problems += [f"{path}: resources.{r.name}.params: {p}"
-                         for p in registry.get(r.type).check_params(r.params)]
+            rtype = registry.get(r.type)
+            params = rtype.check_params(r.params)
+            problems += [f"{path}: resources.{r.name}.params: {p}" for p in params]
+            if not params:  # the agent's own check, where it is installed on this machine
+                problems += [f"{path}: resources.{r.name}: {p}" for p in rtype.validate(r)]
     refuse_if(problems)
     click.echo(f"{path}: ok (cluster {cfg.name}, {len(cfg.nodes)} nodes, {len(cfg.groups)} "
                f"groups, {len(cfg.resources)} resources, digest {cfg.digest[:12]})")

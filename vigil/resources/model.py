@@ -37,7 +37,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final, overload
 
-from vigil.config import MonitorConfig, ParamValue, ResourceConfig
+from vigil.config import MonitorConfig, ParamValue, ResourceConfig, TypeDefaults
 from vigil.resources.graph import DependencyCycle, DependencyGraph, find_cycle
 
 __all__ = [
@@ -248,6 +248,16 @@ class ResourceType(abc.ABC):
     def default_monitor(self) -> MonitorConfig:
         """The monitor interval and timeout when the configuration gives none."""
         return MonitorConfig(interval=10.0, timeout=20.0)
+
+    def defaults(self) -> TypeDefaults:
+        """Monitor and operation timeouts for keys the configuration leaves out."""
+        return TypeDefaults(self.default_monitor())
+
+    def validate(self, config: ResourceConfig) -> list[str]:
+        """Deeper checks of one configured resource on this machine (an OCF agent's
+        ``validate-all``), one sentence per problem, for ``vigil config check``. Unlike
+        :meth:`check_params` this may run programs; it must not change anything."""
+        return []
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.typename()!r}>"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from importlib.metadata import EntryPoint, entry_points
 from typing import Final
 
@@ -54,6 +54,15 @@ class ResourceTypeRegistry:
         self._types: dict[str, ResourceType] = {}
         #: plug-in name -> why it was skipped
         self.load_errors: dict[str, str] = {}
+        #: "ocf" -> a factory making the type "ocf:heartbeat:IPaddr2" on first use, or
+        #: raising UnknownResourceType when no such agent is installed
+        self._families: dict[str, Callable[[str], ResourceType]] = {}
+
+    def register_family(self, prefix: str, factory: Callable[[str], ResourceType]) -> None:
+        """Types named ``prefix:...`` are made by ``factory(typename)`` when first asked for
+        (there is one per installed agent, too many to register up front)."""
+        with self._lock:
+            self._families[prefix] = factory
 
     def register(self, rtype: ResourceType, *, replace: bool = False) -> None:
         """Add ``rtype``. Registering the same class twice is harmless; a different type under
@@ -103,18 +112,29 @@ class ResourceTypeRegistry:
     def get(self, typename: str) -> ResourceType:
         """The type called ``typename``; :class:`UnknownResourceType` (a KeyError) if none."""
         with self._lock:
-            try:
-                return self._types[typename]
-            except KeyError:
-                raise UnknownResourceType(typename, self._types) from None
+            found = self._types.get(typename)
+            factory = self._families.get(typename.partition(":")[0]) if ":" in typename else None
+            known = list(self._types) + [f"{p}:..." for p in self._families]
+        if found is not None:
+            return found
+        if factory is None:
+            raise UnknownResourceType(typename, known)
+        rtype = factory(typename)  # raises UnknownResourceType itself, naming what is missing
+        with self._lock:
+            return self._types.setdefault(typename, rtype)
 
     def names(self) -> list[str]:
         with self._lock:
             return sorted(self._types)
 
     def __contains__(self, typename: object) -> bool:
-        with self._lock:
-            return typename in self._types
+        if not isinstance(typename, str):
+            return False
+        try:
+            self.get(typename)
+        except UnknownResourceType:
+            return False
+        return True
 
     def __repr__(self) -> str:
         return f"ResourceTypeRegistry({self.names()!r})"
