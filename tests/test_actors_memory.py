@@ -21,11 +21,12 @@ from tests.cluster_harness import MemoryCluster, cluster_toml, wait_for
 from vigil.api.notifications import Notification
 from vigil.config import ResourceConfig, load_key, loads
 from vigil.resources.dummy import DummyResource, DummyType
-from vigil.resources.model import OpResult
+from vigil.resources.model import OpResult, ServiceState
 from vigil.resources.registry import ResourceTypeRegistry
 
 JOURNAL: list[tuple[float, str, str, str]] = []  # (time, node, op, resource)
 JOURNAL_LOCK = threading.Lock()
+BREAK_ONCE: set[tuple[str, str]] = set()  # (node, resource): its next monitor fails
 
 
 class RecordingResource(DummyResource):
@@ -43,6 +44,14 @@ class RecordingResource(DummyResource):
             with JOURNAL_LOCK:
                 JOURNAL.append((time.monotonic(), self.node, "stop", self.name))
         return result
+
+
+    def _monitor(self) -> OpResult:
+        with JOURNAL_LOCK:
+            if (self.node, self.name) in BREAK_ONCE:
+                BREAK_ONCE.discard((self.node, self.name))
+                return OpResult.failure(ServiceState.FAILED, "broken by the test")
+        return super()._monitor()
 
 
 class RecordingType(DummyType):
@@ -146,18 +155,28 @@ def test_a_node_cut_off_stops_its_groups_and_the_majority_takes_over(
     assert running_on(cluster, "web") == ["beta"], st  # failback is off: it stays
 
 
-def test_monitor_failure_restarts_the_group(cluster: MemoryCluster, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("broken", "restarted"), [
+    ("web-data", ["web-data", "web-app"]),  # it and its dependent; web-ip stays up
+    ("web-app", ["web-app"]),
+])
+def test_monitor_failure_restarts_the_resource_and_its_dependents_in_place(
+        cluster: MemoryCluster, broken: str, restarted: list[str]) -> None:
     for n in ("alpha", "beta", "gamma"):
         cluster.start(n)
     wait_for(lambda: running_on(cluster, "web") == ["alpha"], 15, "web on alpha")
-    fail_switch = tmp_path / "run" / "alpha" / "dummy" / "web-data.state.fail"
-    fail_switch.touch()
-    wait_for(lambda: "web-data" in journal("alpha", "stop"), 15, "the failure to be seen")
-    fail_switch.unlink()
-    wait_for(lambda: running_on(cluster, "web") == ["alpha"]
-             and journal("alpha", "start").count("web-app") == 2, 15,
-             "web restarted in place")
-    assert cluster.status("alpha")["fail_counts"] == {"web": 1}
+    epoch = cluster.status("alpha")["epoch"]
+    with JOURNAL_LOCK:
+        BREAK_ONCE.add(("alpha", broken))
+    wait_for(lambda: journal("alpha", "start").count(broken) == 2
+             and running_on(cluster, "web") == ["alpha"], 15, "web restarted in place")
+    assert journal("alpha", "stop") == list(reversed(restarted))  # dependents first
+    assert journal("alpha", "start") == ["web-ip", "web-data", "web-app", *restarted]
+    st = cluster.status("alpha")
+    assert st["epoch"] == epoch  # recovered without a transition
+    assert st["fail_counts"] == {"web": 1}
+    assert st["resources"][broken]["fail_count"] == 1
+    assert st["resources"][broken]["last_failure"]["reason"] == "broken by the test"
+    assert not journal("beta", "start") and not journal("gamma", "start")
 
 
 def test_application_actors_receive_notifications_in_order(cluster: MemoryCluster) -> None:

@@ -28,6 +28,7 @@ from vigil.cluster.events import (
     ClearFailures,
     Event,
     GroupDone,
+    GroupFailed,
     Received,
     Shutdown,
     Tick,
@@ -538,12 +539,15 @@ def test_a_group_failing_migration_threshold_times_moves_until_its_failures_are_
     cfg = sim_config(3, 3, group_chain=False, migration_threshold=2)
     c = formed(cfg)
     t0 = c.now
+    epoch = c.core("beta").promised
     c.fail_group("beta", "g1")
     c.run_for(3.0)
-    # one failure: recovered in place (beta is still the cheapest)
+    # one failure: restarted in place, without a transition (the group never left beta)
     assert c.where()["g1"] == "beta"
     assert c.core("beta").fail_counts() == {"g1": 1}
-    assert c.first(t0, "beta", "g1", "stop-done") <= c.first(t0, "beta", "g1", "start")
+    assert c.first(t0, "beta", "g1", "start-done") > t0
+    assert c.core("beta").promised == epoch
+    assert not c.ops_since(t0, group="g1", what="stop")
 
     t1 = c.now
     c.fail_group("beta", "g1")
@@ -577,16 +581,17 @@ def test_a_start_that_fails_is_placed_on_another_node() -> None:
     assert c.core("beta").local["g1"] is LocalState.STOPPED
 
 
-def test_a_start_that_fails_below_the_threshold_is_retried_in_place() -> None:
-    cfg = sim_config(3, 3, group_chain=False, migration_threshold=2)
+def test_a_failed_start_bans_the_node_even_below_the_threshold() -> None:
+    # start-failure-is-fatal: retrying where a start just failed rarely helps
+    cfg = sim_config(3, 3, group_chain=False, migration_threshold=5)
     c = Recorder(cfg)
     c.fail_next_start("beta", "g1")
     c.run_for(FORM)
     assert c.settled()
-    assert c.where()["g1"] == "beta"
-    starts = c.ops_since(0.0, node="beta", group="g1")
-    assert [o[3] for o in starts] == ["start", "start-failed", "stop", "stop-done", "start",
-                                      "start-done"]
+    assert c.where()["g1"] == "gamma"
+    assert c.core("beta").fail_counts() == {"g1": 5}
+    ops = [o[3] for o in c.ops_since(0.0, node="beta", group="g1")]
+    assert ops == ["start", "start-failed", "stop", "stop-done"]
 
 
 # ---- dependencies --------------------------------------------------------------------------
@@ -728,3 +733,50 @@ def test_a_stale_stop_from_an_older_epoch_is_ignored() -> None:
     sim._deliver(holder, Received(stale, "lan0"))
     sim.run_for(1.0)
     assert holder in sim.placement()[group], f"{group} stopped by a stale request"
+
+
+# ---- on_fail policies and cleanup ------------------------------------------------------------
+
+
+def _holder_fails(c: Recorder, policy: str) -> tuple[str, float]:
+    holder = c.where()["g1"]
+    assert holder is not None
+    t0 = c.now
+    c._deliver(holder, GroupFailed("g1", "monitor of g1-r1: broken", resource="g1-r1",
+                                   policy=policy))
+    c.run_for(3.0)
+    return holder, t0
+
+
+def test_on_fail_ignore_leaves_the_group_alone() -> None:
+    c = formed(sim_config(3, 3, group_chain=False))
+    holder, t0 = _holder_fails(c, "ignore")
+    assert c.where()["g1"] == holder
+    assert c.core(holder).fail_counts() == {}
+    assert not c.ops_since(t0, group="g1")
+
+
+def test_on_fail_standby_moves_everything_off_the_node() -> None:
+    c = formed(sim_config(3, 3, group_chain=False))
+    holder, _ = _holder_fails(c, "standby")
+    assert holder in c.core(holder).accepted.standby
+    assert holder not in c.where().values()
+    assert all(node is not None for node in c.where().values())
+
+
+def test_on_fail_stop_does_not_restart_in_place_and_bans_the_node() -> None:
+    c = formed(sim_config(3, 3, group_chain=False, migration_threshold=3))
+    holder, t0 = _holder_fails(c, "stop")
+    assert c.where()["g1"] not in (holder, None)
+    assert c.core(holder).fail_counts() == {"g1": 3}
+    assert not c.ops_since(t0, node=holder, group="g1", what="start")
+
+
+def test_cleanup_on_any_node_clears_the_fail_counts_everywhere() -> None:
+    c = formed(sim_config(3, 3, group_chain=False, migration_threshold=1))
+    holder, _ = _holder_fails(c, "restart")
+    assert c.core(holder).fail_counts() == {"g1": 1}
+    other = next(n for n in c.nodes if n != holder)
+    c._deliver(other, ClearFailures("g1"))
+    c.run_for(1.0)
+    assert c.core(holder).fail_counts() == {}

@@ -17,11 +17,13 @@ from typing import Any, cast
 import pykka
 
 from vigil.actors.base import Directory, VigilActor
-from vigil.actors.messages import Control
+from vigil.actors.messages import Control, Diagnose
 
 log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT = 10.0
+#: A manual diagnosis waits for the agent's monitor (its own timeout applies first).
+MANUAL_OP_TIMEOUT = 120.0
 MAX_REQUEST = 64 * 1024
 
 
@@ -34,7 +36,7 @@ class _Handler(socketserver.StreamRequestHandler):
     server: _Server
 
     def handle(self) -> None:
-        self.connection.settimeout(REQUEST_TIMEOUT)
+        self.connection.settimeout(MANUAL_OP_TIMEOUT)
         try:
             line = self.rfile.readline(MAX_REQUEST)
             answer = self._answer(line)
@@ -53,17 +55,22 @@ class _Handler(socketserver.StreamRequestHandler):
                 raise TypeError("command must be a string and args a string map")
         except (ValueError, KeyError, TypeError) as exc:
             return {"ok": False, "error": f"malformed request: {exc}"}
-        ref = self.server.directory.get("coordinator")
+        # A diagnosis is the diagnostics actor's; every other request is the coordinator's.
+        target = "diagnostics" if command == "diagnose" else "coordinator"
+        ref = self.server.directory.get(target)
         if ref is None:
             return {"ok": False, "error": "the node is starting or stopping; try again"}
+        message = (Diagnose(args.get("resource", "")) if command == "diagnose"
+                   else Control(command, tuple(sorted(args.items()))))
         try:
-            answer = cast(dict[str, Any], ref.ask(
-                Control(command, tuple(sorted(args.items()))), timeout=REQUEST_TIMEOUT))
+            answer = ref.ask(message, timeout=REQUEST_TIMEOUT)
+            if isinstance(answer, pykka.Future):  # answered when the agent returns
+                answer = answer.get(timeout=MANUAL_OP_TIMEOUT)
         except pykka.Timeout:
-            return {"ok": False, "error": "the coordinator did not answer in time"}
+            return {"ok": False, "error": f"the {target} did not answer in time"}
         except pykka.ActorDeadError:
-            return {"ok": False, "error": "the coordinator is restarting; try again"}
-        return answer
+            return {"ok": False, "error": f"the {target} is restarting; try again"}
+        return cast(dict[str, Any], answer)
 
 
 class ControlActor(VigilActor):

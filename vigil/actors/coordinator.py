@@ -18,6 +18,7 @@ from vigil.actors.messages import (
     GetStatus,
     ProbeGroup,
     ResourceState,
+    RestartResourceCmd,
     RunningGroups,
     SendFrames,
     StartGroupCmd,
@@ -32,6 +33,7 @@ from vigil.cluster.events import (
     FenceNode,
     Notice,
     Output,
+    RestartResource,
     Shutdown,
     StartGroup,
     StopGroup,
@@ -86,6 +88,10 @@ class CoordinatorActor(VigilActor):
         self.tokens = 0
         self.resource_states: dict[str, tuple[str, str]] = {
             r: ("UNKNOWN", "not yet probed") for r, c in config.resources.items()}
+        # per resource on this node, for `vigil status`: failures since the last cleanup
+        self.resource_fails: dict[str, int] = {}
+        self.last_failure: dict[str, dict[str, Any]] = {}
+        self.last_diagnostic: dict[str, dict[str, Any]] = {}
         self.running: frozenset[str] = frozenset()
         self.timer: DeadlineTimer | None = None
         self.left = False
@@ -110,10 +116,20 @@ class CoordinatorActor(VigilActor):
         if isinstance(message, Control):
             return self._control(message)
         if isinstance(message, ResourceState):
-            self.resource_states[message.resource] = (message.state, message.reason)
+            self._resource_state(message)
             return None
         self._handle(message)
         return None
+
+    def _resource_state(self, m: ResourceState) -> None:
+        self.resource_states[m.resource] = (m.state, m.reason)
+        entry = {"ok": m.ok, "op": m.op, "state": m.state, "reason": m.reason,
+                 "at": time.strftime("%H:%M:%S", time.localtime(m.at))}
+        if m.op == "monitor":
+            self.last_diagnostic[m.resource] = entry
+        if not m.ok:
+            self.resource_fails[m.resource] = self.resource_fails.get(m.resource, 0) + 1
+            self.last_failure[m.resource] = entry
 
     # ---- the core --------------------------------------------------------------------------
 
@@ -139,10 +155,18 @@ class CoordinatorActor(VigilActor):
                 self.tokens += 1
                 self.directory.tell(f"group:{action.group}",
                                     StopGroupCmd(self.tokens, action.force, action.reason))
+            elif isinstance(action, RestartResource):
+                self.tokens += 1
+                self.directory.tell(f"group:{action.group}",
+                                    RestartResourceCmd(self.tokens, action.resource))
             elif isinstance(action, FenceNode):
                 log.error("fencing %s requested, but fencer %r cannot power nodes off",
                           action.node, self.config.fencer)
             elif isinstance(action, Notice):
+                cleared = dict(action.fields).get("cleared")
+                if cleared is not None and cleared in self.config.groups:
+                    for r in self.config.groups[cleared].resources:
+                        self.resource_fails.pop(r, None)
                 self.directory.tell("notifier", Notification(
                     action.kind, action.text, self.node, time.time(), action.fields))
         running = frozenset(g for g in self.core.busy  # not all groups: every event runs this
@@ -182,7 +206,8 @@ class CoordinatorActor(VigilActor):
             if group not in cfg.groups:
                 return _error(f"no group named {group!r}")
             self._handle(ClearFailures(group))
-            return {"ok": True, "message": f"fail counts of {group} cleared on {self.node}"}
+            return {"ok": True, "message": f"fail counts of {group} cleared on every node "
+                    "(the next transition may place it where it failed before)"}
         if cmd == "shutdown":
             self._handle(Shutdown())
             return {"ok": True, "message": "leaving the cluster"}
@@ -210,7 +235,11 @@ class CoordinatorActor(VigilActor):
                 state = local if local in ("FAILED", "UNCLEAN") else "OOS"
             resources[r] = {"node": g["node"] if state == "IN_SERVICE" else None,
                             "group": cfg.group, "type": cfg.type, "state": state,
-                            "reason": reason, "depends_on": list(cfg.depends_on)}
+                            "reason": reason, "depends_on": list(cfg.depends_on),
+                            "on_fail": cfg.on_fail,
+                            "fail_count": self.resource_fails.get(r, 0),
+                            "last_failure": self.last_failure.get(r),
+                            "last_diagnostic": self.last_diagnostic.get(r)}
         return {
             "cluster": self.config.name,
             "node": self.node,

@@ -1,7 +1,11 @@
 """GroupActor: one per resource group. It brings the group's resources into service in
 dependency order and out of service in the reverse order, one resource at a time, and tells
-the coordinator when the whole group is done. A stop overtakes a start: the resource still
-starting is interrupted with ``force_stop`` and the stop sequence begins."""
+the coordinator when the whole group is done. A stop overtakes a start (or a restart): the
+resource still starting is interrupted with ``force_stop`` and the stop sequence begins.
+
+A restart in place (recovery of a failed resource) stops the failed resource and the members
+that depend on it, dependents first, then starts them again in order; the coordinator hears
+one ``GroupDone`` for ``start`` (or for ``stop`` if a stop failed: the node is unclean)."""
 
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ from vigil.actors.messages import (
     ProbeGroup,
     ResourceOp,
     ResourceOpDone,
+    ResourceOpName,
+    RestartResourceCmd,
     StartGroupCmd,
     StopGroupCmd,
 )
@@ -25,32 +31,38 @@ log = logging.getLogger(__name__)
 
 class GroupActor(VigilActor):
     def __init__(self, name: str, directory: Directory, group: str,
-                 start_order: list[str]) -> None:
+                 start_order: list[str],
+                 dependents: dict[str, list[str]] | None = None) -> None:
         super().__init__(name, directory)
         self.group = group
         self.start_order = start_order
         self.stop_order = list(reversed(start_order))
-        self.op: str | None = None  # "start", "stop", "probe"
-        self.queue: list[str] = []
+        self.dependents = dependents or {}  # member -> members depending on it (transitively)
+        self.op: str | None = None  # "start", "stop", "probe", "restart"
+        self.queue: list[tuple[str, ResourceOpName]] = []
         self.token = 0
-        self.force = False
         self.waiting_for: str | None = None
+        self.step: ResourceOpName | None = None
         self.reason = ""
         self.probe_active = False
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, StartGroupCmd):
-            self._begin("start", self.start_order)
+            self._begin("start", [(r, "start") for r in self.start_order])
         elif isinstance(message, StopGroupCmd):
-            interrupted = self.waiting_for if self.op == "start" else None
-            self.force = message.force
-            self._begin("stop", self.stop_order)
+            interrupted = self.waiting_for if self.step == "start" else None
+            stop: ResourceOpName = "force_stop" if message.force else "stop"
+            self._begin("stop", [(r, stop) for r in self.stop_order])
             if interrupted is not None:
                 # a start still running: interrupt it, then stop everything in reverse
                 self._tell(interrupted, "force_stop")
+        elif isinstance(message, RestartResourceCmd):
+            affected = {message.resource, *self.dependents.get(message.resource, [])}
+            self._begin("restart", [(r, "stop") for r in self.stop_order if r in affected]
+                        + [(r, "start") for r in self.start_order if r in affected])
         elif isinstance(message, ProbeGroup):
             self.probe_active = False
-            self._begin("probe", self.start_order)
+            self._begin("probe", [(r, "monitor") for r in self.start_order])
         elif isinstance(message, ResourceOpDone):
             self._done(message)
         elif isinstance(message, ChildRestarted) and message.name == (
@@ -60,30 +72,25 @@ class GroupActor(VigilActor):
             self._finish(False, f"resource actor {self.waiting_for} restarted")
         return None
 
-    def _begin(self, op: str, order: list[str]) -> None:
+    def _begin(self, op: str, steps: list[tuple[str, ResourceOpName]]) -> None:
         self.op = op
         self.token += 1
-        self.queue = list(order)
+        self.queue = steps
         self.reason = ""
         self.waiting_for = None
+        self.step = None
         self._next()
 
-    def _tell(self, resource: str, op: str) -> None:
-        self.directory.tell(f"resource:{resource}",
-                            ResourceOp(op, self.token, self.name))  # type: ignore[arg-type]
+    def _tell(self, resource: str, op: ResourceOpName) -> None:
+        self.directory.tell(f"resource:{resource}", ResourceOp(op, self.token, self.name))
 
     def _next(self) -> None:
         if not self.queue:
             self._finish(True, "")
             return
-        resource = self.queue.pop(0)
+        resource, self.step = self.queue.pop(0)
         self.waiting_for = resource
-        if self.op == "start":
-            self._tell(resource, "start")
-        elif self.op == "stop":
-            self._tell(resource, "force_stop" if self.force else "stop")
-        else:
-            self._tell(resource, "monitor")
+        self._tell(resource, self.step)
 
     def _done(self, done: ResourceOpDone) -> None:
         if done.token != self.token or done.resource != self.waiting_for:
@@ -100,10 +107,15 @@ class GroupActor(VigilActor):
         self._next()
 
     def _finish(self, ok: bool, reason: str) -> None:
-        op, self.op, self.waiting_for = self.op, None, None
+        op, step = self.op, self.step
+        self.op, self.waiting_for, self.step = None, None, None
         if op == "probe":
             self.directory.tell("coordinator", GroupProbed(self.group, self.probe_active))
-        elif op in ("start", "stop"):
+            return
+        if op == "restart":
+            # the core waits for a start; a failed stop on the way makes the node unclean
+            op = "stop" if not ok and step in ("stop", "force_stop") else "start"
+        if op in ("start", "stop"):
             log.info("group %s: %s %s%s", self.group, op, "done" if ok else "FAILED",
                      f" ({reason})" if reason else "")
             self.directory.tell("coordinator", GroupDone(self.group, op, ok, reason))  # type: ignore[arg-type]

@@ -40,18 +40,29 @@ class StopGroupCmd:
 
 
 @dataclass(frozen=True, slots=True)
+class RestartResourceCmd:
+    """Recover in place: stop ``resource`` and its dependents in the group, start them again."""
+
+    token: int
+    resource: str
+
+
+@dataclass(frozen=True, slots=True)
 class ProbeGroup:
     pass
 
 
 @dataclass(frozen=True, slots=True)
 class ResourceState:
-    """A resource's state changed (for status and notifications)."""
+    """The result of one operation on a resource (for status and notifications)."""
 
     resource: str
     group: str
     state: str
     reason: str
+    op: str = ""
+    ok: bool = True
+    at: float = 0.0  # wall-clock time.time()
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +109,13 @@ class Control:
 
     def arg(self, name: str) -> str:
         return dict(self.args).get(name, "")
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnose:
+    """`vigil resource diagnose NAME`: run its monitor now; answered with a future."""
+
+    resource: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,7 @@ blocking agent operations on the node's worker pool, never inside ``on_receive``
 from __future__ import annotations
 
 import logging
+import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
@@ -66,5 +67,6 @@ class ResourceActor(VigilActor):
             log.info("resource %s: %s -> %s (%s)", self.resource.name, msg.done.op,
                      result.state.name, result.reason)
         self.directory.tell("coordinator", ResourceState(
-            self.resource.name, self.resource.group, result.state.name, result.reason))
+            self.resource.name, self.resource.group, result.state.name, result.reason,
+            op=msg.done.op, ok=result.ok, at=time.time()))
         self.directory.tell(msg.reply_to, msg.done)

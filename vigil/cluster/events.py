@@ -56,10 +56,15 @@ class GroupDone:
 
 @dataclass(frozen=True, slots=True)
 class GroupFailed:
-    """A monitor found a group that is in service here broken."""
+    """A monitor found a group that is in service here broken (or an operation timed out).
+
+    ``resource`` is the member that failed and ``policy`` its ``on_fail`` setting; the core
+    decides what follows (docs/resources.md, "Recovery")."""
 
     group: str
     reason: str
+    resource: str = ""
+    policy: str = "restart"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,9 +78,11 @@ class AdminRequest:
 
 @dataclass(frozen=True, slots=True)
 class ClearFailures:
-    """`vigil resource cleanup`: forget this node's fail counts of a group."""
+    """`vigil resource cleanup`: forget the fail counts of a group, here and (``everywhere``)
+    on every node, by a ``cleanup`` message to all."""
 
     group: str
+    everywhere: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +129,17 @@ class StopGroup:
 
 
 @dataclass(frozen=True, slots=True)
+class RestartResource:
+    """Recover in place: stop ``resource`` and the members of its group that depend on it,
+    then start them again; the group stays placed here. The shell answers with a
+    :class:`GroupDone` for ``start`` (or for ``stop`` when the stop part failed)."""
+
+    group: str
+    resource: str
+    epoch: Epoch
+
+
+@dataclass(frozen=True, slots=True)
 class FenceNode:
     node: str
 
@@ -135,7 +153,7 @@ class Notice:
     fields: tuple[tuple[str, str], ...] = ()
 
 
-Action = StartGroup | StopGroup | FenceNode | Notice
+Action = StartGroup | StopGroup | RestartResource | FenceNode | Notice
 
 
 @dataclass(slots=True)

@@ -46,6 +46,7 @@ from vigil.cluster.events import (
     Notice,
     Output,
     Received,
+    RestartResource,
     Shutdown,
     StartGroup,
     StopGroup,
@@ -385,10 +386,9 @@ class NodeCore:
         elif isinstance(event, AdminRequest):
             self._admin_request(event)
         elif isinstance(event, ClearFailures):
-            self.fail_times[event.group] = []
-            self.failed_hold.discard(event.group)
-            self.want += 1
-            self._note("group", f"fail count of {event.group} cleared on {self.name}")
+            self._clear_failures(event.group, "here")
+            if event.everywhere:
+                self._send("cleanup", group=event.group)
         elif isinstance(event, FenceDone):
             self._fence_done(event)
         elif isinstance(event, GroupProbed):
@@ -608,6 +608,20 @@ class NodeCore:
         self.support.pop(msg.sender, None)
         self._note("membership", f"{msg.sender} left the cluster cleanly (nothing in service "
                    "there)")
+
+    def _on_cleanup(self, msg: Message) -> None:
+        group = msg.fields["group"]
+        if msg.sender != self.name and group in self.config.groups:
+            self._clear_failures(group, f"by a request from {msg.sender}")
+
+    def _clear_failures(self, group: str, how: str) -> None:
+        if group not in self.fail_times:
+            return
+        self.fail_times[group] = []
+        self.failed_hold.discard(group)
+        self.want += 1  # its cost here changed: let the master look again
+        self._note("group", f"fail count of {group} cleared on {self.name} {how}", group=group,
+                   cleared=group)
 
     def _on_hb(self, msg: Message) -> None:
         if msg.sender != self.name:
@@ -838,6 +852,10 @@ class NodeCore:
                 self._set(ev.group, LocalState.RUNNING)
                 self._note("group", f"{ev.group} in service on {self.name}", group=ev.group)
             else:
+                # A failed start is fatal here (as Pacemaker's start-failure-is-fatal): retrying
+                # where it just failed rarely helps, so the fail count jumps to the threshold
+                # and the group goes elsewhere until cleanup or failure_timeout.
+                self._fill_fail_count(ev.group)
                 self._record_failure(ev.group, f"start failed: {ev.reason}")
                 self._set(ev.group, LocalState.STOPPED)
                 self._stop_group(ev.group, "clean up after a failed start")
@@ -854,9 +872,45 @@ class NodeCore:
             self._confirm_stops(self.promised[1])
 
     def _group_failed(self, ev: GroupFailed) -> None:
-        if self.local.get(ev.group) is not LocalState.RUNNING:
+        g = ev.group
+        if self.local.get(g) is not LocalState.RUNNING:
+            return  # already stopping, restarting or stopped: that path decides
+        if ev.policy == "ignore":
+            self._note("group", f"{ev.resource or g} failed on {self.name} and its on_fail "
+                       f"is ignore: left as it is ({ev.reason})", group=g, reason=ev.reason)
             return
-        self._record_failure(ev.group, ev.reason)  # _reconcile stops it, dependents first
+        if ev.policy == "standby":
+            self._record_failure(g, ev.reason)
+            self._admin_request(AdminRequest("standby", node=self.name))
+            return
+        if ev.policy == "stop":
+            # Held stopped here (its fail count reaches the threshold, so its cost here is
+            # infinite); it is not restarted in place, and may run elsewhere.
+            self._fill_fail_count(g)
+            self._record_failure(g, ev.reason)
+            return
+        threshold = self.config.groups[g].migration_threshold
+        # In place only while no group that depends on this one is active here: restarting
+        # under it would break its order; the full path stops it first.
+        alone = not any(self.local[k] in ACTIVE for k in self.group_dependents[g])
+        safe = self.lease_valid() and self._may_run_here()  # as for any start
+        if ev.resource and alone and safe and len(self.fail_times[g]) + 1 < threshold:
+            self.fail_times[g].append(self.now)
+            count = len(self.fail_times[g])
+            self._set(g, LocalState.STARTING)
+            self._act(RestartResource(g, ev.resource, self.promised))
+            self._note("group", f"{ev.resource} failed on {self.name} ({count} of "
+                       f"{threshold} failures before {g} moves): restarting it in place: "
+                       f"{ev.reason}", group=g, resource=ev.resource, reason=ev.reason)
+            return
+        self._record_failure(g, ev.reason)  # _reconcile stops it, dependents first
+
+    def _fill_fail_count(self, group: str) -> None:
+        """Bring the fail count to one below the threshold (the failure being recorded makes
+        it reach it): the group's cost here becomes infinite."""
+        missing = max(1, self.config.groups[group].migration_threshold) - len(
+            self.fail_times[group])
+        self.fail_times[group].extend([self.now] * max(0, missing - 1))
 
     def _record_failure(self, group: str, reason: str) -> None:
         self.fail_times[group].append(self.now)

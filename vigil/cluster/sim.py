@@ -28,6 +28,7 @@ from vigil.cluster.events import (
     GroupFailed,
     Output,
     Received,
+    RestartResource,
     StartGroup,
     StopGroup,
     Tick,
@@ -153,7 +154,8 @@ class SimCluster:
         """A monitor finds the group broken where it runs (no-op where it does not)."""
         node = self.nodes[name]
         if node.core is not None and node.core.local.get(group) is LocalState.RUNNING:
-            self._deliver(name, GroupFailed(group, "simulated monitor failure"))
+            first = self.group_resources[group].start_order()[0]  # restarts all its dependents
+            self._deliver(name, GroupFailed(group, "simulated monitor failure", resource=first))
 
     def fail_next_start(self, name: str, group: str) -> None:
         self.nodes[name].fail_next_start.add(group)
@@ -237,6 +239,9 @@ class SimCluster:
                 self._begin(node, action.group, "start")
             elif isinstance(action, StopGroup):
                 self._begin(node, action.group, "stop")
+            elif isinstance(action, RestartResource):
+                self._check_quorate_action(node, action.epoch)
+                self._restart(node, action.group, action.resource)
             elif isinstance(action, FenceNode):
                 # A power fencer: a lower-named requester wins the race (pcmk_delay style).
                 delay = 0.05 + 0.5 * self.config.node_names.index(node.name)
@@ -270,6 +275,17 @@ class SimCluster:
         token = next(self._tokens)
         node.ops[group] = (op, token)
         self._op_step(node, group, op, token)
+
+    def _restart(self, node: SimNode, group: str, resource: str) -> None:
+        """Recovery in place: the failed resource and its dependents stop (at once, in
+        order), then the group's start brings them back."""
+        graph = self.group_resources[group]
+        affected = {resource, *graph.transitive_dependents(resource)}
+        for r in graph.stop_order():
+            if r in affected and node.resources.get(r) is not None:
+                self._check_stop_order(node, r)
+                del node.resources[r]
+        self._begin(node, group, "start")
 
     def _op_step(self, node: SimNode, group: str, op: str, token: int) -> None:
         if node.ops.get(group) != (op, token):
