@@ -33,7 +33,8 @@ def _fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
-def _ask(config_path: str, via: str | None, command: str, **args: str) -> dict[str, Any]:
+def _ask(config_path: str, via: str | None, command: str,
+         args: dict[str, str] | None = None, timeout: float = 10.0) -> dict[str, Any]:
     from vigil.daemon import StartupError, resolve_node
 
     try:
@@ -43,7 +44,7 @@ def _ask(config_path: str, via: str | None, command: str, **args: str) -> dict[s
         _fail(str(exc), EXIT_USAGE)
     path = cfg.nodes[name].control_socket
     try:
-        return request(path, command, args)
+        return request(path, command, args or {}, timeout=timeout)
     except FileNotFoundError:
         _fail(f"no daemon for node {name}: {path} does not exist (is `vigil node run` "
               "running for this node?)", EXIT_NO_DAEMON)
@@ -54,7 +55,7 @@ def _ask(config_path: str, via: str | None, command: str, **args: str) -> dict[s
 
 
 def _request(config_path: str, via: str | None, command: str, **args: str) -> None:
-    answer = _ask(config_path, via, command, **args)
+    answer = _ask(config_path, via, command, args)
     if not answer.get("ok"):
         _fail(str(answer.get("error", "request failed")), EXIT_REFUSED)
     click.echo(answer.get("message", "ok"))
@@ -133,12 +134,35 @@ def resource() -> None:
 @node_option
 @click.argument("name")
 def resource_cleanup(config_path: str, node: str | None, name: str) -> None:
-    """Forget this node's failures of NAME's group so it may run here again."""
+    """Forget the failures of NAME (a resource or group) on every node, so its group may run
+    where it failed before."""
     cfg = load(config_path)
     if name not in cfg.resources and name not in cfg.groups:
         _fail(f"no resource or group named {name!r}", EXIT_USAGE)
     group_name = cfg.resources[name].group if name in cfg.resources else name
     _request(config_path, node, "cleanup", group=group_name)
+
+
+@resource.command("diagnose")
+@config_option
+@node_option
+@click.option("--json", "as_json", is_flag=True, help="The result as one JSON object.")
+@click.argument("name")
+def resource_diagnose(config_path: str, node: str | None, as_json: bool, name: str) -> None:
+    """Run NAME's monitor on this node now and print the result.
+
+    Exit status 0: healthy (in service, or cleanly stopped here); 1: the monitor failed (if
+    its group runs here, recovery follows as for a scheduled monitor)."""
+    answer = _ask(config_path, node, "diagnose", {"resource": name}, timeout=130.0)
+    if not answer.get("ok"):
+        _fail(str(answer.get("error", "request failed")), EXIT_REFUSED)
+    if as_json:
+        click.echo(json.dumps(answer, indent=2, sort_keys=True))
+    else:
+        verdict = "healthy" if answer["healthy"] else "FAILED"
+        click.echo(f"{name}: {verdict}, {answer['state']} ({answer['reason']}) in "
+                   f"{answer['duration']:.2f}s")
+    sys.exit(0 if answer["healthy"] else EXIT_REFUSED)
 
 
 # ---- status -------------------------------------------------------------------------------
@@ -197,6 +221,14 @@ def format_status(st: dict[str, Any]) -> str:
             rv = st["resources"][r]
             dep = f"  after {', '.join(rv['depends_on'])}" if rv["depends_on"] else ""
             lines.append(f"      {r:<16} ({rv['type']}) {rv['state']}{dep}")
+            if rv.get("fail_count"):
+                failure = rv.get("last_failure") or {}
+                lines.append(f"          {rv['fail_count']} failure(s) here, last at "
+                             f"{failure.get('at', '?')}: {failure.get('reason', '')}")
+            diag = rv.get("last_diagnostic")
+            if diag and not diag["ok"]:
+                lines.append(f"          last diagnostic at {diag['at']} FAILED: "
+                             f"{diag['reason']}")
     fails = st.get("fail_counts") or {}
     if fails:
         lines.append("Fail counts here: " + ", ".join(f"{g}={c}" for g, c in fails.items()))
@@ -232,7 +264,9 @@ def config_check(path: str) -> None:
     refuse_if(check_file(path))  # the file itself first: only a valid file can be loaded
     cfg = load(path)
     registry = default_registry()
-    problems = [str(p) for p in validate_against_registry(cfg, registry.names())]
+    # Agent families (ocf:...) are made on first use: ask for every type the file names.
+    known = set(registry.names()) | {r.type for r in cfg.resources.values() if r.type in registry}
+    problems = [str(p) for p in validate_against_registry(cfg, sorted(known))]
     for r in cfg.resources.values():
         if r.type in registry:
             rtype = registry.get(r.type)
