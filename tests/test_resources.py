@@ -534,6 +534,48 @@ def test_a_program_that_forks_away_is_watched_through_its_pid_file(
     assert not proc.pid_alive(service_pid)
 
 
+@pytest.mark.parametrize("check", ["health_tcp", "health_url"])
+def test_tcp_and_http_health_checks_follow_the_service(
+    apps: Callable[..., ApplicationResource], tmp_path: Path, check: str,
+) -> None:
+    port = free_port()
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "index.html").write_text("up")
+    target = (f"127.0.0.1:{port}" if check == "health_tcp"
+              else f"http://127.0.0.1:{port}/index.html")
+    resource = apps(start=[PY, "-m", "http.server", "--bind", "127.0.0.1", str(port),
+                           "--directory", str(tmp_path / "www")], **{check: target})
+    started = resource.in_service()  # waits until the server answers
+    assert started.ok and "healthy" in started.reason, started.reason
+    assert resource.monitor().state is ServiceState.IN_SERVICE
+    if check == "health_url":
+        (tmp_path / "www" / "index.html").unlink()
+        probe = resource.monitor()
+        assert not probe.ok and probe.reason == f"GET {target} answered HTTP 404"
+    else:
+        pid = resource.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)  # alive but deaf: only the health check can tell
+        try:
+            # a stopped process still completes TCP handshakes from the backlog: fill it
+            probe = resource.monitor()
+            socks = []
+            for _ in range(200):
+                if not probe.ok:
+                    break
+                s = socket.socket()
+                s.setblocking(False)
+                s.connect_ex(("127.0.0.1", port))
+                socks.append(s)
+                probe = resource.monitor()
+            assert not probe.ok and "TCP connect to 127.0.0.1:" in probe.reason
+        finally:
+            for s in socks:
+                s.close()
+            os.kill(pid, signal.SIGCONT)
+    assert resource.oo_service().ok
+
+
 def test_application_params_are_checked() -> None:
     problems = ApplicationType().check_params({"stop_signal": "TERMINATE", "env": ["NOEQUALS"]})
     text = "\n".join(problems)
@@ -541,6 +583,13 @@ def test_application_params_are_checked() -> None:
     assert "'stop_signal'" in text
     assert "'NOEQUALS' is not of the form" in text
     assert ApplicationType().check_params({"start": "sleep 1", "stop_signal": "INT"}) == []
+    two = "\n".join(ApplicationType().check_params(
+        {"start": "x", "health": "true", "health_url": "http://h/"}))
+    assert "give at most one health check" in two
+    bad = "\n".join(ApplicationType().check_params(
+        {"start": "x", "health_tcp": "nohost", "health_url": "ftp://h/"}))
+    assert "'health_tcp' must be \"HOST:PORT\"" in bad
+    assert "'health_url' must be an http:// or https:// URL" in bad
 
 
 CHILD_OF_A_DAEMON = """

@@ -8,6 +8,12 @@ Parameters:
 ``health``
     A command (string or list) that exits 0 while the service is healthy. Run at every
     monitor, with the monitor timeout, and during start until it first succeeds.
+``health_tcp``
+    Instead of a command: ``"HOST:PORT"`` (``"[::1]:80"`` for IPv6) that accepts a TCP
+    connection while the service is healthy.
+``health_url``
+    Instead of a command: an ``http://`` or ``https://`` URL whose GET answers 2xx or 3xx while
+    the service is healthy. At most one of ``health``, ``health_tcp``, ``health_url``.
 ``stop_signal``
     The signal of a graceful stop (default ``"TERM"``; ``"INT"``, ``"SIGHUP"``, 15... work).
 ``cwd``, ``env``
@@ -34,9 +40,13 @@ import contextlib
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Final
@@ -54,7 +64,9 @@ from vigil.resources.model import (
 
 __all__ = ["ApplicationResource", "ApplicationType"]
 
-_PARAMS: Final = ("cwd", "env", "health", "pid_file", "start", "start_grace", "stop_signal")
+_PARAMS: Final = ("cwd", "env", "health", "health_tcp", "health_url", "pid_file", "start",
+                   "start_grace", "stop_signal")
+_HEALTH_KEYS: Final = ("health", "health_tcp", "health_url")
 #: How long a process may survive SIGKILL before the stop is declared failed.
 KILL_WAIT: Final = 5.0
 _POLL: Final = 0.1
@@ -74,6 +86,52 @@ def _command(value: ParamValue, key: str) -> list[str]:
     if not argv:
         raise ValueError(f"parameter {key!r} is an empty command")
     return argv
+
+
+def _tcp_target(value: ParamValue) -> tuple[str, int]:
+    if not isinstance(value, str):
+        raise ValueError(f"parameter 'health_tcp' must be \"HOST:PORT\", got {value!r}")
+    host, sep, port = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"parameter 'health_tcp' must be \"HOST:PORT\" with a port 1-65535, "
+                         f"got {value!r}")
+    return host, int(port)
+
+
+def _url(value: ParamValue) -> str:
+    if not isinstance(value, str) or urllib.parse.urlsplit(value).scheme not in (
+            "http", "https") or not urllib.parse.urlsplit(value).hostname:
+        raise ValueError(f"parameter 'health_url' must be an http:// or https:// URL, got "
+                         f"{value!r}")
+    return value
+
+
+def _probe_tcp(target: tuple[str, int], timeout: float) -> str | None:
+    """None when a connection is accepted; else why not."""
+    try:
+        with socket.create_connection(target, timeout=timeout):
+            return None
+    except OSError as exc:
+        return f"TCP connect to {target[0]}:{target[1]} failed: {exc.strerror or exc}"
+
+
+def _probe_url(url: str, timeout: float) -> str | None:
+    """None when a GET answers 2xx/3xx (redirects are not followed); else why not."""
+    class _NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: object, **kwargs: object) -> None:
+            return None
+
+    opener = urllib.request.build_opener(_NoRedirect)
+    try:
+        with opener.open(url, timeout=timeout) as answer:
+            code = int(answer.status)
+    except urllib.error.HTTPError as exc:
+        code = exc.code
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return f"GET {url} failed: {reason}"
+    return None if 200 <= code < 400 else f"GET {url} answered HTTP {code}"
 
 
 def _signal(value: ParamValue) -> signal.Signals:
@@ -129,9 +187,15 @@ class ApplicationType(ResourceType):
         problems = unknown_params(params, _PARAMS)
         if "start" not in params:
             problems.append("parameter 'start' (the command to run) is missing")
+        given = [k for k in _HEALTH_KEYS if k in params]
+        if len(given) > 1:
+            problems.append(f"parameters {' and '.join(repr(k) for k in given)}: give at most "
+                            "one health check")
         checks = {
             "start": lambda v: _command(v, "start"),
             "health": lambda v: _command(v, "health"),
+            "health_tcp": _tcp_target,
+            "health_url": _url,
             "stop_signal": _signal,
             "env": _environment_entries,
             "start_grace": parse_seconds,
@@ -163,6 +227,9 @@ class ApplicationResource(Resource):
         params = config.params
         self.argv = _command(params["start"], "start")
         self.health = _command(params["health"], "health") if "health" in params else None
+        self.health_tcp = _tcp_target(params["health_tcp"]) if "health_tcp" in params else None
+        self.health_url = _url(params["health_url"]) if "health_url" in params else None
+        self.has_health = any(k in params for k in _HEALTH_KEYS)
         self.stop_signal = _signal(params.get("stop_signal", "TERM"))
         cwd = params.get("cwd")
         self.cwd = Path(cwd) if isinstance(cwd, str) else None
@@ -202,12 +269,12 @@ class ApplicationResource(Resource):
             return self._abandon_start(
                 f"{self._command_text()} {_describe_exit(process.returncode)} within "
                 f"start_grace {self.start_grace:g}s{self._log_tail()}")
-        if self.health is not None:
+        if self.has_health:
             failure = self._await_health(cancel, deadline)
             if failure is not None:
                 return failure
         return OpResult.success(ServiceState.IN_SERVICE, f"started, pid {self.pid}"
-                                + (", healthy" if self.health else ""))
+                                + (", healthy" if self.has_health else ""))
 
     def _stop(self, force: bool) -> OpResult:
         with self._lock:
@@ -258,13 +325,11 @@ class ApplicationResource(Resource):
                                     f"{_describe_exit(process.returncode)}{self._log_tail()}")
         if not proc.pid_alive(pid):
             return OpResult.failure(ServiceState.FAILED, f"process {pid} is gone")
-        if self.health is not None:
-            health = proc.run(self.health, timeout=self.config.monitor.timeout,
-                              cwd=self.cwd, env=self._environment())
-            if not health.ok:
-                return OpResult.failure(ServiceState.FAILED, self._health_failure(health))
+        unhealthy = self._check_health(self.config.monitor.timeout)
+        if unhealthy is not None:
+            return OpResult.failure(ServiceState.FAILED, unhealthy)
         return OpResult.success(ServiceState.IN_SERVICE, f"running, pid {pid}"
-                                + (", healthy" if self.health else ""))
+                                + (", healthy" if self.has_health else ""))
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -331,7 +396,6 @@ class ApplicationResource(Resource):
         return None
 
     def _await_health(self, cancel: threading.Event, deadline: float) -> OpResult | None:
-        assert self.health is not None
         last = "never ran"
         while True:
             remaining = deadline - time.monotonic()
@@ -339,11 +403,10 @@ class ApplicationResource(Resource):
                 return self._abandon_start(
                     f"start timed out after {self.config.start_timeout:g}s waiting for health "
                     f"({last})")
-            check = proc.run(self.health, timeout=min(self.config.monitor.timeout, remaining),
-                             cwd=self.cwd, env=self._environment())
-            if check.ok:
+            unhealthy = self._check_health(min(self.config.monitor.timeout, remaining))
+            if unhealthy is None:
                 return None
-            last = self._health_failure(check)
+            last = unhealthy
             if cancel.is_set():
                 return self._abandon_start("start interrupted")
             with self._lock:
@@ -354,6 +417,17 @@ class ApplicationResource(Resource):
                     f"became healthy ({last}){self._log_tail()}")
             if cancel.wait(min(_POLL, max(0.0, deadline - time.monotonic()))):
                 return self._abandon_start("start interrupted")
+
+    def _check_health(self, timeout: float) -> str | None:
+        """None while healthy (or no check is configured); else why not."""
+        if self.health_tcp is not None:
+            return _probe_tcp(self.health_tcp, timeout)
+        if self.health_url is not None:
+            return _probe_url(self.health_url, timeout)
+        if self.health is None:
+            return None
+        check = proc.run(self.health, timeout=timeout, cwd=self.cwd, env=self._environment())
+        return None if check.ok else self._health_failure(check)
 
     def _health_failure(self, result: proc.CommandResult) -> str:
         assert self.health is not None
