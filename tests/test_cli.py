@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from tests.cluster_harness import cluster_toml
@@ -103,3 +104,20 @@ def test_simulate_resource_failure_restarts_in_place(tmp_path: Path) -> None:
 def test_the_demo_configuration_is_valid() -> None:
     result = CliRunner().invoke(cli, ["simulate", "-c", str(DEMO), "--json"])
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("name", ["example.toml", "web.toml", "web-ocf.toml", "demo.toml"])
+def test_the_shipped_example_files_are_valid(name: str) -> None:
+    from vigil.config import load, validate_against_registry
+    from vigil.resources.registry import default_registry
+
+    cfg = load(DEMO.parent / name)
+    registry = default_registry()
+    if any(r.type.startswith("ocf:") for r in cfg.resources.values()) and not Path(
+            "/usr/lib/ocf/resource.d/heartbeat").is_dir():
+        pytest.skip("needs the OCF agents of Debian's resource-agents package")
+    known = [r.type for r in cfg.resources.values() if r.type in registry]
+    assert validate_against_registry(cfg, known) == []
+    for r in cfg.resources.values():
+        # the parameters; not validate(), which looks for the disks and NICs of real nodes
+        assert registry.get(r.type).check_params(r.params) == [], r.name
