@@ -34,6 +34,12 @@ CLOSE_TIMEOUT_S: Final = 2.0
 HIGH_WATER_MARK: Final = 10_000
 RECONNECT_IVL_MS: Final = 100
 RECONNECT_IVL_MAX_MS: Final = 1_000
+#: ZMTP heartbeats on every connection. Without them a peer that lost power keeps its TCP
+#: connections "up" on our side until TCP gives up (minutes): our SUB never reconnects, so the
+#: rebooted peer never receives our subscriptions and never hears us. A connection whose peer
+#: does not answer a PING within the timeout is closed and reconnected.
+HEARTBEAT_IVL_MS: Final = 300
+HEARTBEAT_TIMEOUT_MS: Final = 1_200
 #: Frames read in one go before the stop flag is looked at again.
 _BATCH: Final = 256
 
@@ -97,6 +103,7 @@ class ZmqLink:
         address, port = bind
         endpoint, ipv6 = tcp_endpoint(address, port)
         self._pub.setsockopt(zmq.LINGER, 0)
+        _heartbeats(self._pub)
         self._pub.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
         if ipv6:
             self._pub.setsockopt(zmq.IPV6, 1)
@@ -125,6 +132,7 @@ class ZmqLink:
     def _connect(self, peers: Mapping[str, tuple[str, int]]) -> None:
         sub = self._sub
         sub.setsockopt(zmq.LINGER, 0)
+        _heartbeats(sub)
         sub.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
         sub.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
         sub.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
@@ -230,3 +238,14 @@ class ZmqLink:
             self._on_frames(self._name, frames)
         except Exception:
             log.exception("link %s: frame handler failed; frame set dropped", self._name)
+
+
+def _heartbeats(sock: zmq.Socket[bytes]) -> None:
+    sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)
+    # and TCP's own, for a peer that vanished while no ZMTP traffic was due
+    sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 2)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 1)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, 3)
