@@ -8,6 +8,7 @@ resources really went in and out of service.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +19,14 @@ import pykka
 import pytest
 
 from tests.cluster_harness import MemoryCluster, cluster_toml, wait_for
-from vigil.api.notifications import Notification
+from vigil.api.notifications import (
+    GroupMoved,
+    GroupStateChanged,
+    NodeLost,
+    Notification,
+    ResourceStateChanged,
+    TransitionCompleted,
+)
 from vigil.config import ResourceConfig, load_key, loads
 from vigil.resources.dummy import DummyResource, DummyType
 from vigil.resources.model import OpResult, ServiceState
@@ -179,29 +187,46 @@ def test_monitor_failure_restarts_the_resource_and_its_dependents_in_place(
     assert not journal("beta", "start") and not journal("gamma", "start")
 
 
-def test_application_actors_receive_notifications_in_order(cluster: MemoryCluster) -> None:
+def test_application_actors_receive_typed_notifications_of_a_failover_in_order(
+        cluster: MemoryCluster) -> None:
     seen: list[Notification] = []
-    done = threading.Event()
+    moved = threading.Event()
 
     class Listener(pykka.ThreadingActor):
         def on_receive(self, message: Any) -> None:
             if isinstance(message, Notification):
                 seen.append(message)
-                if message.kind == "group" and "in service on alpha" in message.text:
-                    done.set()
+                if isinstance(message, GroupStateChanged) and message.state == "running":
+                    moved.set()
 
     listener = Listener.start()
-    rt = cluster.start("alpha")
+    rt = cluster.start("beta")
     rt.subscribe(listener)
-    cluster.start("beta")
+    cluster.start("alpha")
     cluster.start("gamma")
-    assert done.wait(15), [n.text for n in seen]
-    texts = [n.text for n in seen]
-    declared = next(i for i, t in enumerate(texts) if t.startswith("declaring epoch 1.alpha"))
-    closed = next(i for i, t in enumerate(texts) if t.startswith("epoch 1.alpha closed"))
-    started = next(i for i, t in enumerate(texts) if t == "web in service on alpha")
-    assert declared < closed < started
-    assert all(n.node == "alpha" for n in seen)
+    wait_for(lambda: running_on(cluster, "web") == ["alpha"], 15, "web on alpha")
+    del seen[:]
+    cluster.kill("alpha")
+    assert moved.wait(20), [str(n) for n in seen]
+    kinds = [n.kind for n in seen]
+    # the order of a failover, as beta (the new holder and master) lives it
+    order = ["node_lost", "transition_started", "fencing_requested", "fencing_completed",
+             "group_moved", "transition_completed", "group_state_changed"]
+    positions = [kinds.index(k) for k in order]
+    assert positions == sorted(positions), kinds
+    lost = next(n for n in seen if isinstance(n, NodeLost))
+    assert lost.member == "alpha" and not lost.clean
+    move = next(n for n in seen if isinstance(n, GroupMoved))
+    assert (move.group, move.from_node, move.to_node) == ("web", "alpha", "beta")
+    done = next(n for n in seen if isinstance(n, TransitionCompleted))
+    assert done.where("web") == "beta"
+    assert [n.seq for n in seen] == sorted(n.seq for n in seen)  # numbered in order
+    assert all(n.node == "beta" for n in seen)
+    resources = [(n.resource, n.state) for n in seen if isinstance(n, ResourceStateChanged)]
+    assert resources[-3:] == [("web-ip", "IN_SERVICE"), ("web-data", "IN_SERVICE"),
+                              ("web-app", "IN_SERVICE")]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        move.group = "other"  # type: ignore[misc]
 
 
 def test_a_child_actor_that_dies_is_restarted_and_keeps_working(

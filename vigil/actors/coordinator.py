@@ -24,8 +24,9 @@ from vigil.actors.messages import (
     StartGroupCmd,
     StopGroupCmd,
 )
+from vigil.actors.observer import Observer
 from vigil.actors.timer import DeadlineTimer
-from vigil.api.notifications import Notification
+from vigil.api.notifications import GroupMoved, Notification, ResourceStateChanged
 from vigil.cluster.events import (
     AdminRequest,
     ClearFailures,
@@ -93,6 +94,7 @@ class CoordinatorActor(VigilActor):
         self.last_failure: dict[str, dict[str, Any]] = {}
         self.last_diagnostic: dict[str, dict[str, Any]] = {}
         self.running: frozenset[str] = frozenset()
+        self.observer = Observer(node)
         self.timer: DeadlineTimer | None = None
         self.left = False
         self.start_order = [r for g in group_order(config) for r in DependencyGraph(
@@ -122,6 +124,11 @@ class CoordinatorActor(VigilActor):
         return None
 
     def _resource_state(self, m: ResourceState) -> None:
+        if self.resource_states[m.resource][0] != m.state:
+            self.directory.tell("notifier", ResourceStateChanged(
+                node=self.node, time=m.at or time.time(), resource=m.resource, group=m.group,
+                state=m.state, reason=m.reason,
+                text=f"{m.resource} {m.state} on {self.node} ({m.reason})"))
         self.resource_states[m.resource] = (m.state, m.reason)
         entry = {"ok": m.ok, "op": m.op, "state": m.state, "reason": m.reason,
                  "at": time.strftime("%H:%M:%S", time.localtime(m.at))}
@@ -147,6 +154,7 @@ class CoordinatorActor(VigilActor):
             frames = tuple(self.codec.encode(self.sequencer.stamp(msg)))
             for link in self.links:
                 self.directory.tell(f"link:{link}", SendFrames(frames))
+        notes: list[Notification] = []
         for action in out.actions:
             if isinstance(action, StartGroup):
                 self.tokens += 1
@@ -167,8 +175,13 @@ class CoordinatorActor(VigilActor):
                 if cleared is not None and cleared in self.config.groups:
                     for r in self.config.groups[cleared].resources:
                         self.resource_fails.pop(r, None)
-                self.directory.tell("notifier", Notification(
-                    action.kind, action.text, self.node, time.time(), action.fields))
+                notes.extend(self.observer.from_notice(action, self.core))
+        # In the order a person would tell it: who came or went (that is what led to the
+        # decisions), the decisions, then where groups went as a result.
+        changes = list(self.observer.changes(self.core))
+        moves = [n for n in changes if isinstance(n, GroupMoved)]
+        for note in [n for n in changes if not isinstance(n, GroupMoved)] + notes + moves:
+            self.directory.tell("notifier", note)
         running = frozenset(g for g in self.core.busy  # not all groups: every event runs this
                             if self.core.local[g] is LocalState.RUNNING)
         if running != self.running:

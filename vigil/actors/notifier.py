@@ -6,6 +6,7 @@ Pykka mailboxes are FIFO)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -22,6 +23,7 @@ class NotifierActor(VigilActor):
     def __init__(self, name: str, directory: Directory) -> None:
         super().__init__(name, directory)
         self.subscribers: list[tuple[pykka.ActorRef[Any], frozenset[str] | None]] = []
+        self.seq = 0
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Subscribe):
@@ -33,6 +35,8 @@ class NotifierActor(VigilActor):
         return None
 
     def _publish(self, note: Notification) -> None:
+        self.seq += 1
+        note = dataclasses.replace(note, seq=self.seq)
         log.info("%s: %s", note.kind, note.text)
         alive: list[tuple[pykka.ActorRef[Any], frozenset[str] | None]] = []
         for ref, kinds in self.subscribers:

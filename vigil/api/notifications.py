@@ -1,24 +1,230 @@
-"""Typed, immutable notifications for applications (the seed's "application notification")."""
+"""Typed, immutable notifications for applications (the seed's "application notification").
+
+Every notification says what happened, on which node it was seen (``node``), when (``time``,
+wall clock, seconds since the epoch), in words for people (``text``), and carries the fields
+of its type. ``seq`` numbers the notifications of one daemon run from 1; a subscriber that
+sees a gap knows how many it missed (the event socket says so explicitly with
+:class:`Missed`).
+
+The types (``kind`` is the name used for filtering, in JSON and in alert commands):
+
+=========================  ===========================  ===================================
+class                      kind                         fields
+=========================  ===========================  ===================================
+TransitionStarted          ``transition_started``       epoch, master, reason
+TransitionCompleted        ``transition_completed``     epoch, placement (group -> node)
+NodeJoined                 ``node_joined``              member
+NodeLost                   ``node_lost``                member, clean (it said goodbye)
+LinkUp / LinkDown          ``link_up`` / ``link_down``  member, link
+ResourceStateChanged       ``resource_state_changed``   resource, group, state, reason
+GroupStateChanged          ``group_state_changed``      group, state, reason
+GroupMoved                 ``group_moved``              group, from_node, to_node
+QuorumGained / QuorumLost  ``quorum_gained`` / ...      (none)
+FencingRequested           ``fencing_requested``        member
+FencingCompleted           ``fencing_completed``        member, ok
+Decision                   ``decision``                 topic, fields (everything else the
+                                                        node decided: requests, config ...)
+Missed                     ``missed``                   count (only from the event socket)
+=========================  ===========================  ===================================
+
+:func:`to_dict` / :func:`from_dict` turn them into JSON-ready dicts and back (the event
+socket's wire format); unknown keys are ignored and unknown kinds become :class:`Decision`,
+so an older client keeps working with a newer daemon.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+__all__ = [
+    "KINDS",
+    "Decision",
+    "FencingCompleted",
+    "FencingRequested",
+    "GroupMoved",
+    "GroupStateChanged",
+    "LinkDown",
+    "LinkUp",
+    "Missed",
+    "NodeJoined",
+    "NodeLost",
+    "Notification",
+    "QuorumGained",
+    "QuorumLost",
+    "ResourceStateChanged",
+    "TransitionCompleted",
+    "TransitionStarted",
+    "from_dict",
+    "to_dict",
+]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Notification:
-    """Something happened in the cluster, as this node saw it.
+    """The common part of every notification."""
 
-    ``kind`` is one of: ``transition`` (started/completed), ``membership`` (node joined,
-    lost, left), ``quorum``, ``placement``, ``group`` (started, stopped, failed), ``fencing``,
-    ``config``, ``request``, ``resource``.
-    """
-
-    kind: str
-    text: str
+    kind: ClassVar[str] = "notification"
     node: str
-    time: float  # seconds since the epoch (wall clock), for people
-    fields: tuple[tuple[str, str], ...] = ()
+    time: float
+    text: str
+    seq: int = 0
+
+    def __str__(self) -> str:
+        return f"[{self.node}] {self.kind}: {self.text}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransitionStarted(Notification):
+    kind: ClassVar[str] = "transition_started"
+    epoch: str
+    master: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransitionCompleted(Notification):
+    kind: ClassVar[str] = "transition_completed"
+    epoch: str
+    #: (group, node or "" for nowhere), sorted by group: a tuple, so the object is immutable
+    placement: tuple[tuple[str, str], ...] = ()
+
+    def where(self, group: str) -> str | None:
+        return dict(self.placement).get(group) or None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeJoined(Notification):
+    kind: ClassVar[str] = "node_joined"
+    member: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeLost(Notification):
+    kind: ClassVar[str] = "node_lost"
+    member: str
+    clean: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LinkUp(Notification):
+    kind: ClassVar[str] = "link_up"
+    member: str
+    link: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LinkDown(Notification):
+    kind: ClassVar[str] = "link_down"
+    member: str
+    link: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResourceStateChanged(Notification):
+    kind: ClassVar[str] = "resource_state_changed"
+    resource: str
+    group: str
+    state: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupStateChanged(Notification):
+    kind: ClassVar[str] = "group_state_changed"
+    group: str
+    state: str  # starting, running, stopping, stopped, unclean, failed
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupMoved(Notification):
+    kind: ClassVar[str] = "group_moved"
+    group: str
+    from_node: str  # "" when it ran nowhere
+    to_node: str  # "" when it runs nowhere now
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QuorumGained(Notification):
+    kind: ClassVar[str] = "quorum_gained"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QuorumLost(Notification):
+    kind: ClassVar[str] = "quorum_lost"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FencingRequested(Notification):
+    kind: ClassVar[str] = "fencing_requested"
+    member: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FencingCompleted(Notification):
+    kind: ClassVar[str] = "fencing_completed"
+    member: str
+    ok: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Decision(Notification):
+    kind: ClassVar[str] = "decision"
+    topic: str = ""  # request, placement, config, membership, ...
+    fields: tuple[tuple[str, str], ...] = field(default=())
 
     def field(self, name: str, default: str = "") -> str:
         return dict(self.fields).get(name, default)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Missed(Notification):
+    """The event socket dropped ``count`` notifications for this subscriber (it was slow)."""
+
+    kind: ClassVar[str] = "missed"
+    count: int
+
+
+_TYPES: dict[str, type[Notification]] = {
+    cls.kind: cls for cls in (
+        TransitionStarted, TransitionCompleted, NodeJoined, NodeLost, LinkUp, LinkDown,
+        ResourceStateChanged, GroupStateChanged, GroupMoved, QuorumGained, QuorumLost,
+        FencingRequested, FencingCompleted, Decision, Missed)
+}
+#: Every kind a subscriber can ask for.
+KINDS: frozenset[str] = frozenset(_TYPES)
+
+
+def to_dict(note: Notification) -> dict[str, Any]:
+    """A JSON-ready dict: ``kind`` plus every field (pairs become objects)."""
+    out: dict[str, Any] = {"kind": note.kind}
+    for f in dataclasses.fields(note):
+        value = getattr(note, f.name)
+        if f.name in ("placement", "fields"):
+            value = dict(value)
+        out[f.name] = value
+    return out
+
+
+def from_dict(data: Mapping[str, Any]) -> Notification:
+    """The notification ``data`` describes (as :func:`to_dict` makes it). Raises ValueError
+    for data that is not a notification at all (no node, time or text)."""
+    cls = _TYPES.get(str(data.get("kind", "")), Decision)
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        if f.name in ("placement", "fields") and isinstance(value, Mapping):
+            value = tuple(sorted((str(k), "" if v is None else str(v))
+                                 for k, v in value.items()))
+        kwargs[f.name] = value
+    if cls is Decision and data.get("kind") not in (None, "decision"):
+        kwargs.setdefault("topic", str(data.get("kind")))
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ValueError(f"not a {cls.kind} notification: {exc}") from None

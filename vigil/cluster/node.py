@@ -196,6 +196,7 @@ class Round:
     reasons: dict[str, str] = field(default_factory=dict)
     stops: dict[str, tuple[str, ...]] = field(default_factory=dict)
     fence_until: float = 0.0
+    silenced: tuple[str, ...] = ()  # suspects the silence fencer waits out
     fence_pending: set[str] = field(default_factory=set)
     reports: dict[str, dict[str, str]] = field(default_factory=dict)
     incarnations: dict[str, int] = field(default_factory=dict)
@@ -649,7 +650,8 @@ class NodeCore:
             if msg.sender != self.name:
                 self._note("transition", f"joined epoch {fmt_epoch(epoch)} declared by "
                            f"{msg.sender}: {msg.fields.get('reason', '')}",
-                           epoch=fmt_epoch(epoch), master=msg.sender)
+                           epoch=fmt_epoch(epoch), master=msg.sender,
+                           reason=msg.fields.get("reason", ""), event="transition_started")
         if epoch == self.promised:
             self._reply(msg, "ack")
 
@@ -724,7 +726,8 @@ class NodeCore:
             self.failed_hold = set()
             mine = sorted(g for g, n in self.accepted.placement.items() if n == self.name)
             self._note("transition", f"epoch {fmt_epoch(self.promised)} closed; here: "
-                       f"{', '.join(mine) or 'nothing'}", epoch=fmt_epoch(self.promised))
+                       f"{', '.join(mine) or 'nothing'}", epoch=fmt_epoch(self.promised),
+                       event="transition_completed")
         self._reply(msg, "started")
 
     def _on_ack(self, msg: Message) -> None:
@@ -833,13 +836,15 @@ class NodeCore:
                 self._set(g, LocalState.STARTING)
                 self._act(StartGroup(g, self.promised))
                 self._note("group", f"starting {g} on {self.name} (epoch "
-                           f"{fmt_epoch(self.promised)})", group=g)
+                           f"{fmt_epoch(self.promised)})", group=g, state="starting",
+                           event="group_state")
 
     def _stop_group(self, group: str, why: str) -> None:
         force = self.local[group] is LocalState.STARTING
         self._set(group, LocalState.STOPPING)
         self._act(StopGroup(group, self.promised, why, force=force))
-        self._note("group", f"stopping {group} on {self.name}: {why}", group=group)
+        self._note("group", f"stopping {group} on {self.name}: {why}", group=group,
+                   state="stopping", reason=why, event="group_state")
 
     def _group_done(self, ev: GroupDone) -> None:
         state = self.local.get(ev.group)
@@ -850,7 +855,8 @@ class NodeCore:
                 return  # a stop overtook it; the stop's result decides
             if ev.ok:
                 self._set(ev.group, LocalState.RUNNING)
-                self._note("group", f"{ev.group} in service on {self.name}", group=ev.group)
+                self._note("group", f"{ev.group} in service on {self.name}", group=ev.group,
+                           state="running", event="group_state")
             else:
                 # A failed start is fatal here (as Pacemaker's start-failure-is-fatal): retrying
                 # where it just failed rarely helps, so the fail count jumps to the threshold
@@ -862,12 +868,13 @@ class NodeCore:
             return
         if ev.ok:
             self._set(ev.group, LocalState.STOPPED)
-            self._note("group", f"{ev.group} out of service on {self.name}", group=ev.group)
+            self._note("group", f"{ev.group} out of service on {self.name}", group=ev.group,
+                       state="stopped", event="group_state")
         else:
             self._set(ev.group, LocalState.UNCLEAN)
             self._note("group", f"stop of {ev.group} failed on {self.name}: {ev.reason}; "
                        "the node is unclean and the group stays blocked until fenced",
-                       group=ev.group)
+                       group=ev.group, state="unclean", reason=ev.reason, event="group_state")
         if self.stop_orders:
             self._confirm_stops(self.promised[1])
 
@@ -901,7 +908,8 @@ class NodeCore:
             self._act(RestartResource(g, ev.resource, self.promised))
             self._note("group", f"{ev.resource} failed on {self.name} ({count} of "
                        f"{threshold} failures before {g} moves): restarting it in place: "
-                       f"{ev.reason}", group=g, resource=ev.resource, reason=ev.reason)
+                       f"{ev.reason}", group=g, resource=ev.resource, reason=ev.reason,
+                       state="failed", event="group_state")
             return
         self._record_failure(g, ev.reason)  # _reconcile stops it, dependents first
 
@@ -918,7 +926,7 @@ class NodeCore:
         self.want += 1
         count = len(self.fail_times[group])
         self._note("group", f"{group} failed on {self.name} ({count} failure(s)): {reason}",
-                   group=group, reason=reason)
+                   group=group, reason=reason, state="failed", event="group_state")
 
     def _admin_request(self, req: AdminRequest) -> None:
         self.request_counter += 1
@@ -1026,7 +1034,8 @@ class NodeCore:
                            started=self.now, phase_deadline=self.now + self.timing.step_timeout,
                            next_retransmit=self.now + self.timing.retransmit_interval)
         self._note("transition", f"declaring epoch {fmt_epoch(epoch)}: {reason}; view "
-                   f"{', '.join(view)}", epoch=fmt_epoch(epoch), reason=reason)
+                   f"{', '.join(view)}", epoch=fmt_epoch(epoch), reason=reason,
+                   master=self.name, event="transition_started")
         self._send("declare", epoch=fmt_epoch(epoch), view=",".join(view), reason=reason)
 
     def _enter(self, phase: Phase, timeout: float | None = None) -> None:
@@ -1080,6 +1089,7 @@ class NodeCore:
         elif r.phase is Phase.COST:
             self._decide(r)
             if not r.stops and not r.fence_pending and self.now >= r.fence_until:
+                self._silence_over(r)
                 self._enter(Phase.ACCEPT)
             else:
                 extra = max(0.0, r.fence_until - self.now) + 2 * self.stop_bound
@@ -1093,6 +1103,7 @@ class NodeCore:
                 for g in _names(msg.fields.get("unclean", "")):
                     self._note("placement", f"{g} is blocked: its stop failed on "
                                f"{msg.sender}", group=g)
+            self._silence_over(r)
             self._enter(Phase.ACCEPT)
         elif r.phase is Phase.ACCEPT:
             self._enter(Phase.START)
@@ -1177,19 +1188,30 @@ class NodeCore:
                          if n not in r.view and n not in self.departed}
         if suspects:
             if self.fencer == "silence":
+                r.silenced = tuple(sorted(suspects))
                 r.fence_until = (r.acked_at + self.timing.lease_time
                                  + self.stop_bound + self.timing.fence_margin)
                 self._note("fencing", f"waiting until {r.fence_until:.3f} for "
                            f"{', '.join(sorted(suspects))} to be off (silence: its lease has "
-                           "run out and its stops had time to finish)")
+                           "run out and its stops had time to finish)",
+                           members=",".join(sorted(suspects)), event="fencing_requested")
             else:
                 r.fence_pending = set(suspects)
-                self._note("fencing", f"fencing {', '.join(sorted(suspects))}")
+                self._note("fencing", f"fencing {', '.join(sorted(suspects))}",
+                           members=",".join(sorted(suspects)), event="fencing_requested")
         moved = [f"{g}: {r.reasons.get(g, '')}" for g, n in sorted(r.placement.items())
                  if n != placed.get(g)]
         self._note("placement", f"epoch {fmt_epoch(r.epoch)} placement decided"
                    + (f"; changes: {'; '.join(moved)}" if moved else "; no changes"),
                    epoch=fmt_epoch(r.epoch))
+
+    def _silence_over(self, r: Round) -> None:
+        if r.silenced:
+            members = ",".join(r.silenced)
+            self._note("fencing", f"{', '.join(r.silenced)} counted as off: the silence "
+                       "fencer's wait is over", members=members, ok="1",
+                       event="fencing_completed")
+            r.silenced = ()
 
     def _fence_done(self, ev: FenceDone) -> None:
         r = self.round
@@ -1197,9 +1219,11 @@ class NodeCore:
             return
         if ev.ok:
             r.fence_pending.discard(ev.node)
-            self._note("fencing", f"{ev.node} fenced")
+            self._note("fencing", f"{ev.node} fenced", members=ev.node, ok="1",
+                       event="fencing_completed")
         else:
-            self._note("fencing", f"fencing {ev.node} failed; retrying")
+            self._note("fencing", f"fencing {ev.node} failed; retrying", members=ev.node,
+                       ok="0", event="fencing_completed")
             self._act(FenceNode(ev.node))
 
     # ---- deadlines and status --------------------------------------------------------------
