@@ -156,10 +156,16 @@ def default_registry() -> ResourceTypeRegistry:
             # Imported here: the agents import the model, and the model must not need them.
             from vigil.resources.application import ApplicationType
             from vigil.resources.dummy import DummyType
+            from vigil.resources.filesystem import FilesystemType
+            from vigil.resources.ip import IpType
+            from vigil.resources.ocf import ocf_family
 
             registry = ResourceTypeRegistry()
             registry.register(DummyType())
             registry.register(ApplicationType())
+            registry.register(FilesystemType())
+            registry.register(IpType())
+            registry.register_family("ocf", ocf_family)
             registry.load_entry_points()
             _default = registry
         return _default
