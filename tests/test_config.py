@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.cluster_harness import cluster_toml
 from vigil.config import (
     ConfigError,
     ConfigProblem,
@@ -609,8 +610,9 @@ def test_missing_key_is_reported_by_check_file(tmp_path: Path) -> None:
 def test_check_file_lists_config_problems(tmp_path: Path) -> None:
     path = write(tmp_path, document(cluster='name = "demo"\nkey_file = "k"\ncolor = 1'))
     assert check_file(path) == [f"{path}: cluster.color: unknown key 'color' (known keys: "
-                                "fencer, key_file, name, no_quorum_policy, runtime_dir, "
-                                "strategy, two_node, wait_for_all)"]
+                                "admin_group, fencer, key_file, name, no_quorum_policy, "
+                                "runtime_dir, status_group, strategy, two_node, "
+                                "wait_for_all)"]
 
 
 # -- fuzzing ----------------------------------------------------------------------------------
@@ -674,3 +676,34 @@ def test_random_documents_give_a_config_or_a_config_error(doc: dict[str, object]
 def test_random_text_gives_a_config_or_a_config_error(text: str) -> None:
     with contextlib.suppress(ConfigError):
         loads(text)
+
+
+def test_alerts_and_access_groups_are_read_and_checked(tmp_path: Path) -> None:
+    base = cluster_toml(tmp_path)
+    good = base.replace('name = "test"', 'name = "test"\nadmin_group = "vigil"\n'
+                        'status_group = "vigil-ro"') + '''
+[[alerts]]
+command = "/usr/local/bin/page --urgent"
+events = ["node_lost", "group_moved"]
+timeout = "5s"
+
+[[alerts]]
+command = ["logger", "-t", "vigil"]
+'''
+    cfg = loads(good, tmp_path / "c.toml")
+    assert (cfg.admin_group, cfg.status_group) == ("vigil", "vigil-ro")
+    assert cfg.alerts[0].command == ("/usr/local/bin/page", "--urgent")
+    assert cfg.alerts[0].kinds == {"node_lost", "group_moved"}
+    assert cfg.alerts[0].timeout == 5.0
+    assert cfg.alerts[1].kinds == frozenset() and cfg.alerts[1].timeout == 30.0
+
+    bad = base + '''
+[[alerts]]
+events = ["node_lots"]
+'''
+    with pytest.raises(ConfigError) as err:
+        loads(bad, tmp_path / "c.toml")
+    text = str(err.value)
+    assert "alerts[0].command: give the command to run" in text
+    assert "alerts[0].events: unknown notification kind 'node_lots'" in text
+    assert "did you mean 'node_lost'" in text

@@ -19,6 +19,7 @@ import math
 import os
 import re
 import secrets
+import shlex
 import tomllib
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -54,6 +55,11 @@ class NodeConfig:
     @property
     def control_socket(self) -> Path:
         return self.runtime_dir / "control.sock"
+
+    @property
+    def event_socket(self) -> Path:
+        """The local event stream (ZeroMQ PUB over ipc), read by `vigil events`."""
+        return self.runtime_dir / "events.sock"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +109,15 @@ class Timing:
 
 
 @dataclass(frozen=True, slots=True)
+class AlertConfig:
+    """An alert command: run on every notification of the given kinds (all when empty)."""
+
+    command: tuple[str, ...]
+    kinds: frozenset[str] = frozenset()
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterConfig:
     name: str
     key_file: Path
@@ -115,6 +130,13 @@ class ClusterConfig:
     two_node: bool = False
     wait_for_all: bool = True
     fencer: str = "silence"
+    #: Unix group whose members may control the cluster through the local interfaces
+    #: (control socket, /ha); root always may. Empty: root only.
+    admin_group: str = ""
+    #: Unix group whose members may read status and events (admins may too). Empty: root and
+    #: the admin group only.
+    status_group: str = ""
+    alerts: tuple[AlertConfig, ...] = ()
     path: Path = Path("<memory>")
     digest: str = ""  # sha256 of the canonical form; carried in heartbeats
 
@@ -372,9 +394,11 @@ class _Checker:
         return result
 
 
-_TOP_KEYS: Final = ("cluster", "timing", "nodes", "groups", "resources")
+_TOP_KEYS: Final = ("cluster", "timing", "nodes", "groups", "resources", "alerts")
 _CLUSTER_KEYS: Final = ("name", "key_file", "strategy", "no_quorum_policy", "two_node",
-                        "wait_for_all", "fencer", "runtime_dir")
+                        "wait_for_all", "fencer", "runtime_dir", "admin_group",
+                        "status_group")
+_ALERT_KEYS: Final = ("command", "events", "timeout")
 _TIMING_KEYS: Final = ("heartbeat_interval", "dead_time", "lease_time", "step_timeout",
                        "retransmit_interval", "fence_margin")
 _NODE_KEYS: Final = ("votes", "runtime_dir", "links")
@@ -440,6 +464,7 @@ def from_dict(document: Mapping[str, object], path: str | Path = _MEMORY) -> Clu
     groups, owner = _read_groups(c, root, node_names, set(resources_table))
     resources = _read_resources(c, resources_table, owner)
     two_node = _check_cluster_rules(c, cluster, nodes, len(node_names))
+    alerts = _read_alerts(c, root)
     if c.problems:
         raise ConfigError(c.problems)
 
@@ -460,6 +485,9 @@ def from_dict(document: Mapping[str, object], path: str | Path = _MEMORY) -> Clu
         two_node=two_node,
         wait_for_all=cluster.wait_for_all,
         fencer=cluster.fencer,
+        admin_group=cluster.admin_group,
+        status_group=cluster.status_group,
+        alerts=alerts,
         path=resolved,
         digest=hashlib.sha256(canonical.encode("utf-8")).hexdigest(),
     )
@@ -477,6 +505,8 @@ class _ClusterSection:
     wait_for_all: bool
     fencer: str | None
     runtime_dir: str
+    admin_group: str = ""
+    status_group: str = ""
 
 
 def _read_cluster(c: _Checker, root: Mapping[str, object]) -> _ClusterSection:
@@ -502,7 +532,57 @@ def _read_cluster(c: _Checker, root: Mapping[str, object]) -> _ClusterSection:
         wait_for_all=c.boolean(t, p, "wait_for_all", True),
         fencer=c.string(t, p, "fencer", "silence"),
         runtime_dir=c.string(t, p, "runtime_dir", _DEFAULT_RUNTIME_DIR) or _DEFAULT_RUNTIME_DIR,
+        admin_group=_unix_group(c, t, "admin_group"),
+        status_group=_unix_group(c, t, "status_group"),
     )
+
+
+_GROUP_NAME_RE: Final = re.compile(r"^[a-z_][a-z0-9_-]*[$]?$", re.IGNORECASE)
+
+
+def _unix_group(c: _Checker, t: Mapping[str, object], key: str) -> str:
+    """A Unix group name (whether it exists is checked where it is used: groups differ
+    between machines, and a missing one only means nobody is in it)."""
+    name = c.string(t, "cluster", key, "") or ""
+    if name and not _GROUP_NAME_RE.match(name):
+        c.add(f"cluster.{key}", f"not a Unix group name: {_describe(name)}")
+        return ""
+    return name
+
+
+def _read_alerts(c: _Checker, root: Mapping[str, object]) -> tuple[AlertConfig, ...]:
+    from vigil.api.notifications import KINDS
+
+    raw = root.get("alerts", [])
+    if not isinstance(raw, list):
+        c.add("alerts", "expected an array of tables: [[alerts]] command = \"...\"")
+        return ()
+    alerts = []
+    for i, item in enumerate(raw):
+        key = f"alerts[{i}]"
+        t = c.table(item, key, _ALERT_KEYS)
+        if t is None:
+            continue
+        command = t.get("command")
+        argv: list[str] = []
+        if isinstance(command, str):
+            try:
+                argv = shlex.split(command)
+            except ValueError as exc:
+                c.add(f"{key}.command", f"cannot split {_describe(command)}: {exc}")
+        elif isinstance(command, list) and all(isinstance(a, str) for a in command):
+            argv = list(command)
+        if not argv:
+            c.add(f"{key}.command", "give the command to run: a string or a list of strings, "
+                  'e.g. command = "/usr/local/bin/page-oncall"')
+        events = c.names(t, key, "events") if "events" in t else []
+        for kind in events:
+            if kind not in KINDS:
+                c.add(f"{key}.events", f"unknown notification kind '{kind}' "
+                      f"({_suggest(kind, KINDS)}kinds: {_known(KINDS)})")
+        timeout = c.duration(t, key, "timeout", 30.0, positive=True)
+        alerts.append(AlertConfig(tuple(argv), frozenset(events), timeout or 30.0))
+    return tuple(alerts)
 
 
 def _read_timing(c: _Checker, root: Mapping[str, object]) -> Timing:
