@@ -958,3 +958,69 @@ def nscluster_factory() -> Any:
             yield lambda **options: stack.enter_context(NsCluster(**options))
 
     return _factory
+
+
+# ---- the shared disk ------------------------------------------------------------------------
+
+
+class SharedDisk:
+    """A loop device over an image file: the "shared disk" every host sees (/dev is the
+    machine's), with an ext4 filesystem labelled ``label`` holding ``files``.
+
+    A context manager: on exit the loop device is detached (after unmounting it wherever
+    the machine's own mount table has it: hosts' mounts die with their mount namespaces) and
+    the image removed. Skips the test (pytest) where loop devices or mkfs.ext4 are missing.
+    """
+
+    def __init__(self, directory: Path, *, size_mb: int = 32, label: str = "vigil-shared",
+                 files: dict[str, str] | None = None) -> None:
+        self.image = directory / f"{label}.img"
+        self.label = label
+        self.files = files or {}
+        self.size_mb = size_mb
+        self.device = ""
+
+    def __enter__(self) -> SharedDisk:
+        import pytest
+
+        for tool in ("losetup", "mkfs.ext4", "mount", "umount", "unshare"):
+            if shutil.which(tool) is None:
+                pytest.skip(f"needs {tool} for the shared disk (util-linux, e2fsprogs)")
+        with self.image.open("wb") as f:
+            f.truncate(self.size_mb * 1024 * 1024)
+        _cmd(["mkfs.ext4", "-q", "-F", "-L", self.label, str(self.image)], timeout=60)
+        try:
+            self.device = _cmd(["losetup", "--find", "--show", str(self.image)]).strip()
+        except NsClusterError as exc:
+            pytest.skip(f"loop devices do not work here: {exc}")
+        try:
+            self._fill()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def _fill(self) -> None:
+        """Write ``files`` through a mount in a private mount namespace of its own, so the
+        machine's mount table never shows it."""
+        if not self.files:
+            return
+        mnt = self.image.with_suffix(".mnt")
+        mnt.mkdir(exist_ok=True)
+        script = [f"mount -t ext4 {shlex.quote(self.device)} {shlex.quote(str(mnt))}"]
+        for name, text in self.files.items():
+            script.append(f"printf %s {shlex.quote(text)} > {shlex.quote(str(mnt / name))}")
+        script.append(f"umount {shlex.quote(str(mnt))}")
+        _cmd(["unshare", "--mount", "--propagation", "private", "sh", "-ec",
+              " && ".join(script)], timeout=60)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device:
+            for _ in range(50):  # a host's mount may take a moment to go with its namespace
+                out = subprocess.run(["losetup", "-d", self.device], capture_output=True,
+                                     text=True, timeout=30)
+                if out.returncode == 0 or "No such device" in out.stderr:
+                    break
+                time.sleep(0.2)
+            self.device = ""
+        self.image.unlink(missing_ok=True)

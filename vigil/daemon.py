@@ -116,3 +116,7 @@ def configure_logging(level: str, node: str | None) -> None:
     tag = f" [{node}]" if node else ""
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
                         format=f"%(asctime)s %(levelname)-7s{tag} %(name)s: %(message)s")
+    # Libraries' debug output (every netlink message) drowns the daemon's own: --log-level
+    # debug is for Vigil's decisions.
+    for noisy in ("pyroute2", "asyncio"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
