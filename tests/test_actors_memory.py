@@ -35,6 +35,7 @@ from vigil.resources.registry import ResourceTypeRegistry
 JOURNAL: list[tuple[float, str, str, str]] = []  # (time, node, op, resource)
 JOURNAL_LOCK = threading.Lock()
 BREAK_ONCE: set[tuple[str, str]] = set()  # (node, resource): its next monitor fails
+FAIL_STOP: set[tuple[str, str]] = set()  # (node, resource): its stops fail
 
 
 class RecordingResource(DummyResource):
@@ -46,6 +47,9 @@ class RecordingResource(DummyResource):
         return result
 
     def _stop(self, force: bool) -> OpResult:
+        with JOURNAL_LOCK:
+            if (self.node, self.name) in FAIL_STOP:
+                return OpResult.failure(ServiceState.UNCLEAN, "stop broken by the test")
         was_running = self.state_file.exists()
         result = super()._stop(force)
         if was_running:
@@ -74,6 +78,7 @@ class RecordingType(DummyType):
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[MemoryCluster]:
     JOURNAL.clear()
+    FAIL_STOP.clear()
     cfg = loads(cluster_toml(tmp_path), tmp_path / "cluster.toml")
     registry = ResourceTypeRegistry()
     registry.register(RecordingType())
@@ -248,3 +253,83 @@ def test_a_child_actor_that_dies_is_restarted_and_keeps_working(
     assert cluster.nodes["beta"].control("move", group="web", node="gamma")["ok"]
     wait_for(lambda: running_on(cluster, "web") == ["gamma"], 20, "web on gamma")
     assert journal("gamma", "start") == ["web-ip", "web-data", "web-app"]
+
+
+# ---- manual requests: resources by hand, maintenance, mark_oos -----------------------------
+
+
+def web_states(mc: MemoryCluster, via: str) -> dict[str, str]:
+    st = mc.status(via)
+    return {r: st["resources"][r]["state"] for r in ("web-ip", "web-data", "web-app")}
+
+
+def test_a_resource_taken_out_by_hand_stays_out_across_a_failover_until_in_service(
+        cluster: MemoryCluster) -> None:
+    for n in ("alpha", "beta", "gamma"):
+        cluster.start(n)
+    wait_for(lambda: running_on(cluster, "web") == ["alpha"], 15, "web on alpha")
+    answer = cluster.nodes["gamma"].control("oo_service", resource="web-data")
+    assert answer["ok"], answer
+    wait_for(lambda: web_states(cluster, "alpha") == {
+        "web-ip": "IN_SERVICE", "web-data": "OOS", "web-app": "OOS"}, 15,
+        "web-data and its dependent web-app out of service, web-ip still up")
+    assert journal("alpha", "stop") == ["web-app", "web-data"]
+    st = cluster.status("beta")
+    assert st["resources"]["web-data"]["by_hand"] == "oo_service"
+    assert st["resources"]["web-app"]["state"] == "OOS"  # as the other nodes see it too
+
+    cluster.kill("alpha")  # the administrative state survives the failover
+    wait_for(lambda: running_on(cluster, "web") == ["beta"], 20, "web on beta")
+    wait_for(lambda: web_states(cluster, "beta")["web-ip"] == "IN_SERVICE", 10, "web-ip")
+    assert journal("beta", "start") == ["web-ip"]
+
+    assert cluster.nodes["beta"].control("in_service", resource="web-data")["ok"]
+    wait_for(lambda: set(web_states(cluster, "beta").values()) == {"IN_SERVICE"}, 15,
+             "everything back in service on beta")
+    assert journal("beta", "start") == ["web-ip", "web-data", "web-app"]
+    refused = cluster.nodes["beta"].control("oo_service", resource="web-dat")
+    assert not refused["ok"] and "did you mean 'web-data'" in refused["error"]
+
+
+def test_maintenance_mode_pauses_recovery_and_failover(cluster: MemoryCluster) -> None:
+    for n in ("alpha", "beta", "gamma"):
+        cluster.start(n)
+    wait_for(lambda: running_on(cluster, "web") == ["alpha"], 15, "web on alpha")
+    assert cluster.nodes["beta"].control("maintenance", state="on")["ok"]
+    wait_for(lambda: all(cluster.status(n)["maintenance"] for n in cluster.nodes), 10,
+             "maintenance on everywhere")
+    with JOURNAL_LOCK:
+        BREAK_ONCE.add(("alpha", "web-app"))
+    refused = cluster.nodes["beta"].control("move", group="web", node="gamma")
+    assert not refused["ok"] and "maintenance mode" in refused["error"]
+    cluster.kill("gamma")  # not even a lost node changes anything
+    time.sleep(2.0)  # what should not happen has had time to happen
+    assert ("alpha", "web-app") in BREAK_ONCE, "monitors ran in maintenance mode"
+    assert running_on(cluster, "web") == ["alpha"]
+    assert journal("alpha", "stop") == []
+
+    assert cluster.nodes["beta"].control("maintenance", state="off")["ok"]
+    wait_for(lambda: journal("alpha", "start").count("web-app") == 2, 20,
+             "monitors and recovery back: the broken web-app restarted in place")
+    assert not cluster.status("alpha")["maintenance"]
+    assert running_on(cluster, "web") == ["alpha"]
+
+
+def test_mark_oos_clears_an_unclean_group_so_it_can_run_elsewhere(
+        cluster: MemoryCluster) -> None:
+    for n in ("alpha", "beta", "gamma"):
+        cluster.start(n)
+    wait_for(lambda: running_on(cluster, "web") == ["alpha"], 15, "web on alpha")
+    with JOURNAL_LOCK:
+        FAIL_STOP.add(("alpha", "web-app"))
+    cluster.nodes["alpha"].control("move", group="web", node="beta")
+    wait_for(lambda: cluster.status("alpha")["groups"]["web"].get("active_on", {}).get(
+        "alpha") == "unclean", 15, "the failed stop to leave web unclean on alpha")
+    time.sleep(1.0)
+    assert "beta" not in cluster.holders("web"), "started on beta while alpha is unclean"
+    # the operator stops it by hand, then says so
+    with JOURNAL_LOCK:
+        FAIL_STOP.clear()
+    for r in ("web-app", "web-data", "web-ip"):
+        assert cluster.nodes["alpha"].control("mark_oos", resource=r)["ok"]
+    wait_for(lambda: running_on(cluster, "web") == ["beta"], 20, "web on beta after mark_oos")

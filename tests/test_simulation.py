@@ -136,6 +136,17 @@ class ClusterMachine(RuleBasedStateMachine):
         self.cluster.request(via, AdminRequest("online" if online else "standby",
                                                node=data.draw(st.sampled_from(self.names))))
 
+    @rule(data=st.data(), how=st.sampled_from(["enable", "disable", "kill"]))
+    def resource_by_hand(self, data: st.DataObject, how: str) -> None:
+        via = data.draw(st.sampled_from(self.names))
+        resource = data.draw(st.sampled_from(sorted(self.cluster.config.resources)))
+        self.cluster.request(via, AdminRequest(how, group=resource))  # type: ignore[arg-type]
+
+    @rule(data=st.data(), on=st.booleans())
+    def maintenance(self, data: st.DataObject, on: bool) -> None:
+        via = data.draw(st.sampled_from(self.names))
+        self.cluster.request(via, AdminRequest("maintenance", node="on" if on else "off"))
+
     # ---- time ----------------------------------------------------------------------------
 
     @rule(seconds=st.floats(0.01, 3.0))
@@ -156,6 +167,19 @@ class ClusterMachine(RuleBasedStateMachine):
         c.heal()
         for name in self.names:
             c.power_on(name)
+        # Requests still pending are applied first (in an order the master picks: requests
+        # through different nodes have none of their own); then the operator ends maintenance
+        # and puts every resource back in service, and reboots a node fenced meanwhile.
+        settle_by = c.now + convergence_bound(c.config, len(self.groups))
+        while c.now < settle_by and any(c.nodes[n].core.requests for n in self.names
+                                         if c.nodes[n].core is not None):
+            c.run_for(0.1)
+        for name in self.names:
+            if c.nodes[name].core is None:
+                c.power_on(name)
+        c.request(self.names[0], AdminRequest("maintenance", node="off"))
+        for r in sorted(c.config.resources):
+            c.request(self.names[0], AdminRequest("enable", group=r))
         for name in self.names:
             core = c.nodes[name].core
             assert core is not None

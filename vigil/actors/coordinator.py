@@ -5,18 +5,22 @@ to the group actors, and sets one timer for the core's next deadline."""
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from vigil.actors.base import Directory, VigilActor
 from vigil.actors.messages import (
     Control,
     GetStatus,
     ProbeGroup,
+    ResourceOp,
+    ResourceOpDone,
     ResourceState,
     RestartResourceCmd,
     RunningGroups,
@@ -32,6 +36,7 @@ from vigil.cluster.events import (
     ClearFailures,
     Event,
     FenceNode,
+    GroupDone,
     Notice,
     Output,
     RestartResource,
@@ -97,6 +102,8 @@ class CoordinatorActor(VigilActor):
         self.observer = Observer(node)
         self.timer: DeadlineTimer | None = None
         self.left = False
+        self.dependents = {r: [d for d in config.resources if r in config.resources[d].depends_on]
+                           for r in config.resources}
         self.start_order = [r for g in group_order(config) for r in DependencyGraph(
             {r: config.resources[r].depends_on for r in config.groups[g].resources}
         ).start_order()]
@@ -120,8 +127,21 @@ class CoordinatorActor(VigilActor):
         if isinstance(message, ResourceState):
             self._resource_state(message)
             return None
+        if isinstance(message, ResourceOpDone):  # a mark_oos by hand
+            self._marked(message.resource)
+            return None
         self._handle(message)
         return None
+
+    def _marked(self, resource: str) -> None:
+        """After mark_oos: a group that is unclean here only because of failed stops is
+        stopped once every member is marked (or found) out of service — the operator's word
+        replaces fencing for it."""
+        group = self.config.resources[resource].group
+        members = self.config.groups[group].resources
+        if self.core.local.get(group) is LocalState.UNCLEAN and all(
+                self.resource_states[r][0] in ("OOS", "UNKNOWN") for r in members):
+            self._handle(GroupDone(group, "stop", True, "marked out of service by hand"))
 
     def _resource_state(self, m: ResourceState) -> None:
         if self.resource_states[m.resource][0] != m.state:
@@ -158,7 +178,8 @@ class CoordinatorActor(VigilActor):
         for action in out.actions:
             if isinstance(action, StartGroup):
                 self.tokens += 1
-                self.directory.tell(f"group:{action.group}", StartGroupCmd(self.tokens))
+                self.directory.tell(f"group:{action.group}", StartGroupCmd(
+                    self.tokens, action.skip, action.kill, action.converge))
             elif isinstance(action, StopGroup):
                 self.tokens += 1
                 self.directory.tell(f"group:{action.group}",
@@ -182,8 +203,9 @@ class CoordinatorActor(VigilActor):
         moves = [n for n in changes if isinstance(n, GroupMoved)]
         for note in [n for n in changes if not isinstance(n, GroupMoved)] + notes + moves:
             self.directory.tell("notifier", note)
-        running = frozenset(g for g in self.core.busy  # not all groups: every event runs this
-                            if self.core.local[g] is LocalState.RUNNING)
+        running = frozenset() if self.core.accepted.maintenance else frozenset(
+            g for g in self.core.busy  # not all groups: every event runs this
+            if self.core.local[g] is LocalState.RUNNING)
         if running != self.running:
             self.running = running
             self.directory.tell("diagnostics", RunningGroups(running))
@@ -207,6 +229,9 @@ class CoordinatorActor(VigilActor):
                 return _error(f"no group named {group!r}; groups: {', '.join(cfg.groups)}")
             if node not in cfg.nodes:
                 return _error(f"no node named {node!r}; nodes: {', '.join(cfg.node_names)}")
+            if self.core.accepted.maintenance:
+                return _error("the cluster is in maintenance mode: nothing moves; end it "
+                              "first with `vigil maintenance off`")
             self._handle(AdminRequest("move", group=group, node=node))
             return {"ok": True, "message": f"move of {group} to {node} requested; the next "
                     "transition applies it (watch `vigil status`)"}
@@ -221,6 +246,29 @@ class CoordinatorActor(VigilActor):
             self._handle(ClearFailures(group))
             return {"ok": True, "message": f"fail counts of {group} cleared on every node "
                     "(the next transition may place it where it failed before)"}
+        resource = req.arg("resource")
+        if cmd in _BY_HAND:
+            if resource not in cfg.resources:
+                return _error(_unknown("resource", resource, cfg.resources))
+            self._handle(AdminRequest(_BY_HAND[cmd], group=resource))
+            return {"ok": True, "message": f"{cmd} of {resource} requested; the next "
+                    "transition applies it on the node where its group runs (watch "
+                    "`vigil status`)"}
+        if cmd == "mark_oos":
+            if resource not in cfg.resources:
+                return _error(_unknown("resource", resource, cfg.resources))
+            self.tokens += 1
+            self.directory.tell(f"resource:{resource}",
+                                ResourceOp("mark_oos", self.tokens, self.name))
+            return {"ok": True, "message": f"{resource} marked out of service on {self.node} "
+                    "(no action taken: make sure it really is stopped)"}
+        if cmd == "maintenance":
+            state = req.arg("state")
+            if state not in ("on", "off"):
+                return _error(f"maintenance takes 'on' or 'off', not {state!r}")
+            self._handle(AdminRequest("maintenance", node=state))
+            return {"ok": True, "message": f"maintenance {state} requested; the next "
+                    "transition applies it cluster-wide"}
         if cmd == "shutdown":
             self._handle(Shutdown())
             return {"ok": True, "message": "leaving the cluster"}
@@ -235,20 +283,31 @@ class CoordinatorActor(VigilActor):
                  for n in self.config.node_names}
         nodes[self.node]["links"] = {link: True for link in self.links}
         groups: dict[str, Any] = st["groups"]  # type: ignore[assignment]
+        disabled: dict[str, str] = st["disabled"]  # type: ignore[assignment]
+        left_out = {d: r for r in disabled for d in (r, *self.core.resource_dependents[r])}
+        for name, g in groups.items():
+            g["resources"] = list(self.config.groups[name].resources)
+            g["fail_count"] = self.core.fail_counts().get(name, 0)
         resources = {}
         for r in self.start_order:
             cfg = self.config.resources[r]
             g = groups[cfg.group]
             if g["node"] == self.node:
                 state, reason = self.resource_states[r]
+            elif isinstance(g["node"], str) and r in left_out:
+                state, reason = "OOS", f"{left_out[r]} taken out of service by hand"
             elif isinstance(g["node"], str):
                 state, reason = "IN_SERVICE", f"reported by {g['node']}"
             else:
                 local, reason = self.resource_states[r]
                 state = local if local in ("FAILED", "UNCLEAN") else "OOS"
-            resources[r] = {"node": g["node"] if state == "IN_SERVICE" else None,
+            provided_by = g["node"] if state == "IN_SERVICE" else None
+            resources[r] = {"node": provided_by, "provided_by": provided_by,
                             "group": cfg.group, "type": cfg.type, "state": state,
-                            "reason": reason, "depends_on": list(cfg.depends_on),
+                            "service_state": state, "reason": reason,
+                            "depends_on": list(cfg.depends_on),
+                            "dependents": self.dependents[r],
+                            "by_hand": disabled.get(r),
                             "on_fail": cfg.on_fail,
                             "fail_count": self.resource_fails.get(r, 0),
                             "last_failure": self.last_failure.get(r),
@@ -261,6 +320,7 @@ class CoordinatorActor(VigilActor):
             "quorate": st["quorate"],
             "quorum": st["quorum"],
             "transition": st["transition"],
+            "maintenance": st["maintenance"],
             "nodes": nodes,
             "groups": groups,
             "resources": resources,
@@ -275,6 +335,18 @@ class CoordinatorActor(VigilActor):
 def _wall(monotonic: float) -> str:
     """A core timestamp (time.monotonic) as local wall-clock time, for people."""
     return time.strftime("%H:%M:%S", time.localtime(time.time() - (time.monotonic() - monotonic)))
+
+
+#: manual requests on one resource that go through the protocol (cluster-wide state)
+_BY_HAND: dict[str, Literal["enable", "disable", "kill"]] = {
+    "in_service": "enable", "oo_service": "disable", "force_oos": "kill"}
+
+
+def _unknown(what: str, name: str, known: Iterable[str]) -> str:
+    names = sorted(known)
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"no {what} named {name!r}{hint} ({what}s: {', '.join(names)})"
 
 
 def _error(message: str) -> dict[str, Any]:

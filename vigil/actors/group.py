@@ -48,7 +48,11 @@ class GroupActor(VigilActor):
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, StartGroupCmd):
-            self._begin("start", [(r, "start") for r in self.start_order])
+            stops: list[tuple[str, ResourceOpName]] = [
+                (r, "force_stop" if r in message.kill else "stop")
+                for r in self.stop_order if r in message.skip] if message.converge else []
+            self._begin("restart" if stops else "start", stops + [
+                (r, "start") for r in self.start_order if r not in message.skip])
         elif isinstance(message, StopGroupCmd):
             interrupted = self.waiting_for if self.step == "start" else None
             stop: ResourceOpName = "force_stop" if message.force else "stop"

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from vigil.resources.model import OpResult
 
-ResourceOpName = Literal["start", "stop", "force_stop", "monitor"]
+ResourceOpName = Literal["start", "stop", "force_stop", "monitor", "mark_oos"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +29,13 @@ class ResourceOpDone:
 
 @dataclass(frozen=True, slots=True)
 class StartGroupCmd:
+    """Start the group without ``skip``; with ``converge`` stop the ``skip`` members first
+    (``kill``: at once) — see :class:`vigil.cluster.events.StartGroup`."""
+
     token: int
+    skip: frozenset[str] = frozenset()
+    kill: frozenset[str] = frozenset()
+    converge: bool = False
 
 
 @dataclass(frozen=True, slots=True)

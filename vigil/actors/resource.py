@@ -45,6 +45,7 @@ class ResourceActor(VigilActor):
             "stop": self.resource.oo_service,
             "force_stop": self.resource.force_oos,
             "monitor": self.resource.monitor,
+            "mark_oos": self._mark_oos,
         }[op.op]
         me = self.actor_ref
 
@@ -60,6 +61,10 @@ class ResourceActor(VigilActor):
                               ResourceOpDone(self.resource.name, op.op, op.token, result)))
 
         self.executor.submit(run)
+
+    def _mark_oos(self) -> OpResult:
+        self.resource.mark_oos()
+        return OpResult.success(ServiceState.OOS, "marked out of service by hand (no action)")
 
     def _finished(self, msg: _Finished) -> None:
         result = msg.done.result

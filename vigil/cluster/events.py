@@ -71,9 +71,9 @@ class GroupFailed:
 class AdminRequest:
     """A manual request (CLI, /ha, API): it goes through the protocol like everything else."""
 
-    kind: Literal["move", "standby", "online"]
-    group: str = ""
-    node: str = ""
+    kind: Literal["move", "standby", "online", "enable", "disable", "kill", "maintenance"]
+    group: str = ""  # the group to move; the resource to enable, disable or kill
+    node: str = ""  # the target of a move, standby or online; "on"/"off" for maintenance
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,8 +116,15 @@ Event = (Received | Tick | GroupDone | GroupFailed | AdminRequest | ClearFailure
 
 @dataclass(frozen=True, slots=True)
 class StartGroup:
+    """Bring the group into service here, leaving out ``skip`` (members taken out of service
+    by hand, and their dependents). With ``converge`` the group already runs: stop the
+    ``skip`` members that run (``kill``: at once) and start the others that do not."""
+
     group: str
     epoch: Epoch
+    skip: frozenset[str] = frozenset()
+    kill: frozenset[str] = frozenset()
+    converge: bool = False
 
 
 @dataclass(frozen=True, slots=True)

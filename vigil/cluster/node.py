@@ -30,6 +30,7 @@ import enum
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Final
 
 from vigil.cluster.events import (
     NO_EPOCH,
@@ -65,6 +66,7 @@ from vigil.cluster.strategy import (
 )
 from vigil.config import ClusterConfig
 from vigil.messages import BROADCAST, NAME_RE, Message
+from vigil.resources.graph import DependencyGraph
 
 
 class LocalState(enum.Enum):
@@ -102,6 +104,17 @@ def _names(text: str) -> list[str]:
         if not NAME_RE.match(n):
             raise ProtocolError(f"bad name {n!r}")
     return out
+
+
+def _admin(text: str) -> frozenset[str]:
+    """The administrative state tokens of :attr:`Accepted.standby`: node names in standby,
+    ``off:R`` / ``kill:R``, ``maintenance``."""
+    out = [t for t in text.split(",") if t]
+    for token in out:
+        how, sep, name = token.partition(":")
+        if not NAME_RE.match(name if sep else how) or (sep and how not in ("off", "kill")):
+            raise ProtocolError(f"bad administrative state {token!r}")
+    return frozenset(out)
 
 
 def _pairs(text: str) -> dict[str, str]:
@@ -151,7 +164,7 @@ def _dec_history(entry: str) -> Accepted:
     if len(parts) != 3:
         raise ProtocolError(f"bad history entry {entry[:40]!r}")
     epoch = parse_epoch(parts[0])
-    return Accepted(epoch, _dec_placement(parts[1]), frozenset(_names(parts[2])))
+    return Accepted(epoch, _dec_placement(parts[1]), _admin(parts[2]))
 
 
 def _enc_cost(cost: float) -> str:
@@ -209,8 +222,28 @@ class Round:
 class Accepted:
     epoch: Epoch
     placement: Mapping[str, str | None]
+    #: The cluster's administrative state, carried with every placement so that it survives
+    #: failovers: node names in standby, ``off:R`` / ``kill:R`` for a resource taken out of
+    #: service by hand (gracefully / at once), and ``maintenance``. The tokens cannot clash:
+    #: names never contain ':'.
     standby: frozenset[str]
     applied: tuple[str, ...] = ()
+
+    @property
+    def maintenance(self) -> bool:
+        return MAINTENANCE in self.standby
+
+    def disabled(self) -> dict[str, bool]:
+        """Resources taken out of service by hand -> whether at once (force_oos)."""
+        out: dict[str, bool] = {}
+        for token in self.standby:
+            how, _, name = token.partition(":")
+            if name and how in ("off", "kill"):
+                out[name] = how == "kill" or out.get(name, False)
+        return out
+
+
+MAINTENANCE: Final = "maintenance"
 
 
 NO_ACCEPTED = Accepted(NO_EPOCH, {}, frozenset())
@@ -342,6 +375,14 @@ class NodeCore:
         self._busy_order: list[str] | None = []  # busy, dependents first (None: recompute)
         self._hb_groups: dict[str, tuple[str, dict[str, str]]] = {}
         self._placed_cache: tuple[Epoch, list[str]] = (NO_EPOCH, [])
+        self._skip_cache: tuple[Epoch, dict[str, tuple[frozenset[str], frozenset[str]]]] = (
+            NO_EPOCH, {})
+        self.group_skip: dict[str, frozenset[str]] = {}  # what each running group left out
+        self.resource_dependents = {
+            r: tuple(DependencyGraph({m: config.resources[m].depends_on
+                                      for m in config.groups[c.group].resources}
+                                     ).transitive_dependents(r))
+            for r, c in config.resources.items() if c.group in config.groups}
         self.failed_hold: set[str] = set()
         self.fail_times: dict[str, list[float]] = {g: [] for g in config.groups}
         self.want = 0
@@ -674,7 +715,7 @@ class NodeCore:
     def _on_cost_req(self, msg: Message) -> None:
         if not self._for_current(msg):
             return
-        standby = frozenset(_names(msg.fields.get("standby", "")))
+        standby = _admin(msg.fields.get("standby", ""))
         ctx = LocalCostContext(
             node=self.name, config=self.config,
             active=frozenset(g for g, s in self.local.items()
@@ -709,7 +750,7 @@ class NodeCore:
         if self.accepted.epoch != epoch:
             self.history.append(Accepted(
                 epoch, _dec_placement(msg.fields["placement"]),
-                frozenset(_names(msg.fields.get("standby", ""))),
+                _admin(msg.fields.get("standby", "")),
                 tuple(r for r in msg.fields.get("applied", "").split(",") if r)))
             self.closed = False
             for rid in self.accepted.applied:
@@ -795,6 +836,7 @@ class NodeCore:
         lease_ok = self.lease_valid()
         freeze = self.config.no_quorum_policy == "freeze"
         placement = self.accepted.placement if self._may_run_here() else None
+        maintenance = self.accepted.maintenance and placement is not None
         # stops: dependents before what they depend on
         if self._busy_order is None:
             self._busy_order = sorted(self.busy, key=self.group_index.__getitem__, reverse=True)
@@ -806,7 +848,10 @@ class NodeCore:
             if self.leaving:
                 why = "shutting down"
             elif not lease_ok and not freeze:
+                # Also in maintenance mode: the others' silence fencer counts on it.
                 why = "lost the quorum lease"
+            elif maintenance:
+                continue  # resources stay as they are
             elif g in self.stop_orders:
                 why = f"stop phase of epoch {fmt_epoch(self.promised)}"
             elif g in self.failed_hold and state is LocalState.RUNNING:
@@ -828,16 +873,52 @@ class NodeCore:
                 self._send("bye", inc=str(self.incarnation))
                 self._note("membership", f"{self.name} stopped everything and said goodbye")
             return
-        if placement is None or not lease_ok:
+        if placement is None or not lease_ok or maintenance:
             return
+        skips = self._skips()
         for g in self._placed_here():
+            skip, kill = skips.get(g, (frozenset(), frozenset()))
             if (self.local[g] is LocalState.STOPPED and g not in self.failed_hold
                     and all(self.local[d] is LocalState.RUNNING for d in self.group_deps[g])):
                 self._set(g, LocalState.STARTING)
-                self._act(StartGroup(g, self.promised))
+                self.group_skip[g] = skip
+                self._act(StartGroup(g, self.promised, skip, kill))
                 self._note("group", f"starting {g} on {self.name} (epoch "
-                           f"{fmt_epoch(self.promised)})", group=g, state="starting",
-                           event="group_state")
+                           f"{fmt_epoch(self.promised)})"
+                           + (f" without {', '.join(sorted(skip))}" if skip else ""),
+                           group=g, state="starting", event="group_state")
+            elif (self.local[g] is LocalState.RUNNING
+                  and self.group_skip.get(g, frozenset()) != skip):
+                if skip - self.group_skip.get(g, frozenset()) and any(
+                        self.local[k] in ACTIVE for k in self.group_dependents[g]):
+                    # groups that depend on this one leave first; they come back after
+                    for k in self.group_dependents[g]:
+                        if self.local[k] in (LocalState.RUNNING, LocalState.STARTING):
+                            self._stop_group(k, f"{g} loses members taken out of service "
+                                             "by hand")
+                    continue
+                self._set(g, LocalState.STARTING)
+                self.group_skip[g] = skip
+                self._act(StartGroup(g, self.promised, skip, kill, converge=True))
+                self._note("group", f"{g} on {self.name}: resources out of service by hand "
+                           f"now {', '.join(sorted(skip)) or 'none'}", group=g,
+                           state="starting", event="group_state")
+
+    def _skips(self) -> dict[str, tuple[frozenset[str], frozenset[str]]]:
+        """Per group with members taken out of service by hand: (those and their
+        dependents, the ones to stop at once). Cached per accepted epoch."""
+        epoch = self.accepted.epoch
+        if self._skip_cache[0] != epoch:
+            out: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
+            for r, force in self.accepted.disabled().items():
+                if r not in self.config.resources:
+                    continue
+                g = self.config.resources[r].group
+                skip, kill = out.get(g, (frozenset(), frozenset()))
+                hit = {r, *self.resource_dependents[r]}
+                out[g] = (skip | hit, kill | (hit if force else set()))
+            self._skip_cache = (epoch, out)
+        return self._skip_cache[1]
 
     def _stop_group(self, group: str, why: str) -> None:
         force = self.local[group] is LocalState.STARTING
@@ -882,6 +963,10 @@ class NodeCore:
         g = ev.group
         if self.local.get(g) is not LocalState.RUNNING:
             return  # already stopping, restarting or stopped: that path decides
+        if self.accepted.maintenance:
+            self._note("group", f"{ev.resource or g} failed on {self.name}; maintenance mode: "
+                       f"no recovery ({ev.reason})", group=g, reason=ev.reason)
+            return
         if ev.policy == "ignore":
             self._note("group", f"{ev.resource or g} failed on {self.name} and its on_fail "
                        f"is ignore: left as it is ({ev.reason})", group=g, reason=ev.reason)
@@ -1135,6 +1220,15 @@ class NodeCore:
                 standby.add(node)
             elif kind == "online" and node in self.config.nodes:
                 standby.discard(node)
+            elif kind in ("enable", "disable", "kill") and group in self.config.resources:
+                standby -= {f"off:{group}", f"kill:{group}"}
+                if kind != "enable":
+                    standby.add(f"{'off' if kind == 'disable' else 'kill'}:{group}")
+            elif kind == "maintenance" and node in ("on", "off"):
+                if node == "on":
+                    standby.add(MAINTENANCE)
+                else:
+                    standby.discard(MAINTENANCE)
             elif kind == "move" and group in self.config.groups and node in self.config.nodes:
                 r.moves[group] = node
             else:
@@ -1157,9 +1251,14 @@ class NodeCore:
         costs = {node: r.costs[node] for node in r.replies}
         ctx = DecisionContext(config=self.config, members=r.view, costs=costs,
                               holders=holders, moves=r.moves, blocked=blocked)
-        decision = self.strategy.decide(ctx)
-        r.placement = dict(decision.placement)
-        r.reasons = dict(decision.reasons)
+        if MAINTENANCE in r.standby:
+            # Nothing moves, starts or stops: the placement is what runs where it runs.
+            r.placement = {g: holders.get(g) for g in self.config.groups}
+            r.reasons = {g: "maintenance mode: left as it is" for g in self.config.groups}
+        else:
+            decision = self.strategy.decide(ctx)
+            r.placement = dict(decision.placement)
+            r.reasons = dict(decision.reasons)
         for g, node in sorted(r.moves.items()):
             if r.placement.get(g) != node:
                 self._note("request", f"cannot move {g} to {node}: "
@@ -1287,7 +1386,10 @@ class NodeCore:
             "members": list(self.promised_view),
             "alive": sorted(alive),
             "mismatched": sorted(self.mismatched),
-            "standby": sorted(self.accepted.standby),
+            "standby": sorted(n for n in self.accepted.standby if n in self.config.nodes),
+            "maintenance": self.accepted.maintenance,
+            "disabled": {r: ("force_oos" if force else "oo_service")
+                         for r, force in sorted(self.accepted.disabled().items())},
             "transition": (None if r is None or r.epoch != self.promised else
                            {"phase": r.phase.value, "reason": r.reason}),
             "groups": groups,

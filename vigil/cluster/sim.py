@@ -57,6 +57,7 @@ class SimNode:
     deadline: float = math.inf
     fail_next_start: set[str] = field(default_factory=set)
     persisted: Persisted | None = None
+    skips: dict[str, frozenset[str]] = field(default_factory=dict)  # group -> left out
 
 
 @dataclass(slots=True)
@@ -236,6 +237,13 @@ class SimCluster:
         for action in out.actions:
             if isinstance(action, StartGroup):
                 self._check_quorate_action(node, action.epoch)
+                node.skips[action.group] = action.skip
+                if action.converge:  # members taken out of service by hand stop first
+                    graph = self.group_resources[action.group]
+                    for r in graph.stop_order():
+                        if r in action.skip and node.resources.get(r) is not None:
+                            self._check_stop_order(node, r)
+                            del node.resources[r]
                 self._begin(node, action.group, "start")
             elif isinstance(action, StopGroup):
                 self._begin(node, action.group, "stop")
@@ -292,7 +300,10 @@ class SimCluster:
             return  # superseded (a stop interrupted this start)
         graph = self.group_resources[group]
         if op == "start":
+            skip = node.skips.get(group, frozenset())
             for r in graph.start_order():
+                if r in skip:
+                    continue
                 state = node.resources.get(r)
                 if state == "starting":
                     node.resources[r] = "in"
@@ -337,7 +348,8 @@ class SimCluster:
         group = self.resource_group[resource]
         needed = list(self.config.resources[resource].depends_on)
         for dep_group in self.group_deps[group]:
-            needed += list(self.config.groups[dep_group].resources)
+            left_out = node.skips.get(dep_group, frozenset())
+            needed += [r for r in self.config.groups[dep_group].resources if r not in left_out]
         for dep in needed:
             if node.resources.get(dep) != "in":
                 raise self._violation(
