@@ -1,0 +1,705 @@
+"""/ha: one node's view of the cluster as a FUSE filesystem, and control through writable files.
+
+The filesystem is a client of the node's daemon, like the CLI: every read comes from the
+``status`` answer of the control socket, fetched at most every 0.5 s and shared by all
+readers (a ``grep -r`` over /ha costs one request); every write to a control file is one
+control request, made inside the write() call, so the write returns once the daemon has
+accepted (or refused) it. Files hold one value and a newline, lists one item per line; a value
+the daemon does not report is an empty file.
+
+Layout (``ro`` value files are mode 0444; ``rw`` control files are root's, mode 0644, or
+0664 with the admin group as their group)::
+
+    cluster/   name epoch master quorate quorum transition seen_from       ro
+               maintenance                                  rw: on | off
+    nodes/NODE/      state standby links/LINK (up | down)   ro
+                     control                                rw: standby | online
+    groups/GROUP/    node state resources fail_count        ro
+                     move                                   rw: a node name
+                     control                                rw: cleanup
+    resources/RES/   type group node provided_by service_state depends_on dependents
+                     fail_count last_failure last_diagnostic reason on_fail diagnosis   ro
+                     control  rw: in_service | oo_service | force_oos | mark_oos |
+                                  diagnose | cleanup
+
+Writes: one word per write() (surrounding whitespace and the newline of ``echo`` are
+ignored). A write fails with an errno and a log line on the mount's stderr saying why:
+EACCES when the writer is neither root nor in ``cluster.admin_group`` (or the file is a value
+file), EINVAL for a word the file does not take or a request the daemon refuses, EAGAIN when
+the daemon asks to try again, ENOTCONN when no daemon listens, EIO when it does not answer.
+Mutating requests are logged too (who, what, the daemon's answer). ``diagnosis`` holds the
+answer to the last ``diagnose`` written through this mount (empty before one).
+
+Reading is open to everyone who can reach the mount point (it is mounted ``allow_other``);
+the kernel's own permission checks are off (no ``default_permissions``) so that every refused
+write reaches this code and is logged.
+"""
+
+from __future__ import annotations
+
+import errno
+import grp
+import itertools
+import json
+import logging
+import os
+import pwd
+import stat
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vigil.actors.control import MANUAL_OP_TIMEOUT, REQUEST_TIMEOUT, request
+
+log = logging.getLogger("vigil.ha")
+
+#: How long one status answer serves all reads.
+CACHE_SECONDS = 0.5
+#: A status request that takes longer fails the reads waiting for it (EIO), rather than
+#: hanging every process that looks at /ha.
+STATUS_TIMEOUT = 5.0
+#: A control word is short; more is a mistake (a file copied onto a control file).
+MAX_WRITE = 4096
+#: While the daemon stays unreachable, the reason is logged again at most this often.
+RELOG_SECONDS = 60.0
+
+NODE_WORDS = ("standby", "online")
+GROUP_WORDS = ("cleanup",)
+RESOURCE_WORDS = ("in_service", "oo_service", "force_oos", "mark_oos", "diagnose", "cleanup")
+MAINTENANCE_WORDS = ("on", "off")
+
+TOP_DIRS = ("cluster", "nodes", "groups", "resources")
+
+
+class HaError(OSError):
+    """A filesystem call fails with ``errno``; ``strerror`` says why, for the log."""
+
+    def __init__(self, err: int, message: str) -> None:
+        super().__init__(err, message)
+
+
+class MountError(Exception):
+    """/ha could not be mounted; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Control:
+    """What a control file does: ``kind`` is node, move, group, resource or maintenance."""
+
+    kind: str
+    target: str
+    choices: tuple[str, ...]
+    group: str = ""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A file (``children`` is None) or a directory of the tree."""
+
+    content: bytes = b""
+    children: tuple[str, ...] | None = None
+    control: Control | None = None
+    nlink: int = 1
+
+
+Tree = dict[str, Entry]
+
+# What stays visible while the daemon does not answer: the mount point still looks like /ha,
+# and anything below names the problem through its errno.
+_TOP: Tree = {"/": Entry(children=TOP_DIRS, nlink=2 + len(TOP_DIRS)),
+              **{f"/{d}": Entry(children=(), nlink=2) for d in TOP_DIRS}}
+
+
+# ---- rendering --------------------------------------------------------------------------
+
+
+def _one(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, dict | list):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def _text(value: Any) -> bytes:
+    """A value as file content: one value and a newline, a list one item a line, a map one
+    ``key: value`` a line; nothing at all for a missing value."""
+    if value is None:
+        return b""
+    if isinstance(value, list | tuple):
+        return "".join(f"{_one(v)}\n" for v in value).encode()
+    if isinstance(value, dict):
+        return "".join(f"{k}: {_one(v)}\n" for k, v in value.items()).encode()
+    return f"{_one(value)}\n".encode()
+
+
+def _on_off(value: Any) -> bytes:
+    if isinstance(value, bool):
+        return b"on\n" if value else b"off\n"
+    return _text(value)
+
+
+def _transition(value: Any) -> bytes:
+    if isinstance(value, dict) and "phase" in value:
+        reason = value.get("reason")
+        return f"{value['phase']}: {reason}\n".encode() if reason else _text(value["phase"])
+    return _text(value)
+
+
+def _op_result(value: Any) -> bytes:
+    """A resource operation's outcome, as the coordinator keeps the last failure and the last
+    monitor: ``19:30:12 monitor ok, IN_SERVICE: running``."""
+    if isinstance(value, dict) and {"at", "op", "ok", "state"} <= value.keys():
+        verdict = "ok" if value["ok"] else "failed"
+        return (f"{value['at']} {value['op']} {verdict}, {value['state']}: "
+                f"{value.get('reason', '')}\n").encode()
+    return _text(value)
+
+
+def diagnosis_text(answer: Mapping[str, Any], at: float | None = None) -> str:
+    """The answer to a manual ``diagnose``, as the ``diagnosis`` file shows it."""
+    when = time.strftime("%H:%M:%S", time.localtime(time.time() if at is None else at))
+    verdict = "healthy" if answer.get("healthy") else "FAILED"
+    duration = answer.get("duration")
+    took = f" ({duration:.2f}s)" if isinstance(duration, int | float) else ""
+    return (f"{when} diagnose {verdict}, {answer.get('state', '?')}{took}: "
+            f"{answer.get('reason', '')}\n")
+
+
+def _safe(name: Any) -> bool:
+    """Whether a name from the status can be a directory entry."""
+    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name
+            and "\0" not in name)
+
+
+def _map(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+# ---- the tree ---------------------------------------------------------------------------
+
+
+class _Builder:
+    def __init__(self) -> None:
+        self.files: Tree = {}
+        self.dirs: dict[str, list[str]] = {"/": []}
+
+    def dir(self, path: str) -> str:
+        self.dirs[path] = []
+        self._link(path)
+        return path
+
+    def file(self, path: str, content: bytes, control: Control | None = None) -> None:
+        self.files[path] = Entry(content=content, control=control)
+        self._link(path)
+
+    def _link(self, path: str) -> None:
+        parent, name = path.rsplit("/", 1)
+        self.dirs[parent or "/"].append(name)
+
+    def done(self) -> Tree:
+        tree = dict(self.files)
+        for path, names in self.dirs.items():
+            prefix = path.rstrip("/")
+            subdirs = sum(1 for n in names if f"{prefix}/{n}" in self.dirs)
+            tree[path] = Entry(children=tuple(names), nlink=2 + subdirs)
+        return tree
+
+
+def build_tree(st: Mapping[str, Any], diagnoses: Mapping[str, str] | None = None) -> Tree:
+    """The /ha tree of one ``status`` answer (see the module docstring). Keys the status lacks
+    give empty files or no entries, never an error: daemons of other versions differ."""
+    diagnoses = diagnoses or {}
+    b = _Builder()
+    nodes = {n: _map(v) for n, v in _map(st.get("nodes")).items() if _safe(n)}
+    groups = {g: _map(v) for g, v in _map(st.get("groups")).items() if _safe(g)}
+    resources = {r: _map(v) for r, v in _map(st.get("resources")).items() if _safe(r)}
+
+    c = b.dir("/cluster")
+    b.file(f"{c}/name", _text(st.get("cluster")))
+    b.file(f"{c}/seen_from", _text(st.get("node")))
+    for key in ("epoch", "master", "quorate", "quorum"):
+        b.file(f"{c}/{key}", _text(st.get(key)))
+    b.file(f"{c}/transition", _transition(st.get("transition")))
+    b.file(f"{c}/maintenance", _on_off(st.get("maintenance")),
+           Control("maintenance", "", MAINTENANCE_WORDS))
+
+    b.dir("/nodes")
+    for n, v in nodes.items():
+        d = b.dir(f"/nodes/{n}")
+        b.file(f"{d}/state", _text(v.get("state")))
+        b.file(f"{d}/standby", _text(v.get("standby")))
+        links = b.dir(f"{d}/links")
+        for link, up in _map(v.get("links")).items():
+            if _safe(link):
+                b.file(f"{links}/{link}", b"up\n" if up else b"down\n")
+        b.file(f"{d}/control", b"", Control("node", n, NODE_WORDS))
+
+    members: dict[str, list[str]] = {}
+    for r, v in resources.items():  # the daemon sends them in start order
+        if isinstance(v.get("group"), str):
+            members.setdefault(v["group"], []).append(r)
+    fail_counts = _map(st.get("fail_counts"))
+    b.dir("/groups")
+    for g, v in groups.items():
+        d = b.dir(f"/groups/{g}")
+        b.file(f"{d}/node", _text(v.get("node")))
+        b.file(f"{d}/state", _text(v.get("state")))
+        b.file(f"{d}/resources", _text(v.get("resources", members.get(g, []))))
+        b.file(f"{d}/fail_count", _text(v.get("fail_count", fail_counts.get(g, 0))))
+        b.file(f"{d}/move", b"", Control("move", g, tuple(nodes)))
+        b.file(f"{d}/control", b"", Control("group", g, GROUP_WORDS))
+
+    b.dir("/resources")
+    for r, v in resources.items():
+        d = b.dir(f"/resources/{r}")
+        dependents = v.get("dependents")
+        if dependents is None:
+            dependents = [o for o, ov in resources.items() if r in (ov.get("depends_on") or [])]
+        for key in ("type", "group", "node", "provided_by"):
+            b.file(f"{d}/{key}", _text(v.get(key)))
+        b.file(f"{d}/service_state", _text(v.get("service_state", v.get("state"))))
+        b.file(f"{d}/depends_on", _text(v.get("depends_on")))
+        b.file(f"{d}/dependents", _text(dependents))
+        b.file(f"{d}/fail_count", _text(v.get("fail_count")))
+        b.file(f"{d}/last_failure", _op_result(v.get("last_failure")))
+        b.file(f"{d}/last_diagnostic", _op_result(v.get("last_diagnostic")))
+        b.file(f"{d}/reason", _text(v.get("reason")))
+        b.file(f"{d}/on_fail", _text(v.get("on_fail")))
+        b.file(f"{d}/diagnosis", diagnoses.get(r, "").encode())
+        group = v["group"] if isinstance(v.get("group"), str) else ""
+        b.file(f"{d}/control", b"", Control("resource", r, RESOURCE_WORDS, group=group))
+    return b.done()
+
+
+# ---- the daemon -------------------------------------------------------------------------
+
+
+def refusal_errno(error: str) -> int:
+    """The errno a write fails with when the daemon refuses the request with ``error``."""
+    low = error.lower()
+    if "try again" in low:
+        return errno.EAGAIN
+    if "did not answer in time" in low:
+        return errno.EIO
+    if "permission" in low or "not allowed" in low or "only root" in low:
+        return errno.EPERM
+    return errno.EINVAL  # an unknown command or name, or a request not valid now
+
+
+class StatusSource:
+    """The node's daemon as seen from /ha: its status, kept for :data:`CACHE_SECONDS`, as a
+    tree; and requests. Failures raise :class:`HaError` with ENOTCONN (no daemon) or EIO."""
+
+    def __init__(self, socket_path: Path, node: str, *, ttl: float = CACHE_SECONDS,
+                 timeout: float = STATUS_TIMEOUT) -> None:
+        self.socket_path = socket_path
+        self.node = node
+        self.ttl = ttl
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._tree: Tree | None = None
+        self._error: HaError | None = None
+        self._fetched = float("-inf")
+        self._wall = 0.0
+        self._diagnoses: dict[str, str] = {}
+        self._logged: tuple[str, float] | None = None
+
+    def tree(self) -> tuple[Tree, float]:
+        """The current tree and the wall-clock time of its status."""
+        with self._lock:
+            if time.monotonic() - self._fetched >= self.ttl:
+                self._refresh()
+            if self._error is not None or self._tree is None:
+                raise self._error or HaError(errno.EIO, "no status yet")
+            return self._tree, self._wall
+
+    def invalidate(self) -> None:
+        """The next read asks the daemon again (after a request changed something)."""
+        with self._lock:
+            self._fetched = float("-inf")
+
+    def record_diagnosis(self, resource: str, text: str) -> None:
+        with self._lock:
+            self._diagnoses[resource] = text
+            self._fetched = float("-inf")
+
+    def _refresh(self) -> None:
+        try:
+            answer = self.ask("status", {}, self.timeout)
+            st = answer.get("status")
+            if not answer.get("ok") or not isinstance(st, dict):
+                raise HaError(errno.EIO, f"node {self.node}'s daemon gave no status: "
+                              f"{answer.get('error', 'no reason given')}")
+            try:
+                tree = build_tree(st, self._diagnoses)
+            except Exception as exc:  # a status this version cannot read: say so, serve on
+                log.exception("cannot make the /ha tree of node %s's status", self.node)
+                raise HaError(errno.EIO, f"cannot read node {self.node}'s status: {exc}") from exc
+        except HaError as exc:
+            self._tree, self._error = None, exc
+            self._log_failure(exc)
+        else:
+            if self._logged is not None:
+                log.info("node %s's daemon answers again on %s", self.node, self.socket_path)
+                self._logged = None
+            self._tree, self._error = tree, None
+        self._fetched = time.monotonic()
+        self._wall = time.time()
+
+    def _log_failure(self, exc: HaError) -> None:
+        now = time.monotonic()
+        if (self._logged is None or self._logged[0] != exc.strerror
+                or now - self._logged[1] >= RELOG_SECONDS):
+            log.warning("/ha cannot show the cluster: %s (reads below /ha fail with %s)",
+                        exc.strerror, errno.errorcode.get(exc.errno or 0, exc.errno))
+            self._logged = (str(exc.strerror), now)
+
+    def ask(self, command: str, args: Mapping[str, str], timeout: float) -> dict[str, Any]:
+        path, node = self.socket_path, self.node
+        try:
+            answer = request(path, command, args, timeout=timeout)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise HaError(errno.ENOTCONN, f"no daemon for node {node} listens on {path} "
+                          "(is `vigil node run` running for this node?)") from exc
+        except PermissionError as exc:
+            raise HaError(errno.EIO, f"permission denied on {path}: the control socket is "
+                          "root's; run `vigil mount` as root") from exc
+        except TimeoutError as exc:
+            raise HaError(errno.EIO, f"node {node}'s daemon did not answer {command!r} within "
+                          f"{timeout:g}s") from exc
+        except (OSError, ValueError) as exc:
+            raise HaError(errno.EIO, f"no answer from node {node}'s daemon on {path}: "
+                          f"{exc}") from exc
+        if not isinstance(answer, dict):
+            raise HaError(errno.EIO, f"node {node}'s daemon answered {command!r} with "
+                          f"something else than a JSON object: {answer!r:.80}")
+        return answer
+
+
+# ---- who writes -------------------------------------------------------------------------
+
+
+def _proc_status(pid: int) -> dict[str, str]:
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return {}
+    return dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
+
+
+def _groups_of(uid: int, pid: int) -> set[int]:
+    """The caller's supplementary groups: the process's own (what the kernel checks), or, when
+    the process is gone or is another by now, the user's groups in the group database."""
+    status = _proc_status(pid)
+    uids = status.get("Uid", "").split()
+    if len(uids) == 4 and uids[3] == str(uid):  # the fs uid, as the FUSE request carries it
+        return {int(g) for g in status.get("Groups", "").split()}
+    try:
+        user = pwd.getpwuid(uid)
+    except KeyError:
+        return set()
+    return set(os.getgrouplist(user.pw_name, user.pw_gid))
+
+
+def describe_caller(uid: int, pid: int) -> str:
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = "?"
+    try:
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        comm = "?"
+    return f"uid {uid} ({user}), pid {pid} ({comm})"
+
+
+class Access:
+    """Who may write control files: root, and members of ``cluster.admin_group``."""
+
+    GID_CACHE_SECONDS = 10.0
+
+    def __init__(self, admin_group: str) -> None:
+        self.admin_group = admin_group
+        self._gid: tuple[int | None, float] = (None, float("-inf"))
+
+    def gid(self) -> int | None:
+        """The admin group's gid on this machine (None: no such group, or none configured)."""
+        if not self.admin_group:
+            return None
+        gid, at = self._gid
+        if time.monotonic() - at >= self.GID_CACHE_SECONDS:
+            try:
+                gid = grp.getgrnam(self.admin_group).gr_gid
+            except KeyError:
+                gid = None
+            self._gid = (gid, time.monotonic())
+        return gid
+
+    def refusal(self, uid: int, gid: int, pid: int) -> str | None:
+        """Why this caller may not control the cluster; None when it may."""
+        if uid == 0:
+            return None
+        if not self.admin_group:
+            return "only root may control the cluster (cluster.admin_group is not set)"
+        admin = self.gid()
+        if admin is None:
+            return (f"only root may control the cluster: the admin group {self.admin_group!r} "
+                    "does not exist on this machine")
+        if gid == admin or admin in _groups_of(uid, pid):
+            return None
+        return f"only root and members of the admin group {self.admin_group!r} may"
+
+
+# ---- the filesystem ---------------------------------------------------------------------
+
+
+class HaOperations:
+    """The FUSE operations of /ha, for mfusepy (path-based, high-level libfuse API)."""
+
+    use_ns = True  # mfusepy: times in nanoseconds (its float seconds are deprecated)
+
+    def __init__(self, source: StatusSource, access: Access,
+                 context: Callable[[], tuple[int, int, int]],
+                 on_ready: Callable[[], None] | None = None) -> None:
+        self.source = source
+        self.permissions = access
+        self._context = context
+        self._on_ready = on_ready
+        self._handles: dict[int, bytes] = {}
+        self._numbers = itertools.count(1)
+        self._lock = threading.Lock()
+        #: The kernel has talked to us: the mount was up (so a nonzero end is not a failure).
+        self.served = False
+
+    # -- lifecycle
+
+    def init(self, path: str) -> None:
+        self.served = True
+        log.info("serving /ha of node %s (daemon at %s)", self.source.node,
+                 self.source.socket_path)
+        if self._on_ready is not None:
+            self._on_ready()
+
+    def destroy(self, path: str) -> None:
+        log.info("/ha of node %s unmounted", self.source.node)
+
+    # -- reading
+
+    def _lookup(self, path: str, listing: bool = False) -> tuple[Entry, float]:
+        try:
+            tree, wall = self.source.tree()
+        except HaError:
+            if path == "/" or (path in _TOP and not listing):
+                return _TOP[path], time.time()
+            raise
+        entry = tree.get(path)
+        if entry is None:
+            raise HaError(errno.ENOENT, f"{path}: no such entry")
+        return entry, wall
+
+    def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
+        entry, wall = self._lookup(path)
+        ns = int(wall * 1e9)
+        attrs: dict[str, Any] = {"st_uid": 0, "st_gid": 0, "st_nlink": entry.nlink,
+                                 "st_atime": ns, "st_mtime": ns, "st_ctime": ns}
+        if entry.children is not None:
+            attrs.update(st_mode=stat.S_IFDIR | 0o555, st_size=0)
+            return attrs
+        content = entry.content
+        if fh is not None:
+            with self._lock:
+                content = self._handles.get(fh, content)
+        mode = 0o444
+        if entry.control is not None:
+            admin = self.permissions.gid()
+            mode = 0o644 if admin is None else 0o664
+            attrs["st_gid"] = admin or 0
+        attrs.update(st_mode=stat.S_IFREG | mode, st_size=len(content))
+        return attrs
+
+    def readdir(self, path: str, fh: int) -> list[str]:
+        entry, _ = self._lookup(path, listing=True)
+        if entry.children is None:
+            raise HaError(errno.ENOTDIR, f"{path} is a file")
+        return [".", "..", *entry.children]
+
+    def open(self, path: str, flags: int) -> int:
+        writing = flags & os.O_ACCMODE != os.O_RDONLY
+        entry = self._entry_for_write(path) if writing else self._lookup(path)[0]
+        if entry.children is not None:
+            raise HaError(errno.EISDIR, f"{path} is a directory")
+        # What was read at open stays what this file handle reads: a value is never torn
+        # between two status answers.
+        with self._lock:
+            fh = next(self._numbers)
+            self._handles[fh] = entry.content
+        return fh
+
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        with self._lock:
+            content = self._handles.get(fh)
+        if content is None:
+            content = self._lookup(path)[0].content
+        return content[offset:offset + size]
+
+    def release(self, path: str, fh: int) -> int:
+        with self._lock:
+            self._handles.pop(fh, None)
+        return 0
+
+    def access(self, path: str, amode: int) -> int:
+        entry, _ = self._lookup(path)
+        if amode & os.W_OK:
+            if entry.control is None:
+                raise HaError(errno.EACCES, f"{path} is read-only")
+            uid, gid, pid = self._context()
+            if self.permissions.refusal(uid, gid, pid) is not None:
+                raise HaError(errno.EACCES, f"{path}: not an administrator")
+        if amode & os.X_OK and entry.children is None:
+            raise HaError(errno.EACCES, f"{path} is not executable")
+        return 0
+
+    # -- writing
+
+    def _entry_for_write(self, path: str) -> Entry:
+        uid, gid, pid = self._context()
+        who = describe_caller(uid, pid)
+        try:
+            entry, _ = self._lookup(path)
+        except HaError as exc:
+            if exc.errno != errno.ENOENT:
+                log.warning("%s: write by %s failed: %s", path, who, exc.strerror)
+            raise
+        if entry.control is None:
+            why = ("a directory" if entry.children is not None else
+                   "a value file; the writable files are control, move and maintenance")
+            log.warning("%s: write by %s refused: %s", path, who, why)
+            raise HaError(errno.EACCES, f"{path} is {why}")
+        refusal = self.permissions.refusal(uid, gid, pid)
+        if refusal is not None:
+            log.warning("%s: write by %s refused: %s", path, who, refusal)
+            raise HaError(errno.EACCES, refusal)
+        return entry
+
+    def truncate(self, path: str, length: int, fh: int | None = None) -> int:
+        self._entry_for_write(path)  # `>` truncates first: allowed on control files only
+        return 0
+
+    def create(self, path: str, mode: int, flags: int = 0) -> int:
+        uid, _, pid = self._context()
+        log.warning("%s: refused to %s: /ha has no room for new files", path,
+                    describe_caller(uid, pid))
+        raise HaError(errno.EACCES, "no new files in /ha")
+
+    def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+        entry = self._entry_for_write(path)
+        assert entry.control is not None  # _entry_for_write refuses anything else
+        uid, _, pid = self._context()
+        who = describe_caller(uid, pid)
+        word = self._word(path, entry.control, data, who)
+        command, args, timeout = self._request(entry.control, word)
+        try:
+            answer = self.source.ask(command, args, timeout)
+        except HaError as exc:
+            log.warning("%s: %r by %s failed: %s", path, word, who, exc.strerror)
+            raise
+        if not answer.get("ok"):
+            error = str(answer.get("error") or "refused without a reason")
+            code = refusal_errno(error)
+            log.warning("%s: %r by %s refused by node %s's daemon (request %s %s, %s): %s",
+                        path, word, who, self.source.node, command, json.dumps(args),
+                        errno.errorcode.get(code, code), error)
+            raise HaError(code, error)
+        if command == "diagnose":
+            self.source.record_diagnosis(args["resource"], diagnosis_text(answer))
+        else:
+            self.source.invalidate()
+        log.info("%s: %r by %s: %s", path, word, who, answer.get("message") or
+                 (diagnosis_text(answer).strip() if command == "diagnose" else "done"))
+        return len(data)
+
+    @staticmethod
+    def _word(path: str, control: Control, data: bytes, who: str) -> str:
+        choices = " | ".join(control.choices) or "(none known)"
+        why = None
+        try:
+            word = data.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            word, why = "", "not UTF-8 text"
+        if why is None:
+            if len(data) > MAX_WRITE:
+                why = f"{len(data)} bytes are not a word"
+            elif not word:
+                why = "an empty write"
+            elif any(c.isspace() for c in word):
+                why = "more than one word in one write"
+        if why is not None:
+            shown = repr(data[:60]) + ("..." if len(data) > 60 else "")
+            log.warning("%s: %s by %s refused: %s; this file takes one of: %s", path, shown,
+                        who, why, choices)
+            raise HaError(errno.EINVAL, f"{why}; write one of: {choices}")
+        if word not in control.choices:
+            what = {"move": "no node named", "maintenance": "not a maintenance state:"}.get(
+                control.kind, "not a command of this file:")
+            log.warning("%s: %r by %s refused: %s %r; this file takes one of: %s", path, word,
+                        who, what, word, choices)
+            raise HaError(errno.EINVAL, f"{what} {word!r}; write one of: {choices}")
+        return word
+
+    @staticmethod
+    def _request(control: Control, word: str) -> tuple[str, dict[str, str], float]:
+        """The control request a word written to a control file stands for."""
+        if control.kind == "node":
+            return word, {"node": control.target}, REQUEST_TIMEOUT
+        if control.kind == "move":
+            return "move", {"group": control.target, "node": word}, REQUEST_TIMEOUT
+        if control.kind == "group":
+            return word, {"group": control.target}, REQUEST_TIMEOUT
+        if control.kind == "maintenance":
+            return "maintenance", {"state": word}, REQUEST_TIMEOUT
+        if word == "diagnose":  # the agent's monitor may take its whole timeout
+            return word, {"resource": control.target}, MANUAL_OP_TIMEOUT + REQUEST_TIMEOUT
+        if word == "cleanup":  # the daemon cleans up a whole group today; later one resource
+            return word, {"resource": control.target, "group": control.group}, REQUEST_TIMEOUT
+        return word, {"resource": control.target}, REQUEST_TIMEOUT
+
+
+# ---- mounting ---------------------------------------------------------------------------
+
+
+def load_fuse() -> Any:
+    """The mfusepy module; it loads libfuse3 when imported."""
+    try:
+        import mfusepy
+    except (ImportError, OSError) as exc:
+        raise MountError(f"cannot load the FUSE binding: {exc}; install mfusepy (pip install "
+                         "'mfusepy>=3.1,<4') and libfuse3 (Debian: apt install fuse3)") from exc
+    return mfusepy
+
+
+def serve(mountpoint: Path, socket_path: Path, node: str, admin_group: str, *,
+          allow_other: bool = True, on_ready: Callable[[], None] | None = None) -> None:
+    """Mount /ha of ``node`` at ``mountpoint`` and serve it in this thread until it is
+    unmounted (``fusermount3 -u``) or the process gets SIGTERM, SIGINT or SIGHUP (libfuse's
+    own handlers end the loop and unmount). ``on_ready`` runs once the mount is up.
+    Raises :class:`MountError` when it could not mount."""
+    fuse = load_fuse()
+    ops = HaOperations(StatusSource(socket_path, node), Access(admin_group),
+                       fuse.fuse_get_context, on_ready)
+    options: dict[str, Any] = {"foreground": True, "fsname": f"vigil:{node}",
+                               "subtype": "vigil",
+                               # sizes change between reads: no page cache, reads come here
+                               "direct_io": True}
+    if allow_other:
+        options["allow_other"] = True
+    try:
+        fuse.FUSE(ops, str(mountpoint), **options)
+    except RuntimeError as exc:
+        # libfuse ends with a nonzero status also after a signal and a clean unmount.
+        if not ops.served:
+            raise MountError(f"could not mount /ha at {mountpoint} (libfuse status {exc}; "
+                             "its message is above)") from exc
