@@ -13,6 +13,7 @@ import contextlib
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -92,6 +93,16 @@ class NodeActor(VigilActor):
             self.directory.tell(name, ChildRestarted(failed.name))
 
 
+#: The runtimes started in this process and not stopped (for vigil.api's default runtime).
+_running: weakref.WeakSet[NodeRuntime] = weakref.WeakSet()
+_running_lock = threading.Lock()
+
+
+def running_runtimes() -> list[NodeRuntime]:
+    with _running_lock:
+        return list(_running)
+
+
 class NodeRuntime:
     """One node's actor system. ``start()`` builds it; ``stop()`` tears it down."""
 
@@ -134,7 +145,14 @@ class NodeRuntime:
         codec = Codec(cfg.name, self.key, cfg.node_names, node)
         sequencer = Sequencer(node)
         factories: dict[str, Factory] = {}
-        factories["notifier"] = lambda: NotifierActor.start("notifier", d)
+        from vigil.actors.alerts import AlertsActor
+        from vigil.actors.control import Access
+
+        access = Access(cfg.admin_group, cfg.status_group)
+        factories["notifier"] = lambda: NotifierActor.start(
+            "notifier", d, cfg.nodes[node].event_socket, access)
+        if cfg.alerts:
+            factories["alerts"] = lambda: AlertsActor.start("alerts", d, node, cfg.alerts)
         for res in catalog:
             factories[f"resource:{res.name}"] = partial(
                 ResourceActor.start, f"resource:{res.name}", d, res, executor)
@@ -155,11 +173,19 @@ class NodeRuntime:
             factories[f"link:{link.name}"] = partial(
                 LinkActor.start, f"link:{link.name}", d, link.name, codec, factory)
         factories["control"] = lambda: ControlActor.start(
-            "control", d, cfg.nodes[node].control_socket)
+            "control", d, cfg.nodes[node].control_socket, access)
         self.ref = NodeActor.start("node", d, factories, self.left, self.failed)
         d.set("node", self.ref)
         # on_start runs on the actor's thread: wait until every child is in the directory
         self.ref.ask(Control("ready"), timeout=30.0)
+        # ... and until the local sockets are bound (in those actors' on_start): an ask is
+        # answered only after on_start, so callers may use the sockets once start() returns.
+        for name in ("control", "notifier"):
+            ref = d.get(name)
+            if ref is not None:
+                ref.ask(Control("ping"), timeout=30.0)
+        with _running_lock:
+            _running.add(self)
         return self
 
     def coordinator(self) -> pykka.ActorRef[Any]:
@@ -187,6 +213,8 @@ class NodeRuntime:
         return self.left.wait(timeout)
 
     def stop(self) -> None:
+        with _running_lock:
+            _running.discard(self)
         if self.ref is not None:
             with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
                 self.ref.stop(block=True, timeout=30.0)

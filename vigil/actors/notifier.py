@@ -1,29 +1,83 @@
-"""NotifierActor: every decision and state change of this node goes out from here, to the
-log and to the application notification actors registered through :mod:`vigil.api`.
+"""NotifierActor: every decision and state change of this node goes out from here: to the
+log, to the application notification actors registered through :mod:`vigil.api`, to the
+alert commands (the ``alerts`` actor) and to the event socket.
 
 Per subscriber, notifications arrive in the order they happened (one actor sends them, and
-Pykka mailboxes are FIFO)."""
+Pykka mailboxes are FIFO). The notifier numbers them (``seq``, from 1 per run of the actor).
+
+The event socket (``<runtime_dir>/events.sock``) is a ZeroMQ PUB socket over ``ipc``: one
+message per notification, the JSON of :func:`~vigil.api.notifications.to_dict` plus ``run``
+(an id of this notifier's run, so a subscriber tells a restart from a gap). A subscriber
+that does not keep up loses messages once :data:`SEND_HWM` wait for it: ZeroMQ drops them at
+the PUB rather than let one reader slow the daemon; the ``seq`` numbers show the gap, and
+:func:`vigil.api.subscribe` reports it as a ``Missed`` notification. Who may connect is the
+file's mode (see :mod:`vigil.actors.control`); the socket is bound in a private directory
+and renamed into place, so it never exists with a looser mode than intended.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import logging
-from typing import Any
+import os
+import tempfile
+import uuid
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final
 
 import pykka
+import zmq
 
 from vigil.actors.base import Directory, VigilActor
+from vigil.actors.control import Access, prepare_runtime_dir, socket_in_use
 from vigil.actors.messages import Subscribe, Unsubscribe
-from vigil.api.notifications import Notification
+from vigil.api.notifications import Notification, to_dict
 
 log = logging.getLogger("vigil.events")
 
+#: Messages queued per event subscriber before the PUB drops that subscriber's messages.
+SEND_HWM: Final = 10_000
+
 
 class NotifierActor(VigilActor):
-    def __init__(self, name: str, directory: Directory) -> None:
+    def __init__(self, name: str, directory: Directory, event_socket: Path | None = None,
+                 access: Access | None = None, send_hwm: int = SEND_HWM) -> None:
         super().__init__(name, directory)
         self.subscribers: list[tuple[pykka.ActorRef[Any], frozenset[str] | None]] = []
         self.seq = 0
+        self.run = uuid.uuid4().hex[:12]
+        self.event_socket = event_socket
+        self.access = access or Access()
+        self.send_hwm = send_hwm
+        self.pub: zmq.Socket[bytes] | None = None
+        self.bound: int | None = None  # inode of our socket file: unlink only that one
+        self.send_errors = 0
+
+    def on_start(self) -> None:
+        if self.event_socket is None:
+            return
+        try:
+            self.pub, self.bound = bind_event_socket(self.event_socket, self.access,
+                                                     self.send_hwm)
+        except (OSError, zmq.ZMQError, RuntimeError) as exc:
+            # Notifications still reach the log, in-process subscribers and alerts.
+            log.error("event socket %s: %s; `vigil events` and vigil.api.subscribe will not "
+                      "work on this node", self.event_socket, exc)
+
+    def on_stop(self) -> None:
+        self._close()
+
+    def on_failure(
+        self,
+        exception_type: type[BaseException] | None,
+        exception_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._close()  # the restarted notifier binds the same path
+        super().on_failure(exception_type, exception_value, traceback)
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Subscribe):
@@ -49,3 +103,62 @@ class NotifierActor(VigilActor):
             except pykka.ActorDeadError:
                 log.info("notification subscriber %s is gone; unsubscribed", ref)
         self.subscribers = alive
+        self.directory.tell("alerts", note)
+        if self.pub is not None:
+            self._send(note)
+
+    def _send(self, note: Notification) -> None:
+        assert self.pub is not None
+        payload = to_dict(note)
+        payload["run"] = self.run
+        try:
+            # PUB never blocks: past the high-water mark it drops, per subscriber.
+            self.pub.send(json.dumps(payload, default=str).encode(), zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            self.send_errors += 1
+            if self.send_errors in (1, 10, 100) or self.send_errors % 1000 == 0:
+                log.warning("event socket: could not send notification %d (%s); %d so far",
+                            note.seq, exc, self.send_errors)
+
+    def _close(self) -> None:
+        if self.pub is None:
+            return
+        self.pub.close(linger=0)
+        self.pub = None
+        path = self.event_socket
+        if path is not None:
+            with contextlib.suppress(OSError):
+                if path.stat().st_ino == self.bound:
+                    path.unlink()
+
+
+def bind_event_socket(path: Path, access: Access,
+                      send_hwm: int = SEND_HWM) -> tuple[zmq.Socket[bytes], int]:
+    """A PUB socket listening on ``path`` with the mode and group ``access`` asks for;
+    returns it and the inode of its file. Raises RuntimeError when another daemon has it."""
+    prepare_runtime_dir(path.parent, access)
+    if (path.exists() or path.is_symlink()) and socket_in_use(path):
+        raise RuntimeError(f"{path} is in use: is another vigil daemon running for this node?")
+    mode, gid = access.event_socket_owner()
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.PUB)
+    sock.setsockopt(zmq.SNDHWM, send_hwm)
+    sock.setsockopt(zmq.LINGER, 0)
+    # A directory only root can enter: nobody can connect before the mode below is set.
+    private = Path(tempfile.mkdtemp(prefix=".ev", dir=path.parent))
+    staged = private / "s"
+    try:
+        sock.bind(f"ipc://{staged}")
+        os.chmod(staged, mode)
+        if gid is not None:
+            os.chown(staged, -1, gid)
+        os.replace(staged, path)  # over a stale file of a dead daemon, atomically
+        inode = path.stat().st_ino
+    except BaseException:
+        sock.close(linger=0)
+        raise
+    finally:
+        with contextlib.suppress(OSError):
+            staged.unlink()
+        with contextlib.suppress(OSError):
+            private.rmdir()
+    return sock, inode

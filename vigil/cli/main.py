@@ -55,6 +55,7 @@ def _ask(config_path: str, via: str | None, command: str,
 
 
 def _request(config_path: str, via: str | None, command: str, **args: str) -> None:
+    """Send one request; print the daemon's answer, or its refusal on stderr with exit 1."""
     answer = _ask(config_path, via, command, args)
     if not answer.get("ok"):
         _fail(str(answer.get("error", "request failed")), EXIT_REFUSED)
@@ -143,6 +144,54 @@ def resource_cleanup(config_path: str, node: str | None, name: str) -> None:
     _request(config_path, node, "cleanup", group=group_name)
 
 
+def _by_hand(command: str, summary: str) -> None:
+    @resource.command(command.replace("_", "-"), help=summary)
+    @config_option
+    @click.option("--via", default=None, help="Node whose daemon takes the request.")
+    @click.argument("name")
+    def run(config_path: str, via: str | None, name: str) -> None:
+        _request(config_path, via, command, resource=name)
+
+
+_by_hand("in_service", "Bring NAME (and what depends on it) back into service where its "
+         "group runs, after oo-service or force-oos.")
+_by_hand("oo_service", "Take NAME and the members of its group that depend on it out of "
+         "service gracefully, cluster-wide, until in-service.")
+_by_hand("force_oos", "Like oo-service, but stop them at once (as SIGKILL would).")
+
+
+@resource.command("mark-oos")
+@config_option
+@node_option
+@click.argument("name")
+def resource_mark_oos(config_path: str, node: str | None, name: str) -> None:
+    """Record that NAME is out of service on this node without acting (after you stopped
+    it by hand, or the machine was reset): clears an unclean group once all its members are
+    marked."""
+    _request(config_path, node, "mark_oos", resource=name)
+
+
+@cli.command()
+@config_option
+@click.option("--via", default=None, help="Node whose daemon takes the request.")
+@click.argument("state", type=click.Choice(["on", "off"]))
+def maintenance(config_path: str, via: str | None, state: str) -> None:
+    """Maintenance mode, cluster-wide: monitors and recovery pause and nothing is started,
+    stopped or moved (a node that loses quorum still stops what it runs)."""
+    _request(config_path, via, "maintenance", state=state)
+
+
+@cli.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script: eval "$(vigil completion bash)"."""
+    from click.shell_completion import get_completion_class
+
+    cls = get_completion_class(shell)
+    assert cls is not None
+    click.echo(cls(cli, {}, "vigil", "_VIGIL_COMPLETE").source())
+
+
 @resource.command("diagnose")
 @config_option
 @node_option
@@ -199,6 +248,9 @@ def format_status(st: dict[str, Any]) -> str:
                  f"[seen from {st['node']}]")
     if t and t["phase"] != "done":
         lines.append(f"Transition in progress: {t['phase']} ({t['reason']})")
+    if st.get("maintenance"):
+        lines.append("MAINTENANCE MODE: no monitors, no recovery, nothing starts, stops or "
+                     "moves (`vigil maintenance off` to end)")
     nodes = st["nodes"]
     online = [n for n, v in nodes.items() if v["state"] == "online"]
     lines.append(f"Nodes: {len(nodes)} configured, {len(online)} online")
@@ -220,7 +272,8 @@ def format_status(st: dict[str, Any]) -> str:
         for r in by_group.get(g, []):
             rv = st["resources"][r]
             dep = f"  after {', '.join(rv['depends_on'])}" if rv["depends_on"] else ""
-            lines.append(f"      {r:<16} ({rv['type']}) {rv['state']}{dep}")
+            by_hand = f"  [{rv['by_hand']} by hand]" if rv.get("by_hand") else ""
+            lines.append(f"      {r:<16} ({rv['type']}) {rv['state']}{dep}{by_hand}")
             if rv.get("fail_count"):
                 failure = rv.get("last_failure") or {}
                 lines.append(f"          {rv['fail_count']} failure(s) here, last at "
@@ -339,6 +392,16 @@ def simulate(config_path: str, node_down: tuple[str, ...], node_up: tuple[str, .
 
 def main() -> None:
     cli(prog_name="vigil")
+
+
+
+from vigil.cli.events import events_command  # noqa: E402
+
+cli.add_command(events_command)
+
+from vigil.cli.mount import mount_command  # noqa: E402
+
+cli.add_command(mount_command)
 
 
 if __name__ == "__main__":

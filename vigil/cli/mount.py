@@ -99,7 +99,8 @@ def _log_to(log_file: str | None) -> None:
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 @click.option("--log-file", default=None, type=click.Path(dir_okay=False),
-              help="Append the log to FILE instead of stderr.")
+              help="Append the log to FILE (default: stderr in the foreground, "
+              "<runtime_dir>/logs/ha-mount.log in the background).")
 def mount_command(mountpoint: str, config_path: str, node: str | None, foreground: bool,
                   log_level: str, log_file: str | None) -> None:
     """Mount /ha at MOUNTPOINT (default /ha): the cluster as directories and small text files,
@@ -140,6 +141,11 @@ def mount_command(mountpoint: str, config_path: str, node: str | None, foregroun
     if foreground:
         _log_to(log_file)
         sys.exit(_serve(path, socket_path, name, cfg.admin_group, allow_other))
+    if log_file is None:
+        # In the background stderr is nobody's: the log (every refused write) goes to a file.
+        log_dir = cfg.nodes[name].runtime_dir / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log_file = str(log_dir / "ha-mount.log")
     _background(path, socket_path, name, cfg.admin_group, allow_other, log_file)
 
 
