@@ -129,11 +129,13 @@ def mounted(config: Path, node: str, log: Path) -> Iterator[tuple[Path, subproce
             unmount(mountpoint, proc)
 
 
-def write_config(tmp: Path, admin_group: str = "", runtime: str = "run") -> Path:
+def write_config(tmp: Path, admin_group: str = "", runtime: str = "run",
+                 status_group: str = "") -> Path:
     text = cluster_toml(tmp).replace(f'runtime_dir = "{tmp}/run"',
                                      f'runtime_dir = "{tmp}/{runtime}"')
-    if admin_group:
-        text = text.replace("[cluster]\n", f'[cluster]\nadmin_group = "{admin_group}"\n', 1)
+    for key, value in (("admin_group", admin_group), ("status_group", status_group)):
+        if value:
+            text = text.replace("[cluster]\n", f'[cluster]\n{key} = "{value}"\n', 1)
     path = tmp / "cluster.toml"
     path.write_text(text)
     return path
@@ -151,8 +153,8 @@ class Ha:
 
 
 @contextmanager
-def cluster_with_ha(tmp: Path, admin_group: str = "") -> Iterator[Ha]:
-    config = write_config(tmp, admin_group)
+def cluster_with_ha(tmp: Path, admin_group: str = "", status_group: str = "") -> Iterator[Ha]:
+    config = write_config(tmp, admin_group, status_group=status_group)
     cfg = load(config)
     mc = MemoryCluster(cfg, load_key(cfg))
     try:
@@ -336,19 +338,31 @@ def test_refusals_map_to_errnos() -> None:
 
 
 @needs_fuse
-def test_nobody_reads_everything_but_cannot_write(ha: Ha) -> None:
-    control = ha.root / "nodes/alpha/control"
-    reading = as_user(65534, 65534, f"cat {ha.root}/cluster/epoch && grep -r . {ha.root} "
-                      "| wc -l")
-    assert reading.returncode == 0, reading.stderr
-    epoch, lines = reading.stdout.split()
-    assert epoch == "1.alpha" and int(lines) > 40
-    writing = as_user(65534, 65534, f"echo standby > {control}")
-    assert writing.returncode != 0
-    assert "Permission denied" in writing.stderr  # EACCES
-    assert as_user(65534, 65534, f"test -w {control}").returncode != 0
-    log_says(ha.log, "/nodes/alpha/control: write by uid 65534", "only root may")
-    assert read(ha.root / "nodes/alpha/standby") == "no"
+def test_the_status_group_reads_everything_but_cannot_write(tmp_path: Path) -> None:
+    import grp
+
+    try:
+        nogroup = grp.getgrnam("nogroup").gr_gid
+    except KeyError:
+        pytest.skip("needs the group nogroup to stand for a status group")
+    with cluster_with_ha(tmp_path, status_group="nogroup") as ha:
+        control = ha.root / "nodes/alpha/control"
+        reading = as_user(65534, nogroup, f"cat {ha.root}/cluster/epoch && "
+                          f"grep -r . {ha.root} | wc -l")
+        assert reading.returncode == 0, reading.stderr
+        epoch, lines = reading.stdout.split()
+        assert epoch == "1.alpha" and int(lines) > 40
+        writing = as_user(65534, nogroup, f"echo standby > {control}")
+        assert writing.returncode != 0
+        assert "Permission denied" in writing.stderr  # EACCES
+        assert as_user(65534, nogroup, f"test -w {control}").returncode != 0
+        log_says(ha.log, "/nodes/alpha/control: write by uid 65534",
+                 "is not root, and no admin_group is set")
+        assert read(ha.root / "nodes/alpha/standby") == "no"
+        # in neither group: not even status
+        outsider = as_user(1, 1, f"cat {ha.root}/cluster/epoch")
+        assert outsider.returncode != 0 and "Permission denied" in outsider.stderr
+        log_says(ha.log, "read by uid 1", "is not root or in status_group 'nogroup'")
 
 
 @needs_fuse
@@ -370,7 +384,7 @@ def test_members_of_the_admin_group_may_write(tmp_path: Path) -> None:
         log_says(ha.log, "/nodes/gamma/control: 'online' by uid 1")
         outsider = as_user(1, 1, f"echo standby > {control}")
         assert "Permission denied" in outsider.stderr
-        log_says(ha.log, "write by uid 1", "only root and members of the admin group 'nogroup'")
+        log_says(ha.log, "write by uid 1", "is not root or in admin_group 'nogroup'")
         assert read(ha.root / "nodes/gamma/standby") == "no"
 
 

@@ -270,6 +270,9 @@ class ControlActor(VigilActor):
         self.server: _Server | None = None
         self.thread: threading.Thread | None = None
 
+    def on_receive(self, message: Any) -> Any:
+        return None  # its work is the socket's; NodeRuntime.start asks once to know it is up
+
     def on_start(self) -> None:
         prepare_runtime_dir(self.path.parent, self.access)
         if self.path.exists():

@@ -21,6 +21,8 @@ from typing import NoReturn
 
 import click
 
+from vigil.actors.control import Access as SocketAccess
+
 DEFAULT_CONFIG = os.environ.get("VIGIL_CONFIG", "/etc/vigil/cluster.toml")
 DEFAULT_MOUNTPOINT = "/ha"
 EXIT_FAILED, EXIT_USAGE = 1, 2
@@ -133,6 +135,7 @@ def mount_command(mountpoint: str, config_path: str, node: str | None, foregroun
         log.warning("not root and no user_allow_other in /etc/fuse.conf: only this user will "
                     "see %s", path)
     socket_path = cfg.nodes[name].control_socket
+    access = SocketAccess(cfg.admin_group, cfg.status_group)
     try:
         StatusSource(socket_path, name).ask("status", {}, 5.0)
     except OSError as exc:  # not fatal: /ha shows the cluster once the daemon answers
@@ -140,21 +143,21 @@ def mount_command(mountpoint: str, config_path: str, node: str | None, foregroun
                     exc.strerror, path)
     if foreground:
         _log_to(log_file)
-        sys.exit(_serve(path, socket_path, name, cfg.admin_group, allow_other))
+        sys.exit(_serve(path, socket_path, name, access, allow_other))
     if log_file is None:
         # In the background stderr is nobody's: the log (every refused write) goes to a file.
         log_dir = cfg.nodes[name].runtime_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         log_file = str(log_dir / "ha-mount.log")
-    _background(path, socket_path, name, cfg.admin_group, allow_other, log_file)
+    _background(path, socket_path, name, access, allow_other, log_file)
 
 
-def _serve(path: Path, socket_path: Path, node: str, admin_group: str, allow_other: bool,
+def _serve(path: Path, socket_path: Path, node: str, access: SocketAccess, allow_other: bool,
            on_ready: Callable[[], None] | None = None) -> int:
     from vigil.ha.fs import MountError, serve
 
     try:
-        serve(path, socket_path, node, admin_group, allow_other=allow_other,
+        serve(path, socket_path, node, access, allow_other=allow_other,
               on_ready=on_ready)
     except MountError as exc:
         log.error("%s", exc)
@@ -162,7 +165,7 @@ def _serve(path: Path, socket_path: Path, node: str, admin_group: str, allow_oth
     return 0
 
 
-def _background(path: Path, socket_path: Path, node: str, admin_group: str,
+def _background(path: Path, socket_path: Path, node: str, access: SocketAccess,
                 allow_other: bool, log_file: str | None) -> NoReturn:
     """Serve from a child process; return (exit) once the mount is up, saying where."""
     sys.stdout.flush()
@@ -184,7 +187,7 @@ def _background(path: Path, socket_path: Path, node: str, admin_group: str,
                 os.write(ready_w, b"1")
                 os.close(ready_w)
 
-            code = _serve(path, socket_path, node, admin_group, allow_other, ready)
+            code = _serve(path, socket_path, node, access, allow_other, ready)
         except BaseException:
             log.exception("the /ha server failed")
         finally:

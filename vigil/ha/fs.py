@@ -38,10 +38,10 @@ write reaches this code and is logged.
 from __future__ import annotations
 
 import errno
-import grp
 import itertools
 import json
 import logging
+import math
 import os
 import pwd
 import stat
@@ -52,7 +52,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vigil.actors.control import MANUAL_OP_TIMEOUT, REQUEST_TIMEOUT, request
+from vigil.actors.control import (
+    MANUAL_OP_TIMEOUT,
+    REQUEST_TIMEOUT,
+    Peer,
+    group_id,
+    request,
+)
+from vigil.actors.control import Access as SocketAccess
 
 log = logging.getLogger("vigil.ha")
 
@@ -418,13 +425,18 @@ def describe_caller(uid: int, pid: int) -> str:
 
 
 class Access:
-    """Who may write control files: root, and members of ``cluster.admin_group``."""
+    """Who may read and who may control /ha: the same rules as the control socket
+    (:class:`vigil.actors.control.Access`: root; ``admin_group`` may control;
+    ``status_group`` and ``admin_group`` may read), applied to the FUSE caller."""
 
     GID_CACHE_SECONDS = 10.0
+    REFUSAL_LOG_SECONDS = 60.0
 
-    def __init__(self, admin_group: str) -> None:
-        self.admin_group = admin_group
+    def __init__(self, rules: SocketAccess) -> None:
+        self.rules = rules
+        self.admin_group = rules.admin_group
         self._gid: tuple[int | None, float] = (None, float("-inf"))
+        self._logged: dict[int, float] = {}  # uid -> when its last read refusal was logged
 
     def gid(self) -> int | None:
         """The admin group's gid on this machine (None: no such group, or none configured)."""
@@ -432,26 +444,25 @@ class Access:
             return None
         gid, at = self._gid
         if time.monotonic() - at >= self.GID_CACHE_SECONDS:
-            try:
-                gid = grp.getgrnam(self.admin_group).gr_gid
-            except KeyError:
-                gid = None
+            gid = group_id(self.admin_group)
             self._gid = (gid, time.monotonic())
         return gid
 
-    def refusal(self, uid: int, gid: int, pid: int) -> str | None:
-        """Why this caller may not control the cluster; None when it may."""
+    def refusal(self, uid: int, gid: int, pid: int, command: str = "move") -> str | None:
+        """Why this caller may not send ``command`` (writes: any control request; reads:
+        ``status``); None when it may."""
         if uid == 0:
             return None
-        if not self.admin_group:
-            return "only root may control the cluster (cluster.admin_group is not set)"
-        admin = self.gid()
-        if admin is None:
-            return (f"only root may control the cluster: the admin group {self.admin_group!r} "
-                    "does not exist on this machine")
-        if gid == admin or admin in _groups_of(uid, pid):
-            return None
-        return f"only root and members of the admin group {self.admin_group!r} may"
+        peer = Peer(pid=pid, uid=uid, gid=gid, groups=frozenset({gid} | _groups_of(uid, pid)))
+        return self.rules.refusal(peer, command)
+
+    def read_refusal(self, uid: int, gid: int, pid: int, path: str) -> str | None:
+        why = self.refusal(uid, gid, pid, "status")
+        if why is not None and time.monotonic() - self._logged.get(uid, -math.inf) >= (
+                self.REFUSAL_LOG_SECONDS):
+            self._logged[uid] = time.monotonic()  # one line a minute per user, not per file
+            log.warning("%s: read by %s refused: %s", path, describe_caller(uid, pid), why)
+        return why
 
 
 # ---- the filesystem ---------------------------------------------------------------------
@@ -501,7 +512,14 @@ class HaOperations:
             raise HaError(errno.ENOENT, f"{path}: no such entry")
         return entry, wall
 
+    def _may_read(self, path: str) -> None:
+        uid, gid, pid = self._context()
+        why = self.permissions.read_refusal(uid, gid, pid, path)
+        if why is not None:
+            raise HaError(errno.EACCES, why)
+
     def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
+        self._may_read(path)
         entry, wall = self._lookup(path)
         ns = int(wall * 1e9)
         attrs: dict[str, Any] = {"st_uid": 0, "st_gid": 0, "st_nlink": entry.nlink,
@@ -522,6 +540,7 @@ class HaOperations:
         return attrs
 
     def readdir(self, path: str, fh: int) -> list[str]:
+        self._may_read(path)
         entry, _ = self._lookup(path, listing=True)
         if entry.children is None:
             raise HaError(errno.ENOTDIR, f"{path} is a file")
@@ -529,6 +548,8 @@ class HaOperations:
 
     def open(self, path: str, flags: int) -> int:
         writing = flags & os.O_ACCMODE != os.O_RDONLY
+        if not writing:
+            self._may_read(path)
         entry = self._entry_for_write(path) if writing else self._lookup(path)[0]
         if entry.children is not None:
             raise HaError(errno.EISDIR, f"{path} is a directory")
@@ -681,14 +702,14 @@ def load_fuse() -> Any:
     return mfusepy
 
 
-def serve(mountpoint: Path, socket_path: Path, node: str, admin_group: str, *,
+def serve(mountpoint: Path, socket_path: Path, node: str, access: SocketAccess, *,
           allow_other: bool = True, on_ready: Callable[[], None] | None = None) -> None:
     """Mount /ha of ``node`` at ``mountpoint`` and serve it in this thread until it is
     unmounted (``fusermount3 -u``) or the process gets SIGTERM, SIGINT or SIGHUP (libfuse's
     own handlers end the loop and unmount). ``on_ready`` runs once the mount is up.
     Raises :class:`MountError` when it could not mount."""
     fuse = load_fuse()
-    ops = HaOperations(StatusSource(socket_path, node), Access(admin_group),
+    ops = HaOperations(StatusSource(socket_path, node), Access(access),
                        fuse.fuse_get_context, on_ready)
     options: dict[str, Any] = {"foreground": True, "fsname": f"vigil:{node}",
                                "subtype": "vigil",
