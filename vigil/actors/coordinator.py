@@ -241,8 +241,10 @@ class CoordinatorActor(VigilActor):
             self._handle(AdminRequest(cmd, node=node))  # type: ignore[arg-type]
             return {"ok": True, "message": f"{cmd} of {node} requested"}
         if cmd == "cleanup":
+            if not group and req.arg("resource") in cfg.resources:
+                group = cfg.resources[req.arg("resource")].group
             if group not in cfg.groups:
-                return _error(f"no group named {group!r}")
+                return _error(_unknown("group", group, cfg.groups))
             self._handle(ClearFailures(group))
             return {"ok": True, "message": f"fail counts of {group} cleared on every node "
                     "(the next transition may place it where it failed before)"}

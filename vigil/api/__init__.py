@@ -1,4 +1,5 @@
-"""The application interface: typed notifications of what the cluster does, in process
+"""The application interface: status and control (:class:`Client`), and typed
+notifications of what the cluster does, in process
 (:func:`register_notification_actor`) or from another process (:func:`subscribe`).
 
 In process, a Pykka actor registered with :func:`register_notification_actor` receives the
@@ -15,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from vigil.api.client import Client, Refused
 from vigil.api.events import EventStream, NoDaemonError, subscribe
 from vigil.api.notifications import (
     KINDS,
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "KINDS",
+    "Client",
     "Decision",
     "EventStream",
     "FencingCompleted",
@@ -58,6 +61,7 @@ __all__ = [
     "Notification",
     "QuorumGained",
     "QuorumLost",
+    "Refused",
     "ResourceStateChanged",
     "TransitionCompleted",
     "TransitionStarted",
