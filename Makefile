@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check vigil tests bench
+	$(BIN)/ruff check vigil tests bench examples
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
