@@ -43,7 +43,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping
-from types import TracebackType
 from typing import IO, Any, Final
 
 from vigil.actors.base import Directory, VigilActor
@@ -217,14 +216,8 @@ class AlertsActor(VigilActor):
     def on_stop(self) -> None:
         self._close(STOP_GRACE)
 
-    def on_failure(
-        self,
-        exception_type: type[BaseException] | None,
-        exception_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def release(self) -> None:
         self._close(0.0)  # a restarted actor starts its own workers
-        super().on_failure(exception_type, exception_value, traceback)
 
     def _close(self, grace: float) -> None:
         deadline = time.monotonic() + grace

@@ -64,6 +64,10 @@ class VigilActor(pykka.ThreadingActor):
         self.name = name
         self.directory = directory
 
+    def release(self) -> None:
+        """Let go of what a restarted actor of the same name will take again (a socket
+        bound to a path, worker threads): called when this one fails."""
+
     def on_failure(
         self,
         exception_type: type[BaseException] | None,
@@ -72,6 +76,7 @@ class VigilActor(pykka.ThreadingActor):
     ) -> None:
         from vigil.actors.messages import ChildFailed
 
+        self.release()
         log.error("actor %s failed: %s: %s", self.name,
                   exception_type.__name__ if exception_type else "?", exception_value)
         self.directory.tell("node", ChildFailed(self.name, repr(exception_value)))

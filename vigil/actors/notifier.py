@@ -25,7 +25,6 @@ import os
 import tempfile
 import uuid
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Final
 
 import pykka
@@ -70,14 +69,8 @@ class NotifierActor(VigilActor):
     def on_stop(self) -> None:
         self._close()
 
-    def on_failure(
-        self,
-        exception_type: type[BaseException] | None,
-        exception_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def release(self) -> None:
         self._close()  # the restarted notifier binds the same path
-        super().on_failure(exception_type, exception_value, traceback)
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Subscribe):
