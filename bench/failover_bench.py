@@ -3,7 +3,8 @@
 Three hosts (network namespaces on a bridge, each running a real ``vigil node run``; see
 ``tests/nscluster.py``) run one group: an ``ip`` address, a ``filesystem`` on a shared loop
 device and an ``application`` (Python's http.server serving the disk on the address). A
-client in its own namespace connects to the address every 50 ms (TCP, 200 ms timeout). For
+client in its own namespace connects to the address every 50 ms at most (TCP, 50 ms timeout,
+so the figures are good to about 50 ms). For
 each way of failing the holder, the figure is the time from the client's first failed connect
 to its first successful one again: what a user of the service sees.
 
