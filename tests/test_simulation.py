@@ -122,6 +122,11 @@ class ClusterMachine(RuleBasedStateMachine):
         self.cluster.fail_next_start(data.draw(st.sampled_from(self.names)),
                                      data.draw(st.sampled_from(self.groups)))
 
+    @rule(index=st.integers(0, 299))
+    def stale_message(self, index: int) -> None:
+        """An old protocol message arrives again (held back by the network, or replayed)."""
+        self.cluster.redeliver(index)
+
     # ---- operator requests ---------------------------------------------------------------
 
     @rule(data=st.data())

@@ -13,6 +13,7 @@ import heapq
 import itertools
 import math
 import random
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -97,6 +98,8 @@ class SimCluster:
         self.measure_bytes = measure_bytes
         self.net = NetworkFaults()
         self.stats = Stats()
+        #: the last protocol messages sent (for :meth:`redeliver`)
+        self.sent_protocol: deque[Message] = deque(maxlen=300)
         self._queue: list[tuple[float, int, str, str, int, object]] = []
         self._seq = itertools.count()
         self._tokens = itertools.count(1)
@@ -258,7 +261,23 @@ class SimCluster:
             node.deadline = out.deadline
             self._push(out.deadline, "wake", node.name)
 
+    def redeliver(self, index: int) -> Message | None:
+        """Deliver one recently sent protocol message (not a heartbeat) again, 1 ms from now,
+        to where it went the first time: a stale copy, as a network that holds a packet back
+        for long, or a replay the codec's window no longer remembers, would produce. ``index``
+        counts from the oldest kept (modulo how many are kept); None when none are."""
+        if not self.sent_protocol:
+            return None
+        msg = self.sent_protocol[index % len(self.sent_protocol)]
+        dests = ([n for n in self.nodes if n != msg.sender] if msg.dest == BROADCAST
+                 else [msg.dest])
+        for dest in dests:
+            self._push(self.now + 0.001, "msg", dest, msg)
+        return msg
+
     def _transmit(self, msg: Message) -> None:
+        if msg.type != "hb":
+            self.sent_protocol.append(msg)
         self.stats.messages += 1
         if self.measure_bytes:
             self.stats.bytes += sum(len(k) + len(v) + 2 for k, v in msg.fields.items()) + 40
