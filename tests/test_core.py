@@ -780,3 +780,75 @@ def test_cleanup_on_any_node_clears_the_fail_counts_everywhere() -> None:
     c._deliver(other, ClearFailures("g1"))
     c.run_for(1.0)
     assert c.core(holder).fail_counts() == {}
+
+
+# ---- found in review: maintenance, holds, restarts around members out by hand ----------------
+
+
+def test_a_holder_cut_off_in_maintenance_is_still_waited_for_after_it() -> None:
+    # beta holds g1 and is cut off while the cluster is in maintenance; its stops take
+    # nearly their whole timeout. When maintenance ends, g1 may start elsewhere only after
+    # the fencing wait: the maintenance epochs must not forget that beta may run it.
+    cfg = sim_config(3, 3, group_chain=False, stop_timeout=0.5)
+    c = Recorder(cfg, stop_duration=0.45)
+    c.run_for(FORM)
+    assert c.where()["g1"] == "beta"
+    c.request("alpha", AdminRequest("maintenance", node="on"))
+    c.run_for(2.0)
+    assert c.core("alpha").accepted.maintenance
+    c.partition({"beta"}, {"alpha", "gamma"})
+    c.run_for(1.5)  # the majority closes an epoch without beta, still in maintenance
+    assert c.core("alpha").accepted.placement["g1"] == "beta"  # not forgotten
+    c.request("alpha", AdminRequest("maintenance", node="off"))
+    c.run_for(6.0)  # the simulator's exclusivity check runs at every start
+    assert c.where()["g1"] in ("alpha", "gamma")
+
+
+def test_a_failed_group_under_a_running_dependent_is_restarted_after_it() -> None:
+    cfg = sim_config(3, 2, group_chain=True, migration_threshold=3, stop_timeout=0.5)
+    c = Recorder(cfg, stop_duration=0.45)
+    c.run_for(FORM)
+    holder = c.where()["g0"]
+    assert holder is not None and c.where()["g1"] == holder
+    t0 = c.now
+    c._deliver(holder, GroupFailed("g0", "monitor of g0-r0: broken", resource="g0-r0"))
+    c.run_for(4.0)
+    ops = [(o[2], o[3]) for o in c.ops_since(t0, node=holder)]
+    # the dependent leaves first, then the failed group itself is stopped and both come back
+    assert ops.index(("g1", "stop-done")) < ops.index(("g0", "stop"))
+    assert ops.index(("g0", "stop-done")) < ops.index(("g0", "start"))
+    assert ops.index(("g0", "start-done")) < ops.index(("g1", "start"))
+    assert c.where() == {"g0": holder, "g1": holder}
+    assert not c.core(holder).failed_hold
+
+
+def test_a_restart_in_place_leaves_members_out_of_service_by_hand_out() -> None:
+    cfg = sim_config(3, 1, resources_per_group=3)
+    c = Recorder(cfg)
+    c.run_for(FORM)
+    holder = c.where()["g0"]
+    assert holder is not None
+    c.request(holder, AdminRequest("disable", group="g0-r2"))
+    c.run_for(2.0)
+    node = c.nodes[holder]
+    assert "g0-r2" not in node.resources and node.resources.get("g0-r1") == "in"
+    c._deliver(holder, GroupFailed("g0", "monitor of g0-r1: broken", resource="g0-r1"))
+    c.run_for(2.0)
+    assert node.resources.get("g0-r1") == "in" and "g0-r2" not in node.resources
+
+
+def test_members_back_in_service_start_in_group_dependency_order() -> None:
+    # found by the simulation: g1 (after g0) had a member put back in service while g0's
+    # own member was still starting
+    cfg = sim_config(3, 2, group_chain=True)
+    c = Recorder(cfg)
+    c.run_for(FORM)
+    holder = c.where()["g0"]
+    assert holder is not None
+    for r in ("g0-r0", "g1-r0"):
+        c.request("alpha", AdminRequest("disable", group=r))
+    c.run_for(2.0)
+    for r in ("g0-r0", "g1-r0"):
+        c.request("alpha", AdminRequest("enable", group=r))
+    c.run_for(2.0)  # the simulator checks the order at every start
+    assert all(c.nodes[holder].resources.get(r) == "in" for r in cfg.resources)

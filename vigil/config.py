@@ -645,6 +645,9 @@ def _read_nodes(c: _Checker, root: Mapping[str, object], base: Path,
     for name, raw in table.items():
         key = _join("nodes", name)
         c.name(name, key, "node")
+        if name == "maintenance":  # the cluster's administrative state uses that word
+            c.add(key, "'maintenance' is reserved (it names maintenance mode in the cluster's "
+                  "state); call the node something else")
         t = c.table(raw, key, _NODE_KEYS)
         if t is None:
             continue

@@ -175,6 +175,7 @@ class CoordinatorActor(VigilActor):
             for link in self.links:
                 self.directory.tell(f"link:{link}", SendFrames(frames))
         notes: list[Notification] = []
+        notices: list[Notice] = []
         for action in out.actions:
             if isinstance(action, StartGroup):
                 self.tokens += 1
@@ -187,16 +188,20 @@ class CoordinatorActor(VigilActor):
             elif isinstance(action, RestartResource):
                 self.tokens += 1
                 self.directory.tell(f"group:{action.group}",
-                                    RestartResourceCmd(self.tokens, action.resource))
+                                    RestartResourceCmd(self.tokens, action.resource,
+                                                       action.skip))
             elif isinstance(action, FenceNode):
                 log.error("fencing %s requested, but fencer %r cannot power nodes off",
                           action.node, self.config.fencer)
             elif isinstance(action, Notice):
-                cleared = dict(action.fields).get("cleared")
-                if cleared is not None and cleared in self.config.groups:
-                    for r in self.config.groups[cleared].resources:
-                        self.resource_fails.pop(r, None)
-                notes.extend(self.observer.from_notice(action, self.core))
+                notices.append(action)
+        # Only now, with every command sent: telling must never keep a stop from happening.
+        for notice in notices:
+            cleared = dict(notice.fields).get("cleared")
+            if cleared is not None and cleared in self.config.groups:
+                for r in self.config.groups[cleared].resources:
+                    self.resource_fails.pop(r, None)
+            notes.extend(self.observer.from_notice(notice, self.core))
         # In the order a person would tell it: who came or went (that is what led to the
         # decisions), the decisions, then where groups went as a result.
         changes = list(self.observer.changes(self.core))

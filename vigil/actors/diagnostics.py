@@ -122,6 +122,8 @@ class DiagnosticsActor(VigilActor):
                 future.set({"ok": True, "resource": r, "healthy": False, "state": "FAILED",
                             "reason": reason, "duration": now - started})
             self._failed(r, reason)
+            if cfg.monitor.interval > 0:  # keep watching: the next one may answer
+                heapq.heappush(self.due, (now + cfg.monitor.interval, r))
 
     def _result(self, done: ResourceOpDone) -> None:
         entry = self.in_flight.get(done.resource)

@@ -61,7 +61,8 @@ class GroupActor(VigilActor):
                 # a start still running: interrupt it, then stop everything in reverse
                 self._tell(interrupted, "force_stop")
         elif isinstance(message, RestartResourceCmd):
-            affected = {message.resource, *self.dependents.get(message.resource, [])}
+            affected = {message.resource, *self.dependents.get(message.resource, [])
+                        } - message.skip
             self._begin("restart", [(r, "stop") for r in self.stop_order if r in affected]
                         + [(r, "start") for r in self.start_order if r in affected])
         elif isinstance(message, ProbeGroup):

@@ -51,6 +51,7 @@ class RestartResourceCmd:
 
     token: int
     resource: str
+    skip: frozenset[str] = frozenset()  # members out of service by hand: they stay out
 
 
 @dataclass(frozen=True, slots=True)

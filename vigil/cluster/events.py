@@ -144,6 +144,7 @@ class RestartResource:
     group: str
     resource: str
     epoch: Epoch
+    skip: frozenset[str] = frozenset()  # members out of service by hand: they stay out
 
 
 @dataclass(frozen=True, slots=True)

@@ -384,6 +384,7 @@ class NodeCore:
                                      ).transitive_dependents(r))
             for r, c in config.resources.items() if c.group in config.groups}
         self.failed_hold: set[str] = set()
+        self.hold_epoch: dict[str, Epoch] = {}  # the epoch in which a group was held
         self.fail_times: dict[str, list[float]] = {g: [] for g in config.groups}
         self.want = 0
         self.requests: dict[str, AdminRequest] = {}
@@ -764,7 +765,10 @@ class NodeCore:
             self.closed = True
             self.history = [self.accepted]
             self.stop_orders = set()
-            self.failed_hold = set()
+            # A failed group still on its way out (its dependents stop first) stays held,
+            # or it would never be stopped and restarted; it asks for a transition of its
+            # own once stopped (_group_done).
+            self.failed_hold = {g for g in self.failed_hold if self.local[g] in ACTIVE}
             mine = sorted(g for g, n in self.accepted.placement.items() if n == self.name)
             self._note("transition", f"epoch {fmt_epoch(self.promised)} closed; here: "
                        f"{', '.join(mine) or 'nothing'}", epoch=fmt_epoch(self.promised),
@@ -888,7 +892,8 @@ class NodeCore:
                            + (f" without {', '.join(sorted(skip))}" if skip else ""),
                            group=g, state="starting", event="group_state")
             elif (self.local[g] is LocalState.RUNNING
-                  and self.group_skip.get(g, frozenset()) != skip):
+                  and self.group_skip.get(g, frozenset()) != skip
+                  and all(self.local[d] is LocalState.RUNNING for d in self.group_deps[g])):
                 if skip - self.group_skip.get(g, frozenset()) and any(
                         self.local[k] in ACTIVE for k in self.group_dependents[g]):
                     # groups that depend on this one leave first; they come back after
@@ -951,6 +956,8 @@ class NodeCore:
             self._set(ev.group, LocalState.STOPPED)
             self._note("group", f"{ev.group} out of service on {self.name}", group=ev.group,
                        state="stopped", event="group_state")
+            if ev.group in self.failed_hold and self.hold_epoch.get(ev.group) != self.promised:
+                self.want += 1  # held through a transition: the next one may restart it
         else:
             self._set(ev.group, LocalState.UNCLEAN)
             self._note("group", f"stop of {ev.group} failed on {self.name}: {ev.reason}; "
@@ -986,11 +993,14 @@ class NodeCore:
         # under it would break its order; the full path stops it first.
         alone = not any(self.local[k] in ACTIVE for k in self.group_dependents[g])
         safe = self.lease_valid() and self._may_run_here()  # as for any start
-        if ev.resource and alone and safe and len(self.fail_times[g]) + 1 < threshold:
+        left_out = ev.resource in self.group_skip.get(g, frozenset())
+        if ev.resource and alone and safe and not left_out and (
+                len(self.fail_times[g]) + 1 < threshold):
             self.fail_times[g].append(self.now)
             count = len(self.fail_times[g])
             self._set(g, LocalState.STARTING)
-            self._act(RestartResource(g, ev.resource, self.promised))
+            self._act(RestartResource(g, ev.resource, self.promised,
+                                      self.group_skip.get(g, frozenset())))
             self._note("group", f"{ev.resource} failed on {self.name} ({count} of "
                        f"{threshold} failures before {g} moves): restarting it in place: "
                        f"{ev.reason}", group=g, resource=ev.resource, reason=ev.reason,
@@ -1008,6 +1018,7 @@ class NodeCore:
     def _record_failure(self, group: str, reason: str) -> None:
         self.fail_times[group].append(self.now)
         self.failed_hold.add(group)
+        self.hold_epoch[group] = self.promised
         self.want += 1
         count = len(self.fail_times[group])
         self._note("group", f"{group} failed on {self.name} ({count} failure(s)): {reason}",
@@ -1253,7 +1264,12 @@ class NodeCore:
                               holders=holders, moves=r.moves, blocked=blocked)
         if MAINTENANCE in r.standby:
             # Nothing moves, starts or stops: the placement is what runs where it runs.
-            r.placement = {g: holders.get(g) for g in self.config.groups}
+            # A holder that is not a member stays named (it may still run the group): the
+            # transition after maintenance must fence it before starting the group elsewhere.
+            last = r.known[-1].placement if r.known else {}
+            r.placement = {g: holders.get(g) or (last.get(g) if last.get(g) not in r.view
+                                                 else None)
+                           for g in self.config.groups}
             r.reasons = {g: "maintenance mode: left as it is" for g in self.config.groups}
         else:
             decision = self.strategy.decide(ctx)

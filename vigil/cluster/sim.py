@@ -252,7 +252,7 @@ class SimCluster:
                 self._begin(node, action.group, "stop")
             elif isinstance(action, RestartResource):
                 self._check_quorate_action(node, action.epoch)
-                self._restart(node, action.group, action.resource)
+                self._restart(node, action.group, action.resource, action.skip)
             elif isinstance(action, FenceNode):
                 # A power fencer: a lower-named requester wins the race (pcmk_delay style).
                 delay = 0.05 + 0.5 * self.config.node_names.index(node.name)
@@ -303,11 +303,13 @@ class SimCluster:
         node.ops[group] = (op, token)
         self._op_step(node, group, op, token)
 
-    def _restart(self, node: SimNode, group: str, resource: str) -> None:
+    def _restart(self, node: SimNode, group: str, resource: str,
+                 skip: frozenset[str] = frozenset()) -> None:
         """Recovery in place: the failed resource and its dependents stop (at once, in
         order), then the group's start brings them back."""
         graph = self.group_resources[group]
-        affected = {resource, *graph.transitive_dependents(resource)}
+        affected = {resource, *graph.transitive_dependents(resource)} - skip
+        node.skips[group] = skip
         for r in graph.stop_order():
             if r in affected and node.resources.get(r) is not None:
                 self._check_stop_order(node, r)
