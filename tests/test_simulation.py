@@ -47,7 +47,8 @@ def convergence_bound(cfg: ClusterConfig, groups: int) -> float:
     unresponsive_backoff = 2 * t.step_timeout  # nodes excluded for not answering
     one_round = 6 * t.step_timeout  # ack, report, cost, stop, accept, start
     fencing = t.lease_time + stop_bound(cfg) + t.fence_margin
-    group_ops = 2 * groups * 0.1  # simulated start+stop of every group, worst case in series
+    # simulated start + stop of every group, worst case in series (stops up to their timeout)
+    group_ops = 2 * groups * 0.1 + sum(r.stop_timeout for r in cfg.resources.values())
     # a heal can cost one aborted round, then one full round with fencing; then the
     # cluster must stay settled for 2 * dead_time to count as converged
     calm = 2 * t.dead_time
@@ -64,12 +65,16 @@ class ClusterMachine(RuleBasedStateMachine):
         groups=st.integers(min_value=1, max_value=4),
         seed=st.integers(min_value=0, max_value=2**32 - 1),
         strategy=st.sampled_from(["cost", "cost", "preferred"]),
+        slow_stops=st.booleans(),
     )
-    def setup(self, nodes: int, groups: int, seed: int, strategy: str) -> None:
+    def setup(self, nodes: int, groups: int, seed: int, strategy: str,
+              slow_stops: bool) -> None:
         cfg = sim_config(nodes, groups, strategy=strategy)
-        # two_node clusters need a fencer that powers nodes off (docs/protocol.md)
+        # two_node clusters need a fencer that powers nodes off (docs/protocol.md); slow
+        # stops take most of their stop_timeout, so the silence fencer's wait is really tested
         self.cluster = SimCluster(cfg, rng=random.Random(seed),
-                                  fencer="power" if nodes == 2 else None)
+                                  fencer="power" if nodes == 2 else None,
+                                  stop_duration=None if slow_stops else 0.02)
         self.names = cfg.node_names
         self.groups = sorted(cfg.groups)
         self.cluster.run_for(2.0)
@@ -115,7 +120,9 @@ class ClusterMachine(RuleBasedStateMachine):
     def resource_fails(self, data: st.DataObject) -> None:
         node = data.draw(st.sampled_from(self.names))
         group = data.draw(st.sampled_from(self.groups))
-        self.cluster.fail_group(node, group)
+        resource = data.draw(st.sampled_from(sorted(self.cluster.config.groups[group].resources)))
+        policy = data.draw(st.sampled_from(["restart", "restart", "ignore", "stop", "standby"]))
+        self.cluster.fail_group(node, group, resource, policy)
 
     @rule(data=st.data())
     def start_fails(self, data: st.DataObject) -> None:

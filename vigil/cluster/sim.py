@@ -83,7 +83,7 @@ class SimCluster:
         *,
         rng: random.Random | None = None,
         start_duration: float = 0.02,
-        stop_duration: float = 0.02,
+        stop_duration: float | None = 0.02,
         fencer: str | None = None,
         check: bool = True,
         measure_bytes: bool = False,
@@ -154,12 +154,16 @@ class SimCluster:
     def heal(self) -> None:
         self.net = NetworkFaults()
 
-    def fail_group(self, name: str, group: str) -> None:
-        """A monitor finds the group broken where it runs (no-op where it does not)."""
+    def fail_group(self, name: str, group: str, resource: str | None = None,
+                   policy: str = "restart") -> None:
+        """A monitor finds the group broken where it runs (no-op where it does not):
+        ``resource`` (default the first, so all its dependents restart) with its on_fail
+        ``policy``."""
         node = self.nodes[name]
         if node.core is not None and node.core.local.get(group) is LocalState.RUNNING:
-            first = self.group_resources[group].start_order()[0]  # restarts all its dependents
-            self._deliver(name, GroupFailed(group, "simulated monitor failure", resource=first))
+            failed = resource or self.group_resources[group].start_order()[0]
+            self._deliver(name, GroupFailed(group, "simulated monitor failure",
+                                            resource=failed, policy=policy))
 
     def fail_next_start(self, name: str, group: str) -> None:
         self.nodes[name].fail_next_start.add(group)
@@ -353,7 +357,9 @@ class SimCluster:
                 continue
             self._check_stop_order(node, r)
             node.resources[r] = "stopping"
-            self._push(self.now + self.stop_duration, "op", node.name, (group, op, token))
+            took = (self.stop_duration if self.stop_duration is not None else  # None: slow
+                    self.rng.uniform(0.5, 0.95) * self.config.resources[r].stop_timeout)
+            self._push(self.now + took, "op", node.name, (group, op, token))
             return
         del node.ops[group]
         self._deliver(node.name, GroupDone(group, "stop", True))
