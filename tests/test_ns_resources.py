@@ -54,9 +54,15 @@ monitor = {{ interval = "1s", timeout = "3s" }}
 start_timeout = "20s"
 stop_timeout = "4s"
 
+""" + web_server("web-disk", mnt)
+
+
+def web_server(after: str, mnt: Path) -> str:
+    """The application of the group: http.server serving the disk on the address."""
+    return f"""
 [resources.web-server]
 type = "application"
-depends_on = ["web-disk"]
+depends_on = ["{after}"]
 monitor = {{ interval = "500ms", timeout = "2s" }}
 start_timeout = "10s"
 stop_timeout = "1s"
@@ -268,15 +274,7 @@ depends_on = ["web-disk"]
 monitor = {{ interval = "2s" }}
 stop_timeout = "5s"
 
-[resources.web-server]
-type = "application"
-depends_on = ["web-marker"]
-monitor = {{ interval = "1s", timeout = "2s" }}
-stop_timeout = "1s"
-[resources.web-server.params]
-start = "{sys.executable} -m http.server 80 --bind {VIP} --directory {mnt}"
-health_url = "http://{VIP}/index.html"
-""")
+""" + web_server("web-marker", mnt))
     cluster.start_all()
     wait_holder(cluster, "n1", "the OCF group on n1", timeout=60)
     assert cluster.wait_for(lambda: page(cluster), 20, "the page through IPaddr2") == PAGE
