@@ -95,20 +95,22 @@ def peer_of(sock: socket.socket) -> Peer:
         except OSError:  # an old kernel, or more groups than the buffer holds
             pass
     if groups is None:
-        groups = _proc_groups(pid, uid)
+        groups = proc_groups(pid, uid)
     return Peer(pid, uid, gid, frozenset((groups or set()) | {gid}))
 
 
-def _proc_groups(pid: int, uid: int) -> set[int] | None:
+def proc_groups(pid: int, uid: int, *, uid_field: int = 1) -> set[int] | None:
     """The supplementary groups of ``pid``, if it still is the process of ``uid`` that
-    connected (a pid can be reused: then nothing, the least privilege)."""
+    asked (a pid can be reused: then None, the least privilege). ``uid_field`` says which
+    of the status file's uids to compare: 1 the effective one (a socket's peer), 3 the
+    filesystem one (what a FUSE request carries)."""
     try:
         lines = Path(f"/proc/{pid}/status").read_text().splitlines()
     except OSError:
         return None
     fields = dict(line.split(":", 1) for line in lines if ":" in line)
     uids = fields.get("Uid", "").split()
-    if len(uids) < 2 or int(uids[1]) != uid:
+    if len(uids) <= uid_field or int(uids[uid_field]) != uid:
         return None
     return {int(g) for g in fields.get("Groups", "").split()}
 

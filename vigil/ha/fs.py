@@ -57,6 +57,7 @@ from vigil.actors.control import (
     REQUEST_TIMEOUT,
     Peer,
     group_id,
+    proc_groups,
     request,
 )
 from vigil.actors.control import Access as SocketAccess
@@ -390,21 +391,12 @@ class StatusSource:
 # ---- who writes -------------------------------------------------------------------------
 
 
-def _proc_status(pid: int) -> dict[str, str]:
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return {}
-    return dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
-
-
 def _groups_of(uid: int, pid: int) -> set[int]:
     """The caller's supplementary groups: the process's own (what the kernel checks), or, when
     the process is gone or is another by now, the user's groups in the group database."""
-    status = _proc_status(pid)
-    uids = status.get("Uid", "").split()
-    if len(uids) == 4 and uids[3] == str(uid):  # the fs uid, as the FUSE request carries it
-        return {int(g) for g in status.get("Groups", "").split()}
+    groups = proc_groups(pid, uid, uid_field=3)  # the fs uid, as the FUSE request carries it
+    if groups is not None:
+        return groups
     try:
         user = pwd.getpwuid(uid)
     except KeyError:
