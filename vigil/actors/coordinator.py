@@ -48,7 +48,7 @@ from vigil.cluster.events import (
 from vigil.cluster.node import LocalState, NodeCore, Persisted
 from vigil.cluster.strategy import group_order
 from vigil.config import ClusterConfig
-from vigil.resources.graph import DependencyGraph
+from vigil.resources.graph import member_graphs
 from vigil.transports import Codec, Sequencer
 
 log = logging.getLogger(__name__)
@@ -102,11 +102,10 @@ class CoordinatorActor(VigilActor):
         self.observer = Observer(node)
         self.timer: DeadlineTimer | None = None
         self.left = False
-        self.dependents = {r: [d for d in config.resources if r in config.resources[d].depends_on]
-                           for r in config.resources}
-        self.start_order = [r for g in group_order(config) for r in DependencyGraph(
-            {r: config.resources[r].depends_on for r in config.groups[g].resources}
-        ).start_order()]
+        graphs = member_graphs(config)
+        self.dependents = {r: graph.dependents(r) for graph in graphs.values()
+                           for r in graph.names()}
+        self.start_order = [r for g in group_order(config) for r in graphs[g].start_order()]
 
     def on_start(self) -> None:
         me = self.actor_ref
@@ -231,9 +230,9 @@ class CoordinatorActor(VigilActor):
             return {"ok": True, "status": self.status()}
         if cmd == "move":
             if group not in cfg.groups:
-                return _error(f"no group named {group!r}; groups: {', '.join(cfg.groups)}")
+                return _error(_unknown("group", group, cfg.groups))
             if node not in cfg.nodes:
-                return _error(f"no node named {node!r}; nodes: {', '.join(cfg.node_names)}")
+                return _error(_unknown("node", node, cfg.nodes))
             if self.core.accepted.maintenance:
                 return _error("the cluster is in maintenance mode: nothing moves; end it "
                               "first with `vigil maintenance off`")
@@ -242,7 +241,7 @@ class CoordinatorActor(VigilActor):
                     "transition applies it (watch `vigil status`)"}
         if cmd in ("standby", "online"):
             if node not in cfg.nodes:
-                return _error(f"no node named {node!r}; nodes: {', '.join(cfg.node_names)}")
+                return _error(_unknown("node", node, cfg.nodes))
             self._handle(AdminRequest(cmd, node=node))  # type: ignore[arg-type]
             return {"ok": True, "message": f"{cmd} of {node} requested"}
         if cmd == "cleanup":
@@ -292,9 +291,10 @@ class CoordinatorActor(VigilActor):
         groups: dict[str, Any] = st["groups"]  # type: ignore[assignment]
         disabled: dict[str, str] = st["disabled"]  # type: ignore[assignment]
         left_out = {d: r for r in disabled for d in (r, *self.core.resource_dependents[r])}
+        fail_counts = self.core.fail_counts()
         for name, g in groups.items():
             g["resources"] = list(self.config.groups[name].resources)
-            g["fail_count"] = self.core.fail_counts().get(name, 0)
+            g["fail_count"] = fail_counts.get(name, 0)
         resources = {}
         for r in self.start_order:
             cfg = self.config.resources[r]

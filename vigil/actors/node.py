@@ -32,7 +32,7 @@ from vigil.actors.messages import ChildFailed, ChildRestarted, Control, GetStatu
 from vigil.actors.notifier import NotifierActor
 from vigil.actors.resource import ResourceActor
 from vigil.config import ClusterConfig, ResourceConfig, TypeDefaults, apply_type_defaults
-from vigil.resources.graph import DependencyGraph
+from vigil.resources.graph import member_graphs
 from vigil.resources.model import Catalog
 from vigil.resources.registry import ResourceTypeRegistry, default_registry
 from vigil.transports import Codec, Sequencer
@@ -156,11 +156,11 @@ class NodeRuntime:
         for res in catalog:
             factories[f"resource:{res.name}"] = partial(
                 ResourceActor.start, f"resource:{res.name}", d, res, executor)
+        graphs = member_graphs(cfg)
         for group, gcfg in cfg.groups.items():
             order = [r.name for r in catalog.group(group)] if any(
                 r in catalog for r in gcfg.resources) else []
-            graph = DependencyGraph({r: cfg.resources[r].depends_on for r in gcfg.resources})
-            dependents = {r: graph.transitive_dependents(r) for r in gcfg.resources}
+            dependents = {r: graphs[group].transitive_dependents(r) for r in gcfg.resources}
             factories[f"group:{group}"] = partial(
                 GroupActor.start, f"group:{group}", d, group, order, dependents)
         present = frozenset(r.name for r in catalog)

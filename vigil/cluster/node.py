@@ -66,7 +66,7 @@ from vigil.cluster.strategy import (
 )
 from vigil.config import ClusterConfig
 from vigil.messages import BROADCAST, NAME_RE, Message
-from vigil.resources.graph import DependencyGraph
+from vigil.resources.graph import member_graphs
 
 
 class LocalState(enum.Enum):
@@ -378,11 +378,9 @@ class NodeCore:
         self._skip_cache: tuple[Epoch, dict[str, tuple[frozenset[str], frozenset[str]]]] = (
             NO_EPOCH, {})
         self.group_skip: dict[str, frozenset[str]] = {}  # what each running group left out
-        self.resource_dependents = {
-            r: tuple(DependencyGraph({m: config.resources[m].depends_on
-                                      for m in config.groups[c.group].resources}
-                                     ).transitive_dependents(r))
-            for r, c in config.resources.items() if c.group in config.groups}
+        self.resource_dependents = {  # one graph per group, not per resource: this is start-up
+            r: tuple(graph.transitive_dependents(r))
+            for graph in member_graphs(config).values() for r in graph.names()}
         self.failed_hold: set[str] = set()
         self.hold_epoch: dict[str, Epoch] = {}  # the epoch in which a group was held
         self.fail_times: dict[str, list[float]] = {g: [] for g in config.groups}

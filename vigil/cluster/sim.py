@@ -39,7 +39,7 @@ from vigil.cluster.node import LocalState, NodeCore, Persisted, Phase
 from vigil.cluster.strategy import colocation_sets
 from vigil.config import ClusterConfig
 from vigil.messages import BROADCAST, Message
-from vigil.resources.graph import DependencyGraph
+from vigil.resources.graph import member_graphs
 
 
 class InvariantViolation(AssertionError):
@@ -104,10 +104,7 @@ class SimCluster:
         self._seq = itertools.count()
         self._tokens = itertools.count(1)
         self._incarnations = itertools.count(1)
-        self.group_resources = {
-            g: DependencyGraph({r: config.resources[r].depends_on for r in c.resources})
-            for g, c in config.groups.items()
-        }
+        self.group_resources = member_graphs(config)
         self.resource_group = {r: c.group for r, c in config.resources.items()}
         self.group_deps = {g: tuple(c.depends_on) for g, c in config.groups.items()}
         self.nodes: dict[str, SimNode] = {}

@@ -16,7 +16,10 @@ from __future__ import annotations
 import difflib
 import heapq
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vigil.config import ClusterConfig
 
 __all__ = [
     "DependencyCycle",
@@ -213,3 +216,9 @@ class DependencyGraph:
 
 def _identity(name: str) -> str:
     return name
+
+
+def member_graphs(config: ClusterConfig) -> dict[str, DependencyGraph]:
+    """One graph per resource group of ``config``: its members and their ``depends_on``."""
+    return {g: DependencyGraph({r: config.resources[r].depends_on for r in c.resources})
+            for g, c in config.groups.items()}
