@@ -83,9 +83,6 @@ class Client:
     def resource(self, name: str, action: ResourceAction) -> str:
         """in_service, oo_service, force_oos (cluster-wide), mark_oos (on this node), or
         cleanup (the fail counts of its group, everywhere)."""
-        if action == "cleanup":
-            group = self.config.resources[name].group if name in self.config.resources else ""
-            return str(self.request("cleanup", resource=name, group=group)["message"])
         return str(self.request(action, resource=name)["message"])
 
     def diagnose(self, name: str) -> dict[str, Any]:

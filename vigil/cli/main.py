@@ -24,6 +24,8 @@ DEFAULT_CONFIG = os.environ.get("VIGIL_CONFIG", "/etc/vigil/cluster.toml")
 config_option = click.option(
     "--config", "-c", "config_path", default=DEFAULT_CONFIG, show_default=True,
     type=click.Path(dir_okay=False), help="Cluster configuration file (or $VIGIL_CONFIG).")
+via_option = click.option(
+    "--via", default=None, help="Node whose daemon takes the request (default: the host name).")
 node_option = click.option(
     "--node", "-n", default=None, help="Which node this is (default: the host name).")
 
@@ -91,7 +93,7 @@ def node_run(config_path: str, node: str | None, log_level: str) -> None:
 
 @node.command("standby")
 @config_option
-@click.option("--via", default=None, help="Node whose daemon takes the request.")
+@via_option
 @click.argument("name")
 def node_standby(config_path: str, via: str | None, name: str) -> None:
     """Move every group off NAME and keep them off until `vigil node online`."""
@@ -100,7 +102,7 @@ def node_standby(config_path: str, via: str | None, name: str) -> None:
 
 @node.command("online")
 @config_option
-@click.option("--via", default=None, help="Node whose daemon takes the request.")
+@via_option
 @click.argument("name")
 def node_online(config_path: str, via: str | None, name: str) -> None:
     """Let NAME run groups again."""
@@ -117,7 +119,7 @@ def group() -> None:
 
 @group.command("move")
 @config_option
-@click.option("--via", default=None, help="Node whose daemon takes the request.")
+@via_option
 @click.argument("group_name")
 @click.argument("target")
 def group_move(config_path: str, via: str | None, group_name: str, target: str) -> None:
@@ -147,7 +149,7 @@ def resource_cleanup(config_path: str, node: str | None, name: str) -> None:
 def _by_hand(command: str, summary: str) -> None:
     @resource.command(command.replace("_", "-"), help=summary)
     @config_option
-    @click.option("--via", default=None, help="Node whose daemon takes the request.")
+    @via_option
     @click.argument("name")
     def run(config_path: str, via: str | None, name: str) -> None:
         _request(config_path, via, command, resource=name)
@@ -173,7 +175,7 @@ def resource_mark_oos(config_path: str, node: str | None, name: str) -> None:
 
 @cli.command()
 @config_option
-@click.option("--via", default=None, help="Node whose daemon takes the request.")
+@via_option
 @click.argument("state", type=click.Choice(["on", "off"]))
 def maintenance(config_path: str, via: str | None, state: str) -> None:
     """Maintenance mode, cluster-wide: monitors and recovery pause and nothing is started,
