@@ -39,6 +39,7 @@ class Observer:
         self.links: dict[tuple[str, str], bool] = {}
         self.quorate: bool | None = None
         self.placement: dict[str, str | None] = {}
+        self.epoch: object = None  # of the placement seen last
 
     def from_notice(self, notice: Notice, core: NodeCore) -> Iterator[Notification]:
         f = dict(notice.fields)
@@ -71,7 +72,10 @@ class Observer:
         links = {(n, link): up for n, ls in core.link_state().items() for link, up in ls.items()
                  if n != self.node}
         quorate = core.quorate()
-        placement = dict(core.accepted.placement)
+        # This runs after every event, heartbeats included: look at the placement (as many
+        # entries as groups) only when a new one was accepted.
+        epoch = core.accepted.epoch
+        placement = self.placement if epoch == self.epoch else dict(core.accepted.placement)
         first = self.alive is None
         previous_alive = self.alive or alive
         if not first:
@@ -90,7 +94,8 @@ class Observer:
             if quorate != self.quorate:
                 yield (QuorumGained(node=self.node, time=now, text="quorum gained") if quorate
                        else QuorumLost(node=self.node, time=now, text="quorum lost"))
-            for group in sorted(set(placement) | set(self.placement)):
+            for group in (() if placement is self.placement else
+                          sorted(set(placement) | set(self.placement))):
                 before, after = self.placement.get(group), placement.get(group)
                 if before != after and (before is not None or after is not None):
                     yield GroupMoved(node=self.node, time=now, group=group,
@@ -98,4 +103,4 @@ class Observer:
                                      text=f"{group} placed on {after or 'no node'} (was "
                                           f"{before or 'nowhere'})")
         self.alive, self.links, self.quorate = alive, links, quorate
-        self.placement = placement
+        self.placement, self.epoch = placement, epoch
