@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test demo soak bench lint typecheck clean
+.PHONY: test test-fast demo soak bench lint typecheck clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,13 +21,17 @@ typecheck: $(STAMP)
 test: lint typecheck
 	PYTHONHASHSEED=0 $(BIN)/python -m pytest -q
 
+# The pure core and the simulation only: an answer in about a minute.
+test-fast: $(STAMP)
+	PYTHONHASHSEED=0 $(BIN)/python -m pytest -q tests/unit tests/sim
+
 demo: $(STAMP)
 	$(BIN)/python -m vigil.demo
 
 # The long simulation run: many more examples and steps than `make test`.
 soak: $(STAMP)
 	VIGIL_SIM_EXAMPLES=500 VIGIL_SIM_STEPS=100 VIGIL_SIM_LARGE=16,32 $(BIN)/python -m pytest -q \
-		tests/test_simulation.py -p no:cacheprovider --timeout=7200
+		tests/sim/test_simulation.py -p no:cacheprovider --timeout=7200
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.transition_bench --write

@@ -34,7 +34,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # `tests.nscluster` lives in the repository, not the package
+if str(ROOT) not in sys.path:  # `tests.support.nscluster` lives in the repository, not the package
     sys.path.insert(0, str(ROOT))
 
 import argparse  # noqa: E402
@@ -43,8 +43,8 @@ import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
 
-from tests.nscluster import NsCluster, SharedDisk, nscluster_unavailable  # noqa: E402
-from tests.test_ns_resources import PAGE, PROBER, VIP, web_group  # noqa: E402
+from tests.support.nscluster import NsCluster, SharedDisk, nscluster_unavailable  # noqa: E402
+from tests.system.test_ns_resources import PAGE, PROBER, VIP, web_group  # noqa: E402
 
 MODES = ("power-off", "sigterm")
 MARK_BEGIN = "<!-- failover-bench:begin -->"

@@ -1,7 +1,7 @@
 """CPU time and messages of one complete transition after a node crash, in the simulator.
 
 For every cluster size (3, 9, 32 nodes) and number of groups (10, 100, 1,000) the benchmark
-builds a :class:`SimCluster` from ``tests.simconfig.sim_config(nodes, groups,
+builds a :class:`SimCluster` from ``tests.support.simconfig.sim_config(nodes, groups,
 group_chain=False)`` (two resources per group, independent groups, every node may run every
 group with a rotating preference, invariant checker off), runs it until it has settled, crashes
 one node and measures until the cluster has settled again with every group that can run back
@@ -52,7 +52,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # `tests.simconfig` lives in the repository, not the package
+if str(ROOT) not in sys.path:  # `tests.support.simconfig` lives in the repository, not the package
     sys.path.insert(0, str(ROOT))
 
 import argparse  # noqa: E402
@@ -72,7 +72,7 @@ from dataclasses import dataclass, fields  # noqa: E402
 from datetime import date  # noqa: E402
 from typing import Literal  # noqa: E402
 
-from tests.simconfig import sim_config  # noqa: E402
+from tests.support.simconfig import sim_config  # noqa: E402
 from vigil.cluster.events import NO_EPOCH, Epoch, Event, Received, Tick, fmt_epoch  # noqa: E402
 from vigil.cluster.node import NodeCore  # noqa: E402
 from vigil.cluster.sim import SimCluster  # noqa: E402

@@ -18,3 +18,17 @@ settings.load_profile("vigil")
 def _no_actor_outlives_its_test() -> Iterator[None]:
     yield
     pykka.ActorRegistry.stop_all(timeout=10)
+
+
+_TIERS = ("unit", "sim", "integration", "system")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test with its tier (the folder it lives in): ``pytest -m unit`` and
+    ``pytest tests/unit tests/sim`` give an answer in under a minute."""
+    for item in items:
+        parts = item.path.parts
+        for tier in _TIERS:
+            if tier in parts:
+                item.add_marker(getattr(pytest.mark, tier))
+                break

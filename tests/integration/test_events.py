@@ -27,7 +27,7 @@ import pytest
 import zmq
 from click.testing import CliRunner
 
-from tests.cluster_harness import MemoryCluster, cluster_toml, wait_for
+from tests.support.cluster_harness import MemoryCluster, cluster_toml, wait_for
 from vigil.actors.alerts import AlertsActor
 from vigil.actors.base import Directory
 from vigil.actors.control import request
@@ -47,7 +47,7 @@ from vigil.cli.main import cli
 from vigil.config import AlertConfig, load_key, loads
 from vigil.resources.proc import group_members, pid_alive
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # `python -m vigil.cli.main` would run main() before the module's last lines add `events`.
 VIGIL = [sys.executable, "-c", "from vigil.cli.main import main; main()"]
 

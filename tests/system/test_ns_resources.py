@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.nscluster import NsCluster, SharedDisk, nscluster_fixture
+from tests.support.nscluster import NsCluster, SharedDisk, nscluster_fixture
 
 cluster = nscluster_fixture(hosts=3)
 

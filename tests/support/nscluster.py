@@ -67,7 +67,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, Final
 
-from tests.cluster_harness import wait_for as _wait_for
+from tests.support.cluster_harness import wait_for as _wait_for
 from vigil.actors.control import request
 from vigil.config import write_key
 from vigil.resources import proc

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.nscluster import NsCluster, nscluster_fixture, require_nscluster
+from tests.support.nscluster import NsCluster, nscluster_fixture, require_nscluster
 from vigil.resources.proc import pid_alive
 
 cluster = nscluster_fixture(hosts=3)

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.cluster_harness import cluster_toml
+from tests.support.cluster_harness import cluster_toml
 from vigil.config import (
     ConfigError,
     ConfigProblem,
@@ -25,7 +25,7 @@ from vigil.config import (
     write_key,
 )
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 CLUSTER = 'name = "demo"\nkey_file = "demo.key"\n'
 NODES = """

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from tests.cluster_harness import MemoryCluster, wait_for
-from tests.test_hafs import mounted, needs_fuse, read, write_config
+from tests.support.cluster_harness import MemoryCluster, wait_for
+from tests.system.test_hafs import mounted, needs_fuse, read, write_config
 from vigil.actors.control import request
 from vigil.api import Client, Refused
 from vigil.cli.main import cli

@@ -1,6 +1,6 @@
 """Holds ip resources in a long-lived process, as the daemon does, for tests/test_ip.py.
 
-The tests start it inside a network namespace (``ip netns exec NS python -m tests.ip_driver
+The tests start it inside a network namespace (``ip netns exec NS python -m tests.support.ip_driver
 SPECS``) because the resource acts on the namespace of the process that runs it. SPECS is a JSON
 list of ``{"name": ..., "params": {...}}`` (optionally ``start_timeout``, ``stop_timeout``).
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tests.cluster_harness import cluster_toml
+from tests.support.cluster_harness import cluster_toml
 from vigil.cli.main import cli
 
-DEMO = Path(__file__).resolve().parent.parent / "config" / "demo.toml"
+DEMO = Path(__file__).resolve().parents[2] / "config" / "demo.toml"
 
 
 def write(tmp: Path, text: str) -> Path:

@@ -29,7 +29,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from tests.simconfig import sim_config
+from tests.support.simconfig import sim_config
 from vigil.cluster.events import AdminRequest
 from vigil.cluster.node import stop_bound
 from vigil.cluster.sim import SimCluster

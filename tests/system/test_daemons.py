@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster_harness import wait_for
+from tests.support.cluster_harness import wait_for
 from vigil.config import write_key
 
 NODES = ("alpha", "beta", "gamma")

@@ -35,7 +35,7 @@ from vigil.resources.ip import (
 )
 from vigil.resources.registry import default_registry
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 VIP = "198.18.200.100"
 NIC_A, NIC_B = "vigA", "vigB"
 WAIT = 20.0  # every wait for a condition or an answer gives up after this long
@@ -182,7 +182,7 @@ class Driver:
     def __init__(self, net: Net, ns: str, specs: list[dict[str, Any]],
                  wrapper: tuple[str, ...] = ()) -> None:
         self.log = net.tmp / f"driver-{next(_names)}.log"
-        self.process = net.spawn(ns, [*wrapper, sys.executable, "-m", "tests.ip_driver",
+        self.process = net.spawn(ns, [*wrapper, sys.executable, "-m", "tests.support.ip_driver",
                                       json.dumps(specs)], stderr_to=self.log)
         self.lines = Lines(self.process)
         assert json.loads(self.lines.next(WAIT, self._what("startup"))) == {"ready": True}

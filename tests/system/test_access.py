@@ -27,7 +27,7 @@ from typing import Any
 import pykka
 import pytest
 
-from tests.cluster_harness import MemoryCluster, cluster_toml, wait_for
+from tests.support.cluster_harness import MemoryCluster, cluster_toml, wait_for
 from vigil.actors.control import request
 from vigil.api import Decision
 from vigil.config import load_key, loads

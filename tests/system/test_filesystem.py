@@ -29,8 +29,8 @@ from vigil.resources import proc
 from vigil.resources.filesystem import FilesystemType, read_mountinfo
 from vigil.resources.registry import default_registry
 
-REPO = Path(__file__).resolve().parent.parent
-DRIVER = Path(__file__).resolve().parent / "fs_driver.py"
+REPO = Path(__file__).resolve().parents[2]
+DRIVER = Path(__file__).resolve().parent.parent / "support" / "fs_driver.py"
 SBIN_PATH = os.environ.get("PATH", "/usr/bin:/bin") + ":/usr/sbin:/sbin"
 TOOLS = ("losetup", "mkfs.ext4", "mount", "umount", "unshare", "fsck", "blkid")
 

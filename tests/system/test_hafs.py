@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster_harness import MemoryCluster, cluster_toml, wait_for
+from tests.support.cluster_harness import MemoryCluster, cluster_toml, wait_for
 from vigil.config import load, load_key
 from vigil.ha.fs import build_tree, diagnosis_text, refusal_errno
 

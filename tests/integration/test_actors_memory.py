@@ -18,7 +18,7 @@ from typing import Any
 import pykka
 import pytest
 
-from tests.cluster_harness import MemoryCluster, cluster_toml, wait_for
+from tests.support.cluster_harness import MemoryCluster, cluster_toml, wait_for
 from vigil.api.notifications import (
     GroupMoved,
     GroupStateChanged,

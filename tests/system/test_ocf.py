@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tests.cluster_harness import cluster_toml, wait_for
+from tests.support.cluster_harness import cluster_toml, wait_for
 from vigil.cli.main import cli
 from vigil.config import MonitorConfig, ResourceConfig, TypeDefaults
 from vigil.resources import proc

@@ -36,7 +36,7 @@ from vigil.resources.model import (
 )
 from vigil.resources.registry import ResourceTypeRegistry, default_registry
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
 
 

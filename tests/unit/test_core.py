@@ -3,7 +3,7 @@
 Each test is one story an operator would notice (a crash, a clean shutdown, a partition, a
 manual move...) told with simulated time only: every run is deterministic and bounded.
 
-The configurations come from ``tests.simconfig.sim_config``: group ``gI`` prefers node ``I``
+The configurations come from ``tests.support.simconfig.sim_config``: group ``gI`` prefers node ``I``
 (cost 0), then the following nodes at 10, 20...; with ``group_chain`` the group ``g1``
 depends on ``g0`` (same node, started after it). Timing: heartbeat 0.1 s, dead_time 0.5 s,
 lease_time 0.5 s, step_timeout 1 s, fence_margin 0.05 s; a group has two resources that the
@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.simconfig import sim_config
+from tests.support.simconfig import sim_config
 from vigil.cluster.events import (
     NO_EPOCH,
     AdminRequest,
