@@ -126,7 +126,7 @@ def main() -> int:
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
                 holders = [n for n, rt in runtimes.items()
-                           if rt.status()["groups"]["web"]["node"] == n]
+                           if rt.status().groups["web"].node == n]
                 if holders:
                     break
                 time.sleep(0.1)

@@ -551,7 +551,7 @@ def _unix_group(c: _Checker, t: Mapping[str, object], key: str) -> str:
 
 
 def _read_alerts(c: _Checker, root: Mapping[str, object]) -> tuple[AlertConfig, ...]:
-    from vigil.api.notifications import KINDS
+    from vigil.notifications import KINDS
 
     raw = root.get("alerts", [])
     if not isinstance(raw, list):

@@ -16,7 +16,7 @@ import zmq
 
 from vigil.actors.link import LinkFactory
 from vigil.actors.node import NodeRuntime
-from vigil.cluster.node import stop_bound
+from vigil.cluster.placement import stop_bound
 from vigil.config import ClusterConfig, ConfigError, load, load_key
 from vigil.resources.registry import default_registry
 from vigil.transports import ZmqLink

@@ -31,7 +31,7 @@ from hypothesis.stateful import (
 
 from tests.support.simconfig import sim_config
 from vigil.cluster.events import AdminRequest
-from vigil.cluster.node import stop_bound
+from vigil.cluster.placement import stop_bound
 from vigil.cluster.sim import SimCluster
 from vigil.config import ClusterConfig
 
@@ -152,12 +152,12 @@ class ClusterMachine(RuleBasedStateMachine):
     def resource_by_hand(self, data: st.DataObject, how: str) -> None:
         via = data.draw(st.sampled_from(self.names))
         resource = data.draw(st.sampled_from(sorted(self.cluster.config.resources)))
-        self.cluster.request(via, AdminRequest(how, group=resource))  # type: ignore[arg-type]
+        self.cluster.request(via, AdminRequest(how, resource=resource))  # type: ignore[arg-type]
 
     @rule(data=st.data(), on=st.booleans())
     def maintenance(self, data: st.DataObject, on: bool) -> None:
         via = data.draw(st.sampled_from(self.names))
-        self.cluster.request(via, AdminRequest("maintenance", node="on" if on else "off"))
+        self.cluster.request(via, AdminRequest("maintenance", on=on))
 
     # ---- time ----------------------------------------------------------------------------
 
@@ -189,9 +189,9 @@ class ClusterMachine(RuleBasedStateMachine):
         for name in self.names:
             if c.nodes[name].core is None:
                 c.power_on(name)
-        c.request(self.names[0], AdminRequest("maintenance", node="off"))
+        c.request(self.names[0], AdminRequest("maintenance", on=False))
         for r in sorted(c.config.resources):
-            c.request(self.names[0], AdminRequest("enable", group=r))
+            c.request(self.names[0], AdminRequest("enable", resource=r))
         for name in self.names:
             core = c.nodes[name].core
             assert core is not None

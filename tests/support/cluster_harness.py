@@ -96,7 +96,8 @@ class MemoryCluster:
         rt.stop()
 
     def status(self, via: str) -> dict[str, Any]:
-        return self.nodes[via].status()
+        """The status tree as JSON (``vigil status --json``): what the tests read."""
+        return self.nodes[via].status().to_json()
 
     def holders(self, group: str) -> list[str]:
         """Nodes whose own view says the group is in service there."""
@@ -106,7 +107,7 @@ class MemoryCluster:
                 st = rt.status()
             except Exception:
                 continue
-            if st["groups"][group]["node"] == name:
+            if st.groups[group].node == name:
                 out.append(name)
         return out
 

@@ -23,7 +23,6 @@ import pytest
 
 from tests.support.simconfig import sim_config
 from vigil.cluster.events import (
-    NO_EPOCH,
     AdminRequest,
     ClearFailures,
     Event,
@@ -33,15 +32,12 @@ from vigil.cluster.events import (
     Shutdown,
     Tick,
 )
-from vigil.cluster.node import (
-    NO_ACCEPTED,
-    Accepted,
-    LocalState,
-    NodeCore,
-    Persisted,
-    stop_bound,
-)
+from vigil.cluster.local import LocalState
+from vigil.cluster.node import NodeCore
+from vigil.cluster.placement import stop_bound
+from vigil.cluster.promise import Persisted
 from vigil.cluster.sim import SimCluster, SimNode
+from vigil.cluster.wire import NO_ACCEPTED, NO_EPOCH, Accepted
 from vigil.config import ClusterConfig
 from vigil.messages import Message
 
@@ -134,18 +130,16 @@ def last_costs(c: Recorder, node: str, since: float) -> dict[str, float]:
 def test_three_nodes_form_one_epoch_led_by_the_lowest_name_with_preferred_placement() -> None:
     c = formed(sim_config(3, 3, group_chain=False))
     statuses = {n: c.core(n).status() for n in c.config.node_names}
-    assert {s["epoch"] for s in statuses.values()} == {"1.alpha"}
-    assert {s["master"] for s in statuses.values()} == {"alpha"}
-    assert all(s["closed"] and s["quorate"] and s["lease_valid"] for s in statuses.values())
-    assert all(s["members"] == ["alpha", "beta", "gamma"] for s in statuses.values())
+    assert {s.epoch for s in statuses.values()} == {"1.alpha"}
+    assert {s.master for s in statuses.values()} == {"alpha"}
+    assert all(s.closed and s.quorate and s.lease_valid for s in statuses.values())
+    assert all(s.members == ("alpha", "beta", "gamma") for s in statuses.values())
     # every group in service exactly once, where ``prefer`` puts it (gI prefers node I)
     assert c.where() == {"g0": "alpha", "g1": "beta", "g2": "gamma"}
     # and every node agrees on where each group is and what was placed
     for s in statuses.values():
-        groups = s["groups"]
-        assert isinstance(groups, dict)
-        assert {g: v["node"] for g, v in groups.items()} == c.where()
-        assert {g: v["placed"] for g, v in groups.items()} == c.where()
+        assert {g: v.node for g, v in s.groups.items()} == c.where()
+        assert {g: v.placed for g, v in s.groups.items()} == c.where()
     assert c.starts == 3  # each group started once, nothing started twice
 
 
@@ -213,7 +207,7 @@ def test_clean_shutdown_stops_in_reverse_order_says_bye_and_is_taken_over_withou
     assert takeover < fence_wait
     assert not any("waiting until" in text for when, text in c.core("alpha").decisions
                    if when >= t0)
-    assert c.core("alpha").status()["members"] == ["alpha", "gamma"]
+    assert c.core("alpha").status().members == ("alpha", "gamma")
 
     # ...which is much faster than losing the same node to a crash
     crashed = formed(cfg)
@@ -233,7 +227,7 @@ def test_a_node_that_left_cleanly_is_not_in_the_next_epoch_and_its_groups_stay_m
     c.run_for(3.0)
     assert c.settled()
     assert c.where() == {"g0": "alpha", "g1": "beta", "g2": "alpha"}
-    assert c.core("alpha").status()["members"] == ["alpha", "beta"]
+    assert c.core("alpha").status().members == ("alpha", "beta")
 
 
 # ---- partitions and quorum -----------------------------------------------------------------
@@ -262,7 +256,7 @@ def test_a_minority_partition_stops_its_groups_within_the_lease_and_the_majority
     for x in minority:
         core = c.core(x)
         status = core.status()
-        assert not status["quorate"] and not status["lease_valid"]
+        assert not status.quorate and not status.lease_valid
         # starts nothing and declares nothing
         assert c.ops_since(t0, node=x, what="start") == []
         assert c.messages("declare", since=t0, sender=x) == []
@@ -303,15 +297,15 @@ def test_two_of_five_alive_never_declare_an_epoch_nor_start_anything() -> None:
     for name in ("alpha", "beta"):
         core = c.core(name)
         assert core.promised == NO_EPOCH and core.round is None
-        assert core.status()["quorate"] is False
-        assert core.status()["quorum"] == "2 of 5 votes, need 3"
+        assert core.status().quorate is False
+        assert core.status().quorum == "2 of 5 votes, need 3"
     assert c.messages("declare") == []
     assert c.ops == [] and c.starts == 0
     # a third node makes a quorum: now the cluster forms
     c.power_on("gamma")
     c.run_for(FORM)
     assert c.settled()
-    assert c.core("alpha").status()["members"] == ["alpha", "beta", "gamma"]
+    assert c.core("alpha").status().members == ("alpha", "beta", "gamma")
     assert all(v is not None for v in c.where().values())
 
 
@@ -324,14 +318,14 @@ def test_two_node_with_wait_for_all_a_node_that_never_saw_its_peer_starts_nothin
     c.power_on("alpha")  # a fresh start that never hears beta
     c.run_for(10.0)
     core = c.core("alpha")
-    assert not core.seen_all
-    assert core.status()["quorate"] is False
+    assert not core.membership.seen_all
+    assert core.status().quorate is False
     assert core.promised == NO_EPOCH
     assert c.messages("declare") == [] and c.ops == []
     # once it has seen its peer, it forms the cluster
     c.power_on("beta")
     c.run_for(FORM)
-    assert c.settled() and core.seen_all
+    assert c.settled() and core.membership.seen_all
     assert c.where() == {"g0": "alpha", "g1": "beta"}
 
 
@@ -342,7 +336,7 @@ def test_two_node_a_lone_survivor_that_saw_its_peer_stays_quorate_and_fences_it(
     c.crash("beta")
     c.run_for(3.0)
     core = c.core("alpha")
-    assert core.status()["quorate"] is True
+    assert core.status().quorate is True
     assert c.where() == {"g0": "alpha", "g1": "alpha"}
     assert any(text == "fencing beta" for when, text in core.decisions if when >= t0)
     assert c.settled()
@@ -368,10 +362,10 @@ def test_a_node_with_a_different_config_digest_is_kept_out_and_reported() -> Non
     c.run_for(FORM)
     for name in ("alpha", "beta"):
         status = c.core(name).status()
-        assert status["mismatched"] == ["gamma"]
-        assert status["members"] == ["alpha", "beta"]
-        assert status["alive"] == ["alpha", "beta"]
-    assert c.core("gamma").status()["mismatched"] == ["alpha", "beta"]
+        assert status.mismatched == ("gamma",)
+        assert status.members == ("alpha", "beta")
+        assert status.alive == ("alpha", "beta")
+    assert c.core("gamma").status().mismatched == ("alpha", "beta")
     assert c.core("gamma").promised == NO_EPOCH
     # gamma runs nothing, even the group that prefers it
     where = c.where()
@@ -388,9 +382,10 @@ def _idle_core() -> tuple[NodeCore, float]:
 
 
 def _snapshot(core: NodeCore) -> object:
-    return (core.persisted(), {n: dataclasses.astuple(p) for n, p in core.peers.items()},
-            dict(core.local), dict(core.requests), core.round, core.seen_all,
-            set(core.mismatched), dict(core.departed), dict(core.support), core.want)
+    m = core.membership
+    return (core.persisted(), {n: dataclasses.astuple(p) for n, p in m.peers.items()},
+            dict(core.local), dict(core.requests.queued), core.round, m.seen_all,
+            set(m.mismatched), dict(m.departed), dict(m.support), core.groups.failures)
 
 
 def _hb(sender: str, **changes: str) -> Message:
@@ -424,9 +419,9 @@ def test_unknown_or_malformed_messages_are_dropped_counted_and_change_nothing(
     out = core.handle(Received(msg, "lan0"), now)
     assert core.dropped == 1
     assert _snapshot(core) == before
-    assert out.messages == [] and all(type(a).__name__ == "Notice" for a in out.actions)
+    assert out.messages == [] and out.actions == []
     if msg.sender not in core.config.nodes:
-        assert msg.sender not in core.last_heard
+        assert msg.sender not in core.membership.last_heard
 
 
 def test_a_declare_with_a_malformed_view_does_not_raise_the_highest_epoch_seen() -> None:
@@ -475,7 +470,7 @@ def test_a_manual_move_goes_through_a_new_epoch_stopping_before_starting() -> No
     assert c.where() == {"g0": "beta", "g1": "beta", "g2": "gamma"}
     assert c.core("alpha").promised == (2, "alpha")
     assert c.first(t0, "alpha", "g0", "stop-done") < c.first(t0, "beta", "g0", "start")
-    assert c.core("gamma").requests == {}  # applied, so no longer pending
+    assert c.core("gamma").requests.queued == {}  # applied, so no longer pending
     # the move sticks: nothing flows back to the preferred node afterwards
     t1 = c.now
     c.run_for(3.0)
@@ -495,7 +490,7 @@ def test_a_request_made_on_the_master_node_is_honoured(kind: str) -> None:
     if kind == "move":
         assert c.where()["g0"] == "beta"
     else:
-        assert c.core("alpha").status()["standby"] == ["beta"]
+        assert c.core("alpha").status().standby == ("beta",)
         assert "beta" not in c.where().values()
 
 
@@ -504,7 +499,7 @@ def test_standby_empties_a_node_and_online_lets_it_run_groups_again_without_fail
     t0 = c.now
     c.request("gamma", AdminRequest("standby", node="beta"))
     c.run_for(3.0)
-    assert c.core("alpha").status()["standby"] == ["beta"]
+    assert c.core("alpha").status().standby == ("beta",)
     assert "beta" not in c.where().values()
     assert c.where()["g1"] == "gamma"  # the next cheapest for g1
     assert c.ops_since(t0, node="beta", what="start") == []
@@ -512,7 +507,7 @@ def test_standby_empties_a_node_and_online_lets_it_run_groups_again_without_fail
     t1 = c.now
     c.request("gamma", AdminRequest("online", node="beta"))
     c.run_for(3.0)
-    assert c.core("alpha").status()["standby"] == []
+    assert c.core("alpha").status().standby == ()
     # failback is off: g1 stays where it runs
     assert c.where()["g1"] == "gamma"
     assert c.ops_since(t1) == []
@@ -666,7 +661,7 @@ def test_a_restarted_node_keeps_its_promise_and_refuses_older_epochs() -> None:
     state = Persisted(promised=(7, "alpha"), promised_view=("alpha", "beta", "gamma"),
                       max_seen=9)
     core = NodeCore(cfg, "beta", incarnation=2, now=0.0, persisted=state)
-    assert core.promised == (7, "alpha") and core.max_seen == 9
+    assert core.promised == (7, "alpha") and core.promise.max_seen == 9
     core.handle(Tick(), 0.0)
 
     def declare(epoch: str) -> list[Message]:
@@ -705,7 +700,7 @@ def test_a_fresh_node_has_no_epoch_and_no_placement() -> None:
     core = NodeCore(cfg, "beta", incarnation=1, now=0.0)
     assert core.promised == NO_EPOCH and core.accepted == NO_ACCEPTED
     status = core.status()
-    assert status["epoch"] == "0" and status["master"] is None
+    assert status.epoch == "0" and status.master is None
     with pytest.raises(ValueError, match="not in the configuration"):
         NodeCore(cfg, "zeta", incarnation=1, now=0.0)
 
@@ -713,7 +708,8 @@ def test_a_fresh_node_has_no_epoch_and_no_placement() -> None:
 def test_a_stale_stop_from_an_older_epoch_is_ignored() -> None:
     """A request of an epoch the node no longer promises (a late or replayed message of a
     former master) must not stop anything."""
-    from vigil.cluster.events import Received, fmt_epoch
+    from vigil.cluster.events import Received
+    from vigil.cluster.wire import fmt_epoch
     from vigil.messages import Message
 
     sim = SimCluster(sim_config(3, 3), rng=random.Random(3))
@@ -759,7 +755,7 @@ def test_on_fail_ignore_leaves_the_group_alone() -> None:
 def test_on_fail_standby_moves_everything_off_the_node() -> None:
     c = formed(sim_config(3, 3, group_chain=False))
     holder, _ = _holder_fails(c, "standby")
-    assert holder in c.core(holder).accepted.standby
+    assert holder in c.core(holder).accepted.admin
     assert holder not in c.where().values()
     assert all(node is not None for node in c.where().values())
 
@@ -793,13 +789,13 @@ def test_a_holder_cut_off_in_maintenance_is_still_waited_for_after_it() -> None:
     c = Recorder(cfg, stop_duration=0.45)
     c.run_for(FORM)
     assert c.where()["g1"] == "beta"
-    c.request("alpha", AdminRequest("maintenance", node="on"))
+    c.request("alpha", AdminRequest("maintenance", on=True))
     c.run_for(2.0)
     assert c.core("alpha").accepted.maintenance
     c.partition({"beta"}, {"alpha", "gamma"})
     c.run_for(1.5)  # the majority closes an epoch without beta, still in maintenance
     assert c.core("alpha").accepted.placement["g1"] == "beta"  # not forgotten
-    c.request("alpha", AdminRequest("maintenance", node="off"))
+    c.request("alpha", AdminRequest("maintenance", on=False))
     c.run_for(6.0)  # the simulator's exclusivity check runs at every start
     assert c.where()["g1"] in ("alpha", "gamma")
 
@@ -819,7 +815,7 @@ def test_a_failed_group_under_a_running_dependent_is_restarted_after_it() -> Non
     assert ops.index(("g0", "stop-done")) < ops.index(("g0", "start"))
     assert ops.index(("g0", "start-done")) < ops.index(("g1", "start"))
     assert c.where() == {"g0": holder, "g1": holder}
-    assert not c.core(holder).failed_hold
+    assert not c.core(holder).groups.held
 
 
 def test_a_restart_in_place_leaves_members_out_of_service_by_hand_out() -> None:
@@ -828,7 +824,7 @@ def test_a_restart_in_place_leaves_members_out_of_service_by_hand_out() -> None:
     c.run_for(FORM)
     holder = c.where()["g0"]
     assert holder is not None
-    c.request(holder, AdminRequest("disable", group="g0-r2"))
+    c.request(holder, AdminRequest("disable", resource="g0-r2"))
     c.run_for(2.0)
     node = c.nodes[holder]
     assert "g0-r2" not in node.resources and node.resources.get("g0-r1") == "in"
@@ -846,9 +842,9 @@ def test_members_back_in_service_start_in_group_dependency_order() -> None:
     holder = c.where()["g0"]
     assert holder is not None
     for r in ("g0-r0", "g1-r0"):
-        c.request("alpha", AdminRequest("disable", group=r))
+        c.request("alpha", AdminRequest("disable", resource=r))
     c.run_for(2.0)
     for r in ("g0-r0", "g1-r0"):
-        c.request("alpha", AdminRequest("enable", group=r))
+        c.request("alpha", AdminRequest("enable", resource=r))
     c.run_for(2.0)  # the simulator checks the order at every start
     assert all(c.nodes[holder].resources.get(r) == "in" for r in cfg.resources)

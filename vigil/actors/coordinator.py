@@ -5,6 +5,7 @@ to the group actors, and sets one timer for the core's next deadline."""
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import logging
@@ -28,16 +29,13 @@ from vigil.actors.messages import (
     StartGroupCmd,
     StopGroupCmd,
 )
-from vigil.actors.observer import Observer
 from vigil.actors.timer import DeadlineTimer
-from vigil.api.notifications import GroupMoved, Notification, ResourceStateChanged
 from vigil.cluster.events import (
     AdminRequest,
     ClearFailures,
     Event,
     FenceNode,
-    GroupDone,
-    Notice,
+    MarkedOutOfService,
     Output,
     RestartResource,
     Shutdown,
@@ -45,10 +43,12 @@ from vigil.cluster.events import (
     StopGroup,
     Tick,
 )
-from vigil.cluster.node import LocalState, NodeCore, Persisted
-from vigil.cluster.strategy import group_order
+from vigil.cluster.node import NodeCore
+from vigil.cluster.promise import Persisted
+from vigil.cluster.view import ResourceFacts
 from vigil.config import ClusterConfig
-from vigil.resources.graph import member_graphs
+from vigil.notifications import FailCountsCleared, ResourceStateChanged
+from vigil.status import ClusterStatus, Operation
 from vigil.transports import Codec, Sequencer
 
 log = logging.getLogger(__name__)
@@ -96,16 +96,11 @@ class CoordinatorActor(VigilActor):
             r: ("UNKNOWN", "not yet probed") for r, c in config.resources.items()}
         # per resource on this node, for `vigil status`: failures since the last cleanup
         self.resource_fails: dict[str, int] = {}
-        self.last_failure: dict[str, dict[str, Any]] = {}
-        self.last_diagnostic: dict[str, dict[str, Any]] = {}
+        self.last_failure: dict[str, Operation] = {}
+        self.last_diagnostic: dict[str, Operation] = {}
         self.running: frozenset[str] = frozenset()
-        self.observer = Observer(node)
         self.timer: DeadlineTimer | None = None
         self.left = False
-        graphs = member_graphs(config)
-        self.dependents = {r: graph.dependents(r) for graph in graphs.values()
-                           for r in graph.names()}
-        self.start_order = [r for g in group_order(config) for r in graphs[g].start_order()]
 
     def on_start(self) -> None:
         me = self.actor_ref
@@ -127,20 +122,10 @@ class CoordinatorActor(VigilActor):
             self._resource_state(message)
             return None
         if isinstance(message, ResourceOpDone):  # a mark_oos by hand
-            self._marked(message.resource)
+            self._handle(MarkedOutOfService(message.resource))
             return None
         self._handle(message)
         return None
-
-    def _marked(self, resource: str) -> None:
-        """After mark_oos: a group that is unclean here only because of failed stops is
-        stopped once every member is marked (or found) out of service — the operator's word
-        replaces fencing for it."""
-        group = self.config.resources[resource].group
-        members = self.config.groups[group].resources
-        if self.core.local.get(group) is LocalState.UNCLEAN and all(
-                self.resource_states[r][0] in ("OOS", "UNKNOWN") for r in members):
-            self._handle(GroupDone(group, "stop", True, "marked out of service by hand"))
 
     def _resource_state(self, m: ResourceState) -> None:
         if self.resource_states[m.resource][0] != m.state:
@@ -149,8 +134,8 @@ class CoordinatorActor(VigilActor):
                 state=m.state, reason=m.reason,
                 text=f"{m.resource} {m.state} on {self.node} ({m.reason})"))
         self.resource_states[m.resource] = (m.state, m.reason)
-        entry = {"ok": m.ok, "op": m.op, "state": m.state, "reason": m.reason,
-                 "at": time.strftime("%H:%M:%S", time.localtime(m.at))}
+        entry = Operation(ok=m.ok, op=m.op, state=m.state, reason=m.reason,
+                          at=time.strftime("%H:%M:%S", time.localtime(m.at or time.time())))
         if m.op == "monitor":
             self.last_diagnostic[m.resource] = entry
         if not m.ok:
@@ -173,43 +158,21 @@ class CoordinatorActor(VigilActor):
             frames = tuple(self.codec.encode(self.sequencer.stamp(msg)))
             for link in self.links:
                 self.directory.tell(f"link:{link}", SendFrames(frames))
-        notes: list[Notification] = []
-        notices: list[Notice] = []
         for action in out.actions:
-            if isinstance(action, StartGroup):
+            if isinstance(action, (StartGroup, StopGroup, RestartResource)):
                 self.tokens += 1
-                self.directory.tell(f"group:{action.group}", StartGroupCmd(
-                    self.tokens, action.skip, action.kill, action.converge))
-            elif isinstance(action, StopGroup):
-                self.tokens += 1
-                self.directory.tell(f"group:{action.group}",
-                                    StopGroupCmd(self.tokens, action.force, action.reason))
-            elif isinstance(action, RestartResource):
-                self.tokens += 1
-                self.directory.tell(f"group:{action.group}",
-                                    RestartResourceCmd(self.tokens, action.resource,
-                                                       action.skip))
+                self.directory.tell(f"group:{action.group}", _command(self.tokens, action))
             elif isinstance(action, FenceNode):
                 log.error("fencing %s requested, but fencer %r cannot power nodes off",
                           action.node, self.config.fencer)
-            elif isinstance(action, Notice):
-                notices.append(action)
         # Only now, with every command sent: telling must never keep a stop from happening.
-        for notice in notices:
-            cleared = dict(notice.fields).get("cleared")
-            if cleared is not None and cleared in self.config.groups:
-                for r in self.config.groups[cleared].resources:
+        offset = time.time() - time.monotonic()  # core times are monotonic
+        for note in out.notifications:
+            if isinstance(note, FailCountsCleared) and note.node == self.node:
+                for r in self.config.groups[note.group].resources:
                     self.resource_fails.pop(r, None)
-            notes.extend(self.observer.from_notice(notice, self.core))
-        # In the order a person would tell it: who came or went (that is what led to the
-        # decisions), the decisions, then where groups went as a result.
-        changes = list(self.observer.changes(self.core))
-        moves = [n for n in changes if isinstance(n, GroupMoved)]
-        for note in [n for n in changes if not isinstance(n, GroupMoved)] + notes + moves:
-            self.directory.tell("notifier", note)
-        running = frozenset() if self.core.accepted.maintenance else frozenset(
-            g for g in self.core.busy  # not all groups: every event runs this
-            if self.core.local[g] is LocalState.RUNNING)
+            self.directory.tell("notifier", dataclasses.replace(note, time=note.time + offset))
+        running = frozenset() if self.core.accepted.maintenance else self.core.groups.running()
         if running != self.running:
             self.running = running
             self.directory.tell("diagnostics", RunningGroups(running))
@@ -227,7 +190,7 @@ class CoordinatorActor(VigilActor):
         cmd = req.command
         group, node = req.arg("group"), req.arg("node")
         if cmd == "status":
-            return {"ok": True, "status": self.status()}
+            return {"ok": True, "status": self.status().to_json()}
         if cmd == "move":
             if group not in cfg.groups:
                 return _error(_unknown("group", group, cfg.groups))
@@ -256,7 +219,7 @@ class CoordinatorActor(VigilActor):
         if cmd in _BY_HAND:
             if resource not in cfg.resources:
                 return _error(_unknown("resource", resource, cfg.resources))
-            self._handle(AdminRequest(_BY_HAND[cmd], group=resource))
+            self._handle(AdminRequest(_BY_HAND[cmd], resource=resource))
             return {"ok": True, "message": f"{cmd} of {resource} requested; the next "
                     "transition applies it on the node where its group runs (watch "
                     "`vigil status`)"}
@@ -272,7 +235,7 @@ class CoordinatorActor(VigilActor):
             state = req.arg("state")
             if state not in ("on", "off"):
                 return _error(f"maintenance takes 'on' or 'off', not {state!r}")
-            self._handle(AdminRequest("maintenance", node=state))
+            self._handle(AdminRequest("maintenance", on=state == "on"))
             return {"ok": True, "message": f"maintenance {state} requested; the next "
                     "transition applies it cluster-wide"}
         if cmd == "shutdown":
@@ -280,63 +243,11 @@ class CoordinatorActor(VigilActor):
             return {"ok": True, "message": "leaving the cluster"}
         return _error(f"unknown command {cmd!r}")
 
-    def status(self) -> dict[str, Any]:
-        st = self.core.status()
-        alive = set(st["alive"])  # type: ignore[call-overload]
-        nodes = {n: {"state": "online" if n in alive else "offline",
-                     "standby": n in self.core.accepted.standby,
-                     "links": self.core.link_state().get(n, {})}
-                 for n in self.config.node_names}
-        nodes[self.node]["links"] = {link: True for link in self.links}
-        groups: dict[str, Any] = st["groups"]  # type: ignore[assignment]
-        disabled: dict[str, str] = st["disabled"]  # type: ignore[assignment]
-        left_out = {d: r for r in disabled for d in (r, *self.core.resource_dependents[r])}
-        fail_counts = self.core.fail_counts()
-        for name, g in groups.items():
-            g["resources"] = list(self.config.groups[name].resources)
-            g["fail_count"] = fail_counts.get(name, 0)
-        resources = {}
-        for r in self.start_order:
-            cfg = self.config.resources[r]
-            g = groups[cfg.group]
-            if g["node"] == self.node:
-                state, reason = self.resource_states[r]
-            elif isinstance(g["node"], str) and r in left_out:
-                state, reason = "OOS", f"{left_out[r]} taken out of service by hand"
-            elif isinstance(g["node"], str):
-                state, reason = "IN_SERVICE", f"reported by {g['node']}"
-            else:
-                local, reason = self.resource_states[r]
-                state = local if local in ("FAILED", "UNCLEAN") else "OOS"
-            provided_by = g["node"] if state == "IN_SERVICE" else None
-            resources[r] = {"node": provided_by, "provided_by": provided_by,
-                            "group": cfg.group, "type": cfg.type, "state": state,
-                            "service_state": state, "reason": reason,
-                            "depends_on": list(cfg.depends_on),
-                            "dependents": self.dependents[r],
-                            "by_hand": disabled.get(r),
-                            "on_fail": cfg.on_fail,
-                            "fail_count": self.resource_fails.get(r, 0),
-                            "last_failure": self.last_failure.get(r),
-                            "last_diagnostic": self.last_diagnostic.get(r)}
-        return {
-            "cluster": self.config.name,
-            "node": self.node,
-            "epoch": st["epoch"],
-            "master": st["master"],
-            "quorate": st["quorate"],
-            "quorum": st["quorum"],
-            "transition": st["transition"],
-            "maintenance": st["maintenance"],
-            "nodes": nodes,
-            "groups": groups,
-            "resources": resources,
-            "fail_counts": st["fail_counts"],
-            "mismatched": st["mismatched"],
-            "dropped": st["dropped"],
-            "messages": dict(self.codec.counters),
-            "decisions": [[_wall(t), text] for t, text in st["decisions"]],  # type: ignore[attr-defined]
-        }
+    def status(self) -> ClusterStatus:
+        return self.core.status(ResourceFacts(
+            states=self.resource_states, fail_counts=self.resource_fails,
+            last_failure=self.last_failure, last_diagnostic=self.last_diagnostic,
+            messages=self.codec.counters), wall=_wall)
 
 
 def _wall(monotonic: float) -> str:
@@ -358,3 +269,11 @@ def _unknown(what: str, name: str, known: Iterable[str]) -> str:
 
 def _error(message: str) -> dict[str, Any]:
     return {"ok": False, "error": message}
+
+
+def _command(token: int, action: StartGroup | StopGroup | RestartResource) -> object:
+    if isinstance(action, StartGroup):
+        return StartGroupCmd(token, action.skip, action.kill, action.converge)
+    if isinstance(action, StopGroup):
+        return StopGroupCmd(token, action.force, action.reason)
+    return RestartResourceCmd(token, action.resource, action.skip)

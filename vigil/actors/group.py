@@ -113,6 +113,9 @@ class GroupActor(VigilActor):
 
     def _finish(self, ok: bool, reason: str) -> None:
         op, step = self.op, self.step
+        # after a failed stop: the member that failed and those not reached yet may still be
+        # in service (an operator marks them out of service by hand, or the node is fenced)
+        remaining = frozenset({self.waiting_for or "", *(r for r, _ in self.queue)} - {""})
         self.op, self.waiting_for, self.step = None, None, None
         if op == "probe":
             self.directory.tell("coordinator", GroupProbed(self.group, self.probe_active))
@@ -123,4 +126,6 @@ class GroupActor(VigilActor):
         if op in ("start", "stop"):
             log.info("group %s: %s %s%s", self.group, op, "done" if ok else "FAILED",
                      f" ({reason})" if reason else "")
-            self.directory.tell("coordinator", GroupDone(self.group, op, ok, reason))  # type: ignore[arg-type]
+            self.directory.tell("coordinator", GroupDone(
+                self.group, op, ok, reason,  # type: ignore[arg-type]
+                remaining=remaining if op == "stop" and not ok else None))

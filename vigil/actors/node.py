@@ -35,6 +35,7 @@ from vigil.config import ClusterConfig, ResourceConfig, TypeDefaults, apply_type
 from vigil.resources.graph import member_graphs
 from vigil.resources.model import Catalog
 from vigil.resources.registry import ResourceTypeRegistry, default_registry
+from vigil.status import ClusterStatus
 from vigil.transports import Codec, Sequencer
 
 log = logging.getLogger(__name__)
@@ -194,8 +195,8 @@ class NodeRuntime:
             raise RuntimeError(f"node {self.node} is not running")
         return ref
 
-    def status(self, timeout: float = 5.0) -> dict[str, Any]:
-        return cast(dict[str, Any], self.coordinator().ask(GetStatus(), timeout=timeout))
+    def status(self, timeout: float = 5.0) -> ClusterStatus:
+        return cast(ClusterStatus, self.coordinator().ask(GetStatus(), timeout=timeout))
 
     def control(self, command: str, timeout: float = 5.0, **args: str) -> dict[str, Any]:
         return cast(dict[str, Any], self.coordinator().ask(

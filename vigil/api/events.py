@@ -22,8 +22,8 @@ of ``[cluster] status_group`` (its file mode; see ``docs/events.md``). Parameter
     whose daemon to read (default: this host's name, as ``vigil`` commands do).
 ``kinds``
     the notification kinds wanted (``None``: all; see
-    :data:`~vigil.api.notifications.KINDS`). Filtered here, in the subscriber, so that
-    gaps still show: :class:`~vigil.api.notifications.Missed` is always yielded, whatever
+    :data:`~vigil.notifications.KINDS`). Filtered here, in the subscriber, so that
+    gaps still show: :class:`~vigil.notifications.Missed` is always yielded, whatever
     ``kinds`` says.
 ``timeout``
     seconds to wait for the next notification to yield; then the iteration ends (and the
@@ -59,8 +59,8 @@ from typing import Final
 
 import zmq
 
-from vigil.api.notifications import KINDS, Missed, Notification, from_dict
 from vigil.config import ClusterConfig, load
+from vigil.notifications import KINDS, Missed, Notification, from_dict
 
 __all__ = ["DEFAULT_CONFIG", "EventStream", "NoDaemonError", "subscribe"]
 

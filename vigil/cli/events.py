@@ -19,7 +19,7 @@ from typing import NoReturn
 
 import click
 
-from vigil.api.notifications import KINDS, Missed, Notification, to_dict
+from vigil.notifications import KINDS, Missed, Notification, to_dict
 
 # The same as vigil.cli.main's (not imported: main imports this module at its end).
 EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, EXIT_NO_DAEMON = 0, 1, 2, 3

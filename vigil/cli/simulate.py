@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from vigil.cluster.node import stop_bound
+from vigil.cluster.placement import stop_bound
 from vigil.cluster.sim import SimCluster
 from vigil.config import ClusterConfig
 

@@ -8,25 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from vigil.cluster.wire import Epoch
 from vigil.messages import Message
-
-Epoch = tuple[int, str]
-NO_EPOCH: Epoch = (0, "")
-
-
-def fmt_epoch(epoch: Epoch) -> str:
-    return f"{epoch[0]}.{epoch[1]}" if epoch != NO_EPOCH else "0"
-
-
-def parse_epoch(text: str) -> Epoch:
-    """Raises ValueError on anything but ``N.node`` or ``0``."""
-    if text == "0":
-        return NO_EPOCH
-    number, sep, node = text.partition(".")
-    if not sep or not node or not number.isdigit():
-        raise ValueError(f"bad epoch {text!r}")
-    return (int(number), node)
-
+from vigil.notifications import Notification
 
 # ---- inputs -------------------------------------------------------------------------------
 
@@ -52,6 +36,8 @@ class GroupDone:
     op: Literal["start", "stop"]
     ok: bool
     reason: str = ""
+    #: After a failed stop: the members that may still be in service (None: all of them).
+    remaining: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +58,17 @@ class AdminRequest:
     """A manual request (CLI, /ha, API): it goes through the protocol like everything else."""
 
     kind: Literal["move", "standby", "online", "enable", "disable", "kill", "maintenance"]
-    group: str = ""  # the group to move; the resource to enable, disable or kill
-    node: str = ""  # the target of a move, standby or online; "on"/"off" for maintenance
+    group: str = ""  # the group to move
+    resource: str = ""  # the resource to enable (in service), disable (out) or kill (at once)
+    node: str = ""  # the target of a move; the node of standby or online
+    on: bool = False  # maintenance on (True) or off
+
+    @property
+    def target(self) -> str:
+        """What the request acts on, as the wire carries it (docs/protocol.md)."""
+        if self.kind == "maintenance":
+            return ""
+        return self.resource if self.kind in ("enable", "disable", "kill") else self.group
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +78,14 @@ class ClearFailures:
 
     group: str
     everywhere: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class MarkedOutOfService:
+    """An operator marked ``resource`` out of service by hand (`vigil resource mark-oos`):
+    it is known to be stopped, whatever its last operation said."""
+
+    resource: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +110,8 @@ class Shutdown:
     goodbye so the others need not wait for ``dead_time`` nor fence us."""
 
 
-Event = (Received | Tick | GroupDone | GroupFailed | AdminRequest | ClearFailures | FenceDone
-         | GroupProbed | Shutdown)
+Event = (Received | Tick | GroupDone | GroupFailed | AdminRequest | ClearFailures
+         | MarkedOutOfService | FenceDone | GroupProbed | Shutdown)
 
 
 # ---- outputs ------------------------------------------------------------------------------
@@ -152,20 +155,14 @@ class FenceNode:
     node: str
 
 
-@dataclass(frozen=True, slots=True)
-class Notice:
-    """A decision and why, for the log, `vigil status` and the notifier (Patroni's habit)."""
-
-    kind: str  # "transition", "membership", "quorum", "placement", "group", "config", ...
-    text: str
-    fields: tuple[tuple[str, str], ...] = ()
-
-
-Action = StartGroup | StopGroup | RestartResource | FenceNode | Notice
+Action = StartGroup | StopGroup | RestartResource | FenceNode
 
 
 @dataclass(slots=True)
 class Output:
     messages: list[Message] = field(default_factory=list)
     actions: list[Action] = field(default_factory=list)
+    #: what the core decided and saw, for the log, `vigil status` and applications (times
+    #: are the core's clock: the shell makes them wall clock time)
+    notifications: list[Notification] = field(default_factory=list)
     deadline: float | None = None

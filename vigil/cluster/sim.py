@@ -19,9 +19,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from vigil.cluster.events import (
-    NO_EPOCH,
     AdminRequest,
-    Epoch,
     Event,
     FenceDone,
     FenceNode,
@@ -33,10 +31,13 @@ from vigil.cluster.events import (
     StartGroup,
     StopGroup,
     Tick,
-    fmt_epoch,
 )
-from vigil.cluster.node import LocalState, NodeCore, Persisted, Phase
+from vigil.cluster.local import LocalState
+from vigil.cluster.node import NodeCore
+from vigil.cluster.promise import Persisted
+from vigil.cluster.round import Phase
 from vigil.cluster.strategy import colocation_sets
+from vigil.cluster.wire import NO_EPOCH, Epoch, fmt_epoch
 from vigil.config import ClusterConfig
 from vigil.messages import BROADCAST, Message
 from vigil.resources.graph import member_graphs
@@ -225,7 +226,7 @@ class SimCluster:
         self.promised_seen[key] = core.promised
         if core.round is not None and core.round.epoch not in self.epoch_views:
             self.epoch_views[core.round.epoch] = core.round.view
-            if self.check and not core.quorum.quorate(core.round.view):
+            if self.check and not core.membership.quorum.quorate(core.round.view):
                 raise self._violation(
                     f"minority epoch: {node.name} declared {fmt_epoch(core.round.epoch)} "
                     f"with view {core.round.view}, which has no quorum")
@@ -406,7 +407,7 @@ class SimCluster:
             return
         view = self.epoch_views.get(epoch)
         assert node.core is not None
-        if view is None or not node.core.quorum.quorate(view):
+        if view is None or not node.core.membership.quorum.quorate(view):
             raise self._violation(
                 f"minority action: {node.name} starts a group in epoch {fmt_epoch(epoch)} "
                 f"whose view {view} has no quorum")
@@ -477,8 +478,8 @@ class SimCluster:
         ok: list[str] = []
         for g in groups:
             cfg = self.config.groups[g]
-            if (name in core.accepted.standby
-                    or len(core.fail_times[g]) >= cfg.migration_threshold
+            if (name in core.accepted.admin
+                    or len(core.groups.fail_times[g]) >= cfg.migration_threshold
                     or (self.config.strategy == "preferred" and cfg.nodes
                         and name not in cfg.nodes)):
                 continue

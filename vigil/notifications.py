@@ -18,6 +18,7 @@ NodeLost                   ``node_lost``                member, clean (it said g
 LinkUp / LinkDown          ``link_up`` / ``link_down``  member, link
 ResourceStateChanged       ``resource_state_changed``   resource, group, state, reason
 GroupStateChanged          ``group_state_changed``      group, state, reason
+FailCountsCleared          ``fail_counts_cleared``      group
 GroupMoved                 ``group_moved``              group, from_node, to_node
 QuorumGained / QuorumLost  ``quorum_gained`` / ...      (none)
 FencingRequested           ``fencing_requested``        member
@@ -42,6 +43,7 @@ from typing import Any, ClassVar
 __all__ = [
     "KINDS",
     "Decision",
+    "FailCountsCleared",
     "FencingCompleted",
     "FencingRequested",
     "GroupMoved",
@@ -140,6 +142,14 @@ class GroupStateChanged(Notification):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class FailCountsCleared(Notification):
+    """`vigil resource cleanup` cleared the group's fail counts on ``node``."""
+
+    kind: ClassVar[str] = "fail_counts_cleared"
+    group: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class GroupMoved(Notification):
     kind: ClassVar[str] = "group_moved"
     group: str
@@ -191,7 +201,8 @@ class Missed(Notification):
 _TYPES: dict[str, type[Notification]] = {
     cls.kind: cls for cls in (
         TransitionStarted, TransitionCompleted, NodeJoined, NodeLost, LinkUp, LinkDown,
-        ResourceStateChanged, GroupStateChanged, GroupMoved, QuorumGained, QuorumLost,
+        ResourceStateChanged, GroupStateChanged, FailCountsCleared, GroupMoved, QuorumGained,
+        QuorumLost,
         FencingRequested, FencingCompleted, Decision, Missed)
 }
 #: Every kind a subscriber can ask for.

@@ -1,0 +1,346 @@
+"""The groups this node runs: their local states, recovery, fail counts.
+
+``reconcile()`` compares what runs here with what may run here (the accepted placement, the
+lease, the stop orders of the current epoch, maintenance) and asks the shell to start or stop
+groups: stops dependents first, starts only once everything a group depends on runs. Results
+come back as ``group_done`` / ``group_failed``; a failure is recovered in place below the
+group's ``migration_threshold`` and otherwise held stopped here so the next transition moves
+it (docs/resources.md, "Recovery").
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from vigil.cluster.events import (
+    Action,
+    GroupDone,
+    GroupFailed,
+    RestartResource,
+    StartGroup,
+    StopGroup,
+)
+from vigil.cluster.journal import Journal
+from vigil.cluster.strategy import group_order
+from vigil.cluster.wire import Accepted, Epoch, fmt_epoch
+from vigil.config import ClusterConfig
+from vigil.notifications import GroupStateChanged
+from vigil.resources.graph import member_graphs
+
+
+class LocalState(enum.Enum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    UNCLEAN = "unclean"  # a stop failed: only fencing can make this node safe again
+
+
+ACTIVE = frozenset({LocalState.STARTING, LocalState.RUNNING, LocalState.STOPPING,
+                    LocalState.UNCLEAN})
+UP = (LocalState.RUNNING, LocalState.STARTING)
+
+
+@dataclass(frozen=True, slots=True)
+class Allowed:
+    """What may run here now, as the membership and the protocol say."""
+
+    lease_ok: bool
+    freeze: bool  # no_quorum_policy = freeze: a lost lease stops nothing
+    placement: Mapping[str, str | None] | None  # None: no closed epoch to run by
+    maintenance: bool
+    leaving: bool
+    stop_orders: frozenset[str]
+    promised: Epoch
+
+
+class LocalGroups:
+    def __init__(self, config: ClusterConfig, name: str, journal: Journal,
+                 act: Callable[[Action], None]) -> None:
+        self.config = config
+        self.name = name
+        self.journal = journal
+        self.act = act
+        self.order = group_order(config)
+        self.index = {g: i for i, g in enumerate(self.order)}
+        self.expiring = [g for g, c in config.groups.items() if c.failure_timeout > 0]
+        self.deps = {g: tuple(c.depends_on) for g, c in config.groups.items()}
+        self.dependents: dict[str, tuple[str, ...]] = {
+            g: tuple(sorted(k for k, deps in self.deps.items() if g in deps))
+            for g in config.groups}
+        graphs = member_graphs(config)  # one graph per group, not per resource: start-up
+        self.resource_dependents = {r: tuple(graph.transitive_dependents(r))
+                                    for graph in graphs.values() for r in graph.names()}
+        self.direct_dependents = {r: tuple(graph.dependents(r))
+                                  for graph in graphs.values() for r in graph.names()}
+        self.start_order = [r for g in self.order for r in graphs[g].start_order()]
+        self.state: dict[str, LocalState] = dict.fromkeys(config.groups, LocalState.STOPPED)
+        self.busy: set[str] = set()  # groups not STOPPED here (kept with set())
+        self._busy_order: list[str] | None = []  # busy, dependents first (None: recompute)
+        self._placed_cache: tuple[Epoch | None, list[str]] = (None, [])
+        self._skip_cache: tuple[Epoch | None, dict[str, tuple[frozenset[str], frozenset[str]]]] = (
+            None, {})
+        self.left_out: dict[str, frozenset[str]] = {}  # what each running group left out
+        self.held: set[str] = set()  # failed here: not restarted until a transition looks
+        self.held_in: dict[str, Epoch] = {}  # the epoch in which a group was held
+        self.unclean_members: dict[str, set[str]] = {}  # unclean group -> members maybe up
+        self.fail_times: dict[str, list[float]] = {g: [] for g in config.groups}
+        #: Failures (and cleared fail counts) seen here, counted: carried in heartbeats so the
+        #: master knows when a member's costs changed and looks again.
+        self.failures = 0
+
+    # ---- state ---------------------------------------------------------------------------
+
+    def set(self, group: str, state: LocalState) -> None:
+        self.state[group] = state
+        if (state is LocalState.STOPPED) == (group in self.busy):
+            self._busy_order = None
+        if state is LocalState.STOPPED:
+            self.busy.discard(group)
+        else:
+            self.busy.add(group)
+        if state is not LocalState.UNCLEAN:
+            self.unclean_members.pop(group, None)
+
+    def active(self) -> dict[str, str]:
+        """Groups not stopped here -> their state (for heartbeats and reports)."""
+        return {g: self.state[g].value for g in self.busy}
+
+    def running(self) -> frozenset[str]:
+        return frozenset(g for g in self.busy if self.state[g] is LocalState.RUNNING)
+
+    def fail_counts(self) -> dict[str, int]:
+        return {g: len(ts) for g, ts in self.fail_times.items() if ts}
+
+    def expire(self, now: float) -> None:
+        for g in self.expiring:
+            limit = now - self.config.groups[g].failure_timeout
+            self.fail_times[g] = [t for t in self.fail_times[g] if t > limit]
+
+    def deadlines(self) -> list[float]:
+        return [self.fail_times[g][0] + self.config.groups[g].failure_timeout
+                for g in self.expiring if self.fail_times[g]]
+
+    def placed_here(self, accepted: Accepted) -> list[str]:
+        """Groups the accepted placement gives this node, in start order (cached: this runs
+        on every event, and a cluster may have thousands of groups)."""
+        if self._placed_cache[0] != accepted.epoch:
+            placement = accepted.placement
+            self._placed_cache = (accepted.epoch, [g for g in self.order
+                                                   if placement.get(g) == self.name])
+        return self._placed_cache[1]
+
+    def skips(self, accepted: Accepted) -> dict[str, tuple[frozenset[str], frozenset[str]]]:
+        """Per group with members taken out of service by hand: (those and their
+        dependents, the ones to stop at once). Cached per accepted epoch."""
+        if self._skip_cache[0] != accepted.epoch:
+            out: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
+            for r, force in accepted.disabled().items():
+                if r not in self.config.resources:
+                    continue
+                g = self.config.resources[r].group
+                skip, kill = out.get(g, (frozenset(), frozenset()))
+                hit = {r, *self.resource_dependents[r]}
+                out[g] = (skip | hit, kill | (hit if force else set()))
+            self._skip_cache = (accepted.epoch, out)
+        return self._skip_cache[1]
+
+    # ---- start and stop ----------------------------------------------------------------
+
+    def _emit_state(self, group: str, state: str, text: str, reason: str = "") -> None:
+        self.journal.emit(GroupStateChanged(node=self.name, time=self.journal.now, text=text,
+                                            group=group, state=state, reason=reason))
+
+    def _stop(self, group: str, why: str, promised: Epoch) -> None:
+        force = self.state[group] is LocalState.STARTING
+        self.set(group, LocalState.STOPPING)
+        self.act(StopGroup(group, promised, why, force=force))
+        self._emit_state(group, "stopping", f"stopping {group} on {self.name}: {why}", why)
+
+    def _stop_dependents_first(self, group: str, why: str, promised: Epoch) -> bool:
+        """Stop the groups running on ``group`` (True) instead of ``group`` itself while any
+        is active: they leave first, and ``group`` follows once they are out."""
+        if not any(self.state[k] in ACTIVE for k in self.dependents[group]):
+            return False
+        for k in self.dependents[group]:
+            if self.state[k] in UP:
+                self._stop(k, why, promised)
+        return True
+
+    def _deps_running(self, group: str) -> bool:
+        return all(self.state[d] is LocalState.RUNNING for d in self.deps[group])
+
+    def reconcile(self, allowed: Allowed, accepted: Accepted) -> None:
+        promised = allowed.promised
+        placement = allowed.placement
+        if self._busy_order is None:  # stops: dependents before what they depend on
+            self._busy_order = sorted(self.busy, key=self.index.__getitem__, reverse=True)
+        for g in self._busy_order:
+            state = self.state[g]
+            if state not in UP:
+                continue
+            why = ""
+            if allowed.leaving:
+                why = "shutting down"
+            elif not allowed.lease_ok and not allowed.freeze:
+                # Also in maintenance mode: the others' silence fencer counts on it.
+                why = "lost the quorum lease"
+            elif allowed.maintenance:
+                continue  # resources stay as they are
+            elif g in allowed.stop_orders:
+                why = f"stop phase of epoch {fmt_epoch(promised)}"
+            elif g in self.held and state is LocalState.RUNNING:
+                why = "recovering from a failure"
+            elif placement is not None and placement.get(g) != self.name:
+                why = "placed elsewhere"
+            if why and not self._stop_dependents_first(g, f"{why} (depends on {g})", promised):
+                self._stop(g, why, promised)
+        if (allowed.leaving or placement is None or not allowed.lease_ok
+                or allowed.maintenance):
+            return
+        skips = self.skips(accepted)
+        for g in self.placed_here(accepted):
+            skip, kill = skips.get(g, (frozenset(), frozenset()))
+            state = self.state[g]
+            if state is LocalState.STOPPED and g not in self.held and self._deps_running(g):
+                self.set(g, LocalState.STARTING)
+                self.left_out[g] = skip
+                self.act(StartGroup(g, promised, skip, kill))
+                self._emit_state(g, "starting", f"starting {g} on {self.name} (epoch "
+                                 f"{fmt_epoch(promised)})"
+                                 + (f" without {', '.join(sorted(skip))}" if skip else ""))
+            elif (state is LocalState.RUNNING and self.left_out.get(g, frozenset()) != skip
+                  and self._deps_running(g)):
+                # groups that depend on this one leave first; they come back after
+                if skip - self.left_out.get(g, frozenset()) and self._stop_dependents_first(
+                        g, f"{g} loses members taken out of service by hand", promised):
+                    continue
+                self.set(g, LocalState.STARTING)
+                self.left_out[g] = skip
+                self.act(StartGroup(g, promised, skip, kill, converge=True))
+                self._emit_state(g, "starting", f"{g} on {self.name}: resources out of "
+                                 f"service by hand now {', '.join(sorted(skip)) or 'none'}")
+
+    # ---- results ------------------------------------------------------------------------
+
+    def group_done(self, ev: GroupDone, promised: Epoch) -> None:
+        state = self.state.get(ev.group)
+        if state is None:
+            return
+        if ev.op == "start":
+            if state is not LocalState.STARTING:
+                return  # a stop overtook it; the stop's result decides
+            if ev.ok:
+                self.set(ev.group, LocalState.RUNNING)
+                self._emit_state(ev.group, "running", f"{ev.group} in service on {self.name}")
+                return
+            # A failed start is fatal here (as Pacemaker's start-failure-is-fatal): retrying
+            # where it just failed rarely helps, so the fail count jumps to the threshold
+            # and the group goes elsewhere until cleanup or failure_timeout.
+            self.fill_fail_count(ev.group)
+            self.record_failure(ev.group, f"start failed: {ev.reason}", promised)
+            self.set(ev.group, LocalState.STOPPED)
+            self._stop(ev.group, "clean up after a failed start", promised)
+            return
+        if ev.ok:
+            self.set(ev.group, LocalState.STOPPED)
+            self._emit_state(ev.group, "stopped", f"{ev.group} out of service on {self.name}")
+            if ev.group in self.held and self.held_in.get(ev.group) != promised:
+                self.failures += 1  # held through a transition: the next one may restart it
+            return
+        self.set(ev.group, LocalState.UNCLEAN)
+        members = self.config.groups[ev.group].resources
+        self.unclean_members[ev.group] = set(members if ev.remaining is None
+                                             else ev.remaining)
+        self._emit_state(ev.group, "unclean", f"stop of {ev.group} failed on {self.name}: "
+                         f"{ev.reason}; the node is unclean and the group stays blocked "
+                         "until fenced", ev.reason)
+
+    def marked_out(self, resource: str, promised: Epoch) -> None:
+        """An operator marked ``resource`` out of service by hand (mark_oos): once no member
+        of an unclean group may still be in service, the operator's word replaces fencing
+        and the group counts as stopped here."""
+        group = self.config.resources[resource].group
+        members = self.unclean_members.get(group)
+        if members is None or self.state[group] is not LocalState.UNCLEAN:
+            return
+        members.discard(resource)
+        if not members:
+            self.group_done(GroupDone(group, "stop", True, "marked out of service by hand"),
+                            promised)
+
+    def group_failed(self, ev: GroupFailed, *, may_restart: bool, maintenance: bool,
+                     promised: Epoch) -> bool:
+        """Recover from a monitor failure; True when the policy puts this node in standby
+        (the caller queues that request)."""
+        g = ev.group
+        if self.state.get(g) is not LocalState.RUNNING:
+            return False  # already stopping, restarting or stopped: that path decides
+        if maintenance:
+            self.journal.note("group", f"{ev.resource or g} failed on {self.name}; maintenance "
+                              f"mode: no recovery ({ev.reason})", group=g, reason=ev.reason)
+            return False
+        if ev.policy == "ignore":
+            self.journal.note("group", f"{ev.resource or g} failed on {self.name} and its "
+                              f"on_fail is ignore: left as it is ({ev.reason})", group=g,
+                              reason=ev.reason)
+            return False
+        if ev.policy == "standby":
+            self.record_failure(g, ev.reason, promised)
+            return True
+        if ev.policy == "stop":
+            # Held stopped here (its fail count reaches the threshold, so its cost here is
+            # infinite); it is not restarted in place, and may run elsewhere.
+            self.fill_fail_count(g)
+            self.record_failure(g, ev.reason, promised)
+            return False
+        threshold = self.config.groups[g].migration_threshold
+        # In place only while no group that depends on this one is active here: restarting
+        # under it would break its order; the full path stops it first.
+        alone = not any(self.state[k] in ACTIVE for k in self.dependents[g])
+        left_out = ev.resource in self.left_out.get(g, frozenset())
+        if ev.resource and alone and may_restart and not left_out and (
+                len(self.fail_times[g]) + 1 < threshold):
+            self.fail_times[g].append(self.journal.now)
+            count = len(self.fail_times[g])
+            self.set(g, LocalState.STARTING)
+            self.act(RestartResource(g, ev.resource, promised,
+                                     self.left_out.get(g, frozenset())))
+            self._emit_state(g, "failed", f"{ev.resource} failed on {self.name} ({count} of "
+                             f"{threshold} failures before {g} moves): restarting it in "
+                             f"place: {ev.reason}", ev.reason)
+            return False
+        self.record_failure(g, ev.reason, promised)  # reconcile() stops it, dependents first
+        return False
+
+    def fill_fail_count(self, group: str) -> None:
+        """Bring the fail count to one below the threshold (the failure being recorded makes
+        it reach it): the group's cost here becomes infinite."""
+        missing = max(1, self.config.groups[group].migration_threshold) - len(
+            self.fail_times[group])
+        self.fail_times[group].extend([self.journal.now] * max(0, missing - 1))
+
+    def record_failure(self, group: str, reason: str, promised: Epoch) -> None:
+        self.fail_times[group].append(self.journal.now)
+        self.held.add(group)
+        self.held_in[group] = promised
+        self.failures += 1
+        count = len(self.fail_times[group])
+        self._emit_state(group, "failed", f"{group} failed on {self.name} ({count} "
+                         f"failure(s)): {reason}", reason)
+
+    def clear_failures(self, group: str, how: str) -> bool:
+        if group not in self.fail_times:
+            return False
+        self.fail_times[group] = []
+        self.held.discard(group)
+        self.failures += 1  # its cost here changed: let the master look again
+        return True
+
+    def epoch_closed(self) -> None:
+        # A failed group still on its way out (its dependents stop first) stays held, or it
+        # would never be stopped and restarted; it asks for a transition of its own once
+        # stopped (group_done).
+        self.held = {g for g in self.held if self.state[g] in ACTIVE}

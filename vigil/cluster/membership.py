@@ -1,0 +1,190 @@
+"""Membership: who is alive, heartbeats, the quorum lease.
+
+A node is *alive* while it was heard (any message, on any link) within ``dead_time``. A node
+keeps groups in service only while it holds a *lease*: heartbeat echoes from nodes in the same
+promised epoch that, with itself, make a quorum. An echo proves the peer heard *our*
+heartbeat number ``n``; the support it gives lasts ``lease_time`` from when we *sent* ``n``
+(never from when the echo arrived), so a slow network or a paused receiver can only shorten
+a lease, never stretch it. A node cut off from the quorum therefore loses its lease within
+``lease_time`` of the last heartbeat the others heard, and stops everything; the silence
+fencer waits for exactly that (docs/protocol.md, "The lease").
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from vigil.cluster.quorum import Quorum
+from vigil.cluster.wire import NO_EPOCH, Accepted, Bye, Epoch, Heartbeat, RequestRef
+from vigil.config import ClusterConfig
+
+
+@dataclass(slots=True)
+class PeerInfo:
+    """What the latest heartbeat of a peer said."""
+
+    incarnation: int = 0
+    hb: int = 0
+    promised: Epoch = NO_EPOCH
+    groups: Mapping[str, str] = field(default_factory=dict)  # active group -> local state
+    failures: int = 0  # the peer's count of failures reported (see LocalGroups.failures)
+    requests: tuple[RequestRef, ...] = ()
+    received_at: float = -math.inf
+
+
+class Heard(enum.Enum):
+    """What a heartbeat changed."""
+
+    NOTHING = "nothing"  # old, reordered, or from a previous life
+    MISMATCH = "mismatch"  # another configuration: kept out
+    UPDATED = "updated"
+    NEW_LIFE = "new life"  # first heartbeat of a peer, or of its new incarnation
+    RESTARTED = "restarted"  # a known peer's incarnation changed
+
+
+class Membership:
+    """Liveness and lease of one node. ``advance(now)`` moves its clock; every question is
+    answered for that time."""
+
+    def __init__(self, config: ClusterConfig, name: str, now: float) -> None:
+        self.name = name
+        self.timing = config.timing
+        self.digest = config.digest
+        self.nodes = frozenset(config.nodes)
+        self.quorum = Quorum({n: c.votes for n, c in config.nodes.items()},
+                             two_node=config.two_node, wait_for_all=config.wait_for_all)
+        self.now = now
+        self.last_heard: dict[str, float] = {}
+        self.link_heard: dict[tuple[str, str], float] = {}
+        self.peers: dict[str, PeerInfo] = {}
+        self.seen_all = False
+        self.mismatched: set[str] = set()
+        self.departed: dict[str, int] = {}  # node -> incarnation that said goodbye
+        # heartbeats and lease
+        self.hb_counter = 0
+        self.next_hb = now
+        self.hb_sent_at: dict[int, float] = {}
+        self.support: dict[str, float] = {}  # peer -> until when its echo supports us
+
+    # ---- questions -----------------------------------------------------------------------
+
+    def alive(self) -> frozenset[str]:
+        """Nodes heard within ``dead_time`` (and ourselves), minus config mismatches."""
+        dead_time = self.timing.dead_time
+        heard = {n for n, t in self.last_heard.items()
+                 if self.now - t < dead_time and n not in self.mismatched
+                 and n not in self.departed}
+        return frozenset(heard | {self.name})
+
+    def link_state(self) -> dict[str, dict[str, bool]]:
+        """node -> link -> heard on that link within dead_time."""
+        out: dict[str, dict[str, bool]] = {}
+        for (node, link), t in self.link_heard.items():
+            out.setdefault(node, {})[link] = self.now - t < self.timing.dead_time
+        return out
+
+    def quorate(self) -> bool:
+        return self.quorum.quorate(self.alive(), seen_all=self.seen_all)
+
+    def lease_until(self) -> float:
+        """Until when a quorum (ourselves included) is known to support us."""
+        if self.quorum.quorate([self.name], seen_all=self.seen_all):
+            return math.inf
+        votes = self.quorum.votes
+        weight = votes.get(self.name, 0)
+        total = self.quorum.total
+        for node, expiry in sorted(self.support.items(), key=lambda kv: -kv[1]):
+            if expiry <= self.now:
+                break
+            weight += votes.get(node, 0)
+            if 2 * weight > total:
+                return expiry
+        return -math.inf
+
+    def lease_valid(self) -> bool:
+        return self.lease_until() > self.now
+
+    def deadlines(self) -> list[float]:
+        """Times at which an answer above may change (only the future ones matter)."""
+        dead_time = self.timing.dead_time
+        return ([self.next_hb] + [h + dead_time for h in self.last_heard.values()]
+                + list(self.support.values()))
+
+    # ---- time and input --------------------------------------------------------------------
+
+    def advance(self, now: float) -> None:
+        self.now = max(self.now, now)
+        if not self.seen_all and self.alive() == self.nodes:
+            self.seen_all = True
+        for node in [n for n, t in self.support.items() if t <= self.now]:
+            del self.support[node]
+        horizon = self.now - self.timing.lease_time - self.timing.heartbeat_interval
+        for n in [n for n, t in self.hb_sent_at.items() if t < horizon]:
+            del self.hb_sent_at[n]
+
+    def heard(self, sender: str, link: str) -> None:
+        """Any message is proof of life: a node we can hear is not dead, whatever channel
+        carried it (it also stops two would-be masters fighting over an asymmetric link)."""
+        self.last_heard[sender] = self.now
+        if link:
+            self.link_heard[(sender, link)] = self.now
+
+    def on_heartbeat(self, sender: str, hb: Heartbeat, promised: Epoch) -> Heard:
+        """Record ``sender``'s heartbeat; ``promised`` is the epoch we promised (only echoes
+        from a peer in the same epoch support our lease)."""
+        if hb.digest != self.digest:
+            new = sender not in self.mismatched
+            self.mismatched.add(sender)
+            return Heard.MISMATCH if new else Heard.NOTHING
+        self.mismatched.discard(sender)
+        peer = self.peers.get(sender)
+        what = Heard.UPDATED
+        if peer is None or hb.incarnation != peer.incarnation:
+            if peer is not None and hb.incarnation < peer.incarnation:
+                return Heard.NOTHING  # a late heartbeat of a previous life
+            what = Heard.RESTARTED if peer is not None else Heard.NEW_LIFE
+            if self.departed.get(sender, hb.incarnation) != hb.incarnation:
+                del self.departed[sender]
+            peer = self.peers[sender] = PeerInfo(incarnation=hb.incarnation)
+        elif hb.n <= peer.hb:
+            return Heard.NOTHING  # reordered: an older heartbeat says nothing new
+        peer.hb = hb.n
+        peer.promised = hb.promised
+        peer.groups = hb.groups
+        peer.failures = hb.failures
+        peer.requests = hb.requests
+        peer.received_at = self.now
+        mine = hb.echo.get(self.name)
+        if hb.promised == promised and mine is not None and mine in self.hb_sent_at:
+            expiry = self.hb_sent_at[mine] + self.timing.lease_time
+            if expiry > self.support.get(sender, -math.inf):
+                self.support[sender] = expiry
+        return what
+
+    def on_bye(self, sender: str, bye: Bye) -> bool:
+        """A peer left cleanly (True), unless the goodbye is from a previous life."""
+        peer = self.peers.get(sender)
+        if peer is not None and peer.incarnation != bye.incarnation:
+            return False
+        self.departed[sender] = bye.incarnation
+        self.support.pop(sender, None)
+        return True
+
+    # ---- output -------------------------------------------------------------------------
+
+    def heartbeat_due(self) -> bool:
+        return self.now >= self.next_hb
+
+    def heartbeat(self, *, incarnation: int, promised: Epoch, accepted: Accepted, closed: bool,
+                  groups: Mapping[str, str], failures: int,
+                  requests: tuple[RequestRef, ...]) -> Heartbeat:
+        self.hb_counter += 1
+        self.hb_sent_at[self.hb_counter] = self.now
+        self.next_hb = self.now + self.timing.heartbeat_interval
+        echo = {n: self.peers[n].hb for n in self.alive() if n != self.name and n in self.peers}
+        return Heartbeat(n=self.hb_counter, incarnation=incarnation, promised=promised,
+                         accepted=accepted.epoch, closed=closed, echo=echo, groups=groups,
+                         failures=failures, digest=self.digest, requests=requests)

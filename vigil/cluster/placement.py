@@ -1,0 +1,102 @@
+"""The master's decision, as one pure function: where every group goes, what must stop
+first, and which nodes must be fenced before anything starts.
+
+``plan()`` knows nothing of messages or time: it takes what the members reported and what
+they cost, and returns a :class:`Plan`. The safety rules that make a plan safe to carry out
+are here, next to the placement they protect (docs/protocol.md, "Fencing"):
+
+- every group active on a member but placed elsewhere is stopped there first;
+- a group placed somewhere whose *possible* holder is not a member (any placement that may be
+  in effect names a node outside the view, and that node did not leave cleanly) is held until
+  that node is fenced: it may still run the group;
+- with ``two_node`` every absent node is suspect (two single-node quorums need not intersect).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from vigil.cluster.strategy import DecisionContext, Strategy, colocation_sets
+from vigil.cluster.wire import MAINTENANCE, Accepted
+from vigil.config import ClusterConfig
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    placement: dict[str, str | None]
+    reasons: dict[str, str]
+    stops: dict[str, tuple[str, ...]]  # member -> groups it must stop first
+    suspects: frozenset[str]  # nodes that must be off before the start phase
+    blocked: dict[str, str] = field(default_factory=dict)  # group -> why it cannot move
+
+
+def stop_bound(config: ClusterConfig) -> float:
+    """Seconds a node may need to take everything out of service (the silence fencer waits
+    this long after a lost node's lease ran out): groups stop in parallel, but the resources
+    of one colocation set (groups tied by ``depends_on``) stop one after the other."""
+    return max((sum(config.resources[r].stop_timeout
+                    for g in groups for r in config.groups[g].resources)
+                for groups in colocation_sets(config)), default=0.0)
+
+
+def plan(
+    config: ClusterConfig,
+    strategy: Strategy,
+    *,
+    view: Sequence[str],
+    reports: Mapping[str, Mapping[str, str]],
+    costs: Mapping[str, Mapping[str, float]],
+    known: Sequence[Accepted],
+    admin: frozenset[str],
+    moves: Mapping[str, str],
+    departed: Mapping[str, int],
+    two_node: bool,
+) -> Plan:
+    """``reports``: member -> group active there -> its local state; ``known``: every
+    placement possibly in effect, oldest first (the last is the highest accepted)."""
+    holders: dict[str, str] = {}
+    active_on: dict[str, set[str]] = {}
+    blocked: dict[str, str] = {}
+    for node, states in reports.items():
+        for g, state in states.items():
+            active_on.setdefault(node, set()).add(g)
+            if state in ("running", "starting"):
+                holders.setdefault(g, node)
+            if state == "unclean":
+                blocked[g] = f"a stop failed on {node}; it needs fencing"
+    if MAINTENANCE in admin:
+        # Nothing moves, starts or stops: the placement is what runs where it runs. A holder
+        # that is not a member stays named (it may still run the group): the transition after
+        # maintenance must fence it before starting the group elsewhere.
+        last = known[-1].placement if known else {}
+        placement = {g: holders.get(g) or (last.get(g) if last.get(g) not in view else None)
+                     for g in config.groups}
+        reasons = dict.fromkeys(config.groups, "maintenance mode: left as it is")
+    else:
+        decision = strategy.decide(DecisionContext(
+            config=config, members=tuple(view), costs=costs, holders=holders, moves=moves,
+            blocked=blocked))
+        placement = dict(decision.placement)
+        reasons = dict(decision.reasons)
+    stops: dict[str, list[str]] = {}
+    for node, groups in active_on.items():
+        for g in groups:
+            if placement.get(g) != node:
+                stops.setdefault(node, []).append(g)
+    suspects: set[str] = set()
+    for g, target in placement.items():
+        if target is None:
+            continue
+        for acc in known:
+            previous = acc.placement.get(g)
+            if previous is not None and previous not in view and previous not in departed:
+                suspects.add(previous)
+    if two_node and any(t is not None for t in placement.values()):
+        # Each of two nodes is a quorum alone, so quorums need not intersect and the highest
+        # accepted placement may not be the last one: whoever is not with us could be
+        # running anything and must be fenced.
+        suspects |= {n for n in config.nodes if n not in view and n not in departed}
+    return Plan(placement=placement, reasons=reasons,
+                stops={n: tuple(sorted(gs)) for n, gs in stops.items()},
+                suspects=frozenset(suspects), blocked=blocked)

@@ -1,0 +1,424 @@
+"""The transition master: declare an epoch, then lead it through its phases.
+
+1. The lowest-named live node of a quorate view *declares* epoch ``(n, name)`` with that view.
+2. Every node of the view *acks* (promises to ignore older epochs). Timeouts restart at 1.
+3. The master asks for *reports*: what each member has active and the placements it has
+   *accepted* that the master does not know.
+4. The master asks every member the *cost* of each group; ``placement.plan()`` decides.
+5. *Stop phase*: members stop what moves away; groups that a non-member may still hold wait
+   for fencing (the ``silence`` fencer: the non-member's quorum lease has surely run out and
+   its stops had time to finish; or a fence device confirms it off).
+6. *Accept*: every member records the placement; only then
+7. *Start*: members start what is theirs. The epoch is complete when all confirmed.
+
+A phase waits for every member's reply and retransmits its request to those missing; a
+member that does not answer within ``step_timeout`` makes the master declare again (twice in
+a row, and it is left out of the next view for a while).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from vigil.cluster import admin
+from vigil.cluster.events import Action, FenceDone, FenceNode
+from vigil.cluster.journal import Journal
+from vigil.cluster.membership import Membership
+from vigil.cluster.placement import plan
+from vigil.cluster.promise import Promise
+from vigil.cluster.strategy import Strategy
+from vigil.cluster.wire import (
+    NO_ACCEPTED,
+    NO_EPOCH,
+    Accept,
+    Accepted,
+    AcceptedReply,
+    Ack,
+    Body,
+    CostReply,
+    CostRequest,
+    Declare,
+    Epoch,
+    Reply,
+    Report,
+    ReportRequest,
+    RequestRef,
+    Start,
+    Started,
+    Stopped,
+    StopRequest,
+    fmt_epoch,
+)
+from vigil.config import ClusterConfig
+from vigil.messages import BROADCAST
+from vigil.notifications import FencingCompleted, FencingRequested, TransitionStarted
+
+
+class Phase(enum.Enum):
+    ACK = "ack"
+    REPORT = "report"
+    COST = "cost"
+    STOP = "stop"
+    ACCEPT = "accept"
+    START = "start"
+    DONE = "done"
+
+
+#: The reply each phase waits for.
+_REPLY: dict[Phase, type[Reply]] = {
+    Phase.ACK: Ack, Phase.REPORT: Report, Phase.COST: CostReply, Phase.STOP: Stopped,
+    Phase.ACCEPT: AcceptedReply, Phase.START: Started}
+
+
+@dataclass(slots=True)
+class Round:
+    """A transition this node declared and leads as master."""
+
+    epoch: Epoch
+    view: tuple[str, ...]
+    reason: str
+    phase: Phase
+    started: float
+    phase_deadline: float
+    next_retransmit: float
+    replies: dict[str, Reply] = field(default_factory=dict)
+    acked_at: float = 0.0
+    known: list[Accepted] = field(default_factory=list)  # every placement possibly in effect
+    admin: frozenset[str] = frozenset()
+    applied: tuple[str, ...] = ()
+    moves: dict[str, str] = field(default_factory=dict)
+    placement: dict[str, str | None] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)
+    stops: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    fence_until: float = 0.0
+    silenced: tuple[str, ...] = ()  # suspects the silence fencer waits out
+    fence_pending: set[str] = field(default_factory=set)
+    reports: dict[str, Mapping[str, str]] = field(default_factory=dict)  # member -> active
+    incarnations: dict[str, int] = field(default_factory=dict)
+    done_at: float = math.inf
+    messages: int = 0
+
+    def waiting_for(self) -> set[str]:
+        return set(self.stops) if self.phase is Phase.STOP else set(self.view)
+
+
+Send = Callable[[Body, str], None]
+
+
+class Master:
+    def __init__(self, config: ClusterConfig, name: str, *, strategy: Strategy, fencer: str,
+                 stop_bound: float, membership: Membership, promise: Promise,
+                 requests: admin.Requests, journal: Journal, send: Send,
+                 act: Callable[[Action], None], now: float) -> None:
+        self.config = config
+        self.name = name
+        self.timing = config.timing
+        self.strategy = strategy
+        self.fencer = fencer
+        self.stop_bound = stop_bound
+        self.membership = membership
+        self.promise = promise
+        self.requests = requests
+        self.journal = journal
+        self.send = send
+        self.act = act
+        self.round: Round | None = None
+        self.unresponsive: dict[str, float] = {}  # heard but not answering: left out until
+        self.last_alive: frozenset[str] = frozenset({name})
+        self.settle_until = now
+        self.missed: dict[str, int] = {}
+        #: each member's failure count when the current round was declared
+        self.handled_failures: dict[str, int] = {}
+        self.applied_ids: list[str] = []
+
+    @property
+    def now(self) -> float:
+        return self.journal.now
+
+    def active(self) -> Round | None:
+        """The round this node leads in the epoch it promised, if any and not done."""
+        r = self.round
+        if r is None or r.epoch != self.promise.promised or r.phase is Phase.DONE:
+            return None
+        return r
+
+    def advance(self) -> None:
+        for node in [n for n, t in self.unresponsive.items() if t <= self.now]:
+            del self.unresponsive[node]
+
+    def forget_failures(self, node: str) -> None:
+        """``node`` started a new life: its failure counter starts again from zero."""
+        self.handled_failures.pop(node, None)
+
+    def pending_requests(self) -> dict[str, RequestRef]:
+        alive = self.membership.alive()
+        peers = self.membership.peers
+        return admin.pending([self.requests.refs()] + [p.requests for n, p in peers.items()
+                                                       if n in alive], self.applied_ids)
+
+    # ---- declaring -----------------------------------------------------------------------
+
+    def maybe_declare(self, *, local_failures: int, started_at: float) -> None:
+        if self.now < started_at + self.timing.dead_time:
+            return  # learn who is there before declaring anything
+        alive = self.membership.alive()
+        if alive - self.last_alive:
+            # Someone (re)appeared: others are likely coming back too (a healed partition,
+            # a rebooted switch). Wait a few heartbeats so one transition takes them all.
+            self.settle_until = self.now + 3 * self.timing.heartbeat_interval
+        self.last_alive = alive
+        if min(alive) != self.name or self.now < self.settle_until:
+            return
+        view = tuple(sorted(alive - set(self.unresponsive)))
+        if not self.membership.quorum.quorate(view, seen_all=self.membership.seen_all):
+            return
+        reason = self._declare_reason(view, alive, local_failures)
+        if reason:
+            self._declare(view, reason, local_failures)
+
+    def _declare_reason(self, view: tuple[str, ...], alive: frozenset[str],
+                        local_failures: int) -> str:
+        r = self.round
+        promised = self.promise.promised
+        if r is None or r.epoch != promised:
+            if promised == NO_EPOCH:
+                return "forming the cluster"
+            if self.promise.master not in alive:
+                return f"master {self.promise.master} lost"
+            return "taking over as the lowest-named live node"
+        if r.phase is not Phase.DONE:
+            lost = set(r.view) - alive
+            if lost:
+                return f"lost {', '.join(sorted(lost))} during the transition"
+            if self.now >= r.phase_deadline:
+                missing = sorted(r.waiting_for() - set(r.replies))
+                # A node that is heard but does not answer twice in a row (a one-way link)
+                # is left out for a while so the rest can proceed; once is not enough, the
+                # reply may have been lost or the node unreachable only for a moment.
+                for node in missing:
+                    self.missed[node] = self.missed.get(node, 0) + 1
+                    if self.missed[node] >= 2:
+                        self.unresponsive[node] = self.now + 2 * self.timing.step_timeout
+                return (f"step {r.phase.value} timed out waiting for "
+                        f"{', '.join(missing)}")
+            return ""
+        if view != r.view:
+            joined = sorted(set(view) - set(r.view))
+            left = sorted(set(r.view) - set(view))
+            parts = ([f"joined: {', '.join(joined)}"] if joined else []) + (
+                [f"left: {', '.join(left)}"] if left else [])
+            return "membership changed (" + "; ".join(parts) + ")"
+        pending = self.pending_requests()
+        if pending:
+            return f"{len(pending)} request(s) pending"
+        for node in view:
+            if node == self.name:
+                continue
+            peer = self.membership.peers.get(node)
+            if peer is None:
+                continue
+            if peer.incarnation != r.incarnations.get(node, peer.incarnation):
+                return f"{node} restarted"
+            if peer.received_at <= r.done_at:
+                continue
+            if peer.promised != promised:
+                return f"{node} is not in epoch {fmt_epoch(promised)}"
+            if peer.failures > self.handled_failures.get(node, 0):
+                return f"{node} reported a failure"
+        if local_failures > self.handled_failures.get(self.name, 0):
+            return "a local failure"
+        return ""
+
+    def _declare(self, view: tuple[str, ...], reason: str, local_failures: int) -> None:
+        epoch: Epoch = (max(self.promise.max_seen, self.promise.promised[0]) + 1, self.name)
+        self.promise.saw(epoch)
+        peers = self.membership.peers
+        for node in view:
+            peer = peers.get(node)
+            self.handled_failures[node] = local_failures if node == self.name else (
+                peer.failures if peer else 0)
+        self.round = Round(epoch=epoch, view=view, reason=reason, phase=Phase.ACK,
+                           started=self.now, phase_deadline=self.now + self.timing.step_timeout,
+                           next_retransmit=self.now + self.timing.retransmit_interval)
+        self.journal.emit(TransitionStarted(
+            node=self.name, time=self.now, epoch=fmt_epoch(epoch), master=self.name,
+            reason=reason, text=f"declaring epoch {fmt_epoch(epoch)}: {reason}; view "
+                                f"{', '.join(view)}"))
+        self.send(Declare(epoch, view, reason), BROADCAST)
+
+    # ---- phases ---------------------------------------------------------------------------
+
+    def collect(self, sender: str, reply: Reply) -> None:
+        r = self.round
+        if r is None or r.phase is Phase.DONE or r.epoch != reply.epoch:
+            return
+        if isinstance(reply, _REPLY[r.phase]) and sender in r.view:
+            r.replies[sender] = reply
+
+    def _enter(self, r: Round, phase: Phase, timeout: float | None = None) -> None:
+        r.phase = phase
+        r.replies = {}
+        r.phase_deadline = self.now + (timeout or self.timing.step_timeout)
+        r.next_retransmit = self.now + self.timing.retransmit_interval
+
+    def _request(self, r: Round, dest: str = BROADCAST) -> None:
+        e = r.epoch
+        if r.phase is Phase.ACK:
+            self.send(Declare(e, r.view, r.reason), dest)
+        elif r.phase is Phase.REPORT:
+            self.send(ReportRequest(e, frozenset(fmt_epoch(a.epoch)
+                                                 for a in self.promise.history)), dest)
+        elif r.phase is Phase.COST:
+            self.send(CostRequest(e, r.admin), dest)
+        elif r.phase is Phase.STOP:
+            for node in ([dest] if dest != BROADCAST else sorted(r.stops)):
+                if node in r.stops:
+                    self.send(StopRequest(e, r.stops[node]), node)
+        elif r.phase is Phase.ACCEPT:
+            self.send(Accept(e, r.placement, r.admin, r.applied), dest)
+        elif r.phase is Phase.START:
+            self.send(Start(e), dest)
+
+    def progress(self) -> None:
+        r = self.active()
+        if r is None:
+            return
+        missing = sorted(r.waiting_for() - set(r.replies))
+        if missing:
+            if self.now >= r.next_retransmit:
+                r.next_retransmit = self.now + self.timing.retransmit_interval
+                for node in missing:
+                    if node != self.name:
+                        self._request(r, node)
+            return
+        if r.phase is Phase.ACK:
+            r.acked_at = self.now
+            peers = self.membership.peers
+            r.incarnations = {n: peers[n].incarnation for n in r.view if n in peers}
+            self._enter(r, Phase.REPORT)
+        elif r.phase is Phase.REPORT:
+            self._absorb_reports(r)
+            self._enter(r, Phase.COST)
+        elif r.phase is Phase.COST:
+            self._decide(r)
+            if not r.stops and not r.fence_pending and self.now >= r.fence_until:
+                self._silence_over(r)
+                self._enter(r, Phase.ACCEPT)
+            else:
+                extra = max(0.0, r.fence_until - self.now) + 2 * self.stop_bound
+                self._enter(r, Phase.STOP, self.timing.step_timeout + extra)
+                for node in sorted(r.fence_pending):
+                    self.act(FenceNode(node))
+        elif r.phase is Phase.STOP:
+            if r.fence_pending or self.now < r.fence_until:
+                return
+            for sender, reply in r.replies.items():
+                assert isinstance(reply, Stopped)
+                for g in reply.unclean:
+                    self.journal.note("placement", f"{g} is blocked: its stop failed on "
+                                      f"{sender}", group=g)
+            self._silence_over(r)
+            self._enter(r, Phase.ACCEPT)
+        elif r.phase is Phase.ACCEPT:
+            self._enter(r, Phase.START)
+        elif r.phase is Phase.START:
+            r.phase = Phase.DONE
+            r.done_at = self.now
+            self.missed = {}
+            self.applied_ids = (self.applied_ids + list(r.applied))[-1000:]
+            self.journal.note("transition", f"epoch {fmt_epoch(r.epoch)} complete in "
+                              f"{self.now - r.started:.3f}s ({r.messages} messages)",
+                              epoch=fmt_epoch(r.epoch))
+            return
+        self._request(r)
+
+    def _absorb_reports(self, r: Round) -> None:
+        known = {a.epoch: a for a in self.promise.history}
+        for node, reply in r.replies.items():
+            assert isinstance(reply, Report)
+            r.reports[node] = reply.active
+            for acc in reply.history:
+                known.setdefault(acc.epoch, acc)
+        r.known = [known[e] for e in sorted(known)]
+        highest = r.known[-1] if r.known else NO_ACCEPTED
+        result = admin.apply(self.config, highest.admin, self.pending_requests())
+        for why in result.ignored:
+            self.journal.note("request", why)
+        r.admin, r.moves, r.applied = result.admin, result.moves, result.applied
+
+    def _decide(self, r: Round) -> None:
+        decided = plan(self.config, self.strategy, view=r.view, reports=r.reports,
+                       costs={n: c.costs for n, c in r.replies.items()
+                              if isinstance(c, CostReply)},
+                       known=r.known, admin=r.admin, moves=r.moves,
+                       departed=self.membership.departed,
+                       two_node=self.membership.quorum.two_node)
+        r.placement, r.reasons, r.stops = decided.placement, decided.reasons, decided.stops
+        for g, node in sorted(r.moves.items()):
+            if r.placement.get(g) != node:
+                self.journal.note("request", f"cannot move {g} to {node}: "
+                                  f"{r.reasons.get(g, 'it cannot run there')}", group=g)
+        suspects = sorted(decided.suspects)
+        if suspects:
+            if self.fencer == "silence":
+                r.silenced = tuple(suspects)
+                r.fence_until = (r.acked_at + self.timing.lease_time + self.stop_bound
+                                 + self.timing.fence_margin)
+                why = (f"waiting until {r.fence_until:.3f} for {', '.join(suspects)} to be "
+                       "off (silence: its lease has run out and its stops had time to finish)")
+            else:
+                r.fence_pending = set(suspects)
+                why = f"fencing {', '.join(suspects)}"
+            for i, member in enumerate(suspects):
+                self._fencing(FencingRequested(node=self.name, time=self.now, member=member,
+                                               text=why), first=i == 0)
+        placed = r.known[-1].placement if r.known else {}
+        moved = [f"{g}: {r.reasons.get(g, '')}" for g, n in sorted(r.placement.items())
+                 if n != placed.get(g)]
+        self.journal.note("placement", f"epoch {fmt_epoch(r.epoch)} placement decided"
+                          + (f"; changes: {'; '.join(moved)}" if moved else "; no changes"),
+                          epoch=fmt_epoch(r.epoch))
+
+    def _fencing(self, note: FencingRequested | FencingCompleted, *, first: bool) -> None:
+        """One notification per member, one line in the decisions for all of them."""
+        if first:
+            self.journal.emit(note)
+        else:
+            self.journal.pending.append(note)
+
+    def _silence_over(self, r: Round) -> None:
+        if r.silenced:
+            text = (f"{', '.join(r.silenced)} counted as off: the silence fencer's wait is "
+                    "over")
+            for i, member in enumerate(r.silenced):
+                self._fencing(FencingCompleted(node=self.name, time=self.now, member=member,
+                                               ok=True, text=text), first=i == 0)
+            r.silenced = ()
+
+    def fence_done(self, ev: FenceDone) -> None:
+        r = self.round
+        if r is None or ev.node not in r.fence_pending:
+            return
+        if ev.ok:
+            r.fence_pending.discard(ev.node)
+            text = f"{ev.node} fenced"
+        else:
+            text = f"fencing {ev.node} failed; retrying"
+            self.act(FenceNode(ev.node))
+        self.journal.emit(FencingCompleted(node=self.name, time=self.now, member=ev.node,
+                                           ok=ev.ok, text=text))
+
+    def deadlines(self) -> list[float]:
+        out = list(self.unresponsive.values())
+        if self.settle_until > self.now:
+            out.append(self.settle_until)
+        r = self.active()
+        if r is not None:
+            out += [r.phase_deadline, r.next_retransmit]
+            if r.fence_until > self.now:
+                out.append(r.fence_until)
+        return out
+

@@ -1,0 +1,196 @@
+"""What a core shows: the typed status tree, and notifications of what it saw change.
+
+:func:`build_status` is the one function that builds :class:`vigil.status.ClusterStatus`, from
+the core's state and what the shell observed of the resources here (:class:`ResourceFacts`).
+:class:`Changes` compares two looks at the core (who is alive, which links are heard, quorum,
+where groups are placed) and turns the differences into notifications. Both only observe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from vigil.cluster.local import ACTIVE
+from vigil.cluster.wire import fmt_epoch
+from vigil.notifications import (
+    GroupMoved,
+    LinkDown,
+    LinkUp,
+    NodeJoined,
+    NodeLost,
+    Notification,
+    QuorumGained,
+    QuorumLost,
+)
+from vigil.status import (
+    ClusterStatus,
+    GroupStatus,
+    NodeStatus,
+    Operation,
+    ResourceStatus,
+    Transition,
+)
+
+if TYPE_CHECKING:
+    from vigil.cluster.node import NodeCore
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceFacts:
+    """What the shell saw of the resources on this node."""
+
+    states: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # -> (state, reason)
+    fail_counts: Mapping[str, int] = field(default_factory=dict)
+    last_failure: Mapping[str, Operation] = field(default_factory=dict)
+    last_diagnostic: Mapping[str, Operation] = field(default_factory=dict)
+    messages: Mapping[str, int] = field(default_factory=dict)  # the codec's counters
+
+
+def _core_time(t: float) -> str:
+    return f"{t:.3f}"
+
+
+def build_status(core: NodeCore, facts: ResourceFacts | None = None, *,
+                 wall: Callable[[float], str] = _core_time) -> ClusterStatus:
+    """The cluster as ``core`` sees it; ``wall`` turns core times into what people read."""
+    facts = facts or ResourceFacts()
+    config = core.config
+    alive = core.alive()
+    accepted = core.accepted
+    membership = core.membership
+    active: dict[str, dict[str, str]] = {}
+    for node, peer in membership.peers.items():
+        if node in alive:
+            for g, state in peer.groups.items():
+                active.setdefault(g, {})[node] = state
+    for g, s in core.local.items():
+        if s in ACTIVE:
+            active.setdefault(g, {})[core.name] = s.value
+    fail_counts = core.fail_counts()
+    groups: dict[str, GroupStatus] = {}
+    for g, gc in config.groups.items():
+        where = active.get(g, {})
+        holder: str | None = None
+        state = "stopped" if not where else "conflict"
+        if len(where) == 1:
+            holder, state = next(iter(where.items()))
+        groups[g] = GroupStatus(node=holder, state=state, placed=accepted.placement.get(g),
+                                active_on=dict(sorted(where.items())),
+                                resources=tuple(gc.resources), fail_count=fail_counts.get(g, 0))
+    disabled = {r: ("force_oos" if force else "oo_service")
+                for r, force in sorted(accepted.disabled().items())}
+    layout = core.groups
+    left_out = {d: r for r in disabled if r in layout.resource_dependents
+                for d in (r, *layout.resource_dependents[r])}
+    resources: dict[str, ResourceStatus] = {}
+    for r in layout.start_order:
+        rc = config.resources[r]
+        holder = groups[rc.group].node
+        if holder == core.name:
+            state, reason = facts.states.get(r, ("UNKNOWN", "not yet probed"))
+        elif holder is not None and r in left_out:
+            state, reason = "OOS", f"{left_out[r]} taken out of service by hand"
+        elif holder is not None:
+            state, reason = "IN_SERVICE", f"reported by {holder}"
+        else:
+            local, reason = facts.states.get(r, ("UNKNOWN", "not yet probed"))
+            state = local if local in ("FAILED", "UNCLEAN") else "OOS"
+        resources[r] = ResourceStatus(
+            group=rc.group, type=rc.type, service_state=state,
+            provided_by=holder if state == "IN_SERVICE" else None, reason=reason,
+            depends_on=tuple(rc.depends_on), dependents=layout.direct_dependents[r],
+            by_hand=disabled.get(r), on_fail=rc.on_fail,
+            fail_count=facts.fail_counts.get(r, 0), last_failure=facts.last_failure.get(r),
+            last_diagnostic=facts.last_diagnostic.get(r))
+    links = membership.link_state()
+    nodes = {n: NodeStatus(state="online" if n in alive else "offline",
+                           standby=n in accepted.admin, links=links.get(n, {}))
+             for n in config.node_names}
+    # This node's own links are up when some peer is heard on them.
+    own = {link.name: any(v.get(link.name, False) for v in links.values())
+           for link in config.nodes[core.name].links}
+    nodes[core.name] = NodeStatus(state="online", standby=core.name in accepted.admin,
+                                  links=own)
+    rnd = core.master.round
+    return ClusterStatus(
+        cluster=config.name, node=core.name, epoch=fmt_epoch(core.promised),
+        accepted=fmt_epoch(accepted.epoch), closed=core.closed,
+        master=core.promised[1] or None, quorate=core.quorate(),
+        quorum=membership.quorum.describe(alive), lease_valid=core.lease_valid(),
+        members=tuple(core.promise.view), alive=tuple(sorted(alive)),
+        transition=(None if rnd is None or rnd.epoch != core.promised else
+                    Transition(phase=rnd.phase.value, reason=rnd.reason)),
+        maintenance=accepted.maintenance, standby=tuple(accepted.standby(config.nodes)),
+        disabled=disabled, nodes=nodes, groups=groups, resources=resources,
+        local={g: s.value for g, s in core.local.items()}, fail_counts=fail_counts,
+        mismatched=tuple(sorted(membership.mismatched)), dropped=core.dropped,
+        messages=dict(facts.messages),
+        decisions=tuple((wall(t), text) for t, text in core.decisions[-20:]))
+
+
+class Changes:
+    """Notifications of what changed between two looks at a core (nothing on the first
+    look: that is the starting point, not news)."""
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+        self.alive: frozenset[str] | None = None
+        self.links: dict[tuple[str, str], bool] = {}
+        self.quorate: bool | None = None
+        self.placement: Mapping[str, str | None] = {}
+        self.epoch: object = None  # of the placement seen last
+
+    def observe(self, core: NodeCore) -> tuple[list[Notification], list[Notification]]:
+        """(membership, link and quorum changes, placement changes)."""
+        seen = list(self._seen(core))
+        moves: list[Notification] = list(self._moves(core))
+        return seen, moves
+
+    def _seen(self, core: NodeCore) -> Iterator[Notification]:
+        now = core.now
+        alive = core.alive()
+        links = {(n, link): up for n, ls in core.membership.link_state().items()
+                 for link, up in ls.items() if n != self.node}
+        quorate = core.quorate()
+        first = self.alive is None
+        previous_alive = self.alive or alive
+        self.alive, self.quorate, previous_quorate = alive, quorate, self.quorate
+        previous_links, self.links = self.links, links
+        if first:
+            return
+        for member in sorted(alive - previous_alive):
+            yield NodeJoined(node=self.node, time=now, member=member,
+                             text=f"{member} joined (heard again)")
+        for member in sorted(previous_alive - alive):
+            clean = member in core.membership.departed
+            yield NodeLost(node=self.node, time=now, member=member, clean=clean,
+                           text=f"{member} {'left cleanly' if clean else 'lost'}")
+        for (member, link), up in sorted(links.items()):
+            if previous_links.get((member, link), up) != up:
+                cls = LinkUp if up else LinkDown
+                yield cls(node=self.node, time=now, member=member, link=link,
+                          text=f"link {link} to {member} {'up' if up else 'down'}")
+        if quorate != previous_quorate:
+            yield (QuorumGained(node=self.node, time=now, text="quorum gained") if quorate
+                   else QuorumLost(node=self.node, time=now, text="quorum lost"))
+
+    def _moves(self, core: NodeCore) -> Iterator[GroupMoved]:
+        # This runs after every event, heartbeats included: look at the placement (as many
+        # entries as groups) only when a new one was accepted.
+        epoch = core.accepted.epoch
+        if epoch == self.epoch:
+            return
+        first = self.epoch is None
+        before_all, placement = self.placement, core.accepted.placement
+        self.placement, self.epoch = placement, epoch
+        if first:
+            return
+        for group in sorted(set(placement) | set(before_all)):
+            before, after = before_all.get(group), placement.get(group)
+            if before != after and (before is not None or after is not None):
+                yield GroupMoved(node=self.node, time=core.now, group=group,
+                                 from_node=before or "", to_node=after or "",
+                                 text=f"{group} placed on {after or 'no node'} (was "
+                                      f"{before or 'nowhere'})")

@@ -1,0 +1,489 @@
+"""Every protocol message between node cores, as a typed frozen dataclass.
+
+The seed's messages are name/value pairs (:class:`vigil.messages.Message`, authenticated by
+the codec); this module is the one place that knows which names a message of each type
+carries and what their values mean. ``decode(msg)`` parses a received message once, here, and
+a peer's malformed message raises :class:`RemoteProtocolError` (the peer's fault: the core
+drops and counts it). Anything else raised while *handling* a well-formed message is our own
+bug and is never counted as a bad message (h11's Local/RemoteProtocolError split).
+
+The encoding is documented in docs/protocol.md ("Messages"); ``to_message()`` and
+``from_message()`` of each type are exact inverses on every valid value.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import ClassVar, Final, Protocol
+
+from vigil.messages import BROADCAST, NAME_RE, Message
+
+Epoch = tuple[int, str]
+NO_EPOCH: Final[Epoch] = (0, "")
+INFINITY: Final = math.inf
+
+
+class RemoteProtocolError(ValueError):
+    """A peer sent something that does not parse: it is dropped and counted."""
+
+
+def fmt_epoch(epoch: Epoch) -> str:
+    return f"{epoch[0]}.{epoch[1]}" if epoch != NO_EPOCH else "0"
+
+
+def parse_epoch(text: str) -> Epoch:
+    """Raises RemoteProtocolError (a ValueError) on anything but ``N.node`` or ``0``."""
+    if text == "0":
+        return NO_EPOCH
+    number, sep, node = text.partition(".")
+    if not sep or not NAME_RE.match(node) or not number.isdigit():
+        raise RemoteProtocolError(f"bad epoch {text[:40]!r}")
+    return (int(number), node)
+
+
+# ---- field codecs --------------------------------------------------------------------------
+
+
+def _names(text: str) -> tuple[str, ...]:
+    out = tuple(n for n in text.split(",") if n)
+    for n in out:
+        if not NAME_RE.match(n):
+            raise RemoteProtocolError(f"bad name {n[:40]!r}")
+    return out
+
+
+def _int(text: str, what: str) -> int:
+    if not text.isdigit():
+        raise RemoteProtocolError(f"bad {what} {text[:40]!r}")
+    return int(text)
+
+
+def _pairs(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in text.split(","):
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not NAME_RE.match(key):
+            raise RemoteProtocolError(f"bad pair {item[:40]!r}")
+        out[key] = value
+    return out
+
+
+def _enc_pairs(pairs: Iterable[tuple[str, object]]) -> str:
+    return ",".join(f"{k}={v}" for k, v in pairs)
+
+
+def check_admin(tokens: Iterable[str]) -> frozenset[str]:
+    """The administrative state tokens (:attr:`Accepted.admin`): node names in standby,
+    ``off:R`` / ``kill:R`` for resources out of service by hand, ``maintenance``."""
+    out = frozenset(t for t in tokens if t)
+    for token in out:
+        how, sep, name = token.partition(":")
+        if not NAME_RE.match(name if sep else how) or (sep and how not in ("off", "kill")):
+            raise RemoteProtocolError(f"bad administrative state {token[:40]!r}")
+    return out
+
+
+def _admin(text: str) -> frozenset[str]:
+    return check_admin(text.split(","))
+
+
+def _enc_admin(admin: Iterable[str]) -> str:
+    return ",".join(sorted(admin))
+
+
+def _enc_placement(placement: Mapping[str, str | None]) -> str:
+    return _enc_pairs(sorted((g, n or "-") for g, n in placement.items()))
+
+
+def _dec_placement(text: str) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for group, node in _pairs(text).items():
+        if node != "-" and not NAME_RE.match(node):
+            raise RemoteProtocolError(f"bad node {node[:40]!r} in placement")
+        out[group] = None if node == "-" else node
+    return out
+
+
+def _enc_cost(cost: float) -> str:
+    return "inf" if cost == INFINITY else repr(cost)
+
+
+def _dec_costs(text: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for group, value in _pairs(text).items():
+        try:
+            cost = float(value)
+        except ValueError:
+            raise RemoteProtocolError(f"bad cost {value[:40]!r}") from None
+        if math.isnan(cost):
+            raise RemoteProtocolError("cost is NaN")
+        out[group] = cost
+    return out
+
+
+# ---- records carried inside messages ---------------------------------------------------------
+
+MAINTENANCE: Final = "maintenance"
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A placement a member accepted, with the cluster's administrative state."""
+
+    epoch: Epoch
+    placement: Mapping[str, str | None]
+    #: The cluster's administrative state, carried with every placement so that it survives
+    #: failovers: node names in standby, ``off:R`` / ``kill:R`` for a resource taken out of
+    #: service by hand (gracefully / at once), and ``maintenance``. The tokens cannot clash:
+    #: names never contain ':'.
+    admin: frozenset[str]
+    applied: tuple[str, ...] = ()  # ids of the requests this placement applied
+
+    @property
+    def maintenance(self) -> bool:
+        return MAINTENANCE in self.admin
+
+    def standby(self, nodes: Iterable[str]) -> list[str]:
+        """The nodes of ``nodes`` in standby."""
+        return sorted(n for n in nodes if n in self.admin)
+
+    def disabled(self) -> dict[str, bool]:
+        """Resources taken out of service by hand -> whether at once (force_oos)."""
+        out: dict[str, bool] = {}
+        for token in self.admin:
+            how, _, name = token.partition(":")
+            if name and how in ("off", "kill"):
+                out[name] = how == "kill" or out.get(name, False)
+        return out
+
+    def encode(self) -> str:
+        return f"{fmt_epoch(self.epoch)}|{_enc_placement(self.placement)}|{_enc_admin(self.admin)}"
+
+    @classmethod
+    def decode(cls, entry: str) -> Accepted:
+        parts = entry.split("|")
+        if len(parts) != 3:
+            raise RemoteProtocolError(f"bad history entry {entry[:40]!r}")
+        return cls(parse_epoch(parts[0]), _dec_placement(parts[1]), _admin(parts[2]))
+
+
+NO_ACCEPTED: Final = Accepted(NO_EPOCH, {}, frozenset())
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRef:
+    """A queued administrative request as it travels in heartbeats until a transition applies
+    it: ``rid`` is unique cluster-wide (node, incarnation, counter)."""
+
+    rid: str
+    kind: str
+    target: str = ""  # the group to move, the resource to enable/disable/kill
+    node: str = ""  # a move's target node, the node of standby/online, "on"/"off"
+
+    def encode(self) -> str:
+        return f"{self.rid}:{self.kind}:{self.target}:{self.node}"
+
+    @classmethod
+    def decode(cls, text: str) -> RequestRef:
+        rid, kind, target, node = [*text.split(":"), "", "", ""][:4]
+        if not rid:
+            raise RemoteProtocolError(f"bad request {text[:40]!r}")
+        return cls(rid, kind, target, node)
+
+
+# ---- the messages ---------------------------------------------------------------------------
+
+
+class WireMessage(Protocol):
+    TYPE: ClassVar[str]
+
+    def fields(self) -> dict[str, str]: ...
+
+
+def to_message(body: WireMessage, sender: str, dest: str = BROADCAST) -> Message:
+    return Message(type=body.TYPE, sender=sender, dest=dest, fields=body.fields())
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    TYPE: ClassVar[str] = "hb"
+    n: int
+    incarnation: int
+    promised: Epoch
+    accepted: Epoch  # carried for people reading the wire; checked, not used
+    closed: bool
+    echo: Mapping[str, int]  # peer -> the number of its newest heartbeat we received
+    groups: Mapping[str, str]  # group active here -> its local state
+    failures: int  # how many failures this node has reported (a master looks again)
+    digest: str
+    requests: tuple[RequestRef, ...] = ()
+
+    def fields(self) -> dict[str, str]:
+        return {
+            "n": str(self.n), "inc": str(self.incarnation), "epoch": fmt_epoch(self.promised),
+            "acc": fmt_epoch(self.accepted), "closed": "1" if self.closed else "0",
+            "echo": ",".join(f"{k}:{v}" for k, v in sorted(self.echo.items())),
+            "groups": _enc_pairs(sorted(self.groups.items())), "want": str(self.failures),
+            "digest": self.digest, "reqs": ";".join(r.encode() for r in self.requests),
+        }
+
+    @classmethod
+    def parse(cls, f: Mapping[str, str]) -> Heartbeat:
+        echo: dict[str, int] = {}
+        for item in f["echo"].split(","):
+            if item:
+                peer, _, n = item.partition(":")
+                echo[peer] = _int(n, "echo")
+        return cls(
+            n=_int(f["n"], "heartbeat number"), incarnation=_int(f["inc"], "incarnation"),
+            promised=parse_epoch(f["epoch"]), accepted=parse_epoch(f["acc"]),
+            closed=f.get("closed", "0") == "1", echo=echo, groups=_pairs(f["groups"]),
+            failures=_int(f["want"], "failure count"), digest=f.get("digest", ""),
+            requests=tuple(RequestRef.decode(r) for r in f["reqs"].split(";") if r))
+
+
+@dataclass(frozen=True, slots=True)
+class Bye:
+    """A node stopped everything and leaves: nobody need fence it."""
+
+    TYPE: ClassVar[str] = "bye"
+    incarnation: int
+
+    def fields(self) -> dict[str, str]:
+        return {"inc": str(self.incarnation)}
+
+    @classmethod
+    def parse(cls, f: Mapping[str, str]) -> Bye:
+        return cls(_int(f["inc"], "incarnation"))
+
+
+@dataclass(frozen=True, slots=True)
+class Cleanup:
+    """`vigil resource cleanup` on another node: forget the group's fail counts here too."""
+
+    TYPE: ClassVar[str] = "cleanup"
+    group: str
+
+    def fields(self) -> dict[str, str]:
+        return {"group": self.group}
+
+    @classmethod
+    def parse(cls, f: Mapping[str, str]) -> Cleanup:
+        return cls(f["group"])
+
+
+@dataclass(frozen=True, slots=True)
+class Declare:
+    TYPE: ClassVar[str] = "declare"
+    epoch: Epoch
+    view: tuple[str, ...]
+    reason: str = ""
+
+    def fields(self) -> dict[str, str]:
+        return {"epoch": fmt_epoch(self.epoch), "view": ",".join(self.view),
+                "reason": self.reason}
+
+    @classmethod
+    def parse(cls, f: Mapping[str, str]) -> Declare:
+        return cls(parse_epoch(f["epoch"]), _names(f["view"]), f.get("reason", ""))
+
+
+@dataclass(frozen=True, slots=True)
+class ReportRequest:
+    TYPE: ClassVar[str] = "report_req"
+    epoch: Epoch
+    known: frozenset[str] = frozenset()  # epochs of accepted placements the master has
+
+    def fields(self) -> dict[str, str]:
+        return {"epoch": fmt_epoch(self.epoch), "known": ",".join(sorted(self.known))}
+
+    @classmethod
+    def parse(cls, f: Mapping[str, str]) -> ReportRequest:
+        return cls(parse_epoch(f["epoch"]),
+                   frozenset(k for k in f.get("known", "").split(",") if k))
+
+
+@dataclass(frozen=True, slots=True)
+class CostRequest:
+    TYPE: ClassVar[str] = "cost_req"
+    epoch: Epoch
+    admin: frozenset[str] = frozenset()  # the administrative state the costs assume
+
+    def fields(self) -> dict[str, str]:
+        return {"epoch": fmt_epoch(self.epoch), "standby": _enc_admin(self.admin)}
+
+    @classmethod
+    def parse(cls, f: Mapping[str, str]) -> CostRequest:
+        return cls(parse_epoch(f["epoch"]), _admin(f.get("standby", "")))
+
+
+@dataclass(frozen=True, slots=True)
+class StopRequest:
+    TYPE: ClassVar[str] = "stop"
+    epoch: Epoch
+    groups: tuple[str, ...]
+
+    def fields(self) -> dict[str, str]:
+        return {"epoch": fmt_epoch(self.epoch), "groups": ",".join(self.groups)}
+
+    @classmethod
+    def parse(cls, f: Mapping[str, str]) -> StopRequest:
+        return cls(parse_epoch(f["epoch"]), _names(f["groups"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Accept:
+    TYPE: ClassVar[str] = "accept"
+    epoch: Epoch
+    placement: Mapping[str, str | None]
+    admin: frozenset[str] = frozenset()
+    applied: tuple[str, ...] = ()
+
+    def fields(self) -> dict[str, str]:
+        return {"epoch": fmt_epoch(self.epoch), "placement": _enc_placement(self.placement),
+                "standby": _enc_admin(self.admin), "applied": ",".join(self.applied)}
+
+    @classmethod
+    def parse(cls, f: Mapping[str, str]) -> Accept:
+        return cls(parse_epoch(f["epoch"]), _dec_placement(f["placement"]),
+                   _admin(f.get("standby", "")),
+                   tuple(r for r in f.get("applied", "").split(",") if r))
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    TYPE: ClassVar[str] = "start"
+    epoch: Epoch
+
+    def fields(self) -> dict[str, str]:
+        return {"epoch": fmt_epoch(self.epoch)}
+
+    @classmethod
+    def parse(cls, f: Mapping[str, str]) -> Start:
+        return cls(parse_epoch(f["epoch"]))
+
+
+# replies to the master
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    TYPE: ClassVar[str] = "ack"
+    epoch: Epoch
+
+    def fields(self) -> dict[str, str]:
+        return {"epoch": fmt_epoch(self.epoch)}
+
+    @classmethod
+    def parse(cls, f: Mapping[str, str]) -> Ack:
+        return cls(parse_epoch(f["epoch"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    TYPE: ClassVar[str] = "report"
+    epoch: Epoch
+    active: Mapping[str, str]  # group active on the member -> its local state
+    history: tuple[Accepted, ...] = ()  # accepted placements the master did not know
+
+    def fields(self) -> dict[str, str]:
+        return {"epoch": fmt_epoch(self.epoch), "active": _enc_pairs(sorted(self.active.items())),
+                "hist": ";".join(a.encode() for a in self.history)}
+
+    @classmethod
+    def parse(cls, f: Mapping[str, str]) -> Report:
+        return cls(parse_epoch(f["epoch"]), _pairs(f["active"]),
+                   tuple(Accepted.decode(e) for e in f.get("hist", "").split(";") if e))
+
+
+@dataclass(frozen=True, slots=True)
+class CostReply:
+    TYPE: ClassVar[str] = "cost"
+    epoch: Epoch
+    costs: Mapping[str, float]
+
+    def fields(self) -> dict[str, str]:
+        return {"epoch": fmt_epoch(self.epoch),
+                "costs": _enc_pairs((g, _enc_cost(c)) for g, c in sorted(self.costs.items()))}
+
+    @classmethod
+    def parse(cls, f: Mapping[str, str]) -> CostReply:
+        return cls(parse_epoch(f["epoch"]), _dec_costs(f["costs"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Stopped:
+    TYPE: ClassVar[str] = "stopped"
+    epoch: Epoch
+    groups: tuple[str, ...]
+    unclean: tuple[str, ...] = ()  # groups whose stop failed: blocked until fenced
+
+    def fields(self) -> dict[str, str]:
+        return {"epoch": fmt_epoch(self.epoch), "groups": ",".join(self.groups),
+                "unclean": ",".join(self.unclean)}
+
+    @classmethod
+    def parse(cls, f: Mapping[str, str]) -> Stopped:
+        return cls(parse_epoch(f["epoch"]), _names(f["groups"]), _names(f.get("unclean", "")))
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptedReply:
+    TYPE: ClassVar[str] = "accepted"
+    epoch: Epoch
+
+    def fields(self) -> dict[str, str]:
+        return {"epoch": fmt_epoch(self.epoch)}
+
+    @classmethod
+    def parse(cls, f: Mapping[str, str]) -> AcceptedReply:
+        return cls(parse_epoch(f["epoch"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    TYPE: ClassVar[str] = "started"
+    epoch: Epoch
+
+    def fields(self) -> dict[str, str]:
+        return {"epoch": fmt_epoch(self.epoch)}
+
+    @classmethod
+    def parse(cls, f: Mapping[str, str]) -> Started:
+        return cls(parse_epoch(f["epoch"]))
+
+
+Body = (Heartbeat | Bye | Cleanup | Declare | ReportRequest | CostRequest | StopRequest | Accept
+        | Start | Ack | Report | CostReply | Stopped | AcceptedReply | Started)
+#: Replies a master collects, by the phase they answer.
+Reply = Ack | Report | CostReply | Stopped | AcceptedReply | Started
+
+_PARSERS: Final = {cls.TYPE: cls.parse for cls in (
+    Heartbeat, Bye, Cleanup, Declare, ReportRequest, CostRequest, StopRequest, Accept, Start,
+    Ack, Report, CostReply, Stopped, AcceptedReply, Started)}
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A decoded message: who sent it, to whom, and its typed body."""
+
+    sender: str
+    dest: str
+    body: Body = field(compare=True)
+
+
+def decode(msg: Message) -> Envelope:
+    """The typed form of ``msg``; RemoteProtocolError for an unknown type, a missing field or
+    a value that does not parse."""
+    parse = _PARSERS.get(msg.type)
+    if parse is None:
+        raise RemoteProtocolError(f"unknown message type {msg.type!r}")
+    try:
+        body = parse(msg.fields)
+    except KeyError as exc:
+        raise RemoteProtocolError(f"{msg.type} without field {exc.args[0]!r}") from None
+    return Envelope(msg.sender, msg.dest, body)

@@ -1,0 +1,172 @@
+"""The status of a cluster as one node sees it: one frozen, typed tree.
+
+One pure function builds it from the core's state and the shell's observations
+(:func:`vigil.cluster.view.build_status`); `vigil status`, ``--json``, /ha and
+:class:`vigil.api.Client` all read this same tree. ``to_json()`` is the documented JSON
+(docs/api.md, "The status tree"), and ``from_json()`` reads it back, so a client process gets
+the typed tree from the control socket without importing the daemon.
+
+This module imports nothing else of Vigil: it is part of the base layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Operation:
+    """The last failure or the last diagnostic of a resource on this node."""
+
+    ok: bool
+    op: str
+    state: str
+    reason: str
+    at: str  # local wall-clock time, HH:MM:SS
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "op": self.op, "state": self.state, "reason": self.reason,
+                "at": self.at}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> Operation | None:
+        if not data:
+            return None
+        return cls(ok=bool(data["ok"]), op=str(data["op"]), state=str(data["state"]),
+                   reason=str(data["reason"]), at=str(data["at"]))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeStatus:
+    state: str  # online, offline
+    standby: bool
+    links: Mapping[str, bool]  # link -> heard on it within dead_time
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupStatus:
+    node: str | None  # where it is active, as far as this node knows
+    state: str  # its local state there, "stopped", or "conflict" (active on several)
+    placed: str | None  # where the accepted placement puts it
+    active_on: Mapping[str, str]  # node -> local state, for every node where it is active
+    resources: tuple[str, ...]
+    fail_count: int  # on this node
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResourceStatus:
+    group: str
+    type: str
+    service_state: str  # IN_SERVICE, OOS, FAILED, UNCLEAN, UNKNOWN, ...
+    provided_by: str | None
+    reason: str
+    depends_on: tuple[str, ...]
+    dependents: tuple[str, ...]
+    by_hand: str | None  # "oo_service" / "force_oos" when taken out of service by hand
+    on_fail: str
+    fail_count: int  # failures on this node since the last cleanup
+    last_failure: Operation | None
+    last_diagnostic: Operation | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Transition:
+    phase: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterStatus:
+    cluster: str
+    node: str  # the node that answered
+    epoch: str
+    accepted: str
+    closed: bool
+    master: str | None
+    quorate: bool
+    quorum: str
+    lease_valid: bool
+    members: tuple[str, ...]
+    alive: tuple[str, ...]
+    transition: Transition | None
+    maintenance: bool
+    standby: tuple[str, ...]
+    disabled: Mapping[str, str]  # resource -> oo_service / force_oos
+    nodes: Mapping[str, NodeStatus]
+    groups: Mapping[str, GroupStatus]
+    resources: Mapping[str, ResourceStatus]  # in start order
+    local: Mapping[str, str]  # group -> its state on this node
+    fail_counts: Mapping[str, int]  # group -> failures on this node
+    mismatched: tuple[str, ...]
+    dropped: int
+    messages: Mapping[str, int] = field(default_factory=dict)  # the codec's counters
+    decisions: tuple[tuple[str, str], ...] = ()  # (when, why), newest last
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "cluster": self.cluster, "node": self.node, "epoch": self.epoch,
+            "accepted": self.accepted, "closed": self.closed, "master": self.master,
+            "quorate": self.quorate, "quorum": self.quorum, "lease_valid": self.lease_valid,
+            "members": list(self.members), "alive": list(self.alive),
+            "transition": (None if self.transition is None else
+                           {"phase": self.transition.phase, "reason": self.transition.reason}),
+            "maintenance": self.maintenance, "standby": list(self.standby),
+            "disabled": dict(self.disabled),
+            "nodes": {n: {"state": v.state, "standby": v.standby, "links": dict(v.links)}
+                      for n, v in self.nodes.items()},
+            "groups": {g: {"node": v.node, "state": v.state, "placed": v.placed,
+                           "active_on": dict(v.active_on), "resources": list(v.resources),
+                           "fail_count": v.fail_count} for g, v in self.groups.items()},
+            "resources": {r: {"node": v.provided_by, "provided_by": v.provided_by,
+                              "group": v.group, "type": v.type, "state": v.service_state,
+                              "service_state": v.service_state, "reason": v.reason,
+                              "depends_on": list(v.depends_on),
+                              "dependents": list(v.dependents), "by_hand": v.by_hand,
+                              "on_fail": v.on_fail, "fail_count": v.fail_count,
+                              "last_failure": _op(v.last_failure),
+                              "last_diagnostic": _op(v.last_diagnostic)}
+                          for r, v in self.resources.items()},
+            "local": dict(self.local), "fail_counts": dict(self.fail_counts),
+            "mismatched": list(self.mismatched), "dropped": self.dropped,
+            "messages": dict(self.messages), "decisions": [list(d) for d in self.decisions],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ClusterStatus:
+        """Raises KeyError/TypeError/ValueError for data that is not a status tree."""
+        t = data.get("transition")
+        return cls(
+            cluster=str(data["cluster"]), node=str(data["node"]), epoch=str(data["epoch"]),
+            accepted=str(data["accepted"]), closed=bool(data["closed"]),
+            master=data["master"], quorate=bool(data["quorate"]), quorum=str(data["quorum"]),
+            lease_valid=bool(data["lease_valid"]), members=tuple(data["members"]),
+            alive=tuple(data["alive"]),
+            transition=None if t is None else Transition(phase=t["phase"], reason=t["reason"]),
+            maintenance=bool(data["maintenance"]), standby=tuple(data["standby"]),
+            disabled=dict(data["disabled"]),
+            nodes={n: NodeStatus(state=v["state"], standby=bool(v["standby"]),
+                                 links=dict(v["links"])) for n, v in data["nodes"].items()},
+            groups={g: GroupStatus(node=v["node"], state=v["state"], placed=v["placed"],
+                                   active_on=dict(v["active_on"]),
+                                   resources=tuple(v["resources"]),
+                                   fail_count=int(v["fail_count"]))
+                    for g, v in data["groups"].items()},
+            resources={r: ResourceStatus(
+                group=v["group"], type=v["type"], service_state=v["service_state"],
+                provided_by=v["provided_by"], reason=v["reason"],
+                depends_on=tuple(v["depends_on"]), dependents=tuple(v["dependents"]),
+                by_hand=v["by_hand"], on_fail=v["on_fail"], fail_count=int(v["fail_count"]),
+                last_failure=Operation.from_json(v["last_failure"]),
+                last_diagnostic=Operation.from_json(v["last_diagnostic"]))
+                for r, v in data["resources"].items()},
+            local=dict(data["local"]), fail_counts=dict(data["fail_counts"]),
+            mismatched=tuple(data["mismatched"]), dropped=int(data["dropped"]),
+            messages=dict(data.get("messages", {})),
+            decisions=tuple((str(w), str(t)) for w, t in data.get("decisions", [])),
+        )
+
+
+def _op(op: Operation | None) -> dict[str, Any] | None:
+    return None if op is None else op.to_json()
