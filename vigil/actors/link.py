@@ -1,21 +1,19 @@
 """LinkActor: one per NIC (link). It owns the link's transport endpoint (ZeroMQ PUB/SUB, or
 the in-memory network in tests), checks every arriving message (authentication, sender,
-replay: see :mod:`vigil.transports.codec`) and hands the good ones to the coordinator. It
-also watches its NIC: when it last heard anyone on this link."""
+replay: see :mod:`vigil.transports.codec`) and hands the good ones to the coordinator (which
+knows, per peer and link, when it last heard from it: `vigil status` shows each link)."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import time
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 import pykka
 
 from vigil.actors.base import Directory, VigilActor
-from vigil.actors.messages import Frames, GetStatus, SendFrames
+from vigil.actors.messages import Frames, SendFrames
 from vigil.cluster.events import Received
 from vigil.transports import Codec, Link, Rejected
 from vigil.transports.base import FrameHandler
@@ -33,9 +31,6 @@ class LinkActor(VigilActor):
         self.codec = codec
         self.factory = factory
         self.link: Link | None = None
-        self.last_heard: float | None = None
-        self.sent = 0
-        self.rejected: Counter[str] = Counter()
         self._warned: set[str] = set()
 
     def on_start(self) -> None:
@@ -56,25 +51,14 @@ class LinkActor(VigilActor):
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Frames):
             self._arrived(message.frames)
-        elif isinstance(message, SendFrames):
-            if self.link is not None:
-                self.link.send(list(message.frames))
-                self.sent += 1
-        elif isinstance(message, GetStatus):
-            return {
-                "link": self.link_name,
-                "last_heard_ago": (None if self.last_heard is None
-                                   else round(time.monotonic() - self.last_heard, 3)),
-                "sent": self.sent,
-                "rejected": dict(self.rejected),
-            }
+        elif isinstance(message, SendFrames) and self.link is not None:
+            self.link.send(list(message.frames))
         return None
 
     def _arrived(self, frames: tuple[bytes, ...]) -> None:
         try:
             msg = self.codec.decode(frames)
-        except Rejected as exc:
-            self.rejected[exc.reason] += 1
+        except Rejected as exc:  # counted by the codec (`vigil status`: messages)
             if exc.reason in ("duplicate", "own"):
                 return  # the same message over a second link, or our own broadcast
             # Say it once per reason at warning level: a forged or misconfigured peer should
@@ -84,5 +68,4 @@ class LinkActor(VigilActor):
             log.log(level, "link %s: dropped a %s message: %s", self.link_name, exc.reason,
                     exc.detail)
             return
-        self.last_heard = time.monotonic()
         self.directory.tell("coordinator", Received(msg, self.link_name))
