@@ -19,7 +19,8 @@ import pykka
 import pytest
 
 from tests.support.cluster_harness import MemoryCluster, cluster_toml, wait_for
-from vigil.api.notifications import (
+from vigil.config import ResourceConfig, load_key, loads
+from vigil.notifications import (
     GroupMoved,
     GroupStateChanged,
     NodeLost,
@@ -27,7 +28,6 @@ from vigil.api.notifications import (
     ResourceStateChanged,
     TransitionCompleted,
 )
-from vigil.config import ResourceConfig, load_key, loads
 from vigil.resources.dummy import DummyResource, DummyType
 from vigil.resources.model import OpResult, ServiceState
 from vigil.resources.registry import ResourceTypeRegistry

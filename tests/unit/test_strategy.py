@@ -8,11 +8,12 @@ manual moves and blocked groups).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
 
+from vigil.actors.strategies import available_strategies, load_strategy
 from vigil.cluster.strategy import (
     INFINITY,
     CostStrategy,
@@ -22,10 +23,9 @@ from vigil.cluster.strategy import (
     PreferredListStrategy,
     Strategy,
     UnknownStrategy,
-    available_strategies,
+    builtin_strategy,
     colocation_sets,
     group_order,
-    load_strategy,
 )
 from vigil.config import (
     ClusterConfig,
@@ -383,15 +383,19 @@ def test_preferred_list_never_uses_a_node_outside_the_list() -> None:
 # ---- loading and determinism ---------------------------------------------------------------
 
 
-def test_built_in_strategies_load_by_name() -> None:
-    assert isinstance(load_strategy("cost"), CostStrategy)
-    assert isinstance(load_strategy("preferred"), PreferredListStrategy)
+@pytest.mark.parametrize("load", [builtin_strategy, load_strategy],
+                         ids=["core built-ins", "daemon with plug-ins"])
+def test_built_in_strategies_load_by_name(load: Callable[[str], Strategy]) -> None:
+    assert isinstance(load("cost"), CostStrategy)
+    assert isinstance(load("preferred"), PreferredListStrategy)
     assert {"cost", "preferred"} <= set(available_strategies())
 
 
-def test_an_unknown_strategy_names_the_known_ones() -> None:
+@pytest.mark.parametrize("load", [builtin_strategy, load_strategy],
+                         ids=["core built-ins", "daemon with plug-ins"])
+def test_an_unknown_strategy_names_the_known_ones(load: Callable[[str], Strategy]) -> None:
     with pytest.raises(UnknownStrategy) as info:
-        load_strategy("nope")
+        load("nope")
     text = str(info.value)
     assert "'nope'" in text and "cost" in text and "preferred" in text
     assert isinstance(info.value, LookupError)

@@ -46,8 +46,8 @@ from collections.abc import Mapping
 from typing import IO, Any, Final
 
 from vigil.actors.base import Directory, VigilActor
-from vigil.api.notifications import Notification
 from vigil.config import AlertConfig
+from vigil.notifications import Notification
 from vigil.resources.proc import kill_group, spawn
 
 log = logging.getLogger("vigil.alerts")

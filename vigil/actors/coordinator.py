@@ -29,8 +29,8 @@ from vigil.actors.messages import (
     StopGroupCmd,
 )
 from vigil.actors.observer import Observer
+from vigil.actors.strategies import load_strategy
 from vigil.actors.timer import DeadlineTimer
-from vigil.api.notifications import GroupMoved, Notification, ResourceStateChanged
 from vigil.cluster.events import (
     AdminRequest,
     ClearFailures,
@@ -47,8 +47,8 @@ from vigil.cluster.events import (
 )
 from vigil.cluster.node import LocalState, NodeCore, Persisted
 from vigil.cluster.strategy import group_order
-from vigil.config import ClusterConfig
-from vigil.resources.graph import member_graphs
+from vigil.config import ClusterConfig, member_graphs
+from vigil.notifications import GroupMoved, Notification, ResourceStateChanged
 from vigil.transports import Codec, Sequencer
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ class CoordinatorActor(VigilActor):
         self.links = [link.name for link in config.nodes[node].links]
         self.core = NodeCore(config, node, incarnation=sequencer.incarnation,
                              now=time.monotonic(), missing_types=missing_types,
+                             strategy=load_strategy(config.strategy),
                              persisted=load_persisted(state_path))
         self.saved = self.core.persisted()
         self.tokens = 0

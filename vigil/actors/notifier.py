@@ -6,12 +6,12 @@ Per subscriber, notifications arrive in the order they happened (one actor sends
 Pykka mailboxes are FIFO). The notifier numbers them (``seq``, from 1 per run of the actor).
 
 The event socket (``<runtime_dir>/events.sock``) is a ZeroMQ PUB socket over ``ipc``: one
-message per notification, the JSON of :func:`~vigil.api.notifications.to_dict` plus ``run``
+message per notification, the JSON of :func:`~vigil.notifications.to_dict` plus ``run``
 (an id of this notifier's run, so a subscriber tells a restart from a gap). A subscriber
 that does not keep up loses messages once :data:`SEND_HWM` wait for it: ZeroMQ drops them at
 the PUB rather than let one reader slow the daemon; the ``seq`` numbers show the gap, and
 :func:`vigil.api.subscribe` reports it as a ``Missed`` notification. Who may connect is the
-file's mode (see :mod:`vigil.actors.control`); the socket is bound in a private directory
+file's mode (see :mod:`vigil.local.access`); the socket is bound in a private directory
 and renamed into place, so it never exists with a looser mode than intended.
 """
 
@@ -31,9 +31,9 @@ import pykka
 import zmq
 
 from vigil.actors.base import Directory, VigilActor
-from vigil.actors.control import Access, prepare_runtime_dir, socket_in_use
 from vigil.actors.messages import Subscribe, Unsubscribe
-from vigil.api.notifications import Notification, to_dict
+from vigil.local.access import Access, prepare_runtime_dir, socket_in_use
+from vigil.notifications import Notification, to_dict
 
 log = logging.getLogger("vigil.events")
 

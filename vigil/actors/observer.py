@@ -12,7 +12,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from vigil.api.notifications import (
+from vigil.cluster.events import Notice
+from vigil.cluster.node import NodeCore
+from vigil.notifications import (
     Decision,
     FencingCompleted,
     FencingRequested,
@@ -28,8 +30,6 @@ from vigil.api.notifications import (
     TransitionCompleted,
     TransitionStarted,
 )
-from vigil.cluster.events import Notice
-from vigil.cluster.node import NodeCore
 
 
 class Observer:

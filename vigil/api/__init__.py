@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from vigil.api.client import Client, Refused
 from vigil.api.events import EventStream, NoDaemonError, subscribe
-from vigil.api.notifications import (
+from vigil.notifications import (
     KINDS,
     Decision,
     FencingCompleted,

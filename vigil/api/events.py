@@ -22,8 +22,8 @@ of ``[cluster] status_group`` (its file mode; see ``docs/events.md``). Parameter
     whose daemon to read (default: this host's name, as ``vigil`` commands do).
 ``kinds``
     the notification kinds wanted (``None``: all; see
-    :data:`~vigil.api.notifications.KINDS`). Filtered here, in the subscriber, so that
-    gaps still show: :class:`~vigil.api.notifications.Missed` is always yielded, whatever
+    :data:`~vigil.notifications.KINDS`). Filtered here, in the subscriber, so that
+    gaps still show: :class:`~vigil.notifications.Missed` is always yielded, whatever
     ``kinds`` says.
 ``timeout``
     seconds to wait for the next notification to yield; then the iteration ends (and the
@@ -59,8 +59,8 @@ from typing import Final
 
 import zmq
 
-from vigil.api.notifications import KINDS, Missed, Notification, from_dict
-from vigil.config import ClusterConfig, load
+from vigil.config import ClusterConfig, load, resolve_node
+from vigil.notifications import KINDS, Missed, Notification, from_dict
 
 __all__ = ["DEFAULT_CONFIG", "EventStream", "NoDaemonError", "subscribe"]
 
@@ -82,11 +82,10 @@ def subscribe(config: str | os.PathLike[str] | ClusterConfig | None = None,
     """The notifications of ``node``'s daemon as they happen (see the module's text).
 
     Raises :class:`~vigil.config.ConfigError` for a bad configuration file,
-    :class:`vigil.daemon.StartupError` when ``node`` (or the host name) is not in it,
+    :class:`~vigil.config.UnknownNode` (a ConfigError) when ``node`` (or the host name) is
+    not in it,
     :class:`NoDaemonError` when that node's daemon does not run, ``PermissionError`` when
     this user may not read its events, ``ValueError`` for an unknown kind."""
-    from vigil.daemon import resolve_node
-
     if not isinstance(config, ClusterConfig):
         config = load(Path(config) if config is not None
                       else os.environ.get("VIGIL_CONFIG", DEFAULT_CONFIG))

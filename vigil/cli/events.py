@@ -19,7 +19,7 @@ from typing import NoReturn
 
 import click
 
-from vigil.api.notifications import KINDS, Missed, Notification, to_dict
+from vigil.notifications import KINDS, Missed, Notification, to_dict
 
 # The same as vigil.cli.main's (not imported: main imports this module at its end).
 EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, EXIT_NO_DAEMON = 0, 1, 2, 3
@@ -56,11 +56,10 @@ def events_command(config_path: str, node: str | None, kinds: tuple[str, ...], a
     groups moved, resource states, ...), until Ctrl-C or --count N."""
     from vigil.api.events import NoDaemonError, subscribe
     from vigil.config import ConfigError
-    from vigil.daemon import StartupError
 
     try:
         stream = subscribe(config_path, node, kinds or None, timeout=timeout)
-    except (ConfigError, StartupError) as exc:
+    except ConfigError as exc:
         _fail(str(exc), EXIT_USAGE)
     except (NoDaemonError, PermissionError) as exc:
         _fail(str(exc), EXIT_NO_DAEMON)

@@ -60,13 +60,12 @@ from vigil.cluster.strategy import (
     DecisionContext,
     LocalCostContext,
     Strategy,
+    builtin_strategy,
     colocation_sets,
     group_order,
-    load_strategy,
 )
-from vigil.config import ClusterConfig
+from vigil.config import ClusterConfig, member_graphs
 from vigil.messages import BROADCAST, NAME_RE, Message
-from vigil.resources.graph import member_graphs
 
 
 class LocalState(enum.Enum):
@@ -324,7 +323,7 @@ class NodeCore:
         self.config = config
         self.name = name
         self.incarnation = incarnation
-        self.strategy = strategy or load_strategy(config.strategy)
+        self.strategy = strategy or builtin_strategy(config.strategy)
         self.missing_types = missing_types
         self.fencer = fencer or config.fencer
         t = config.timing

@@ -37,9 +37,8 @@ from vigil.cluster.events import (
 )
 from vigil.cluster.node import LocalState, NodeCore, Persisted, Phase
 from vigil.cluster.strategy import colocation_sets
-from vigil.config import ClusterConfig
+from vigil.config import ClusterConfig, member_graphs
 from vigil.messages import BROADCAST, Message
-from vigil.resources.graph import member_graphs
 
 
 class InvariantViolation(AssertionError):
