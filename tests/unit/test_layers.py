@@ -97,10 +97,11 @@ def imports_of(module: str) -> Iterator[Import]:
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
             in_function.update(id(inner) for inner in ast.walk(node) if inner is not node)
     for node in ast.walk(tree):
-        names: list[str] = []
+        if not isinstance(node, ast.Import | ast.ImportFrom):
+            continue
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
+        else:
             source = _resolve(module, is_package, node)
             # "from vigil.resources import proc" imports the module vigil.resources.proc
             names = [f"{source}.{alias.name}" if f"{source}.{alias.name}" in MODULES

@@ -401,6 +401,27 @@ def test_an_unknown_strategy_names_the_known_ones(load: Callable[[str], Strategy
     assert isinstance(info.value, LookupError)
 
 
+def test_plug_in_strategies_are_the_shells_the_core_knows_only_its_built_ins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (tmp_path / "vigil_test_strategy.py").write_text(
+        "from vigil.cluster.strategy import CostStrategy\n\n"
+        "class Thrifty(CostStrategy):\n    pass\n")
+    dist = tmp_path / "vigil_test_strategy-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: vigil-test-strategy\n"
+                                   "Version: 0.1\n")
+    (dist / "entry_points.txt").write_text(
+        "[vigil.strategies]\nthrifty = vigil_test_strategy:Thrifty\n"
+        "broken = no_such_module_for_vigil:Strategy\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    assert type(load_strategy("thrifty")).__name__ == "Thrifty"
+    assert "broken" not in available_strategies()  # skipped, the others still load
+    with pytest.raises(UnknownStrategy, match="'thrifty'"):
+        builtin_strategy("thrifty")
+
+
 @pytest.mark.parametrize("strategy", [CostStrategy(), PreferredListStrategy()],
                          ids=["cost", "preferred"])
 def test_decide_is_deterministic_whatever_the_order_of_its_inputs(strategy: Strategy) -> None:
