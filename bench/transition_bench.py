@@ -74,9 +74,9 @@ from typing import Literal  # noqa: E402
 
 from tests.support.simconfig import sim_config  # noqa: E402
 from vigil.cluster.events import Event, Received, Tick  # noqa: E402
-from vigil.cluster.wire import NO_EPOCH, Epoch, fmt_epoch  # noqa: E402
 from vigil.cluster.node import NodeCore  # noqa: E402
 from vigil.cluster.sim import SimCluster  # noqa: E402
+from vigil.cluster.wire import NO_EPOCH, Epoch, fmt_epoch  # noqa: E402
 from vigil.messages import Message  # noqa: E402
 
 NODES = (3, 9, 32)

@@ -20,13 +20,16 @@ import os
 import re
 import secrets
 import shlex
+import socket
 import tomllib
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final, Literal
 
+from vigil.graph import DependencyGraph, find_cycles
 from vigil.messages import NAME_RE
+from vigil.notifications import KINDS
 
 ParamValue = str | int | float | bool | list[str]
 
@@ -181,6 +184,10 @@ class ConfigError(Exception):
 
     def __str__(self) -> str:
         return "\n".join(str(p) for p in self.problems)
+
+
+class UnknownNode(ConfigError):
+    """This machine (or the node asked for) is not a node of the configuration."""
 
 
 _DURATION_RE = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(us|ms|s|m|h)?")
@@ -551,8 +558,6 @@ def _unix_group(c: _Checker, t: Mapping[str, object], key: str) -> str:
 
 
 def _read_alerts(c: _Checker, root: Mapping[str, object]) -> tuple[AlertConfig, ...]:
-    from vigil.notifications import KINDS
-
     raw = root.get("alerts", [])
     if not isinstance(raw, list):
         c.add("alerts", "expected an array of tables: [[alerts]] command = \"...\"")
@@ -771,7 +776,7 @@ def _read_groups(c: _Checker, root: Mapping[str, object], node_names: set[str],
                 c.add(key, f"unknown group '{other}' ({_suggest(other, groups)}"
                       f"configured groups: {_known(groups)})")
     graph = {n: [d for d in g.depends_on if d != n and d in groups] for n, g in groups.items()}
-    for cycle in _cycles(graph):
+    for cycle in find_cycles(graph):
         c.add(_join(_join("groups", cycle[0]), "depends_on"),
               f"groups depend on each other in a cycle: {' -> '.join(cycle)}; "
               "remove one of these dependencies")
@@ -840,7 +845,7 @@ def _read_resources(c: _Checker, table: Mapping[str, object],
                       f"the other group, set groups.{resource.group}.depends_on = ['{theirs}']")
     graph = {n: [d for d in r.depends_on if d != n and d in resources
                  and resources[d].group == r.group] for n, r in resources.items()}
-    for cycle in _cycles(graph):
+    for cycle in find_cycles(graph):
         c.add(_join(_join("resources", cycle[0]), "depends_on"),
               f"resources depend on each other in a cycle: {' -> '.join(cycle)}; "
               "remove one of these dependencies")
@@ -858,32 +863,6 @@ def _read_params(c: _Checker, t: Mapping[str, object], key: str) -> dict[str, Pa
             c.add(_join(f"{key}.params", name), "a parameter is a string, number, boolean or "
                   f"array of strings, got {_describe(value)}")
     return params
-
-
-def _cycles(graph: Mapping[str, list[str]]) -> list[list[str]]:
-    """One cycle per strongly connected knot, each as a path ``[a, b, a]`` from its
-    smallest name."""
-    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
-    cycles: list[list[str]] = []
-
-    def visit(node: str, path: list[str]) -> None:
-        state[node] = 1
-        path.append(node)
-        for nxt in graph.get(node, ()):
-            if state.get(nxt) == 1:
-                loop = path[path.index(nxt):]
-                start = loop.index(min(loop))
-                loop = loop[start:] + loop[:start]
-                cycles.append([*loop, loop[0]])
-            elif nxt not in state:
-                visit(nxt, path)
-        path.pop()
-        state[node] = 2
-
-    for node in sorted(graph):
-        if node not in state:
-            visit(node, [])
-    return cycles
 
 
 def _as_table(value: object) -> dict[str, object]:
@@ -997,3 +976,21 @@ def check_file(path: str | Path) -> list[str]:
     except ConfigError as err:
         return [str(p) for p in err.problems]
     return []
+
+
+def resolve_node(cfg: ClusterConfig, node: str | None) -> str:
+    """The node ``node`` names, or this machine's (its short host name) when None; raises
+    :class:`UnknownNode` when the configuration has no such node."""
+    name = node or socket.gethostname().split(".")[0]
+    if name not in cfg.nodes:
+        how = "--node NAME" if node is None else "a node name from the file"
+        raise UnknownNode([ConfigProblem(
+            str(cfg.path), "", f"this machine is node {name!r}, which is not in the "
+            f"configuration (nodes: {', '.join(cfg.node_names)}); pass {how}")])
+    return name
+
+
+def member_graphs(config: ClusterConfig) -> dict[str, DependencyGraph]:
+    """One graph per resource group of ``config``: its members and their ``depends_on``."""
+    return {g: DependencyGraph({r: config.resources[r].depends_on for r in c.resources})
+            for g, c in config.groups.items()}

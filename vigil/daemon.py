@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -17,7 +16,7 @@ import zmq
 from vigil.actors.link import LinkFactory
 from vigil.actors.node import NodeRuntime
 from vigil.cluster.placement import stop_bound
-from vigil.config import ClusterConfig, ConfigError, load, load_key
+from vigil.config import ClusterConfig, ConfigError, UnknownNode, load, load_key, resolve_node
 from vigil.resources.registry import default_registry
 from vigil.transports import ZmqLink
 from vigil.transports.base import FrameHandler
@@ -25,18 +24,9 @@ from vigil.transports.base import FrameHandler
 log = logging.getLogger("vigil.daemon")
 
 
-class StartupError(Exception):
-    """The daemon cannot start; the message says why and what to do."""
-
-
-def resolve_node(cfg: ClusterConfig, node: str | None) -> str:
-    name = node or socket.gethostname().split(".")[0]
-    if name not in cfg.nodes:
-        how = "--node NAME" if node is None else "a node name from the file"
-        raise StartupError(
-            f"{cfg.path}: this machine is node {name!r}, which is not in the configuration "
-            f"(nodes: {', '.join(cfg.node_names)}); pass {how}")
-    return name
+#: The error of an unknown node, by its former name here (it lives with the configuration now,
+#: where the CLI, /ha and the API find it without loading the daemon).
+StartupError = UnknownNode
 
 
 def zmq_links(
@@ -60,7 +50,7 @@ def run(config_path: str, node: str | None) -> int:
         cfg = load(config_path)
         key = load_key(cfg)
         name = resolve_node(cfg, node)
-    except (ConfigError, StartupError) as exc:
+    except ConfigError as exc:
         print(f"vigil: refusing to start:\n{exc}", file=sys.stderr)
         return 2
     registry = default_registry()

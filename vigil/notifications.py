@@ -31,6 +31,10 @@ Missed                     ``missed``                   count (only from the eve
 :func:`to_dict` / :func:`from_dict` turn them into JSON-ready dicts and back (the event
 socket's wire format); unknown keys are ignored and unknown kinds become :class:`Decision`,
 so an older client keeps working with a newer daemon.
+
+A base module: it imports nothing else of Vigil, so that every layer may use it (the core, the
+actors, the configuration's alert kinds); applications import the same names from
+:mod:`vigil.api`.
 """
 
 from __future__ import annotations

@@ -30,7 +30,6 @@ from click.testing import CliRunner
 from tests.support.cluster_harness import MemoryCluster, cluster_toml, wait_for
 from vigil.actors.alerts import AlertsActor
 from vigil.actors.base import Directory
-from vigil.actors.control import request
 from vigil.actors.node import NodeRuntime
 from vigil.api import (
     Decision,
@@ -45,6 +44,7 @@ from vigil.api import (
 )
 from vigil.cli.main import cli
 from vigil.config import AlertConfig, load_key, loads
+from vigil.local.protocol import request
 from vigil.resources.proc import group_members, pid_alive
 
 ROOT = Path(__file__).resolve().parents[2]

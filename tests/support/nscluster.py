@@ -68,8 +68,8 @@ from pathlib import Path
 from typing import IO, Any, Final
 
 from tests.support.cluster_harness import wait_for as _wait_for
-from vigil.actors.control import request
 from vigil.config import write_key
+from vigil.local.protocol import request
 from vigil.resources import proc
 
 __all__ = [

@@ -28,9 +28,9 @@ import pykka
 import pytest
 
 from tests.support.cluster_harness import MemoryCluster, cluster_toml, wait_for
-from vigil.actors.control import request
 from vigil.api import Decision
 from vigil.config import load_key, loads
+from vigil.local.protocol import request
 
 NOBODY = 65534
 SYSTEM_PYTHON = "/usr/bin/python3"

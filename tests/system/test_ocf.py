@@ -21,7 +21,7 @@ from vigil.cli.main import cli
 from vigil.config import MonitorConfig, ResourceConfig, TypeDefaults
 from vigil.resources import proc
 from vigil.resources import registry as registry_module
-from vigil.resources.model import ServiceState
+from vigil.resources.model import ServiceState, UnknownResourceType
 from vigil.resources.ocf import (
     OcfResource,
     OcfType,
@@ -30,7 +30,7 @@ from vigil.resources.ocf import (
     parse_ocf_duration,
     run_agent,
 )
-from vigil.resources.registry import UnknownResourceType, default_registry
+from vigil.resources.registry import default_registry
 
 HEARTBEAT = Path("/usr/lib/ocf/resource.d/heartbeat")
 

@@ -14,10 +14,10 @@ from click.testing import CliRunner
 
 from tests.support.cluster_harness import MemoryCluster, wait_for
 from tests.system.test_hafs import mounted, needs_fuse, read, write_config
-from vigil.actors.control import request
 from vigil.api import Client, Refused
 from vigil.cli.main import cli
 from vigil.config import load, load_key
+from vigil.local.protocol import request
 
 NODES = ("alpha", "beta", "gamma")
 

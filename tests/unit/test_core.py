@@ -37,6 +37,7 @@ from vigil.cluster.node import NodeCore
 from vigil.cluster.placement import stop_bound
 from vigil.cluster.promise import Persisted
 from vigil.cluster.sim import SimCluster, SimNode
+from vigil.cluster.view import build_status
 from vigil.cluster.wire import NO_ACCEPTED, NO_EPOCH, Accepted
 from vigil.config import ClusterConfig
 from vigil.messages import Message
@@ -129,7 +130,7 @@ def last_costs(c: Recorder, node: str, since: float) -> dict[str, float]:
 
 def test_three_nodes_form_one_epoch_led_by_the_lowest_name_with_preferred_placement() -> None:
     c = formed(sim_config(3, 3, group_chain=False))
-    statuses = {n: c.core(n).status() for n in c.config.node_names}
+    statuses = {n: build_status(c.core(n)) for n in c.config.node_names}
     assert {s.epoch for s in statuses.values()} == {"1.alpha"}
     assert {s.master for s in statuses.values()} == {"alpha"}
     assert all(s.closed and s.quorate and s.lease_valid for s in statuses.values())
@@ -207,7 +208,7 @@ def test_clean_shutdown_stops_in_reverse_order_says_bye_and_is_taken_over_withou
     assert takeover < fence_wait
     assert not any("waiting until" in text for when, text in c.core("alpha").decisions
                    if when >= t0)
-    assert c.core("alpha").status().members == ("alpha", "gamma")
+    assert build_status(c.core("alpha")).members == ("alpha", "gamma")
 
     # ...which is much faster than losing the same node to a crash
     crashed = formed(cfg)
@@ -227,7 +228,7 @@ def test_a_node_that_left_cleanly_is_not_in_the_next_epoch_and_its_groups_stay_m
     c.run_for(3.0)
     assert c.settled()
     assert c.where() == {"g0": "alpha", "g1": "beta", "g2": "alpha"}
-    assert c.core("alpha").status().members == ("alpha", "beta")
+    assert build_status(c.core("alpha")).members == ("alpha", "beta")
 
 
 # ---- partitions and quorum -----------------------------------------------------------------
@@ -255,7 +256,7 @@ def test_a_minority_partition_stops_its_groups_within_the_lease_and_the_majority
 
     for x in minority:
         core = c.core(x)
-        status = core.status()
+        status = build_status(core)
         assert not status.quorate and not status.lease_valid
         # starts nothing and declares nothing
         assert c.ops_since(t0, node=x, what="start") == []
@@ -297,15 +298,15 @@ def test_two_of_five_alive_never_declare_an_epoch_nor_start_anything() -> None:
     for name in ("alpha", "beta"):
         core = c.core(name)
         assert core.promised == NO_EPOCH and core.round is None
-        assert core.status().quorate is False
-        assert core.status().quorum == "2 of 5 votes, need 3"
+        assert build_status(core).quorate is False
+        assert build_status(core).quorum == "2 of 5 votes, need 3"
     assert c.messages("declare") == []
     assert c.ops == [] and c.starts == 0
     # a third node makes a quorum: now the cluster forms
     c.power_on("gamma")
     c.run_for(FORM)
     assert c.settled()
-    assert c.core("alpha").status().members == ("alpha", "beta", "gamma")
+    assert build_status(c.core("alpha")).members == ("alpha", "beta", "gamma")
     assert all(v is not None for v in c.where().values())
 
 
@@ -319,7 +320,7 @@ def test_two_node_with_wait_for_all_a_node_that_never_saw_its_peer_starts_nothin
     c.run_for(10.0)
     core = c.core("alpha")
     assert not core.membership.seen_all
-    assert core.status().quorate is False
+    assert build_status(core).quorate is False
     assert core.promised == NO_EPOCH
     assert c.messages("declare") == [] and c.ops == []
     # once it has seen its peer, it forms the cluster
@@ -336,7 +337,7 @@ def test_two_node_a_lone_survivor_that_saw_its_peer_stays_quorate_and_fences_it(
     c.crash("beta")
     c.run_for(3.0)
     core = c.core("alpha")
-    assert core.status().quorate is True
+    assert build_status(core).quorate is True
     assert c.where() == {"g0": "alpha", "g1": "alpha"}
     assert any(text == "fencing beta" for when, text in core.decisions if when >= t0)
     assert c.settled()
@@ -361,11 +362,11 @@ def test_a_node_with_a_different_config_digest_is_kept_out_and_reported() -> Non
                           incarnation=gamma.incarnation, now=c.now)
     c.run_for(FORM)
     for name in ("alpha", "beta"):
-        status = c.core(name).status()
+        status = build_status(c.core(name))
         assert status.mismatched == ("gamma",)
         assert status.members == ("alpha", "beta")
         assert status.alive == ("alpha", "beta")
-    assert c.core("gamma").status().mismatched == ("alpha", "beta")
+    assert build_status(c.core("gamma")).mismatched == ("alpha", "beta")
     assert c.core("gamma").promised == NO_EPOCH
     # gamma runs nothing, even the group that prefers it
     where = c.where()
@@ -490,7 +491,7 @@ def test_a_request_made_on_the_master_node_is_honoured(kind: str) -> None:
     if kind == "move":
         assert c.where()["g0"] == "beta"
     else:
-        assert c.core("alpha").status().standby == ("beta",)
+        assert build_status(c.core("alpha")).standby == ("beta",)
         assert "beta" not in c.where().values()
 
 
@@ -499,7 +500,7 @@ def test_standby_empties_a_node_and_online_lets_it_run_groups_again_without_fail
     t0 = c.now
     c.request("gamma", AdminRequest("standby", node="beta"))
     c.run_for(3.0)
-    assert c.core("alpha").status().standby == ("beta",)
+    assert build_status(c.core("alpha")).standby == ("beta",)
     assert "beta" not in c.where().values()
     assert c.where()["g1"] == "gamma"  # the next cheapest for g1
     assert c.ops_since(t0, node="beta", what="start") == []
@@ -507,7 +508,7 @@ def test_standby_empties_a_node_and_online_lets_it_run_groups_again_without_fail
     t1 = c.now
     c.request("gamma", AdminRequest("online", node="beta"))
     c.run_for(3.0)
-    assert c.core("alpha").status().standby == ()
+    assert build_status(c.core("alpha")).standby == ()
     # failback is off: g1 stays where it runs
     assert c.where()["g1"] == "gamma"
     assert c.ops_since(t1) == []
@@ -699,7 +700,7 @@ def test_a_fresh_node_has_no_epoch_and_no_placement() -> None:
     cfg = sim_config(3, 2, group_chain=False)
     core = NodeCore(cfg, "beta", incarnation=1, now=0.0)
     assert core.promised == NO_EPOCH and core.accepted == NO_ACCEPTED
-    status = core.status()
+    status = build_status(core)
     assert status.epoch == "0" and status.master is None
     with pytest.raises(ValueError, match="not in the configuration"):
         NodeCore(cfg, "zeta", incarnation=1, now=0.0)

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vigil.resources.graph import (
+from vigil.graph import (
     DependencyCycle,
     DependencyGraph,
     UnknownDependency,

@@ -8,11 +8,12 @@ manual moves and blocked groups).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
 
+from vigil.actors.strategies import available_strategies, load_strategy
 from vigil.cluster.strategy import (
     INFINITY,
     CostStrategy,
@@ -22,10 +23,9 @@ from vigil.cluster.strategy import (
     PreferredListStrategy,
     Strategy,
     UnknownStrategy,
-    available_strategies,
+    builtin_strategy,
     colocation_sets,
     group_order,
-    load_strategy,
 )
 from vigil.config import (
     ClusterConfig,
@@ -383,18 +383,43 @@ def test_preferred_list_never_uses_a_node_outside_the_list() -> None:
 # ---- loading and determinism ---------------------------------------------------------------
 
 
-def test_built_in_strategies_load_by_name() -> None:
-    assert isinstance(load_strategy("cost"), CostStrategy)
-    assert isinstance(load_strategy("preferred"), PreferredListStrategy)
+@pytest.mark.parametrize("load", [builtin_strategy, load_strategy],
+                         ids=["core built-ins", "daemon with plug-ins"])
+def test_built_in_strategies_load_by_name(load: Callable[[str], Strategy]) -> None:
+    assert isinstance(load("cost"), CostStrategy)
+    assert isinstance(load("preferred"), PreferredListStrategy)
     assert {"cost", "preferred"} <= set(available_strategies())
 
 
-def test_an_unknown_strategy_names_the_known_ones() -> None:
+@pytest.mark.parametrize("load", [builtin_strategy, load_strategy],
+                         ids=["core built-ins", "daemon with plug-ins"])
+def test_an_unknown_strategy_names_the_known_ones(load: Callable[[str], Strategy]) -> None:
     with pytest.raises(UnknownStrategy) as info:
-        load_strategy("nope")
+        load("nope")
     text = str(info.value)
     assert "'nope'" in text and "cost" in text and "preferred" in text
     assert isinstance(info.value, LookupError)
+
+
+def test_plug_in_strategies_are_the_shells_the_core_knows_only_its_built_ins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (tmp_path / "vigil_test_strategy.py").write_text(
+        "from vigil.cluster.strategy import CostStrategy\n\n"
+        "class Thrifty(CostStrategy):\n    pass\n")
+    dist = tmp_path / "vigil_test_strategy-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: vigil-test-strategy\n"
+                                   "Version: 0.1\n")
+    (dist / "entry_points.txt").write_text(
+        "[vigil.strategies]\nthrifty = vigil_test_strategy:Thrifty\n"
+        "broken = no_such_module_for_vigil:Strategy\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    assert type(load_strategy("thrifty")).__name__ == "Thrifty"
+    assert "broken" not in available_strategies()  # skipped, the others still load
+    with pytest.raises(UnknownStrategy, match="'thrifty'"):
+        builtin_strategy("thrifty")
 
 
 @pytest.mark.parametrize("strategy", [CostStrategy(), PreferredListStrategy()],

@@ -29,6 +29,7 @@ from vigil.actors.messages import (
     StartGroupCmd,
     StopGroupCmd,
 )
+from vigil.actors.strategies import load_strategy
 from vigil.actors.timer import DeadlineTimer
 from vigil.cluster.events import (
     AdminRequest,
@@ -45,7 +46,7 @@ from vigil.cluster.events import (
 )
 from vigil.cluster.node import NodeCore
 from vigil.cluster.promise import Persisted
-from vigil.cluster.view import ResourceFacts
+from vigil.cluster.view import ResourceFacts, build_status
 from vigil.config import ClusterConfig
 from vigil.notifications import FailCountsCleared, ResourceStateChanged
 from vigil.status import ClusterStatus, Operation
@@ -89,6 +90,7 @@ class CoordinatorActor(VigilActor):
         self.links = [link.name for link in config.nodes[node].links]
         self.core = NodeCore(config, node, incarnation=sequencer.incarnation,
                              now=time.monotonic(), missing_types=missing_types,
+                             strategy=load_strategy(config.strategy),
                              persisted=load_persisted(state_path))
         self.saved = self.core.persisted()
         self.tokens = 0
@@ -244,7 +246,7 @@ class CoordinatorActor(VigilActor):
         return _error(f"unknown command {cmd!r}")
 
     def status(self) -> ClusterStatus:
-        return self.core.status(ResourceFacts(
+        return build_status(self.core, ResourceFacts(
             states=self.resource_states, fail_counts=self.resource_fails,
             last_failure=self.last_failure, last_diagnostic=self.last_diagnostic,
             messages=self.codec.counters), wall=_wall)

@@ -31,8 +31,13 @@ from vigil.actors.link import LinkActor, LinkFactory
 from vigil.actors.messages import ChildFailed, ChildRestarted, Control, GetStatus, Subscribe
 from vigil.actors.notifier import NotifierActor
 from vigil.actors.resource import ResourceActor
-from vigil.config import ClusterConfig, ResourceConfig, TypeDefaults, apply_type_defaults
-from vigil.resources.graph import member_graphs
+from vigil.config import (
+    ClusterConfig,
+    ResourceConfig,
+    TypeDefaults,
+    apply_type_defaults,
+    member_graphs,
+)
 from vigil.resources.model import Catalog
 from vigil.resources.registry import ResourceTypeRegistry, default_registry
 from vigil.status import ClusterStatus
@@ -147,7 +152,7 @@ class NodeRuntime:
         sequencer = Sequencer(node)
         factories: dict[str, Factory] = {}
         from vigil.actors.alerts import AlertsActor
-        from vigil.actors.control import Access
+        from vigil.local.access import Access
 
         access = Access(cfg.admin_group, cfg.status_group)
         factories["notifier"] = lambda: NotifierActor.start(

@@ -11,7 +11,7 @@ message per notification, the JSON of :func:`~vigil.notifications.to_dict` plus 
 that does not keep up loses messages once :data:`SEND_HWM` wait for it: ZeroMQ drops them at
 the PUB rather than let one reader slow the daemon; the ``seq`` numbers show the gap, and
 :func:`vigil.api.subscribe` reports it as a ``Missed`` notification. Who may connect is the
-file's mode (see :mod:`vigil.actors.control`); the socket is bound in a private directory
+file's mode (see :mod:`vigil.local.access`); the socket is bound in a private directory
 and renamed into place, so it never exists with a looser mode than intended.
 """
 
@@ -31,8 +31,8 @@ import pykka
 import zmq
 
 from vigil.actors.base import Directory, VigilActor
-from vigil.actors.control import Access, prepare_runtime_dir, socket_in_use
 from vigil.actors.messages import Subscribe, Unsubscribe
+from vigil.local.access import Access, prepare_runtime_dir, socket_in_use
 from vigil.notifications import Notification, to_dict
 
 log = logging.getLogger("vigil.events")

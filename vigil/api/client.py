@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vigil.api.events import DEFAULT_CONFIG, NoDaemonError
-from vigil.config import ClusterConfig, load
+from vigil.config import ClusterConfig, load, resolve_node
+from vigil.local.protocol import request
 
 __all__ = ["Client", "Refused", "ResourceAction"]
 
@@ -37,8 +38,6 @@ class Client:
 
     def __init__(self, config: str | os.PathLike[str] | ClusterConfig | None = None,
                  node: str | None = None, *, timeout: float = 10.0) -> None:
-        from vigil.daemon import resolve_node
-
         if not isinstance(config, ClusterConfig):
             config = load(Path(config) if config is not None
                           else os.environ.get("VIGIL_CONFIG", DEFAULT_CONFIG))
@@ -50,8 +49,6 @@ class Client:
     def request(self, command: str, timeout: float | None = None,
                 **args: str) -> dict[str, Any]:
         """One raw request (the control socket's protocol, docs/api.md)."""
-        from vigil.actors.control import request
-
         try:
             answer = request(self.socket, command, args, self.timeout if timeout is None
                              else timeout)

@@ -59,7 +59,7 @@ from typing import Final
 
 import zmq
 
-from vigil.config import ClusterConfig, load
+from vigil.config import ClusterConfig, load, resolve_node
 from vigil.notifications import KINDS, Missed, Notification, from_dict
 
 __all__ = ["DEFAULT_CONFIG", "EventStream", "NoDaemonError", "subscribe"]
@@ -82,11 +82,10 @@ def subscribe(config: str | os.PathLike[str] | ClusterConfig | None = None,
     """The notifications of ``node``'s daemon as they happen (see the module's text).
 
     Raises :class:`~vigil.config.ConfigError` for a bad configuration file,
-    :class:`vigil.daemon.StartupError` when ``node`` (or the host name) is not in it,
+    :class:`~vigil.config.UnknownNode` (a ConfigError) when ``node`` (or the host name) is
+    not in it,
     :class:`NoDaemonError` when that node's daemon does not run, ``PermissionError`` when
     this user may not read its events, ``ValueError`` for an unknown kind."""
-    from vigil.daemon import resolve_node
-
     if not isinstance(config, ClusterConfig):
         config = load(Path(config) if config is not None
                       else os.environ.get("VIGIL_CONFIG", DEFAULT_CONFIG))

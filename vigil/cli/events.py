@@ -56,11 +56,10 @@ def events_command(config_path: str, node: str | None, kinds: tuple[str, ...], a
     groups moved, resource states, ...), until Ctrl-C or --count N."""
     from vigil.api.events import NoDaemonError, subscribe
     from vigil.config import ConfigError
-    from vigil.daemon import StartupError
 
     try:
         stream = subscribe(config_path, node, kinds or None, timeout=timeout)
-    except (ConfigError, StartupError) as exc:
+    except ConfigError as exc:
         _fail(str(exc), EXIT_USAGE)
     except (NoDaemonError, PermissionError) as exc:
         _fail(str(exc), EXIT_NO_DAEMON)

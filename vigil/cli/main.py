@@ -15,8 +15,15 @@ from typing import Any, NoReturn
 
 import click
 
-from vigil.actors.control import request
-from vigil.config import ConfigError, check_file, load, validate_against_registry, write_key
+from vigil.config import (
+    ConfigError,
+    check_file,
+    load,
+    resolve_node,
+    validate_against_registry,
+    write_key,
+)
+from vigil.local.protocol import request
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_NO_DAEMON = 1, 2, 3
 DEFAULT_CONFIG = os.environ.get("VIGIL_CONFIG", "/etc/vigil/cluster.toml")
@@ -37,12 +44,10 @@ def _fail(message: str, code: int) -> NoReturn:
 
 def _ask(config_path: str, via: str | None, command: str,
          args: dict[str, str] | None = None, timeout: float = 10.0) -> dict[str, Any]:
-    from vigil.daemon import StartupError, resolve_node
-
     try:
         cfg = load(config_path)
         name = resolve_node(cfg, via)
-    except (ConfigError, StartupError) as exc:
+    except ConfigError as exc:
         _fail(str(exc), EXIT_USAGE)
     path = cfg.nodes[name].control_socket
     try:

@@ -21,7 +21,7 @@ from typing import NoReturn
 
 import click
 
-from vigil.actors.control import Access as SocketAccess
+from vigil.local.access import Access as SocketAccess
 
 DEFAULT_CONFIG = os.environ.get("VIGIL_CONFIG", "/etc/vigil/cluster.toml")
 DEFAULT_MOUNTPOINT = "/ha"
@@ -108,14 +108,13 @@ def mount_command(mountpoint: str, config_path: str, node: str | None, foregroun
     """Mount /ha at MOUNTPOINT (default /ha): the cluster as directories and small text files,
     with control through writable files (docs/ha.md). Unmount with `fusermount3 -u
     MOUNTPOINT` (or umount); SIGTERM unmounts and ends the process too."""
-    from vigil.config import ConfigError, load
-    from vigil.daemon import StartupError, resolve_node
+    from vigil.config import ConfigError, load, resolve_node
     from vigil.ha.fs import MountError, StatusSource, load_fuse
 
     try:
         cfg = load(config_path)
         name = resolve_node(cfg, node)
-    except (ConfigError, StartupError) as exc:
+    except ConfigError as exc:
         _fail(str(exc), EXIT_USAGE)
     _setup_logging(log_level, name)
     try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from vigil.actors.strategies import load_strategy
 from vigil.cluster.placement import stop_bound
 from vigil.cluster.sim import SimCluster
 from vigil.config import ClusterConfig
@@ -37,7 +38,8 @@ def _placement(sim: SimCluster) -> dict[str, str | None]:
 
 def run_scenario(cfg: ClusterConfig, scenario: Scenario) -> dict[str, Any]:
     names = set(cfg.nodes)
-    sim = SimCluster(cfg)
+    # The daemon's strategy, plug-ins included: the simulation is of what the nodes would do.
+    sim = SimCluster(cfg, strategy=lambda: load_strategy(cfg.strategy))
     t = cfg.timing
     bound = (t.dead_time * 3 + 8 * t.step_timeout + t.lease_time + stop_bound(cfg)
              + t.fence_margin + 2.0)

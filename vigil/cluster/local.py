@@ -25,9 +25,8 @@ from vigil.cluster.events import (
 from vigil.cluster.journal import Journal
 from vigil.cluster.strategy import group_order
 from vigil.cluster.wire import Accepted, Epoch, fmt_epoch
-from vigil.config import ClusterConfig
+from vigil.config import ClusterConfig, member_graphs
 from vigil.notifications import GroupStateChanged
-from vigil.resources.graph import member_graphs
 
 
 class LocalState(enum.Enum):

@@ -13,16 +13,16 @@ modules and meet here:
 - :mod:`~vigil.cluster.round`: the transition master; :mod:`~vigil.cluster.placement` its
   pure decision; :mod:`~vigil.cluster.admin` the operators' requests;
 - :mod:`~vigil.cluster.local`: the groups this node runs, recovery, fail counts;
-- :mod:`~vigil.cluster.view`: the typed status and the notifications of observed changes.
+- :mod:`~vigil.cluster.changes`: notifications of what it saw change;
+  :mod:`~vigil.cluster.view` builds the typed status from it.
 
 docs/protocol.md has the full protocol and its safety argument.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from vigil.cluster.admin import Requests
+from vigil.cluster.changes import Changes
 from vigil.cluster.events import (
     Action,
     AdminRequest,
@@ -43,8 +43,7 @@ from vigil.cluster.membership import Heard, Membership
 from vigil.cluster.placement import stop_bound
 from vigil.cluster.promise import Persisted, Promise
 from vigil.cluster.round import Master, Phase, Round
-from vigil.cluster.strategy import LocalCostContext, Strategy, load_strategy
-from vigil.cluster.view import Changes, ResourceFacts, build_status
+from vigil.cluster.strategy import LocalCostContext, Strategy, builtin_strategy
 from vigil.cluster.wire import (
     INFINITY,
     Accept,
@@ -74,7 +73,6 @@ from vigil.cluster.wire import (
 from vigil.config import ClusterConfig
 from vigil.messages import BROADCAST
 from vigil.notifications import FailCountsCleared, TransitionCompleted, TransitionStarted
-from vigil.status import ClusterStatus
 
 __all__ = ["NodeCore"]
 
@@ -100,7 +98,7 @@ class NodeCore:
         self.config = config
         self.name = name
         self.incarnation = incarnation
-        self.strategy = strategy or load_strategy(config.strategy)
+        self.strategy = strategy or builtin_strategy(config.strategy)
         self.missing_types = missing_types
         self.started_at = now
         self.now = now
@@ -172,7 +170,7 @@ class NodeCore:
         self._settle()
         # In the order a person would tell it: who came or went (that is what led to the
         # decisions), the decisions, then where groups went as a result.
-        seen, moves = self.changes.observe(self)
+        seen, moves = self.changes.observe(self.membership, self.accepted)
         self._out.notifications = seen + self.journal.take() + moves
         self._out.deadline = self._next_deadline()
         return self._out
@@ -239,13 +237,6 @@ class NodeCore:
 
     def fail_counts(self) -> dict[str, int]:
         return self.groups.fail_counts()
-
-    def status(self, facts: ResourceFacts | None = None, *,
-               wall: Callable[[float], str] | None = None) -> ClusterStatus:
-        """The node's view of the cluster (the shell adds what it saw of resources here, and
-        how to show core times as wall-clock times)."""
-        return build_status(self, facts) if wall is None else build_status(self, facts,
-                                                                           wall=wall)
 
     # ---- outputs ----------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ import itertools
 import math
 import random
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -36,11 +36,10 @@ from vigil.cluster.local import LocalState
 from vigil.cluster.node import NodeCore
 from vigil.cluster.promise import Persisted
 from vigil.cluster.round import Phase
-from vigil.cluster.strategy import colocation_sets
+from vigil.cluster.strategy import Strategy, colocation_sets
 from vigil.cluster.wire import NO_EPOCH, Epoch, fmt_epoch
-from vigil.config import ClusterConfig
+from vigil.config import ClusterConfig, member_graphs
 from vigil.messages import BROADCAST, Message
-from vigil.resources.graph import member_graphs
 
 
 class InvariantViolation(AssertionError):
@@ -88,8 +87,11 @@ class SimCluster:
         fencer: str | None = None,
         check: bool = True,
         measure_bytes: bool = False,
+        strategy: Callable[[], Strategy] | None = None,
     ) -> None:
         self.config = config
+        #: makes each core's strategy (None: the core's built-in of the configuration's name)
+        self.strategy = strategy
         self.rng = rng or random.Random(0)
         self.now = 0.0
         self.start_duration = start_duration
@@ -127,7 +129,8 @@ class SimCluster:
         node.incarnation = next(self._incarnations)
         # The disk survives a power cycle: the node comes back with what it persisted.
         node.core = NodeCore(self.config, name, incarnation=node.incarnation, now=self.now,
-                             fencer=self.fencer, persisted=node.persisted)
+                             fencer=self.fencer, persisted=node.persisted,
+                             strategy=self.strategy() if self.strategy else None)
         node.resources = {}
         node.ops = {}
         self._deliver(name, Tick())

@@ -8,24 +8,23 @@ A strategy answers two questions of the transition protocol (docs/protocol.md):
 * on the transition master, :meth:`Strategy.decide`: given every member's costs, where does
   each group go (or nowhere)?
 
-Strategies are loaded by name from the entry-point group ``vigil.strategies``; the built-ins
-are registered directly so a source checkout works too. Both methods are pure functions of
-their arguments: the simulation runs them thousands of times.
+The core knows the built-in strategies by name (:data:`BUILTIN_STRATEGIES`); the daemon also
+loads plug-ins from the entry-point group ``vigil.strategies`` (:mod:`vigil.actors.strategies`:
+finding installed packages is the shell's business, not the pure core's). Both methods are
+pure functions of their arguments: the simulation runs them thousands of times.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
+from types import MappingProxyType
+from typing import Final
 
 from vigil.config import ClusterConfig, GroupConfig
-from vigil.resources.graph import DependencyGraph
-
-log = logging.getLogger(__name__)
+from vigil.graph import DependencyGraph
 
 INFINITY = math.inf
 
@@ -246,37 +245,27 @@ def _rank_by_list(
     return ctx.costs[node][groups[0]], f"first available in the preference list: {node}"
 
 
-_BUILTIN: dict[str, type[Strategy]] = {"cost": CostStrategy, "preferred": PreferredListStrategy}
+#: Where the daemon finds strategy plug-ins (named here for the error that mentions it).
+ENTRY_POINT_GROUP: Final = "vigil.strategies"
+#: The strategies the core knows without plug-ins (the simulation and ``NodeCore(strategy=None)``
+#: use these; the daemon adds the entry-point plug-ins: :mod:`vigil.actors.strategies`).
+BUILTIN_STRATEGIES: Final[Mapping[str, type[Strategy]]] = MappingProxyType(
+    {"cost": CostStrategy, "preferred": PreferredListStrategy})
 
 
 class UnknownStrategy(LookupError):
-    pass
+    """No strategy of that name; the message lists the known ones."""
 
 
-def available_strategies() -> dict[str, type[Strategy]]:
-    found: dict[str, type[Strategy]] = dict(_BUILTIN)
-    for ep in entry_points(group="vigil.strategies"):
-        if ep.name in found:
-            continue
-        try:
-            cls = ep.load()
-        except Exception as exc:  # a broken plug-in must not take the daemon down
-            log.warning("strategy plug-in %s could not be loaded: %s", ep.name, exc)
-            continue
-        if isinstance(cls, type) and issubclass(cls, Strategy):
-            found[ep.name] = cls
-        else:
-            log.warning("strategy plug-in %s is not a vigil Strategy subclass", ep.name)
-    return found
+def unknown_strategy(name: str, known: Iterable[str]) -> UnknownStrategy:
+    return UnknownStrategy(
+        f"unknown strategy {name!r}; known strategies: {', '.join(sorted(known))} "
+        f"(plug-ins register in the entry-point group {ENTRY_POINT_GROUP!r})")
 
 
-def load_strategy(name: str) -> Strategy:
-    strategies = available_strategies()
+def builtin_strategy(name: str) -> Strategy:
+    """A new instance of the built-in strategy ``name``; :class:`UnknownStrategy` if none."""
     try:
-        return strategies[name]()
+        return BUILTIN_STRATEGIES[name]()
     except KeyError:
-        known = ", ".join(sorted(strategies))
-        raise UnknownStrategy(
-            f"unknown strategy {name!r}; known strategies: {known} "
-            "(plug-ins register in the entry-point group 'vigil.strategies')"
-        ) from None
+        raise unknown_strategy(name, BUILTIN_STRATEGIES) from None

@@ -1,29 +1,18 @@
-"""What a core shows: the typed status tree, and notifications of what it saw change.
+"""What a core shows: the typed status tree.
 
 :func:`build_status` is the one function that builds :class:`vigil.status.ClusterStatus`, from
 the core's state and what the shell observed of the resources here (:class:`ResourceFacts`).
-:class:`Changes` compares two looks at the core (who is alive, which links are heard, quorum,
-where groups are placed) and turns the differences into notifications. Both only observe.
+`vigil status`, ``--json``, /ha and the Python API all read what it builds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from vigil.cluster.local import ACTIVE
+from vigil.cluster.node import NodeCore
 from vigil.cluster.wire import fmt_epoch
-from vigil.notifications import (
-    GroupMoved,
-    LinkDown,
-    LinkUp,
-    NodeJoined,
-    NodeLost,
-    Notification,
-    QuorumGained,
-    QuorumLost,
-)
 from vigil.status import (
     ClusterStatus,
     GroupStatus,
@@ -32,9 +21,6 @@ from vigil.status import (
     ResourceStatus,
     Transition,
 )
-
-if TYPE_CHECKING:
-    from vigil.cluster.node import NodeCore
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,69 +114,3 @@ def build_status(core: NodeCore, facts: ResourceFacts | None = None, *,
         mismatched=tuple(sorted(membership.mismatched)), dropped=core.dropped,
         messages=dict(facts.messages),
         decisions=tuple((wall(t), text) for t, text in core.decisions[-20:]))
-
-
-class Changes:
-    """Notifications of what changed between two looks at a core (nothing on the first
-    look: that is the starting point, not news)."""
-
-    def __init__(self, node: str) -> None:
-        self.node = node
-        self.alive: frozenset[str] | None = None
-        self.links: dict[tuple[str, str], bool] = {}
-        self.quorate: bool | None = None
-        self.placement: Mapping[str, str | None] = {}
-        self.epoch: object = None  # of the placement seen last
-
-    def observe(self, core: NodeCore) -> tuple[list[Notification], list[Notification]]:
-        """(membership, link and quorum changes, placement changes)."""
-        seen = list(self._seen(core))
-        moves: list[Notification] = list(self._moves(core))
-        return seen, moves
-
-    def _seen(self, core: NodeCore) -> Iterator[Notification]:
-        now = core.now
-        alive = core.alive()
-        links = {(n, link): up for n, ls in core.membership.link_state().items()
-                 for link, up in ls.items() if n != self.node}
-        quorate = core.quorate()
-        first = self.alive is None
-        previous_alive = self.alive or alive
-        self.alive, self.quorate, previous_quorate = alive, quorate, self.quorate
-        previous_links, self.links = self.links, links
-        if first:
-            return
-        for member in sorted(alive - previous_alive):
-            yield NodeJoined(node=self.node, time=now, member=member,
-                             text=f"{member} joined (heard again)")
-        for member in sorted(previous_alive - alive):
-            clean = member in core.membership.departed
-            yield NodeLost(node=self.node, time=now, member=member, clean=clean,
-                           text=f"{member} {'left cleanly' if clean else 'lost'}")
-        for (member, link), up in sorted(links.items()):
-            if previous_links.get((member, link), up) != up:
-                cls = LinkUp if up else LinkDown
-                yield cls(node=self.node, time=now, member=member, link=link,
-                          text=f"link {link} to {member} {'up' if up else 'down'}")
-        if quorate != previous_quorate:
-            yield (QuorumGained(node=self.node, time=now, text="quorum gained") if quorate
-                   else QuorumLost(node=self.node, time=now, text="quorum lost"))
-
-    def _moves(self, core: NodeCore) -> Iterator[GroupMoved]:
-        # This runs after every event, heartbeats included: look at the placement (as many
-        # entries as groups) only when a new one was accepted.
-        epoch = core.accepted.epoch
-        if epoch == self.epoch:
-            return
-        first = self.epoch is None
-        before_all, placement = self.placement, core.accepted.placement
-        self.placement, self.epoch = placement, epoch
-        if first:
-            return
-        for group in sorted(set(placement) | set(before_all)):
-            before, after = before_all.get(group), placement.get(group)
-            if before != after and (before is not None or after is not None):
-                yield GroupMoved(node=self.node, time=core.now, group=group,
-                                 from_node=before or "", to_node=after or "",
-                                 text=f"{group} placed on {after or 'no node'} (was "
-                                      f"{before or 'nowhere'})")

@@ -52,15 +52,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vigil.actors.control import (
-    MANUAL_OP_TIMEOUT,
-    REQUEST_TIMEOUT,
-    Peer,
-    group_id,
-    proc_groups,
-    request,
-)
-from vigil.actors.control import Access as SocketAccess
+from vigil.local.access import Access as SocketAccess
+from vigil.local.access import Peer, group_id, proc_groups
+from vigil.local.protocol import MANUAL_OP_TIMEOUT, REQUEST_TIMEOUT, request
 
 log = logging.getLogger("vigil.ha")
 
@@ -418,7 +412,7 @@ def describe_caller(uid: int, pid: int) -> str:
 
 class Access:
     """Who may read and who may control /ha: the same rules as the control socket
-    (:class:`vigil.actors.control.Access`: root; ``admin_group`` may control;
+    (:class:`vigil.local.access.Access`: root; ``admin_group`` may control;
     ``status_group`` and ``admin_group`` may read), applied to the FUSE caller."""
 
     GID_CACHE_SECONDS = 10.0

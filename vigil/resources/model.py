@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Final, overload
 
 from vigil.config import MonitorConfig, ParamValue, ResourceConfig, TypeDefaults
-from vigil.resources.graph import DependencyCycle, DependencyGraph, find_cycle
+from vigil.graph import DependencyCycle, DependencyGraph, find_cycle
 
 __all__ = [
     "Catalog",
@@ -49,6 +49,7 @@ __all__ = [
     "ResourceType",
     "ServiceState",
     "UnknownResource",
+    "UnknownResourceType",
     "default_catalog",
     "dependson",
     "find_resource",
@@ -137,6 +138,22 @@ class UnknownResource(KeyError):
 
     def __str__(self) -> str:
         # KeyError's own __str__ shows the repr of its argument, quotes and all.
+        return self.message
+
+
+class UnknownResourceType(KeyError):
+    """No resource type of that name; the message lists the known ones."""
+
+    def __init__(self, typename: str, known: Iterable[str]) -> None:
+        self.typename = typename
+        known_sorted = sorted(known)
+        close = difflib.get_close_matches(typename, known_sorted, n=2)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        self.message = (f"unknown resource type {typename!r} (known types: "
+                        f"{', '.join(known_sorted) or 'none'}){hint}")
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
         return self.message
 
 

@@ -94,9 +94,9 @@ from vigil.resources.model import (
     Resource,
     ResourceType,
     ServiceState,
+    UnknownResourceType,
     unknown_params,
 )
-from vigil.resources.registry import UnknownResourceType
 
 __all__ = [
     "DEFAULT_OCF_ROOT",

@@ -9,14 +9,13 @@ stop a node from providing everything else. What failed is kept in
 
 from __future__ import annotations
 
-import difflib
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
 from typing import Final
 
-from vigil.resources.model import ResourceType
+from vigil.resources.model import ResourceType, UnknownResourceType
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -28,22 +27,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP: Final = "vigil.resource_types"
-
-
-class UnknownResourceType(KeyError):
-    """No resource type of that name; the message lists the known ones."""
-
-    def __init__(self, typename: str, known: Iterable[str]) -> None:
-        self.typename = typename
-        known_sorted = sorted(known)
-        close = difflib.get_close_matches(typename, known_sorted, n=2)
-        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        self.message = (f"unknown resource type {typename!r} (known types: "
-                        f"{', '.join(known_sorted) or 'none'}){hint}")
-        super().__init__(self.message)
-
-    def __str__(self) -> str:
-        return self.message
 
 
 class ResourceTypeRegistry:

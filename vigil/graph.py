@@ -16,10 +16,7 @@ from __future__ import annotations
 import difflib
 import heapq
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from vigil.config import ClusterConfig
+from typing import Any
 
 __all__ = [
     "DependencyCycle",
@@ -27,6 +24,7 @@ __all__ = [
     "DependencyGraph",
     "UnknownDependency",
     "find_cycle",
+    "find_cycles",
 ]
 
 
@@ -69,10 +67,23 @@ class UnknownDependency(DependencyError, LookupError):
 def find_cycle(edges: Mapping[str, Iterable[str]]) -> list[str] | None:
     """Return one dependency cycle of ``edges`` as a path (``["a", "b", "a"]``), or None.
 
+    The first of :func:`find_cycles`: always the same one for the same edges.
+    """
+    cycles = find_cycles(edges, first_only=True)
+    return cycles[0] if cycles else None
+
+
+def find_cycles(edges: Mapping[str, Iterable[str]], *,
+                first_only: bool = False) -> list[list[str]]:
+    """Every cycle a depth-first search of ``edges`` closes, each as a path from its smallest
+    name back to it (``["a", "b", "a"]``); [] when the edges can be ordered.
+
     Names that are depended on but are not keys are treated as leaves. The search visits nodes
-    and their dependencies in name order, so the cycle reported is always the same one.
+    and their dependencies in name order, so the cycles reported are always the same ones:
+    the configuration validator reports them all, a graph refuses to exist on the first.
     """
     deps = {name: sorted(set(targets)) for name, targets in edges.items()}
+    cycles: list[list[str]] = []
     done: set[str] = set()
     for root in sorted(deps):
         if root in done:
@@ -90,13 +101,19 @@ def find_cycle(edges: Mapping[str, Iterable[str]]) -> list[str] | None:
                 done.add(finished)
                 continue
             if step in on_path:
-                return [*path[path.index(step) :], step]
+                loop = path[path.index(step):]
+                start = loop.index(min(loop))
+                loop = loop[start:] + loop[:start]
+                cycles.append([*loop, loop[0]])
+                if first_only:
+                    return cycles
+                continue
             if step in done:
                 continue
             path.append(step)
             on_path.add(step)
             iterators.append(iter(deps.get(step, ())))
-    return None
+    return cycles
 
 
 class DependencyGraph:
@@ -217,8 +234,3 @@ class DependencyGraph:
 def _identity(name: str) -> str:
     return name
 
-
-def member_graphs(config: ClusterConfig) -> dict[str, DependencyGraph]:
-    """One graph per resource group of ``config``: its members and their ``depends_on``."""
-    return {g: DependencyGraph({r: config.resources[r].depends_on for r in c.resources})
-            for g, c in config.groups.items()}
