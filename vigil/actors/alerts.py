@@ -21,9 +21,10 @@ VIGIL_ALERT_<FIELD>       one per field of the kind, upper-cased: ``VIGIL_ALERT_
 Alerts never hold the daemon up: each alert has its own worker thread and a bounded queue
 (:data:`QUEUE_LIMIT`); a notification that finds the queue full is dropped, and the log
 says how many were. One alert's commands run one at a time, in notification order. A
-command runs in its own process group, with ``/`` as working directory, stdin and stdout on
-``/dev/null``; when it exceeds its ``timeout`` the whole group is killed (SIGKILL). A
-failure (exit status, last line of stderr), a timeout and a command that cannot start are
+command runs with :func:`vigil.resources.proc.run`: in its own process group, with ``/`` as
+working directory, stdin and stdout on ``/dev/null``; when it exceeds its ``timeout`` the
+whole group is killed (SIGKILL) and waited for. A failure (exit status, last line of
+stderr), a timeout and a command that cannot start are
 logged; none of them is retried. When the daemon stops, queued alerts still run for up to
 :data:`STOP_GRACE` seconds; whatever is left then is killed or dropped, and logged.
 """

@@ -44,7 +44,8 @@ a mounted filesystem is, also in another mount namespace: on one machine running
 nodes that is "mounted by another node"), runs fsck, and mounts with ``mount(8)`` (not
 ``mount(2)``: mount(8) turns the options string into flags and data exactly as the system does
 everywhere else, and runs mount helpers such as ``mount.nfs``). A start that times out or is
-cancelled kills what it runs and unmounts what it mounted.
+cancelled kills what it runs (fsck and mount get SIGTERM and :data:`TOOL_TERM_GRACE` before
+SIGKILL) and unmounts what it mounted.
 
 Stop runs ``umount <directory>``. While the filesystem is busy a graceful stop retries every
 0.5 s for half its ``stop_timeout``; then, like a forced stop (``force_oos``) at once, it unmounts
