@@ -24,9 +24,9 @@ says how many were. One alert's commands run one at a time, in notification orde
 command runs with :func:`vigil.resources.proc.run`: in its own process group, with ``/`` as
 working directory, stdin and stdout on ``/dev/null``; when it exceeds its ``timeout`` the
 whole group is killed (SIGKILL) and waited for. A failure (exit status, last line of
-stderr), a timeout and a command that cannot start are
-logged; none of them is retried. When the daemon stops, queued alerts still run for up to
-:data:`STOP_GRACE` seconds; whatever is left then is killed or dropped, and logged.
+stderr), a timeout and a command that cannot start are logged; none of them is retried. When
+the daemon stops, queued alerts still run for up to :data:`STOP_GRACE` seconds; whatever is
+left then is killed or dropped, and logged.
 """
 
 from __future__ import annotations
