@@ -344,15 +344,9 @@ def run(
         timed_out, cancelled = ended == "timeout", ended == "cancel"
         if timed_out or cancelled:
             stuck = running.stop(term_grace, kill_wait)
-            if stuck:
-                log.error("%s (process group %d) was killed, but %d of its processes survived "
-                          "SIGKILL for %gs: %s; they hold whatever they hold until they leave "
-                          "the kernel (a hung disk or server?)", shlex.join(command),
-                          process.pid, len(stuck), kill_wait,
-                          ", ".join(_describe_process(pid) for pid in stuck))
     finally:
         running.close()
-    return CommandResult(
+    result = CommandResult(
         command,
         None if timed_out or cancelled else process.returncode,
         pid=process.pid,
@@ -365,6 +359,14 @@ def run(
         stderr_truncated=running.err.truncated,
         stuck=stuck,
     )
+    if stuck:
+        shown = shlex.join(command)
+        log.error("%s (process group %d) was killed, but processes of its group survived "
+                  "SIGKILL for %gs: %s; SIGKILL takes effect only when the kernel call they "
+                  "are in returns (a hung disk or server?)",
+                  shown if len(shown) <= 100 else shown[:97] + "...", process.pid, kill_wait,
+                  result.describe_stuck())
+    return result
 
 
 class _Running:
