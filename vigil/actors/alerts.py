@@ -21,34 +21,31 @@ VIGIL_ALERT_<FIELD>       one per field of the kind, upper-cased: ``VIGIL_ALERT_
 Alerts never hold the daemon up: each alert has its own worker thread and a bounded queue
 (:data:`QUEUE_LIMIT`); a notification that finds the queue full is dropped, and the log
 says how many were. One alert's commands run one at a time, in notification order. A
-command runs in its own process group, with ``/`` as working directory, stdin and stdout on
-``/dev/null``; when it exceeds its ``timeout`` the whole group is killed (SIGKILL). A
-failure (exit status, last line of stderr), a timeout and a command that cannot start are
-logged; none of them is retried. When the daemon stops, queued alerts still run for up to
-:data:`STOP_GRACE` seconds; whatever is left then is killed or dropped, and logged.
+command runs with :func:`vigil.resources.proc.run`: in its own process group, with ``/`` as
+working directory, stdin and stdout on ``/dev/null``; when it exceeds its ``timeout`` the
+whole group is killed (SIGKILL) and waited for. A failure (exit status, last line of
+stderr), a timeout and a command that cannot start are logged; none of them is retried. When
+the daemon stops, queued alerts still run for up to :data:`STOP_GRACE` seconds; whatever is
+left then is killed or dropped, and logged.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
 import logging
 import os
 import queue
 import shlex
-import signal
-import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Mapping
-from typing import IO, Any, Final
+from typing import Any, Final
 
 from vigil.actors.base import Directory, VigilActor
 from vigil.config import AlertConfig
 from vigil.notifications import Notification
-from vigil.resources.proc import kill_group, spawn
+from vigil.resources import proc
 
 log = logging.getLogger("vigil.alerts")
 
@@ -97,8 +94,8 @@ class _Alert:
         self.label = f"alerts[{index}] {label if len(label) <= 80 else label[:77] + '...'}"
         self.queue: queue.Queue[Notification] = queue.Queue(maxsize=limit)
         self.dropped = 0  # since the last report; touched by the actor's thread only
-        self.closing = threading.Event()
-        self.deadline = 0.0  # monotonic; meaningful once closing is set
+        self.closing = threading.Event()  # run what is queued, then end
+        self.interrupt = threading.Event()  # kill the running command, drop the queue
         self.abandoned = 0
         self.thread = threading.Thread(target=self._work, name=f"vigil-alert-{node}-{index}",
                                        daemon=True)
@@ -120,8 +117,7 @@ class _Alert:
                         self.label, self.dropped)
             self.dropped = 0
 
-    def close(self, deadline: float) -> None:
-        self.deadline = deadline
+    def close(self) -> None:
         self.closing.set()
 
     def _work(self) -> None:
@@ -132,7 +128,7 @@ class _Alert:
                 if self.closing.is_set():
                     return
                 continue
-            if self.closing.is_set() and time.monotonic() >= self.deadline:
+            if self.interrupt.is_set():
                 self.abandoned += 1
                 continue
             try:
@@ -143,55 +139,24 @@ class _Alert:
 
     def _run(self, note: Notification) -> None:
         what = f"{note.kind} #{note.seq}"
-        with tempfile.TemporaryFile() as stderr:
-            try:
-                process = spawn(self.config.command, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=stderr, cwd="/",
-                                env=alert_environment(note), start_new_session=True)
-            except (OSError, ValueError) as exc:
-                log.error("alert %s could not run for %s: %s", self.label, what, exc)
-                return
-            code, stopped = self._wait(process)
-            if code is None:
-                kill_group(process.pid, signal.SIGKILL)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    process.wait(timeout=5.0)
-                if stopped:
-                    log.warning("alert %s killed for %s: the daemon is stopping", self.label,
-                                what)
-                else:
-                    log.warning("alert %s timed out after %gs for %s; killed its process "
-                                "group %d", self.label, self.config.timeout, what, process.pid)
-            elif code != 0:
-                status = f"exit code {code}" if code > 0 else f"killed by signal {-code}"
-                log.warning("alert %s failed for %s: %s%s", self.label, what, status,
-                            _last_line(stderr))
-            else:
-                log.debug("alert %s ran for %s", self.label, what)
-
-    def _wait(self, process: subprocess.Popen[bytes]) -> tuple[int | None, bool]:
-        """(exit status or None when it must be killed, whether the daemon's stop ended
-        it)."""
-        limit = time.monotonic() + self.config.timeout
-        while True:
-            stopping = self.closing.is_set() and self.deadline < limit
-            end = self.deadline if stopping else limit
-            try:
-                return process.wait(timeout=max(0.0, min(_POLL, end - time.monotonic()))), False
-            except subprocess.TimeoutExpired:
-                if time.monotonic() >= end:
-                    return None, stopping
-
-
-def _last_line(stream: IO[bytes]) -> str:
-    size = stream.seek(0, os.SEEK_END)
-    stream.seek(max(0, size - _STDERR_TAIL))
-    lines = [line.strip() for line in stream.read().decode(errors="replace").splitlines()]
-    lines = [line for line in lines if line]
-    if not lines:
-        return " (no output on stderr)"
-    last = lines[-1]
-    return f": {last if len(last) <= 300 else last[:297] + '...'}"
+        ran = proc.run(self.config.command, timeout=self.config.timeout, cancel=self.interrupt,
+                       cwd="/", env=alert_environment(note), capture_stdout=False,
+                       stderr_limit=_STDERR_TAIL)
+        if ran.start_error is not None:
+            log.error("alert %s could not run for %s: %s", self.label, what, ran.start_error)
+        elif ran.cancelled:
+            log.warning("alert %s killed for %s: the daemon is stopping", self.label, what)
+        elif ran.timed_out:
+            log.warning("alert %s timed out after %gs for %s; killed its process group %d",
+                        self.label, self.config.timeout, what, ran.pid)
+        elif ran.returncode != 0:
+            code = ran.returncode or 0
+            status = f"exit code {code}" if code > 0 else f"killed by signal {-code}"
+            last = proc.last_line(ran.stderr, 300)
+            log.warning("alert %s failed for %s: %s%s", self.label, what, status,
+                        f": {last}" if last else " (no output on stderr)")
+        else:
+            log.debug("alert %s ran for %s", self.label, what)
 
 
 class AlertsActor(VigilActor):
@@ -222,12 +187,18 @@ class AlertsActor(VigilActor):
     def _close(self, grace: float) -> None:
         deadline = time.monotonic() + grace
         for alert in self.alerts:
-            alert.close(deadline)
+            alert.close()
+        for alert in self.alerts:  # queued alerts may run until the deadline...
+            if alert.thread.ident is not None:
+                alert.thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        for alert in self.alerts:  # ...then the running ones are killed, the rest dropped
+            alert.interrupt.set()
         for alert in self.alerts:
             if alert.thread.ident is None:
                 continue  # never started
-            # every worker kills its command at the deadline and waits at most 5s more
-            alert.thread.join(timeout=max(0.0, deadline + 6.0 - time.monotonic()))
+            # a killed command's group gets proc.KILL_WAIT to vanish
+            alert.thread.join(timeout=max(0.0, deadline + proc.KILL_WAIT + 1.0
+                                          - time.monotonic()))
             left = alert.abandoned + alert.queue.qsize() + alert.dropped
             if left:
                 log.warning("alert %s: %d notifications not alerted (the daemon stopped)",

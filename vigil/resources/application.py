@@ -403,7 +403,7 @@ class ApplicationResource(Resource):
                 return self._abandon_start(
                     f"start timed out after {self.config.start_timeout:g}s waiting for health "
                     f"({last})")
-            unhealthy = self._check_health(min(self.config.monitor.timeout, remaining))
+            unhealthy = self._check_health(min(self.config.monitor.timeout, remaining), cancel)
             if unhealthy is None:
                 return None
             last = unhealthy
@@ -418,28 +418,37 @@ class ApplicationResource(Resource):
             if cancel.wait(min(_POLL, max(0.0, deadline - time.monotonic()))):
                 return self._abandon_start("start interrupted")
 
-    def _check_health(self, timeout: float) -> str | None:
-        """None while healthy (or no check is configured); else why not."""
+    def _check_health(self, timeout: float, cancel: threading.Event | None = None) -> str | None:
+        """None while healthy (or no check is configured); else why not. ``cancel`` interrupts
+        a health command (a start that is being forced out of service)."""
         if self.health_tcp is not None:
             return _probe_tcp(self.health_tcp, timeout)
         if self.health_url is not None:
             return _probe_url(self.health_url, timeout)
         if self.health is None:
             return None
-        check = proc.run(self.health, timeout=timeout, cwd=self.cwd, env=self._environment())
+        check = proc.run(self.health, timeout=timeout, cancel=cancel, cwd=self.cwd,
+                         env=self._environment(), merge_stderr=True)
         return None if check.ok else self._health_failure(check)
 
     def _health_failure(self, result: proc.CommandResult) -> str:
         assert self.health is not None
         command = f"health command '{shlex.join(self.health)}'"
+        if result.start_error is not None:
+            return f"cannot run {command}: {result.start_error}"
+        if result.cancelled:
+            return f"{command} interrupted"
         if result.timed_out:
             text = f"{command} timed out after {self.config.monitor.timeout:g}s"
         elif result.returncode is not None and result.returncode < 0:
             text = f"{command} {_describe_exit(result.returncode)}"
         else:
             text = f"exit code {result.returncode} from {command}"
-        if result.output:
-            text += f": {result.output.splitlines()[-1]}"
+        last = proc.last_line(result.stdout, 400)
+        if last:
+            text += f": {last}"
+        if result.stuck:
+            text += f"; its processes {', '.join(map(str, result.stuck))} survived SIGKILL"
         return text
 
     def _abandon_start(self, reason: str) -> OpResult:

@@ -44,7 +44,8 @@ a mounted filesystem is, also in another mount namespace: on one machine running
 nodes that is "mounted by another node"), runs fsck, and mounts with ``mount(8)`` (not
 ``mount(2)``: mount(8) turns the options string into flags and data exactly as the system does
 everywhere else, and runs mount helpers such as ``mount.nfs``). A start that times out or is
-cancelled kills what it runs and unmounts what it mounted.
+cancelled kills what it runs (fsck and mount get SIGTERM and :data:`TOOL_TERM_GRACE` before
+SIGKILL) and unmounts what it mounted.
 
 Stop runs ``umount <directory>``. While the filesystem is busy a graceful stop retries every
 0.5 s for half its ``stop_timeout``; then, like a forced stop (``force_oos``) at once, it unmounts
@@ -80,7 +81,6 @@ import secrets
 import shutil
 import signal
 import stat
-import subprocess
 import sys
 import threading
 import time
@@ -118,6 +118,12 @@ _FORBIDDEN_OPTIONS: Final = ("bind", "move", "rbind", "remount")
 TERM_GRACE: Final = 2.0
 #: How long a holder may survive SIGKILL (e.g. in uninterruptible I/O) before we give up on it.
 KILL_WAIT: Final = 5.0
+#: How long fsck and mount get to stop cleanly on SIGTERM when interrupted or out of time.
+TOOL_TERM_GRACE: Final = 1.0
+#: How long a killed tool (or probe) may survive SIGKILL before it is left behind as stuck.
+TOOL_KILL_WAIT: Final = 1.0
+#: fsck and mount say what went wrong at the start of their output: keep plenty of it.
+_TOOL_OUTPUT_LIMIT: Final = 1024 * 1024
 #: Rounds of "kill the holders, unmount" before a stop gives up.
 KILL_ROUNDS: Final = 3
 #: How long a stop waits for the device to be released after the unmount.
@@ -404,7 +410,7 @@ class _Ran:
     returncode: int | None  # None: killed (timeout or cancel)
     output: str
     cancelled: bool = False
-    stuck: subprocess.Popen[bytes] | None = None  # survived SIGKILL (uninterruptible I/O)
+    stuck: tuple[int, ...] = ()  # survived SIGKILL (uninterruptible I/O)
 
     @property
     def ok(self) -> bool:
@@ -427,51 +433,18 @@ class _Ran:
         return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def _run(argv: list[str], timeout: float, cancel: threading.Event | None = None) -> _Ran:
-    """Run a command with a hard timeout, killing its process group on timeout or ``cancel``.
-
-    Unlike :func:`proc.run` it can be cancelled, and it does not wait long for a child that
-    ignores SIGKILL (a process in uninterruptible I/O on a hung disk): that child is returned
-    in ``stuck`` instead.
-    """
-    try:
-        process = proc.spawn(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, env=_tool_environment(),
-                             start_new_session=True)
-    except OSError as exc:
-        return _Ran(_NOT_RUN, f"cannot run {argv[0]}: {exc.strerror or exc}")
-    deadline = time.monotonic() + max(0.0, timeout)
-    chunks: list[bytes] = []
-    cancelled = False
-    while True:
-        try:
-            out, _ = process.communicate(timeout=max(0.0, min(_POLL, deadline - time.monotonic())))
-            return _Ran(process.returncode, out.decode(errors="replace"))
-        except subprocess.TimeoutExpired as exc:
-            if exc.output:
-                chunks = [exc.output if isinstance(exc.output, bytes) else b""]
-        if cancel is not None and cancel.is_set():
-            cancelled = True
-            break
-        if time.monotonic() >= deadline:
-            break
-    # Polite first when cancelled (fsck stops cleanly on SIGTERM), then SIGKILL.
-    if cancelled:
-        with contextlib.suppress(ProcessLookupError, ValueError):
-            proc.kill_group(process.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            out, _ = process.communicate(timeout=1.0)
-            return _Ran(None, out.decode(errors="replace"), cancelled=True)
-    with contextlib.suppress(ProcessLookupError, ValueError):
-        proc.kill_group(process.pid, signal.SIGKILL)
-    try:
-        out, _ = process.communicate(timeout=1.0)
-    except subprocess.TimeoutExpired:
-        if process.stdout is not None:
-            process.stdout.close()
-        output = b"".join(chunks).decode(errors="replace")
-        return _Ran(None, output, cancelled=cancelled, stuck=process)
-    return _Ran(None, out.decode(errors="replace"), cancelled=cancelled)
+def _run(argv: list[str], timeout: float, cancel: threading.Event | None = None, *,
+         term_grace: float = 0.0) -> _Ran:
+    """Run one of the system's tools with :func:`proc.run`, stdout and stderr together (fsck
+    and mount interleave them). A group that survives SIGKILL (a process in uninterruptible
+    I/O on a hung disk) is waited for only :data:`TOOL_KILL_WAIT`, then returned in ``stuck``,
+    so that a monitor is never held up much past its timeout."""
+    ran = proc.run(argv, timeout=max(0.0, timeout), cancel=cancel, term_grace=term_grace,
+                   kill_wait=TOOL_KILL_WAIT, env=_tool_environment(), merge_stderr=True,
+                   stdout_limit=_TOOL_OUTPUT_LIMIT)
+    if ran.start_error is not None:
+        return _Ran(_NOT_RUN, ran.start_problem())
+    return _Ran(ran.returncode, ran.stdout, cancelled=ran.cancelled, stuck=ran.stuck)
 
 
 def _describe_fsck_code(code: int) -> str:
@@ -750,7 +723,7 @@ class FilesystemResource(Resource):
         self.probe_name = f".vigil-probe-{node}"
         self._lock = threading.Lock()
         self._resolved: str | None = None  # the device path a tag was last found at
-        self._stuck_probe: subprocess.Popen[bytes] | None = None
+        self._stuck_probe: tuple[int, ...] = ()  # a probe that survived SIGKILL
 
     # -- agent operations ---------------------------------------------------------------------
 
@@ -793,7 +766,7 @@ class FilesystemResource(Resource):
             if cancel.is_set():
                 return failed("start interrupted")
             argv = ["fsck", "-a", "-t", self.fstype, path]
-            ran = _run(argv, remaining(), cancel)
+            ran = _run(argv, remaining(), cancel, term_grace=TOOL_TERM_GRACE)
             if ran.cancelled:
                 return failed("start interrupted during fsck")
             code = ran.returncode
@@ -819,7 +792,7 @@ class FilesystemResource(Resource):
         if self.options:
             argv += ["-o", self.options]
         argv += [path, mount_point]
-        ran = _run(argv, remaining(), cancel)
+        ran = _run(argv, remaining(), cancel, term_grace=TOOL_TERM_GRACE)
         if not ran.ok:
             undone = self._undo_mount(mount_point, devnum, path)
             if ran.cancelled:
@@ -1093,12 +1066,13 @@ class FilesystemResource(Resource):
         timeout = self.config.monitor.timeout
         with self._lock:
             stuck = self._stuck_probe
-        if stuck is not None:
-            if stuck.poll() is None:
-                return (f"probe of {mount_point} failed: the previous probe (pid {stuck.pid}) is "
+        if stuck:
+            alive = [pid for pid in stuck if proc.pid_alive(pid)]
+            if alive:
+                return (f"probe of {mount_point} failed: the previous probe (pid {alive[0]}) is "
                         "still stuck in I/O; the disk or server is not responding")
             with self._lock:
-                self._stuck_probe = None
+                self._stuck_probe = ()
         target = os.path.join(mount_point, self.probe_name)
         if self.read_only:
             argv = [sys.executable, "-I", "-S", "-c", _PROBE_READ, mount_point]
@@ -1108,7 +1082,7 @@ class FilesystemResource(Resource):
             argv = [sys.executable, "-I", "-S", "-c", _PROBE_WRITE, target, token]
             what = f"writing, fsyncing and reading back {target}"
         ran = _run(argv, timeout)
-        if ran.stuck is not None:
+        if ran.stuck:
             with self._lock:
                 self._stuck_probe = ran.stuck
         if ran.returncode is None:

@@ -76,16 +76,14 @@ import logging
 import math
 import os
 import re
-import selectors
 import signal
-import subprocess
 import threading
 import time
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Final
+from typing import Final
 
 from vigil.config import MonitorConfig, ParamValue, ResourceConfig, TypeDefaults
 from vigil.resources import proc
@@ -135,9 +133,6 @@ VALIDATE_TIMEOUT: Final = 20.0
 METADATA_RETRY: Final = 30.0
 FALLBACK_INTERVAL: Final = 10.0
 FALLBACK_TIMEOUT: Final = 20.0
-#: How long a killed agent's process group may take to vanish before we give up waiting.
-KILL_WAIT: Final = 5.0
-_POLL: Final = 0.05
 #: meta-data of a large agent is some 50 KB; more than this is not an agent's meta-data.
 _STDOUT_LIMIT: Final = 4 * 1024 * 1024
 _STDERR_LIMIT: Final = 64 * 1024
@@ -350,30 +345,13 @@ def _action_depth(element: ElementTree.Element, where: str) -> int | None:
 # -- running an agent --------------------------------------------------------------------------
 
 
-class _Tail:
-    """The last ``limit`` bytes written to a stream."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.data = bytearray()
-        self.truncated = False
-
-    def add(self, chunk: bytes) -> None:
-        self.data += chunk
-        if len(self.data) > self.limit:
-            del self.data[: len(self.data) - self.limit]
-            self.truncated = True
-
-    def text(self) -> str:
-        return self.data.decode(errors="replace")
-
-
 @dataclass(frozen=True, slots=True)
 class AgentRun:
     """One finished (or killed) agent action.
 
     ``returncode`` is the exit status (negative: killed by that signal), None when the agent
-    was killed by us for ``timed_out`` or ``cancelled``. ``stdout`` and ``stderr`` are kept in
+    was killed by us for ``timed_out`` or ``cancelled``; ``stuck`` lists the processes of its
+    group that survived the SIGKILL. ``stdout`` and ``stderr`` are kept in
     full up to a limit (their ends); ``exit_reason`` is the agent's ``ocf-exit-reason:`` line.
     """
 
@@ -385,6 +363,7 @@ class AgentRun:
     timed_out: bool = False
     cancelled: bool = False
     stdout_truncated: bool = False
+    stuck: tuple[int, ...] = ()
 
     @property
     def exit_reason(self) -> str:
@@ -410,10 +389,10 @@ class AgentRun:
         """``"start: exit 5 (OCF_ERR_INSTALLED): <exit reason>"`` and the like; ``detail``
         adds the last line of stderr after an exit reason too."""
         if self.cancelled:
-            return f"{self.action}: interrupted; killed the agent's process group"
+            return f"{self.action}: interrupted; killed the agent's process group{self._stuck()}"
         if self.timed_out:
             text = (f"{self.action}: timed out after {timeout:g}s; killed the agent's process "
-                    "group")
+                    f"group{self._stuck()}")
         elif self.returncode is not None and self.returncode < 0:
             try:
                 signame = signal.Signals(-self.returncode).name
@@ -432,6 +411,12 @@ class AgentRun:
             if last:
                 text = f"{text}; last output: {last}"
         return text
+
+    def _stuck(self) -> str:
+        if not self.stuck:
+            return ""
+        pids = ", ".join(str(pid) for pid in self.stuck)
+        return f", but processes {pids} survived SIGKILL (see the log)"
 
 
 def _shorten(text: str, limit: int) -> str:
@@ -488,108 +473,28 @@ def run_agent(
     Returns when the agent exits, when ``timeout`` passes or when ``cancel`` is set; in the
     last two cases the agent's whole process group is killed with SIGKILL first.
     """
-    started = time.monotonic()
-    if cancel is not None and cancel.is_set():
-        return AgentRun(action=action, returncode=None, stdout="", stderr="", duration=0.0,
-                        cancelled=True)
-    try:
-        process = proc.spawn(
-            [str(agent), action],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd="/",
-            env=dict(env),
-            start_new_session=True,
-        )
-    except OSError as exc:
+    ran = proc.run([str(agent), action], timeout=timeout, cancel=cancel, cwd="/", env=env,
+                   stdout_limit=_STDOUT_LIMIT, stderr_limit=_STDERR_LIMIT)
+    stderr = ran.stderr
+    returncode = ran.returncode
+    if ran.start_error is not None:
         # What Pacemaker reports for an agent it cannot execute.
-        code = (OcfExit.ERR_INSTALLED if isinstance(exc, FileNotFoundError)
-                else OcfExit.ERR_PERM if isinstance(exc, PermissionError)
-                else OcfExit.ERR_GENERIC)
-        return AgentRun(action=action, returncode=int(code), stdout="",
-                        stderr=f"{REASON_PREFIX}cannot run {agent}: {exc.strerror or exc}",
-                        duration=time.monotonic() - started)
-    out, err = _Tail(_STDOUT_LIMIT), _Tail(_STDERR_LIMIT)
-    timed_out = cancelled = False
-    selector = selectors.DefaultSelector()
-    pipes: list[IO[bytes]] = [p for p in (process.stdout, process.stderr) if p is not None]
-    try:
-        for pipe, sink in zip(pipes, (out, err), strict=True):
-            os.set_blocking(pipe.fileno(), False)
-            selector.register(pipe, selectors.EVENT_READ, sink)
-        deadline = started + timeout
-        while True:
-            if process.poll() is not None:
-                # Whatever the agent wrote is in the pipes now; a daemon it left behind may
-                # hold them open for ever, so read what is there and stop.
-                _drain(selector, final=True)
-                break
-            if cancel is not None and cancel.is_set():
-                cancelled = True
-                break
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                timed_out = True
-                break
-            if selector.get_map():
-                if selector.select(min(_POLL, remaining)):
-                    _drain(selector, final=False)
-            elif cancel is not None:
-                cancel.wait(min(_POLL, remaining))
-            else:
-                time.sleep(min(_POLL, remaining))
-    finally:
-        if process.poll() is None:
-            _kill_group(process)
-        selector.close()
-        for pipe in pipes:
-            with contextlib.suppress(OSError):
-                pipe.close()
+        exc = ran.start_error
+        returncode = int(OcfExit.ERR_INSTALLED if isinstance(exc, FileNotFoundError)
+                         else OcfExit.ERR_PERM if isinstance(exc, PermissionError)
+                         else OcfExit.ERR_GENERIC)
+        stderr = f"{REASON_PREFIX}{ran.start_problem()}"
     return AgentRun(
         action=action,
-        returncode=None if timed_out or cancelled else process.returncode,
-        stdout=out.text(),
-        stderr=err.text(),
-        duration=time.monotonic() - started,
-        timed_out=timed_out,
-        cancelled=cancelled,
-        stdout_truncated=out.truncated,
+        returncode=returncode,
+        stdout=ran.stdout,
+        stderr=stderr,
+        duration=ran.duration,
+        timed_out=ran.timed_out,
+        cancelled=ran.cancelled,
+        stdout_truncated=ran.stdout_truncated,
+        stuck=ran.stuck,
     )
-
-
-def _drain(selector: selectors.BaseSelector, *, final: bool) -> None:
-    """Read what the pipes hold now; unregister those at end of file."""
-    for key in list(selector.get_map().values()):
-        sink: _Tail = key.data
-        while True:
-            try:
-                chunk = os.read(key.fd, 65536)
-            except BlockingIOError:
-                break
-            except OSError:
-                chunk = b""
-            if not chunk:
-                selector.unregister(key.fileobj)
-                break
-            sink.add(chunk)
-            if not final:
-                break  # one chunk per stream per round keeps the timeout checks regular
-
-
-def _kill_group(process: subprocess.Popen[bytes]) -> None:
-    """SIGKILL the agent's process group (pgid == pid: it has its own session); wait for it."""
-    pgid = process.pid
-    with contextlib.suppress(ProcessLookupError):
-        proc.kill_group(pgid, signal.SIGKILL)
-    try:
-        process.wait(timeout=KILL_WAIT)
-    except subprocess.TimeoutExpired:
-        log.error("agent process %d survived SIGKILL for %gs", pgid, KILL_WAIT)
-        return
-    if not proc.wait_until(lambda: not proc.group_members(pgid), KILL_WAIT):
-        log.error("processes of agent group %d survived SIGKILL for %gs: %s", pgid, KILL_WAIT,
-                  proc.group_members(pgid))
 
 
 # -- the resource type -------------------------------------------------------------------------

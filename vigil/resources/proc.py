@@ -16,30 +16,46 @@ init, not the spawner thread. Services that need the guarantee should run in the
 Children get their own session (so their own process group: pgid == pid); the agent signals
 the whole group, which also reaches the children's children.
 
+:func:`run` is the one way Vigil runs a command to completion: OCF agent actions, the
+filesystem type's fsck, mount, umount, blkid and probe, application health commands and alert
+commands. Its semantics are those of Pacemaker's runner of OCF agents
+(``lib/services/services_linux.c``): the child in its own process group, the whole group
+killed on timeout, the action over when the child itself exits. On top of that, what the
+callers need: a ``cancel`` event (a forced stop interrupts a start that is running), an
+optional SIGTERM grace before the SIGKILL, stdout and stderr kept apart (or merged), a wait
+until the killed group is gone, and the processes that survive SIGKILL (uninterruptible sleep
+on a hung disk) named in the result and the log instead of waited for without end.
+
 Process checks read ``/proc`` and treat zombies as gone: an orphaned child is reaped by
 whatever PID 1 the machine has, and in a container that may be slow or never.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
+import selectors
+import shlex
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 __all__ = [
+    "KILL_WAIT",
+    "OUTPUT_LIMIT",
     "CommandResult",
     "group_members",
     "kill_group",
+    "last_line",
     "pid_alive",
     "run",
     "spawn",
@@ -47,6 +63,13 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: How long the process group of a killed command may take to vanish before its survivors
+#: are reported as stuck.
+KILL_WAIT: Final = 5.0
+#: What :func:`run` keeps of each output stream by default (its end).
+OUTPUT_LIMIT: Final = 64 * 1024
+_POLL: Final = 0.05
 
 _PR_SET_PDEATHSIG: Final = 1
 
@@ -108,65 +131,6 @@ def spawn(argv: Sequence[str], **popen_kwargs: Any) -> subprocess.Popen[bytes]:
     if threading.current_thread().name.startswith(_SPAWNER_NAME):
         return start()  # already on the spawner thread: waiting on it would deadlock
     return _executor().submit(start).result()
-
-
-@dataclass(frozen=True, slots=True)
-class CommandResult:
-    """A finished short command: exit status (None when it timed out), output tail, time."""
-
-    returncode: int | None
-    output: str
-    duration: float
-
-    @property
-    def ok(self) -> bool:
-        return self.returncode == 0
-
-    @property
-    def timed_out(self) -> bool:
-        return self.returncode is None
-
-
-def run(
-    argv: Sequence[str],
-    *,
-    timeout: float,
-    cwd: str | Path | None = None,
-    env: dict[str, str] | None = None,
-    output_limit: int = 400,
-) -> CommandResult:
-    """Run a short command (a health check) in its own process group, with a hard timeout.
-
-    On timeout the whole group is killed. The output (stdout and stderr together) is kept
-    up to its last ``output_limit`` characters, for reasons shown to humans.
-    """
-    started = time.monotonic()
-    process = spawn(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        cwd=cwd,
-        env=env,
-        start_new_session=True,
-    )
-    try:
-        out, _ = process.communicate(timeout=timeout)
-        code: int | None = process.returncode
-    except subprocess.TimeoutExpired:
-        kill_group(process.pid, signal.SIGKILL)
-        try:
-            out, _ = process.communicate(timeout=5.0)
-        except subprocess.TimeoutExpired:
-            out = b""
-        code = None
-    finally:
-        if process.poll() is None:
-            kill_group(process.pid, signal.SIGKILL)
-    text = out.decode(errors="replace").strip()
-    if len(text) > output_limit:
-        text = "..." + text[-output_limit:]
-    return CommandResult(returncode=code, output=text, duration=time.monotonic() - started)
 
 
 def kill_group(pgid: int, sig: int) -> bool:
@@ -251,3 +215,276 @@ def wait_until(
                 return condition()
         else:
             time.sleep(min(interval, remaining))
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    """A command run to completion by :func:`run`, or killed by it.
+
+    ``pid`` is the command's (and its process group's) id. ``returncode`` is the exit status
+    (negative: killed by that signal, not by us), None when :func:`run` killed it
+    (``timed_out`` or ``cancelled``) or could not start it (``start_error``). ``stdout`` and
+    ``stderr`` are the ends of each stream, up to the limits given to :func:`run` (with
+    ``merge_stderr`` both are in ``stdout``). ``stuck`` lists the processes of the command's
+    group still alive after SIGKILL (uninterruptible sleep on a hung disk or server): nothing
+    more can be done about them than to say so.
+    """
+
+    argv: tuple[str, ...]
+    returncode: int | None
+    pid: int | None = None  # also the process group's id; None when it never started
+    stdout: str = ""
+    stderr: str = ""
+    duration: float = 0.0
+    timed_out: bool = False
+    cancelled: bool = False
+    start_error: OSError | ValueError | None = None
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    stuck: tuple[int, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    def start_problem(self) -> str:
+        """``"cannot run fsck: No such file or directory"`` when it could not start, else ""."""
+        exc = self.start_error
+        if exc is None:
+            return ""
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        return f"cannot run {self.argv[0] if self.argv else '(nothing)'}: {detail}"
+
+    def describe_stuck(self) -> str:
+        """``"pid 812 (fsck.ext4, state D)"`` for each process in ``stuck`` that still lives."""
+        return ", ".join(_describe_process(pid) for pid in self.stuck)
+
+
+def _describe_process(pid: int) -> str:
+    stat = _stat(pid)
+    try:
+        name = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        name = "?"
+    state = f", state {stat[0]}" if stat is not None else ", gone"
+    return f"pid {pid} ({name}{state})"
+
+
+class _Tail:
+    """The last ``limit`` bytes written to a stream."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.data = bytearray()
+        self.truncated = False
+
+    def add(self, chunk: bytes) -> None:
+        self.data += chunk
+        if len(self.data) > self.limit:
+            del self.data[: len(self.data) - self.limit]
+            self.truncated = True
+
+    def text(self) -> str:
+        return self.data.decode(errors="replace")
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    cancel: threading.Event | None = None,
+    term_grace: float = 0.0,
+    kill_wait: float = KILL_WAIT,
+    cwd: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    capture_stdout: bool = True,
+    merge_stderr: bool = False,
+    stdout_limit: int = OUTPUT_LIMIT,
+    stderr_limit: int = OUTPUT_LIMIT,
+) -> CommandResult:
+    """Run ``argv`` to completion, as Pacemaker runs an OCF agent; the one runner of Vigil.
+
+    The command runs in a new session (its own process group), with stdin from ``/dev/null``
+    and stdout and stderr read through pipes, each kept up to its last ``*_limit`` bytes
+    (``capture_stdout=False``: stdout goes to ``/dev/null``; ``merge_stderr``: stderr goes to
+    stdout, in the order written).
+
+    It is over when the command itself exits: what it left running in the background is not
+    waited for and not signalled (an agent's start may leave its daemon behind), even if that
+    keeps the pipes open; the pipes are closed then.
+
+    If ``timeout`` passes or ``cancel`` is set first, the whole process group (grandchildren
+    too) gets SIGTERM and ``term_grace`` seconds to go (0: none), then SIGKILL; then the run
+    waits up to ``kill_wait`` seconds until no process of the group is left. Processes still
+    there are listed in ``stuck`` and logged. A start that cannot happen (a missing or not
+    executable program) is ``start_error``, never an exception.
+    """
+    command = tuple(argv)
+    started = time.monotonic()
+    if cancel is not None and cancel.is_set():
+        return CommandResult(command, None, cancelled=True)
+    try:
+        process = spawn(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE if capture_stdout else subprocess.DEVNULL,
+            stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
+            cwd=cwd,
+            env=None if env is None else dict(env),
+            start_new_session=True,
+        )
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in argv or env
+        return CommandResult(command, None, start_error=exc,
+                             duration=time.monotonic() - started)
+    running = _Running(process, stdout_limit, stderr_limit)
+    timed_out = cancelled = False
+    stuck: tuple[int, ...] = ()
+    try:
+        ended = running.wait(started + timeout, cancel)
+        timed_out, cancelled = ended == "timeout", ended == "cancel"
+        if timed_out or cancelled:
+            stuck = running.stop(term_grace, kill_wait)
+    finally:
+        running.close()
+    result = CommandResult(
+        command,
+        None if timed_out or cancelled else process.returncode,
+        pid=process.pid,
+        stdout=running.out.text(),
+        stderr=running.err.text(),
+        duration=time.monotonic() - started,
+        timed_out=timed_out,
+        cancelled=cancelled,
+        stdout_truncated=running.out.truncated,
+        stderr_truncated=running.err.truncated,
+        stuck=stuck,
+    )
+    if stuck:
+        shown = shlex.join(command)
+        log.error("%s (process group %d) was killed, but processes of its group survived "
+                  "SIGKILL for %gs: %s; SIGKILL takes effect only when the kernel call they "
+                  "are in returns (a hung disk or server?)",
+                  shown if len(shown) <= 100 else shown[:97] + "...", process.pid, kill_wait,
+                  result.describe_stuck())
+    return result
+
+
+class _Running:
+    """One command of :func:`run` while it runs: its pipes, and its exit as a pidfd."""
+
+    def __init__(self, process: subprocess.Popen[bytes], stdout_limit: int,
+                 stderr_limit: int) -> None:
+        self.process = process
+        self.pgid = process.pid  # a new session: pgid == pid
+        self.out, self.err = _Tail(stdout_limit), _Tail(stderr_limit)
+        self.selector = selectors.DefaultSelector()
+        self.pipes = [(pipe, sink) for pipe, sink in ((process.stdout, self.out),
+                                                      (process.stderr, self.err))
+                      if pipe is not None]
+        for pipe, sink in self.pipes:
+            os.set_blocking(pipe.fileno(), False)
+            self.selector.register(pipe, selectors.EVENT_READ, sink)
+        # The leader's exit wakes the selector at once; without pidfds, poll every _POLL.
+        self.pidfd: int | None = None
+        with contextlib.suppress(OSError, AttributeError):
+            self.pidfd = os.pidfd_open(process.pid)
+            self.selector.register(self.pidfd, selectors.EVENT_READ, None)
+
+    def wait(self, deadline: float, cancel: threading.Event | None) -> str:
+        """Read output until the leader exits (``"exit"``), ``deadline`` passes
+        (``"timeout"``) or ``cancel`` is set (``"cancel"``)."""
+        while True:
+            if self.process.poll() is not None:
+                # All the leader wrote is in the pipes now; what it left behind may hold
+                # them open for ever, so read what is there and stop.
+                self._read(final=True)
+                return "exit"
+            if cancel is not None and cancel.is_set():
+                return "cancel"
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return "timeout"
+            self._pause(remaining if cancel is None else min(_POLL, remaining), cancel)
+
+    def stop(self, term_grace: float, kill_wait: float) -> tuple[int, ...]:
+        """Kill the whole group, TERM first if ``term_grace``; the processes that stay."""
+        if term_grace > 0:
+            self._signal(signal.SIGTERM)
+            if self._wait_gone(time.monotonic() + term_grace):
+                return ()
+        self._signal(signal.SIGKILL)
+        if self._wait_gone(time.monotonic() + kill_wait):
+            return ()
+        members = group_members(self.pgid)
+        if self.process.poll() is None and self.process.pid not in members:
+            members.insert(0, self.process.pid)
+        return tuple(members)
+
+    def close(self) -> None:
+        if self.process.poll() is None:  # only on an exception in wait or stop
+            self._signal(signal.SIGKILL)
+        self.selector.close()
+        for pipe, _ in self.pipes:
+            with contextlib.suppress(OSError):
+                pipe.close()
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+
+    def _signal(self, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            kill_group(self.pgid, sig)
+
+    def _wait_gone(self, deadline: float) -> bool:
+        """Read output until no process of the group is left (True) or ``deadline``."""
+        while True:
+            if self.process.poll() is not None and not group_members(self.pgid):
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._pause(min(_POLL, remaining), None)
+
+    def _pause(self, seconds: float, cancel: threading.Event | None) -> None:
+        """Wait up to ``seconds`` for output or the leader's exit, reading what comes."""
+        if self.pidfd is None or self.pidfd not in self.selector.get_map():
+            seconds = min(seconds, _POLL)  # nothing tells us of the leader's exit: poll
+        if not self.selector.get_map():
+            if cancel is not None:
+                cancel.wait(seconds)
+            else:
+                time.sleep(seconds)
+            return
+        ready = self.selector.select(seconds)
+        for key, _ in ready:
+            if key.data is None:  # the pidfd: the leader has exited, poll() will reap it
+                self.selector.unregister(key.fileobj)
+        if ready:
+            self._read(final=False)
+
+    def _read(self, *, final: bool) -> None:
+        """Read what the pipes hold now; unregister those at end of file."""
+        for key in list(self.selector.get_map().values()):
+            sink: _Tail | None = key.data
+            if sink is None:
+                continue  # the pidfd
+            while True:
+                try:
+                    chunk = os.read(key.fd, 65536)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    self.selector.unregister(key.fileobj)
+                    break
+                sink.add(chunk)
+                if not final:
+                    break  # one chunk per stream per round keeps the deadline checks regular
+
+
+def last_line(text: str, limit: int = 300) -> str:
+    """The last non-empty line of ``text`` (a command's output), at most ``limit`` long."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    return lines[-1] if len(lines[-1]) <= limit else lines[-1][: limit - 3] + "..."
