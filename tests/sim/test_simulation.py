@@ -183,7 +183,7 @@ class ClusterMachine(RuleBasedStateMachine):
         # through different nodes have none of their own); then the operator ends maintenance
         # and puts every resource back in service, and reboots a node fenced meanwhile.
         settle_by = c.now + convergence_bound(c.config, len(self.groups))
-        while c.now < settle_by and any(c.nodes[n].core.requests for n in self.names
+        while c.now < settle_by and any(c.nodes[n].core.requests.queued for n in self.names
                                          if c.nodes[n].core is not None):
             c.run_for(0.1)
         for name in self.names:

@@ -36,7 +36,8 @@ class Changes:
     def observe(self, membership: Membership, accepted: Accepted
                 ) -> tuple[list[Notification], list[Notification]]:
         """(membership, link and quorum changes, placement changes)."""
-        seen = list(self._seen(membership))
+        seen = list(self._seen(membership)) if membership.changed else []
+        membership.look_done()
         moves: list[Notification] = list(self._moves(membership.now, accepted))
         return seen, moves
 

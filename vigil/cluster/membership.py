@@ -68,16 +68,38 @@ class Membership:
         self.next_hb = now
         self.hb_sent_at: dict[int, float] = {}
         self.support: dict[str, float] = {}  # peer -> until when its echo supports us
+        # Liveness is asked many times per event and changes rarely: a node or link comes
+        # back (heard after dead_time), falls silent (at a known time), or is kept out.
+        self.changed = True  # since the last look_done(): something above may differ
+        self._flip_at = math.inf  # the next time a node or link falls silent
+        self._alive: tuple[float, frozenset[str]] | None = None
 
     # ---- questions -----------------------------------------------------------------------
 
     def alive(self) -> frozenset[str]:
         """Nodes heard within ``dead_time`` (and ourselves), minus config mismatches."""
+        if self._alive is not None and self._alive[0] == self.now and not self.changed:
+            return self._alive[1]
         dead_time = self.timing.dead_time
         heard = {n for n, t in self.last_heard.items()
                  if self.now - t < dead_time and n not in self.mismatched
                  and n not in self.departed}
-        return frozenset(heard | {self.name})
+        alive = frozenset(heard | {self.name})
+        self._alive = (self.now, alive)
+        return alive
+
+    def _touch(self) -> None:
+        self.changed = True
+        self._alive = None
+
+    def look_done(self) -> None:
+        """Whoever watches for changes has looked: until a node or link comes back, is kept
+        out, or the next one falls silent, the answers stay the same."""
+        dead_time = self.timing.dead_time
+        self.changed = False
+        self._flip_at = min((t + dead_time for t in (*self.last_heard.values(),
+                                                      *self.link_heard.values())
+                             if t + dead_time > self.now), default=math.inf)
 
     def link_state(self) -> dict[str, dict[str, bool]]:
         """node -> link -> heard on that link within dead_time."""
@@ -116,9 +138,14 @@ class Membership:
     # ---- time and input --------------------------------------------------------------------
 
     def advance(self, now: float) -> None:
-        self.now = max(self.now, now)
+        if now > self.now:
+            self.now = now
+            self._alive = None
+            if now >= self._flip_at:
+                self._touch()
         if not self.seen_all and self.alive() == self.nodes:
             self.seen_all = True
+            self._touch()
         for node in [n for n, t in self.support.items() if t <= self.now]:
             del self.support[node]
         horizon = self.now - self.timing.lease_time - self.timing.heartbeat_interval
@@ -128,8 +155,13 @@ class Membership:
     def heard(self, sender: str, link: str) -> None:
         """Any message is proof of life: a node we can hear is not dead, whatever channel
         carried it (it also stops two would-be masters fighting over an asymmetric link)."""
+        dead_time = self.timing.dead_time
+        if self.now - self.last_heard.get(sender, -math.inf) >= dead_time:
+            self._touch()
         self.last_heard[sender] = self.now
         if link:
+            if self.now - self.link_heard.get((sender, link), -math.inf) >= dead_time:
+                self._touch()
             self.link_heard[(sender, link)] = self.now
 
     def on_heartbeat(self, sender: str, hb: Heartbeat, promised: Epoch) -> Heard:
@@ -138,8 +170,11 @@ class Membership:
         if hb.digest != self.digest:
             new = sender not in self.mismatched
             self.mismatched.add(sender)
+            self._touch()
             return Heard.MISMATCH if new else Heard.NOTHING
-        self.mismatched.discard(sender)
+        if sender in self.mismatched:
+            self.mismatched.discard(sender)
+            self._touch()
         peer = self.peers.get(sender)
         what = Heard.UPDATED
         if peer is None or hb.incarnation != peer.incarnation:
@@ -148,6 +183,7 @@ class Membership:
             what = Heard.RESTARTED if peer is not None else Heard.NEW_LIFE
             if self.departed.get(sender, hb.incarnation) != hb.incarnation:
                 del self.departed[sender]
+                self._touch()
             peer = self.peers[sender] = PeerInfo(incarnation=hb.incarnation)
         elif hb.n <= peer.hb:
             return Heard.NOTHING  # reordered: an older heartbeat says nothing new
@@ -170,6 +206,7 @@ class Membership:
         if peer is not None and peer.incarnation != bye.incarnation:
             return False
         self.departed[sender] = bye.incarnation
+        self._touch()
         self.support.pop(sender, None)
         return True
 
