@@ -20,10 +20,11 @@ from vigil.config import ClusterConfig
 class Requests:
     """The requests queued on this node."""
 
-    def __init__(self, name: str, incarnation: int) -> None:
+    def __init__(self, name: str, incarnation: int, kept: Iterable[RequestRef] = ()) -> None:
         self.prefix = f"{name}-{incarnation}"
         self.counter = 0
-        self.queued: dict[str, RequestRef] = {}
+        #: persisted with the promise until a transition applies them (they survive a crash)
+        self.queued: dict[str, RequestRef] = {r.rid: r for r in kept}
 
     def queue(self, req: AdminRequest) -> RequestRef:
         self.counter += 1

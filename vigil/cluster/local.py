@@ -160,11 +160,12 @@ class LocalGroups:
 
     def _stop_dependents_first(self, group: str, why: str, promised: Epoch) -> bool:
         """Stop the groups running on ``group`` (True) instead of ``group`` itself while any
-        is active: they leave first, and ``group`` follows once they are out."""
+        is active: they leave first, the end of a chain first, and ``group`` follows once
+        nothing active here depends on it any more."""
         if not any(self.state[k] in ACTIVE for k in self.dependents[group]):
             return False
         for k in self.dependents[group]:
-            if self.state[k] in UP:
+            if not self._stop_dependents_first(k, why, promised) and self.state[k] in UP:
                 self._stop(k, why, promised)
         return True
 
@@ -240,8 +241,11 @@ class LocalGroups:
             # and the group goes elsewhere until cleanup or failure_timeout.
             self.fill_fail_count(ev.group)
             self.record_failure(ev.group, f"start failed: {ev.reason}", promised)
-            self.set(ev.group, LocalState.STOPPED)
-            self._stop(ev.group, "clean up after a failed start", promised)
+            # What did start is in service: it stops like a running group. A converging start
+            # may fail under running dependents: held, reconcile() stops them first.
+            self.set(ev.group, LocalState.RUNNING)
+            if not any(self.state[k] in ACTIVE for k in self.dependents[ev.group]):
+                self._stop(ev.group, "clean up after a failed start", promised)
             return
         if ev.ok:
             self.set(ev.group, LocalState.STOPPED)

@@ -111,7 +111,7 @@ class NodeCore:
         self.membership = Membership(config, name, now)
         self.promise = Promise(persisted)
         self.groups = LocalGroups(config, name, self.journal, self._act)
-        self.requests = Requests(name, incarnation)
+        self.requests = Requests(name, incarnation, persisted.requests if persisted else ())
         self.master = Master(config, name, strategy=self.strategy,
                              fencer=fencer or config.fencer, stop_bound=stop_bound(config),
                              membership=self.membership, promise=self.promise,
@@ -199,7 +199,7 @@ class NodeCore:
     # ---- what others may ask ---------------------------------------------------------------
 
     def persisted(self) -> Persisted:
-        return self.promise.persisted()
+        return self.promise.persisted(self.requests.refs())
 
     @property
     def promised(self) -> tuple[int, str]:

@@ -11,20 +11,35 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Final
 
-from vigil.cluster.wire import NO_ACCEPTED, NO_EPOCH, Accepted, Epoch, fmt_epoch, parse_epoch
+from vigil.cluster.wire import (
+    NO_ACCEPTED,
+    NO_EPOCH,
+    Accepted,
+    Epoch,
+    RequestRef,
+    fmt_epoch,
+    parse_epoch,
+)
+
+ADMIN_KINDS: Final = ("move", "standby", "online", "enable", "disable", "kill", "maintenance")
 
 
 @dataclass(frozen=True, slots=True)
 class Persisted:
     """What a node must remember across a restart (the shell writes it to disk before it
     sends anything): a promise forgotten by a rebooted node could let an older epoch
-    complete beside a newer one, and a forgotten epoch number could be declared twice."""
+    complete beside a newer one, and a forgotten epoch number could be declared twice. The
+    manual requests it took and no accepted placement has applied yet are kept too: a
+    request survives a crash or fencing of the node that took it, and is carried out once
+    that node is back (it is lost only if the node never returns)."""
 
     promised: Epoch = NO_EPOCH
     promised_view: tuple[str, ...] = ()
     history: tuple[Accepted, ...] = ()  # last closed placement, then those accepted since
     max_seen: int = 0
+    requests: tuple[RequestRef, ...] = ()  # queued here, not applied yet
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -33,6 +48,8 @@ class Persisted:
             "history": [{"epoch": fmt_epoch(a.epoch), "placement": dict(a.placement),
                          "standby": sorted(a.admin)} for a in self.history],
             "max_seen": self.max_seen,
+            "requests": [{"id": r.rid, "kind": r.kind, "group": r.target, "node": r.node}
+                         for r in self.requests],
         }
 
     @classmethod
@@ -53,11 +70,21 @@ class Persisted:
                                     {str(g): (None if n is None else str(n))
                                      for g, n in placement.items()},
                                     frozenset(str(n) for n in admin)))
+        requests = data.get("requests", [])  # absent in files written before it was kept
+        if not isinstance(requests, list):
+            raise TypeError("damaged node state")
+        pending = []
+        for item in requests:
+            if item["kind"] not in ADMIN_KINDS:
+                raise ValueError(f"damaged node state: unknown request kind {item['kind']!r}")
+            pending.append(RequestRef(str(item["id"]), str(item["kind"]), str(item["group"]),
+                                      str(item["node"])))
         return cls(
             promised=parse_epoch(str(data["promised"])),
             promised_view=tuple(str(v) for v in view),
             history=tuple(entries),
             max_seen=max_seen,
+            requests=tuple(pending),
         )
 
 
@@ -79,8 +106,9 @@ class Promise:
             self.history = list(persisted.history)
             self.max_seen = max(persisted.max_seen, persisted.promised[0])
 
-    def persisted(self) -> Persisted:
-        return Persisted(self.promised, self.view, tuple(self.history), self.max_seen)
+    def persisted(self, requests: tuple[RequestRef, ...]) -> Persisted:
+        return Persisted(self.promised, self.view, tuple(self.history), self.max_seen,
+                         requests)
 
     @property
     def accepted(self) -> Accepted:
