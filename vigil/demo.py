@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from vigil.config import load, write_key
+from vigil.status import ClusterStatus
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "config" / "demo.toml"
@@ -30,13 +31,14 @@ def vigil(*args: str) -> list[str]:
     return [sys.executable, "-m", "vigil.cli.main", *args]
 
 
-def status(node: str) -> dict[str, Any] | None:
+def status(node: str) -> ClusterStatus | None:
+    """``node``'s view, as `vigil status --json` prints it (None while its daemon does not
+    answer)."""
     out = subprocess.run(vigil("status", "-c", str(CONFIG), "--node", node, "--json"),
                          capture_output=True, text=True, timeout=15)
     if out.returncode != 0:
         return None
-    result: dict[str, Any] = json.loads(out.stdout)
-    return result
+    return ClusterStatus.from_json(json.loads(out.stdout))
 
 
 def show(node: str) -> None:
@@ -54,9 +56,8 @@ def answers() -> bool:
 def holder(nodes: list[str]) -> str | None:
     for n in nodes:
         st = status(n)
-        if st and st["groups"]["web"]["state"] == "running":
-            node: str | None = st["groups"]["web"]["node"]
-            return node
+        if st is not None and st.groups["web"].state == "running":
+            return st.groups["web"].node
     return None
 
 

@@ -1,6 +1,6 @@
-"""The application interface: status and control (:class:`Client`), and typed
-notifications of what the cluster does, in process
-(:func:`register_notification_actor`) or from another process (:func:`subscribe`).
+"""The application interface: status and control (:class:`Client`, whose ``status()`` is
+the typed :class:`ClusterStatus`), and typed notifications of what the cluster does, in
+process (:func:`register_notification_actor`) or from another process (:func:`subscribe`).
 
 In process, a Pykka actor registered with :func:`register_notification_actor` receives the
 :class:`Notification` objects themselves, in order, as messages (``on_receive``); ``kinds``
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from vigil.api.client import Client, Refused
 from vigil.api.events import EventStream, NoDaemonError, subscribe
+from vigil.local.protocol import MalformedAnswer
 from vigil.notifications import (
     KINDS,
     Decision,
@@ -39,6 +40,14 @@ from vigil.notifications import (
     from_dict,
     to_dict,
 )
+from vigil.status import (
+    ClusterStatus,
+    GroupStatus,
+    NodeStatus,
+    Operation,
+    ResourceStatus,
+    Transition,
+)
 
 if TYPE_CHECKING:
     from vigil.actors.node import NodeRuntime
@@ -46,23 +55,30 @@ if TYPE_CHECKING:
 __all__ = [
     "KINDS",
     "Client",
+    "ClusterStatus",
     "Decision",
     "EventStream",
     "FencingCompleted",
     "FencingRequested",
     "GroupMoved",
     "GroupStateChanged",
+    "GroupStatus",
     "LinkDown",
     "LinkUp",
+    "MalformedAnswer",
     "Missed",
     "NoDaemonError",
     "NodeJoined",
     "NodeLost",
+    "NodeStatus",
     "Notification",
+    "Operation",
     "QuorumGained",
     "QuorumLost",
     "Refused",
     "ResourceStateChanged",
+    "ResourceStatus",
+    "Transition",
     "TransitionCompleted",
     "TransitionStarted",
     "from_dict",

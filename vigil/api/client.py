@@ -5,13 +5,15 @@ control socket.
 
     node = Client("/etc/vigil/cluster.toml")          # this host's node
     tree = node.status()                               # the cluster, as that node sees it
-    print(tree["groups"]["web"]["node"])
+    print(tree.groups["web"].node)
     node.move("web", "beta")                           # raises Refused if the daemon says no
     node.resource("web-app", "oo_service")
 
 Every method sends one request and returns the daemon's answer; a refusal (unknown name,
 permission, maintenance mode...) raises :class:`Refused` with the daemon's words, and no daemon
-at all raises :class:`~vigil.api.events.NoDaemonError`.
+at all raises :class:`~vigil.api.events.NoDaemonError`. ``status()`` returns the typed
+:class:`~vigil.status.ClusterStatus` (frozen dataclasses; ``to_json()`` gives the JSON of
+`vigil status --json`, whose keys are the same names).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from typing import Any, Literal
 
 from vigil.api.events import DEFAULT_CONFIG, NoDaemonError
 from vigil.config import ClusterConfig, load, resolve_node
-from vigil.local.protocol import request
+from vigil.local.protocol import request, status_of
+from vigil.status import ClusterStatus
 
 __all__ = ["Client", "Refused", "ResourceAction"]
 
@@ -59,11 +62,11 @@ class Client:
             raise Refused(str(answer.get("error", "refused")))
         return answer
 
-    def status(self) -> dict[str, Any]:
-        """The object tree: cluster, nodes, groups, resources (the JSON of `vigil status
-        --json`)."""
-        tree: dict[str, Any] = self.request("status")["status"]
-        return tree
+    def status(self) -> ClusterStatus:
+        """The status tree: cluster, nodes, groups, resources (``to_json()`` is the JSON of
+        `vigil status --json`). Raises :class:`~vigil.local.protocol.MalformedAnswer` when the
+        daemon's answer holds no status tree this version can read."""
+        return status_of(self.request("status"), self.node)
 
     def move(self, group: str, node: str) -> str:
         return str(self.request("move", group=group, node=node)["message"])

@@ -23,7 +23,8 @@ from vigil.config import (
     validate_against_registry,
     write_key,
 )
-from vigil.local.protocol import request
+from vigil.local.protocol import MalformedAnswer, request, status_of
+from vigil.status import ClusterStatus
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_NO_DAEMON = 1, 2, 3
 DEFAULT_CONFIG = os.environ.get("VIGIL_CONFIG", "/etc/vigil/cluster.toml")
@@ -44,6 +45,13 @@ def _fail(message: str, code: int) -> NoReturn:
 
 def _ask(config_path: str, via: str | None, command: str,
          args: dict[str, str] | None = None, timeout: float = 10.0) -> dict[str, Any]:
+    return _ask_node(config_path, via, command, args, timeout)[1]
+
+
+def _ask_node(config_path: str, via: str | None, command: str,
+              args: dict[str, str] | None = None,
+              timeout: float = 10.0) -> tuple[str, dict[str, Any]]:
+    """The name of the node asked, and its daemon's answer."""
     try:
         cfg = load(config_path)
         name = resolve_node(cfg, via)
@@ -51,7 +59,7 @@ def _ask(config_path: str, via: str | None, command: str,
         _fail(str(exc), EXIT_USAGE)
     path = cfg.nodes[name].control_socket
     try:
-        return request(path, command, args or {}, timeout=timeout)
+        return name, request(path, command, args or {}, timeout=timeout)
     except FileNotFoundError:
         _fail(f"no daemon for node {name}: {path} does not exist (is `vigil node run` "
               "running for this node?)", EXIT_NO_DAEMON)
@@ -232,12 +240,9 @@ def resource_diagnose(config_path: str, node: str | None, as_json: bool, name: s
 def status(config_path: str, node: str | None, as_json: bool, watch: bool) -> None:
     """Show the cluster as this node's daemon sees it."""
     while True:
-        answer = _ask(config_path, node, "status")
-        if not answer.get("ok"):
-            _fail(str(answer.get("error")), EXIT_REFUSED)
-        st = answer["status"]
+        st = _status(config_path, node)
         if as_json:
-            click.echo(json.dumps(st, indent=2, sort_keys=True))
+            click.echo(json.dumps(st.to_json(), indent=2, sort_keys=True))
         else:
             if watch:
                 click.clear()
@@ -247,57 +252,63 @@ def status(config_path: str, node: str | None, as_json: bool, watch: bool) -> No
         time.sleep(1.0)
 
 
-def format_status(st: dict[str, Any]) -> str:
+def _status(config_path: str, node: str | None) -> ClusterStatus:
+    name, answer = _ask_node(config_path, node, "status")
+    if not answer.get("ok"):
+        _fail(str(answer.get("error")), EXIT_REFUSED)
+    try:
+        return status_of(answer, name)
+    except MalformedAnswer as exc:
+        _fail(str(exc), EXIT_REFUSED)
+
+
+def format_status(st: ClusterStatus) -> str:
     lines = []
-    t = st.get("transition")
-    lines.append(f"Cluster {st['cluster']}: epoch {st['epoch']}, master {st['master'] or '-'}, "
-                 f"{'quorate' if st['quorate'] else 'NO QUORUM'} ({st['quorum']})  "
-                 f"[seen from {st['node']}]")
-    if t and t["phase"] != "done":
-        lines.append(f"Transition in progress: {t['phase']} ({t['reason']})")
-    if st.get("maintenance"):
+    t = st.transition
+    lines.append(f"Cluster {st.cluster}: epoch {st.epoch}, master {st.master or '-'}, "
+                 f"{'quorate' if st.quorate else 'NO QUORUM'} ({st.quorum})  "
+                 f"[seen from {st.node}]")
+    if t is not None and t.phase != "done":
+        lines.append(f"Transition in progress: {t.phase} ({t.reason})")
+    if st.maintenance:
         lines.append("MAINTENANCE MODE: no monitors, no recovery, nothing starts, stops or "
                      "moves (`vigil maintenance off` to end)")
-    nodes = st["nodes"]
-    online = [n for n, v in nodes.items() if v["state"] == "online"]
-    lines.append(f"Nodes: {len(nodes)} configured, {len(online)} online")
-    for n, v in sorted(nodes.items()):
-        extra = " (standby)" if v.get("standby") else ""
-        links = v.get("links") or {}
-        down = [link for link, up in links.items() if not up]
+    online = [n for n, v in st.nodes.items() if v.state == "online"]
+    lines.append(f"Nodes: {len(st.nodes)} configured, {len(online)} online")
+    for n, v in sorted(st.nodes.items()):
+        extra = " (standby)" if v.standby else ""
+        down = [link for link, up in v.links.items() if not up]
         if down:
             extra += f" links down: {', '.join(down)}"
-        lines.append(f"  * {n:<12} {v['state'].upper() if v['state'] != 'online' else 'online'}"
+        lines.append(f"  * {n:<12} {v.state.upper() if v.state != 'online' else 'online'}"
                      f"{extra}")
     lines.append("Groups:")
     by_group: dict[str, list[str]] = {}
-    for r, v in st["resources"].items():  # in start order (the daemon sends them so)
-        by_group.setdefault(v["group"], []).append(r)
-    for g, v in sorted(st["groups"].items()):
-        where = f"on {v['node']}" if v["node"] else ""
-        lines.append(f"  * {g:<12} {v['state']} {where}".rstrip())
+    for r, rv in st.resources.items():  # in start order
+        by_group.setdefault(rv.group, []).append(r)
+    for g, gv in sorted(st.groups.items()):
+        where = f"on {gv.node}" if gv.node else ""
+        lines.append(f"  * {g:<12} {gv.state} {where}".rstrip())
         for r in by_group.get(g, []):
-            rv = st["resources"][r]
-            dep = f"  after {', '.join(rv['depends_on'])}" if rv["depends_on"] else ""
-            by_hand = f"  [{rv['by_hand']} by hand]" if rv.get("by_hand") else ""
-            lines.append(f"      {r:<16} ({rv['type']}) {rv['state']}{dep}{by_hand}")
-            if rv.get("fail_count"):
-                failure = rv.get("last_failure") or {}
-                lines.append(f"          {rv['fail_count']} failure(s) here, last at "
-                             f"{failure.get('at', '?')}: {failure.get('reason', '')}")
-            diag = rv.get("last_diagnostic")
-            if diag and not diag["ok"]:
-                lines.append(f"          last diagnostic at {diag['at']} FAILED: "
-                             f"{diag['reason']}")
-    fails = st.get("fail_counts") or {}
-    if fails:
-        lines.append("Fail counts here: " + ", ".join(f"{g}={c}" for g, c in fails.items()))
-    if st.get("mismatched"):
-        lines.append("CONFIG MISMATCH (kept out): " + ", ".join(st["mismatched"]))
-    decisions = st.get("decisions") or []
-    if decisions:
+            rv = st.resources[r]
+            dep = f"  after {', '.join(rv.depends_on)}" if rv.depends_on else ""
+            by_hand = f"  [{rv.by_hand} by hand]" if rv.by_hand else ""
+            lines.append(f"      {r:<16} ({rv.type}) {rv.service_state}{dep}{by_hand}")
+            if rv.fail_count:
+                failure = rv.last_failure
+                at, why = (failure.at, failure.reason) if failure is not None else ("?", "")
+                lines.append(f"          {rv.fail_count} failure(s) here, last at {at}: {why}")
+            diag = rv.last_diagnostic
+            if diag is not None and not diag.ok:
+                lines.append(f"          last diagnostic at {diag.at} FAILED: {diag.reason}")
+    if st.fail_counts:
+        lines.append("Fail counts here: " + ", ".join(f"{g}={c}"
+                                                      for g, c in st.fail_counts.items()))
+    if st.mismatched:
+        lines.append("CONFIG MISMATCH (kept out): " + ", ".join(st.mismatched))
+    if st.decisions:
         lines.append("Recent decisions:")
-        lines += [f"    {at} {text}" for at, text in decisions[-6:]]
+        lines += [f"    {at} {text}" for at, text in st.decisions[-6:]]
     return "\n".join(lines)
 
 

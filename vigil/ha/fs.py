@@ -54,7 +54,14 @@ from typing import Any
 
 from vigil.local.access import Access as SocketAccess
 from vigil.local.access import Peer, group_id, proc_groups
-from vigil.local.protocol import MANUAL_OP_TIMEOUT, REQUEST_TIMEOUT, request
+from vigil.local.protocol import (
+    MANUAL_OP_TIMEOUT,
+    REQUEST_TIMEOUT,
+    MalformedAnswer,
+    request,
+    status_of,
+)
+from vigil.status import ClusterStatus, Operation, Transition
 
 log = logging.getLogger("vigil.ha")
 
@@ -118,47 +125,35 @@ _TOP: Tree = {"/": Entry(children=TOP_DIRS, nlink=2 + len(TOP_DIRS)),
 # ---- rendering --------------------------------------------------------------------------
 
 
-def _one(value: Any) -> str:
+def _one(value: object) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
-    if isinstance(value, dict | list):
-        return json.dumps(value, sort_keys=True)
     return str(value)
 
 
-def _text(value: Any) -> bytes:
-    """A value as file content: one value and a newline, a list one item a line, a map one
-    ``key: value`` a line; nothing at all for a missing value."""
+def _text(value: object) -> bytes:
+    """A value as file content: one value and a newline, a list one item a line; nothing at
+    all for a missing value."""
     if value is None:
         return b""
-    if isinstance(value, list | tuple):
+    if isinstance(value, tuple):
         return "".join(f"{_one(v)}\n" for v in value).encode()
-    if isinstance(value, dict):
-        return "".join(f"{k}: {_one(v)}\n" for k, v in value.items()).encode()
     return f"{_one(value)}\n".encode()
 
 
-def _on_off(value: Any) -> bytes:
-    if isinstance(value, bool):
-        return b"on\n" if value else b"off\n"
-    return _text(value)
+def _transition(value: Transition | None) -> bytes:
+    if value is None:
+        return b""
+    return f"{value.phase}: {value.reason}\n".encode() if value.reason else _text(value.phase)
 
 
-def _transition(value: Any) -> bytes:
-    if isinstance(value, dict) and "phase" in value:
-        reason = value.get("reason")
-        return f"{value['phase']}: {reason}\n".encode() if reason else _text(value["phase"])
-    return _text(value)
-
-
-def _op_result(value: Any) -> bytes:
+def _op_result(value: Operation | None) -> bytes:
     """A resource operation's outcome, as the coordinator keeps the last failure and the last
     monitor: ``19:30:12 monitor ok, IN_SERVICE: running``."""
-    if isinstance(value, dict) and {"at", "op", "ok", "state"} <= value.keys():
-        verdict = "ok" if value["ok"] else "failed"
-        return (f"{value['at']} {value['op']} {verdict}, {value['state']}: "
-                f"{value.get('reason', '')}\n").encode()
-    return _text(value)
+    if value is None:
+        return b""
+    verdict = "ok" if value.ok else "failed"
+    return f"{value.at} {value.op} {verdict}, {value.state}: {value.reason}\n".encode()
 
 
 def diagnosis_text(answer: Mapping[str, Any], at: float | None = None) -> str:
@@ -171,14 +166,9 @@ def diagnosis_text(answer: Mapping[str, Any], at: float | None = None) -> str:
             f"{answer.get('reason', '')}\n")
 
 
-def _safe(name: Any) -> bool:
+def _safe(name: str) -> bool:
     """Whether a name from the status can be a directory entry."""
-    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name
-            and "\0" not in name)
-
-
-def _map(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
+    return name not in ("", ".", "..") and "/" not in name and "\0" not in name
 
 
 # ---- the tree ---------------------------------------------------------------------------
@@ -211,69 +201,66 @@ class _Builder:
         return tree
 
 
-def build_tree(st: Mapping[str, Any], diagnoses: Mapping[str, str] | None = None) -> Tree:
-    """The /ha tree of one ``status`` answer (see the module docstring). Keys the status lacks
-    give empty files or no entries, never an error: daemons of other versions differ."""
+def build_tree(st: ClusterStatus, diagnoses: Mapping[str, str] | None = None) -> Tree:
+    """The /ha tree of one status (see the module docstring). Names that cannot be file names
+    are left out."""
     diagnoses = diagnoses or {}
     b = _Builder()
-    nodes = {n: _map(v) for n, v in _map(st.get("nodes")).items() if _safe(n)}
-    groups = {g: _map(v) for g, v in _map(st.get("groups")).items() if _safe(g)}
-    resources = {r: _map(v) for r, v in _map(st.get("resources")).items() if _safe(r)}
+    nodes = {n: v for n, v in st.nodes.items() if _safe(n)}
 
     c = b.dir("/cluster")
-    b.file(f"{c}/name", _text(st.get("cluster")))
-    b.file(f"{c}/seen_from", _text(st.get("node")))
-    for key in ("epoch", "master", "quorate", "quorum"):
-        b.file(f"{c}/{key}", _text(st.get(key)))
-    b.file(f"{c}/transition", _transition(st.get("transition")))
-    b.file(f"{c}/maintenance", _on_off(st.get("maintenance")),
+    b.file(f"{c}/name", _text(st.cluster))
+    b.file(f"{c}/seen_from", _text(st.node))
+    b.file(f"{c}/epoch", _text(st.epoch))
+    b.file(f"{c}/master", _text(st.master))
+    b.file(f"{c}/quorate", _text(st.quorate))
+    b.file(f"{c}/quorum", _text(st.quorum))
+    b.file(f"{c}/transition", _transition(st.transition))
+    b.file(f"{c}/maintenance", b"on\n" if st.maintenance else b"off\n",
            Control("maintenance", "", MAINTENANCE_WORDS))
 
     b.dir("/nodes")
     for n, v in nodes.items():
         d = b.dir(f"/nodes/{n}")
-        b.file(f"{d}/state", _text(v.get("state")))
-        b.file(f"{d}/standby", _text(v.get("standby")))
+        b.file(f"{d}/state", _text(v.state))
+        b.file(f"{d}/standby", _text(v.standby))
         links = b.dir(f"{d}/links")
-        for link, up in _map(v.get("links")).items():
+        for link, up in v.links.items():
             if _safe(link):
                 b.file(f"{links}/{link}", b"up\n" if up else b"down\n")
         b.file(f"{d}/control", b"", Control("node", n, NODE_WORDS))
 
-    members: dict[str, list[str]] = {}
-    for r, v in resources.items():  # the daemon sends them in start order
-        if isinstance(v.get("group"), str):
-            members.setdefault(v["group"], []).append(r)
-    fail_counts = _map(st.get("fail_counts"))
     b.dir("/groups")
-    for g, v in groups.items():
+    for g, gv in st.groups.items():
+        if not _safe(g):
+            continue
         d = b.dir(f"/groups/{g}")
-        b.file(f"{d}/node", _text(v.get("node")))
-        b.file(f"{d}/state", _text(v.get("state")))
-        b.file(f"{d}/resources", _text(v.get("resources", members.get(g, []))))
-        b.file(f"{d}/fail_count", _text(v.get("fail_count", fail_counts.get(g, 0))))
+        b.file(f"{d}/node", _text(gv.node))
+        b.file(f"{d}/state", _text(gv.state))
+        b.file(f"{d}/resources", _text(gv.resources))
+        b.file(f"{d}/fail_count", _text(gv.fail_count))
         b.file(f"{d}/move", b"", Control("move", g, tuple(nodes)))
         b.file(f"{d}/control", b"", Control("group", g, GROUP_WORDS))
 
     b.dir("/resources")
-    for r, v in resources.items():
+    for r, rv in st.resources.items():
+        if not _safe(r):
+            continue
         d = b.dir(f"/resources/{r}")
-        dependents = v.get("dependents")
-        if dependents is None:
-            dependents = [o for o, ov in resources.items() if r in (ov.get("depends_on") or [])]
-        for key in ("type", "group", "node", "provided_by"):
-            b.file(f"{d}/{key}", _text(v.get(key)))
-        b.file(f"{d}/service_state", _text(v.get("service_state", v.get("state"))))
-        b.file(f"{d}/depends_on", _text(v.get("depends_on")))
-        b.file(f"{d}/dependents", _text(dependents))
-        b.file(f"{d}/fail_count", _text(v.get("fail_count")))
-        b.file(f"{d}/last_failure", _op_result(v.get("last_failure")))
-        b.file(f"{d}/last_diagnostic", _op_result(v.get("last_diagnostic")))
-        b.file(f"{d}/reason", _text(v.get("reason")))
-        b.file(f"{d}/on_fail", _text(v.get("on_fail")))
+        b.file(f"{d}/type", _text(rv.type))
+        b.file(f"{d}/group", _text(rv.group))
+        b.file(f"{d}/node", _text(rv.provided_by))
+        b.file(f"{d}/provided_by", _text(rv.provided_by))
+        b.file(f"{d}/service_state", _text(rv.service_state))
+        b.file(f"{d}/depends_on", _text(rv.depends_on))
+        b.file(f"{d}/dependents", _text(rv.dependents))
+        b.file(f"{d}/fail_count", _text(rv.fail_count))
+        b.file(f"{d}/last_failure", _op_result(rv.last_failure))
+        b.file(f"{d}/last_diagnostic", _op_result(rv.last_diagnostic))
+        b.file(f"{d}/reason", _text(rv.reason))
+        b.file(f"{d}/on_fail", _text(rv.on_fail))
         b.file(f"{d}/diagnosis", diagnoses.get(r, "").encode())
-        group = v["group"] if isinstance(v.get("group"), str) else ""
-        b.file(f"{d}/control", b"", Control("resource", r, RESOURCE_WORDS, group=group))
+        b.file(f"{d}/control", b"", Control("resource", r, RESOURCE_WORDS, group=rv.group))
     return b.done()
 
 
@@ -332,15 +319,13 @@ class StatusSource:
     def _refresh(self) -> None:
         try:
             answer = self.ask("status", {}, self.timeout)
-            st = answer.get("status")
-            if not answer.get("ok") or not isinstance(st, dict):
+            if not answer.get("ok"):
                 raise HaError(errno.EIO, f"node {self.node}'s daemon gave no status: "
                               f"{answer.get('error', 'no reason given')}")
             try:
-                tree = build_tree(st, self._diagnoses)
-            except Exception as exc:  # a status this version cannot read: say so, serve on
-                log.exception("cannot make the /ha tree of node %s's status", self.node)
-                raise HaError(errno.EIO, f"cannot read node {self.node}'s status: {exc}") from exc
+                tree = build_tree(status_of(answer, self.node), self._diagnoses)
+            except MalformedAnswer as exc:
+                raise HaError(errno.EIO, str(exc)) from exc
         except HaError as exc:
             self._tree, self._error = None, exc
             self._log_failure(exc)
