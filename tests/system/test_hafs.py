@@ -14,7 +14,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,14 @@ import pytest
 from tests.support.cluster_harness import MemoryCluster, cluster_toml, wait_for
 from vigil.config import load, load_key
 from vigil.ha.fs import build_tree, diagnosis_text, refusal_errno
+from vigil.status import (
+    ClusterStatus,
+    GroupStatus,
+    NodeStatus,
+    Operation,
+    ResourceStatus,
+    Transition,
+)
 
 NODES = ("alpha", "beta", "gamma")
 # The entry point without the console script, which may be missing in a bare checkout.
@@ -453,37 +461,67 @@ def _alive(pid: int) -> bool:
 # ---- the tree of any status ---------------------------------------------------------------
 
 
-def test_a_status_lacking_keys_gives_empty_files_never_an_error() -> None:
-    tree = build_tree({})
-    assert tree["/cluster/epoch"].content == b""
-    assert tree["/cluster/maintenance"].control is not None
-    assert tree["/nodes"].children == ()
-    tree = build_tree({"resources": {"r1": {"group": "g"}}, "groups": {"g": {}},
-                       "nodes": {"n1": {}}, "transition": None, "master": None})
+def resource(group: str, depends_on: tuple[str, ...] = (), dependents: tuple[str, ...] = (),
+             **changes: Any) -> ResourceStatus:
+    fields: dict[str, Any] = {
+        "group": group, "type": "dummy", "service_state": "IN_SERVICE", "provided_by": "n1",
+        "reason": "running", "depends_on": depends_on, "dependents": dependents,
+        "by_hand": None, "on_fail": "restart", "fail_count": 0, "last_failure": None,
+        "last_diagnostic": None}
+    return ResourceStatus(**(fields | changes))
+
+
+def a_status(**changes: Any) -> ClusterStatus:
+    """Two nodes, one group g of resources b and a (b after a), and a resource whose name is
+    no file name."""
+    fields: dict[str, Any] = {
+        "cluster": "test", "node": "n1", "epoch": "1.n1", "accepted": "1.n1", "closed": True,
+        "master": "n1", "quorate": True, "quorum": "2 of 2 votes", "lease_valid": True,
+        "members": ("n1", "n2"), "alive": ("n1", "n2"), "transition": None,
+        "maintenance": False, "standby": (), "disabled": {},
+        "nodes": {n: NodeStatus(state="online", standby=False, links={"lan0": True})
+                  for n in ("n1", "n2")},
+        "groups": {"g": GroupStatus(node="n1", state="running", placed="n1",
+                                    active_on={"n1": "running"}, resources=("b", "a"),
+                                    fail_count=2)},
+        "resources": {"a": resource("g", dependents=("b",), service_state="OOS"),
+                      "b": resource("g", depends_on=("a",)), "../x": resource("g")},
+        "local": {"g": "running"}, "fail_counts": {"g": 2}, "mismatched": (), "dropped": 0}
+    return ClusterStatus(**(fields | changes))
+
+
+def test_values_the_status_lacks_are_empty_files() -> None:
+    tree = build_tree(a_status(master=None, nodes={"n1": NodeStatus(
+        state="offline", standby=True, links={})}))
     assert tree["/cluster/master"].content == b""
-    assert tree["/resources/r1/service_state"].content == b""
-    assert tree["/resources/r1/last_failure"].content == b""
-    assert tree["/groups/g/resources"].content == b"r1\n"
+    assert tree["/cluster/transition"].content == b""
+    assert tree["/cluster/maintenance"].content == b"off\n"
+    assert tree["/cluster/maintenance"].control is not None
+    assert tree["/nodes/n1/standby"].content == b"yes\n"
     assert tree["/nodes/n1/links"].children == ()
+    assert tree["/resources/a/last_failure"].content == b""
+    assert tree["/resources/b/dependents"].content == b""
 
 
-def test_keys_other_daemons_add_are_shown() -> None:
-    st = {"maintenance": True, "nodes": {"n1": {}, "n2": {}},
-          "groups": {"g": {"node": "n1", "resources": ["b", "a"], "fail_count": 2}},
-          "resources": {"a": {"group": "g", "state": "IN_SERVICE", "service_state": "OOS",
-                              "provided_by": "n1", "dependents": ["b"], "depends_on": []},
-                        "b": {"group": "g", "depends_on": ["a"]},
-                        "../x": {"group": "g"}},
-          "transition": {"phase": "commit", "reason": "node n2 lost"}}
+def test_the_files_of_a_status() -> None:
+    failed = Operation(ok=False, op="monitor", state="FAILED", reason="gone", at="19:30:12")
+    st = a_status(maintenance=True, transition=Transition(phase="commit", reason="node n2 lost"))
+    st = replace(st, resources={**st.resources, "a": replace(
+        st.resources["a"], fail_count=1, last_failure=failed)})
     tree = build_tree(st, {"a": diagnosis_text({"healthy": False, "state": "FAILED",
                                                 "reason": "gone", "duration": 0.5})})
     assert tree["/cluster/maintenance"].content == b"on\n"
     assert tree["/cluster/transition"].content == b"commit: node n2 lost\n"
+    assert tree["/cluster/quorate"].content == b"yes\n"
     assert tree["/groups/g/resources"].content == b"b\na\n"
     assert tree["/groups/g/fail_count"].content == b"2\n"
     assert tree["/resources/a/service_state"].content == b"OOS\n"
     assert tree["/resources/a/provided_by"].content == b"n1\n"
+    assert tree["/resources/a/node"].content == b"n1\n"
     assert tree["/resources/a/dependents"].content == b"b\n"
+    assert tree["/resources/b/depends_on"].content == b"a\n"
+    assert tree["/resources/a/last_failure"].content == \
+        b"19:30:12 monitor failed, FAILED: gone\n"
     assert b"diagnose FAILED, FAILED (0.50s): gone" in tree["/resources/a/diagnosis"].content
     move = tree["/groups/g/move"].control
     assert move is not None and move.choices == ("n1", "n2")

@@ -18,6 +18,7 @@ from vigil.api import Client, Refused
 from vigil.cli.main import cli
 from vigil.config import load, load_key
 from vigil.local.protocol import request
+from vigil.status import ClusterStatus
 
 NODES = ("alpha", "beta", "gamma")
 
@@ -38,14 +39,14 @@ def live(tmp_path: Path) -> Iterator[tuple[MemoryCluster, Path]]:
         mc.stop()
 
 
-def summary(st: dict[str, Any]) -> dict[str, Any]:
+def summary(st: ClusterStatus) -> dict[str, Any]:
     """What every view must agree on."""
     return {
-        "epoch": st["epoch"], "master": st["master"], "maintenance": st["maintenance"],
-        "nodes": {n: (v["state"], v["standby"]) for n, v in st["nodes"].items()},
-        "groups": {g: (v["node"], v["state"]) for g, v in st["groups"].items()},
-        "resources": {r: (v["service_state"], v["provided_by"], v["depends_on"],
-                          v["dependents"]) for r, v in st["resources"].items()},
+        "epoch": st.epoch, "master": st.master, "maintenance": st.maintenance,
+        "nodes": {n: (v.state, v.standby) for n, v in st.nodes.items()},
+        "groups": {g: (v.node, v.state) for g, v in st.groups.items()},
+        "resources": {r: (v.service_state, v.provided_by, list(v.depends_on),
+                          list(v.dependents)) for r, v in st.resources.items()},
     }
 
 
@@ -60,8 +61,11 @@ def test_status_through_all_four_views_agrees(live: tuple[MemoryCluster, Path],
                                               tmp_path: Path) -> None:
     _, config = live
     cfg = load(config)
-    socket_view = request(cfg.nodes["beta"].control_socket, "status")["status"]
-    cli_view = cli_json(config, "status", "-n", "beta")
+    socket_json = request(cfg.nodes["beta"].control_socket, "status")["status"]
+    cli_json_view = cli_json(config, "status", "-n", "beta")
+    assert cli_json_view.keys() == socket_json.keys()  # `--json` prints the daemon's keys
+    socket_view = ClusterStatus.from_json(socket_json)
+    cli_view = ClusterStatus.from_json(cli_json_view)
     api_view = Client(config, "beta").status()
     assert summary(socket_view) == summary(cli_view) == summary(api_view)
     with mounted(config, "beta", tmp_path / "mount.log") as (root, _):
@@ -76,7 +80,7 @@ def test_status_through_all_four_views_agrees(live: tuple[MemoryCluster, Path],
                               read(root / "resources" / r / "provided_by") or None,
                               read(root / "resources" / r / "depends_on").split(),
                               read(root / "resources" / r / "dependents").split())
-                          for r in socket_view["resources"]},
+                          for r in socket_view.resources},
         }
     assert ha == summary(api_view)
 
@@ -108,7 +112,7 @@ def test_every_operator_command_has_the_effect_it_names(
              15, "both back")
     vigil("resource", "force-oos", "web-app")
     wait_for(lambda: state("web-app") == "OOS", 15, "web-app stopped at once")
-    assert api.status()["resources"]["web-app"]["by_hand"] == "force_oos"
+    assert api.status().resources["web-app"].by_hand == "force_oos"
     vigil("resource", "in-service", "web-app")
     wait_for(lambda: state("web-app") == "IN_SERVICE", 15, "web-app back")
 
@@ -118,17 +122,17 @@ def test_every_operator_command_has_the_effect_it_names(
 
     vigil("node", "standby", "beta")
     wait_for(lambda: mc.holders("web") not in ([], ["beta"]), 15, "web left beta")
-    assert api.status()["nodes"]["beta"]["standby"]
+    assert api.status().nodes["beta"].standby
     vigil("node", "online", "beta")
-    wait_for(lambda: not api.status()["nodes"]["beta"]["standby"], 15, "beta online again")
+    wait_for(lambda: not api.status().nodes["beta"].standby, 15, "beta online again")
 
     vigil("maintenance", "on")
-    wait_for(lambda: api.status()["maintenance"], 15, "maintenance on")
+    wait_for(lambda: api.status().maintenance, 15, "maintenance on")
     refused = CliRunner().invoke(cli, ["group", "move", "-c", str(config), "--via", "gamma",
                                        "web", "alpha"])
     assert refused.exit_code == 1 and "maintenance mode" in refused.output
     vigil("maintenance", "off")
-    wait_for(lambda: not api.status()["maintenance"], 15, "maintenance off")
+    wait_for(lambda: not api.status().maintenance, 15, "maintenance off")
 
     # the same through the Python API, and its refusals
     holder = mc.holders("web")[0]

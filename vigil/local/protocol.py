@@ -56,8 +56,10 @@ def status_of(answer: Mapping[str, Any], node: str) -> ClusterStatus:
     (a daemon of another version, or not a Vigil daemon at all)."""
     st = answer.get("status")
     try:
+        if st is None:
+            raise TypeError("the answer has no 'status'")
         if not isinstance(st, Mapping):
-            raise TypeError(f"its 'status' is {type(st).__name__}, not an object")
+            raise TypeError(f"its 'status' is a JSON {type(st).__name__}, not an object")
         return ClusterStatus.from_json(st)
     except KeyError as exc:
         why = f"the key {exc.args[0]!r} is missing"
