@@ -37,6 +37,7 @@ from vigil.cluster.node import NodeCore
 from vigil.cluster.placement import stop_bound
 from vigil.cluster.promise import Persisted
 from vigil.cluster.sim import SimCluster, SimNode
+from vigil.cluster.steps import GroupSteps
 from vigil.cluster.view import build_status
 from vigil.cluster.wire import NO_ACCEPTED, NO_EPOCH, Accepted
 from vigil.config import ClusterConfig
@@ -60,9 +61,9 @@ class Recorder(SimCluster):
         self.tamper: Callable[[Message], Message] | None = None
         super().__init__(config, **kwargs)
 
-    def _begin(self, node: SimNode, group: str, op: str) -> None:
-        self.ops.append((self.now, node.name, group, op))
-        super()._begin(node, group, op)  # type: ignore[arg-type]
+    def _begin(self, node: SimNode, group: str, steps: GroupSteps) -> None:
+        self.ops.append((self.now, node.name, group, steps.op))
+        super()._begin(node, group, steps)
 
     def _deliver(self, name: str, event: Event) -> None:
         if isinstance(event, GroupDone):

@@ -23,11 +23,8 @@ from vigil.actors.messages import (
     ResourceOp,
     ResourceOpDone,
     ResourceState,
-    RestartResourceCmd,
     RunningGroups,
     SendFrames,
-    StartGroupCmd,
-    StopGroupCmd,
 )
 from vigil.actors.strategies import load_strategy
 from vigil.actors.timer import DeadlineTimer
@@ -161,9 +158,8 @@ class CoordinatorActor(VigilActor):
             for link in self.links:
                 self.directory.tell(f"link:{link}", SendFrames(frames))
         for action in out.actions:
-            if isinstance(action, (StartGroup, StopGroup, RestartResource)):
-                self.tokens += 1
-                self.directory.tell(f"group:{action.group}", _command(self.tokens, action))
+            if isinstance(action, StartGroup | StopGroup | RestartResource):
+                self.directory.tell(f"group:{action.group}", action)
             elif isinstance(action, FenceNode):
                 log.error("fencing %s requested, but fencer %r cannot power nodes off",
                           action.node, self.config.fencer)
@@ -271,11 +267,3 @@ def _unknown(what: str, name: str, known: Iterable[str]) -> str:
 
 def _error(message: str) -> dict[str, Any]:
     return {"ok": False, "error": message}
-
-
-def _command(token: int, action: StartGroup | StopGroup | RestartResource) -> object:
-    if isinstance(action, StartGroup):
-        return StartGroupCmd(token, action.skip, action.kill, action.converge)
-    if isinstance(action, StopGroup):
-        return StopGroupCmd(token, action.force, action.reason)
-    return RestartResourceCmd(token, action.resource, action.skip)

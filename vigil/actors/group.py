@@ -1,6 +1,7 @@
-"""GroupActor: one per resource group. It brings the group's resources into service in
-dependency order and out of service in the reverse order, one resource at a time, and tells
-the coordinator when the whole group is done. A stop overtakes a start (or a restart): the
+"""GroupActor: one per resource group. It runs the steps of the core's ``StartGroup``,
+``StopGroup`` and ``RestartResource`` one resource at a time, in the order of
+:func:`vigil.cluster.steps.group_steps` (the function the simulator runs too), and tells the
+coordinator when the whole group is done. A stop overtakes a start (or a restart): the
 resource still starting is interrupted with ``force_stop`` and the stop sequence begins.
 
 A restart in place (recovery of a failed resource) stops the failed resource and the members
@@ -10,6 +11,7 @@ one ``GroupDone`` for ``start`` (or for ``stop`` if a stop failed: the node is u
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from vigil.actors.base import Directory, VigilActor
@@ -19,11 +21,9 @@ from vigil.actors.messages import (
     ResourceOp,
     ResourceOpDone,
     ResourceOpName,
-    RestartResourceCmd,
-    StartGroupCmd,
-    StopGroupCmd,
 )
-from vigil.cluster.events import GroupDone, GroupProbed
+from vigil.cluster.events import GroupDone, GroupProbed, RestartResource, StartGroup, StopGroup
+from vigil.cluster.steps import group_steps
 from vigil.resources.model import ServiceState
 
 log = logging.getLogger(__name__)
@@ -36,9 +36,8 @@ class GroupActor(VigilActor):
         super().__init__(name, directory)
         self.group = group
         self.start_order = start_order
-        self.stop_order = list(reversed(start_order))
         self.dependents = dependents or {}  # member -> members depending on it (transitively)
-        self.op: str | None = None  # "start", "stop", "probe", "restart"
+        self.op: str | None = None  # "start", "stop", "probe"
         self.queue: list[tuple[str, ResourceOpName]] = []
         self.token = 0
         self.waiting_for: str | None = None
@@ -47,24 +46,12 @@ class GroupActor(VigilActor):
         self.probe_active = False
 
     def on_receive(self, message: Any) -> Any:
-        if isinstance(message, StartGroupCmd):
-            stops: list[tuple[str, ResourceOpName]] = [
-                (r, "force_stop" if r in message.kill else "stop")
-                for r in self.stop_order if r in message.skip] if message.converge else []
-            self._begin("restart" if stops else "start", stops + [
-                (r, "start") for r in self.start_order if r not in message.skip])
-        elif isinstance(message, StopGroupCmd):
-            interrupted = self.waiting_for if self.step == "start" else None
-            stop: ResourceOpName = "force_stop" if message.force else "stop"
-            self._begin("stop", [(r, stop) for r in self.stop_order])
-            if interrupted is not None:
-                # a start still running: interrupt it, then stop everything in reverse
-                self._tell(interrupted, "force_stop")
-        elif isinstance(message, RestartResourceCmd):
-            affected = {message.resource, *self.dependents.get(message.resource, [])
-                        } - message.skip
-            self._begin("restart", [(r, "stop") for r in self.stop_order if r in affected]
-                        + [(r, "start") for r in self.start_order if r in affected])
+        if isinstance(message, StartGroup | StopGroup | RestartResource):
+            plan = group_steps(message, self.start_order, self.dependents,
+                               starting=self.waiting_for if self.step == "start" else None)
+            self._begin(plan.op, plan.steps)
+            if plan.interrupt is not None:
+                self._tell(*plan.interrupt)
         elif isinstance(message, ProbeGroup):
             self.probe_active = False
             self._begin("probe", [(r, "monitor") for r in self.start_order])
@@ -77,10 +64,10 @@ class GroupActor(VigilActor):
             self._finish(False, f"resource actor {self.waiting_for} restarted")
         return None
 
-    def _begin(self, op: str, steps: list[tuple[str, ResourceOpName]]) -> None:
+    def _begin(self, op: str, steps: Iterable[tuple[str, ResourceOpName]]) -> None:
         self.op = op
         self.token += 1
-        self.queue = steps
+        self.queue = list(steps)
         self.reason = ""
         self.waiting_for = None
         self.step = None
@@ -120,9 +107,8 @@ class GroupActor(VigilActor):
         if op == "probe":
             self.directory.tell("coordinator", GroupProbed(self.group, self.probe_active))
             return
-        if op == "restart":
-            # the core waits for a start; a failed stop on the way makes the node unclean
-            op = "stop" if not ok and step in ("stop", "force_stop") else "start"
+        if not ok and step in ("stop", "force_stop"):
+            op = "stop"  # even on the way to a start: a failed stop makes the node unclean
         if op in ("start", "stop"):
             log.info("group %s: %s %s%s", self.group, op, "done" if ok else "FAILED",
                      f" ({reason})" if reason else "")

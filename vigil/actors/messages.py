@@ -1,6 +1,8 @@
 """Messages between the actors of one node: frozen, slotted data (Pykka does not copy
 messages, so immutable ones are also thread-safe ones). Messages between *nodes* are the
-seed's name/value :class:`vigil.messages.Message`; these stay inside one daemon."""
+seed's name/value :class:`vigil.messages.Message`; these stay inside one daemon. The core's
+``StartGroup``, ``StopGroup`` and ``RestartResource`` actions (:mod:`vigil.cluster.events`)
+go to the group actors as they are."""
 
 from __future__ import annotations
 
@@ -25,33 +27,6 @@ class ResourceOpDone:
     op: ResourceOpName
     token: int
     result: OpResult
-
-
-@dataclass(frozen=True, slots=True)
-class StartGroupCmd:
-    """Start the group without ``skip``; with ``converge`` stop the ``skip`` members first
-    (``kill``: at once) — see :class:`vigil.cluster.events.StartGroup`."""
-
-    token: int
-    skip: frozenset[str] = frozenset()
-    kill: frozenset[str] = frozenset()
-    converge: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class StopGroupCmd:
-    token: int
-    force: bool
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class RestartResourceCmd:
-    """Recover in place: stop ``resource`` and its dependents in the group, start them again."""
-
-    token: int
-    resource: str
-    skip: frozenset[str] = frozenset()  # members out of service by hand: they stay out
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,7 @@ from vigil.cluster.local import LocalState
 from vigil.cluster.node import NodeCore
 from vigil.cluster.promise import Persisted
 from vigil.cluster.round import Phase
+from vigil.cluster.steps import GroupAction, GroupSteps, Step, group_steps
 from vigil.cluster.strategy import Strategy, colocation_sets
 from vigil.cluster.wire import NO_EPOCH, Epoch, fmt_epoch
 from vigil.config import ClusterConfig, member_graphs
@@ -108,6 +109,8 @@ class SimCluster:
         self._tokens = itertools.count(1)
         self._incarnations = itertools.count(1)
         self.group_resources = member_graphs(config)
+        self.member_dependents = {g: {r: graph.transitive_dependents(r) for r in graph.names()}
+                                  for g, graph in self.group_resources.items()}
         self.resource_group = {r: c.group for r, c in config.resources.items()}
         self.group_deps = {g: tuple(c.depends_on) for g, c in config.groups.items()}
         self.nodes: dict[str, SimNode] = {}
@@ -243,21 +246,12 @@ class SimCluster:
         for msg in out.messages:
             self._transmit(msg)
         for action in out.actions:
-            if isinstance(action, StartGroup):
+            if isinstance(action, StartGroup | RestartResource):
                 self._check_quorate_action(node, action.epoch)
                 node.skips[action.group] = action.skip
-                if action.converge:  # members taken out of service by hand stop first
-                    graph = self.group_resources[action.group]
-                    for r in graph.stop_order():
-                        if r in action.skip and node.resources.get(r) is not None:
-                            self._check_stop_order(node, r)
-                            del node.resources[r]
-                self._begin(node, action.group, "start")
+                self._begin(node, action.group, self._steps(action))
             elif isinstance(action, StopGroup):
-                self._begin(node, action.group, "stop")
-            elif isinstance(action, RestartResource):
-                self._check_quorate_action(node, action.epoch)
-                self._restart(node, action.group, action.resource, action.skip)
+                self._begin(node, action.group, self._steps(action))
             elif isinstance(action, FenceNode):
                 # A power fencer: a lower-named requester wins the race (pcmk_delay style).
                 delay = 0.05 + 0.5 * self.config.node_names.index(node.name)
@@ -303,34 +297,28 @@ class SimCluster:
 
     # ---- the resource executor ------------------------------------------------------------
 
-    def _begin(self, node: SimNode, group: str, op: Literal["start", "stop"]) -> None:
+    def _steps(self, action: GroupAction) -> GroupSteps:
+        """The steps the daemon's GroupActor takes: one function serves both. A stop's
+        ``interrupt`` needs no model of its own: here a member still starting is stopped in
+        its turn, and the force of a stop takes as long as a stop."""
+        return group_steps(action, self.group_resources[action.group].start_order(),
+                           self.member_dependents[action.group])
+
+    def _begin(self, node: SimNode, group: str, steps: GroupSteps) -> None:
         token = next(self._tokens)
-        node.ops[group] = (op, token)
-        self._op_step(node, group, op, token)
+        node.ops[group] = (steps.op, token)
+        self._op_step(node, group, steps.op, token, steps.steps)
 
-    def _restart(self, node: SimNode, group: str, resource: str,
-                 skip: frozenset[str] = frozenset()) -> None:
-        """Recovery in place: the failed resource and its dependents stop (at once, in
-        order), then the group's start brings them back."""
-        graph = self.group_resources[group]
-        affected = {resource, *graph.transitive_dependents(resource)} - skip
-        node.skips[group] = skip
-        for r in graph.stop_order():
-            if r in affected and node.resources.get(r) is not None:
-                self._check_stop_order(node, r)
-                del node.resources[r]
-        self._begin(node, group, "start")
-
-    def _op_step(self, node: SimNode, group: str, op: str, token: int) -> None:
+    def _op_step(self, node: SimNode, group: str, op: Literal["start", "stop"], token: int,
+                 steps: tuple[Step, ...]) -> None:
+        """Run ``steps`` from the first; the first may be the one underway (a resource
+        ``starting`` or ``stopping``), which is now done. A step on a resource already where
+        it should be takes no time here (the daemon runs the agent's start again)."""
         if node.ops.get(group) != (op, token):
             return  # superseded (a stop interrupted this start)
-        graph = self.group_resources[group]
-        if op == "start":
-            skip = node.skips.get(group, frozenset())
-            for r in graph.start_order():
-                if r in skip:
-                    continue
-                state = node.resources.get(r)
+        for i, (r, step) in enumerate(steps):
+            state = node.resources.get(r)
+            if step == "start":
                 if state == "starting":
                     node.resources[r] = "in"
                     continue
@@ -343,27 +331,29 @@ class SimCluster:
                     return
                 self._check_start_order(node, r)
                 node.resources[r] = "starting"
-                self._push(self.now + self.start_duration, "op", node.name, (group, op, token))
+                self._push(self.now + self.start_duration, "op", node.name,
+                           (group, op, token, steps[i:]))
                 return
-            del node.ops[group]
-            self.starts += 1
-            self._deliver(node.name, GroupDone(group, "start", True))
-            return
-        for r in graph.stop_order():
-            state = node.resources.get(r)
             if state is None:
                 continue
             if state == "stopping":
                 del node.resources[r]
                 continue
             self._check_stop_order(node, r)
+            if op == "start":
+                # this model's stops on the way to a start (a restart in place, members
+                # leaving by hand on a converge) take no time
+                del node.resources[r]
+                continue
             node.resources[r] = "stopping"
             took = (self.stop_duration if self.stop_duration is not None else  # None: slow
                     self.rng.uniform(0.5, 0.95) * self.config.resources[r].stop_timeout)
-            self._push(self.now + took, "op", node.name, (group, op, token))
+            self._push(self.now + took, "op", node.name, (group, op, token, steps[i:]))
             return
         del node.ops[group]
-        self._deliver(node.name, GroupDone(group, "stop", True))
+        if op == "start":
+            self.starts += 1
+        self._deliver(node.name, GroupDone(group, op, True))
 
     def _violation(self, text: str) -> InvariantViolation:
         return InvariantViolation(f"{text}\n{self.describe(history=40)}")
