@@ -852,3 +852,26 @@ def test_members_back_in_service_start_in_group_dependency_order() -> None:
         c.request("alpha", AdminRequest("enable", group=r))
     c.run_for(2.0)  # the simulator checks the order at every start
     assert all(c.nodes[holder].resources.get(r) == "in" for r in cfg.resources)
+
+
+def test_a_failed_converging_start_under_a_running_dependent_stops_the_dependent_first() -> None:
+    # g0-r1 is taken out of service by hand, so g1 (after g0) leaves and comes back on the
+    # smaller g0; when g0-r1 is put back, that start fails: g0 must not go while g1 runs
+    cfg = sim_config(3, 2, group_chain=True)
+    c = Recorder(cfg)
+    c.run_for(2.0)
+    holder = c.where()["g0"]
+    assert holder is not None and c.where()["g1"] == holder
+    c.request("alpha", AdminRequest("kill", group="g0-r1"))
+    c.run_for(1.0)
+    assert c.where()["g1"] == holder
+    c.fail_next_start(holder, "g0")
+    t0 = c.now
+    c.request("alpha", AdminRequest("enable", group="g0-r1"))
+    c.run_for(1.0)  # the simulator checks the order at every stop
+    ops = [(o[2], o[3]) for o in c.ops_since(t0, node=holder)]
+    assert ("g0", "start-failed") in ops
+    assert ops.index(("g1", "stop-done")) < ops.index(("g0", "stop"))
+    c.run_for(4.0)
+    where = c.where()
+    assert where["g0"] not in (holder, None) and where["g1"] == where["g0"]

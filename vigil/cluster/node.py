@@ -947,8 +947,11 @@ class NodeCore:
                 # and the group goes elsewhere until cleanup or failure_timeout.
                 self._fill_fail_count(ev.group)
                 self._record_failure(ev.group, f"start failed: {ev.reason}")
-                self._set(ev.group, LocalState.STOPPED)
-                self._stop_group(ev.group, "clean up after a failed start")
+                # What did start is in service: it stops like a running group. A converging
+                # start may fail under running dependents: held, _reconcile stops them first.
+                self._set(ev.group, LocalState.RUNNING)
+                if not any(self.local[k] in ACTIVE for k in self.group_dependents[ev.group]):
+                    self._stop_group(ev.group, "clean up after a failed start")
             return
         if ev.ok:
             self._set(ev.group, LocalState.STOPPED)
