@@ -628,8 +628,13 @@ def test_persisted_state_round_trips_through_json() -> None:
     hand = Persisted(promised=(7, "beta"), promised_view=("beta", "gamma"),
                      history=(Accepted((6, "alpha"), {"g0": "beta", "g1": None},
                                        frozenset({"alpha"})),),
-                     max_seen=9)
+                     max_seen=9,
+                     requests=(("beta-4-1", AdminRequest("move", group="g0", node="alpha")),
+                               ("beta-4-2", AdminRequest("maintenance", node="off"))))
     assert Persisted.from_json(json.loads(json.dumps(hand.to_json()))) == hand
+    older = hand.to_json()
+    del older["requests"]  # written before pending requests were kept
+    assert Persisted.from_json(older) == dataclasses.replace(hand, requests=())
     assert Persisted.from_json(Persisted().to_json()) == Persisted()
 
 
@@ -650,8 +655,13 @@ def _good_state() -> dict[str, object]:
      TypeError),
     (lambda d: d.update(history=[{"epoch": "x", "placement": {}, "standby": []}]), ValueError),
     (lambda d: d.update(history=[{"placement": {}, "standby": []}]), KeyError),
+    (lambda d: d.update(requests="none"), TypeError),
+    (lambda d: d.update(requests=[{"id": "a-1-1", "kind": "reboot", "group": "",
+                                   "node": ""}]), ValueError),
+    (lambda d: d.update(requests=[{"id": "a-1-1", "kind": "move"}]), KeyError),
 ], ids=["no-promised", "no-history", "bad-epoch", "history-not-list", "view-not-list",
-        "max-seen-not-int", "placement-not-dict", "history-bad-epoch", "history-no-epoch"])
+        "max-seen-not-int", "placement-not-dict", "history-bad-epoch", "history-no-epoch",
+        "requests-not-list", "request-bad-kind", "request-no-group"])
 def test_a_damaged_persisted_state_is_refused(
     damage: Callable[[dict[str, object]], object], error: type[Exception]
 ) -> None:
@@ -875,3 +885,25 @@ def test_a_failed_converging_start_under_a_running_dependent_stops_the_dependent
     c.run_for(4.0)
     where = c.where()
     assert where["g0"] not in (holder, None) and where["g1"] == where["g0"]
+
+
+def test_a_request_survives_the_fencing_of_the_node_that_took_it() -> None:
+    # alpha reboots and takes "maintenance off" just before beta's power fence, issued
+    # while alpha was down, switches it off again: the request is persisted with alpha's
+    # promise, so it is carried out once alpha is back
+    c = Recorder(sim_config(2, 1), fencer="power")
+    c.run_for(FORM)
+    c.request("alpha", AdminRequest("maintenance", node="on"))
+    c.run_for(1.0)
+    assert c.core("beta").accepted.maintenance
+    c.crash("alpha")
+    c.run_for(0.5)  # beta is fencing alpha
+    c.power_on("alpha")
+    c.request("alpha", AdminRequest("maintenance", node="off"))
+    c.run_for(1.0)
+    assert c.nodes["alpha"].core is None, "the fence did not switch alpha off"
+    c.power_on("alpha")
+    c.run_for(5.0)
+    assert not c.core("beta").accepted.maintenance
+    assert not c.core("alpha").requests
+    assert c.where()["g0"] is not None

@@ -247,18 +247,23 @@ MAINTENANCE: Final = "maintenance"
 
 
 NO_ACCEPTED = Accepted(NO_EPOCH, {}, frozenset())
+ADMIN_KINDS: Final = ("move", "standby", "online", "enable", "disable", "kill", "maintenance")
 
 
 @dataclass(frozen=True, slots=True)
 class Persisted:
     """What a node must remember across a restart (the shell writes it to disk before it
     sends anything): a promise forgotten by a rebooted node could let an older epoch
-    complete beside a newer one, and a forgotten epoch number could be declared twice."""
+    complete beside a newer one, and a forgotten epoch number could be declared twice. The
+    manual requests it took and no accepted placement has applied yet are kept too: a
+    request survives a crash or fencing of the node that took it, and is carried out once
+    that node is back (it is lost only if the node never returns)."""
 
     promised: Epoch = NO_EPOCH
     promised_view: tuple[str, ...] = ()
     history: tuple[Accepted, ...] = ()  # last closed placement, then those accepted since
     max_seen: int = 0
+    requests: tuple[tuple[str, AdminRequest], ...] = ()  # (request id, request), pending
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -267,6 +272,8 @@ class Persisted:
             "history": [{"epoch": fmt_epoch(a.epoch), "placement": dict(a.placement),
                          "standby": sorted(a.standby)} for a in self.history],
             "max_seen": self.max_seen,
+            "requests": [{"id": rid, "kind": r.kind, "group": r.group, "node": r.node}
+                         for rid, r in self.requests],
         }
 
     @classmethod
@@ -287,11 +294,22 @@ class Persisted:
                                     {str(g): (None if n is None else str(n))
                                      for g, n in placement.items()},
                                     frozenset(str(n) for n in standby)))
+        requests = data.get("requests", [])  # absent in files written before it was kept
+        if not isinstance(requests, list):
+            raise TypeError("damaged node state")
+        pending = []
+        for item in requests:
+            kind = item["kind"]
+            if kind not in ADMIN_KINDS:
+                raise ValueError(f"damaged node state: unknown request kind {kind!r}")
+            pending.append((str(item["id"]), AdminRequest(kind, group=str(item["group"]),
+                                                          node=str(item["node"]))))
         return cls(
             promised=parse_epoch(str(data["promised"])),
             promised_view=tuple(str(v) for v in view),
             history=tuple(entries),
             max_seen=max_seen,
+            requests=tuple(pending),
         )
 
 
@@ -400,6 +418,7 @@ class NodeCore:
             self.promised_view = persisted.promised_view
             self.history = list(persisted.history)
             self.max_seen = max(persisted.max_seen, persisted.promised[0])
+            self.requests = dict(persisted.requests)
         # bookkeeping
         self.dropped = 0
         self.decisions: list[tuple[float, str]] = []  # (core time, why)
@@ -460,7 +479,8 @@ class NodeCore:
         self._heartbeat_if_due()
 
     def persisted(self) -> Persisted:
-        return Persisted(self.promised, self.promised_view, tuple(self.history), self.max_seen)
+        return Persisted(self.promised, self.promised_view, tuple(self.history), self.max_seen,
+                         tuple(sorted(self.requests.items())))
 
     @property
     def accepted(self) -> Accepted:
