@@ -907,3 +907,25 @@ def test_a_request_survives_the_fencing_of_the_node_that_took_it() -> None:
     assert not c.core("beta").accepted.maintenance
     assert not c.core("alpha").requests
     assert c.where()["g0"] is not None
+
+
+@pytest.mark.parametrize("how", ["kill", "fail"])
+def test_a_chain_of_three_groups_leaves_from_its_end(how: str) -> None:
+    # g2 after g1 after g0, all on one node: when g0 must stop (a member taken out of
+    # service by hand, or a failure), g2 leaves before g1, and g1 before g0
+    cfg = sim_config(3, 3, chain=3, migration_threshold=1)
+    assert cfg.groups["g2"].depends_on == ("g1",) and cfg.groups["g1"].depends_on == ("g0",)
+    c = Recorder(cfg)
+    c.run_for(FORM)
+    holder = c.where()["g0"]
+    assert holder is not None and c.where()["g1"] == c.where()["g2"] == holder
+    t0 = c.now
+    if how == "kill":
+        c.request("alpha", AdminRequest("kill", group="g0-r0"))
+    else:
+        c._deliver(holder, GroupFailed("g0", "monitor of g0-r0: broken", resource="g0-r0"))
+    c.run_for(4.0)  # the simulator checks the order at every stop
+    ops = [(o[2], o[3]) for o in c.ops_since(t0, node=holder)]
+    assert ops.index(("g2", "stop-done")) < ops.index(("g1", "stop"))
+    assert ops.index(("g1", "stop-done")) < ops.index(("g0", "stop" if how == "fail" else
+                                                              "start"))

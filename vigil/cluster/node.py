@@ -884,9 +884,7 @@ class NodeCore:
                 continue
             if any(self.local[k] in ACTIVE for k in self.group_dependents[g]):
                 # its dependents go first; make sure they are going
-                for k in self.group_dependents[g]:
-                    if self.local[k] in (LocalState.RUNNING, LocalState.STARTING):
-                        self._stop_group(k, f"{why} (depends on {g})")
+                self._stop_dependents(g, f"{why} (depends on {g})")
                 continue
             self._stop_group(g, why)
         if self.leaving:
@@ -915,10 +913,7 @@ class NodeCore:
                 if skip - self.group_skip.get(g, frozenset()) and any(
                         self.local[k] in ACTIVE for k in self.group_dependents[g]):
                     # groups that depend on this one leave first; they come back after
-                    for k in self.group_dependents[g]:
-                        if self.local[k] in (LocalState.RUNNING, LocalState.STARTING):
-                            self._stop_group(k, f"{g} loses members taken out of service "
-                                             "by hand")
+                    self._stop_dependents(g, f"{g} loses members taken out of service by hand")
                     continue
                 self._set(g, LocalState.STARTING)
                 self.group_skip[g] = skip
@@ -942,6 +937,15 @@ class NodeCore:
                 out[g] = (skip | hit, kill | (hit if force else set()))
             self._skip_cache = (epoch, out)
         return self._skip_cache[1]
+
+    def _stop_dependents(self, group: str, why: str) -> None:
+        """Stop the groups here that depend on ``group``, the end of a chain first: a group
+        is stopped only once nothing active here depends on it any more."""
+        for k in self.group_dependents[group]:
+            if any(self.local[d] in ACTIVE for d in self.group_dependents[k]):
+                self._stop_dependents(k, why)
+            elif self.local[k] in (LocalState.RUNNING, LocalState.STARTING):
+                self._stop_group(k, why)
 
     def _stop_group(self, group: str, why: str) -> None:
         force = self.local[group] is LocalState.STARTING
