@@ -15,6 +15,7 @@ large cluster sizes); ``make soak`` raises all three.
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 
@@ -328,3 +329,24 @@ ClusterMachine.TestCase.settings = settings(
 )
 # generation and shrinking together may take minutes on a shared two-core machine
 TestClusterSimulation = pytest.mark.timeout(1800)(ClusterMachine.TestCase)
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+@pytest.mark.parametrize("slow", [0.0, 0.1, 0.3])
+def test_two_masters_of_the_same_epoch_number_are_told_apart(seed: int, slow: float) -> None:
+    """alpha and beta lose each other while gamma hears both: each declares epoch 2 of its
+    own. gamma promises one of them and must ignore the requests of the other, which carry
+    the same number (its placement differs: each puts g0 on itself)."""
+    c = SimCluster(sim_config(3, 3, group_chain=False), rng=random.Random(seed))
+    c.run_for(2.0)
+    c.block("alpha", "beta")
+    c.block("beta", "alpha")
+    for end in ("alpha", "beta"):
+        c.slow_link("gamma", end, (slow, slow + 0.01))
+    c.run_for(3.0)  # the simulator checks agreement on every closed epoch
+    numbers = sorted(e[0] for e in c.epoch_views)
+    assert any(a == b for a, b in itertools.pairwise(numbers)), (
+        f"no two epochs with the same number: {sorted(c.epoch_views)}")
+    c.heal()
+    c.run_for(5.0)
+    assert c.settled() and not c.expected_placement_ok(), c.describe()
