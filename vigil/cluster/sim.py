@@ -512,6 +512,12 @@ class SimCluster:
             raise self._violation(f"{node.name} restarted without its persisted "
                                   f"{', '.join(lost)}")
 
+    def unapplied_requests(self) -> list[str]:
+        """Ids of requests pending on a live node that no master of a live node applied."""
+        cores = [n.core for n in self.nodes.values() if n.core is not None]
+        applied = {rid for c in cores for rid in c.applied_ids}
+        return sorted(rid for c in cores for rid in c.requests if rid not in applied)
+
     def admin_state(self) -> frozenset[str]:
         """The administrative state of the newest placement a live node accepted."""
         cores = [n.core for n in self.nodes.values() if n.core is not None]
