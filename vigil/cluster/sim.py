@@ -62,6 +62,10 @@ class SimNode:
     # a paused process handles nothing until then; its events wait, in order, in ``held``
     paused_until: float = -math.inf
     held: list[Event] = field(default_factory=list)
+    # for the lease check: when this life sent each heartbeat still recent, and per peer
+    # the latest moment its echoes can support this node (sent_at(s) + lease_time)
+    hb_sent: dict[int, float] = field(default_factory=dict)
+    support_bound: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -139,6 +143,7 @@ class SimCluster:
         node.resources = {}
         node.ops = {}
         node.paused_until, node.held = -math.inf, []
+        node.hb_sent, node.support_bound = {}, {}
         self._check_restored(node)
         self._deliver(name, Tick())
 
@@ -264,8 +269,44 @@ class SimCluster:
         if node.paused_until > self.now:
             node.held.append(event)
             return
+        if isinstance(event, Received) and event.msg.type == "hb":
+            self._note_echo(node, event.msg)
         out = node.core.handle(event, self.now)
         self._apply(node, out)
+        if self.check and node.core is not None:
+            self._check_lease(node)
+
+    def _note_echo(self, node: SimNode, msg: Message) -> None:
+        for item in msg.fields.get("echo", "").split(","):
+            peer, _, number = item.partition(":")
+            if peer == node.name and number.isdigit() and int(number) in node.hb_sent:
+                bound = node.hb_sent[int(number)] + self.config.timing.lease_time
+                if bound > node.support_bound.get(msg.sender, -math.inf):
+                    node.support_bound[msg.sender] = bound
+
+    def _check_lease(self, node: SimNode) -> None:
+        """A node's lease never outlasts what the echoes it received allow: each supports it
+        until the echoed heartbeat was *sent* plus lease_time (docs/protocol.md, "The
+        lease"), whenever it arrived or was handled. Worked out here from what was sent."""
+        core = node.core
+        assert core is not None
+        if self.expected_quorate([node.name]):
+            return  # a quorum alone (two_node): no lease needed
+        claimed = core.lease_until()
+        if claimed <= self.now:
+            return
+        allowed, supporters = -math.inf, [node.name]
+        for peer, bound in sorted(node.support_bound.items(), key=lambda kv: -kv[1]):
+            if bound <= self.now:
+                break
+            supporters.append(peer)
+            if self.expected_quorate(supporters):
+                allowed = bound
+                break
+        if claimed > allowed + 1e-9:
+            raise self._violation(
+                f"lease: {node.name} holds a lease until {claimed:.3f}, but the heartbeats "
+                f"its supporters echoed allow only until {allowed:.3f}")
 
     def _apply(self, node: SimNode, out: Output) -> None:
         core = node.core
@@ -301,7 +342,12 @@ class SimCluster:
                     f"agreement: members of epoch {fmt_epoch(core.accepted.epoch)} disagree "
                     f"on its placement ({agreed} vs {placement} at {node.name})")
         for msg in out.messages:
+            if msg.type == "hb":
+                node.hb_sent[int(msg.fields["n"])] = self.now
             self._transmit(msg)
+        horizon = self.now - self.config.timing.lease_time
+        for number in [n for n, t in node.hb_sent.items() if t < horizon]:
+            del node.hb_sent[number]
         for action in out.actions:
             if isinstance(action, StartGroup):
                 self._check_quorate_action(node, action.epoch)
