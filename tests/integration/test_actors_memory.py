@@ -109,11 +109,16 @@ def test_group_starts_once_in_dependency_order(cluster: MemoryCluster) -> None:
     assert running_on(cluster, "web") == ["alpha"]
     assert journal("alpha", "start") == ["web-ip", "web-data", "web-app"]
     assert journal("beta", "start") == [] and journal("gamma", "start") == []
+    # all in one epoch led by alpha, whichever number: on a busy machine a first round may
+    # time out and a second one take over
+    wait_for(lambda: len({cluster.status(n)["epoch"] for n in ("alpha", "beta", "gamma")}) == 1,
+             15, "one epoch on every node")
     for n in ("alpha", "beta", "gamma"):
         st = cluster.status(n)
-        assert st["epoch"] == "1.alpha" and st["master"] == "alpha"
+        assert st["master"] == "alpha"
         assert st["groups"]["web"]["node"] == "alpha"
         assert st["resources"]["web-app"]["state"] == "IN_SERVICE"
+    assert journal("alpha", "start") == ["web-ip", "web-data", "web-app"]  # still once
 
 
 def test_killing_the_holder_moves_the_group(cluster: MemoryCluster) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from vigil.config import (
@@ -28,8 +29,9 @@ def sim_config(
     nodes: int = 3,
     groups: int = 2,
     *,
-    resources_per_group: int = 2,
+    resources_per_group: int | Sequence[int] = 2,
     group_chain: bool = True,
+    chain: int = 2,
     strategy: str = "cost",
     prefer: bool = True,
     migration_threshold: int = 2,
@@ -37,7 +39,12 @@ def sim_config(
     stop_timeout: float = 0.1,
     timing: Timing | None = None,
 ) -> ClusterConfig:
+    """``resources_per_group``: one count for all, or one per group (cycled). With
+    ``group_chain``, groups form dependency chains of ``chain`` groups (g1 after g0, g2
+    after g1...), each chain followed by one group on its own."""
     names = node_names(nodes)
+    counts = ([resources_per_group] if isinstance(resources_per_group, int)
+              else list(resources_per_group))
     node_cfgs = {
         n: NodeConfig(n, (LinkConfig("lan0", "127.0.0.1", 7400 + i),),
                       runtime_dir=Path("/nonexistent") / n)
@@ -47,12 +54,12 @@ def sim_config(
     res_cfgs: dict[str, ResourceConfig] = {}
     for gi in range(groups):
         gname = f"g{gi}"
-        rnames = [f"{gname}-r{ri}" for ri in range(resources_per_group)]
+        rnames = [f"{gname}-r{ri}" for ri in range(counts[gi % len(counts)])]
         for ri, r in enumerate(rnames):
             res_cfgs[r] = ResourceConfig(r, "dummy", gname,
                                          depends_on=(rnames[ri - 1],) if ri else (),
                                          stop_timeout=stop_timeout, start_timeout=stop_timeout)
-        deps = (f"g{gi - 1}",) if group_chain and gi % 3 == 1 else ()
+        deps = (f"g{gi - 1}",) if group_chain and 0 < gi % (chain + 1) < chain else ()
         pref = {names[(gi + k) % nodes]: float(k * 10) for k in range(nodes)} if prefer else {}
         group_cfgs[gname] = GroupConfig(gname, tuple(rnames), depends_on=deps, prefer=pref,
                                         nodes=tuple(names), migration_threshold=migration_threshold)

@@ -39,7 +39,7 @@ from vigil.cluster.promise import Persisted
 from vigil.cluster.sim import SimCluster, SimNode
 from vigil.cluster.steps import GroupSteps
 from vigil.cluster.view import build_status
-from vigil.cluster.wire import NO_ACCEPTED, NO_EPOCH, Accepted
+from vigil.cluster.wire import NO_ACCEPTED, NO_EPOCH, Accepted, RequestRef
 from vigil.config import ClusterConfig
 from vigil.messages import Message
 
@@ -625,8 +625,13 @@ def test_persisted_state_round_trips_through_json() -> None:
     hand = Persisted(promised=(7, "beta"), promised_view=("beta", "gamma"),
                      history=(Accepted((6, "alpha"), {"g0": "beta", "g1": None},
                                        frozenset({"alpha"})),),
-                     max_seen=9)
+                     max_seen=9,
+                     requests=(RequestRef("beta-4-1", "move", "g0", "alpha"),
+                               RequestRef("beta-4-2", "maintenance", "", "off")))
     assert Persisted.from_json(json.loads(json.dumps(hand.to_json()))) == hand
+    older = hand.to_json()
+    del older["requests"]  # written before pending requests were kept
+    assert Persisted.from_json(older) == dataclasses.replace(hand, requests=())
     assert Persisted.from_json(Persisted().to_json()) == Persisted()
 
 
@@ -647,8 +652,13 @@ def _good_state() -> dict[str, object]:
      TypeError),
     (lambda d: d.update(history=[{"epoch": "x", "placement": {}, "standby": []}]), ValueError),
     (lambda d: d.update(history=[{"placement": {}, "standby": []}]), KeyError),
+    (lambda d: d.update(requests="none"), TypeError),
+    (lambda d: d.update(requests=[{"id": "a-1-1", "kind": "reboot", "group": "",
+                                   "node": ""}]), ValueError),
+    (lambda d: d.update(requests=[{"id": "a-1-1", "kind": "move"}]), KeyError),
 ], ids=["no-promised", "no-history", "bad-epoch", "history-not-list", "view-not-list",
-        "max-seen-not-int", "placement-not-dict", "history-bad-epoch", "history-no-epoch"])
+        "max-seen-not-int", "placement-not-dict", "history-bad-epoch", "history-no-epoch",
+        "requests-not-list", "request-bad-kind", "request-no-group"])
 def test_a_damaged_persisted_state_is_refused(
     damage: Callable[[dict[str, object]], object], error: type[Exception]
 ) -> None:
@@ -850,3 +860,70 @@ def test_members_back_in_service_start_in_group_dependency_order() -> None:
         c.request("alpha", AdminRequest("enable", resource=r))
     c.run_for(2.0)  # the simulator checks the order at every start
     assert all(c.nodes[holder].resources.get(r) == "in" for r in cfg.resources)
+
+
+def test_a_failed_converging_start_under_a_running_dependent_stops_the_dependent_first() -> None:
+    # g0-r1 is taken out of service by hand, so g1 (after g0) leaves and comes back on the
+    # smaller g0; when g0-r1 is put back, that start fails: g0 must not go while g1 runs
+    cfg = sim_config(3, 2, group_chain=True)
+    c = Recorder(cfg)
+    c.run_for(2.0)
+    holder = c.where()["g0"]
+    assert holder is not None and c.where()["g1"] == holder
+    c.request("alpha", AdminRequest("kill", resource="g0-r1"))
+    c.run_for(1.0)
+    assert c.where()["g1"] == holder
+    c.fail_next_start(holder, "g0")
+    t0 = c.now
+    c.request("alpha", AdminRequest("enable", resource="g0-r1"))
+    c.run_for(1.0)  # the simulator checks the order at every stop
+    ops = [(o[2], o[3]) for o in c.ops_since(t0, node=holder)]
+    assert ("g0", "start-failed") in ops
+    assert ops.index(("g1", "stop-done")) < ops.index(("g0", "stop"))
+    c.run_for(4.0)
+    where = c.where()
+    assert where["g0"] not in (holder, None) and where["g1"] == where["g0"]
+
+
+def test_a_request_survives_the_fencing_of_the_node_that_took_it() -> None:
+    # alpha reboots and takes "maintenance off" just before beta's power fence, issued
+    # while alpha was down, switches it off again: the request is persisted with alpha's
+    # promise, so it is carried out once alpha is back
+    c = Recorder(sim_config(2, 1), fencer="power")
+    c.run_for(FORM)
+    c.request("alpha", AdminRequest("maintenance", on=True))
+    c.run_for(1.0)
+    assert c.core("beta").accepted.maintenance
+    c.crash("alpha")
+    c.run_for(0.5)  # beta is fencing alpha
+    c.power_on("alpha")
+    c.request("alpha", AdminRequest("maintenance", on=False))
+    c.run_for(1.0)
+    assert c.nodes["alpha"].core is None, "the fence did not switch alpha off"
+    c.power_on("alpha")
+    c.run_for(5.0)
+    assert not c.core("beta").accepted.maintenance
+    assert not c.core("alpha").requests.queued
+    assert c.where()["g0"] is not None
+
+
+@pytest.mark.parametrize("how", ["kill", "fail"])
+def test_a_chain_of_three_groups_leaves_from_its_end(how: str) -> None:
+    # g2 after g1 after g0, all on one node: when g0 must stop (a member taken out of
+    # service by hand, or a failure), g2 leaves before g1, and g1 before g0
+    cfg = sim_config(3, 3, chain=3, migration_threshold=1)
+    assert cfg.groups["g2"].depends_on == ("g1",) and cfg.groups["g1"].depends_on == ("g0",)
+    c = Recorder(cfg)
+    c.run_for(FORM)
+    holder = c.where()["g0"]
+    assert holder is not None and c.where()["g1"] == c.where()["g2"] == holder
+    t0 = c.now
+    if how == "kill":
+        c.request("alpha", AdminRequest("kill", resource="g0-r0"))
+    else:
+        c._deliver(holder, GroupFailed("g0", "monitor of g0-r0: broken", resource="g0-r0"))
+    c.run_for(4.0)  # the simulator checks the order at every stop
+    ops = [(o[2], o[3]) for o in c.ops_since(t0, node=holder)]
+    assert ops.index(("g2", "stop-done")) < ops.index(("g1", "stop"))
+    assert ops.index(("g1", "stop-done")) < ops.index(("g0", "stop" if how == "fail" else
+                                                              "start"))

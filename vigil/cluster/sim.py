@@ -60,6 +60,13 @@ class SimNode:
     fail_next_start: set[str] = field(default_factory=set)
     persisted: Persisted | None = None
     skips: dict[str, frozenset[str]] = field(default_factory=dict)  # group -> left out
+    # a paused process handles nothing until then; its events wait, in order, in ``held``
+    paused_until: float = -math.inf
+    held: list[Event] = field(default_factory=list)
+    # for the lease check: when this life sent each heartbeat still recent, and per peer
+    # the latest moment its echoes can support this node (sent_at(s) + lease_time)
+    hb_sent: dict[int, float] = field(default_factory=dict)
+    support_bound: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -68,6 +75,8 @@ class NetworkFaults:
     loss: float = 0.0
     duplicate: float = 0.0
     delay: tuple[float, float] = (0.001, 0.005)
+    # (src, dst) -> (min, max) delay of that direction only, instead of ``delay``
+    link_delay: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -115,8 +124,12 @@ class SimCluster:
         self.group_deps = {g: tuple(c.depends_on) for g, c in config.groups.items()}
         self.nodes: dict[str, SimNode] = {}
         self.closed_epochs: dict[Epoch, dict[str, str | None]] = {}
-        self.promised_seen: dict[tuple[str, int], Epoch] = {}
+        self.promised_seen: dict[str, Epoch] = {}  # per node, across its restarts
         self.epoch_views: dict[Epoch, tuple[str, ...]] = {}
+        self.declared_at: dict[Epoch, float] = {}  # when its round began (one declaration)
+        #: called with (declarer, epoch) when an epoch is declared for the first time
+        self.on_declare: Callable[[str, Epoch], None] | None = None
+        self.votes = {n: c.votes for n, c in config.nodes.items()}
         self.log: list[str] = []
         self.starts = 0
         for name in config.node_names:
@@ -136,6 +149,9 @@ class SimCluster:
                              strategy=self.strategy() if self.strategy else None)
         node.resources = {}
         node.ops = {}
+        node.paused_until, node.held = -math.inf, []
+        node.hb_sent, node.support_bound = {}, {}
+        self._check_restored(node)
         self._deliver(name, Tick())
 
     def crash(self, name: str) -> None:
@@ -145,7 +161,44 @@ class SimCluster:
         node.resources = {}
         node.ops = {}
         node.deadline = math.inf
+        node.paused_until, node.held = -math.inf, []
         self.log.append(f"{self.now:.3f} crash {name}")
+
+    def pause(self, name: str, seconds: float) -> None:
+        """The node's daemon handles nothing for ``seconds`` (a stalled process or VM, a
+        long GC): messages, timers and results of resource operations wait, in order, and
+        are all handled when it resumes. Its resources go on as they were."""
+        node = self.nodes[name]
+        if node.core is None:
+            return
+        until = max(node.paused_until, self.now + seconds)
+        node.paused_until = until
+        self._push(until, "resume", name)
+        self.log.append(f"{self.now:.3f} pause {name} until {until:.3f}")
+
+    def resume_all(self) -> None:
+        """End every pause now."""
+        for node in self.nodes.values():
+            if node.core is not None and node.paused_until > self.now:
+                node.paused_until = self.now
+                self._resume(node)
+
+    def _resume(self, node: SimNode) -> None:
+        if node.core is None or node.paused_until > self.now:
+            return  # crashed meanwhile, or the pause was extended
+        held, node.held = node.held, []
+        for event in [*held, Tick()]:
+            if node.core is None:
+                return
+            self._deliver(node.name, event)
+
+    def slow_link(self, src: str, dst: str, delay: tuple[float, float]) -> None:
+        """Messages from ``src`` to ``dst`` (that direction only) take ``delay`` (min, max)."""
+        self.net.link_delay[(src, dst)] = delay
+
+    def inject(self, name: str, event: Event, at: float | None = None) -> None:
+        """Deliver ``event`` to ``name`` at ``at`` (default now), after what is due before."""
+        self._push(self.now if at is None else at, "event", name, event)
 
     def partition(self, *sides: Iterable[str]) -> None:
         groups = [set(s) for s in sides]
@@ -200,6 +253,10 @@ class SimCluster:
             elif kind == "op":
                 assert isinstance(payload, tuple)
                 self._op_step(node, *payload)
+            elif kind == "resume":
+                self._resume(node)
+            elif kind == "event":
+                self._deliver(name, payload)  # type: ignore[arg-type]
             elif kind == "fence":
                 assert isinstance(payload, str)
                 if self.nodes[payload].core is not None:
@@ -216,26 +273,74 @@ class SimCluster:
     def _deliver(self, name: str, event: Event) -> None:
         node = self.nodes[name]
         assert node.core is not None
+        if node.paused_until > self.now:
+            node.held.append(event)
+            return
+        if isinstance(event, Received) and event.msg.type == "hb":
+            self._note_echo(node, event.msg)
         out = node.core.handle(event, self.now)
         self._apply(node, out)
+        if self.check and node.core is not None:
+            self._check_lease(node)
+
+    def _note_echo(self, node: SimNode, msg: Message) -> None:
+        for item in msg.fields.get("echo", "").split(","):
+            peer, _, number = item.partition(":")
+            if peer == node.name and number.isdigit() and int(number) in node.hb_sent:
+                bound = node.hb_sent[int(number)] + self.config.timing.lease_time
+                if bound > node.support_bound.get(msg.sender, -math.inf):
+                    node.support_bound[msg.sender] = bound
+
+    def _check_lease(self, node: SimNode) -> None:
+        """A node's lease never outlasts what the echoes it received allow: each supports it
+        until the echoed heartbeat was *sent* plus lease_time (docs/protocol.md, "The
+        lease"), whenever it arrived or was handled. Worked out here from what was sent."""
+        core = node.core
+        assert core is not None
+        if self.expected_quorate([node.name]):
+            return  # a quorum alone (two_node): no lease needed
+        claimed = core.membership.lease_until()
+        if claimed <= self.now:
+            return
+        allowed, supporters = -math.inf, [node.name]
+        for peer, bound in sorted(node.support_bound.items(), key=lambda kv: -kv[1]):
+            if bound <= self.now:
+                break
+            supporters.append(peer)
+            if self.expected_quorate(supporters):
+                allowed = bound
+                break
+        if claimed > allowed + 1e-9:
+            raise self._violation(
+                f"lease: {node.name} holds a lease until {claimed:.3f}, but the heartbeats "
+                f"its supporters echoed allow only until {allowed:.3f}")
 
     def _apply(self, node: SimNode, out: Output) -> None:
         core = node.core
         assert core is not None
         node.persisted = core.persisted()
-        key = (node.name, node.incarnation)
-        previous = self.promised_seen.get(key, NO_EPOCH)
+        previous = self.promised_seen.get(node.name, NO_EPOCH)
         if self.check and core.promised < previous:
             raise self._violation(
                 f"epochs must only grow: {node.name} went from {fmt_epoch(previous)} to "
                 f"{fmt_epoch(core.promised)}")
-        self.promised_seen[key] = core.promised
+        self.promised_seen[node.name] = core.promised
+        if self.check:
+            self._check_persisted(node)
         if core.round is not None and core.round.epoch not in self.epoch_views:
             self.epoch_views[core.round.epoch] = core.round.view
-            if self.check and not core.membership.quorum.quorate(core.round.view):
+            self.declared_at[core.round.epoch] = core.round.started
+            if self.check and not self.expected_quorate(core.round.view):
                 raise self._violation(
                     f"minority epoch: {node.name} declared {fmt_epoch(core.round.epoch)} "
                     f"with view {core.round.view}, which has no quorum")
+            if self.on_declare is not None:
+                self.on_declare(node.name, core.round.epoch)
+        elif (self.check and core.round is not None
+              and self.declared_at[core.round.epoch] != core.round.started):
+            raise self._violation(
+                f"epoch declared twice: {node.name} declared {fmt_epoch(core.round.epoch)} "
+                "again (a restart lost the highest epoch number it had seen)")
         if core.closed and core.accepted.epoch != NO_EPOCH:
             placement = dict(core.accepted.placement)
             agreed = self.closed_epochs.setdefault(core.accepted.epoch, placement)
@@ -244,7 +349,12 @@ class SimCluster:
                     f"agreement: members of epoch {fmt_epoch(core.accepted.epoch)} disagree "
                     f"on its placement ({agreed} vs {placement} at {node.name})")
         for msg in out.messages:
+            if msg.type == "hb":
+                node.hb_sent[int(msg.fields["n"])] = self.now
             self._transmit(msg)
+        horizon = self.now - self.config.timing.lease_time
+        for number in [n for n, t in node.hb_sent.items() if t < horizon]:
+            del node.hb_sent[number]
         for action in out.actions:
             if isinstance(action, StartGroup | RestartResource):
                 self._check_quorate_action(node, action.epoch)
@@ -291,7 +401,7 @@ class SimCluster:
             elif self.net.duplicate and self.rng.random() < self.net.duplicate:
                 copies = 2
             for _ in range(copies):
-                lo, hi = self.net.delay
+                lo, hi = self.net.link_delay.get((msg.sender, dest), self.net.delay)
                 self.stats.deliveries += 1
                 self._push(self.now + self.rng.uniform(lo, hi), "msg", dest, msg)
 
@@ -347,7 +457,7 @@ class SimCluster:
                 continue
             node.resources[r] = "stopping"
             took = (self.stop_duration if self.stop_duration is not None else  # None: slow
-                    self.rng.uniform(0.5, 0.95) * self.config.resources[r].stop_timeout)
+                    self.rng.uniform(0.5, 1.0) * self.config.resources[r].stop_timeout)
             self._push(self.now + took, "op", node.name, (group, op, token, steps[i:]))
             return
         del node.ops[group]
@@ -399,11 +509,60 @@ class SimCluster:
         if not self.check:
             return
         view = self.epoch_views.get(epoch)
-        assert node.core is not None
-        if view is None or not node.core.membership.quorum.quorate(view):
+        if view is None or not self.expected_quorate(view):
             raise self._violation(
                 f"minority action: {node.name} starts a group in epoch {fmt_epoch(epoch)} "
                 f"whose view {view} has no quorum")
+
+    def expected_quorate(self, view: Iterable[str]) -> bool:
+        """More than half of the configured votes, or with two_node any one vote: worked out
+        here from the configuration, not by the core's Quorum (which it checks)."""
+        weight = sum(self.votes[n] for n in set(view))
+        if self.config.two_node:
+            return weight >= 1
+        return 2 * weight > sum(self.votes.values())
+
+    def _check_persisted(self, node: SimNode) -> None:
+        """What the core would write to disk now is what it acts on: its promise, the
+        highest epoch number it saw, its placement history and its pending requests."""
+        core, saved = node.core, node.persisted
+        assert core is not None and saved is not None
+        lost = [what for what, ok in (
+            ("promise", saved.promised == core.promised),
+            ("history", list(saved.history) == core.promise.history),
+            ("highest epoch number", saved.max_seen >= core.promise.max_seen),
+            ("requests", saved.requests == core.requests.refs()),
+        ) if not ok]
+        if lost:
+            raise self._violation(f"persisted state of {node.name} misses its "
+                                  f"{', '.join(lost)}")
+
+    def _check_restored(self, node: SimNode) -> None:
+        """A restarted node comes back with everything it persisted."""
+        core, saved = node.core, node.persisted
+        if not self.check or saved is None or core is None:
+            return
+        lost = [what for what, ok in (
+            ("promise", core.promised == saved.promised),
+            ("history", core.promise.history == list(saved.history)),
+            ("highest epoch number", core.promise.max_seen >= saved.max_seen),
+            ("requests", core.requests.refs() == saved.requests),
+        ) if not ok]
+        if lost:
+            raise self._violation(f"{node.name} restarted without its persisted "
+                                  f"{', '.join(lost)}")
+
+    def unapplied_requests(self) -> list[str]:
+        """Ids of requests pending on a live node that no master of a live node applied."""
+        cores = [n.core for n in self.nodes.values() if n.core is not None]
+        applied = {rid for c in cores for rid in c.master.applied_ids}
+        return sorted(rid for c in cores for rid in c.requests.queued if rid not in applied)
+
+    def admin_state(self) -> frozenset[str]:
+        """The administrative state of the newest placement a live node accepted."""
+        cores = [n.core for n in self.nodes.values() if n.core is not None]
+        newest = max((c.accepted for c in cores), key=lambda a: a.epoch, default=None)
+        return newest.admin if newest is not None else frozenset()
 
     def check_exclusivity(self) -> None:
         for group, cfg in self.config.groups.items():
