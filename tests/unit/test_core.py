@@ -32,12 +32,14 @@ from vigil.cluster.events import (
     Shutdown,
     Tick,
 )
-from vigil.cluster.local import LocalState
+from vigil.cluster.journal import Journal
+from vigil.cluster.local import LocalGroups, LocalState
 from vigil.cluster.node import NodeCore
 from vigil.cluster.placement import stop_bound
 from vigil.cluster.promise import Persisted
 from vigil.cluster.sim import SimCluster, SimNode
 from vigil.cluster.steps import GroupSteps
+from vigil.cluster.strategy import CostStrategy, LocalCostContext
 from vigil.cluster.view import build_status
 from vigil.cluster.wire import NO_ACCEPTED, NO_EPOCH, Accepted, RequestRef
 from vigil.config import ClusterConfig
@@ -927,3 +929,43 @@ def test_a_chain_of_three_groups_leaves_from_its_end(how: str) -> None:
     assert ops.index(("g2", "stop-done")) < ops.index(("g1", "stop"))
     assert ops.index(("g1", "stop-done")) < ops.index(("g0", "stop" if how == "fail" else
                                                               "start"))
+
+
+# ---- our bugs and the operator's word ---------------------------------------------------------
+
+
+class _BrokenStrategy(CostStrategy):
+    """A strategy plug-in with a bug: it looks up a group that does not exist."""
+
+    def local_costs(self, ctx: LocalCostContext) -> dict[str, float]:
+        return {"g0": {"nope": 1.0}["g0"]}
+
+
+def test_a_bug_of_ours_is_raised_not_counted_as_a_bad_message() -> None:
+    # Only a message that does not parse is the peer's fault (dropped and counted); a
+    # KeyError in our own handling of a good message must reach the actor's supervision.
+    cfg = sim_config(3, 1, group_chain=False)
+    core = NodeCore(cfg, "beta", incarnation=1, now=0.0, strategy=_BrokenStrategy())
+    core.handle(Received(Message(type="declare", sender="alpha", fields={
+        "epoch": "1.alpha", "view": "alpha,beta,gamma", "reason": "test"}), "lan0"), 0.0)
+    with pytest.raises(KeyError):
+        core.handle(Received(Message(type="cost_req", sender="alpha", fields={
+            "epoch": "1.alpha", "standby": ""}), "lan0"), 0.1)
+    assert core.dropped == 0
+
+
+def test_an_unclean_group_counts_as_stopped_once_every_member_left_is_marked_out() -> None:
+    # A stop failed at g0-r1 (g0-r0 was not reached): only the operator's mark-oos of both
+    # members still possibly in service releases the group; nothing else does.
+    cfg = sim_config(3, 1, resources_per_group=3, group_chain=False)
+    actions: list[object] = []
+    groups = LocalGroups(cfg, "alpha", Journal("alpha", 0.0), actions.append)
+    groups.set("g0", LocalState.STOPPING)
+    groups.group_done(GroupDone("g0", "stop", False, "g0-r1: stop timed out",
+                                remaining=frozenset({"g0-r1", "g0-r0"})), (1, "alpha"))
+    assert groups.state["g0"] is LocalState.UNCLEAN
+    groups.marked_out("g0-r2", (1, "alpha"))  # already out: changes nothing
+    groups.marked_out("g0-r1", (1, "alpha"))
+    assert groups.state["g0"] is LocalState.UNCLEAN
+    groups.marked_out("g0-r0", (1, "alpha"))
+    assert groups.state["g0"] is LocalState.STOPPED
