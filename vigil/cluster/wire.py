@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar, Final, Protocol
+from typing import ClassVar, Final, Protocol, Self
 
 from vigil.messages import BROADCAST, NAME_RE, Message
 
@@ -209,6 +209,21 @@ def to_message(body: WireMessage, sender: str, dest: str = BROADCAST) -> Message
 
 
 @dataclass(frozen=True, slots=True)
+class _EpochOnly:
+    """A message that carries nothing but its epoch (start, and most replies)."""
+
+    TYPE: ClassVar[str] = ""
+    epoch: Epoch
+
+    def fields(self) -> dict[str, str]:
+        return {"epoch": fmt_epoch(self.epoch)}
+
+    @classmethod
+    def parse(cls, f: Mapping[str, str]) -> Self:
+        return cls(parse_epoch(f["epoch"]))
+
+
+@dataclass(frozen=True, slots=True)
 class Heartbeat:
     TYPE: ClassVar[str] = "hb"
     n: int
@@ -355,32 +370,16 @@ class Accept:
 
 
 @dataclass(frozen=True, slots=True)
-class Start:
+class Start(_EpochOnly):
     TYPE: ClassVar[str] = "start"
-    epoch: Epoch
-
-    def fields(self) -> dict[str, str]:
-        return {"epoch": fmt_epoch(self.epoch)}
-
-    @classmethod
-    def parse(cls, f: Mapping[str, str]) -> Start:
-        return cls(parse_epoch(f["epoch"]))
 
 
 # replies to the master
 
 
 @dataclass(frozen=True, slots=True)
-class Ack:
+class Ack(_EpochOnly):
     TYPE: ClassVar[str] = "ack"
-    epoch: Epoch
-
-    def fields(self) -> dict[str, str]:
-        return {"epoch": fmt_epoch(self.epoch)}
-
-    @classmethod
-    def parse(cls, f: Mapping[str, str]) -> Ack:
-        return cls(parse_epoch(f["epoch"]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -432,29 +431,13 @@ class Stopped:
 
 
 @dataclass(frozen=True, slots=True)
-class AcceptedReply:
+class AcceptedReply(_EpochOnly):
     TYPE: ClassVar[str] = "accepted"
-    epoch: Epoch
-
-    def fields(self) -> dict[str, str]:
-        return {"epoch": fmt_epoch(self.epoch)}
-
-    @classmethod
-    def parse(cls, f: Mapping[str, str]) -> AcceptedReply:
-        return cls(parse_epoch(f["epoch"]))
 
 
 @dataclass(frozen=True, slots=True)
-class Started:
+class Started(_EpochOnly):
     TYPE: ClassVar[str] = "started"
-    epoch: Epoch
-
-    def fields(self) -> dict[str, str]:
-        return {"epoch": fmt_epoch(self.epoch)}
-
-    @classmethod
-    def parse(cls, f: Mapping[str, str]) -> Started:
-        return cls(parse_epoch(f["epoch"]))
 
 
 Body = (Heartbeat | Bye | Cleanup | Declare | ReportRequest | CostRequest | StopRequest | Accept

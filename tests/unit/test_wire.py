@@ -1,0 +1,98 @@
+"""The protocol messages: every valid message reads back as itself, and a peer's malformed
+message is one RemoteProtocolError that names what is wrong."""
+
+from __future__ import annotations
+
+import hypothesis.strategies as st
+import pytest
+from hypothesis import given
+
+from vigil.cluster.wire import (
+    Accept,
+    Accepted,
+    AcceptedReply,
+    Ack,
+    Body,
+    Bye,
+    Cleanup,
+    CostReply,
+    CostRequest,
+    Declare,
+    Heartbeat,
+    RemoteProtocolError,
+    Report,
+    ReportRequest,
+    RequestRef,
+    Start,
+    Started,
+    Stopped,
+    StopRequest,
+    decode,
+    fmt_epoch,
+    to_message,
+)
+from vigil.messages import Message
+
+names = st.from_regex(r"[a-z][a-z0-9_-]{0,8}", fullmatch=True)
+epochs = st.tuples(st.integers(1, 10**6), names) | st.just((0, ""))
+admin = st.frozensets(names | names.map(lambda n: f"off:{n}") | names.map(lambda n: f"kill:{n}")
+                      | st.just("maintenance"), max_size=4)
+placements = st.dictionaries(names, st.none() | names, max_size=4)
+accepted = st.builds(Accepted, epochs, placements, admin)
+states = st.sampled_from(["starting", "running", "stopping", "unclean"])
+costs = st.floats(min_value=0, allow_nan=False)
+requests = st.builds(RequestRef, names.map(lambda n: f"{n}-1-2"),
+                     st.sampled_from(["move", "standby", "maintenance", "kill"]),
+                     st.just("") | names, st.just("") | names)
+
+bodies: st.SearchStrategy[Body] = st.one_of(
+    st.builds(Heartbeat, n=st.integers(1, 10**9), incarnation=st.integers(1, 10**9),
+              promised=epochs, accepted=epochs, closed=st.booleans(),
+              echo=st.dictionaries(names, st.integers(0, 10**9), max_size=4),
+              groups=st.dictionaries(names, states, max_size=4),
+              failures=st.integers(0, 10**6),
+              digest=st.from_regex(r"[0-9a-f]{0,16}", fullmatch=True),
+              requests=st.lists(requests, max_size=3).map(tuple)),
+    st.builds(Bye, st.integers(1, 10**9)),
+    st.builds(Cleanup, names),
+    st.builds(Declare, epochs, st.lists(names, min_size=1, max_size=5).map(tuple),
+              st.text(alphabet="abc ;:,.()", max_size=30)),
+    st.builds(ReportRequest, epochs, st.frozensets(epochs.map(fmt_epoch), max_size=3)),
+    st.builds(CostRequest, epochs, admin),
+    st.builds(StopRequest, epochs, st.lists(names, max_size=4).map(tuple)),
+    st.builds(Accept, epochs, placements, admin, st.lists(names, max_size=3).map(tuple)),
+    st.builds(Report, epochs, st.dictionaries(names, states, max_size=4),
+              st.lists(accepted, max_size=3).map(tuple)),
+    st.builds(CostReply, epochs, st.dictionaries(names, costs, max_size=4)),
+    st.builds(Stopped, epochs, st.lists(names, max_size=3).map(tuple),
+              st.lists(names, max_size=3).map(tuple)),
+    *(st.builds(cls, epochs) for cls in (Start, Ack, AcceptedReply, Started)),
+)
+
+
+@given(bodies, names)
+def test_every_message_reads_back_as_itself(body: Body, sender: str) -> None:
+    envelope = decode(to_message(body, sender))
+    assert envelope.sender == sender
+    assert envelope.body == body
+    assert type(envelope.body) is type(body)
+
+
+@pytest.mark.parametrize(("mtype", "fields", "says"), [
+    ("declare", {"epoch": "3.Alpha", "view": "alpha"}, "bad epoch"),
+    ("declare", {"epoch": "3.alpha"}, "declare without field 'view'"),
+    ("stop", {"epoch": "3.alpha", "groups": "web,;rm"}, "bad name"),
+    ("accept", {"epoch": "3.alpha", "placement": "web=NODE"}, "bad node"),
+    ("accept", {"epoch": "3.alpha", "placement": "web=a", "standby": "shut:web"},
+     "bad administrative state"),
+    ("cost", {"epoch": "3.alpha", "costs": "web=nan"}, "cost is NaN"),
+    ("cost", {"epoch": "3.alpha", "costs": "web=cheap"}, "bad cost"),
+    ("report", {"epoch": "3.alpha", "active": "", "hist": "1.alpha|web=a"}, "bad history"),
+    ("hb", {"n": "-1", "inc": "1", "epoch": "0", "acc": "0", "echo": "", "groups": "",
+            "want": "0", "reqs": ""}, "bad heartbeat number"),
+    ("teleport", {}, "unknown message type"),
+])
+def test_a_malformed_message_is_one_remote_protocol_error(mtype: str, fields: dict[str, str],
+                                                          says: str) -> None:
+    with pytest.raises(RemoteProtocolError, match=says):
+        decode(Message(type=mtype, sender="beta", fields=fields))
