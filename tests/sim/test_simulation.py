@@ -9,8 +9,9 @@ replays exactly and shrinks (towards seed 0 and fewer, simpler steps). Invariant
 checked after every step and, inside the simulator, at every single resource operation
 (exclusivity, dependency order, agreement on closed epochs, epochs only grow per node
 across restarts, no epoch declared twice, no epoch or start from a minority, quorum and
-lease worked out independently of the core, persisted state complete and restored). When faults stop, the cluster must converge within the bound of
-``convergence_bound`` (derived in docs/protocol.md).
+lease worked out independently of the core, persisted state complete and restored). When
+faults stop, the cluster must converge within the bound of ``convergence_bound`` (derived
+in docs/protocol.md).
 
 Environment knobs: VIGIL_SIM_EXAMPLES, VIGIL_SIM_STEPS and VIGIL_SIM_LARGE (comma-separated
 large cluster sizes), VIGIL_SIM_TIMEOUT (seconds for the whole run), VIGIL_SIM_SHRINK=0 (no
