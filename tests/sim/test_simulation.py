@@ -1,16 +1,21 @@
 """Property-based cluster simulation: N node cores over a simulated clock and network.
 
-Rules are faults (crash, restart, partitions including one-way ones, loss, duplication,
-delay, resource failures) and operator requests; the network's per-message choices (delay,
+Rules are faults (crash, restart, quick restart, partitions including one-way ones, a
+holder cut off, also right after a master change, a pair of nodes that lose each other,
+loss, duplication, delay, per-direction delay, process pauses, resource failures) and
+operator requests; the network's per-message choices (delay,
 loss, duplication) come from a ``random.Random`` whose seed Hypothesis draws, so a failure
 replays exactly and shrinks (towards seed 0 and fewer, simpler steps). Invariants are
 checked after every step and, inside the simulator, at every single resource operation
-(exclusivity, dependency order, agreement on closed epochs, epochs only grow, no start
-from a minority epoch). When faults stop, the cluster must converge within the bound of
-``convergence_bound`` (derived in docs/protocol.md).
+(exclusivity, dependency order, agreement on closed epochs, epochs only grow per node
+across restarts, no epoch declared twice, no epoch or start from a minority, quorum and
+lease worked out independently of the core, persisted state complete and restored). When
+faults stop, the cluster must converge within the bound of ``convergence_bound`` (derived
+in docs/protocol.md).
 
 Environment knobs: VIGIL_SIM_EXAMPLES, VIGIL_SIM_STEPS and VIGIL_SIM_LARGE (comma-separated
-large cluster sizes); ``make soak`` raises all three.
+large cluster sizes), VIGIL_SIM_TIMEOUT (seconds for the whole run), VIGIL_SIM_SHRINK=0 (no
+shrinking: to count the examples a bug needs); ``make soak`` raises them.
 """
 
 from __future__ import annotations
