@@ -334,7 +334,7 @@ class LocalGroups:
         self._emit_state(group, "failed", f"{group} failed on {self.name} ({count} "
                          f"failure(s)): {reason}", reason)
 
-    def clear_failures(self, group: str, how: str) -> bool:
+    def clear_failures(self, group: str) -> bool:
         if group not in self.fail_times:
             return False
         self.fail_times[group] = []

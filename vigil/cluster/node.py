@@ -314,7 +314,7 @@ class NodeCore:
         self.promise.saw(hb.promised)
 
     def _clear_failures(self, group: str, how: str) -> None:
-        if self.groups.clear_failures(group, how):
+        if self.groups.clear_failures(group):
             self.journal.emit(FailCountsCleared(
                 node=self.name, time=self.now, group=group,
                 text=f"fail count of {group} cleared on {self.name} {how}"))
