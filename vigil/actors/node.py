@@ -164,8 +164,8 @@ class NodeRuntime:
                 ResourceActor.start, f"resource:{res.name}", d, res, executor)
         graphs = member_graphs(cfg)
         for group, gcfg in cfg.groups.items():
-            order = [r.name for r in catalog.group(group)] if any(
-                r in catalog for r in gcfg.resources) else []
+            # the order the core and the simulator use (ties by name): one order everywhere
+            order = [r for r in graphs[group].start_order() if r in catalog]
             dependents = {r: graphs[group].transitive_dependents(r) for r in gcfg.resources}
             factories[f"group:{group}"] = partial(
                 GroupActor.start, f"group:{group}", d, group, order, dependents)

@@ -120,14 +120,16 @@ Event = (Received | Tick | GroupDone | GroupFailed | AdminRequest | ClearFailure
 @dataclass(frozen=True, slots=True)
 class StartGroup:
     """Bring the group into service here, leaving out ``skip`` (members taken out of service
-    by hand, and their dependents). With ``converge`` the group already runs: stop the
-    ``skip`` members that run (``kill``: at once) and start the others that do not."""
+    by hand, and their dependents). With ``converge`` the group already runs without
+    ``skipped``: stop the members newly in ``skip`` (``kill``: at once) and start those of
+    ``skipped`` that are no longer in it; the members that run and stay are not touched."""
 
     group: str
     epoch: Epoch
     skip: frozenset[str] = frozenset()
     kill: frozenset[str] = frozenset()
     converge: bool = False
+    skipped: frozenset[str] = frozenset()  # with converge: what was left out until now
 
 
 @dataclass(frozen=True, slots=True)

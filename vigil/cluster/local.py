@@ -218,8 +218,8 @@ class LocalGroups:
                         g, f"{g} loses members taken out of service by hand", promised):
                     continue
                 self.set(g, LocalState.STARTING)
-                self.left_out[g] = skip
-                self.act(StartGroup(g, promised, skip, kill, converge=True))
+                skipped, self.left_out[g] = self.left_out.get(g, frozenset()), skip
+                self.act(StartGroup(g, promised, skip, kill, converge=True, skipped=skipped))
                 self._emit_state(g, "starting", f"{g} on {self.name}: resources out of "
                                  f"service by hand now {', '.join(sorted(skip)) or 'none'}")
 

@@ -10,8 +10,9 @@ The rules, all in this one place:
 
 - a start brings members in, in start order (dependencies first), leaving out ``skip``: the
   members taken out of service by hand, and their dependents;
-- a converging start first takes the ``skip`` members that may run out, in stop order
-  (``kill``: at once, ``force_stop``), then starts the others; members that already run stay;
+- a converging start first takes the members newly taken out of service by hand out, in stop
+  order (``kill``: at once, ``force_stop``), then starts those put back, in start order;
+  members that run and stay are not touched;
 - a stop takes every member out in the exact reverse of the start order (``force``: at once);
   a start still underway is interrupted with ``force_stop`` beside it, not waited for;
 - a restart in place stops the failed member and everything that depends on it (dependents
@@ -65,10 +66,17 @@ def group_steps(action: GroupAction, order: Sequence[str],
         return GroupSteps("stop", tuple(Step(r, stop) for r in stop_order),
                           Step(starting, "force_stop") if starting is not None else None)
     if isinstance(action, StartGroup):
-        stops = tuple(Step(r, "force_stop" if r in action.kill else "stop")
-                      for r in stop_order if r in action.skip) if action.converge else ()
-        return GroupSteps("start", stops + tuple(
-            Step(r, "start") for r in order if r not in action.skip))
+        if not action.converge:
+            return GroupSteps("start", tuple(Step(r, "start") for r in order
+                                             if r not in action.skip))
+        # Members that run and stay are left alone: starting them again would put a member
+        # with running dependents into "starting", where a stop would interrupt it at once.
+        leave = action.skip - action.skipped
+        back = action.skipped - action.skip
+        return GroupSteps("start", tuple(
+            Step(r, "force_stop" if r in action.kill else "stop")
+            for r in stop_order if r in leave) + tuple(
+            Step(r, "start") for r in order if r in back))
     affected = {action.resource, *dependents.get(action.resource, ())} - action.skip
     return GroupSteps("start", tuple(Step(r, "stop") for r in stop_order if r in affected)
                       + tuple(Step(r, "start") for r in order if r in affected))
