@@ -361,16 +361,16 @@ def test_two_masters_of_the_same_epoch_number_are_told_apart(seed: int, slow: fl
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("slow", [0.2, 0.3])
-def test_a_placement_accepted_by_its_master_alone_does_not_hide_the_holder(
+def test_a_partly_accepted_placement_does_not_hide_the_holder(
         seed: int, slow: float) -> None:
-    """docs/protocol.md, "partially accepted epochs" (K6): a master must fence every node
-    that *any* reported placement names as a holder, not only the newest placement.
+    """docs/protocol.md, "Why the invariants hold" and K6 under "Teeth": a master must fence
+    every node that *any* reported placement names as a holder, not only the newest one.
 
     gamma runs g1 and g2 in epoch F. alpha loses gamma and declares E (alpha, delta,
     epsilon), which moves both to delta once gamma's lease must have run out. But beta, which
     cannot hear alpha, gets a quorum just then (it starts to hear epsilon) and declares E'
     (beta, epsilon, gamma): epsilon's promise keeps gamma's lease alive and makes epsilon
-    refuse E, so only alpha and delta accept E; E' itself waits to fence alpha (g0). Then
+    refuse E, so only alpha and delta accept E; epsilon answers beta late, so E' is slow. Then
     alpha loses epsilon and hears beta again and declares E'' (alpha, beta, delta), which
     aborts E'. E'' learns E, newer than F, with nothing on gamma: a master that looked at
     the newest placement alone would start g1 and g2 at once, while gamma still runs them."""
