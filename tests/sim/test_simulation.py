@@ -357,3 +357,79 @@ def test_two_masters_of_the_same_epoch_number_are_told_apart(seed: int, slow: fl
     c.heal()
     c.run_for(5.0)
     assert c.settled() and not c.expected_placement_ok(), c.describe()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("slow", [0.2, 0.3])
+def test_a_partly_accepted_placement_does_not_hide_the_holder(
+        seed: int, slow: float) -> None:
+    """docs/protocol.md, "Why the invariants hold" and K6 under "Teeth": a master must fence
+    every node that *any* reported placement names as a holder, not only the newest one.
+
+    gamma runs g1 and g2 in epoch F. alpha loses gamma and declares E (alpha, delta,
+    epsilon), which moves both to delta once gamma's lease must have run out. But beta, which
+    cannot hear alpha, gets a quorum just then (it starts to hear epsilon) and declares E'
+    (beta, epsilon, gamma): epsilon's promise keeps gamma's lease alive and makes epsilon
+    refuse E, so only alpha and delta accept E; epsilon answers beta late, so E' is slow. Then
+    alpha loses epsilon and hears beta again and declares E'' (alpha, beta, delta), which
+    aborts E'. E'' learns E, newer than F, with nothing on gamma: a master that looked at
+    the newest placement alone would start g1 and g2 at once, while gamma still runs them."""
+    c = SimCluster(sim_config(5, 3, group_chain=False), rng=random.Random(seed))
+    c.run_for(2.0)  # g0 on alpha, g1 on beta, g2 on gamma
+
+    def cut(a: str, b: str) -> None:
+        c.block(a, b)
+        c.block(b, a)
+
+    def join(a: str, b: str) -> None:
+        c.unblock(a, b)
+        c.unblock(b, a)
+
+    def cut_when_heard(a: str, b: str) -> None:
+        """Cut a and b apart right after a heard b: a declares b dead dead_time later."""
+        core = c.nodes[a].core
+        assert core is not None
+        heard, end = core.membership.last_heard.get(b), c.now + 1.0
+        while core.membership.last_heard.get(b) == heard and c.now < end:
+            c.run_for(0.001)
+        cut(a, b)
+
+    holders_when_declared: dict[tuple[int, str], list[str]] = {}
+    c.on_declare = lambda _, epoch: holders_when_declared.setdefault(
+        epoch, c.placement()["g1"])
+    # beta is left hearing only gamma: no quorum, it declares nothing; F moves g1 to gamma
+    cut("beta", "delta")
+    cut("beta", "epsilon")
+    c.run_for(1.0)
+    cut("beta", "alpha")
+    c.run_for(2.0)
+    assert c.placement()["g1"] == c.placement()["g2"] == ["gamma"], c.describe()
+    cut_when_heard("alpha", "gamma")  # alpha declares E exactly dead_time from now
+    t0 = c.now
+    # beta hears epsilon again, and declares E' (after it settles) just after E's cost round
+    # and before gamma's lease runs out; epsilon's answers reach beta late, so E' waits long
+    c.slow_link("epsilon", "beta", (slow, slow + 0.01))
+    join("beta", "epsilon")
+    c.run_until(t0 + 0.85)
+    cut_when_heard("alpha", "epsilon")  # alpha, after accepting E, declares E'' for it
+    c.run_until(t0 + 0.9)
+    join("alpha", "beta")
+    join("delta", "beta")
+    c.run_for(3.0)  # the simulator checks exclusivity at every start
+
+    declared = sorted(c.epoch_views, key=c.declared_at.__getitem__)
+    story = [e for e in declared if c.declared_at[e] >= t0]
+    assert [c.epoch_views[e] for e in story] == [
+        ("alpha", "delta", "epsilon"), ("beta", "epsilon", "gamma"),
+        ("alpha", "beta", "delta")], c.describe(history=40)
+    e1, _, e3 = story
+    assert holders_when_declared[e3] == ["gamma"], "gamma no longer ran g1 when E'' began"
+    alpha = c.nodes["alpha"].core
+    assert alpha is not None and alpha.round is not None and alpha.round.epoch == e3
+    known = alpha.round.known
+    assert known[-1].epoch == e1 and "gamma" not in known[-1].placement.values()
+    assert any(a.placement.get("g1") == "gamma" for a in known[:-1])
+    assert c.placement()["g1"] == ["beta"] and c.placement()["g2"] == ["delta"]
+    c.heal()
+    c.run_for(5.0)
+    assert c.settled() and not c.expected_placement_ok(), c.describe()

@@ -208,6 +208,10 @@ class SimCluster:
     def block(self, src: str, dst: str) -> None:
         self.net.blocked.add((src, dst))
 
+    def unblock(self, src: str, dst: str) -> None:
+        """Messages from ``src`` to ``dst`` flow again (the other blocks stay)."""
+        self.net.blocked.discard((src, dst))
+
     def heal(self) -> None:
         self.net = NetworkFaults()
 
