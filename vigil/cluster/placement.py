@@ -3,7 +3,7 @@ first, and which nodes must be fenced before anything starts.
 
 ``plan()`` knows nothing of messages or time: it takes what the members reported and what
 they cost, and returns a :class:`Plan`. The safety rules that make a plan safe to carry out
-are here, next to the placement they protect (docs/protocol.md, "Fencing"):
+are here, next to the placement they protect (docs/protocol.md, "Why the invariants hold"):
 
 - every group active on a member but placed elsewhere is stopped there first;
 - a group placed somewhere whose *possible* holder is not a member (any placement that may be

@@ -4,7 +4,7 @@ A member that acks epoch E promises to ignore every older epoch; it *accepts* E'
 in the accept phase and *closes* E when the start phase arrives. Only a closed epoch lets it
 start anything. A master must treat every placement accepted since the last closed one as
 possibly in effect: a placement accepted by only some members may rest on a fencing wait
-that a newer epoch made void (docs/protocol.md, "partially accepted epochs").
+that a newer epoch made void (docs/protocol.md, "Why the invariants hold").
 """
 
 from __future__ import annotations
