@@ -864,6 +864,25 @@ def test_members_back_in_service_start_in_group_dependency_order() -> None:
     assert all(c.nodes[holder].resources.get(r) == "in" for r in cfg.resources)
 
 
+def test_members_put_back_wait_until_a_dependent_group_still_starting_is_in_service() -> None:
+    # found by the simulation: g1 (after g0) was still starting, on a g0 without g0-r1, when
+    # g0-r1 was put back; g0 converged at once and g1's next member started while g0-r1 was
+    # not in service yet. g0 takes its member back once g1 is in service.
+    cfg = sim_config(3, 2, group_chain=True)
+    c = Recorder(cfg, start_duration=0.3)
+    c.run_for(FORM + 2.0)
+    holder = c.where()["g0"]
+    assert holder is not None and c.where()["g1"] == holder
+    c.request("alpha", AdminRequest("disable", resource="g0-r1"))
+    deadline = c.now + 5.0
+    while c.now < deadline and c.core(holder).local["g1"] is not LocalState.STARTING:
+        c.run_for(0.01)
+    assert c.core(holder).local["g1"] is LocalState.STARTING, "g1 never came back"
+    c.request("alpha", AdminRequest("enable", resource="g0-r1"))
+    c.run_for(4.0)  # the simulator checks the order at every start
+    assert all(c.nodes[holder].resources.get(r) == "in" for r in cfg.resources)
+
+
 def test_a_failed_converging_start_under_a_running_dependent_stops_the_dependent_first() -> None:
     # g0-r1 is taken out of service by hand, so g1 (after g0) leaves and comes back on the
     # smaller g0; when g0-r1 is put back, that start fails: g0 must not go while g1 runs

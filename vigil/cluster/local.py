@@ -213,9 +213,14 @@ class LocalGroups:
                                  + (f" without {', '.join(sorted(skip))}" if skip else ""))
             elif (state is LocalState.RUNNING and self.left_out.get(g, frozenset()) != skip
                   and self._deps_running(g)):
-                # groups that depend on this one leave first; they come back after
-                if skip - self.left_out.get(g, frozenset()) and self._stop_dependents_first(
-                        g, f"{g} loses members taken out of service by hand", promised):
+                if skip - self.left_out.get(g, frozenset()):
+                    # groups that depend on this one leave first; they come back after
+                    if self._stop_dependents_first(
+                            g, f"{g} loses members taken out of service by hand", promised):
+                        continue
+                elif any(self.state[k] is LocalState.STARTING for k in self.dependents[g]):
+                    # members come back, but a dependent still starting started on the group
+                    # as it was: they wait until that dependent runs (or is stopped)
                     continue
                 self.set(g, LocalState.STARTING)
                 skipped, self.left_out[g] = self.left_out.get(g, frozenset()), skip
