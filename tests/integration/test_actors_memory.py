@@ -335,6 +335,11 @@ def test_mark_oos_clears_an_unclean_group_so_it_can_run_elsewhere(
     # the operator stops it by hand, then says so
     with JOURNAL_LOCK:
         FAIL_STOP.clear()
-    for r in ("web-app", "web-data", "web-ip"):
+    # the failed member alone is not enough: the stop never reached the members below it
+    assert cluster.nodes["alpha"].control("mark_oos", resource="web-app")["ok"]
+    time.sleep(1.0)
+    assert cluster.status("alpha")["groups"]["web"]["active_on"].get("alpha") == "unclean"
+    assert "beta" not in cluster.holders("web"), "started on beta while web-data may run"
+    for r in ("web-data", "web-ip"):
         assert cluster.nodes["alpha"].control("mark_oos", resource=r)["ok"]
     wait_for(lambda: running_on(cluster, "web") == ["beta"], 20, "web on beta after mark_oos")

@@ -90,6 +90,8 @@ def test_every_message_reads_back_as_itself(body: Body, sender: str) -> None:
     ("report", {"epoch": "3.alpha", "active": "", "hist": "1.alpha|web=a"}, "bad history"),
     ("hb", {"n": "-1", "inc": "1", "epoch": "0", "acc": "0", "echo": "", "groups": "",
             "want": "0", "reqs": ""}, "bad heartbeat number"),
+    ("bye", {"inc": "\u00b2"}, "bad incarnation"),  # a digit to isdigit(), not to int()
+    ("start", {"epoch": "\u00b3.alpha"}, "bad epoch"),
     ("teleport", {}, "unknown message type"),
 ])
 def test_a_malformed_message_is_one_remote_protocol_error(mtype: str, fields: dict[str, str],

@@ -44,6 +44,9 @@ class GroupActor(VigilActor):
         self.step: ResourceOpName | None = None
         self.reason = ""
         self.probe_active = False
+        #: members known to be out of service here (a stop or a probe said so; nothing
+        #: started them since): after a failed stop, every other member may still run
+        self.out: set[str] = set(start_order)
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, StartGroup | StopGroup | RestartResource):
@@ -91,8 +94,13 @@ class GroupActor(VigilActor):
         if self.op == "probe":
             if result.state in (ServiceState.IN_SERVICE, ServiceState.PENDING_IN_SERVICE):
                 self.probe_active = True
+                self.out.discard(done.resource)
             self._next()
             return
+        if done.op == "start" or not result.ok:
+            self.out.discard(done.resource)  # a start, even a failed one, may have left it up
+        else:
+            self.out.add(done.resource)
         if not result.ok:
             self._finish(False, f"{done.resource}: {result.reason}")
             return
@@ -100,9 +108,9 @@ class GroupActor(VigilActor):
 
     def _finish(self, ok: bool, reason: str) -> None:
         op, step = self.op, self.step
-        # after a failed stop: the member that failed and those not reached yet may still be
-        # in service (an operator marks them out of service by hand, or the node is fenced)
-        remaining = frozenset({self.waiting_for or "", *(r for r, _ in self.queue)} - {""})
+        # after a failed stop: every member not known to be out may still be in service (an
+        # operator marks them out of service by hand, or the node is fenced)
+        remaining = frozenset(self.start_order) - self.out
         self.op, self.waiting_for, self.step = None, None, None
         if op == "probe":
             self.directory.tell("coordinator", GroupProbed(self.group, self.probe_active))

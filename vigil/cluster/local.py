@@ -108,7 +108,10 @@ class LocalGroups:
         return {g: self.state[g].value for g in self.busy}
 
     def running(self) -> frozenset[str]:
-        return frozenset(g for g in self.busy if self.state[g] is LocalState.RUNNING)
+        """Groups in service here and not held after a failure (those are on their way out:
+        nothing to monitor)."""
+        return frozenset(g for g in self.busy
+                         if self.state[g] is LocalState.RUNNING and g not in self.held)
 
     def fail_counts(self) -> dict[str, int]:
         return {g: len(ts) for g, ts in self.fail_times.items() if ts}

@@ -138,7 +138,7 @@ class NodeCore:
             self._receive(event)
         elif isinstance(event, GroupDone):
             self.groups.group_done(event, self.promise.promised)
-            if self.promise.stop_orders:
+            if event.op == "stop" and self.promise.stop_orders:
                 self._confirm_stops(self.promise.master)
         elif isinstance(event, GroupFailed):
             standby = self.groups.group_failed(

@@ -153,11 +153,22 @@ class Master:
         """``node`` started a new life: its failure counter starts again from zero."""
         self.handled_failures.pop(node, None)
 
-    def pending_requests(self) -> dict[str, RequestRef]:
+    def _carried(self) -> list[tuple[RequestRef, ...]]:
+        """The requests queued here and those live members carry in their heartbeats."""
         alive = self.membership.alive()
-        peers = self.membership.peers
-        return admin.pending([self.requests.refs()] + [p.requests for n, p in peers.items()
-                                                       if n in alive], self.applied_ids)
+        return [self.requests.refs()] + [p.requests for n, p in self.membership.peers.items()
+                                         if n in alive]
+
+    def pending_requests(self) -> dict[str, RequestRef]:
+        return admin.pending(self._carried(), self.applied_ids)
+
+    def stale_requests(self) -> list[str]:
+        """Requests this master applied that a node still carries (it missed the accept
+        that applied them, so it was not a member then): the next placement names them
+        again so that node drops them, or a later master, which does not know they were
+        applied, would apply them twice. That node joining is itself a reason to declare."""
+        done = set(self.applied_ids)
+        return sorted({r.rid for src in self._carried() for r in src if r.rid in done})
 
     # ---- declaring -----------------------------------------------------------------------
 
@@ -347,7 +358,8 @@ class Master:
         result = admin.apply(self.config, highest.admin, self.pending_requests())
         for why in result.ignored:
             self.journal.note("request", why)
-        r.admin, r.moves, r.applied = result.admin, result.moves, result.applied
+        r.admin, r.moves = result.admin, result.moves
+        r.applied = result.applied + tuple(self.stale_requests())
 
     def _decide(self, r: Round) -> None:
         decided = plan(self.config, self.strategy, view=r.view, reports=r.reports,

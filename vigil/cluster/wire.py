@@ -38,7 +38,7 @@ def parse_epoch(text: str) -> Epoch:
     if text == "0":
         return NO_EPOCH
     number, sep, node = text.partition(".")
-    if not sep or not NAME_RE.match(node) or not number.isdigit():
+    if not sep or not NAME_RE.match(node) or not (number.isascii() and number.isdigit()):
         raise RemoteProtocolError(f"bad epoch {text[:40]!r}")
     return (int(number), node)
 
@@ -55,7 +55,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def _int(text: str, what: str) -> int:
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):  # "²" is a digit to isdigit(), not to int()
         raise RemoteProtocolError(f"bad {what} {text[:40]!r}")
     return int(text)
 
