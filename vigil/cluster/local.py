@@ -165,12 +165,16 @@ class LocalGroups:
         """Stop the groups running on ``group`` (True) instead of ``group`` itself while any
         is active: they leave first, the end of a chain first, and ``group`` follows once
         nothing active here depends on it any more."""
-        if not any(self.state[k] in ACTIVE for k in self.dependents[group]):
+        if not self._dependents_active(group):
             return False
         for k in self.dependents[group]:
             if not self._stop_dependents_first(k, why, promised) and self.state[k] in UP:
                 self._stop(k, why, promised)
         return True
+
+    def _dependents_active(self, group: str) -> bool:
+        """A group that depends on ``group`` is active here (it must leave first)."""
+        return any(self.state[k] in ACTIVE for k in self.dependents[group])
 
     def _deps_running(self, group: str) -> bool:
         return all(self.state[d] is LocalState.RUNNING for d in self.deps[group])
@@ -252,7 +256,7 @@ class LocalGroups:
             # What did start is in service: it stops like a running group. A converging start
             # may fail under running dependents: held, reconcile() stops them first.
             self.set(ev.group, LocalState.RUNNING)
-            if not any(self.state[k] in ACTIVE for k in self.dependents[ev.group]):
+            if not self._dependents_active(ev.group):
                 self._stop(ev.group, "clean up after a failed start", promised)
             return
         if ev.ok:
@@ -310,7 +314,7 @@ class LocalGroups:
         threshold = self.config.groups[g].migration_threshold
         # In place only while no group that depends on this one is active here: restarting
         # under it would break its order; the full path stops it first.
-        alone = not any(self.state[k] in ACTIVE for k in self.dependents[g])
+        alone = not self._dependents_active(g)
         left_out = ev.resource in self.left_out.get(g, frozenset())
         if ev.resource and alone and may_restart and not left_out and (
                 len(self.fail_times[g]) + 1 < threshold):
