@@ -105,10 +105,13 @@ class GroupConfig:
 class Timing:
     heartbeat_interval: float = 0.2
     dead_time: float = 1.0
-    lease_time: float = 1.0  # defaults to dead_time
+    lease_time: float = 0.7  # defaults to dead_time - guard_time - fence_margin
     step_timeout: float = 3.0  # a transition step waiting longer restarts from step 1
     retransmit_interval: float = 0.2  # defaults to heartbeat_interval
-    fence_margin: float = 0.5  # added to every silence-based fencing wait (clock drift)
+    fence_margin: float = 0.2  # added to every time-based fencing wait (timer and clock slack)
+    #: how long a node's guardian may take, after the node's lease ran out or its daemon
+    #: died, to kill everything the node ran (the guardian fencer waits for it)
+    guard_time: float = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,7 +410,7 @@ _CLUSTER_KEYS: Final = ("name", "key_file", "strategy", "no_quorum_policy", "two
                         "status_group")
 _ALERT_KEYS: Final = ("command", "events", "timeout")
 _TIMING_KEYS: Final = ("heartbeat_interval", "dead_time", "lease_time", "step_timeout",
-                       "retransmit_interval", "fence_margin")
+                       "retransmit_interval", "fence_margin", "guard_time")
 _NODE_KEYS: Final = ("votes", "runtime_dir", "links")
 _LINK_KEYS: Final = ("name", "address", "port")
 _GROUP_KEYS: Final = ("resources", "depends_on", "prefer", "nodes", "failback", "stickiness",
@@ -599,12 +602,13 @@ def _read_timing(c: _Checker, root: Mapping[str, object]) -> Timing:
     lease = c.duration(t, p, "lease_time", None, positive=True)
     step = c.duration(t, p, "step_timeout", None, positive=True)
     retransmit = c.duration(t, p, "retransmit_interval", None, positive=True)
-    margin = c.duration(t, p, "fence_margin", 0.5)
+    margin = c.duration(t, p, "fence_margin", 0.2)
+    guard = c.duration(t, p, "guard_time", 0.1, positive=True)
 
     def ms(seconds: float) -> str:
         return f"{seconds * 1000:g}ms"
 
-    # Derived defaults (lease = dead, step = 3 x dead, retransmit = heartbeat) satisfy their
+    # Derived defaults (lease below, step = 3 x dead, retransmit = heartbeat) satisfy their
     # rules whenever the written values satisfy theirs: check only what the operator wrote,
     # so that one mistake gives one problem.
     if hb is not None and dead is not None and dead < 3 * hb - _EPSILON:
@@ -626,10 +630,13 @@ def _read_timing(c: _Checker, root: Mapping[str, object]) -> Timing:
         if retransmit > limit + _EPSILON:
             c.add("timing.retransmit_interval", f"must be at most step_timeout / 2 "
                   f"({ms(limit)}), got {ms(retransmit)}: a step must survive a lost message")
-    if hb is None or dead is None or margin is None:
+    if hb is None or dead is None or margin is None or guard is None:
         return Timing()  # a stand-in: problems were recorded, no configuration will be built
-    return Timing(heartbeat_interval=hb, dead_time=dead,
-                  lease_time=dead if lease is None else lease,
+    if lease is None:
+        # Short enough that a lost node's lease has run out, and its guardian has acted, by
+        # the time the others declare it dead: their fencing wait is then already over.
+        lease = min(dead, max(2 * hb, dead - guard - margin))
+    return Timing(heartbeat_interval=hb, dead_time=dead, lease_time=lease, guard_time=guard,
                   step_timeout=3 * dead if step is None else step,
                   retransmit_interval=hb if retransmit is None else retransmit,
                   fence_margin=margin)
