@@ -14,8 +14,9 @@ faults stop, the cluster must converge within the bound of ``convergence_bound``
 in docs/protocol.md).
 
 Environment knobs: VIGIL_SIM_EXAMPLES, VIGIL_SIM_STEPS and VIGIL_SIM_LARGE (comma-separated
-large cluster sizes), VIGIL_SIM_TIMEOUT (seconds for the whole run), VIGIL_SIM_SHRINK=0 (no
-shrinking: to count the examples a bug needs); ``make soak`` raises them.
+large cluster sizes; VIGIL_SIM_LARGE_ONLY=1 draws only those), VIGIL_SIM_TIMEOUT (seconds
+for the whole run), VIGIL_SIM_SHRINK=0 (no shrinking: to count the examples a bug needs);
+``make soak`` and ``make soak-large`` raise them.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ from vigil.config import ClusterConfig
 EXAMPLES = int(os.environ.get("VIGIL_SIM_EXAMPLES", "60"))
 STEPS = int(os.environ.get("VIGIL_SIM_STEPS", "40"))
 LARGE = [int(n) for n in os.environ.get("VIGIL_SIM_LARGE", "9").split(",")]
+#: VIGIL_SIM_LARGE_ONLY=1: every example has one of the LARGE sizes (make soak-large)
+NODES = (st.sampled_from(LARGE) if os.environ.get("VIGIL_SIM_LARGE_ONLY") == "1"
+         else st.integers(min_value=2, max_value=9) | st.sampled_from(LARGE))
 SHRINK = os.environ.get("VIGIL_SIM_SHRINK", "1") != "0"
 TIMEOUT = int(os.environ.get("VIGIL_SIM_TIMEOUT", "1800"))
 
@@ -69,8 +73,8 @@ class ClusterMachine(RuleBasedStateMachine):
     names: list[str]
 
     @initialize(
-        # 2 to 9 nodes; `make soak` adds large clusters (16 and 32 nodes)
-        nodes=st.integers(min_value=2, max_value=9) | st.sampled_from(LARGE),
+        # 2 to 9 nodes; `make soak-large` runs large clusters (16 and 32 nodes)
+        nodes=NODES,
         groups=st.integers(min_value=1, max_value=6),
         seed=st.integers(min_value=0, max_value=2**32 - 1),
         strategy=st.sampled_from(["cost", "cost", "preferred"]),
