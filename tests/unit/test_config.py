@@ -724,5 +724,5 @@ def test_a_derived_lease_is_never_shorter_than_two_heartbeats(tmp_path: Path) ->
 def test_guard_time_is_read_and_checked(tmp_path: Path) -> None:
     cfg = load(write(tmp_path, document(timing='guard_time = "250ms"')))
     assert cfg.timing.guard_time == pytest.approx(0.25)
-    with pytest.raises(ConfigError, match="timing.guard_time"):
+    with pytest.raises(ConfigError, match=r"timing\.guard_time"):
         load(write(tmp_path, document(timing='guard_time = "0s"')))
