@@ -688,7 +688,7 @@ def _read_fence_devices(c: _Checker, root: Mapping[str, object],
             if node not in node_names:
                 c.add(f"{key}.hosts[{i}]", _unknown_node(node, node_names))
         for node in plugs:
-            if node not in hosts:
+            if node in node_names and node not in hosts:
                 c.add(_join(f"{key}.plugs", node), f"node '{node}' has a plug but is not in "
                       f"hosts: add it to {key}.hosts")
         retries = c.integer(t, key, "retries", 1, minimum=0)

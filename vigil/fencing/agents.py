@@ -54,13 +54,14 @@ import enum
 import logging
 import os
 import re
+import signal
 import sysconfig
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final, Literal, NamedTuple
 
 from vigil.config import FenceDevice
 from vigil.fencing.metadata import FenceMetadata, FenceMetadataError
@@ -76,6 +77,7 @@ __all__ = [
     "FenceAgentError",
     "FenceExit",
     "FenceResult",
+    "Outcome",
     "PowerState",
     "agent_arguments",
     "agent_dirs",
@@ -83,6 +85,7 @@ __all__ = [
     "exit_name",
     "forget_metadata",
     "host_argument",
+    "interpret",
     "is_secret",
     "max_duration",
     "read_metadata",
@@ -280,29 +283,43 @@ def _agent_reason(stderr: str) -> str:
     return reason if len(reason) <= _REASON_LIMIT else reason[: _REASON_LIMIT - 3] + "..."
 
 
-def _outcome(action: str, ran: proc.CommandResult, timeout: float
-             ) -> tuple[bool, PowerState | None, str]:
-    """(ok, power, reason) of one attempt."""
+class Outcome(NamedTuple):
+    """What one run of an agent means: done or not, the power state ``status`` reported,
+    and why, in words."""
+
+    ok: bool
+    power: PowerState | None
+    reason: str
+
+
+def interpret(action: str, ran: proc.CommandResult, timeout: float) -> Outcome:
+    """The outcome of one run of ``action`` (``timeout``: the one it ran with), by the exit
+    codes of the fence-agents library (see the module docstring)."""
     if ran.start_error is not None:
-        return False, None, ran.start_problem()
+        return Outcome(False, None, ran.start_problem())
     if ran.cancelled:
-        return False, None, "interrupted; killed the agent's process group"
+        return Outcome(False, None, "interrupted; killed the agent's process group")
     if ran.timed_out:
         stuck = (f", but processes {', '.join(map(str, ran.stuck))} survived SIGKILL"
                  if ran.stuck else "")
-        return False, None, f"timed out after {timeout:g}s; killed the agent's process " \
-            f"group{stuck}"
+        return Outcome(False, None, f"timed out after {timeout:g}s; killed the agent's "
+                       f"process group{stuck}")
     code = ran.returncode
     assert code is not None
     if code < 0:
-        return False, None, f"the agent was killed by signal {-code}"
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return Outcome(False, None, f"the agent was killed by {name}")
     if action == "status" and code in (FenceExit.OK, FenceExit.BAD_ARGS):
         power: PowerState = "on" if code == FenceExit.OK else "off"
-        return True, power, f"the plug is {power}"
+        return Outcome(True, power, f"the plug is {power}")
     if code == FenceExit.OK:
-        return True, None, "done"
+        return Outcome(True, None, "done")
     reason = _agent_reason(ran.stderr)
-    return False, None, f"exit {code} ({exit_name(code)})" + (f": {reason}" if reason else "")
+    return Outcome(False, None, f"exit {code} ({exit_name(code)})"
+                   + (f": {reason}" if reason else ""))
 
 
 # -- running ------------------------------------------------------------------------------------
@@ -362,7 +379,7 @@ def run_device(device: FenceDevice, action: str, target: str | None = None, *,
         attempt += 1
         ran = proc.run([str(agent)], timeout=device.timeout, cancel=cancel, cwd="/",
                        input=stdin, stdout_limit=_STDOUT_LIMIT)
-        ok, power, reason = _outcome(action, ran, device.timeout)
+        ok, power, reason = interpret(action, ran, device.timeout)
         result = FenceResult(
             device=device.name, agent=str(agent), action=action, target=target, plug=plug,
             ok=ok, exit_code=ran.returncode, reason=_mask(reason, secrets),
@@ -430,7 +447,7 @@ def _run_metadata(agent: Path) -> FenceMetadata:
     where = f"fence agent {agent}"
     ran = proc.run([str(agent)], timeout=METADATA_TIMEOUT, cwd="/",
                    input=encode_arguments({"action": "metadata"}), stdout_limit=_STDOUT_LIMIT)
-    ok, _, reason = _outcome("metadata", ran, METADATA_TIMEOUT)
+    ok, _, reason = interpret("metadata", ran, METADATA_TIMEOUT)
     if not ok:
         raise FenceMetadataError(f"{where} does not answer action=metadata: {reason}")
     if ran.stdout_truncated:
