@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.unit.test_config import CLUSTER, NODES
 from vigil.config import (
     ClusterConfig,
     ConfigError,
@@ -14,20 +15,7 @@ from vigil.config import (
     loads,
 )
 
-BASE = """
-[cluster]
-name = "demo"
-key_file = "demo.key"
-
-[nodes.alpha]
-links = [{ name = "lan0", address = "127.0.0.1", port = 7401 }]
-
-[nodes.beta]
-links = [{ name = "lan0", address = "127.0.0.1", port = 7402 }]
-
-[nodes.gamma]
-links = [{ name = "lan0", address = "127.0.0.1", port = 7403 }]
-"""
+BASE = f"[cluster]\n{CLUSTER}\n{NODES}"
 
 DEVICES = """
 [fence_devices.ipmi-alpha]

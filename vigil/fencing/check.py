@@ -75,26 +75,18 @@ def _type_problem(parameter: FenceParameter, value: FenceParamValue) -> str:
     shown = "***" if is_secret(parameter.name) else repr(text)
     if parameter.type == "boolean" and text.lower() not in _BOOLEANS:
         return f"'{parameter.name}' is a boolean: give true or false, got {shown}"
-    if parameter.type == "integer" and not _is_integer(text):
+    if parameter.type == "integer" and not _reads_as(int, text):
         return f"'{parameter.name}' is an integer, got {shown}"
-    if parameter.type == "second" and not _is_number(text):
+    if parameter.type == "second" and not _reads_as(float, text):
         return f"'{parameter.name}' is a number of seconds, got {shown}"
     if parameter.type == "select" and parameter.choices and text not in parameter.choices:
         return (f"'{parameter.name}' is one of {', '.join(parameter.choices)}, got {shown}")
     return ""
 
 
-def _is_integer(text: str) -> bool:
+def _reads_as(convert: Callable[[str], object], text: str) -> bool:
     try:
-        int(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
+        convert(text)
     except ValueError:
         return False
     return True
