@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from tests.support.cluster_harness import cluster_toml
 from vigil.cli.main import cli
 from vigil.config import FenceDevice
-from vigil.fencing.agents import forget_metadata, read_metadata, run_device
+from vigil.fencing.agents import forget_metadata, read_metadata, run_device, run_level
 
 SECRET = "pa55-w0rd-xyz"
 
@@ -258,3 +258,53 @@ hosts = ["beta"]
     assert "fence_devices.gone.agent: no fence agent /usr/sbin/fence_no_such_agent" in output
     assert (f"fence_devices.mute.agent: fence agent {mute} does not answer action=metadata: "
             "exit 1 (EC_GENERIC_ERROR): no metadata here") in output
+
+
+# -- levels ---------------------------------------------------------------------------------------
+
+
+def logging_agent(tmp_path: Path, name: str, fail: str = "") -> FenceDevice:
+    """A device whose agent appends "<name> <action>" to ``order`` and fails ``fail``."""
+    path = tmp_path / f"fence_{name}"
+    path.write_text(textwrap.dedent(f"""\
+        #!/bin/sh
+        action=$(grep '^action=' | cut -d= -f2)
+        echo "{name} $action" >> {tmp_path}/order
+        [ "$action" = "{fail}" ] && {{ echo "ERROR: Failed: {name} refuses" >&2; exit 1; }}
+        exit 0
+        """))
+    path.chmod(0o755)
+    return FenceDevice(name=name, agent=str(path), hosts=("alpha",), retries=0,
+                       host_argument="plug")
+
+
+def order(tmp_path: Path) -> list[str]:
+    return (tmp_path / "order").read_text().splitlines()
+
+
+def test_a_reboot_of_a_level_of_two_devices_is_off_on_both_then_on_on_both(
+        tmp_path: Path) -> None:
+    level = [logging_agent(tmp_path, "psu-a"), logging_agent(tmp_path, "psu-b")]
+    result = run_level(level, "reboot", "alpha")
+    assert result.ok
+    assert order(tmp_path) == ["psu-a off", "psu-b off", "psu-a on", "psu-b on"]
+
+
+def test_a_level_fails_at_its_first_failing_device(tmp_path: Path) -> None:
+    level = [logging_agent(tmp_path, "psu-a", fail="off"), logging_agent(tmp_path, "psu-b")]
+    result = run_level(level, "reboot", "alpha")
+    assert not result.ok and order(tmp_path) == ["psu-a off"]
+    assert "psu-a refuses" in result.describe()
+
+
+def test_a_failed_power_on_after_every_off_still_fences_the_node(tmp_path: Path) -> None:
+    level = [logging_agent(tmp_path, "psu-a", fail="on"), logging_agent(tmp_path, "psu-b")]
+    result = run_level(level, "reboot", "alpha")
+    assert result.ok
+    assert order(tmp_path) == ["psu-a off", "psu-b off", "psu-a on", "psu-b on"]
+    assert [r.ok for r in result.results] == [True, True, False, True]
+
+
+def test_a_level_of_one_device_passes_the_action_as_asked(tmp_path: Path) -> None:
+    assert run_level([logging_agent(tmp_path, "ipmi")], "reboot", "alpha").ok
+    assert order(tmp_path) == ["ipmi reboot"]

@@ -58,7 +58,7 @@ import signal
 import sysconfig
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final, Literal, NamedTuple
@@ -77,6 +77,7 @@ __all__ = [
     "FenceAgentError",
     "FenceExit",
     "FenceResult",
+    "LevelResult",
     "Outcome",
     "PowerState",
     "agent_arguments",
@@ -91,6 +92,7 @@ __all__ = [
     "read_metadata",
     "resolve_agent",
     "run_device",
+    "run_level",
 ]
 
 log = logging.getLogger(__name__)
@@ -100,6 +102,7 @@ AGENT_DIR: Final = Path("/usr/sbin")
 #: Actions :func:`run_device` runs. ``off``, ``on`` and ``reboot`` act on a target's power;
 #: ``status`` asks it; ``monitor`` and ``list`` ask the device itself.
 ACTIONS: Final = ("off", "on", "reboot", "status", "monitor", "list", "metadata")
+_POWER_ACTIONS: Final = ("off", "on", "reboot")
 #: Pacemaker waits this long before trying a failed agent again.
 RETRY_PAUSE: Final = 1.0
 #: What is kept of an agent's stderr for the operator, and of its stdout.
@@ -393,6 +396,8 @@ def run_device(device: FenceDevice, action: str, target: str | None = None, *,
                     "fence device %s: attempt %d of %d: %s%s", device.name, attempt, attempts,
                     result.describe(),
                     f"; stderr: {result.stderr_tail[-400:]!r}" if result.stderr_tail else "")
+        elif action in _POWER_ACTIONS:
+            log.info("fence device %s: %s", device.name, result.describe())
         if final:
             return result
         if cancel is not None and cancel.wait(RETRY_PAUSE):
@@ -400,6 +405,56 @@ def run_device(device: FenceDevice, action: str, target: str | None = None, *,
                            reason=f"{result.reason}; interrupted before attempt {attempt + 1}")
         if cancel is None:
             time.sleep(RETRY_PAUSE)
+
+
+@dataclass(frozen=True, slots=True)
+class LevelResult:
+    """One fencing level run for a node: the results of its devices, in the order run."""
+
+    action: str
+    target: str
+    results: tuple[FenceResult, ...]
+    ok: bool
+
+    def describe(self) -> str:
+        verdict = "done" if self.ok else "failed"
+        return f"{self.action} of {self.target}: level {verdict}: " + "; ".join(
+            r.describe() for r in self.results)
+
+
+def run_level(devices: Sequence[FenceDevice], action: str, target: str, *,
+              cancel: threading.Event | None = None) -> LevelResult:
+    """Run one fencing level (``[fencing] levels``): ``action`` (``off``, ``on`` or
+    ``reboot``) on ``target`` with every device of the level, in order; the level succeeds
+    when every device does, and stops at the first that fails.
+
+    A ``reboot`` of a level of several devices (a node fed by two power supplies: rebooting
+    one leaves it running on the other) is, as Pacemaker does it, ``off`` on every device and
+    then ``on`` on every device; the node was fenced once every ``off`` succeeded, so a failed
+    ``on`` is in the results but does not fail the level. Blocks (see :func:`run_device`).
+    """
+    if action not in _POWER_ACTIONS:
+        raise ValueError(f"a fencing level runs off, on or reboot, not {action!r}")
+    if not devices:
+        raise ValueError(f"an empty fencing level cannot fence {target}")
+    if action == "reboot" and len(devices) > 1:
+        offs = _run_all(devices, "off", target, cancel)
+        if not all(r.ok for r in offs):
+            return LevelResult(action, target, offs, False)
+        ons = _run_all(devices, "on", target, cancel)
+        return LevelResult(action, target, offs + ons, True)
+    results = _run_all(devices, action, target, cancel)
+    return LevelResult(action, target, results, all(r.ok for r in results))
+
+
+def _run_all(devices: Sequence[FenceDevice], action: str, target: str,
+             cancel: threading.Event | None) -> tuple[FenceResult, ...]:
+    results: list[FenceResult] = []
+    for device in devices:
+        results.append(run_device(device, action, target, cancel=cancel))
+        if not results[-1].ok and action != "on":
+            break
+    return tuple(results)
 
 
 # -- metadata -----------------------------------------------------------------------------------
