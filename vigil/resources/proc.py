@@ -16,9 +16,9 @@ init, not the spawner thread. Services that need the guarantee should run in the
 Children get their own session (so their own process group: pgid == pid); the agent signals
 the whole group, which also reaches the children's children.
 
-:func:`run` is the one way Vigil runs a command to completion: OCF agent actions, the
-filesystem type's fsck, mount, umount, blkid and probe, application health commands and alert
-commands. Its semantics are those of Pacemaker's runner of OCF agents
+:func:`run` is the one way Vigil runs a command to completion: OCF agent actions, fence
+agents (their arguments on stdin), the filesystem type's fsck, mount, umount, blkid and probe,
+application health commands and alert commands. Its semantics are those of Pacemaker's runner of OCF agents
 (``lib/services/services_linux.c``): the child in its own process group, the whole group
 killed on timeout, the action over when the child itself exits. On top of that, what the
 callers need: a ``cancel`` event (a forced stop interrupts a start that is running), an
