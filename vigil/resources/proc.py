@@ -17,14 +17,15 @@ Children get their own session (so their own process group: pgid == pid); the ag
 the whole group, which also reaches the children's children.
 
 :func:`run` is the one way Vigil runs a command to completion: OCF agent actions, fence
-agents (their arguments on stdin), the filesystem type's fsck, mount, umount, blkid and probe,
-application health commands and alert commands. Its semantics are those of Pacemaker's runner of OCF agents
-(``lib/services/services_linux.c``): the child in its own process group, the whole group
-killed on timeout, the action over when the child itself exits. On top of that, what the
-callers need: a ``cancel`` event (a forced stop interrupts a start that is running), an
-optional SIGTERM grace before the SIGKILL, stdout and stderr kept apart (or merged), a wait
-until the killed group is gone, and the processes that survive SIGKILL (uninterruptible sleep
-on a hung disk) named in the result and the log instead of waited for without end.
+agents (their arguments on stdin), the filesystem type's fsck, mount, umount, blkid and
+probe, application health commands and alert commands. Its semantics are those of
+Pacemaker's runner of OCF agents (``lib/services/services_linux.c``): the child in its own
+process group, the whole group killed on timeout, the action over when the child itself
+exits. On top of that, what the callers need: a ``cancel`` event (a forced stop interrupts a
+start that is running), an optional SIGTERM grace before the SIGKILL, stdout and stderr kept
+apart (or merged), input on stdin, a wait until the killed group is gone, and the processes
+that survive SIGKILL (uninterruptible sleep on a hung disk) named in the result and the log
+instead of waited for without end.
 
 Process checks read ``/proc`` and treat zombies as gone: an orphaned child is reaped by
 whatever PID 1 the machine has, and in a container that may be slow or never.
