@@ -28,7 +28,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("base", ("vigil", "vigil.messages", "vigil.notifications", "vigil.status", "vigil.graph",
               "vigil.config")),
     ("core", ("vigil.cluster",)),
-    ("system", ("vigil.resources", "vigil.transports", "vigil.local")),
+    ("system", ("vigil.resources", "vigil.transports", "vigil.local", "vigil.fencing")),
     ("shell", ("vigil.actors",)),
     ("daemon", ("vigil.daemon",)),
     ("faces", ("vigil.cli", "vigil.api", "vigil.ha", "vigil.demo")),
