@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import sys
 
 import hypothesis.strategies as st
 import pytest
@@ -50,6 +51,8 @@ LARGE = [int(n) for n in os.environ.get("VIGIL_SIM_LARGE", "9").split(",")]
 NODES = (st.sampled_from(LARGE) if os.environ.get("VIGIL_SIM_LARGE_ONLY") == "1"
          else st.integers(min_value=2, max_value=9) | st.sampled_from(LARGE))
 SHRINK = os.environ.get("VIGIL_SIM_SHRINK", "1") != "0"
+#: counts the examples run, for the deliberate-bug table (VIGIL_SIM_SHRINK=0 prints it)
+_EXAMPLE = itertools.count(1)
 TIMEOUT = int(os.environ.get("VIGIL_SIM_TIMEOUT", "1800"))
 
 
@@ -97,6 +100,8 @@ class ClusterMachine(RuleBasedStateMachine):
                                   stop_duration=None if slow_stops else 0.02)
         self.names = cfg.node_names
         self.groups = sorted(cfg.groups)
+        if not SHRINK:
+            print(f"example {next(_EXAMPLE)}: {nodes} nodes, {fencer}", file=sys.stderr)
         self.cluster.run_for(2.0)
 
     # ---- faults --------------------------------------------------------------------------
