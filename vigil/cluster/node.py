@@ -353,8 +353,15 @@ class NodeCore:
         if isinstance(body, ReportRequest):
             active = {g: s.value for g, s in self.groups.state.items()
                       if s is not LocalState.STOPPED}
+            # requests some live node still carries that a placement accepted here applied:
+            # the master may not know (it missed that placement, or restarted since)
+            alive = self.membership.alive()
+            carried = {r.rid for r in self.requests.refs()} | {
+                r.rid for n, p in self.membership.peers.items() if n in alive
+                for r in p.requests}
             self._send(Report(epoch, active, tuple(a for a in promise.history
-                                                   if fmt_epoch(a.epoch) not in body.known)),
+                                                   if fmt_epoch(a.epoch) not in body.known),
+                              tuple(a for a in promise.applied_seen if a in carried)),
                        master)
         elif isinstance(body, CostRequest):
             ctx = LocalCostContext(

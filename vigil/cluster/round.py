@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from vigil.cluster import admin
@@ -165,15 +165,20 @@ class Master:
         return [self.requests.refs()] + [p.requests for n, p in self.membership.peers.items()
                                          if n in alive]
 
-    def pending_requests(self) -> dict[str, RequestRef]:
-        return admin.pending(self._carried(), self.applied_ids)
+    def _applied(self, reported: Iterable[str] = ()) -> set[str]:
+        """Requests known to be applied: by this master, by any placement accepted here
+        (also in a previous life), or, as members report, by one accepted there."""
+        return {*self.applied_ids, *self.promise.applied_seen, *reported}
 
-    def stale_requests(self) -> list[str]:
-        """Requests this master applied that a node still carries (it missed the accept
-        that applied them, so it was not a member then): the next placement names them
-        again so that node drops them, or a later master, which does not know they were
-        applied, would apply them twice. That node joining is itself a reason to declare."""
-        done = set(self.applied_ids)
+    def pending_requests(self, reported: Iterable[str] = ()) -> dict[str, RequestRef]:
+        return admin.pending(self._carried(), self._applied(reported))
+
+    def stale_requests(self, reported: Iterable[str] = ()) -> list[str]:
+        """Requests already applied that a node still carries (it missed the accept that
+        applied them, so it was not a member then): the next placement names them again so
+        that node drops them, or a later master, which may not know they were applied,
+        would apply them twice. That node joining is itself a reason to declare."""
+        done = self._applied(reported)
         return sorted({r.rid for src in self._carried() for r in src if r.rid in done})
 
     # ---- declaring -----------------------------------------------------------------------
@@ -375,11 +380,13 @@ class Master:
                 known.setdefault(acc.epoch, acc)
         r.known = [known[e] for e in sorted(known)]
         highest = r.known[-1] if r.known else NO_ACCEPTED
-        result = admin.apply(self.config, highest.admin, self.pending_requests())
+        reported = {a for reply in r.replies.values() if isinstance(reply, Report)
+                    for a in reply.applied}
+        result = admin.apply(self.config, highest.admin, self.pending_requests(reported))
         for why in result.ignored:
             self.journal.note("request", why)
         r.admin, r.moves = result.admin, result.moves
-        r.applied = result.applied + tuple(self.stale_requests())
+        r.applied = result.applied + tuple(self.stale_requests(reported))
 
     def _decide(self, r: Round) -> None:
         decided = plan(self.config, self.strategy, view=r.view, reports=r.reports,
