@@ -64,6 +64,11 @@ class NodeConfig:
         """The local event stream (ZeroMQ PUB over ipc), read by `vigil events`."""
         return self.runtime_dir / "events.sock"
 
+    @property
+    def guard_socket(self) -> Path:
+        """Where the node's guardian (`vigil guard`) listens for its daemon."""
+        return self.runtime_dir / "guard.sock"
+
 
 @dataclass(frozen=True, slots=True)
 class MonitorConfig:
@@ -109,6 +114,16 @@ class Timing:
     step_timeout: float = 3.0  # a transition step waiting longer restarts from step 1
     retransmit_interval: float = 0.2  # defaults to heartbeat_interval
     fence_margin: float = 0.5  # added to every silence-based fencing wait (clock drift)
+    guard_time: float = 0.1  # the guardian fences its node within this of its lease's end
+
+
+@dataclass(frozen=True, slots=True)
+class GuardianConfig:
+    """``[guardian]``: how the node's guardian (`vigil guard`, docs/fencing.md) fences."""
+
+    self_fence: Literal["kill", "reboot"] = "kill"  # "reboot": kill, then reboot at once
+    watchdog_device: Path | None = None  # petted only while the node may hold its groups
+    watchdog_interval: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +155,7 @@ class ClusterConfig:
     #: the admin group only.
     status_group: str = ""
     alerts: tuple[AlertConfig, ...] = ()
+    guardian: GuardianConfig = GuardianConfig()
     path: Path = Path("<memory>")
     digest: str = ""  # sha256 of the canonical form; carried in heartbeats
 
@@ -401,13 +417,15 @@ class _Checker:
         return result
 
 
-_TOP_KEYS: Final = ("cluster", "timing", "nodes", "groups", "resources", "alerts")
+_TOP_KEYS: Final = ("cluster", "timing", "nodes", "groups", "resources", "alerts",
+                     "guardian")
 _CLUSTER_KEYS: Final = ("name", "key_file", "strategy", "no_quorum_policy", "two_node",
                         "wait_for_all", "fencer", "runtime_dir", "admin_group",
                         "status_group")
 _ALERT_KEYS: Final = ("command", "events", "timeout")
 _TIMING_KEYS: Final = ("heartbeat_interval", "dead_time", "lease_time", "step_timeout",
-                       "retransmit_interval", "fence_margin")
+                       "retransmit_interval", "fence_margin", "guard_time")
+_GUARDIAN_KEYS: Final = ("self_fence", "watchdog_device", "watchdog_interval")
 _NODE_KEYS: Final = ("votes", "runtime_dir", "links")
 _LINK_KEYS: Final = ("name", "address", "port")
 _GROUP_KEYS: Final = ("resources", "depends_on", "prefer", "nodes", "failback", "stickiness",
@@ -472,6 +490,7 @@ def from_dict(document: Mapping[str, object], path: str | Path = _MEMORY) -> Clu
     resources = _read_resources(c, resources_table, owner)
     two_node = _check_cluster_rules(c, cluster, nodes, len(node_names))
     alerts = _read_alerts(c, root)
+    guardian = _read_guardian(c, root, base)
     if c.problems:
         raise ConfigError(c.problems)
 
@@ -495,6 +514,7 @@ def from_dict(document: Mapping[str, object], path: str | Path = _MEMORY) -> Clu
         admin_group=cluster.admin_group,
         status_group=cluster.status_group,
         alerts=alerts,
+        guardian=guardian,
         path=resolved,
         digest=hashlib.sha256(canonical.encode("utf-8")).hexdigest(),
     )
@@ -600,6 +620,7 @@ def _read_timing(c: _Checker, root: Mapping[str, object]) -> Timing:
     step = c.duration(t, p, "step_timeout", None, positive=True)
     retransmit = c.duration(t, p, "retransmit_interval", None, positive=True)
     margin = c.duration(t, p, "fence_margin", 0.5)
+    guard = c.duration(t, p, "guard_time", 0.1, positive=True)
 
     def ms(seconds: float) -> str:
         return f"{seconds * 1000:g}ms"
@@ -626,13 +647,28 @@ def _read_timing(c: _Checker, root: Mapping[str, object]) -> Timing:
         if retransmit > limit + _EPSILON:
             c.add("timing.retransmit_interval", f"must be at most step_timeout / 2 "
                   f"({ms(limit)}), got {ms(retransmit)}: a step must survive a lost message")
-    if hb is None or dead is None or margin is None:
+    if hb is None or dead is None or margin is None or guard is None:
         return Timing()  # a stand-in: problems were recorded, no configuration will be built
     return Timing(heartbeat_interval=hb, dead_time=dead,
                   lease_time=dead if lease is None else lease,
                   step_timeout=3 * dead if step is None else step,
                   retransmit_interval=hb if retransmit is None else retransmit,
-                  fence_margin=margin)
+                  fence_margin=margin, guard_time=guard)
+
+
+def _read_guardian(c: _Checker, root: Mapping[str, object], base: Path) -> GuardianConfig:
+    t = c.table(root.get("guardian", {}), "guardian", _GUARDIAN_KEYS) or {}
+    p = "guardian"
+    mode = c.string(t, p, "self_fence", "kill")
+    if mode not in ("kill", "reboot"):
+        c.add("guardian.self_fence", f"must be 'kill' or 'reboot', got "
+              f"{_describe(t['self_fence'])}: 'kill' kills, removes and unmounts what the "
+              "node holds; 'reboot' does that and then reboots the node at once")
+    device = c.string(t, p, "watchdog_device")
+    interval = c.duration(t, p, "watchdog_interval", 1.0, positive=True)
+    return GuardianConfig(self_fence="reboot" if mode == "reboot" else "kill",
+                          watchdog_device=None if device is None else base / device,
+                          watchdog_interval=1.0 if interval is None else interval)
 
 
 def _read_nodes(c: _Checker, root: Mapping[str, object], base: Path,
