@@ -4,14 +4,17 @@ unmounted, at once, without asking the daemon.
 Order, chosen so that nothing waits on something slower than itself:
 
 1. SIGKILL: the node's cgroup (``cgroup.kill``: every resource's processes, daemonized
-   children included) and any other cgroup named in the holdings, every process group named,
-   and every process that uses a mounted filesystem of the holdings.
+   children included) and any other cgroup named in the holdings, and every process group
+   named.
 2. The addresses are removed over netlink (the dying processes do not matter to that).
-3. Then the wait, within the budget (``guard_time``): until the cgroups and process groups
-   are empty, and for each mount: unmount (``umount2``, no fork), killing new users between
-   tries. A mount still busy when the budget is spent is detached lazily (``MNT_DETACH``) and
-   reported as a problem, with what is left in ``remaining``: its users may still write the
-   device, which only a reboot (``self_fence = "reboot"``) or a fence device ends.
+3. The wait, within the budget (``guard_time``), until the cgroups and process groups are
+   empty: the resources' own processes are usually all that keeps their filesystems busy.
+4. Each mount is unmounted (``umount2``, no fork). While it is busy, the processes that use
+   it (found in /proc: a scan costs some 15 ms per hundred processes, so it is made only
+   then) get SIGKILL, and it is tried again. A mount still busy when the budget is spent is
+   detached lazily (``MNT_DETACH``) and reported as a problem, with what is left in
+   ``remaining``: its users may still write the device, which only a reboot
+   (``self_fence = "reboot"``) or a fence device ends.
 
 Everything that happens is in the :class:`~vigil.guard.protocol.FenceReport`.
 """
@@ -32,6 +35,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
+
+from pyroute2 import IPRoute, NetlinkError
 
 from vigil.guard.cgroups import NodeCgroups, cgroup_pids, kill_cgroup
 from vigil.guard.holdings import Address, Holdings, MountHolding, ResourceHolding
@@ -123,12 +128,21 @@ class _Run:
 
 class Fencer:
     """Carries out fences for one node: its cgroups, and netlink in this process's network
-    namespace (opened once, at the first address to remove, and kept)."""
+    namespace (opened by :meth:`open`, before any fence: loading pyroute2 alone takes longer
+    than a fence may; reopened after an error)."""
 
     def __init__(self, cgroups: NodeCgroups, budget: float) -> None:
         self.cgroups = cgroups
         self.budget = budget
         self._ipr: Any = None
+
+    def open(self) -> str:
+        """Open netlink now; what to say about it in the log."""
+        try:
+            self._netlink()
+        except Exception as exc:  # pyroute2 raises more than OSError
+            return f"netlink unavailable ({exc}): will try again at a fence"
+        return "netlink open"
 
     def close(self) -> None:
         if self._ipr is not None:
@@ -141,11 +155,10 @@ class Fencer:
         run = _Run(holdings, started + self.budget)
         cgroups = self._kill_cgroups(run)
         pgids = self._kill_pgids(run)
-        holders = self._kill_holders(run, holdings.mounts)
         self._remove_addresses(run, holdings.addresses)
         self._wait(run, cgroups, pgids)
         for mount in holdings.mounts:
-            self._unmount(run, mount, holders.get(mount.mountpoint, set()))
+            self._unmount(run, mount)
         return FenceReport(
             at=started, took=time.monotonic() - started, reason=reason,
             resources=holdings.names, killed=tuple(run.killed), removed=tuple(run.removed),
@@ -194,17 +207,6 @@ class Fencer:
         run.left_pgids.update(pgids)
         return pgids
 
-    def _kill_holders(self, run: _Run,
-                      mounts: Iterable[MountHolding]) -> dict[str, set[int]]:
-        """SIGKILL the users of each mounted filesystem; their pids by mount point."""
-        found: dict[str, set[int]] = {}
-        for mount in mounts:
-            pids = self._signal_holders(mount)
-            found[mount.mountpoint] = pids
-            if pids:
-                run.killed.append(Killed("holders", mount.mountpoint, len(pids)))
-        return found
-
     @staticmethod
     def _signal_holders(mount: MountHolding) -> set[int]:
         pids = {h.pid for h in find_holders(mount.mountpoint, _device_number(mount.device))
@@ -249,8 +251,6 @@ class Fencer:
 
     def _netlink(self) -> Any:
         if self._ipr is None:
-            from pyroute2 import IPRoute  # loaded once, at the first fence that needs it
-
             self._ipr = IPRoute()
         return self._ipr
 
@@ -266,8 +266,6 @@ class Fencer:
                 run.left_addresses.add(address)
 
     def _remove_address(self, run: _Run, address: Address) -> None:
-        from pyroute2 import NetlinkError
-
         ipr = self._netlink()
         found = ipr.link_lookup(ifname=address.ifname)
         if not found:
@@ -317,7 +315,7 @@ class Fencer:
 
     # -- mounts -------------------------------------------------------------------------------
 
-    def _unmount(self, run: _Run, mount: MountHolding, killed: set[int]) -> None:
+    def _unmount(self, run: _Run, mount: MountHolding) -> None:
         devnum = _device_number(mount.device)
         point = mount.mountpoint.rstrip("/") or "/"
 
@@ -339,7 +337,8 @@ class Fencer:
         targets = ours()
         if not targets:
             return
-        next_scan = time.monotonic() + _RESCAN
+        killed: set[int] = set()
+        next_scan = time.monotonic()  # busy at the first try: look for its users at once
         while True:
             busy = [t for t in targets if _umount2(t, 0) not in (0, errno.EINVAL, errno.ENOENT)]
             if not busy:

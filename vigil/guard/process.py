@@ -174,6 +174,7 @@ class Guardian:
         s = self.settings
         got = raise_priority() if s.realtime else ["normal priority (--no-realtime)"]
         self.cgroup_status = self.cgroups.describe()
+        got.append(self.fencer.open())
         path = s.socket_path
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists() or path.is_symlink():
@@ -450,8 +451,10 @@ class Guardian:
 
 def configure_logging(level: str, node: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
-                        format=f"%(asctime)s %(levelname)-7s [{node} guardian] %(message)s")
-    logging.getLogger("pyroute2").setLevel(max(logging.INFO, logging.getLogger().level))
+                        format=f"%(asctime)s %(levelname)-7s [{node} guardian] %(name)s: "
+                        "%(message)s")
+    for noisy in ("pyroute2", "asyncio"):  # every netlink message, the event loop's set-up
+        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
 
 
 def run(settings: GuardSettings) -> int:
