@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from vigil.guard.cgroups import NodeCgroups
-from vigil.guard.client import Connected, FencedEvent, GuardClient, GuardEvent
+from vigil.guard.cgroups import NodeCgroups, kill_cgroup
+from vigil.guard.client import Connected, FencedEvent, GuardClient, GuardError, GuardEvent
 from vigil.guard.holdings import Address, Holdings, MountHolding, ResourceHolding
 from vigil.guard.protocol import FenceReport
 from vigil.resources import proc
@@ -453,3 +453,47 @@ def test_a_second_guardian_for_the_same_node_refuses_to_start(
     assert second.returncode == 1
     assert "another guardian already listens" in second.stderr
     assert guard.process.poll() is None
+
+
+def test_one_daemon_a_node_and_only_for_its_own_node(guards: Callable[..., Guard]) -> None:
+    guard = guards()
+    first = guard.client()
+
+    def refusal(client: GuardClient) -> str:
+        events: list[GuardEvent] = []
+        wait_for(lambda: events.extend(client.wait(0.05)) or any(
+            isinstance(e, GuardError) for e in events), "a refusal")
+        client.close(flush_timeout=0)
+        return next(e.message for e in events if isinstance(e, GuardError))
+
+    assert "is connected already; one daemon a node" in refusal(
+        GuardClient(guard.socket, guard.node))
+    first.close()
+    wait_for(lambda: "is gone, holding nothing" in guard.text(), "the first daemon to leave")
+    assert f"guards node {guard.node}, not another-node" in refusal(
+        GuardClient(guard.socket, "another-node"))
+
+
+def test_cgroup_kill_and_its_fallback_catch_daemonized_children(
+        guards: Callable[..., Guard], processes: list[subprocess.Popen[bytes]]) -> None:
+    cgroups = NodeCgroups(f"gc{os.getpid()}-{next(_names)}")
+    problem = cgroups.problem()
+    if problem is not None:
+        pytest.skip(f"cgroup v2 is not usable here: {problem}")
+    try:
+        for use_cgroup_kill in (True, False):
+            start(processes, cgroups.wrap("svc", [
+                "/bin/sh", "-c", "setsid sh -c 'sleep 1000 & sleep 1000' & exec sleep 1000"]))
+            wait_for(lambda: len(cgroups.pids("svc")) == 4, "four processes in the cgroup")
+            pids = cgroups.pids()
+            result = kill_cgroup(cgroups.resource_path("svc"), wait=WAIT,
+                                 use_cgroup_kill=use_cgroup_kill)
+            assert result.ok and result.processes == 4, result
+            assert result.method == ("cgroup.kill" if use_cgroup_kill
+                                     else "SIGKILL to each process")
+            wait_for(dead(pids), "every process of the cgroup to die")
+        assert cgroups.remove() == []
+        assert cgroups.path is not None and not cgroups.path.exists()
+    finally:
+        cgroups.kill(wait=5.0)
+        cgroups.remove()

@@ -118,15 +118,18 @@ class CgroupKill:
         return text.removesuffix("; ")
 
 
-def kill_cgroup(path: Path, wait: float = 1.0) -> CgroupKill:
+def kill_cgroup(path: Path, wait: float = 1.0, *, use_cgroup_kill: bool = True) -> CgroupKill:
     """SIGKILL every process in ``path`` and below, and wait up to ``wait`` seconds until
-    they are gone (0: look once). Nothing to kill where the cgroup does not exist."""
+    they are gone (0: look once). Nothing to kill where the cgroup does not exist.
+    ``use_cgroup_kill=False`` takes the way of kernels without ``cgroup.kill`` (tests)."""
     if not path.is_dir():
         return CgroupKill(path, 0, "")
     before = cgroup_pids(path)
     deadline = time.monotonic() + wait
     method, error = "cgroup.kill", ""
     try:
+        if not use_cgroup_kill:
+            raise FileNotFoundError(errno.ENOENT, "not used")
         (path / "cgroup.kill").write_text("1")
     except OSError as exc:
         method = "SIGKILL to each process"
