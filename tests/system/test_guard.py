@@ -235,7 +235,7 @@ def test_a_daemon_killed_while_holding_something_is_fenced_at_once(
         stdout=subprocess.PIPE, start_new_session=True, cwd=REPO)
     processes.append(daemon)
     assert daemon.stdout is not None
-    assert daemon.stdout.readline() == b"reported\n"  # its lease runs for another hour
+    assert daemon.stdout.readline() == b"reported\n"  # its lease runs for ten more minutes
     daemon.kill()  # SIGKILL, by PID
     wait_for(dead([worker.pid]), "the worker to die")
     wait_for(lambda: "FENCED" in guard.text(), "the fence in the guardian's log")
@@ -252,7 +252,7 @@ path, node, pgid = sys.argv[1], sys.argv[2], int(sys.argv[3])
 client = GuardClient(path, node)
 while not any(isinstance(e, Connected) for e in client.wait(0.05)):
     pass
-client.report(time.monotonic() + 3600, Holdings((ResourceHolding("worker", pgids=(pgid,)),)))
+client.report(time.monotonic() + 600, Holdings((ResourceHolding("worker", pgids=(pgid,)),)))
 print("reported", flush=True)
 while True:
     client.wait(1.0)
@@ -415,7 +415,7 @@ def test_reboot_mode_writes_b_and_stops_petting_the_watchdog(
     worker = start(processes, ["sleep", "1000"])
     client = guard.client()
     holdings = Holdings((ResourceHolding("w", pgids=(worker.pid,)),))
-    client.report(time.monotonic() + 3600, holdings)
+    client.report(time.monotonic() + 600, holdings)
     before = pets(watchdog)
     wait_for(lambda: pets(watchdog) >= before + 3, "pets while the lease is valid")
     assert sysrq.read_bytes() == b""
@@ -494,6 +494,34 @@ def test_cgroup_kill_and_its_fallback_catch_daemonized_children(
             wait_for(dead(pids), "every process of the cgroup to die")
         assert cgroups.remove() == []
         assert cgroups.path is not None and not cgroups.path.exists()
+    finally:
+        cgroups.kill(wait=5.0)
+        cgroups.remove()
+
+
+def test_a_guardian_inside_its_own_nodes_cgroup_refuses_to_start(tmp_path: Path) -> None:
+    node = f"gi{os.getpid()}-{next(_names)}"
+    cgroups = NodeCgroups(node)
+    problem = cgroups.problem()
+    if problem is not None:
+        pytest.skip(f"cgroup v2 is not usable here: {problem}")
+    config = tmp_path / "inside.toml"
+    config.write_text(f"""
+[cluster]
+name = "guardtest"
+key_file = "unused.key"
+runtime_dir = "{tmp_path / 'run'}"
+[nodes.{node}]
+links = [{{ name = "lan0", address = "127.0.0.1", port = 7999 }}]
+""")
+    try:
+        inside = subprocess.run(
+            cgroups.wrap("oops", [sys.executable, "-m", "vigil.cli.main", "guard", "-c",
+                                  str(config), "-n", node, "--no-realtime"]),
+            capture_output=True, text=True, timeout=WAIT, cwd=REPO, check=False)
+        assert inside.returncode == 1, inside.stderr
+        assert f"runs inside {cgroups.path}, which a fence kills whole" in inside.stderr
+        assert not cgroups.holds(os.getpid())
     finally:
         cgroups.kill(wait=5.0)
         cgroups.remove()

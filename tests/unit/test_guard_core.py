@@ -10,7 +10,16 @@ from dataclasses import dataclass
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vigil.guard.core import CloseWatchdog, Fence, GuardCore, Output, Pet, Reboot, lease_text
+from vigil.guard.core import (
+    MAX_LEASE_AHEAD,
+    CloseWatchdog,
+    Fence,
+    GuardCore,
+    Output,
+    Pet,
+    Reboot,
+    lease_text,
+)
 from vigil.guard.holdings import Address, Holdings, MountHolding, ResourceHolding
 
 APP = ResourceHolding("web-app", pgids=(4242,), cgroup="/sys/fs/cgroup/vigil-alpha/web-app")
@@ -86,6 +95,14 @@ def test_holdings_without_a_lease_are_fenced_at_once() -> None:
         core = connected()
         (fence,) = fences(core.report(lease, HELD, 10.0))
         assert fence.holdings == HELD
+
+
+def test_a_lease_too_far_ahead_is_not_believed() -> None:
+    core = connected()
+    out = core.report(1.7e9, HELD, 100.0)  # time.time() where time.monotonic() belongs
+    assert fences(out)
+    assert "not believed (a wall-clock time instead of time.monotonic()?)" in out.notes[0]
+    assert core.report(100.0 + MAX_LEASE_AHEAD, HELD, 100.0).actions == ()
 
 
 def test_a_report_read_after_the_old_lease_ended_does_not_save_it() -> None:

@@ -205,6 +205,20 @@ class NodeCgroups:
                      "each process listed", self.path)
         return None
 
+    def holds(self, pid: int) -> bool:
+        """Whether process ``pid`` is inside the node's cgroup (a fence would kill it)."""
+        if self.path is None or self.root is None:
+            return False
+        try:
+            text = Path(f"/proc/{pid}/cgroup").read_text()
+        except OSError:
+            return False
+        for line in text.splitlines():
+            if line.startswith("0::"):
+                where = self.root / line[3:].lstrip("/")
+                return where == self.path or self.path in where.parents
+        return False
+
     def describe(self) -> str:
         """For logs and status: where the cgroups are, or why there are none."""
         problem = self.problem()

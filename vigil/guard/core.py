@@ -26,6 +26,8 @@ Everything that decides is in this file. The rules:
    hangs, or a fence that cannot finish, lets the hardware reset the node.
 8. ``bye``: the daemon stopped everything; nothing is held, nothing is fenced.
 9. A clean exit disarms the watchdog (its magic close), unless a reboot was asked for.
+10. A finite lease more than :data:`MAX_LEASE_AHEAD` ahead is not believed (most likely a
+    wall-clock time sent by mistake): the report counts as one without a valid lease.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ SelfFence = Literal["kill", "reboot"]
 
 #: How often a fence that left something behind is tried again.
 DEFAULT_RETRY_INTERVAL = 1.0
+#: Leases are seconds long; a deadline further ahead than this is a daemon's mistake.
+MAX_LEASE_AHEAD = 3600.0
 
 
 def lease_text(lease_until: float, now: float) -> str:
@@ -174,7 +178,13 @@ class GuardCore:
 
     def report(self, lease_until: float | None, holdings: Holdings, now: float) -> Output:
         """The daemon's report: its lease deadline and everything it holds (rule 1)."""
+        notes: tuple[str, ...] = ()
         if lease_until is None or math.isnan(lease_until):
+            lease_until = -math.inf
+        elif math.isfinite(lease_until) and lease_until - now > MAX_LEASE_AHEAD:
+            notes = (f"the daemon reported a lease {lease_until - now:.0f} s ahead, more than "
+                     f"{MAX_LEASE_AHEAD:.0f} s: not believed (a wall-clock time instead of "
+                     "time.monotonic()?); taken as no valid lease",)
             lease_until = -math.inf
         before = self._due(now)
         self.lease_until = lease_until
@@ -182,7 +192,7 @@ class GuardCore:
         self.last_report = now
         # A report supersedes what a failed fence left: the daemon says what is there now.
         self._retry_at = math.inf
-        return self._answer(now, before)
+        return self._answer(now, before, notes)
 
     def bye(self, now: float) -> Output:
         """The daemon stopped everything and is leaving (rule 8)."""

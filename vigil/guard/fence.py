@@ -41,6 +41,7 @@ from pyroute2 import IPRoute, NetlinkError
 from vigil.guard.cgroups import NodeCgroups, cgroup_pids, kill_cgroup
 from vigil.guard.holdings import Address, Holdings, MountHolding, ResourceHolding
 from vigil.guard.protocol import FenceReport, Killed
+from vigil.resources import proc
 from vigil.resources.filesystem import find_holders, read_mountinfo
 
 __all__ = ["Fencer"]
@@ -66,22 +67,6 @@ def _umount2(target: str, flags: int) -> int:
     if _LIBC.umount2(os.fsencode(target), flags) == 0:
         return 0
     return ctypes.get_errno()
-
-
-def _pgid_members() -> dict[int, list[int]]:
-    """Live processes by process group, from one pass over /proc."""
-    groups: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            raw = Path(entry.path, "stat").read_text()
-        except OSError:
-            continue
-        fields = raw[raw.rfind(")") + 2:].split()
-        if len(fields) > 2 and fields[0] not in ("Z", "X"):
-            groups.setdefault(int(fields[2]), []).append(int(entry.name))
-    return groups
 
 
 def _device_number(device: str) -> tuple[int, int] | None:
@@ -197,7 +182,7 @@ class Fencer:
         pgids = [p for p in run.holdings.pgids if p > 1 and p != os.getpgrp()]
         if not pgids:
             return []
-        members = _pgid_members()
+        members = proc.process_groups()
         for pgid in pgids:
             count = len(members.get(pgid, []))
             with contextlib.suppress(ProcessLookupError):
@@ -224,7 +209,7 @@ class Fencer:
         while True:
             left_paths = {p for p in left_paths if cgroup_pids(p)}
             if left_groups:
-                members = _pgid_members()
+                members = proc.process_groups()
                 left_groups = {p for p in left_groups if p in members}
             if not left_paths and not left_groups:
                 break

@@ -174,6 +174,9 @@ class Guardian:
         s = self.settings
         got = raise_priority() if s.realtime else ["normal priority (--no-realtime)"]
         self.cgroup_status = self.cgroups.describe()
+        if self.cgroups.holds(os.getpid()):
+            raise RuntimeError(f"the guardian runs inside {self.cgroups.path}, which a fence "
+                               "kills whole: start it outside the node's cgroup")
         got.append(self.fencer.open())
         path = s.socket_path
         path.parent.mkdir(parents=True, exist_ok=True)
