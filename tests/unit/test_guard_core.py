@@ -112,6 +112,12 @@ def test_a_report_read_after_the_old_lease_ended_does_not_save_it() -> None:
     (fence,) = fences(out)
     assert fence.holdings == Holdings((APP,))
     assert core.holdings == Holdings((APP, IP)) and out.deadline == 11.0
+    # Carrying the fence out does not lose the report that came with it, even if the fence
+    # left something (the newer report says what is there now).
+    for left in (NOTHING, Holdings((APP,))):
+        assert core.fence_done(fence, left, 10.36).deadline == 11.0
+        assert core.holdings == Holdings((APP, IP))
+    assert fences(core.tick(11.0))[0].holdings == Holdings((APP, IP))
 
 
 def test_a_daemon_that_dies_holding_something_is_fenced_at_once() -> None:
@@ -143,22 +149,22 @@ def test_bye_after_the_lease_ended_is_too_late() -> None:
 def test_what_a_fence_left_is_fenced_again_and_the_watchdog_not_petted() -> None:
     core = connected(0.0, watchdog_interval=0.5, retry_interval=1.0)
     core.report(10.3, HELD, 10.0)
-    assert fences(core.tick(10.3))
+    (fence,) = fences(core.tick(10.3))
     left = Holdings((FS,))
-    out = core.fence_done(left, 10.31)
+    out = core.fence_done(fence, left, 10.31)
     assert pets(out) == 0 and out.deadline == 11.31
     assert "trying again in 1s" in out.notes[0] and "not petted" in out.notes[0]
     assert core.tick(11.0).actions == ()
     (again,) = fences(core.tick(11.31))
     assert again.cause == "retry" and again.holdings == left
-    assert pets(core.fence_done(NOTHING, 11.32)) == 1
+    assert pets(core.fence_done(again, NOTHING, 11.32)) == 1
 
 
 def test_a_report_replaces_what_a_fence_left() -> None:
     core = connected(retry_interval=1.0)
     core.report(10.3, HELD, 10.0)
-    core.tick(10.3)
-    core.fence_done(Holdings((FS,)), 10.31)
+    (fence,) = fences(core.tick(10.3))
+    core.fence_done(fence, Holdings((FS,)), 10.31)
     out = core.report(12.0, Holdings((APP,)), 10.5)
     assert out.actions == () and out.deadline == 12.0
 
@@ -171,7 +177,7 @@ def test_reboot_mode_reboots_after_the_first_fence_and_stops_petting() -> None:
     core.report(10.3, HELD, 10.0)
     out = core.tick(10.3)
     assert [type(a) for a in out.actions] == [Fence, Reboot]
-    assert pets(core.fence_done(NOTHING, 10.31)) == 0
+    assert pets(core.fence_done(fences(out)[0], NOTHING, 10.31)) == 0
     core.report(20.0, HELD, 10.4)
     assert [type(a) for a in core.tick(20.0).actions] == [Fence]  # one reboot is enough
     assert core.shutdown(20.1).actions == (CloseWatchdog(disarm=False),)
@@ -229,6 +235,7 @@ class Step:
     lease_ahead: float = 0.0  # report: lease_until - now (inf, -inf allowed)
     held: int = 0  # report: how many of APP, IP, FS
     leftover: bool = False  # a fence in this step leaves FS behind
+    late: bool = False  # the process was busy: no wake-up at the deadlines before this step
 
 
 holdings_of = [Holdings(), Holdings((APP,)), Holdings((APP, IP)), HELD]
@@ -241,6 +248,7 @@ steps = st.builds(
                           st.sampled_from([math.inf, -math.inf])),
     held=st.integers(min_value=0, max_value=3),
     leftover=st.booleans(),
+    late=st.booleans(),
 )
 
 
@@ -263,12 +271,12 @@ def test_properties_of_every_story(story: list[Step], mode: str, interval: float
     last_pet = -math.inf
     deadline = math.inf
 
-    def check(out: Output, at: float) -> None:
+    def check(out: Output, at: float, late: bool = False) -> None:
         nonlocal last_pet
         for action in out.actions:
             if isinstance(action, Fence):
                 assert action.holdings, "fenced with nothing held"
-                if action.cause == "lease":
+                if action.cause == "lease" and not late:
                     assert at <= max(action.lease_until, reported_at), "fenced late"
             if isinstance(action, Pet):
                 assert core.holdings.empty or core.lease_valid(at), "petted without a lease"
@@ -281,30 +289,35 @@ def test_properties_of_every_story(story: list[Step], mode: str, interval: float
             assert out.deadline <= max(at, last_pet + core.watchdog_interval) + 1e-9
         assert out.deadline >= at
 
-    def feed(out: Output, at: float, leave: bool) -> None:
+    def feed(out: Output, at: float, leave: bool, late: bool = False) -> None:
         nonlocal deadline, leftover
-        check(out, at)
+        check(out, at, late)
         deadline = out.deadline
         for action in out.actions:
             if isinstance(action, Fence):
                 left = Holdings((FS,)) if leave and FS in action.holdings.resources else NOTHING
-                leftover = bool(left)
-                after = core.fence_done(left, at)
-                check(after, at)
+                after = core.fence_done(action, left, at)
+                leftover = (leftover and bool(core.holdings)) or any(
+                    "trying again" in note for note in after.notes)
+                check(after, at, late)
                 deadline = after.deadline
 
     now = 0.0
     feed(core.tick(now), now, False)
     for step in story:
         target = now + step.dt
-        while deadline <= target:  # the process wakes at every deadline on the way
+        while deadline <= target and not step.late:  # woken at every deadline on the way
             now = max(now, deadline)
             feed(core.tick(now), now, step.leftover)
         now = target
         if step.kind == "report":
             reported_at, leftover = now, False
-            out = core.report(now + step.lease_ahead, holdings_of[step.held], now)
-        elif step.kind == "tick":
+            lease, held = now + step.lease_ahead, holdings_of[step.held]
+            feed(core.report(lease, held, now), now, step.leftover, step.late)
+            if lease > now:  # the newest report is the truth, whatever was fenced on the way
+                assert (core.holdings, core.lease_until) == (held, lease)
+            continue
+        if step.kind == "tick":
             out = core.tick(now)
         elif step.kind == "gone":
             out = core.daemon_gone(now)
@@ -313,4 +326,4 @@ def test_properties_of_every_story(story: list[Step], mode: str, interval: float
         else:
             leftover = False
             out = core.bye(now)
-        feed(out, now, step.leftover)
+        feed(out, now, step.leftover, step.late)

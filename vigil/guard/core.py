@@ -19,7 +19,8 @@ Everything that decides is in this file. The rules:
 4. Deadlines are handled before the input that comes with them: a report read after the lease
    it replaces has run out does not save what that lease covered (exclusivity first).
 5. After a fence the node holds only what the fence could not remove
-   (:meth:`GuardCore.fence_done`); that is fenced again every ``retry_interval``.
+   (:meth:`GuardCore.fence_done`); that is fenced again every ``retry_interval``, until a
+   report or bye that came after the fence says what the node holds now.
 6. With ``self_fence = "reboot"`` the first fence is followed by a reboot, the last word.
 7. The watchdog is petted every ``watchdog_interval``, only while nothing is held or the lease
    is valid, never in the output of a fence, never once a reboot was asked for: a guardian that
@@ -83,6 +84,8 @@ class Fence:
     #: when the daemon last reported (-inf: never)
     last_report: float = -math.inf
     daemon: str = ""  # "pid 123" of the daemon, when known
+    #: how many reports and byes the core had taken when it fenced (see fence_done)
+    generation: int = 0
 
     def why(self, when: Callable[[float], str]) -> str:
         """The decision as a sentence; ``when`` renders a monotonic time for the log."""
@@ -151,6 +154,7 @@ class GuardCore:
         self.daemon = ""
         self.rebooting = False
         self.fences = 0
+        self._generation = 0  # reports and byes taken
         self._retry_at = math.inf  # finite only while what a fence left is held
         self._next_pet = now if watchdog_interval is not None else math.inf
 
@@ -187,6 +191,7 @@ class GuardCore:
                      "time.monotonic()?); taken as no valid lease",)
             lease_until = -math.inf
         before = self._due(now)
+        self._generation += 1
         self.lease_until = lease_until
         self.holdings = holdings
         self.last_report = now
@@ -197,6 +202,7 @@ class GuardCore:
     def bye(self, now: float) -> Output:
         """The daemon stopped everything and is leaving (rule 8)."""
         before = self._due(now)
+        self._generation += 1
         held = self.holdings
         self.holdings, self.lease_until, self._retry_at = Holdings(), -math.inf, math.inf
         self.connected = False
@@ -219,16 +225,20 @@ class GuardCore:
         """Time has passed; due deadlines are handled."""
         return self._answer(now, self._due(now))
 
-    def fence_done(self, remaining: Holdings, now: float) -> Output:
-        """What a :class:`Fence` could not remove (empty: all of it went) (rule 5)."""
-        self.holdings = remaining
+    def fence_done(self, fence: Fence, remaining: Holdings, now: float) -> Output:
+        """What ``fence`` could not remove (empty: all of it went) (rule 5)."""
+        if not remaining:
+            return self._answer(now, ())
+        if fence.generation != self._generation:
+            # A report (or bye) taken after this fence, in the same input, says what the node
+            # holds now; the daemon learns from the fence's report what went.
+            note = f"the fence left {remaining}, which the daemon's newer report replaces"
+            return self._answer(now, (), (note,))
+        self.holdings = self.holdings.merged(remaining)
         self.lease_until = -math.inf
-        notes: tuple[str, ...] = ()
-        if remaining:
-            self._retry_at = now + self.retry_interval
-            notes = (f"the fence left {remaining}: trying again in "
-                     f"{self.retry_interval:g}s" + ("" if self.watchdog_interval is None
-                                                    else "; the watchdog is not petted"),)
+        self._retry_at = now + self.retry_interval
+        notes = (f"the fence left {remaining}: trying again in {self.retry_interval:g}s"
+                 + ("" if self.watchdog_interval is None else "; the watchdog is not petted"),)
         return self._answer(now, (), notes)
 
     def shutdown(self, now: float) -> Output:
@@ -256,7 +266,8 @@ class GuardCore:
     def _fence(self, cause: Literal["lease", "daemon gone", "retry"],
                now: float) -> tuple[Action, ...]:
         fence = Fence(holdings=self.holdings, cause=cause, lease_until=self.lease_until,
-                      last_report=self.last_report, daemon=self.daemon)
+                      last_report=self.last_report, daemon=self.daemon,
+                      generation=self._generation)
         # Optimistic until fence_done() says what is left: the process executes the fence
         # before it feeds the core anything else.
         self.holdings = Holdings()

@@ -217,6 +217,18 @@ class Holdings:
     def __str__(self) -> str:
         return "; ".join(str(r) for r in self.resources) or "nothing"
 
+    def merged(self, other: Holdings) -> Holdings:
+        """Everything in either; a resource in both holds the parts of both."""
+        mine = {r.name: r for r in self.resources}
+        for r in other.resources:
+            had = mine.get(r.name)
+            mine[r.name] = r if had is None else ResourceHolding(
+                r.name, pgids=tuple(dict.fromkeys(had.pgids + r.pgids)),
+                cgroup=had.cgroup or r.cgroup,
+                addresses=tuple(dict.fromkeys(had.addresses + r.addresses)),
+                mounts=tuple(dict.fromkeys(had.mounts + r.mounts)))
+        return Holdings(tuple(mine.values()))
+
     def to_json(self) -> list[dict[str, Any]]:
         return [r.to_json() for r in self.resources]
 

@@ -425,7 +425,7 @@ class Guardian:
         (log.error if report.problems else log.warning)("FENCED node %s: %s",
                                                         self.settings.node, line)
         self._send(Fenced(report))
-        self._apply(self.core.fence_done(report.remaining, time.monotonic()))
+        self._apply(self.core.fence_done(fence, report.remaining, time.monotonic()))
 
     def _write_watchdog(self, data: bytes) -> None:
         if self.watchdog is None:
