@@ -41,6 +41,7 @@ __all__ = [
     "CgroupKill",
     "NodeCgroups",
     "cgroup_pids",
+    "cgroup_populated",
     "find_cgroup2_mount",
     "kill_cgroup",
     "remove_cgroup",
@@ -82,7 +83,8 @@ def cgroup_pids(path: Path) -> list[int]:
     return pids
 
 
-def _populated(path: Path) -> bool:
+def cgroup_populated(path: Path) -> bool:
+    """Whether a live process is in ``path`` or below (one read of ``cgroup.events``)."""
     try:
         text = (path / "cgroup.events").read_text()
     except FileNotFoundError:
@@ -141,7 +143,7 @@ def kill_cgroup(path: Path, wait: float = 1.0, *, use_cgroup_kill: bool = True) 
             for pid in cgroup_pids(path):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-        if not _populated(path):
+        if not cgroup_populated(path):
             return CgroupKill(path, len(before), method if before else "", (), error)
         if time.monotonic() >= deadline:
             return CgroupKill(path, len(before), method, tuple(cgroup_pids(path)), error)

@@ -38,7 +38,7 @@ from typing import Any, Final
 
 from pyroute2 import IPRoute, NetlinkError
 
-from vigil.guard.cgroups import NodeCgroups, cgroup_pids, kill_cgroup
+from vigil.guard.cgroups import NodeCgroups, cgroup_populated, kill_cgroup
 from vigil.guard.holdings import Address, Holdings, MountHolding, ResourceHolding
 from vigil.guard.protocol import FenceReport, Killed
 from vigil.resources import proc
@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 _MNT_DETACH: Final = 2
 _IFA_F_SECONDARY: Final = 0x01
 _POLL: Final = 0.001
+_MAX_PAUSE: Final = 0.008
 #: How often a busy unmount looks for new users of the filesystem (a /proc scan).
 _RESCAN: Final = 0.02
 
@@ -206,16 +207,19 @@ class Fencer:
         """Until the killed cgroups and groups are empty, within the budget."""
         left_groups = set(pgids)
         left_paths = {path for path, _ in cgroups}
+        pause = _POLL
         while True:
-            left_paths = {p for p in left_paths if cgroup_pids(p)}
+            left_paths = {p for p in left_paths if cgroup_populated(p)}
             if left_groups:
-                members = proc.process_groups()
+                members = proc.process_groups()  # a /proc scan: zombies do not count
                 left_groups = {p for p in left_groups if p in members}
             if not left_paths and not left_groups:
                 break
             if time.monotonic() >= run.deadline:
                 break
-            time.sleep(_POLL)
+            # At real-time priority a tight loop would take the CPU from the dying processes.
+            time.sleep(pause)
+            pause = min(2 * pause, _MAX_PAUSE)
         for path in left_paths:
             # Another pass (cgroup.kill again, or SIGKILL to each) names the survivors.
             result = kill_cgroup(path, wait=0.0)
