@@ -62,15 +62,9 @@ def need(*tools: str) -> None:
         pytest.skip(f"needs {', '.join(missing)}")
 
 
-class Guard:
-    """One `vigil guard` process for a node of its own, and the daemon's side of it."""
-
-    def __init__(self, tmp: Path, *, guardian_toml: str = "", args: tuple[str, ...] = (),
-                 wrapper: tuple[str, ...] = ()) -> None:
-        self.node = f"gt{os.getpid()}-{next(_names)}"
-        self.tmp = tmp
-        self.config = tmp / f"{self.node}.toml"
-        self.config.write_text(f"""
+def cluster_file(tmp: Path, node: str, guardian_toml: str = "") -> str:
+    """A one-node cluster whose runtime directory is under ``tmp``."""
+    return f"""
 [cluster]
 name = "guardtest"
 key_file = "unused.key"
@@ -82,7 +76,7 @@ guard_time = "100ms"
 [guardian]
 {guardian_toml}
 
-[nodes.{self.node}]
+[nodes.{node}]
 links = [{{ name = "lan0", address = "127.0.0.1", port = 7999 }}]
 
 [groups.g]
@@ -90,7 +84,18 @@ resources = ["r"]
 
 [resources.r]
 type = "dummy"
-""")
+"""
+
+
+class Guard:
+    """One `vigil guard` process for a node of its own, and the daemon's side of it."""
+
+    def __init__(self, tmp: Path, *, guardian_toml: str = "", args: tuple[str, ...] = (),
+                 wrapper: tuple[str, ...] = ()) -> None:
+        self.node = f"gt{os.getpid()}-{next(_names)}"
+        self.tmp = tmp
+        self.config = tmp / f"{self.node}.toml"
+        self.config.write_text(cluster_file(tmp, self.node, guardian_toml))
         self.socket = tmp / "run" / self.node / "guard.sock"
         self.log = tmp / f"{self.node}.log"
         self.cgroups = NodeCgroups(self.node)
@@ -506,14 +511,7 @@ def test_a_guardian_inside_its_own_nodes_cgroup_refuses_to_start(tmp_path: Path)
     if problem is not None:
         pytest.skip(f"cgroup v2 is not usable here: {problem}")
     config = tmp_path / "inside.toml"
-    config.write_text(f"""
-[cluster]
-name = "guardtest"
-key_file = "unused.key"
-runtime_dir = "{tmp_path / 'run'}"
-[nodes.{node}]
-links = [{{ name = "lan0", address = "127.0.0.1", port = 7999 }}]
-""")
+    config.write_text(cluster_file(tmp_path, node))
     try:
         inside = subprocess.run(
             cgroups.wrap("oops", [sys.executable, "-m", "vigil.cli.main", "guard", "-c",

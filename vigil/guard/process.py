@@ -49,7 +49,6 @@ from vigil.guard.protocol import (
     Bye,
     Error,
     Fenced,
-    FenceReport,
     Hello,
     LineReader,
     Message,
@@ -164,7 +163,6 @@ class Guardian:
         self.watchdog: int | None = None
         self.deadline = math.inf
         self.stopping = False
-        self.fences: list[FenceReport] = []
         self._wake_r, self._wake_w = socket.socketpair()
         self.cgroup_status = ""
 
@@ -418,7 +416,6 @@ class Guardian:
         reason = fence.why(_wall)
         report = self.fencer.fence(fence.holdings, reason,
                                    reboot=self.settings.self_fence == "reboot")
-        self.fences.append(report)
         line = f"{reason}: {report.summary()}"
         if report.took > self.settings.guard_time:
             line += (f" (longer than guard_time {self.settings.guard_time * 1000:.0f} ms)")
