@@ -110,11 +110,13 @@ class GroupConfig:
 class Timing:
     heartbeat_interval: float = 0.2
     dead_time: float = 1.0
-    lease_time: float = 1.0  # defaults to dead_time
+    lease_time: float = 0.7  # defaults to dead_time - guard_time - fence_margin
     step_timeout: float = 3.0  # a transition step waiting longer restarts from step 1
     retransmit_interval: float = 0.2  # defaults to heartbeat_interval
-    fence_margin: float = 0.5  # added to every silence-based fencing wait (clock drift)
-    guard_time: float = 0.1  # the guardian fences its node within this of its lease's end
+    fence_margin: float = 0.2  # added to every time-based fencing wait (timer and clock slack)
+    #: how long a node's guardian may take, after the node's lease ran out or its daemon
+    #: died, to kill everything the node ran (the guardian fencer waits for it)
+    guard_time: float = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +135,52 @@ class AlertConfig:
     command: tuple[str, ...]
     kinds: frozenset[str] = frozenset()
     timeout: float = 30.0
+
+
+#: A fence agent parameter's value: written on the agent's stdin as ``name=value``.
+FenceParamValue = str | int | float | bool
+
+
+@dataclass(frozen=True, slots=True)
+class FenceDevice:
+    """A power switch, management board or hypervisor that powers nodes off, run through an
+    unmodified fence agent (``fence-agents``); docs/fencing.md, "Fence agents".
+
+    ``agent`` is as written: a name (looked up in /usr/sbin, then beside the running Python's
+    scripts) or an absolute path; it is resolved only when used, so loading the file runs and
+    finds nothing. ``params`` may hold secrets (``password``...): it is left out of ``repr``
+    and never logged.
+    """
+
+    name: str
+    agent: str
+    hosts: tuple[str, ...]  # the nodes it can fence, in the order written
+    plugs: Mapping[str, str] = field(default_factory=dict)  # node -> plug, where not the name
+    params: Mapping[str, FenceParamValue] = field(default_factory=dict, repr=False)
+    timeout: float = 60.0  # of one attempt
+    retries: int = 1  # attempts after a failed one
+    monitor_interval: float = 60.0  # 0: never monitored
+    #: the agent parameter that takes the plug; None: ``plug`` or ``port``, as the agent's
+    #: metadata lists them; ``"none"``: none is passed
+    host_argument: str | None = None
+
+    def can_fence(self, node: str) -> bool:
+        return node in self.hosts
+
+    def plug(self, node: str) -> str:
+        """What the agent calls ``node``: its entry in ``plugs``, else the node's name."""
+        return self.plugs.get(node, node)
+
+
+@dataclass(frozen=True, slots=True)
+class FencingConfig:
+    """``[fencing]``: how the fence devices are used (docs/fencing.md)."""
+
+    #: node -> levels, tried in order; a level is the devices that must all succeed
+    levels: Mapping[str, tuple[tuple[str, ...], ...]] = field(default_factory=dict)
+    delay_max: float = 0.0  # a random delay up to this before fencing (pcmk_delay_max)
+    #: added to the delay of the side running fewer groups (priority-fencing-delay)
+    priority_delay: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +203,8 @@ class ClusterConfig:
     #: the admin group only.
     status_group: str = ""
     alerts: tuple[AlertConfig, ...] = ()
+    fence_devices: Mapping[str, FenceDevice] = field(default_factory=dict)
+    fencing: FencingConfig = FencingConfig()
     guardian: GuardianConfig = GuardianConfig()
     path: Path = Path("<memory>")
     digest: str = ""  # sha256 of the canonical form; carried in heartbeats
@@ -172,6 +222,13 @@ class ClusterConfig:
 
     def max_start_timeout(self) -> float:
         return max((r.start_timeout for r in self.resources.values()), default=0.0)
+
+    def fence_levels(self, node: str) -> tuple[tuple[str, ...], ...]:
+        """The levels tried to fence ``node``, in order: its ``[fencing] levels`` entry; else
+        one level per device that can fence it, in the file's order; () when none can."""
+        if node in self.fencing.levels:
+            return self.fencing.levels[node]
+        return tuple((d.name,) for d in self.fence_devices.values() if d.can_fence(node))
 
 
 # --------------------------------------------------------------------------------------------
@@ -418,7 +475,7 @@ class _Checker:
 
 
 _TOP_KEYS: Final = ("cluster", "timing", "nodes", "groups", "resources", "alerts",
-                     "guardian")
+                    "fence_devices", "fencing", "guardian")
 _CLUSTER_KEYS: Final = ("name", "key_file", "strategy", "no_quorum_policy", "two_node",
                         "wait_for_all", "fencer", "runtime_dir", "admin_group",
                         "status_group")
@@ -433,6 +490,13 @@ _GROUP_KEYS: Final = ("resources", "depends_on", "prefer", "nodes", "failback", 
 _RESOURCE_KEYS: Final = ("type", "depends_on", "start_timeout", "stop_timeout", "params",
                          "monitor", "on_fail")
 _MONITOR_KEYS: Final = ("interval", "timeout", "depth")
+_FENCE_DEVICE_KEYS: Final = ("agent", "params", "hosts", "plugs", "timeout", "retries",
+                             "monitor_interval", "host_argument")
+_FENCING_KEYS: Final = ("levels", "delay_max", "priority_delay")
+#: Arguments Vigil gives a fence agent for each operation: never parameters of a device.
+_FENCE_ARGUMENTS: Final = ("action", "nodename")
+_FENCE_AGENT_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")
+_FENCE_PARAM_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 #: What a failed monitor (or an operation past its timeout) does; docs/resources.md.
 ON_FAIL_POLICIES: Final = ("restart", "ignore", "stop", "standby")
 _DEFAULT_RUNTIME_DIR: Final = "/var/lib/vigil"
@@ -490,6 +554,8 @@ def from_dict(document: Mapping[str, object], path: str | Path = _MEMORY) -> Clu
     resources = _read_resources(c, resources_table, owner)
     two_node = _check_cluster_rules(c, cluster, nodes, len(node_names))
     alerts = _read_alerts(c, root)
+    devices = _read_fence_devices(c, root, node_names)
+    fencing = _read_fencing(c, root, node_names, devices)
     guardian = _read_guardian(c, root, base)
     if c.problems:
         raise ConfigError(c.problems)
@@ -514,6 +580,8 @@ def from_dict(document: Mapping[str, object], path: str | Path = _MEMORY) -> Clu
         admin_group=cluster.admin_group,
         status_group=cluster.status_group,
         alerts=alerts,
+        fence_devices=devices,
+        fencing=fencing,
         guardian=guardian,
         path=resolved,
         digest=hashlib.sha256(canonical.encode("utf-8")).hexdigest(),
@@ -610,6 +678,158 @@ def _read_alerts(c: _Checker, root: Mapping[str, object]) -> tuple[AlertConfig, 
     return tuple(alerts)
 
 
+def _read_fence_devices(c: _Checker, root: Mapping[str, object],
+                        node_names: Collection[str]) -> dict[str, FenceDevice]:
+    devices: dict[str, FenceDevice] = {}
+    for name, raw in (c.table(root.get("fence_devices", {}), "fence_devices") or {}).items():
+        key = _join("fence_devices", name)
+        c.name(name, key, "fence device")
+        t = c.table(raw, key, _FENCE_DEVICE_KEYS)
+        if t is None:
+            continue
+        agent = c.string(t, key, "agent", required='name the fence agent, e.g. agent = '
+                         '"fence_ipmilan" (see `ls /usr/sbin/fence_*`) or an absolute path')
+        if agent is not None and not agent.startswith("/") \
+                and not _FENCE_AGENT_RE.fullmatch(agent):
+            c.add(f"{key}.agent", f"{_describe(agent)} is neither an agent's name (such as "
+                  "'fence_ipmilan', looked up in /usr/sbin) nor an absolute path; give one")
+        host_argument = c.string(t, key, "host_argument")
+        if host_argument is not None and not _FENCE_PARAM_RE.fullmatch(host_argument):
+            c.add(f"{key}.host_argument", f"{_describe(host_argument)} is not a parameter "
+                  "name: give the agent's parameter that takes the plug, or \"none\"")
+        plugs = _read_plugs(c, t, key, node_names)
+        hosts = c.names(t, key, "hosts") if "hosts" in t else list(plugs)
+        if "hosts" not in t and not plugs:
+            c.add(f"{key}.hosts", "missing required key 'hosts': list the nodes this device "
+                  'can fence, e.g. hosts = ["alpha", "beta"]')
+        for i, node in enumerate(hosts if "hosts" in t else ()):
+            if node not in node_names:
+                c.add(f"{key}.hosts[{i}]", _unknown_node(node, node_names))
+        for node in plugs:
+            if node in node_names and node not in hosts:
+                c.add(_join(f"{key}.plugs", node), f"node '{node}' has a plug but is not in "
+                      f"hosts: add it to {key}.hosts")
+        retries = c.integer(t, key, "retries", 1, minimum=0)
+        devices[name] = FenceDevice(
+            name=name,
+            agent=agent or "",
+            hosts=tuple(hosts),
+            plugs=plugs,
+            params=_read_fence_params(c, t, key, host_argument),
+            timeout=c.duration(t, key, "timeout", 60.0, positive=True) or 60.0,
+            retries=retries,
+            monitor_interval=_or(c.duration(t, key, "monitor_interval", 60.0), 60.0),
+            host_argument=host_argument,
+        )
+    return devices
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value
+
+
+def _fence_value_problem(text: str) -> str:
+    """Why ``text`` cannot reach a fence agent intact as ``name=text``, or ""."""
+    if any(ch in text for ch in "\n\r\0"):
+        return "holds a line break or NUL character, which the agent's stdin protocol " \
+            "(one name=value per line) cannot carry"
+    if text != text.strip():
+        return "begins or ends with white space, which fence agents strip from the value"
+    if len(text) >= 2 and text.startswith('"') and text.endswith('"'):
+        return "is wrapped in double quotes, which fence agents strip from the value"
+    return ""
+
+
+def _read_fence_params(c: _Checker, t: Mapping[str, object], key: str,
+                       host_argument: str | None) -> dict[str, FenceParamValue]:
+    where = f"{key}.params"
+    # The plug is given per operation, from hosts and plugs: a fixed one would fence the same
+    # plug whichever node is meant.
+    plug_names = (() if host_argument == "none" else
+                  (host_argument,) if host_argument is not None else ("plug", "port"))
+    params: dict[str, FenceParamValue] = {}
+    for name, value in (c.table(t.get("params", {}), where) or {}).items():
+        at = _join(where, name)
+        if not _FENCE_PARAM_RE.fullmatch(name):
+            c.add(at, f"{_quote(name)} is not a parameter name a fence agent can take "
+                  "(letters, digits, '_', '-' and '.')")
+        elif name in _FENCE_ARGUMENTS:
+            c.add(at, f"'{name}' is given by Vigil for each operation; remove it")
+        elif name in plug_names:
+            c.add(at, f"'{name}' takes the plug of the node being fenced, which Vigil passes "
+                  f"for each operation: remove it and map nodes to plugs with {key}.plugs, "
+                  'e.g. plugs = { alpha = "vm-alpha" }')
+        if not isinstance(value, str | int | float | bool):
+            c.add(at, f"a fence agent parameter is a string, number or boolean, got "
+                  f"{_describe(value)}")
+            continue
+        problem = _fence_value_problem(value) if isinstance(value, str) else ""
+        if problem:
+            c.add(at, f"the value {problem}")
+        params[name] = value
+    return params
+
+
+def _read_plugs(c: _Checker, t: Mapping[str, object], key: str,
+                node_names: Collection[str]) -> dict[str, str]:
+    plugs: dict[str, str] = {}
+    for node, plug in (c.table(t.get("plugs", {}), f"{key}.plugs") or {}).items():
+        at = _join(f"{key}.plugs", node)
+        if node not in node_names:
+            c.add(at, _unknown_node(node, node_names))
+        if not isinstance(plug, str) or not plug:
+            c.add(at, f"expected the plug's name (a non-empty string), got {_describe(plug)}")
+        elif problem := _fence_value_problem(plug):
+            c.add(at, f"the plug {problem}")
+        else:
+            plugs[node] = plug
+    return plugs
+
+
+def _read_fencing(c: _Checker, root: Mapping[str, object], node_names: Collection[str],
+                  devices: Mapping[str, FenceDevice]) -> FencingConfig:
+    t = c.table(root.get("fencing", {}), "fencing", _FENCING_KEYS) or {}
+    levels: dict[str, tuple[tuple[str, ...], ...]] = {}
+    for node, raw in (c.table(t.get("levels", {}), "fencing.levels") or {}).items():
+        key = _join("fencing.levels", node)
+        if node not in node_names:
+            c.add(key, _unknown_node(node, node_names))
+        if not isinstance(raw, list) or not raw or not all(isinstance(x, list) for x in raw):
+            c.add(key, f"expected an array of levels, each an array of fence devices, e.g. "
+                  f'{node} = [["ipmi-{node}"], ["pdu-a", "pdu-b"]], got {_describe(raw)}')
+            continue
+        node_levels = []
+        for i, level in enumerate(raw):
+            at = f"{key}[{i}]"
+            members: list[str] = []
+            for j, device in enumerate(level):
+                if not isinstance(device, str):
+                    c.add(f"{at}[{j}]", f"expected a fence device's name, got "
+                          f"{_describe(device)}")
+                elif device in members:
+                    c.add(f"{at}[{j}]", f"'{device}' is listed twice; list it once")
+                else:
+                    members.append(device)
+            if not level:
+                c.add(at, "a level needs at least one fence device")
+            for device in members:
+                if device not in devices:
+                    c.add(at, f"unknown fence device '{device}' ({_suggest(device, devices)}"
+                          f"configured devices: {_known(devices)})")
+                elif node in node_names and not devices[device].can_fence(node):
+                    c.add(at, f"fence device '{device}' cannot fence node '{node}' (its hosts: "
+                          f"{_known(devices[device].hosts)}): add '{node}' to "
+                          f"{_join('fence_devices', device)}.hosts or take the device out of "
+                          "this level")
+            node_levels.append(tuple(members))
+        levels[node] = tuple(node_levels)
+    return FencingConfig(
+        levels=levels,
+        delay_max=_or(c.duration(t, "fencing", "delay_max", 0.0), 0.0),
+        priority_delay=_or(c.duration(t, "fencing", "priority_delay", 0.0), 0.0),
+    )
+
+
 def _read_timing(c: _Checker, root: Mapping[str, object]) -> Timing:
     t = c.table(root.get("timing", {}), "timing", _TIMING_KEYS) or {}
     p = "timing"
@@ -619,13 +839,13 @@ def _read_timing(c: _Checker, root: Mapping[str, object]) -> Timing:
     lease = c.duration(t, p, "lease_time", None, positive=True)
     step = c.duration(t, p, "step_timeout", None, positive=True)
     retransmit = c.duration(t, p, "retransmit_interval", None, positive=True)
-    margin = c.duration(t, p, "fence_margin", 0.5)
+    margin = c.duration(t, p, "fence_margin", 0.2)
     guard = c.duration(t, p, "guard_time", 0.1, positive=True)
 
     def ms(seconds: float) -> str:
         return f"{seconds * 1000:g}ms"
 
-    # Derived defaults (lease = dead, step = 3 x dead, retransmit = heartbeat) satisfy their
+    # Derived defaults (lease below, step = 3 x dead, retransmit = heartbeat) satisfy their
     # rules whenever the written values satisfy theirs: check only what the operator wrote,
     # so that one mistake gives one problem.
     if hb is not None and dead is not None and dead < 3 * hb - _EPSILON:
@@ -649,11 +869,14 @@ def _read_timing(c: _Checker, root: Mapping[str, object]) -> Timing:
                   f"({ms(limit)}), got {ms(retransmit)}: a step must survive a lost message")
     if hb is None or dead is None or margin is None or guard is None:
         return Timing()  # a stand-in: problems were recorded, no configuration will be built
-    return Timing(heartbeat_interval=hb, dead_time=dead,
-                  lease_time=dead if lease is None else lease,
+    if lease is None:
+        # Short enough that a lost node's lease has run out, and its guardian has acted, by
+        # the time the others declare it dead: their fencing wait is then already over.
+        lease = min(dead, max(2 * hb, dead - guard - margin))
+    return Timing(heartbeat_interval=hb, dead_time=dead, lease_time=lease, guard_time=guard,
                   step_timeout=3 * dead if step is None else step,
                   retransmit_interval=hb if retransmit is None else retransmit,
-                  fence_margin=margin, guard_time=guard)
+                  fence_margin=margin)
 
 
 def _read_guardian(c: _Checker, root: Mapping[str, object], base: Path) -> GuardianConfig:

@@ -99,6 +99,26 @@ def test_large_output_on_both_streams_does_not_deadlock() -> None:
     assert result.stderr.endswith("x\nend of stderr\n")
 
 
+def test_input_reaches_the_command_on_stdin_then_end_of_file() -> None:
+    data = b"action=off\nplug=3\n" + b"x" * (1024 * 1024)  # past any pipe buffer
+    result = proc.run(python("import sys; d = sys.stdin.buffer.read(); print(len(d), d[:19])"),
+                      timeout=30, input=data)
+    assert result.ok, result.stderr
+    assert result.stdout.strip() == f"{len(data)} {data[:19]!r}"
+
+
+def test_input_a_command_never_reads_does_not_hold_the_run_past_its_end() -> None:
+    data = b"x" * (1024 * 1024)
+    exited = proc.run(["true"], timeout=30, input=data)
+    assert exited.ok and not exited.timed_out
+    sleeper = proc.run(["sleep", "60"], timeout=0.5, input=data)
+    assert sleeper.timed_out  # the write did not block the wait for the timeout
+
+
+def test_without_input_stdin_is_empty() -> None:
+    assert proc.run(["cat"], timeout=30).stdout == ""
+
+
 def test_timeout_kills_the_whole_group_grandchildren_too(tmp_path: Path) -> None:
     grandchild_file = tmp_path / "grandchild"
     result = proc.run(["sh", "-c", f"sleep 60 & echo $! > {grandchild_file}; echo started; "

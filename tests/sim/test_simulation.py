@@ -14,8 +14,9 @@ faults stop, the cluster must converge within the bound of ``convergence_bound``
 in docs/protocol.md).
 
 Environment knobs: VIGIL_SIM_EXAMPLES, VIGIL_SIM_STEPS and VIGIL_SIM_LARGE (comma-separated
-large cluster sizes), VIGIL_SIM_TIMEOUT (seconds for the whole run), VIGIL_SIM_SHRINK=0 (no
-shrinking: to count the examples a bug needs); ``make soak`` raises them.
+large cluster sizes; VIGIL_SIM_LARGE_ONLY=1 draws only those), VIGIL_SIM_TIMEOUT (seconds
+for the whole run), VIGIL_SIM_SHRINK=0 (no shrinking: to count the examples a bug needs);
+``make soak`` and ``make soak-large`` raise them.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import sys
 
 import hypothesis.strategies as st
 import pytest
@@ -45,7 +47,12 @@ from vigil.config import ClusterConfig
 EXAMPLES = int(os.environ.get("VIGIL_SIM_EXAMPLES", "60"))
 STEPS = int(os.environ.get("VIGIL_SIM_STEPS", "40"))
 LARGE = [int(n) for n in os.environ.get("VIGIL_SIM_LARGE", "9").split(",")]
+#: VIGIL_SIM_LARGE_ONLY=1: every example has one of the LARGE sizes (make soak-large)
+NODES = (st.sampled_from(LARGE) if os.environ.get("VIGIL_SIM_LARGE_ONLY") == "1"
+         else st.integers(min_value=2, max_value=9) | st.sampled_from(LARGE))
 SHRINK = os.environ.get("VIGIL_SIM_SHRINK", "1") != "0"
+#: counts the examples run, for the deliberate-bug table (VIGIL_SIM_SHRINK=0 prints it)
+_EXAMPLE = itertools.count(1)
 TIMEOUT = int(os.environ.get("VIGIL_SIM_TIMEOUT", "1800"))
 
 
@@ -69,8 +76,8 @@ class ClusterMachine(RuleBasedStateMachine):
     names: list[str]
 
     @initialize(
-        # 2 to 9 nodes; `make soak` adds large clusters (16 and 32 nodes)
-        nodes=st.integers(min_value=2, max_value=9) | st.sampled_from(LARGE),
+        # 2 to 9 nodes; `make soak-large` runs large clusters (16 and 32 nodes)
+        nodes=NODES,
         groups=st.integers(min_value=1, max_value=6),
         seed=st.integers(min_value=0, max_value=2**32 - 1),
         strategy=st.sampled_from(["cost", "cost", "preferred"]),
@@ -78,18 +85,23 @@ class ClusterMachine(RuleBasedStateMachine):
         # 1 to 5 resources per group; chains of 2 to 4 groups that depend on each other
         sizes=st.lists(st.integers(1, 5), min_size=1, max_size=6),
         chain=st.integers(2, 4),
+        fencer=st.sampled_from(["guardian", "guardian", "silence"]),
     )
     def setup(self, nodes: int, groups: int, seed: int, strategy: str,
-              slow_stops: bool, sizes: list[int] | None = None, chain: int = 2) -> None:
+              slow_stops: bool, sizes: list[int] | None = None, chain: int = 2,
+              fencer: str = "guardian") -> None:
         cfg = sim_config(nodes, groups, strategy=strategy, chain=chain,
                          resources_per_group=sizes or 2)
         # two_node clusters need a fencer that powers nodes off (docs/protocol.md); slow
-        # stops take most of their stop_timeout, so the silence fencer's wait is really tested
+        # stops take most of their stop_timeout, so the silence fencer's wait is really tested;
+        # the guardian kills what a node runs within guard_time of its lease's end
         self.cluster = SimCluster(cfg, rng=random.Random(seed),
-                                  fencer="power" if nodes == 2 else None,
+                                  fencer="power" if nodes == 2 else fencer,
                                   stop_duration=None if slow_stops else 0.02)
         self.names = cfg.node_names
         self.groups = sorted(cfg.groups)
+        if not SHRINK:
+            print(f"example {next(_EXAMPLE)}: {nodes} nodes, {fencer}", file=sys.stderr)
         self.cluster.run_for(2.0)
 
     # ---- faults --------------------------------------------------------------------------
@@ -134,12 +146,23 @@ class ClusterMachine(RuleBasedStateMachine):
 
     @rule(data=st.data(), fraction=st.floats(0.01, 1.0))
     def pause(self, data: st.DataObject, fraction: float) -> None:
-        """A daemon stalls, then handles everything that came meanwhile at once. Up to
-        dead_time + lease_time: a longer stall defeats the silence fencer by design (the
-        others may start its groups while it cannot stop them; a watchdog covers that)."""
+        """A daemon stalls (SIGSTOP, a stalled VM or disk), then handles everything that came
+        meanwhile at once; what it runs goes on meanwhile. With a guardian, for as long as
+        you like (it kills what runs once the lease is out). Without one, up to dead_time +
+        lease_time: a longer stall defeats the silence fencer by design (the others may
+        start its groups while it cannot stop them), which is why it is not the default."""
         t = self.cluster.config.timing
-        self.cluster.pause(data.draw(st.sampled_from(self.names)),
-                           fraction * (t.dead_time + t.lease_time))
+        longest = (t.dead_time + t.lease_time) * (4 if self.cluster.guardian else 1)
+        self.cluster.pause(data.draw(st.sampled_from(self.names)), fraction * longest)
+
+    @precondition(lambda self: hasattr(self, "cluster") and self.cluster.guardian)
+    @rule(data=st.data())
+    def kill_daemon(self, data: st.DataObject) -> None:
+        """The daemon alone dies (SIGKILL, OOM): its resources run on until its guardian
+        kills them."""
+        live = self.cluster.live()
+        if live:
+            self.cluster.kill_daemon(data.draw(st.sampled_from(live)))
 
     @rule(data=st.data(), fraction=st.floats(0.0, 1.0))
     def quick_restart(self, data: st.DataObject, fraction: float) -> None:

@@ -69,6 +69,7 @@ from typing import IO, Any, Final
 
 from tests.support.cluster_harness import wait_for as _wait_for
 from vigil.config import write_key
+from vigil.fencing.netns import kill_all, ns_id, pids_in
 from vigil.local.protocol import request
 from vigil.resources import proc
 
@@ -170,56 +171,6 @@ def _cmd(argv: Sequence[str], timeout: float = 30) -> str:
     return out.stdout
 
 
-def _ns_id(path: str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:  # gone, or a zombie (its namespaces are already released)
-        return None
-    return st.st_dev, st.st_ino
-
-
-def _pids_in(namespaces: Iterable[tuple[str, tuple[int, int]]]) -> list[int]:
-    """Live processes that are in any of the given namespaces ((kind, id): kind is "net"
-    or "mnt")."""
-    wanted = {(kind, ns) for kind, ns in namespaces}
-    if not wanted:
-        return []
-    kinds = {kind for kind, _ in wanted}
-    own = os.getpid()
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == own:
-            continue
-        for kind in kinds:
-            ns = _ns_id(f"/proc/{entry.name}/ns/{kind}")
-            if ns is not None and (kind, ns) in wanted:
-                found.append(int(entry.name))
-                break
-    return found
-
-
-def _kill_all(pids_of: Callable[[], list[int]], reap: Iterable[subprocess.Popen[Any]],
-              what: str) -> list[str]:
-    """SIGKILL every PID ``pids_of()`` names until none is left (bounded); reap our children.
-    Returns problems (processes that would not die)."""
-    deadline = time.monotonic() + KILL_WAIT
-    reap = list(reap)
-    while True:
-        pids = pids_of()
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        for p in reap:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(0.01)
-        if not pids:
-            return []
-        if time.monotonic() > deadline:
-            return [f"{what}: processes {pids} survived SIGKILL for {KILL_WAIT:g}s "
-                    "(stuck in the kernel, e.g. on a FUSE or NFS mount?)"]
-        time.sleep(0.02)
-
-
 def _sweep_stale() -> None:
     """Delete namespaces and tmp dirs a dead test process left behind (only if its PID is
     gone)."""
@@ -237,9 +188,9 @@ def _sweep_stale() -> None:
         m = _STALE_RE.match(name)
         if m is None or Path(f"/proc/{m.group(1)}").exists():
             continue
-        ns = _ns_id(f"/run/netns/{name}")
+        ns = ns_id(f"/run/netns/{name}")
         if ns is not None:
-            _kill_all(functools.partial(_pids_in, [("net", ns)]), (), name)
+            kill_all(functools.partial(pids_in, [("net", ns)]), name, wait=KILL_WAIT)
         subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
 
 
@@ -332,10 +283,10 @@ class Host(_Namespace):
 
     def pids(self) -> list[int]:
         """Every live process of this host (in its network or mount namespace)."""
-        namespaces = [("net", ns) for ns in [_ns_id(f"/run/netns/{self.netns}")] if ns]
+        namespaces = [("net", ns) for ns in [ns_id(f"/run/netns/{self.netns}")] if ns]
         if self._mnt_ns is not None:
             namespaces.append(("mnt", self._mnt_ns))
-        return _pids_in(namespaces)
+        return pids_in(namespaces)
 
     @property
     def daemon_running(self) -> bool:
@@ -524,7 +475,7 @@ class NsCluster:
                 return False
 
         _wait_for(ready, 20, f"the keeper of host {host.name} to set up its namespaces", 0.01)
-        host._mnt_ns = _ns_id(f"/proc/{keeper.pid}/ns/mnt")
+        host._mnt_ns = ns_id(f"/proc/{keeper.pid}/ns/mnt")
         host.powered = True
 
     def close(self) -> None:
@@ -536,12 +487,12 @@ class NsCluster:
         problems: list[str] = []
         namespaces: list[tuple[str, tuple[int, int]]] = []
         for name in self._namespaces:
-            ns = _ns_id(f"/run/netns/{name}")
+            ns = ns_id(f"/run/netns/{name}")
             if ns is not None:
                 namespaces.append(("net", ns))
         namespaces += [("mnt", h._mnt_ns) for h in self.hosts.values() if h._mnt_ns]
-        problems += _kill_all(lambda: [*_pids_in(namespaces), *self._own_live()],
-                              self._started, self.prefix)
+        problems += kill_all(lambda: [*pids_in(namespaces), *self._own_live()], self.prefix,
+                             wait=KILL_WAIT, reap=self._started)
         for host in self.hosts.values():
             host.powered = False
         for name in reversed(self._namespaces):
@@ -683,7 +634,8 @@ class NsCluster:
         if cable_first:
             for k in range(self.links):
                 self._ip(self.switch, "link", "set", h.port(k), "down")
-        problems = _kill_all(h.pids, [p for p in (h.keeper, h.daemon) if p], h.name)
+        problems = kill_all(h.pids, h.name, wait=KILL_WAIT,
+                            reap=[p for p in (h.keeper, h.daemon) if p])
         for k in range(self.links):
             self._ip(self.switch, "link", "set", h.port(k), "down")
         self._log(h).write(

@@ -92,7 +92,9 @@ def test_demo_file_loads_with_its_settings() -> None:
     assert cfg.nodes["beta"].links[0].port == 7402
     assert cfg.nodes["gamma"].runtime_dir == Path("/tmp/vigil-demo/gamma")
     assert cfg.timing.heartbeat_interval == pytest.approx(0.1)
-    assert cfg.timing.lease_time == cfg.timing.dead_time == pytest.approx(0.6)
+    assert cfg.timing.dead_time == pytest.approx(0.6)
+    # the lease runs out (and the guardian acts) before the others declare the node dead
+    assert cfg.timing.lease_time == pytest.approx(0.6 - 0.1 - 0.2)
     assert cfg.timing.step_timeout == 2.0
     assert cfg.groups["web"].prefer == {"alpha": 0, "beta": 10, "gamma": 20}
     app = cfg.resources["web-app"]
@@ -115,8 +117,9 @@ def test_minimal_file_gets_the_documented_defaults(tmp_path: Path) -> None:
     assert (cfg.strategy, cfg.no_quorum_policy, cfg.fencer) == ("cost", "stop", "silence")
     assert cfg.wait_for_all is True and cfg.two_node is False
     t = cfg.timing
-    assert (t.heartbeat_interval, t.dead_time, t.lease_time) == (0.2, 1.0, 1.0)
-    assert (t.step_timeout, t.retransmit_interval, t.fence_margin) == (3.0, 0.2, 0.5)
+    assert (t.heartbeat_interval, t.dead_time, t.lease_time) == (0.2, 1.0, pytest.approx(0.7))
+    assert (t.step_timeout, t.retransmit_interval, t.fence_margin) == (3.0, 0.2, 0.2)
+    assert t.guard_time == 0.1
     assert cfg.nodes["alpha"].votes == 1
     assert cfg.nodes["alpha"].runtime_dir == Path("/var/lib/vigil/alpha")
     group = cfg.groups["web"]
@@ -128,7 +131,8 @@ def test_minimal_file_gets_the_documented_defaults(tmp_path: Path) -> None:
 
 def test_derived_timing_defaults_follow_the_values_given(tmp_path: Path) -> None:
     cfg = load(write(tmp_path, document(timing='heartbeat_interval = "50ms"\ndead_time = "2s"')))
-    assert cfg.timing.lease_time == 2.0
+    # the lease ends guard_time + fence_margin before the node is declared dead
+    assert cfg.timing.lease_time == pytest.approx(2.0 - 0.1 - 0.2)
     assert cfg.timing.step_timeout == 6.0
     assert cfg.timing.retransmit_interval == 0.05
 
@@ -707,3 +711,18 @@ events = ["node_lots"]
     assert "alerts[0].command: give the command to run" in text
     assert "alerts[0].events: unknown notification kind 'node_lots'" in text
     assert "did you mean 'node_lost'" in text
+
+
+def test_a_derived_lease_is_never_shorter_than_two_heartbeats(tmp_path: Path) -> None:
+    # dead_time - guard_time - fence_margin would leave no lease at all: two heartbeats it is
+    # (the survivors then wait a little after declaring the node dead)
+    cfg = load(write(tmp_path, document(
+        timing='heartbeat_interval = "100ms"\ndead_time = "300ms"')))
+    assert cfg.timing.lease_time == pytest.approx(0.2)
+
+
+def test_guard_time_is_read_and_checked(tmp_path: Path) -> None:
+    cfg = load(write(tmp_path, document(timing='guard_time = "250ms"')))
+    assert cfg.timing.guard_time == pytest.approx(0.25)
+    with pytest.raises(ConfigError, match=r"timing\.guard_time"):
+        load(write(tmp_path, document(timing='guard_time = "0s"')))

@@ -66,7 +66,8 @@ bodies: st.SearchStrategy[Body] = st.one_of(
     st.builds(CostReply, epochs, st.dictionaries(names, costs, max_size=4)),
     st.builds(Stopped, epochs, st.lists(names, max_size=3).map(tuple),
               st.lists(names, max_size=3).map(tuple)),
-    *(st.builds(cls, epochs) for cls in (Start, Ack, AcceptedReply, Started)),
+    st.builds(Ack, epochs, st.dictionaries(names, st.integers(0, 10**9), max_size=4)),
+    *(st.builds(cls, epochs) for cls in (Start, AcceptedReply, Started)),
 )
 
 
@@ -92,6 +93,8 @@ def test_every_message_reads_back_as_itself(body: Body, sender: str) -> None:
             "want": "0", "reqs": ""}, "bad heartbeat number"),
     ("bye", {"inc": "\u00b2"}, "bad incarnation"),  # a digit to isdigit(), not to int()
     ("start", {"epoch": "\u00b3.alpha"}, "bad epoch"),
+    ("ack", {"epoch": "3.alpha", "silent": "beta:-5"}, "bad silence"),
+    ("ack", {"epoch": "3.alpha", "silent": "BETA:5"}, "bad node"),
     ("teleport", {}, "unknown message type"),
 ])
 def test_a_malformed_message_is_one_remote_protocol_error(mtype: str, fields: dict[str, str],

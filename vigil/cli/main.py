@@ -347,7 +347,11 @@ def config() -> None:
 @config.command("check")
 @click.argument("path", type=click.Path(dir_okay=False))
 def config_check(path: str) -> None:
-    """Validate PATH; print every problem (file: key: what is wrong) and exit 2 if any."""
+    """Validate PATH; print every problem (file: key: what is wrong) and exit 2 if any.
+
+    Beyond loading the file, this runs agents: each resource type's checks and each fence
+    device's agent (its metadata), which the daemon's loading of the file never does."""
+    from vigil.fencing.check import check_fence_devices
     from vigil.resources.registry import default_registry
 
     def refuse_if(problems: list[str]) -> None:
@@ -369,9 +373,11 @@ def config_check(path: str) -> None:
             problems += [f"{path}: resources.{r.name}.params: {p}" for p in params]
             if not params:  # the agent's own check, where it is installed on this machine
                 problems += [f"{path}: resources.{r.name}: {p}" for p in rtype.validate(r)]
+    problems += [str(p) for p in check_fence_devices(cfg)]
     refuse_if(problems)
+    devices = f", {len(cfg.fence_devices)} fence devices" if cfg.fence_devices else ""
     click.echo(f"{path}: ok (cluster {cfg.name}, {len(cfg.nodes)} nodes, {len(cfg.groups)} "
-               f"groups, {len(cfg.resources)} resources, digest {cfg.digest[:12]})")
+               f"groups, {len(cfg.resources)} resources{devices}, digest {cfg.digest[:12]})")
 
 
 @cli.command()

@@ -5,6 +5,7 @@ Inputs carry no time: the time comes with every call to ``NodeCore.handle(event,
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -105,13 +106,21 @@ class GroupProbed:
 
 
 @dataclass(frozen=True, slots=True)
+class GuardFenced:
+    """This node's guardian killed everything that ran here (the lease it was told ran out,
+    or the daemon stopped talking to it): every group is out of service."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Shutdown:
     """Leave the cluster cleanly: stop every group here (reverse dependency order), then say
     goodbye so the others need not wait for ``dead_time`` nor fence us."""
 
 
 Event = (Received | Tick | GroupDone | GroupFailed | AdminRequest | ClearFailures
-         | MarkedOutOfService | FenceDone | GroupProbed | Shutdown)
+         | MarkedOutOfService | FenceDone | GroupProbed | GuardFenced | Shutdown)
 
 
 # ---- outputs ------------------------------------------------------------------------------
@@ -168,3 +177,6 @@ class Output:
     #: are the core's clock: the shell makes them wall clock time)
     notifications: list[Notification] = field(default_factory=list)
     deadline: float | None = None
+    #: until when this node may hold anything (its quorum lease; infinite when it needs
+    #: none): the shell tells the node's guardian, which kills what still runs after it
+    lease_until: float = -math.inf

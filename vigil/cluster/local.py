@@ -259,6 +259,8 @@ class LocalGroups:
             if not self._dependents_active(ev.group):
                 self._stop(ev.group, "clean up after a failed start", promised)
             return
+        if state is LocalState.STOPPED:
+            return  # a stop that began before the guardian killed everything
         if ev.ok:
             self.set(ev.group, LocalState.STOPPED)
             self._emit_state(ev.group, "stopped", f"{ev.group} out of service on {self.name}")
@@ -272,6 +274,14 @@ class LocalGroups:
         self._emit_state(ev.group, "unclean", f"stop of {ev.group} failed on {self.name}: "
                          f"{ev.reason}; the node is unclean and the group stays blocked "
                          "until fenced", ev.reason)
+
+    def fenced(self, why: str) -> None:
+        """The node's guardian killed everything that ran here: every group is out of
+        service, whatever operation was under way (a result it still sends is stale)."""
+        for g in sorted(self.busy, key=self.index.__getitem__, reverse=True):
+            self.set(g, LocalState.STOPPED)
+            self._emit_state(g, "stopped", f"{g} killed on {self.name} by its guardian: "
+                             f"{why}", why)
 
     def marked_out(self, resource: str, promised: Epoch) -> None:
         """An operator marked ``resource`` out of service by hand (mark_oos): once no member

@@ -57,6 +57,7 @@ class Membership:
         self.quorum = Quorum({n: c.votes for n, c in config.nodes.items()},
                              two_node=config.two_node, wait_for_all=config.wait_for_all)
         self.now = now
+        self.started = now
         self.last_heard: dict[str, float] = {}
         self.link_heard: dict[tuple[str, str], float] = {}
         self.peers: dict[str, PeerInfo] = {}
@@ -100,6 +101,18 @@ class Membership:
         self._flip_at = min((t + dead_time for t in (*self.last_heard.values(),
                                                       *self.link_heard.values())
                              if t + dead_time > self.now), default=math.inf)
+
+    def in_doubt(self) -> bool:
+        """A node counted alive was last heard more than dead_time minus a heartbeat
+        interval ago: it may be declared dead within a heartbeat interval."""
+        limit = self.timing.dead_time - self.timing.heartbeat_interval
+        return any(limit <= self.now - self.last_heard[n] for n in self.alive()
+                   if n != self.name)
+
+    def silent_for(self, node: str) -> float:
+        """Seconds since ``node`` was last heard; for a node never heard in this life, this
+        life's age (a previous life can only have heard it before this one began)."""
+        return self.now - self.last_heard.get(node, self.started)
 
     def link_state(self) -> dict[str, dict[str, bool]]:
         """node -> link -> heard on that link within dead_time."""

@@ -21,6 +21,8 @@ docs/protocol.md has the full protocol and its safety argument.
 
 from __future__ import annotations
 
+import math
+
 from vigil.cluster.admin import Requests
 from vigil.cluster.changes import Changes
 from vigil.cluster.events import (
@@ -32,6 +34,7 @@ from vigil.cluster.events import (
     GroupDone,
     GroupFailed,
     GroupProbed,
+    GuardFenced,
     MarkedOutOfService,
     Output,
     Received,
@@ -163,6 +166,8 @@ class NodeCore:
                 self.groups.set(event.group, LocalState.RUNNING)
                 self.journal.note("group", f"{event.group} found in service at start; the "
                                   "next transition decides where it stays", group=event.group)
+        elif isinstance(event, GuardFenced):
+            self.groups.fenced(event.reason)
         elif isinstance(event, Shutdown) and not self.leaving:
             self.leaving = True
             self.journal.note("membership", f"{self.name} is leaving the cluster: stopping "
@@ -173,6 +178,10 @@ class NodeCore:
         seen, moves = self.changes.observe(self.membership, self.accepted)
         self._out.notifications = seen + self.journal.take() + moves
         self._out.deadline = self._next_deadline()
+        # freeze: a partition without quorum keeps running, so only a power fencer is safe
+        # (config check) and the guardian must not kill on a lost lease
+        self._out.lease_until = (math.inf if self.config.no_quorum_policy == "freeze"
+                                 else self.membership.lease_until())
         return self._out
 
     def _settle(self) -> None:
@@ -332,7 +341,10 @@ class NodeCore:
                 reason=d.reason, text=f"joined epoch {fmt_epoch(d.epoch)} declared by "
                                       f"{sender}: {d.reason}"))
         if d.epoch == self.promise.promised:
-            self._send(Ack(d.epoch), sender)
+            m = self.membership
+            silent = {n: math.floor(1000 * m.silent_for(n)) for n in self.config.nodes
+                      if n not in d.view}
+            self._send(Ack(d.epoch, silent), sender)
 
     def _on_request(self, master: str, body: Body) -> None:
         """A request of the master of the epoch we promised."""

@@ -6,8 +6,10 @@
    *accepted* that the master does not know.
 4. The master asks every member the *cost* of each group; ``placement.plan()`` decides.
 5. *Stop phase*: members stop what moves away; groups that a non-member may still hold wait
-   for fencing (the ``silence`` fencer: the non-member's quorum lease has surely run out and
-   its stops had time to finish; or a fence device confirms it off).
+   for fencing: the ``guardian`` fencer waits until the non-member's quorum lease has surely
+   run out (bounded from the silences the acks report) and its guardian had ``guard_time`` to
+   kill what it ran; ``silence`` waits until its own stops had time to finish instead; a
+   power fencer waits for a fence device to confirm it off.
 6. *Accept*: every member records the placement; only then
 7. *Start*: members start what is theirs. The epoch is complete when all confirmed.
 
@@ -86,6 +88,10 @@ class Round:
     next_retransmit: float
     replies: dict[str, Reply] = field(default_factory=dict)
     acked_at: float = 0.0
+    #: node outside the view -> the latest moment a member of the view may have heard it
+    #: (from the silences the acks report): the lost node's lease cannot outlast that by
+    #: more than lease_time
+    heard_by_view: dict[str, float] = field(default_factory=dict)
     known: list[Accepted] = field(default_factory=list)  # every placement possibly in effect
     admin: frozenset[str] = frozenset()
     applied: tuple[str, ...] = ()
@@ -183,6 +189,11 @@ class Master:
         self.last_alive = alive
         if min(alive) != self.name or self.now < self.settle_until:
             return
+        if self.membership.in_doubt():
+            # Someone is about to be declared dead: on a partition the whole other side goes
+            # silent at the same moment, give or take a few milliseconds, so wait until it
+            # has (at most a heartbeat interval) instead of declaring a view with half of it.
+            return
         view = tuple(sorted(alive - set(self.unresponsive)))
         if not self.membership.quorum.quorate(view, seen_all=self.membership.seen_all):
             return
@@ -268,6 +279,13 @@ class Master:
             return
         if isinstance(reply, _REPLY[r.phase]) and sender in r.view:
             r.replies[sender] = reply
+            if isinstance(reply, Ack):
+                # the ack left its sender no later than now: its silence ends no earlier
+                # than now minus what it says, so the bound errs late, which is safe
+                for node, ms in reply.silent_ms.items():
+                    heard = self.now - ms / 1000
+                    if heard > r.heard_by_view.get(node, -math.inf):
+                        r.heard_by_view[node] = heard
 
     def _enter(self, r: Round, phase: Phase, timeout: float | None = None) -> None:
         r.phase = phase
@@ -298,6 +316,8 @@ class Master:
         if r is None:
             return
         missing = sorted(r.waiting_for() - set(r.replies))
+        if missing and not set(missing) <= self.membership.alive():
+            return  # a member is lost: the next declaration (if quorate) replaces this round
         if missing:
             if self.now >= r.next_retransmit:
                 r.next_retransmit = self.now + self.timing.retransmit_interval
@@ -375,12 +395,17 @@ class Master:
                                   f"{r.reasons.get(g, 'it cannot run there')}", group=g)
         suspects = sorted(decided.suspects)
         if suspects:
-            if self.fencer == "silence":
+            if self.fencer in ("guardian", "silence"):
                 r.silenced = tuple(suspects)
-                r.fence_until = (r.acked_at + self.timing.lease_time + self.stop_bound
-                                 + self.timing.fence_margin)
+                lease_end = self.lease_end(r, suspects)
+                if self.fencer == "guardian":
+                    r.fence_until = lease_end + self.timing.guard_time + self.timing.fence_margin
+                    how = "its guardian has killed what it ran"
+                else:
+                    r.fence_until = lease_end + self.stop_bound + self.timing.fence_margin
+                    how = "its stops had time to finish"
                 why = (f"waiting until {r.fence_until:.3f} for {', '.join(suspects)} to be "
-                       "off (silence: its lease has run out and its stops had time to finish)")
+                       f"off ({self.fencer}: its lease has run out and {how})")
             else:
                 r.fence_pending = set(suspects)
                 why = f"fencing {', '.join(suspects)}"
@@ -393,6 +418,14 @@ class Master:
         self.journal.note("placement", f"epoch {fmt_epoch(r.epoch)} placement decided"
                           + (f"; changes: {'; '.join(moved)}" if moved else "; no changes"),
                           epoch=fmt_epoch(r.epoch))
+
+    def lease_end(self, r: Round, suspects: list[str]) -> float:
+        """When the leases of ``suspects`` have surely run out. A lease needs a quorum, so a
+        member of this (quorate) view must support it, with the echo of a heartbeat it
+        received from the suspect, valid lease_time from when that heartbeat was sent; and
+        since acking this epoch no member supports a node outside it."""
+        heard = max((r.heard_by_view.get(n, r.acked_at) for n in suspects), default=r.acked_at)
+        return min(heard, r.acked_at) + self.timing.lease_time
 
     def _fencing(self, note: FencingRequested | FencingCompleted, *, first: bool) -> None:
         """One notification per member, one line in the decisions for all of them."""

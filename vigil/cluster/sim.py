@@ -25,6 +25,7 @@ from vigil.cluster.events import (
     FenceNode,
     GroupDone,
     GroupFailed,
+    GuardFenced,
     Output,
     Received,
     RestartResource,
@@ -67,6 +68,12 @@ class SimNode:
     # the latest moment its echoes can support this node (sent_at(s) + lease_time)
     hb_sent: dict[int, float] = field(default_factory=dict)
     support_bound: dict[str, float] = field(default_factory=dict)
+    # the guardian: the lease the daemon last told it, and how long it takes to act (drawn
+    # per life, within guard_time); it kills what runs here once that lease has run out or
+    # the daemon died
+    guard_lease: float = -math.inf
+    guard_react: float = 0.0
+    guard_at: float = math.inf  # when its next check is due
 
 
 @dataclass(slots=True)
@@ -95,6 +102,7 @@ class SimCluster:
         start_duration: float = 0.02,
         stop_duration: float | None = 0.02,
         fencer: str | None = None,
+        guardian: bool | None = None,
         check: bool = True,
         measure_bytes: bool = False,
         strategy: Callable[[], Strategy] | None = None,
@@ -107,6 +115,9 @@ class SimCluster:
         self.start_duration = start_duration
         self.stop_duration = stop_duration
         self.fencer = fencer
+        #: every node runs a guardian (default: when the fencer counts on one)
+        self.guardian = ((fencer or config.fencer) == "guardian" if guardian is None
+                         else guardian)
         self.check = check
         self.measure_bytes = measure_bytes
         self.net = NetworkFaults()
@@ -151,6 +162,8 @@ class SimCluster:
         node.ops = {}
         node.paused_until, node.held = -math.inf, []
         node.hb_sent, node.support_bound = {}, {}
+        node.guard_lease, node.guard_at = -math.inf, math.inf
+        node.guard_react = self.rng.uniform(0.0, self.config.timing.guard_time)
         self._check_restored(node)
         self._deliver(name, Tick())
 
@@ -163,6 +176,48 @@ class SimCluster:
         node.deadline = math.inf
         node.paused_until, node.held = -math.inf, []
         self.log.append(f"{self.now:.3f} crash {name}")
+
+    def kill_daemon(self, name: str) -> None:
+        """The daemon alone dies (SIGKILL, OOM): what it ran goes on running until its
+        guardian, which sees the daemon's channel close, kills it."""
+        node = self.nodes[name]
+        if node.core is None:
+            return
+        node.core = None
+        node.ops = {}
+        node.deadline = math.inf
+        node.paused_until, node.held = -math.inf, []
+        self.log.append(f"{self.now:.3f} kill daemon {name} (still running: "
+                        f"{sorted(node.resources) or 'nothing'})")
+        if self.guardian:
+            node.guard_lease = -math.inf
+            self._guard_schedule(node)
+
+    # ---- the guardian -----------------------------------------------------------------------
+
+    def _guard_schedule(self, node: SimNode) -> None:
+        """Plan the guardian's next look: when the lease it knows runs out, plus the time it
+        takes to act."""
+        if not self.guardian or not node.resources:
+            return
+        at = max(self.now, node.guard_lease) + node.guard_react
+        if at < node.guard_at or node.guard_at < self.now:
+            node.guard_at = at
+            heapq.heappush(self._queue, (at, next(self._seq), "guard", node.name, -1, None))
+
+    def _guard(self, node: SimNode) -> None:
+        node.guard_at = math.inf
+        if not node.resources:
+            return
+        if self.now < node.guard_lease + node.guard_react:
+            self._guard_schedule(node)  # the daemon renewed its lease meanwhile
+            return
+        self.log.append(f"{self.now:.3f} guardian of {node.name} kills "
+                        f"{sorted(node.resources)}")
+        node.resources = {}
+        node.ops = {}
+        if node.core is not None:
+            self._deliver(node.name, GuardFenced("the lease ran out"))
 
     def pause(self, name: str, seconds: float) -> None:
         """The node's daemon handles nothing for ``seconds`` (a stalled process or VM, a
@@ -245,6 +300,10 @@ class SimCluster:
             t, _, kind, name, inc, payload = heapq.heappop(self._queue)
             self.now = max(self.now, t)
             node = self.nodes[name]
+            if kind == "guard":
+                if t == node.guard_at:
+                    self._guard(node)
+                continue
             if node.core is None or node.incarnation != inc:
                 continue
             if kind == "wake":
@@ -283,9 +342,11 @@ class SimCluster:
         if isinstance(event, Received) and event.msg.type == "hb":
             self._note_echo(node, event.msg)
         out = node.core.handle(event, self.now)
+        node.guard_lease = out.lease_until
         self._apply(node, out)
         if self.check and node.core is not None:
             self._check_lease(node)
+        self._guard_schedule(node)
 
     def _note_echo(self, node: SimNode, msg: Message) -> None:
         for item in msg.fields.get("echo", "").split(","):
@@ -445,6 +506,7 @@ class SimCluster:
                     return
                 self._check_start_order(node, r)
                 node.resources[r] = "starting"
+                self._guard_schedule(node)
                 self._push(self.now + self.start_duration, "op", node.name,
                            (group, op, token, steps[i:]))
                 return
@@ -647,7 +709,8 @@ class SimCluster:
         lines = [f"t={self.now:.3f}"]
         for name, node in self.nodes.items():
             if node.core is None:
-                lines.append(f"  {name}: off")
+                left = f" (still running {sorted(node.resources)})" if node.resources else ""
+                lines.append(f"  {name}: off{left}")
                 continue
             c = node.core
             r = c.round

@@ -378,8 +378,30 @@ class Start(_EpochOnly):
 
 
 @dataclass(frozen=True, slots=True)
-class Ack(_EpochOnly):
+class Ack:
+    """A member's promise, with how long ago it last heard each node outside the view (in
+    milliseconds; its own uptime for a node it never heard in this life). The master bounds
+    from these when a lost node's lease has surely run out: only a member of the view can
+    have supported it, and only with an echo of a heartbeat it received."""
+
     TYPE: ClassVar[str] = "ack"
+    epoch: Epoch
+    silent_ms: Mapping[str, int] = field(default_factory=dict)
+
+    def fields(self) -> dict[str, str]:
+        return {"epoch": fmt_epoch(self.epoch),
+                "silent": ",".join(f"{k}:{v}" for k, v in sorted(self.silent_ms.items()))}
+
+    @classmethod
+    def parse(cls, f: Mapping[str, str]) -> Ack:
+        silent: dict[str, int] = {}
+        for item in f.get("silent", "").split(","):
+            if item:
+                node, _, ms = item.partition(":")
+                if not NAME_RE.match(node):
+                    raise RemoteProtocolError(f"bad node {node[:40]!r} in ack")
+                silent[node] = _int(ms, "silence")
+        return cls(parse_epoch(f["epoch"]), silent)
 
 
 @dataclass(frozen=True, slots=True)

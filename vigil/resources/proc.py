@@ -16,15 +16,16 @@ init, not the spawner thread. Services that need the guarantee should run in the
 Children get their own session (so their own process group: pgid == pid); the agent signals
 the whole group, which also reaches the children's children.
 
-:func:`run` is the one way Vigil runs a command to completion: OCF agent actions, the
-filesystem type's fsck, mount, umount, blkid and probe, application health commands and alert
-commands. Its semantics are those of Pacemaker's runner of OCF agents
-(``lib/services/services_linux.c``): the child in its own process group, the whole group
-killed on timeout, the action over when the child itself exits. On top of that, what the
-callers need: a ``cancel`` event (a forced stop interrupts a start that is running), an
-optional SIGTERM grace before the SIGKILL, stdout and stderr kept apart (or merged), a wait
-until the killed group is gone, and the processes that survive SIGKILL (uninterruptible sleep
-on a hung disk) named in the result and the log instead of waited for without end.
+:func:`run` is the one way Vigil runs a command to completion: OCF agent actions, fence
+agents (their arguments on stdin), the filesystem type's fsck, mount, umount, blkid and
+probe, application health commands and alert commands. Its semantics are those of
+Pacemaker's runner of OCF agents (``lib/services/services_linux.c``): the child in its own
+process group, the whole group killed on timeout, the action over when the child itself
+exits. On top of that, what the callers need: a ``cancel`` event (a forced stop interrupts a
+start that is running), an optional SIGTERM grace before the SIGKILL, stdout and stderr kept
+apart (or merged), input on stdin, a wait until the killed group is gone, and the processes
+that survive SIGKILL (uninterruptible sleep on a hung disk) named in the result and the log
+instead of waited for without end.
 
 Process checks read ``/proc`` and treat zombies as gone: an orphaned child is reaped by
 whatever PID 1 the machine has, and in a container that may be slow or never.
@@ -281,6 +282,10 @@ def _describe_process(pid: int) -> str:
     return f"pid {pid} ({name}{state})"
 
 
+#: The selector's mark of the stdin pipe (output pipes carry their _Tail, the pidfd None).
+_STDIN: Final = object()
+
+
 class _Tail:
     """The last ``limit`` bytes written to a stream."""
 
@@ -312,13 +317,17 @@ def run(
     merge_stderr: bool = False,
     stdout_limit: int = OUTPUT_LIMIT,
     stderr_limit: int = OUTPUT_LIMIT,
+    input: bytes | None = None,
 ) -> CommandResult:
     """Run ``argv`` to completion, as Pacemaker runs an OCF agent; the one runner of Vigil.
 
     The command runs in a new session (its own process group), with stdin from ``/dev/null``
     and stdout and stderr read through pipes, each kept up to its last ``*_limit`` bytes
     (``capture_stdout=False``: stdout goes to ``/dev/null``; ``merge_stderr``: stderr goes to
-    stdout, in the order written).
+    stdout, in the order written). With ``input``, stdin is a pipe that gets those bytes and
+    then end of file (how fence agents take their arguments, which then never show in
+    ``/proc/PID/cmdline``); a command that exits or closes stdin before reading them all is
+    not an error of the run.
 
     It is over when the command itself exits: what it left running in the background is not
     waited for and not signalled (an agent's start may leave its daemon behind), even if that
@@ -337,7 +346,7 @@ def run(
     try:
         process = spawn(
             command,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
             stdout=subprocess.PIPE if capture_stdout else subprocess.DEVNULL,
             stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
             cwd=cwd,
@@ -347,7 +356,7 @@ def run(
     except (OSError, ValueError) as exc:  # ValueError: a NUL byte in argv or env
         return CommandResult(command, None, start_error=exc,
                              duration=time.monotonic() - started)
-    running = _Running(process, stdout_limit, stderr_limit)
+    running = _Running(process, stdout_limit, stderr_limit, input)
     timed_out = cancelled = False
     stuck: tuple[int, ...] = ()
     try:
@@ -384,7 +393,7 @@ class _Running:
     """One command of :func:`run` while it runs: its pipes, and its exit as a pidfd."""
 
     def __init__(self, process: subprocess.Popen[bytes], stdout_limit: int,
-                 stderr_limit: int) -> None:
+                 stderr_limit: int, input: bytes | None = None) -> None:
         self.process = process
         self.pgid = process.pid  # a new session: pgid == pid
         self.out, self.err = _Tail(stdout_limit), _Tail(stderr_limit)
@@ -395,6 +404,16 @@ class _Running:
         for pipe, sink in self.pipes:
             os.set_blocking(pipe.fileno(), False)
             self.selector.register(pipe, selectors.EVENT_READ, sink)
+        # Written as the command reads, in the same loop: input larger than the pipe buffer
+        # must not block the run (and its timeout) on a command that reads nothing.
+        self.pending = memoryview(input or b"")
+        self.stdin = process.stdin
+        if self.stdin is not None:
+            os.set_blocking(self.stdin.fileno(), False)
+            if self.pending:
+                self.selector.register(self.stdin, selectors.EVENT_WRITE, _STDIN)
+            else:
+                self._close_stdin()
         # The leader's exit wakes the selector at once; without pidfds, poll every _POLL.
         self.pidfd: int | None = None
         with contextlib.suppress(OSError, AttributeError):
@@ -435,6 +454,7 @@ class _Running:
         if self.process.poll() is None:  # only on an exception in wait or stop
             self._signal(signal.SIGKILL)
         self.selector.close()
+        self._close_stdin()
         for pipe, _ in self.pipes:
             with contextlib.suppress(OSError):
                 pipe.close()
@@ -469,15 +489,37 @@ class _Running:
         for key, _ in ready:
             if key.data is None:  # the pidfd: the leader has exited, poll() will reap it
                 self.selector.unregister(key.fileobj)
-        if ready:
+            elif key.data is _STDIN:
+                self._write()
+        if any(isinstance(key.data, _Tail) for key, _ in ready):
             self._read(final=False)
+
+    def _write(self) -> None:
+        """Write what the stdin pipe takes now; close it when all is written or refused."""
+        assert self.stdin is not None
+        try:
+            written = os.write(self.stdin.fileno(), self.pending)
+        except BlockingIOError:
+            return
+        except OSError:  # EPIPE: the command closed stdin or exited without reading it all
+            written = len(self.pending)
+        self.pending = self.pending[written:]
+        if not self.pending:
+            self.selector.unregister(self.stdin)
+            self._close_stdin()
+
+    def _close_stdin(self) -> None:
+        if self.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.stdin.close()
+            self.stdin = None
 
     def _read(self, *, final: bool) -> None:
         """Read what the pipes hold now; unregister those at end of file."""
         for key in list(self.selector.get_map().values()):
-            sink: _Tail | None = key.data
-            if sink is None:
-                continue  # the pidfd
+            sink = key.data
+            if not isinstance(sink, _Tail):
+                continue  # the pidfd or stdin
             while True:
                 try:
                     chunk = os.read(key.fd, 65536)

@@ -1,0 +1,116 @@
+"""The guardian fencer in the simulation: directed cases that the property-based run may
+reach only rarely (docs/fencing.md, "The bound").
+
+The guardian kills what its node runs once the lease the daemon last told it has run out
+(or at once when the daemon dies); the survivors wait for the lost node's lease, bounded from
+what the members of the new view last heard of it, plus ``guard_time``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from tests.support.simconfig import sim_config
+from tests.unit.test_core import Recorder, formed
+
+
+def holder_of(c: Recorder, group: str) -> str:
+    where = c.placement()[group]
+    assert len(where) == 1, where
+    return where[0]
+
+
+def killed_at(c: Recorder, node: str) -> float:
+    """When the guardian of ``node`` killed what it ran (from the simulation's log)."""
+    times = [float(line.split()[0]) for line in c.log if f"guardian of {node} kills" in line]
+    assert times, f"the guardian of {node} killed nothing:\n" + "\n".join(c.log[-20:])
+    return times[-1]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_killed_daemons_resources_die_before_another_node_starts_them(seed: int) -> None:
+    cfg = sim_config(3, 3, group_chain=False)
+    c = formed(cfg, fencer="guardian", rng=random.Random(seed))
+    beta = holder_of(c, "g1")
+    t0 = c.now
+    c.kill_daemon(beta)
+    assert c.nodes[beta].resources  # what it ran is still running...
+    c.run_for(3.0)
+    gone = killed_at(c, beta)
+    assert gone - t0 <= cfg.timing.guard_time  # ...until its guardian saw the daemon die
+    taker = holder_of(c, "g1")
+    assert taker != beta
+    assert c.first(t0, taker, "g1", "start") > gone
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_frozen_daemons_resources_die_when_its_lease_runs_out(seed: int) -> None:
+    cfg = sim_config(3, 3, group_chain=False)
+    c = formed(cfg, fencer="guardian", rng=random.Random(seed))
+    beta = holder_of(c, "g1")
+    t0 = c.now
+    lease = c.nodes[beta].guard_lease
+    c.pause(beta, 10.0)
+    c.run_for(3.0)
+    gone = killed_at(c, beta)
+    assert lease <= gone <= lease + cfg.timing.guard_time
+    taker = holder_of(c, "g1")
+    assert taker != beta and c.first(t0, taker, "g1", "start") > gone
+    # when it thaws, it learns its groups were killed, rejoins, and nothing else moves
+    before = c.placement()
+    c.resume_all()
+    c.run_for(3.0)
+    assert c.settled() and c.placement() == before
+    assert not c.nodes[beta].resources
+
+
+def test_a_member_that_still_hears_the_lost_node_makes_the_master_wait() -> None:
+    """alpha (the master) stops hearing beta, gamma still does until it acks: beta's lease may
+    last until then, so the master waits from what gamma heard, not from what it heard."""
+    cfg = sim_config(3, 3, group_chain=False)
+    c = formed(cfg, fencer="guardian")
+    assert holder_of(c, "g1") == "beta"
+    c.block("beta", "alpha")
+    c.block("alpha", "beta")
+    t0 = c.now
+    c.run_for(0.3)
+    # gamma echoes beta's heartbeats in the same epoch: beta keeps its lease
+    assert c.nodes["beta"].core is not None and c.nodes["beta"].core.lease_valid()
+    c.block("beta", "gamma")  # now beta is cut off from both
+    t_cut = c.now
+    c.run_for(3.0)
+    r = c.core("alpha").round
+    assert r is not None and r.view == ("alpha", "gamma")
+    heard_by_gamma = r.heard_by_view["beta"]
+    # gamma heard beta until the cut (its last heartbeat before it)...
+    assert heard_by_gamma >= t_cut - cfg.timing.heartbeat_interval - 0.01
+    assert c.core("alpha").membership.last_heard["beta"] < t0 + 0.01  # ...alpha long before
+    t = cfg.timing
+    start = c.first(t0, holder_of(c, "g1"), "g1", "start")
+    assert start >= heard_by_gamma + t.lease_time + t.guard_time + t.fence_margin - 1e-9
+    assert not c.nodes["beta"].resources  # stopped by its daemon, or killed by its guardian
+
+
+def test_the_guardians_word_takes_every_group_out_of_service_here() -> None:
+    """The daemon runs on, but its guardian killed everything (its lease had run out while it
+    was busy): the core learns it, and counts every group as out of service here."""
+    cfg = sim_config(3, 2)  # g1 depends on g0: both on beta
+    c = Recorder(cfg, fencer="guardian")
+    c.run_for(3.0)
+    beta = c.nodes["beta"]
+    assert c.core("beta").local["g1"].value == "running"
+    beta.guard_lease = -math.inf  # as if the lease it last reported had run out
+    t0 = c.now
+    c._guard(beta)
+    killed = [text for t, text in c.core("beta").decisions
+              if t >= t0 and "killed on beta by its guardian" in text]
+    assert len(killed) == 2  # g1 and g0
+    # its lease is in fact still valid and the placement unchanged: it starts them again,
+    # in order, rather than believing they still run
+    c.run_for(1.0)
+    assert [o[2:] for o in c.ops_since(t0, node="beta", what="start")] == [
+        ("g0", "start"), ("g1", "start")]
+    assert c.placement() == {"g0": ["beta"], "g1": ["beta"]}
