@@ -64,6 +64,11 @@ class NodeConfig:
         """The local event stream (ZeroMQ PUB over ipc), read by `vigil events`."""
         return self.runtime_dir / "events.sock"
 
+    @property
+    def guard_socket(self) -> Path:
+        """Where the node's guardian (`vigil guard`) listens for its daemon."""
+        return self.runtime_dir / "guard.sock"
+
 
 @dataclass(frozen=True, slots=True)
 class MonitorConfig:
@@ -112,6 +117,15 @@ class Timing:
     #: how long a node's guardian may take, after the node's lease ran out or its daemon
     #: died, to kill everything the node ran (the guardian fencer waits for it)
     guard_time: float = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class GuardianConfig:
+    """``[guardian]``: how the node's guardian (`vigil guard`, docs/fencing.md) fences."""
+
+    self_fence: Literal["kill", "reboot"] = "kill"  # "reboot": kill, then reboot at once
+    watchdog_device: Path | None = None  # petted only while the node may hold its groups
+    watchdog_interval: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +205,7 @@ class ClusterConfig:
     alerts: tuple[AlertConfig, ...] = ()
     fence_devices: Mapping[str, FenceDevice] = field(default_factory=dict)
     fencing: FencingConfig = FencingConfig()
+    guardian: GuardianConfig = GuardianConfig()
     path: Path = Path("<memory>")
     digest: str = ""  # sha256 of the canonical form; carried in heartbeats
 
@@ -460,13 +475,14 @@ class _Checker:
 
 
 _TOP_KEYS: Final = ("cluster", "timing", "nodes", "groups", "resources", "alerts",
-                    "fence_devices", "fencing")
+                    "fence_devices", "fencing", "guardian")
 _CLUSTER_KEYS: Final = ("name", "key_file", "strategy", "no_quorum_policy", "two_node",
                         "wait_for_all", "fencer", "runtime_dir", "admin_group",
                         "status_group")
 _ALERT_KEYS: Final = ("command", "events", "timeout")
 _TIMING_KEYS: Final = ("heartbeat_interval", "dead_time", "lease_time", "step_timeout",
                        "retransmit_interval", "fence_margin", "guard_time")
+_GUARDIAN_KEYS: Final = ("self_fence", "watchdog_device", "watchdog_interval")
 _NODE_KEYS: Final = ("votes", "runtime_dir", "links")
 _LINK_KEYS: Final = ("name", "address", "port")
 _GROUP_KEYS: Final = ("resources", "depends_on", "prefer", "nodes", "failback", "stickiness",
@@ -540,6 +556,7 @@ def from_dict(document: Mapping[str, object], path: str | Path = _MEMORY) -> Clu
     alerts = _read_alerts(c, root)
     devices = _read_fence_devices(c, root, node_names)
     fencing = _read_fencing(c, root, node_names, devices)
+    guardian = _read_guardian(c, root, base)
     if c.problems:
         raise ConfigError(c.problems)
 
@@ -565,6 +582,7 @@ def from_dict(document: Mapping[str, object], path: str | Path = _MEMORY) -> Clu
         alerts=alerts,
         fence_devices=devices,
         fencing=fencing,
+        guardian=guardian,
         path=resolved,
         digest=hashlib.sha256(canonical.encode("utf-8")).hexdigest(),
     )
@@ -859,6 +877,21 @@ def _read_timing(c: _Checker, root: Mapping[str, object]) -> Timing:
                   step_timeout=3 * dead if step is None else step,
                   retransmit_interval=hb if retransmit is None else retransmit,
                   fence_margin=margin)
+
+
+def _read_guardian(c: _Checker, root: Mapping[str, object], base: Path) -> GuardianConfig:
+    t = c.table(root.get("guardian", {}), "guardian", _GUARDIAN_KEYS) or {}
+    p = "guardian"
+    mode = c.string(t, p, "self_fence", "kill")
+    if mode not in ("kill", "reboot"):
+        c.add("guardian.self_fence", f"must be 'kill' or 'reboot', got "
+              f"{_describe(t['self_fence'])}: 'kill' kills, removes and unmounts what the "
+              "node holds; 'reboot' does that and then reboots the node at once")
+    device = c.string(t, p, "watchdog_device")
+    interval = c.duration(t, p, "watchdog_interval", 1.0, positive=True)
+    return GuardianConfig(self_fence="reboot" if mode == "reboot" else "kill",
+                          watchdog_device=None if device is None else base / device,
+                          watchdog_interval=1.0 if interval is None else interval)
 
 
 def _read_nodes(c: _Checker, root: Mapping[str, object], base: Path,

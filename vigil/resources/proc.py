@@ -58,6 +58,7 @@ __all__ = [
     "kill_group",
     "last_line",
     "pid_alive",
+    "process_groups",
     "run",
     "spawn",
     "wait_until",
@@ -194,6 +195,16 @@ def group_members(pgid: int) -> list[int]:
         if stat is not None and stat[1] == pgid and stat[0] not in ("Z", "X"):
             members.append(int(entry.name))
     return members
+
+
+def process_groups() -> dict[int, list[int]]:
+    """Every live (non-zombie) process by process group, from one pass over /proc."""
+    groups: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and (stat := _stat(int(entry.name))) is not None \
+                and stat[0] not in ("Z", "X"):
+            groups.setdefault(stat[1], []).append(int(entry.name))
+    return groups
 
 
 def wait_until(
