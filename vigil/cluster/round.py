@@ -404,12 +404,16 @@ class Master:
         if suspects:
             if self.fencer in ("guardian", "silence"):
                 r.silenced = tuple(suspects)
-                lease_end = self.lease_end(r, suspects)
                 if self.fencer == "guardian":
-                    r.fence_until = lease_end + self.timing.guard_time + self.timing.fence_margin
+                    r.fence_until = (self.lease_end(r, suspects) + self.timing.guard_time
+                                     + self.timing.fence_margin)
                     how = "its guardian has killed what it ran"
                 else:
-                    r.fence_until = lease_end + self.stop_bound + self.timing.fence_margin
+                    # Counted from the acks, not from when the suspect was last heard: its
+                    # own daemon must stop what it runs, and a daemon that stalled for up to
+                    # dead_time before it noticed its lease was gone still has time to.
+                    r.fence_until = (r.acked_at + self.timing.lease_time + self.stop_bound
+                                     + self.timing.fence_margin)
                     how = "its stops had time to finish"
                 why = (f"waiting until {r.fence_until:.3f} for {', '.join(suspects)} to be "
                        f"off ({self.fencer}: its lease has run out and {how})")
