@@ -552,7 +552,7 @@ def from_dict(document: Mapping[str, object], path: str | Path = _MEMORY) -> Clu
     node_names = set(_as_table(root.get("nodes")))  # also those whose table has problems
     groups, owner = _read_groups(c, root, node_names, set(resources_table))
     resources = _read_resources(c, resources_table, owner)
-    two_node = _check_cluster_rules(c, cluster, nodes, len(node_names))
+    two_node, fencer = _check_cluster_rules(c, cluster, nodes, len(node_names))
     alerts = _read_alerts(c, root)
     devices = _read_fence_devices(c, root, node_names)
     fencing = _read_fencing(c, root, node_names, devices)
@@ -564,7 +564,7 @@ def from_dict(document: Mapping[str, object], path: str | Path = _MEMORY) -> Clu
         canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), default=str)
     except (TypeError, ValueError) as err:  # only reachable through from_dict() misuse
         raise ConfigError([ConfigProblem(file, "", f"not a TOML document: {err}")]) from None
-    assert cluster.name and cluster.key_file and cluster.strategy and cluster.fencer
+    assert cluster.name and cluster.key_file and cluster.strategy
     return ClusterConfig(
         name=cluster.name,
         key_file=base / cluster.key_file,
@@ -576,7 +576,7 @@ def from_dict(document: Mapping[str, object], path: str | Path = _MEMORY) -> Clu
         no_quorum_policy=cluster.no_quorum_policy,
         two_node=two_node,
         wait_for_all=cluster.wait_for_all,
-        fencer=cluster.fencer,
+        fencer=fencer,
         admin_group=cluster.admin_group,
         status_group=cluster.status_group,
         alerts=alerts,
@@ -625,7 +625,8 @@ def _read_cluster(c: _Checker, root: Mapping[str, object]) -> _ClusterSection:
         no_quorum_policy="freeze" if policy == "freeze" else "stop",
         two_node=c.boolean(t, p, "two_node", False) if "two_node" in t else None,
         wait_for_all=c.boolean(t, p, "wait_for_all", True),
-        fencer=c.string(t, p, "fencer", "silence"),
+        # None: not written; the default depends on two_node (_check_cluster_rules)
+        fencer=c.string(t, p, "fencer", "") or None if "fencer" in t else None,
         runtime_dir=c.string(t, p, "runtime_dir", _DEFAULT_RUNTIME_DIR) or _DEFAULT_RUNTIME_DIR,
         admin_group=_unix_group(c, t, "admin_group"),
         status_group=_unix_group(c, t, "status_group"),
@@ -1129,8 +1130,9 @@ def _as_table(value: object) -> dict[str, object]:
 
 
 def _check_cluster_rules(c: _Checker, cluster: _ClusterSection,
-                         nodes: Mapping[str, NodeConfig], node_count: int) -> bool:
-    """Rules joining [cluster] and [nodes]; returns the effective two_node setting.
+                         nodes: Mapping[str, NodeConfig], node_count: int
+                         ) -> tuple[bool, str]:
+    """Rules joining [cluster] and [nodes]; returns the effective two_node and fencer.
 
     ``node_count`` counts the [nodes.X] tables written, ``nodes`` those that were readable.
     """
@@ -1141,13 +1143,21 @@ def _check_cluster_rules(c: _Checker, cluster: _ClusterSection,
     if nodes and len(nodes) == node_count and sum(n.votes for n in nodes.values()) == 0:
         c.add("nodes", "the nodes have 0 votes in total, so no partition could ever have "
               "quorum: give at least one node votes >= 1")
-    if cluster.no_quorum_policy == "freeze" and cluster.fencer == "silence":
+    # The guardian's bound rests on the quorum lease, which a two-node cluster does not use
+    # (each half is quorate alone): there the default stays "silence" (docs/fencing.md).
+    fencer = cluster.fencer or ("silence" if two_node else "guardian")
+    if cluster.no_quorum_policy == "freeze" and fencer == "silence":
         c.add("cluster.no_quorum_policy",
               "'freeze' cannot be used with fencer 'silence': a frozen partition keeps running "
               "its resources while the majority, trusting silence as proof that they stopped, "
               "restarts them elsewhere, so both would run at once; use no_quorum_policy = "
               "'stop', or a fencer that really powers nodes off")
-    return two_node
+    if cluster.no_quorum_policy == "freeze" and fencer == "guardian":
+        c.add("cluster.no_quorum_policy",
+              "'freeze' cannot be used with fencer 'guardian': the others count on the "
+              "guardian to kill what a node without quorum runs; use no_quorum_policy = "
+              "'stop', or a fencer that really powers nodes off")
+    return two_node, fencer
 
 
 def validate_against_registry(cfg: ClusterConfig,

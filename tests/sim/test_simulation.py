@@ -361,7 +361,7 @@ ClusterMachine.TestCase.settings = settings(
 TestClusterSimulation = pytest.mark.timeout(TIMEOUT)(ClusterMachine.TestCase)
 
 
-@pytest.mark.parametrize("seed", [0, 3])
+@pytest.mark.parametrize("seed", [0, 2])
 @pytest.mark.parametrize("slow", [0.0, 0.1, 0.3])
 def test_two_masters_of_the_same_epoch_number_are_told_apart(seed: int, slow: float) -> None:
     """alpha and beta lose each other while gamma hears both: each declares epoch 2 of its

@@ -916,7 +916,7 @@ def test_a_request_survives_the_fencing_of_the_node_that_took_it() -> None:
     c.run_for(1.0)
     assert c.core("beta").accepted.maintenance
     c.crash("alpha")
-    c.run_for(0.5)  # beta is fencing alpha
+    c.run_for(0.6)  # beta declared alpha dead and is fencing it
     c.power_on("alpha")
     c.request("alpha", AdminRequest("maintenance", on=False))
     c.run_for(1.0)

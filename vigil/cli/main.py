@@ -117,15 +117,19 @@ def node_run(config_path: str, node: str | None, log_level: str) -> None:
                    "self_fence = \"reboot\" writes 'b'.")
 @click.option("--realtime/--no-realtime", default=True, show_default=True,
               help="Run at real-time priority (SCHED_RR) with memory locked, where allowed.")
+@click.option("--follow-daemon", is_flag=True, hidden=True,
+              help="Started by `vigil node run`: leave after its daemon's bye, or when no "
+                   "daemon came back for a minute and nothing is held.")
 def guard(config_path: str, node: str | None, log_level: str, watchdog_device: str | None,
-          sysrq_trigger: str | None, realtime: bool) -> None:
+          sysrq_trigger: str | None, realtime: bool, follow_daemon: bool) -> None:
     """Run this node's guardian in the foreground: it fences the node locally (kills,
     removes, unmounts; or reboots) when the daemon's lease runs out or the daemon dies
     holding something (docs/fencing.md). Run it as root, beside `vigil node run`."""
     from vigil.guard.process import main as guard_main
 
     sys.exit(guard_main(config_path, node, watchdog_device=watchdog_device,
-                        sysrq_trigger=sysrq_trigger, realtime=realtime, log_level=log_level))
+                        sysrq_trigger=sysrq_trigger, realtime=realtime, log_level=log_level,
+                        follow_daemon=follow_daemon))
 
 
 @node.command("standby")

@@ -335,7 +335,13 @@ class NodeCore:
         if (self.name not in d.view or d.epoch[1] != sender or min(d.view) != sender
                 or self.leaving):
             return
-        if self.promise.promise(d.epoch, d.view) and sender != self.name:
+        promised = self.promise.promise(d.epoch, d.view)
+        if promised:
+            # Only echoes of the same epoch support a lease: a heartbeat in the new epoch at
+            # once, rather than up to an interval later, keeps every member's lease from
+            # thinning out while a transition runs.
+            self.membership.next_hb = self.now
+        if promised and sender != self.name:
             self.journal.emit(TransitionStarted(
                 node=self.name, time=self.now, epoch=fmt_epoch(d.epoch), master=sender,
                 reason=d.reason, text=f"joined epoch {fmt_epoch(d.epoch)} declared by "

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Final
 
 from vigil.messages import NAME_RE
-from vigil.resources.filesystem import read_mountinfo
+from vigil.resources.mountinfo import read_mountinfo
 
 __all__ = [
     "PREFIX",

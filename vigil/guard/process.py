@@ -88,17 +88,22 @@ class GuardSettings:
     sysrq_path: Path = DEFAULT_SYSRQ
     cgroup_root: Path | None = None  # None: the cgroup2 mount
     realtime: bool = True
+    #: started by its daemon (`vigil node run`), not by systemd: it leaves with the daemon
+    #: (after its bye), or once no daemon came back for this long with nothing held
+    follow_daemon: bool = False
+    orphan_timeout: float = 60.0
 
     @classmethod
     def from_config(cls, cfg: ClusterConfig, node: str, *,
                     watchdog_device: Path | None = None, sysrq_path: Path | None = None,
-                    realtime: bool = True) -> GuardSettings:
+                    realtime: bool = True, follow_daemon: bool = False) -> GuardSettings:
         g = cfg.guardian
         return cls(node=node, socket_path=cfg.nodes[node].runtime_dir / SOCKET_NAME,
                    guard_time=cfg.timing.guard_time, self_fence=g.self_fence,
                    watchdog_device=watchdog_device or g.watchdog_device,
                    watchdog_interval=g.watchdog_interval,
-                   sysrq_path=sysrq_path or DEFAULT_SYSRQ, realtime=realtime)
+                   sysrq_path=sysrq_path or DEFAULT_SYSRQ, realtime=realtime,
+                   follow_daemon=follow_daemon)
 
 
 def _wall(monotonic: float) -> str:
@@ -214,9 +219,19 @@ class Guardian:
     # -- the loop -----------------------------------------------------------------------------
 
     def run(self) -> int:
+        alone_since = time.monotonic()
         while not self.stopping:
             timeout = None if self.deadline == math.inf else \
                 max(0.0, self.deadline - time.monotonic())
+            if self.settings.follow_daemon:
+                timeout = min(timeout if timeout is not None else 1.0, 1.0)
+                now = time.monotonic()
+                if self.daemon is not None or not self.core.holdings.empty:
+                    alone_since = now
+                elif now - alone_since > self.settings.orphan_timeout:
+                    log.info("no daemon for %.0fs and nothing held: leaving",
+                             self.settings.orphan_timeout)
+                    break
             for key, events in self.selector.select(timeout):
                 if key.data == "listen":
                     self._accept()
@@ -346,6 +361,8 @@ class Guardian:
             self._apply(self.core.daemon_gone(time.monotonic()))
         else:
             log.info("the daemon %s left after bye", daemon.name)
+            if self.settings.follow_daemon:
+                self.stop()
 
     def _drop_daemon(self) -> None:
         daemon, self.daemon = self.daemon, None
@@ -482,7 +499,7 @@ def run(settings: GuardSettings) -> int:
 
 def main(config_path: str, node: str | None, *, watchdog_device: str | None = None,
          sysrq_trigger: str | None = None, realtime: bool = True,
-         log_level: str = "info") -> int:
+         log_level: str = "info", follow_daemon: bool = False) -> int:
     """``vigil guard``: load the configuration, then :func:`run`."""
     try:
         cfg = load(config_path)
@@ -493,6 +510,7 @@ def main(config_path: str, node: str | None, *, watchdog_device: str | None = No
     configure_logging(log_level, name)
     settings = GuardSettings.from_config(
         cfg, name, watchdog_device=Path(watchdog_device) if watchdog_device else None,
-        sysrq_path=Path(sysrq_trigger) if sysrq_trigger else None, realtime=realtime)
+        sysrq_path=Path(sysrq_trigger) if sysrq_trigger else None, realtime=realtime,
+        follow_daemon=follow_daemon)
     return run(settings)
 
