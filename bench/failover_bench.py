@@ -66,7 +66,6 @@ import shlex  # noqa: E402
 import signal  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
-import threading  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
 from collections.abc import Callable, Iterable  # noqa: E402
@@ -74,6 +73,7 @@ from dataclasses import dataclass, field  # noqa: E402
 
 from tests.support.nscluster import NsCluster, nscluster_unavailable  # noqa: E402
 from tests.support.nssample import (  # noqa: E402
+    Reader,
     Sampler,
     Timeline,
     overlaps,
@@ -150,23 +150,17 @@ while True:
 """
 
 
-class Prober:
+class Prober(Reader):
     """The PROBER in the client namespace, its attempts read as they come."""
 
     def __init__(self, c: NsCluster) -> None:
         self.attempts: list[tuple[float, bool]] = []
-        self.process = c.client.popen(
-            [sys.executable, "-c", PROBER, VIP, "80", str(PROBE_PERIOD), str(PROBE_TIMEOUT)],
-            stdout=subprocess.PIPE, text=True)
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
+        super().__init__(c.client, [sys.executable, "-c", PROBER, VIP, "80", str(PROBE_PERIOD),
+                                    str(PROBE_TIMEOUT)])
 
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            if line.strip() != "ready":
-                start, ok = line.split()
-                self.attempts.append((float(start), ok == "1"))
+    def parse(self, fields: list[str]) -> None:
+        start, ok = fields
+        self.attempts.append((float(start), ok == "1"))
 
     def answering(self, since: float) -> bool:
         """Whether the service has answered, with no failed attempt, for SETTLE seconds
@@ -179,9 +173,7 @@ class Prober:
                 and any(ok and t > quiet_from for t, ok in done))
 
     def stop(self) -> list[tuple[float, bool]]:
-        self.process.kill()
-        self.process.wait(10)
-        self.thread.join(10)
+        self.close()
         return sorted(self.attempts)
 
 

@@ -17,10 +17,11 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.nscluster import Host, NsCluster
+from tests.support.nscluster import Client, Host, NsCluster
 
 __all__ = [
     "SAMPLER",
+    "Reader",
     "Sampler",
     "Timeline",
     "overlaps",
@@ -132,14 +133,12 @@ class Timeline:
         return out
 
 
-class Sampler:
-    """The SAMPLER of one host, its changes read as they come."""
+class Reader:
+    """A program started inside a host or the client whose output is read, as it comes, by a
+    thread: each line but "ready" goes, split, to :meth:`parse`."""
 
-    def __init__(self, host: Host, vip: str, marker: str, period: float = PERIOD) -> None:
-        self.host = host.name
-        self.changes: list[tuple[float, bool, bool]] = []
-        self.process = host.popen([sys.executable, "-c", SAMPLER, vip, marker, str(period)],
-                                  stdout=subprocess.PIPE, text=True)
+    def __init__(self, where: Host | Client, argv: list[str]) -> None:
+        self.process = where.popen(argv, stdout=subprocess.PIPE, text=True)
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
 
@@ -147,17 +146,35 @@ class Sampler:
         assert self.process.stdout is not None
         for line in self.process.stdout:
             if line.strip() != "ready":
-                t, vip, srv = line.split()
-                self.changes.append((float(t), vip == "1", srv == "1"))
+                self.parse(line.split())
+
+    def parse(self, fields: list[str]) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.process.kill()
+        self.process.wait(10)
+        self.thread.join(10)
+
+
+class Sampler(Reader):
+    """The SAMPLER of one host, its changes read as they come."""
+
+    def __init__(self, host: Host, vip: str, marker: str, period: float = PERIOD) -> None:
+        self.host = host.name
+        self.changes: list[tuple[float, bool, bool]] = []
+        super().__init__(host, [sys.executable, "-c", SAMPLER, vip, marker, str(period)])
+
+    def parse(self, fields: list[str]) -> None:
+        t, vip, srv = fields
+        self.changes.append((float(t), vip == "1", srv == "1"))
 
     def now(self) -> tuple[bool, bool] | None:
         """(holds the address, runs the server) as last seen; None before the first sample."""
         return (self.changes[-1][1], self.changes[-1][2]) if self.changes else None
 
     def stop(self) -> Timeline:
-        self.process.kill()
-        self.process.wait(10)
-        self.thread.join(10)
+        self.close()
         return Timeline(self.host, list(self.changes))
 
 
