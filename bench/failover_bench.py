@@ -492,6 +492,11 @@ def p99(values: list[float]) -> float:
     return ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)]
 
 
+def median_of(values: Iterable[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
 def ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:,.0f} ms"
 
@@ -506,8 +511,9 @@ def table(runs: list[Run]) -> str:
     for r in runs:
         groups.setdefault((r.system, r.setting, r.scenario), []).append(r)
     head = ("| failure of the holder | cluster | runs | missing p50 | p99 | max | "
-            "max double holder | old server gone first | Vigil / keepalived (p50) |")
-    out = [head, "|---|---|---|---|---|---|---|---|---|"]
+            "address on the new holder, p50 | max double holder | old server gone first | "
+            "Vigil / keepalived (missing p50) |")
+    out = [head, "|---|---|---|---|---|---|---|---|---|---|"]
     for scenario in SCENARIOS:
         for system, name in SETTING_ORDER:
             rows = groups.get((system, name, scenario))
@@ -518,7 +524,7 @@ def table(runs: list[Run]) -> str:
             label = (vigil_setting(name) if system == "vigil" else keepalived_setting(name)).label
             count = f"{len(good)}" if len(good) == len(rows) else f"{len(good)} of {len(rows)}"
             if not missing:
-                out.append(f"| {scenario} | {label} | {count} | - | - | - | - | - | - |")
+                out.append(f"| {scenario} | {label} | {count} | - | - | - | - | - | - | - |")
                 continue
             doubles = [r.double_holder or 0.0 for r in good]
             at_end = sum(r.double_at_end for r in good)
@@ -538,7 +544,8 @@ def table(runs: list[Run]) -> str:
                          "n/a: keepalived's client saw no outage")
             out.append(f"| {scenario} | {label} | {count} | "
                        f"{ms(statistics.median(missing))} | {ms(p99(missing))} | "
-                       f"{ms(max(missing))} | {double} | {first} | {ratio} |")
+                       f"{ms(max(missing))} | {ms(median_of(r.new_address for r in good))} | "
+                       f"{double} | {first} | {ratio} |")
     return "\n".join(out)
 
 
