@@ -470,8 +470,10 @@ def measure(run: Run, failed: float, ended: float, until: dict[str, float],
         return min(starts) - failed if starts else None
 
     def last_on_n1(which: int) -> float | None:
+        # May be a little before the failure: a sampler stamps what it saw with the start
+        # of its sample, and the guardian acts within milliseconds of a kill.
         spans = lines["n1"].intervals(which, ends["n1"])
-        return spans[-1][1] - failed if spans and spans[-1][1] > failed else None
+        return spans[-1][1] - failed if spans else None
 
     run.new_address, run.old_address_gone = first_elsewhere(0), last_on_n1(0)
     if run.system == "vigil":
