@@ -242,6 +242,10 @@ class VigilService(Service):
 
     def start(self, c: NsCluster) -> None:
         c.write_config(web_group(VIP, MARKER))
+        # n1 first: n2 and n3 could otherwise form the cluster without it and place the
+        # group on n2, where it would stay
+        c.start("n1")
+        c.wait_for(lambda: c.status("n1") is not None, 60, "the daemon of n1 to answer")
         c.start_all()
         c.wait_for(lambda: c.holders("web") == ["n1"], 60, "web on n1")
 
