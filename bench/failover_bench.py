@@ -602,7 +602,8 @@ def report(runs: list[Run]) -> str:
             *targets(runs)]
     if failed:
         text += ["", f"Runs that failed ({len(failed)}), not counted above:", ""]
-        text += [f"* {r.system} {r.setting} {r.scenario}: {r.error}" for r in failed]
+        text += [f"* {r.system} {r.setting} {r.scenario}: {r.error.splitlines()[0][:300]}"
+                 for r in failed]
     return "\n".join(text)
 
 
