@@ -353,6 +353,8 @@ class Run:
     command: str = field(default="")
     #: each host's sampled changes, (time from the failure, address, server)
     timelines: dict[str, list[tuple[float, bool, bool]]] = field(default_factory=dict)
+    #: when n1's timeline ends (from the failure), if it was powered off
+    n1_until: float | None = None
 
 
 def wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -468,25 +470,38 @@ def measure(run: Run, failed: float, ended: float, until: dict[str, float],
     run.server_overlap = sum(min(b1, b2) - max(a1, a2)
                              for _, a1, b1, _, a2, b2 in overlaps(lines, 1, ends))
 
-    def first_elsewhere(which: int) -> float | None:
-        starts = [a for h, line in lines.items() if h != "n1"
-                  for a, _ in line.intervals(which, ends[h]) if a > failed]
-        return min(starts) - failed if starts else None
-
-    def last_on_n1(which: int) -> float | None:
-        # May be a little before the failure: a sampler stamps what it saw with the start
-        # of its sample, and the guardian acts within milliseconds of a kill.
-        spans = lines["n1"].intervals(which, ends["n1"])
-        return spans[-1][1] - failed if spans else None
-
-    run.new_address, run.old_address_gone = first_elsewhere(0), last_on_n1(0)
-    if run.system == "vigil":
-        run.new_server, run.old_server_gone = first_elsewhere(1), last_on_n1(1)
-        if run.new_server is not None and run.old_server_gone is not None:
-            run.old_server_gone_first = run.old_server_gone <= run.new_server
-    run.ok = run.new_address is not None
+    run.n1_until = until["n1"] - failed if "n1" in until else None
+    run.ok = handover(run)
     if not run.ok:
         run.error = "no other host took the address"
+
+
+def handover(run: Run) -> bool:
+    """From the run's timelines: when n1 lost the address and the server it had at the
+    failure, when another host got them, and whether the server was gone from n1 first.
+    Whether another host got the address."""
+    lines = {h: Timeline(h, [(t, a, b) for t, a, b in changes])
+             for h, changes in run.timelines.items()}
+    n1_end = math.inf if run.n1_until is None else run.n1_until
+
+    def first_elsewhere(which: int) -> float | None:
+        starts = [a for h, line in lines.items() if h != "n1"
+                  for a, _ in line.intervals(which) if a > 0]
+        return min(starts) if starts else None
+
+    def gone_from_n1(which: int) -> float | None:
+        # The end of what n1 had at the failure (it may have it again later, e.g. after a
+        # partition heals). May be a little before the failure: a sampler stamps what it
+        # saw with the start of its sample, and the guardian acts within milliseconds.
+        spans = [b for a, b in lines["n1"].intervals(which, n1_end) if a < 0]
+        return spans[-1] if spans else None
+
+    run.new_address, run.old_address_gone = first_elsewhere(0), gone_from_n1(0)
+    if run.system == "vigil":
+        run.new_server, run.old_server_gone = first_elsewhere(1), gone_from_n1(1)
+        if run.new_server is not None and run.old_server_gone is not None:
+            run.old_server_gone_first = run.old_server_gone <= run.new_server
+    return run.new_address is not None
 
 
 # ---- the table ---------------------------------------------------------------------------
@@ -595,14 +610,17 @@ def machine() -> str:
             f"{platform.release()}, Python {platform.python_version()}")
 
 
-def report(runs: list[Run]) -> str:
+def report(runs: list[Run], tabled_from: list[str] | None = None) -> str:
     loads = [r.load for r in runs if r.load]
-    commands = sorted({r.command for r in runs if r.command})
+    commands = list(dict.fromkeys(r.command for r in runs if r.command))  # in run order
     failed = [r for r in runs if not r.ok]
     text = [f"Measured {time.strftime('%Y-%m-%d')} on {machine()}; the machine is shared and "
             f"was busy with other work: load average (1 min) {min(loads, default=0):.1f} to "
             f"{max(loads, default=0):.1f}, median {statistics.median(loads or [0]):.1f}, at "
-            "the failures. Commands: " + "; ".join(f"`{c}`" for c in commands) + ".", "",
+            "the failures. Commands, in order: " + "; ".join(f"`{c}`" for c in commands)
+            + (f"; the table made from their results by `.venv/bin/python -m "
+               f"bench.failover_bench --table-from {' '.join(tabled_from)} --write`"
+               if tabled_from else "") + ".", "",
             table(runs), "",
             "With fewer than 100 runs the p99 (nearest rank) is the maximum. Goals:", "",
             *targets(runs)]
@@ -629,8 +647,15 @@ def load_runs(paths: Iterable[str]) -> list[Run]:
     runs = []
     for path in paths:
         for line in Path(path).read_text().splitlines():
-            if line.strip():
-                runs.append(Run(**json.loads(line)))
+            if not line.strip():
+                continue
+            run = Run(**json.loads(line))
+            # Derived again with this version's rules, where the file has what they need
+            # (older files lack the timelines, or where a powered-off n1's timeline ends).
+            if run.ok and run.timelines and (run.scenario != "power-off"
+                                             or run.n1_until is not None):
+                handover(run)
+            runs.append(run)
     return runs
 
 
@@ -686,7 +711,7 @@ def main() -> int:
                          f"{ms(run.new_server)}, old server gone first "
                          f"{run.old_server_gone_first}; load {run.load:.1f}"
                          if run.ok else f"FAILED: {run.error}"), flush=True)
-    text = report(runs)
+    text = report(runs, args.table_from)
     print(text)
     if args.write:
         write_doc(text)
