@@ -63,6 +63,7 @@ import math  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
 import shlex  # noqa: E402
+import shutil  # noqa: E402
 import signal  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -426,29 +427,52 @@ def fail_and_observe(c: NsCluster, service: Service, scenario: str,
     return failed, until
 
 
-def one_run(setting: Setting, scenario: str, command: str) -> Run:
+def one_run(setting: Setting, scenario: str, command: str, keep_logs: Path | None = None
+            ) -> Run:
     run = Run(setting.system, setting.name, scenario, command=command)
     timing = TIMINGS[setting.name] if setting.vigil else {}
     service = VigilService() if setting.vigil else KeepalivedService(setting.name)
     try:
         with NsCluster(hosts=3, timing=timing) as c:
-            service.start(c)
-            samplers = start_samplers(c, VIP, MARKER, service.expect)
-            prober = Prober(c)
             try:
-                wait(lambda: prober.answering(time.monotonic() - SETTLE), 30,
-                     "the client to be answered")
-                run.load = os.getloadavg()[0]
-                failed, until = fail_and_observe(c, service, scenario, samplers, prober)
+                service.start(c)
+                samplers = start_samplers(c, VIP, MARKER, service.expect)
+                prober = Prober(c)
+                try:
+                    wait(lambda: prober.answering(time.monotonic() - SETTLE), 30,
+                         "the client to be answered")
+                    run.load = os.getloadavg()[0]
+                    failed, until = fail_and_observe(c, service, scenario, samplers, prober)
+                finally:
+                    ended = time.monotonic()
+                    attempts = prober.stop()
+                    lines = stop_samplers(samplers)
+                measure(run, failed, ended, until, attempts, lines)
             finally:
-                ended = time.monotonic()
-                attempts = prober.stop()
-                lines = stop_samplers(samplers)
-            measure(run, failed, ended, until, attempts, lines)
+                if keep_logs is not None and unusual(run):
+                    save_logs(c, run, keep_logs)
     except Exception as exc:  # one failed run must not end a long benchmark
         run.error = f"{type(exc).__name__}: {exc}"[:2000]
         traceback.print_exc()
     return run
+
+
+def unusual(run: Run) -> bool:
+    """A run that failed, or in which the service went to more than one other host or the
+    client saw more than two outages: one whose logs are worth a look."""
+    takers = {h for h, changes in run.timelines.items() if h != "n1"
+              and any(t > 0 and a for t, a, _ in changes)}
+    return not run.ok or len(takers) > 1 or run.outages > 2
+
+
+def save_logs(c: NsCluster, run: Run, directory: Path) -> None:
+    """Copy the hosts' logs (daemons, guardians, keepalived) of this run to ``directory``."""
+    where = directory / (f"{time.strftime('%Y%m%d-%H%M%S')}-{run.system}-{run.setting}-"
+                         f"{run.scenario}")
+    where.mkdir(parents=True, exist_ok=True)
+    for log in c.tmp.glob("*.log"):
+        shutil.copy(log, where / log.name)
+    print(f"logs of this run kept in {where}", flush=True)
 
 
 def measure(run: Run, failed: float, ended: float, until: dict[str, float],
@@ -672,6 +696,8 @@ def main() -> int:
     parser.add_argument("--adverts", default=",".join(ADVERTS), help="keepalived's advert_int")
     parser.add_argument("--keepalived-scenarios", default=",".join(KEEPALIVED_SCENARIOS))
     parser.add_argument("--results", help="append each run to this file (JSON lines)")
+    parser.add_argument("--keep-logs", type=Path, metavar="DIR",
+                        help="keep the logs of runs that failed or went wrong in DIR")
     parser.add_argument("--table-from", nargs="*", metavar="FILE",
                         help="make the table from these results files; run nothing")
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
@@ -699,7 +725,7 @@ def main() -> int:
         runs = []
         for setting, scenario in plan:
             for i in range(args.runs):
-                run = one_run(setting, scenario, command)
+                run = one_run(setting, scenario, command, args.keep_logs)
                 runs.append(run)
                 if args.results:
                     with open(args.results, "a") as f:
