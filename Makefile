@@ -45,8 +45,8 @@ soak-large: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.transition_bench --write
 
-# Failover of a real service on the namespace cluster, Vigil and keepalived (as root; a
-# short version, 3 runs of each case, some 15 minutes; docs/benchmarks.md has the long one).
+# Failover of a real service on the namespace cluster, Vigil and keepalived (as root): a
+# short version, 3 runs of each case, some 10 to 15 minutes (docs/benchmarks.md: the long one).
 bench-failover: $(STAMP)
 	$(BIN)/python -m bench.failover_bench --runs 3 --keepalived
 
