@@ -169,6 +169,13 @@ class Master:
         self.fencing.advance(self.promise.promised[1] == self.name
                              and self.membership.quorate())
 
+    def alive(self) -> frozenset[str]:
+        """The live nodes, less those a fence powered off: nothing more will come from a
+        node that is off, even before it falls silent for dead_time."""
+        alive = self.membership.alive()
+        off = {n for n in alive if n != self.name and self.fencing.is_off(n)}
+        return alive - off if off else alive
+
     def forget_failures(self, node: str) -> None:
         """``node`` started a new life: its failure counter starts again from zero."""
         self.handled_failures.pop(node, None)
@@ -195,7 +202,7 @@ class Master:
     def maybe_declare(self, *, local_failures: int, started_at: float) -> None:
         if self.now < started_at + self.timing.dead_time:
             return  # learn who is there before declaring anything
-        alive = self.membership.alive()
+        alive = self.alive()
         if alive - self.last_alive:
             # Someone (re)appeared: others are likely coming back too (a healed partition,
             # a rebooted switch). Wait a few heartbeats so one transition takes them all.
@@ -208,9 +215,7 @@ class Master:
             # silent at the same moment, give or take a few milliseconds, so wait until it
             # has (at most a heartbeat interval) instead of declaring a view with half of it.
             return
-        # A member powered off by a fence is out at once: nothing will come from it.
-        view = tuple(sorted(n for n in alive - set(self.unresponsive)
-                            if n == self.name or not self.fencing.is_off(n)))
+        view = tuple(sorted(alive - set(self.unresponsive)))
         if not self.membership.quorum.quorate(view, seen_all=self.membership.seen_all):
             return
         reason = self._declare_reason(view, alive, local_failures)
@@ -335,7 +340,7 @@ class Master:
         if r is None:
             return
         missing = sorted(r.waiting_for() - set(r.replies))
-        if missing and not set(missing) <= self.membership.alive():
+        if missing and not set(missing) <= self.alive():
             return  # a member is lost: the next declaration (if quorate) replaces this round
         if missing:
             if self.now >= r.next_retransmit:
@@ -406,10 +411,6 @@ class Master:
                                   "is not off", node=node)
             else:
                 self.fencing.confirm_off(node, who)
-        elif node == self.name:
-            self.journal.note("request", f"fence of {node} by {who} ignored: {node} is the "
-                              "master, which does not fence itself; ask again once another "
-                              "node leads", node=node)
         elif not self.fencing.request(node, why=f"asked by {who}", requester=who, retry=False):
             self.journal.note("request", f"fence of {node} by {who} ignored: no fence device "
                               "can fence it", node=node)
@@ -480,18 +481,14 @@ class Master:
 
     def _fence_unclean(self, r: Round, member: str, groups: list[str]) -> bool:
         """A member whose stop of ``groups`` failed: fence it if a device can (True), so
-        that they may move; else they stay blocked there until an operator marks their
-        members out of service. Their reasons say which."""
-        if member == self.name:
-            tail = ("this node, the master, does not fence itself: an operator marks the "
-                    f"members out of service (`vigil resource mark-oos`) or fences {member}")
-            asked = False
-        else:
-            asked = self.fencing.request(member, why=f"the stop of {', '.join(groups)} "
-                                         "failed there", requester=self.name)
-            tail = (self.fencing.waiting(member) if asked else
-                    "no fence device can fence it: an operator marks the members out of "
-                    "service (`vigil resource mark-oos`) once they are stopped")
+        that they may move (the master too: it powers itself off, and the next master moves
+        them); else they stay blocked there until an operator marks their members out of
+        service. Their reasons say which."""
+        asked = self.fencing.request(member, why=f"the stop of {', '.join(groups)} failed "
+                                     "there", requester=self.name)
+        tail = (self.fencing.waiting(member) if asked else
+                "no fence device can fence it: an operator marks the members out of service "
+                "(`vigil resource mark-oos`) once they are stopped")
         for g in groups:
             r.reasons[g] = f"blocked: a stop failed on {member}; {tail}"
         return asked
@@ -505,12 +502,12 @@ class Master:
             assert isinstance(reply, Stopped)
             if not reply.unclean:
                 continue
+            self._fence_unclean(r, sender, sorted(reply.unclean))
             for g in reply.unclean:
                 r.placement[g] = sender
                 blocked[g] = sender
                 self.journal.note("placement", f"{g} is blocked: its stop failed on "
-                                  f"{sender}", group=g)
-            self._fence_unclean(r, sender, sorted(reply.unclean))
+                                  f"{sender} ({r.reasons[g]})", group=g)
         if blocked:
             running = {g: n for n, active in r.reports.items() for g, s in active.items()
                        if s in ("running", "starting") and r.placement.get(g) == n}

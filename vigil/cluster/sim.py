@@ -59,6 +59,7 @@ class SimNode:
     ops: dict[str, tuple[str, int]] = field(default_factory=dict)
     deadline: float = math.inf
     fail_next_start: set[str] = field(default_factory=set)
+    fail_next_stop: set[str] = field(default_factory=set)  # its resources stay in service
     persisted: Persisted | None = None
     skips: dict[str, frozenset[str]] = field(default_factory=dict)  # group -> left out
     # a paused process handles nothing until then; its events wait, in order, in ``held``
@@ -310,6 +311,11 @@ class SimCluster:
     def fail_next_start(self, name: str, group: str) -> None:
         self.nodes[name].fail_next_start.add(group)
 
+    def fail_next_stop(self, name: str, group: str) -> None:
+        """The next stop of ``group`` on ``name`` fails (a hung agent): what was in service
+        stays in service, and the group is unclean there until the node is powered off."""
+        self.nodes[name].fail_next_stop.add(group)
+
     def request(self, name: str, req: AdminRequest) -> None:
         if self.nodes[name].core is not None:
             self._deliver(name, req)
@@ -354,7 +360,8 @@ class SimCluster:
                     self.fenced.append((self.now, name, payload.node))
                     self.log.append(f"{self.now:.3f} {name} powered {payload.node} off "
                                     f"(level {payload.level})")
-                self._deliver(name, payload)
+                if node.core is not None:  # not when it powered itself off
+                    self._deliver(name, payload)
         else:
             raise RuntimeError("simulation did not settle: too many events")
         self.now = max(self.now, end)
@@ -571,6 +578,15 @@ class SimCluster:
             if state == "stopping":
                 del node.resources[r]
                 continue
+            if op == "stop" and group in node.fail_next_stop:
+                node.fail_next_stop.discard(group)
+                del node.ops[group]
+                remaining = frozenset(x for x, _ in steps[i:] if x in node.resources)
+                self.log.append(f"{self.now:.3f} stop of {group} fails on {node.name}: "
+                                f"{sorted(remaining)} stay in service")
+                self._deliver(node.name, GroupDone(group, "stop", False, "injected stop "
+                                                   "failure", remaining=remaining))
+                return
             self._check_stop_order(node, r)
             if op == "start":
                 # this model's stops on the way to a start (a restart in place, members
