@@ -89,7 +89,7 @@ class ClusterMachine(RuleBasedStateMachine):
         # 1 to 5 resources per group; chains of 2 to 4 groups that depend on each other
         sizes=st.lists(st.integers(1, 5), min_size=1, max_size=6),
         chain=st.integers(2, 4),
-        fencer=st.sampled_from(["guardian", "guardian", "silence", "devices"]),
+        fencer=st.sampled_from(["guardian", "guardian", "silence", "devices", "devices"]),
         # fence devices also with a time-based fencer (for failed stops and by hand); each
         # device's behaviour (fail, hang, duration), cycled over the devices; the delays
         devices=st.booleans(),
@@ -261,11 +261,15 @@ class ClusterMachine(RuleBasedStateMachine):
     @precondition(lambda self: hasattr(self, "cluster") and self.cluster.config.fence_devices)
     @rule(data=st.data())
     def stop_fails(self, data: st.DataObject) -> None:
-        """A stop hangs and fails where the group runs: it stays in service there, unclean,
-        until a fence device switches that node off (only with devices: otherwise an
-        operator must step in)."""
-        node = data.draw(st.sampled_from(self.names))
-        self.cluster.fail_next_stop(node, data.draw(st.sampled_from(self.groups)))
+        """A stop hangs and fails where the group runs (and an operator moves the group, so
+        that it stops): it stays in service there, unclean, until a fence device switches
+        that node off (only with devices: otherwise an operator must step in)."""
+        group = data.draw(st.sampled_from(self.groups))
+        where = self.cluster.placement()[group]
+        if where:
+            self.cluster.fail_next_stop(where[0], group)
+            self.cluster.request(data.draw(st.sampled_from(self.names)), AdminRequest(
+                "move", group=group, node=data.draw(st.sampled_from(self.names))))
 
     @precondition(lambda self: hasattr(self, "cluster") and self.cluster.config.fence_devices)
     @rule(data=st.data(), working=st.booleans())
