@@ -21,9 +21,9 @@ from tests.unit.test_core import FORM, Recorder, formed
 from vigil.cluster.events import AdminRequest, FenceNode, MarkedOutOfService
 from vigil.cluster.fencing import answer_bound, fence_delay
 from vigil.cluster.sim import SimDevice, SimNode
-from vigil.cluster.view import build_status
+from vigil.cluster.view import ResourceFacts, build_status
 from vigil.config import ClusterConfig, FenceDevice
-from vigil.status import ClusterStatus
+from vigil.status import ClusterStatus, FenceDeviceStatus
 
 BROKEN = SimDevice(fail=1.0)
 HUNG = SimDevice(hang=1.0)
@@ -406,3 +406,32 @@ def test_the_answer_bound_covers_every_attempt_of_every_device() -> None:
     assert answer_bound(devices, "reboot") > 2 * sum(max_duration(d) for d in devices)
 
 
+
+
+def test_vigil_status_and_ha_show_what_fencing_waits_for_and_did() -> None:
+    from vigil.cli.main import format_status
+    from vigil.ha.fs import build_tree
+
+    c = fenced_cluster(devices={"ipmi-alpha": BROKEN, "pdu": BROKEN})
+    c.crash("alpha")
+    c.run_for(2.0)
+    st = build_status(c.core("beta"), ResourceFacts(fence_devices={"pdu": FenceDeviceStatus(
+        state="failed", reason="exit 1 (EC_GENERIC_ERROR): Unable to connect", checked="12:00:03",
+        hosts=("alpha", "beta", "gamma"))}))
+    text = format_status(st)
+    assert "Fencing:\n  * alpha: waiting for fencing of alpha: " in text
+    assert ("  device pdu          failed at 12:00:03 (fences alpha, beta, gamma): exit 1 "
+            "(EC_GENERIC_ERROR): Unable to connect") in text
+    assert "  device ipmi-beta    unknown (fences beta): not monitored yet" in text
+    assert "beta -> alpha, level 2 (pdu): failed, 0." in text
+    tree = build_tree(st)
+    assert tree["/nodes/alpha/fencing"].content.startswith(b"waiting for fencing of alpha: ")
+    assert tree["/nodes/beta/fencing"].content == b""
+    assert tree["/fencing/pending"].content.startswith(b"alpha: waiting for fencing of alpha")
+    history = tree["/fencing/history"].content.decode().splitlines()
+    assert history and " beta -> alpha level 2 pdu: failed in " in history[-1]
+    assert tree["/fencing/devices/pdu/state"].content == b"failed\n"
+    assert tree["/fencing/devices/pdu/hosts"].content == b"alpha\nbeta\ngamma\n"
+    assert tree["/fencing/devices/ipmi-beta/checked"].content == b""
+    control = tree["/nodes/alpha/control"].control
+    assert control is not None and {"fence", "confirm_off"} <= set(control.choices)
