@@ -166,8 +166,12 @@ class Master:
     def fence(self) -> None:
         """Start the fencing levels that are due. Only a quorate master fences: a minority,
         or a former master, shoots nobody."""
-        self.fencing.advance(self.promise.promised[1] == self.name
-                             and self.membership.quorate())
+        master = self.promise.promised[1] == self.name
+        if not master:
+            # Another node leads now and fences what it needs: a job kept here could shoot,
+            # should this node lead again, a node that is back by then.
+            self.fencing.retain(())
+        self.fencing.advance(master and self.membership.quorate())
 
     def alive(self) -> frozenset[str]:
         """The live nodes, less those a fence powered off: nothing more will come from a
