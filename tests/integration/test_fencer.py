@@ -225,8 +225,8 @@ def test_fence_and_confirm_off_by_hand_through_the_control_requests(
     refused = beta.control("confirm_off", node="gamma")
     assert not refused["ok"] and refused["error"].startswith("gamma is online (heard ")
     assert beta.control("fence", node="gamma") == {
-        "ok": True, "message": "fencing of gamma requested; the next transition applies it "
-        "(watch `vigil status`)"}
+        "ok": True, "message": "fence of gamma requested: the next transition's master runs "
+        "its fence levels (watch `vigil status`)"}
     wait_for(lambda: (tmp_path / "off").exists() and "gamma" in (tmp_path / "off").read_text(),
              20, "gamma powered off by hand")
     history = wait_for(lambda: fenced.status("alpha")["fencing"]["history"], 10, "history")

@@ -227,9 +227,10 @@ class CoordinatorActor(VigilActor):
             if refused:
                 return _error(refused)
             self._handle(AdminRequest(cmd, node=node))  # type: ignore[arg-type]
-            what = ("fencing" if cmd == "fence" else "the confirmation that it is off")
-            return {"ok": True, "message": f"{what} of {node} requested; the next transition "
-                    "applies it (watch `vigil status`)"}
+            then = ("'s master runs its fence levels" if cmd == "fence" else
+                    f" counts {node} as fenced")
+            return {"ok": True, "message": f"{cmd.replace('_', '-')} of {node} requested: the "
+                    f"next transition{then} (watch `vigil status`)"}
         if cmd == "cleanup":
             if not group and req.arg("resource") in cfg.resources:
                 group = cfg.resources[req.arg("resource")].group

@@ -310,6 +310,8 @@ def format_status(st: ClusterStatus) -> str:
         by_group.setdefault(rv.group, []).append(r)
     for g, gv in sorted(st.groups.items()):
         where = f"on {gv.node}" if gv.node else ""
+        if not gv.node and gv.placed in st.fencing.pending:
+            where = f"(held: it waits for the fencing of {gv.placed})"
         lines.append(f"  * {g:<12} {gv.state} {where}".rstrip())
         for r in by_group.get(g, []):
             rv = st.resources[r]
