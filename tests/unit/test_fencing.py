@@ -136,10 +136,11 @@ def test_every_level_failing_keeps_the_group_held_and_the_topology_is_tried_agai
 
 
 def test_a_group_is_not_started_after_its_holders_first_level_failed() -> None:
-    # the second level takes long: the first failed long before, and nothing moved meanwhile
+    # alpha's daemon dies, g0 runs on there; the second level takes long: the first failed
+    # long before, and nothing started g0 meanwhile (the simulator checks exclusivity)
     c = fenced_cluster(devices={"ipmi-alpha": BROKEN, "pdu": SimDevice(duration=(1.5, 1.5))})
     t0 = c.now
-    c.crash("alpha")
+    c.kill_daemon("alpha")
     c.run_for(4.0)
     assert c.where()["g0"] == "beta"
     assert c.first(t0, "beta", "g0", "start") >= off_at(c, "alpha")
@@ -246,6 +247,22 @@ def test_two_nodes_split_and_the_side_running_more_groups_shoots_first() -> None
     assert [(requester, a.node) for _, requester, a in c.levels] == [("alpha", "beta")]
     assert c.live() == ["alpha"]
     assert c.where() == {"g0": "alpha", "g1": "alpha", "g2": "alpha"}
+
+
+def test_two_nodes_split_with_broken_devices_and_neither_starts_the_others_groups() -> None:
+    cfg = sim_config(2, 2, group_chain=False, fencer="devices", fence=True)
+    c = FenceRecorder(cfg, devices=dict.fromkeys(cfg.fence_devices, BROKEN))
+    c.run_for(FORM)
+    assert c.where() == {"g0": "alpha", "g1": "beta"}
+    c.partition({"alpha"}, {"beta"})
+    c.run_for(4.0)  # both keep quorum, both try to fence the other, every pass fails
+    assert c.where() == {"g0": "alpha", "g1": "beta"}
+    assert {requester for _, requester, _ in c.levels} == {"alpha", "beta"}
+    assert c.core("alpha").accepted.placement == {"g0": "alpha", "g1": "beta"}
+    c.heal()
+    c.run_for(3.0)
+    assert c.settled() and c.where() == {"g0": "alpha", "g1": "beta"}
+    assert c.core("alpha").fencing.jobs == {} and c.core("beta").fencing.jobs == {}
 
 
 # ---- a failed stop ----------------------------------------------------------------------------
