@@ -268,11 +268,18 @@ def test_two_nodes_split_with_broken_devices_and_neither_starts_the_others_group
 # ---- a failed stop ----------------------------------------------------------------------------
 
 
+def move_and_fail_its_stop(c: Recorder, group: str, holder: str, to: str) -> float:
+    """The next stop of ``group`` on ``holder`` fails, and an operator moves it to ``to``
+    (through ``to``): the time it was asked."""
+    c.fail_next_stop(holder, group)
+    t0 = c.now
+    c.request(to, AdminRequest("move", group=group, node=to))
+    return t0
+
+
 def test_a_failed_stop_fences_the_member_and_then_the_group_moves() -> None:
     c = fenced_cluster()
-    c.fail_next_stop("beta", "g1")
-    t0 = c.now
-    c.request("alpha", AdminRequest("move", group="g1", node="gamma"))
+    t0 = move_and_fail_its_stop(c, "g1", "beta", "gamma")
     c.run_for(3.0)
     said = texts(c, "alpha", t0)
     assert any(t.startswith("g1 is blocked: its stop failed on beta (blocked: a stop failed "
@@ -287,9 +294,7 @@ def test_a_failed_stop_without_a_device_blocks_the_group_until_marked_out_of_ser
     # no fence device: the group stays named where its stop failed, never started elsewhere
     # (it was before), until the operator marks its members out of service there
     c = formed(sim_config(3, 2, group_chain=False))
-    c.fail_next_stop("beta", "g1")
-    t0 = c.now
-    c.request("alpha", AdminRequest("move", group="g1", node="gamma"))
+    t0 = move_and_fail_its_stop(c, "g1", "beta", "gamma")
     c.run_for(3.0)
     assert c.ops_since(t0, group="g1", what="start") == []
     assert c.core("alpha").accepted.placement["g1"] == "beta"
@@ -307,9 +312,7 @@ def test_a_failed_stop_without_a_device_blocks_the_group_until_marked_out_of_ser
 
 def test_a_master_whose_own_stop_failed_powers_itself_off() -> None:
     c = fenced_cluster()
-    c.fail_next_stop("alpha", "g0")
-    t0 = c.now
-    c.request("beta", AdminRequest("move", group="g0", node="gamma"))
+    t0 = move_and_fail_its_stop(c, "g0", "alpha", "gamma")
     c.run_for(4.0)
     assert ("alpha", "alpha") in [(r, t) for _, r, t in c.fenced]
     assert c.where()["g0"] in ("beta", "gamma")
