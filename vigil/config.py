@@ -64,6 +64,11 @@ class NodeConfig:
         """The local event stream (ZeroMQ PUB over ipc), read by `vigil events`."""
         return self.runtime_dir / "events.sock"
 
+    @property
+    def guard_socket(self) -> Path:
+        """Where the node's guardian (`vigil guard`) listens for its daemon."""
+        return self.runtime_dir / "guard.sock"
+
 
 @dataclass(frozen=True, slots=True)
 class MonitorConfig:
@@ -112,6 +117,15 @@ class Timing:
     #: how long a node's guardian may take, after the node's lease ran out or its daemon
     #: died, to kill everything the node ran (the guardian fencer waits for it)
     guard_time: float = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class GuardianConfig:
+    """``[guardian]``: how the node's guardian (`vigil guard`, docs/fencing.md) fences."""
+
+    self_fence: Literal["kill", "reboot"] = "kill"  # "reboot": kill, then reboot at once
+    watchdog_device: Path | None = None  # petted only while the node may hold its groups
+    watchdog_interval: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +208,7 @@ class ClusterConfig:
     alerts: tuple[AlertConfig, ...] = ()
     fence_devices: Mapping[str, FenceDevice] = field(default_factory=dict)
     fencing: FencingConfig = FencingConfig()
+    guardian: GuardianConfig = GuardianConfig()
     path: Path = Path("<memory>")
     digest: str = ""  # sha256 of the canonical form; carried in heartbeats
 
@@ -463,13 +478,14 @@ class _Checker:
 
 
 _TOP_KEYS: Final = ("cluster", "timing", "nodes", "groups", "resources", "alerts",
-                    "fence_devices", "fencing")
+                    "fence_devices", "fencing", "guardian")
 _CLUSTER_KEYS: Final = ("name", "key_file", "strategy", "no_quorum_policy", "two_node",
                         "wait_for_all", "fencer", "runtime_dir", "admin_group",
                         "status_group")
 _ALERT_KEYS: Final = ("command", "events", "timeout")
 _TIMING_KEYS: Final = ("heartbeat_interval", "dead_time", "lease_time", "step_timeout",
                        "retransmit_interval", "fence_margin", "guard_time")
+_GUARDIAN_KEYS: Final = ("self_fence", "watchdog_device", "watchdog_interval")
 _NODE_KEYS: Final = ("votes", "runtime_dir", "links")
 _LINK_KEYS: Final = ("name", "address", "port")
 _GROUP_KEYS: Final = ("resources", "depends_on", "prefer", "nodes", "failback", "stickiness",
@@ -542,11 +558,12 @@ def from_dict(document: Mapping[str, object], path: str | Path = _MEMORY) -> Clu
     node_names = set(_as_table(root.get("nodes")))  # also those whose table has problems
     groups, owner = _read_groups(c, root, node_names, set(resources_table))
     resources = _read_resources(c, resources_table, owner)
-    two_node = _check_cluster_rules(c, cluster, nodes, len(node_names))
+    two_node, fencer = _check_cluster_rules(c, cluster, nodes, len(node_names))
     alerts = _read_alerts(c, root)
     devices = _read_fence_devices(c, root, node_names)
     fencing = _read_fencing(c, root, node_names, devices)
-    _check_fencer(c, cluster.fencer, two_node, sorted(node_names), devices, fencing)
+    _check_fencer(c, fencer, two_node, sorted(node_names), devices, fencing)
+    guardian = _read_guardian(c, root, base)
     if c.problems:
         raise ConfigError(c.problems)
 
@@ -554,7 +571,7 @@ def from_dict(document: Mapping[str, object], path: str | Path = _MEMORY) -> Clu
         canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), default=str)
     except (TypeError, ValueError) as err:  # only reachable through from_dict() misuse
         raise ConfigError([ConfigProblem(file, "", f"not a TOML document: {err}")]) from None
-    assert cluster.name and cluster.key_file and cluster.strategy and cluster.fencer
+    assert cluster.name and cluster.key_file and cluster.strategy
     return ClusterConfig(
         name=cluster.name,
         key_file=base / cluster.key_file,
@@ -566,12 +583,13 @@ def from_dict(document: Mapping[str, object], path: str | Path = _MEMORY) -> Clu
         no_quorum_policy=cluster.no_quorum_policy,
         two_node=two_node,
         wait_for_all=cluster.wait_for_all,
-        fencer=cluster.fencer,
+        fencer=fencer,
         admin_group=cluster.admin_group,
         status_group=cluster.status_group,
         alerts=alerts,
         fence_devices=devices,
         fencing=fencing,
+        guardian=guardian,
         path=resolved,
         digest=hashlib.sha256(canonical.encode("utf-8")).hexdigest(),
     )
@@ -614,7 +632,8 @@ def _read_cluster(c: _Checker, root: Mapping[str, object]) -> _ClusterSection:
         no_quorum_policy="freeze" if policy == "freeze" else "stop",
         two_node=c.boolean(t, p, "two_node", False) if "two_node" in t else None,
         wait_for_all=c.boolean(t, p, "wait_for_all", True),
-        fencer=c.string(t, p, "fencer", "silence"),
+        # None: not written; the default depends on two_node (_check_cluster_rules)
+        fencer=c.string(t, p, "fencer", "") or None if "fencer" in t else None,
         runtime_dir=c.string(t, p, "runtime_dir", _DEFAULT_RUNTIME_DIR) or _DEFAULT_RUNTIME_DIR,
         admin_group=_unix_group(c, t, "admin_group"),
         status_group=_unix_group(c, t, "status_group"),
@@ -870,6 +889,21 @@ def _read_timing(c: _Checker, root: Mapping[str, object]) -> Timing:
                   fence_margin=margin)
 
 
+def _read_guardian(c: _Checker, root: Mapping[str, object], base: Path) -> GuardianConfig:
+    t = c.table(root.get("guardian", {}), "guardian", _GUARDIAN_KEYS) or {}
+    p = "guardian"
+    mode = c.string(t, p, "self_fence", "kill")
+    if mode not in ("kill", "reboot"):
+        c.add("guardian.self_fence", f"must be 'kill' or 'reboot', got "
+              f"{_describe(t['self_fence'])}: 'kill' kills, removes and unmounts what the "
+              "node holds; 'reboot' does that and then reboots the node at once")
+    device = c.string(t, p, "watchdog_device")
+    interval = c.duration(t, p, "watchdog_interval", 1.0, positive=True)
+    return GuardianConfig(self_fence="reboot" if mode == "reboot" else "kill",
+                          watchdog_device=None if device is None else base / device,
+                          watchdog_interval=1.0 if interval is None else interval)
+
+
 def _read_nodes(c: _Checker, root: Mapping[str, object], base: Path,
                 runtime_dir: object) -> dict[str, NodeConfig]:
     if "nodes" not in root:
@@ -1105,8 +1139,9 @@ def _as_table(value: object) -> dict[str, object]:
 
 
 def _check_cluster_rules(c: _Checker, cluster: _ClusterSection,
-                         nodes: Mapping[str, NodeConfig], node_count: int) -> bool:
-    """Rules joining [cluster] and [nodes]; returns the effective two_node setting.
+                         nodes: Mapping[str, NodeConfig], node_count: int
+                         ) -> tuple[bool, str]:
+    """Rules joining [cluster] and [nodes]; returns the effective two_node and fencer.
 
     ``node_count`` counts the [nodes.X] tables written, ``nodes`` those that were readable.
     """
@@ -1117,13 +1152,21 @@ def _check_cluster_rules(c: _Checker, cluster: _ClusterSection,
     if nodes and len(nodes) == node_count and sum(n.votes for n in nodes.values()) == 0:
         c.add("nodes", "the nodes have 0 votes in total, so no partition could ever have "
               "quorum: give at least one node votes >= 1")
-    if cluster.no_quorum_policy == "freeze" and cluster.fencer == "silence":
+    # The guardian's bound rests on the quorum lease, which a two-node cluster does not use
+    # (each half is quorate alone): there the default stays "silence" (docs/fencing.md).
+    fencer = cluster.fencer or ("silence" if two_node else "guardian")
+    if cluster.no_quorum_policy == "freeze" and fencer == "silence":
         c.add("cluster.no_quorum_policy",
               "'freeze' cannot be used with fencer 'silence': a frozen partition keeps running "
               "its resources while the majority, trusting silence as proof that they stopped, "
               "restarts them elsewhere, so both would run at once; use no_quorum_policy = "
               "'stop', or a fencer that really powers nodes off")
-    return two_node
+    if cluster.no_quorum_policy == "freeze" and fencer == "guardian":
+        c.add("cluster.no_quorum_policy",
+              "'freeze' cannot be used with fencer 'guardian': the others count on the "
+              "guardian to kill what a node without quorum runs; use no_quorum_policy = "
+              "'stop', or a fencer that really powers nodes off")
+    return two_node, fencer
 
 
 def _check_fencer(c: _Checker, fencer: str | None, two_node: bool, node_names: list[str],

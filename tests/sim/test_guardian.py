@@ -114,3 +114,17 @@ def test_the_guardians_word_takes_every_group_out_of_service_here() -> None:
     assert [o[2:] for o in c.ops_since(t0, node="beta", what="start")] == [
         ("g0", "start"), ("g1", "start")]
     assert c.placement() == {"g0": ["beta"], "g1": ["beta"]}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_without_a_guardian_a_holder_that_stalls_for_dead_time_still_stops_in_time(
+        seed: int) -> None:
+    """The silence fencer trusts the lost node's own daemon, which may notice its lease is
+    gone only after a stall of up to dead_time: the wait counts from the acks (after the
+    others noticed), not from when the node was last heard."""
+    cfg = sim_config(3, 2)  # g1 on g0: stops take their time, one after the other
+    t = cfg.timing
+    c = formed(cfg, fencer="silence", stop_duration=None, rng=random.Random(seed))
+    c.pause(holder_of(c, "g0"), 0.95 * (t.dead_time + t.lease_time))
+    c.run_for(5.0)  # the simulator checks exclusivity after every step
+    assert c.settled() and not c.expected_placement_ok(), c.describe()

@@ -453,7 +453,10 @@ class NsCluster:
         """Start the host's keeper: new mount and UTS namespaces with a private /run."""
         mounts = "; ".join(f"mkdir -p {d}; mount -t tmpfs -o mode={mode} tmpfs {d}"
                            for d, mode in PRIVATE_RUN_DIRS)
-        script = (f"set -e; {mounts}; mkdir -p /run/lock/subsys; "
+        # `ip netns exec` mounts a sysfs of its own, without the cgroup v2 hierarchy: bring
+        # it back, so that the node's guardian can kill its resources' cgroups
+        cgroup2 = "mount -t cgroup2 none /sys/fs/cgroup 2>/dev/null || true"
+        script = (f"set -e; {mounts}; {cgroup2}; mkdir -p /run/lock/subsys; "
                   f"echo {host.name} > /proc/sys/kernel/hostname; exec sleep infinity")
         log = self._log(host)
         log.write(f"--- nscluster {time.strftime('%H:%M:%S')}: power on {host.name}\n".encode())

@@ -114,7 +114,7 @@ def test_example_file_loads() -> None:
 
 def test_minimal_file_gets_the_documented_defaults(tmp_path: Path) -> None:
     cfg = load(write(tmp_path, document()))
-    assert (cfg.strategy, cfg.no_quorum_policy, cfg.fencer) == ("cost", "stop", "silence")
+    assert (cfg.strategy, cfg.no_quorum_policy, cfg.fencer) == ("cost", "stop", "guardian")
     assert cfg.wait_for_all is True and cfg.two_node is False
     t = cfg.timing
     assert (t.heartbeat_interval, t.dead_time, t.lease_time) == (0.2, 1.0, pytest.approx(0.7))
@@ -290,9 +290,23 @@ def test_two_node_with_three_nodes_is_an_error(tmp_path: Path) -> None:
 
 
 def test_freeze_with_silence_fencing_is_an_error_that_explains_why(tmp_path: Path) -> None:
-    found = problems(tmp_path, document(cluster=CLUSTER + 'no_quorum_policy = "freeze"\n'))
+    found = problems(tmp_path, document(
+        cluster=CLUSTER + 'no_quorum_policy = "freeze"\nfencer = "silence"\n'))
     message = only(found, "cluster.no_quorum_policy")
     assert "frozen partition keeps running" in message and "no_quorum_policy = 'stop'" in message
+
+
+def test_freeze_with_the_default_guardian_fencing_is_an_error(tmp_path: Path) -> None:
+    found = problems(tmp_path, document(cluster=CLUSTER + 'no_quorum_policy = "freeze"\n'))
+    message = only(found, "cluster.no_quorum_policy")
+    assert "fencer 'guardian'" in message and "no_quorum_policy = 'stop'" in message
+
+
+def test_two_node_clusters_keep_the_silence_fencer_by_default(tmp_path: Path) -> None:
+    # the guardian's bound rests on the quorum lease, which two_node does not use
+    two = NODES.split("[nodes.gamma]")[0]
+    cfg = load(write(tmp_path, document(nodes=two)))
+    assert cfg.two_node and cfg.fencer == "silence"
 
 
 def test_unknown_no_quorum_policy_is_an_error(tmp_path: Path) -> None:

@@ -27,8 +27,9 @@ ROOT = Path(vigil.__file__).resolve().parent
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("base", ("vigil", "vigil.messages", "vigil.notifications", "vigil.status", "vigil.graph",
               "vigil.config")),
-    ("core", ("vigil.cluster",)),
-    ("system", ("vigil.resources", "vigil.transports", "vigil.local", "vigil.fencing")),
+    ("core", ("vigil.cluster", "vigil.guard.core", "vigil.guard.holdings")),
+    ("system", ("vigil.resources", "vigil.transports", "vigil.local", "vigil.fencing",
+                "vigil.guard")),
     ("shell", ("vigil.actors",)),
     ("daemon", ("vigil.daemon",)),
     ("faces", ("vigil.cli", "vigil.api", "vigil.ha", "vigil.demo")),
@@ -144,7 +145,8 @@ def test_no_import_cycle(top_level_only: bool) -> None:
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
 
 
-@pytest.mark.parametrize("module", ["vigil.cli.main", "vigil.ha", "vigil.api.client"])
+@pytest.mark.parametrize("module", ["vigil.cli.main", "vigil.ha", "vigil.api.client",
+                                    "vigil.guard.process"])
 def test_the_cli_fuse_and_client_do_not_load_the_actor_system(module: str) -> None:
     # A fresh interpreter: this one has long imported Pykka for other tests.
     code = f"import sys, {module}; print(sorted(m for m in ('pykka', 'vigil.actors') " \

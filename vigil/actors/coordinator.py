@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vigil.actors.base import Directory, VigilActor
+from vigil.actors.guard import GuardianLost, GuardLink
 from vigil.actors.messages import (
     Control,
     FenceDeviceState,
@@ -79,7 +80,8 @@ def save_persisted(path: Path, state: Persisted) -> None:
 class CoordinatorActor(VigilActor):
     def __init__(self, name: str, directory: Directory, config: ClusterConfig, node: str,
                  codec: Codec, sequencer: Sequencer, state_path: Path,
-                 missing_types: frozenset[str] = frozenset()) -> None:
+                 missing_types: frozenset[str] = frozenset(),
+                 guard: GuardLink | None = None) -> None:
         super().__init__(name, directory)
         self.config = config
         self.node = node
@@ -103,10 +105,15 @@ class CoordinatorActor(VigilActor):
         self.fence_devices: dict[str, FenceDeviceStatus] = {}  # as their monitors found them
         self.timer: DeadlineTimer | None = None
         self.left = False
+        self.guard = guard
+        #: why this node left the cluster by itself (its guardian is gone), if it did
+        self.lost_guardian = ""
 
     def on_start(self) -> None:
         me = self.actor_ref
         self.timer = DeadlineTimer(self.node, lambda: me.tell(Tick()))
+        if self.guard is not None:
+            self.guard.start(me.tell)
         for group in self.config.groups:
             self.directory.tell(f"group:{group}", ProbeGroup())
         self._handle(Tick())
@@ -114,6 +121,8 @@ class CoordinatorActor(VigilActor):
     def on_stop(self) -> None:
         if self.timer is not None:
             self.timer.close()
+        if self.guard is not None:
+            self.guard.close()
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, GetStatus):
@@ -128,6 +137,14 @@ class CoordinatorActor(VigilActor):
             return None
         if isinstance(message, FenceDeviceState):
             self._fence_device_state(message)
+            return None
+        if isinstance(message, GuardianLost):
+            # Nothing would kill what this node runs if its daemon hung now, so the others'
+            # short fencing wait would no longer be true: leave, cleanly, at once.
+            log.critical("the guardian is gone (%s): leaving the cluster; the others take "
+                         "over this node's groups", message.reason)
+            self.lost_guardian = message.reason
+            self._handle(Shutdown())
             return None
         self._handle(message)
         return None
@@ -169,6 +186,9 @@ class CoordinatorActor(VigilActor):
             # before anything leaves: a promise must survive a crash (docs/protocol.md)
             save_persisted(self.state_path, state)
             self.saved = state
+        if self.guard is not None and not self.left:
+            # before any start leaves: the guardian must know what it is to remove first
+            self.guard.report(out.lease_until, frozenset(self.core.groups.busy))
         for msg in out.messages:
             frames = tuple(self.codec.encode(self.sequencer.stamp(msg)))
             for link in self.links:
@@ -193,6 +213,8 @@ class CoordinatorActor(VigilActor):
             self.directory.tell("diagnostics", RunningGroups(running))
         if self.core.left and not self.left:
             self.left = True
+            if self.guard is not None:
+                self.guard.bye()
             self.directory.tell("node", Control("left"))
         if self.timer is not None:
             wall = time.monotonic()

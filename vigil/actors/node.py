@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -28,6 +28,7 @@ from vigil.actors.coordinator import CoordinatorActor
 from vigil.actors.diagnostics import DiagnosticsActor
 from vigil.actors.fencer import FencerActor
 from vigil.actors.group import GroupActor
+from vigil.actors.guard import GuardLink
 from vigil.actors.link import LinkActor, LinkFactory
 from vigil.actors.messages import ChildFailed, ChildRestarted, Control, GetStatus, Subscribe
 from vigil.actors.notifier import NotifierActor
@@ -39,6 +40,9 @@ from vigil.config import (
     apply_type_defaults,
     member_graphs,
 )
+from vigil.guard.cgroups import NodeCgroups
+from vigil.guard.client import GuardClient
+from vigil.guard.holdings import Holdings
 from vigil.resources.model import Catalog
 from vigil.resources.registry import ResourceTypeRegistry, default_registry
 from vigil.status import ClusterStatus
@@ -116,13 +120,17 @@ class NodeRuntime:
     def __init__(self, config: ClusterConfig, node: str, key: bytes,
                  link_factory: Callable[[str, str], LinkFactory],
                  registry: ResourceTypeRegistry | None = None,
-                 runtime_dir: Path | None = None) -> None:
+                 runtime_dir: Path | None = None,
+                 guard: GuardClient | None = None) -> None:
         self.registry = registry or default_registry()
         # Timeouts the file leaves out come from the resource types (OCF meta-data).
         self.config = config = apply_type_defaults(config, self._type_defaults)
         self.node = node
         self.key = key
         self.link_factory = link_factory
+        #: the connection to this node's guardian (``vigil node run`` makes one); None: no
+        #: guardian, e.g. nodes run in a test process
+        self.guard = guard
         self.runtime_dir = runtime_dir or config.nodes[node].runtime_dir
         self.directory = Directory()
         self.left = threading.Event()
@@ -149,6 +157,7 @@ class NodeRuntime:
                 continue
             catalog.add(self.registry.get(rcfg.type).instantiate(rcfg, node, self.runtime_dir))
         catalog.add_configured_dependencies()
+        guard_link = self._guard_link(catalog) if self.guard is not None else None
         codec = Codec(cfg.name, self.key, cfg.node_names, node)
         sequencer = Sequencer(node)
         factories: dict[str, Factory] = {}
@@ -176,7 +185,8 @@ class NodeRuntime:
             factories["fencer"] = lambda: FencerActor.start("fencer", d, cfg)
         state_path = self.runtime_dir / "state.json"
         factories["coordinator"] = lambda: CoordinatorActor.start(
-            "coordinator", d, cfg, node, codec, sequencer, state_path, self.missing_types)
+            "coordinator", d, cfg, node, codec, sequencer, state_path, self.missing_types,
+            guard_link)
         for link in cfg.nodes[node].links:
             factory = self.link_factory(node, link.name)
             factories[f"link:{link.name}"] = partial(
@@ -196,6 +206,24 @@ class NodeRuntime:
         with _running_lock:
             _running.add(self)
         return self
+
+    def _guard_link(self, catalog: Catalog) -> GuardLink:
+        assert self.guard is not None
+        cgroups = NodeCgroups(self.node)
+        problem = cgroups.problem()
+        if problem is None:
+            for res in catalog:
+                res.cgroups = cgroups  # what they start goes into a cgroup of their own
+        else:
+            log.warning("no cgroups for the resources of %s (%s): the guardian kills their "
+                        "process groups only", self.node, problem)
+        members = {g: [catalog.find_resource(r) for r in c.resources if r in catalog]
+                   for g, c in self.config.groups.items()}
+
+        def holdings_of(groups: Iterable[str]) -> Holdings:
+            return Holdings.of(res.holding() for g in sorted(groups) for res in members[g])
+
+        return GuardLink(self.guard, holdings_of)
 
     def coordinator(self) -> pykka.ActorRef[Any]:
         ref = self.directory.get("coordinator")

@@ -104,6 +104,34 @@ def node_run(config_path: str, node: str | None, log_level: str) -> None:
     sys.exit(run(config_path, node))
 
 
+@cli.command("guard")
+@config_option
+@node_option
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--watchdog-device", default=None, type=click.Path(dir_okay=False),
+              help="The watchdog to pet instead of [guardian] watchdog_device (tests give a "
+                   "plain file or FIFO here).")
+@click.option("--sysrq-trigger", default=None, type=click.Path(dir_okay=False),
+              help="FOR TESTS ONLY: a file that stands in for /proc/sysrq-trigger, where "
+                   "self_fence = \"reboot\" writes 'b'.")
+@click.option("--realtime/--no-realtime", default=True, show_default=True,
+              help="Run at real-time priority (SCHED_RR) with memory locked, where allowed.")
+@click.option("--follow-daemon", is_flag=True, hidden=True,
+              help="Started by `vigil node run`: leave after its daemon's bye, or when no "
+                   "daemon came back for a minute and nothing is held.")
+def guard(config_path: str, node: str | None, log_level: str, watchdog_device: str | None,
+          sysrq_trigger: str | None, realtime: bool, follow_daemon: bool) -> None:
+    """Run this node's guardian in the foreground: it fences the node locally (kills,
+    removes, unmounts; or reboots) when the daemon's lease runs out or the daemon dies
+    holding something (docs/fencing.md). Run it as root, beside `vigil node run`."""
+    from vigil.guard.process import main as guard_main
+
+    sys.exit(guard_main(config_path, node, watchdog_device=watchdog_device,
+                        sysrq_trigger=sysrq_trigger, realtime=realtime, log_level=log_level,
+                        follow_daemon=follow_daemon))
+
+
 @node.command("standby")
 @config_option
 @via_option

@@ -93,6 +93,7 @@ class Job:
     attempt: int = 0  # the FenceNode in flight (0: none)
     failures: list[str] = field(default_factory=list)  # of the current pass, in words
     passes: int = 0  # full passes that failed
+    wanted: bool = True  # False: no longer needed; it ends with the level in flight
 
     def devices(self, level: int | None = None) -> tuple[str, ...]:
         return self.levels[self.level if level is None else level]
@@ -207,6 +208,7 @@ class Fencing:
         job = self.jobs.get(target)
         if job is not None:
             job.retry = job.retry or retry
+            job.wanted = True
             return True
         self.jobs[target] = Job(target=target, why=why, requester=requester, retry=retry,
                                 levels=levels, due=self.now + delay, delay_why=delay_why)
@@ -220,10 +222,15 @@ class Fencing:
         (a level in flight still reports; an operator's request runs to its end)."""
         keep = set(targets)
         for target, job in list(self.jobs.items()):
-            if job.retry and target not in keep and not job.attempt:
+            if not job.retry or not job.wanted:
+                continue
+            if target in keep:
+                continue
+            self.journal.note("fencing", f"fencing of {target} no longer needed", node=target)
+            if job.attempt:
+                job.wanted = False  # the level in flight reports, nothing follows it
+            else:
                 del self.jobs[target]
-                self.journal.note("fencing", f"fencing of {target} no longer needed",
-                                  node=target)
 
     def advance(self, may_act: bool) -> None:
         """Start the levels that are due (only when ``may_act``); a level past its answer
@@ -266,10 +273,13 @@ class Fencing:
         self._record(Entry(self.now, a.requester, a.target, a.level, a.devices, result,
                            self.now - a.started, detail))
         job = self.jobs.get(a.target)
-        if job is not None and job.attempt == attempt:
-            job.attempt = 0
-        else:
+        if job is None or job.attempt != attempt:
             job = None  # dropped meanwhile: the result is recorded, nothing follows
+        else:
+            job.attempt = 0
+            if not job.wanted:
+                del self.jobs[a.target]
+                job = None  # no longer needed: likewise
         level = f"level {a.level} ({_devices_text(a.devices)})"
         if ok:
             self.off[a.target] = self.incarnation(a.target)

@@ -369,7 +369,13 @@ class NodeCore:
         if (self.name not in d.view or d.epoch[1] != sender or min(d.view) != sender
                 or self.leaving):
             return
-        if self.promise.promise(d.epoch, d.view) and sender != self.name:
+        promised = self.promise.promise(d.epoch, d.view)
+        if promised:
+            # Only echoes of the same epoch support a lease: a heartbeat in the new epoch at
+            # once, rather than up to an interval later, keeps every member's lease from
+            # thinning out while a transition runs.
+            self.membership.next_hb = self.now
+        if promised and sender != self.name:
             self.journal.emit(TransitionStarted(
                 node=self.name, time=self.now, epoch=fmt_epoch(d.epoch), master=sender,
                 reason=d.reason, text=f"joined epoch {fmt_epoch(d.epoch)} declared by "
@@ -387,8 +393,15 @@ class NodeCore:
         if isinstance(body, ReportRequest):
             active = {g: s.value for g, s in self.groups.state.items()
                       if s is not LocalState.STOPPED}
+            # requests some live node still carries that a placement accepted here applied:
+            # the master may not know (it missed that placement, or restarted since)
+            alive = self.membership.alive()
+            carried = {r.rid for r in self.requests.refs()} | {
+                r.rid for n, p in self.membership.peers.items() if n in alive
+                for r in p.requests}
             self._send(Report(epoch, active, tuple(a for a in promise.history
-                                                   if fmt_epoch(a.epoch) not in body.known)),
+                                                   if fmt_epoch(a.epoch) not in body.known),
+                              tuple(a for a in promise.applied_seen if a in carried)),
                        master)
         elif isinstance(body, CostRequest):
             ctx = LocalCostContext(

@@ -41,6 +41,8 @@ class Persisted:
     history: tuple[Accepted, ...] = ()  # last closed placement, then those accepted since
     max_seen: int = 0
     requests: tuple[RequestRef, ...] = ()  # queued here, not applied yet
+    #: ids of the requests applied by the latest placements accepted here (newest last)
+    applied: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -51,6 +53,7 @@ class Persisted:
             "max_seen": self.max_seen,
             "requests": [{"id": r.rid, "kind": r.kind, "group": r.target, "node": r.node}
                          for r in self.requests],
+            "applied": list(self.applied),
         }
 
     @classmethod
@@ -80,13 +83,22 @@ class Persisted:
                 raise ValueError(f"damaged node state: unknown request kind {item['kind']!r}")
             pending.append(RequestRef(str(item["id"]), str(item["kind"]), str(item["group"]),
                                       str(item["node"])))
+        applied = data.get("applied", [])  # absent in files written before it was kept
+        if not isinstance(applied, list):
+            raise TypeError("damaged node state")
         return cls(
+            applied=tuple(str(a) for a in applied),
             promised=parse_epoch(str(data["promised"])),
             promised_view=tuple(str(v) for v in view),
             history=tuple(entries),
             max_seen=max_seen,
             requests=tuple(pending),
         )
+
+
+#: how many applied request ids a node remembers (requests are rare: hundreds of operator
+#: actions between two restarts of the node that missed them)
+APPLIED_KEPT = 1000
 
 
 class Promise:
@@ -101,7 +113,12 @@ class Promise:
         self.closed = False  # START of the accepted epoch received
         self.stop_orders: set[str] = set()
         self.max_seen = 0  # the highest epoch number seen anywhere
+        #: ids of requests that placements accepted here applied (bounded, newest last): a
+        #: node that missed those placements may still carry them, and no later master may
+        #: apply them a second time
+        self.applied_seen: list[str] = []
         if persisted is not None:
+            self.applied_seen = list(persisted.applied)
             self.promised = persisted.promised
             self.view = persisted.promised_view
             self.history = list(persisted.history)
@@ -109,7 +126,7 @@ class Promise:
 
     def persisted(self, requests: tuple[RequestRef, ...]) -> Persisted:
         return Persisted(self.promised, self.view, tuple(self.history), self.max_seen,
-                         requests)
+                         requests, tuple(self.applied_seen))
 
     @property
     def accepted(self) -> Accepted:
@@ -142,6 +159,10 @@ class Promise:
             return False
         self.history.append(accepted)
         self.closed = False
+        if accepted.applied:
+            known = set(self.applied_seen)
+            self.applied_seen += [a for a in accepted.applied if a not in known]
+            del self.applied_seen[:-APPLIED_KEPT]
         return True
 
     def close(self) -> bool:

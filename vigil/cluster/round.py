@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from vigil.cluster import admin
@@ -190,15 +190,20 @@ class Master:
         return [self.requests.refs()] + [p.requests for n, p in self.membership.peers.items()
                                          if n in alive]
 
-    def pending_requests(self) -> dict[str, RequestRef]:
-        return admin.pending(self._carried(), self.applied_ids)
+    def _applied(self, reported: Iterable[str] = ()) -> set[str]:
+        """Requests known to be applied: by this master, by any placement accepted here
+        (also in a previous life), or, as members report, by one accepted there."""
+        return {*self.applied_ids, *self.promise.applied_seen, *reported}
 
-    def stale_requests(self) -> list[str]:
-        """Requests this master applied that a node still carries (it missed the accept
-        that applied them, so it was not a member then): the next placement names them
-        again so that node drops them, or a later master, which does not know they were
-        applied, would apply them twice. That node joining is itself a reason to declare."""
-        done = set(self.applied_ids)
+    def pending_requests(self, reported: Iterable[str] = ()) -> dict[str, RequestRef]:
+        return admin.pending(self._carried(), self._applied(reported))
+
+    def stale_requests(self, reported: Iterable[str] = ()) -> list[str]:
+        """Requests already applied that a node still carries (it missed the accept that
+        applied them, so it was not a member then): the next placement names them again so
+        that node drops them, or a later master, which may not know they were applied,
+        would apply them twice. That node joining is itself a reason to declare."""
+        done = self._applied(reported)
         return sorted({r.rid for src in self._carried() for r in src if r.rid in done})
 
     # ---- declaring -----------------------------------------------------------------------
@@ -397,11 +402,13 @@ class Master:
                 known.setdefault(acc.epoch, acc)
         r.known = [known[e] for e in sorted(known)]
         highest = r.known[-1] if r.known else NO_ACCEPTED
-        result = admin.apply(self.config, highest.admin, self.pending_requests())
+        reported = {a for reply in r.replies.values() if isinstance(reply, Report)
+                    for a in reply.applied}
+        result = admin.apply(self.config, highest.admin, self.pending_requests(reported))
         for why in result.ignored:
             self.journal.note("request", why)
         r.admin, r.moves = result.admin, result.moves
-        r.applied = result.applied + tuple(self.stale_requests())
+        r.applied = result.applied + tuple(self.stale_requests(reported))
         for kind, node, who in result.fencing:
             self._fence_by_hand(r, kind, node, who)
 
@@ -437,12 +444,16 @@ class Master:
         suspects = sorted(decided.suspects)
         if suspects and not self.power:
             r.silenced = tuple(suspects)
-            lease_end = self.lease_end(r, suspects)
             if self.fencer == "guardian":
-                r.fence_until = lease_end + self.timing.guard_time + self.timing.fence_margin
+                r.fence_until = (self.lease_end(r, suspects) + self.timing.guard_time
+                                 + self.timing.fence_margin)
                 how = "its guardian has killed what it ran"
             else:
-                r.fence_until = lease_end + self.stop_bound + self.timing.fence_margin
+                # Counted from the acks, not from when the suspect was last heard: its own
+                # daemon must stop what it runs, and a daemon that stalled for up to dead_time
+                # before it noticed its lease was gone still has time to.
+                r.fence_until = (r.acked_at + self.timing.lease_time + self.stop_bound
+                                 + self.timing.fence_margin)
                 how = "its stops had time to finish"
             why = (f"waiting until {r.fence_until:.3f} for {', '.join(suspects)} to be "
                    f"off ({self.fencer}: its lease has run out and {how})")

@@ -693,7 +693,8 @@ class SimCluster:
     def unapplied_requests(self) -> list[str]:
         """Ids of requests pending on a live node that no master of a live node applied."""
         cores = [n.core for n in self.nodes.values() if n.core is not None]
-        applied = {rid for c in cores for rid in c.master.applied_ids}
+        applied = {rid for c in cores for rid in (*c.master.applied_ids,
+                                                  *c.promise.applied_seen)}
         return sorted(rid for c in cores for rid in c.requests.queued if rid not in applied)
 
     def admin_state(self) -> frozenset[str]:

@@ -410,15 +410,19 @@ class Report:
     epoch: Epoch
     active: Mapping[str, str]  # group active on the member -> its local state
     history: tuple[Accepted, ...] = ()  # accepted placements the master did not know
+    #: requests still carried by live nodes that a placement accepted here already applied
+    applied: tuple[str, ...] = ()
 
     def fields(self) -> dict[str, str]:
         return {"epoch": fmt_epoch(self.epoch), "active": _enc_pairs(sorted(self.active.items())),
-                "hist": ";".join(a.encode() for a in self.history)}
+                "hist": ";".join(a.encode() for a in self.history),
+                "applied": ",".join(self.applied)}
 
     @classmethod
     def parse(cls, f: Mapping[str, str]) -> Report:
         return cls(parse_epoch(f["epoch"]), _pairs(f["active"]),
-                   tuple(Accepted.decode(e) for e in f.get("hist", "").split(";") if e))
+                   tuple(Accepted.decode(e) for e in f.get("hist", "").split(";") if e),
+                   tuple(a for a in f.get("applied", "").split(",") if a))
 
 
 @dataclass(frozen=True, slots=True)

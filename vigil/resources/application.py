@@ -350,7 +350,7 @@ class ApplicationResource(Resource):
             log.flush()
             try:
                 process = proc.spawn(
-                    self.argv,
+                    self.in_cgroup(self.argv),
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=log,

@@ -75,6 +75,7 @@ from typing import Any, Final
 from pyroute2 import IPRoute, NetlinkError
 
 from vigil.config import MonitorConfig, ParamValue, ResourceConfig, TypeDefaults
+from vigil.guard.holdings import Address, ResourceHolding
 from vigil.resources.model import (
     OpResult,
     Resource,
@@ -517,6 +518,9 @@ class IpResource(Resource):
     @property
     def nic(self) -> str:
         return self.settings.nic
+
+    def holding(self) -> ResourceHolding:
+        return ResourceHolding(self.name, addresses=(Address(self.nic, self.cidr),))
 
     # -- agent operations ---------------------------------------------------------------------
 

@@ -35,10 +35,14 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Final, overload
+from typing import TYPE_CHECKING, Final, overload
 
 from vigil.config import MonitorConfig, ParamValue, ResourceConfig, TypeDefaults
 from vigil.graph import DependencyCycle, DependencyGraph, find_cycle
+from vigil.guard.holdings import ResourceHolding
+
+if TYPE_CHECKING:
+    from vigil.guard.cgroups import NodeCgroups
 
 __all__ = [
     "Catalog",
@@ -325,6 +329,31 @@ class Resource(abc.ABC):
         # later one (a start interrupted by force_oos) does not overwrite the newer state.
         self._generation = 0
         self._catalog: Catalog | None = None
+        #: the node's cgroups, when its guardian is to kill what this resource runs: the
+        #: processes it starts go into a cgroup of its own (set by the node runtime)
+        self.cgroups: NodeCgroups | None = None
+
+    # -- what the node's guardian must remove if this node is fenced -------------------------
+
+    def holding(self) -> ResourceHolding:
+        """What this resource holds while in service, for the node's guardian: its cgroup
+        (the processes it started) here; types that add addresses or mounts add those."""
+        cgroup = self.cgroups.resource_path(self.name) if self.cgroups is not None else None
+        return ResourceHolding(self.name, cgroup=None if cgroup is None else str(cgroup))
+
+    def in_cgroup(self, argv: Sequence[str]) -> list[str]:
+        """``argv`` started inside this resource's cgroup (as it is, without cgroups)."""
+        if self.cgroups is None:
+            return list(argv)
+        from vigil.guard.cgroups import CgroupError  # it reads mounts with the filesystem type
+
+        try:
+            self.cgroups.create(self.name)
+            return self.cgroups.wrap(self.name, argv)
+        except CgroupError as exc:
+            log.warning("resource %s: runs outside its cgroup (%s): the guardian can only "
+                        "kill its process group", self.name, exc)
+            return list(argv)
 
     # -- identity (the seed's name(), type()) -------------------------------------------------
 

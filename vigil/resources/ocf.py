@@ -80,7 +80,7 @@ import signal
 import threading
 import time
 import xml.etree.ElementTree as ElementTree
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -467,13 +467,15 @@ def run_agent(
     env: Mapping[str, str],
     timeout: float,
     cancel: threading.Event | None = None,
+    wrap: Callable[[list[str]], list[str]] | None = None,
 ) -> AgentRun:
     """Run ``<agent> <action>`` in its own process group; see the module docstring.
 
     Returns when the agent exits, when ``timeout`` passes or when ``cancel`` is set; in the
     last two cases the agent's whole process group is killed with SIGKILL first.
     """
-    ran = proc.run([str(agent), action], timeout=timeout, cancel=cancel, cwd="/", env=env,
+    argv = [str(agent), action]
+    ran = proc.run(wrap(argv) if wrap else argv, timeout=timeout, cancel=cancel, cwd="/", env=env,
                    stdout_limit=_STDOUT_LIMIT, stderr_limit=_STDERR_LIMIT)
     stderr = ran.stderr
     returncode = ran.returncode
@@ -702,7 +704,8 @@ class OcfResource(Resource):
     def _run(self, action: str, timeout: float, *, interval: float = 0.0,
              depth: int | None = None, cancel: threading.Event | None = None) -> AgentRun:
         env = self.environment(action, timeout, interval, depth)
-        run = run_agent(self.agent_path, action, env=env, timeout=timeout, cancel=cancel)
+        run = run_agent(self.agent_path, action, env=env, timeout=timeout, cancel=cancel,
+                        wrap=self.in_cgroup)
         with self._last_run_lock:
             self._last_run = run
         tail = run.tail()

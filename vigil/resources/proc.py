@@ -58,6 +58,7 @@ __all__ = [
     "kill_group",
     "last_line",
     "pid_alive",
+    "process_groups",
     "run",
     "spawn",
     "wait_until",
@@ -95,8 +96,22 @@ def _load_prctl() -> Callable[..., int] | None:
 _prctl: Final = _load_prctl()
 
 
+#: the nice value children get back (None: they keep this process's): the daemon raises its
+#: own priority, the programs it starts must not inherit that
+_child_nice: int | None = None
+
+
+def set_child_nice(value: int | None) -> None:
+    global _child_nice
+    _child_nice = value
+
+
 def _die_with_parent(parent_pid: int, then: Callable[[], Any] | None) -> Callable[[], None]:
+    child_nice = _child_nice
+
     def preexec() -> None:
+        if child_nice is not None:
+            os.setpriority(os.PRIO_PROCESS, 0, child_nice)
         if _prctl is not None:
             _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
             # The parent may have died between fork and prctl; then no signal will ever come.
@@ -194,6 +209,16 @@ def group_members(pgid: int) -> list[int]:
         if stat is not None and stat[1] == pgid and stat[0] not in ("Z", "X"):
             members.append(int(entry.name))
     return members
+
+
+def process_groups() -> dict[int, list[int]]:
+    """Every live (non-zombie) process by process group, from one pass over /proc."""
+    groups: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and (stat := _stat(int(entry.name))) is not None \
+                and stat[0] not in ("Z", "X"):
+            groups.setdefault(stat[1], []).append(int(entry.name))
+    return groups
 
 
 def wait_until(
