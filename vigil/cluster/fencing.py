@@ -32,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 
 from vigil.cluster.events import Action, FenceDone, FenceNode
@@ -91,7 +91,7 @@ class Job:
     delay_why: str = ""
     level: int = 0  # index of the level running, or to run next
     attempt: int = 0  # the FenceNode in flight (0: none)
-    failures: list[str] = field(default_factory=list)  # of the current pass, in words
+    last_failure: str = ""  # the last level that failed, in words
     passes: int = 0  # full passes that failed
     wanted: bool = True  # False: no longer needed; it ends with the level in flight
 
@@ -177,10 +177,10 @@ class Fencing:
         paused = "" if self.may_act else " (paused: this node is not a quorate master)"
         if job.attempt:
             text = f"{level} running"
-            if job.failures:
-                text = f"{job.failures[-1]}; {text}"
-        elif job.failures:
-            text = f"{job.failures[-1]}; retrying in {max(0.0, job.due - self.now):.1f}s"
+            if job.last_failure:
+                text = f"{job.last_failure}; {text}"
+        elif job.last_failure:
+            text = f"{job.last_failure}; retrying in {max(0.0, job.due - self.now):.1f}s"
         else:
             text = f"{level} in {max(0.0, job.due - self.now):.1f}s" + (
                 f" ({job.delay_why})" if job.delay_why else "")
@@ -292,7 +292,7 @@ class Fencing:
         failure = f"{level} failed: {detail}"
         text = f"fencing {a.target}: {failure}"
         if job is not None:
-            job.failures.append(failure)
+            job.last_failure = failure
             if job.level + 1 < len(job.levels):
                 job.level += 1
                 job.due = self.now
