@@ -42,21 +42,22 @@ def fence_wrapper(c: NsCluster) -> Path:
     return path
 
 
-def start(c: NsCluster, *, holder: str, hung_stop: bool) -> None:
+def start(c: NsCluster, *, order: list[str], hung_stop: bool) -> None:
     """The group ``web``: an address, a state file whose stop hangs (``hung_stop``: longer
     than its stop_timeout, so the stop fails and the group is unclean where it ran), and a web
-    server; ``holder`` is preferred. Fencer ``devices``: one device fences every host."""
+    server; the hosts of ``order`` preferred in that order. Fencer ``devices``: one device
+    fences every host."""
     www = c.tmp / "www"
     www.mkdir(exist_ok=True)
     (www / "index.html").write_text(MARKER)
     server = f"{sys.executable} -m http.server 8080 --bind 0.0.0.0 --directory {www}"
     plugs = ", ".join(f'{n} = "{h.netns}"' for n, h in c.hosts.items())
-    others = [n for n in c.hosts if n != holder]
+    prefer = ", ".join(f"{n} = {10 * i}" for i, n in enumerate(order))
     stop_delay = "30s" if hung_stop else "0s"
     c.write_config(f"""
 [groups.web]
 resources = ["web-ip", "web-state", "web-app"]
-prefer = {{ {holder} = 0, {others[0]} = 10, {others[1]} = 20 }}
+prefer = {{ {prefer} }}
 
 [resources.web-ip]
 type = "ip"
@@ -85,7 +86,7 @@ host_argument = "plug"
 params = {{ power_timeout = 10 }}
 timeout = "30s"
 retries = 0
-monitor_interval = "1s"
+monitor_interval = "2s"
 
 [fencing]
 retry_interval = "2s"
@@ -99,6 +100,12 @@ def status(c: NsCluster, via: str) -> dict[str, Any]:
     return st
 
 
+def device_state(c: NsCluster, via: str) -> str:
+    """The state of the device ``ns`` as ``via``'s last monitor found it, or ""."""
+    st = c.status(via)
+    return "" if st is None else str(st["fencing"]["devices"]["ns"]["state"])
+
+
 def waits_for_fencing(c: NsCluster, via: str, target: str) -> str:
     """What ``via`` (the master) says the fencing of ``target`` waits for, or ""."""
     st = c.status(via)
@@ -107,11 +114,11 @@ def waits_for_fencing(c: NsCluster, via: str, target: str) -> str:
 
 def test_a_hung_stop_powers_the_holder_off_once_the_device_works(cluster: NsCluster) -> None:
     c = cluster
-    start(c, holder="n2", hung_stop=True)
+    start(c, order=["n2", "n3", "n1"], hung_stop=True)
     c.wait_for(lambda: c.holders("web") == ["n2"], 30, "web on n2")
     assert c.wait_for(lambda: c.client.http_get(f"http://{VIP}:8080/"), 10,
                       "the page through the address") == MARKER
-    c.wait_for(lambda: status(c, "n1")["fencing"]["devices"]["ns"]["state"] == "ok", 10,
+    c.wait_for(lambda: device_state(c, "n1") == "ok", 10,
                "the device's monitor to find it working")
 
     (c.tmp / "broken").touch()
@@ -124,12 +131,13 @@ def test_a_hung_stop_powers_the_holder_off_once_the_device_works(cluster: NsClus
                       and waits_for_fencing(c, "n1", "n2"), 20, "a failed fencing pass")
     assert "level 1 (ns) failed: " in wait and "Unable to connect/login" in wait
     assert "`vigil node confirm-off n2`" in wait
-    c.wait_for(lambda: status(c, "n1")["fencing"]["devices"]["ns"]["state"] == "failed", 10,
+    c.wait_for(lambda: device_state(c, "n1") == "failed", 10,
                "the device's monitor to find it broken")
     until = time.monotonic() + 3.0  # more than one retry_interval: still nowhere else
     while time.monotonic() < until:
         assert c.active("web") == {"n2": "unclean"}
         assert status(c, "n1")["groups"]["web"]["placed"] == "n2"
+        time.sleep(0.2)
     assert c.hosts["n2"].daemon_running
 
     # the device works again: the next pass powers n2 off, and only then web starts on n3
@@ -143,6 +151,7 @@ def test_a_hung_stop_powers_the_holder_off_once_the_device_works(cluster: NsClus
     n2 = c.hosts["n2"]
     assert n2.daemon is not None and n2.daemon.poll() is not None, "n2 still runs its daemon"
     assert n2.pids() == [], "processes of n2 survived its fencing"
+    c.power_off("n2")  # the harness learns what the fence did
     assert c.wait_for(lambda: c.client.http_get(f"http://{VIP}:8080/"), 10,
                       "the page from the survivor", check_daemons=False) == MARKER
     history = status(c, "n1")["fencing"]["history"]
@@ -152,7 +161,6 @@ def test_a_hung_stop_powers_the_holder_off_once_the_device_works(cluster: NsClus
     assert ("n1", "n2", 1, ["ns"], "failed") in results
 
     # n2 boots again and rejoins; web stays where it is
-    c.power_off("n2")  # the harness learns what the fence did
     c.power_on("n2")
     c.wait_for(lambda: all(st is not None and st["nodes"]["n2"]["state"] == "online"
                            for st in c.statuses().values()), 30, "n2 back online")
@@ -162,7 +170,7 @@ def test_a_hung_stop_powers_the_holder_off_once_the_device_works(cluster: NsClus
 def test_a_holder_cut_off_is_powered_off_before_its_group_starts_elsewhere(
         cluster: NsCluster) -> None:
     c = cluster
-    start(c, holder="n1", hung_stop=False)
+    start(c, order=["n1", "n2", "n3"], hung_stop=False)
     c.wait_for(lambda: c.holders("web") == ["n1"], 30, "web on n1")
     c.cut_link("n1", "lan0")  # n1 runs on, alone: the others must power it off
     c.wait_for(lambda: c.holders("web") == ["n2"], 30, "web on n2 after n1 was fenced",
@@ -170,6 +178,7 @@ def test_a_holder_cut_off_is_powered_off_before_its_group_starts_elsewhere(
     n1 = c.hosts["n1"]
     assert n1.daemon is not None and n1.daemon.poll() is not None, "n1 still runs its daemon"
     assert n1.pids() == []
+    c.power_off("n1")  # the harness learns what the fence did
     history = status(c, "n2")["fencing"]["history"]
     assert [(e["requester"], e["target"], e["result"]) for e in history] == [
         ("n2", "n1", "off")]
