@@ -79,7 +79,8 @@ def _nsfs_device() -> int:
 
 def _ancestors() -> list[int]:
     """This process's ancestors, nearest first (up to init)."""
-    out, pid = [], os.getppid()
+    out: list[int] = []
+    pid = os.getppid()
     while pid > 1 and len(out) < 64:
         out.append(pid)
         try:
