@@ -208,6 +208,24 @@ class ClusterMachine(RuleBasedStateMachine):
         if holder is not None:
             self._isolate(holder)
 
+    @rule(data=st.data(), gap=st.floats(0.0, 0.4))
+    def mute_holder(self, data: st.DataObject, gap: float) -> None:
+        """The holder of a group can still hear everyone, but the master stops hearing it,
+        and after ``gap`` everyone else too: its own lease runs as late as echoes allow
+        (the others echo what they last heard), and the members of the next view heard it
+        at different times (the master's own silence is not the bound)."""
+        holder = self._holder(data)
+        live = self.cluster.live()
+        if holder is None or not live:
+            return
+        master = min(live)
+        if master != holder:
+            self.cluster.block(holder, master)
+            self.cluster.run_for(gap)
+        for other in self.names:
+            if other != holder:
+                self.cluster.block(holder, other)
+
     @rule(data=st.data(), after=st.floats(0.0, 0.6), crash=st.booleans())
     def cut_off_holder_after_master_change(self, data: st.DataObject, after: float,
                                            crash: bool) -> None:

@@ -142,14 +142,18 @@ def test_a_hung_stop_powers_the_holder_off_once_the_device_works(cluster: NsClus
 
     # the device works again: the next pass powers n2 off, and only then web starts on n3
     (c.tmp / "broken").unlink()
-    c.wait_for(lambda: c.holders("web") == ["n3"], 30, "web on n3 after n2 was fenced",
+    # the move to n3 was one transition's request, and that transition could not stop web
+    # on n2: once n2 is off, web starts on whichever survivor is cheapest
+    c.wait_for(lambda: c.holders("web") in (["n1"], ["n3"]), 30,
+               "web on a survivor after n2 was fenced",
                check_daemons=False)
+    survivor = c.holders("web")
     n2 = c.hosts["n2"]
     assert n2.daemon is not None and n2.daemon.poll() is not None, "n2 still runs its daemon"
     assert n2.pids() == [], "processes of n2 survived its fencing"
     c.power_off("n2")  # the harness learns what the fence did
     assert c.wait_for(lambda: c.client.http_get(f"http://{VIP}:8080/"), 10,
-                      "the page from n3") == MARKER
+                      "the page from the survivor", check_daemons=False) == MARKER
     history = status(c, "n1")["fencing"]["history"]
     results = [(e["requester"], e["target"], e["level"], e["devices"], e["result"])
                for e in history]
@@ -160,7 +164,7 @@ def test_a_hung_stop_powers_the_holder_off_once_the_device_works(cluster: NsClus
     c.power_on("n2")
     c.wait_for(lambda: all(st is not None and st["nodes"]["n2"]["state"] == "online"
                            for st in c.statuses().values()), 30, "n2 back online")
-    assert c.holders("web") == ["n3"]
+    assert c.holders("web") == survivor
 
 
 def test_a_holder_cut_off_is_powered_off_before_its_group_starts_elsewhere(
@@ -180,4 +184,4 @@ def test_a_holder_cut_off_is_powered_off_before_its_group_starts_elsewhere(
         ("n2", "n1", "off")]
     assert history[0]["duration"] > 0
     assert c.wait_for(lambda: c.client.http_get(f"http://{VIP}:8080/"), 10,
-                      "the page from n2") == MARKER
+                      "the page from n2", check_daemons=False) == MARKER

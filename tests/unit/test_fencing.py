@@ -458,3 +458,22 @@ def test_vigil_status_and_ha_show_what_fencing_waits_for_and_did() -> None:
     assert tree["/fencing/devices/ipmi-beta/checked"].content == b""
     control = tree["/nodes/alpha/control"].control
     assert control is not None and {"fence", "confirm_off"} <= set(control.choices)
+
+
+def test_a_node_confirmed_off_in_error_is_taken_back_once_heard_in_the_same_life() -> None:
+    # The operator confirms alpha off while it is only cut off (alive, same life): once it
+    # is heard again, it was evidently not off, and the others must not shun it for ever
+    # (it would keep declaring epochs as the lowest name while they ignore it).
+    c = fenced_cluster(devices={"ipmi-alpha": BROKEN, "pdu": BROKEN})
+    c.partition(["alpha"], ["beta", "gamma"])
+    c.run_for(2.0)
+    c.request("gamma", AdminRequest("confirm_off", node="alpha"))
+    c.run_for(1.0)
+    assert c.core("beta").master.fencing.is_off("alpha")
+    t0 = c.now
+    c.heal()
+    c.run_for(4.0)
+    assert c.settled(), c.describe()
+    assert not c.core("beta").master.fencing.is_off("alpha")
+    assert "alpha" in c.core("beta").alive() and c.core("alpha").promised[1] == "alpha"
+    assert any("alpha is heard again in the life it had" in t for t in texts(c, "beta", t0))

@@ -133,7 +133,8 @@ class Fencing:
     """The fencing this node decides as master (see the module docstring)."""
 
     def __init__(self, config: ClusterConfig, name: str, journal: Journal,
-                 act: Callable[[Action], None], incarnation: Callable[[str], int]) -> None:
+                 act: Callable[[Action], None], incarnation: Callable[[str], int],
+                 last_heard: Callable[[str], float] = lambda node: -math.inf) -> None:
         self.config = config
         self.name = name
         self.journal = journal
@@ -143,6 +144,9 @@ class Fencing:
         self.jobs: dict[str, Job] = {}
         self.inflight: dict[int, Attempt] = {}
         self.off: dict[str, int] = {}  # node -> the incarnation it had when found off
+        self.off_at: dict[str, float] = {}  # node -> when it was found off
+        #: when a node was last heard (anything from it, on any link)
+        self.last_heard = last_heard
         self.history: list[Entry] = []
         self.may_act = False
         self._attempts = 0
@@ -157,8 +161,21 @@ class Fencing:
         return bool(self.config.fence_levels(node))
 
     def is_off(self, node: str) -> bool:
-        """Powered off (or confirmed off) and not heard in a new life since."""
-        return node in self.off and self.off[node] == self.incarnation(node)
+        """Powered off (or confirmed off) and not heard since, in any life. A node heard
+        again in the same life was not off (an operator's confirm-off given in error, a device
+        that lied): it counts as alive again, or the cluster would shun it forever."""
+        if node not in self.off:
+            return False
+        if self.off[node] == self.incarnation(node) and \
+                self.last_heard(node) <= self.off_at.get(node, math.inf):
+            return True
+        if self.off[node] == self.incarnation(node):
+            self.journal.note("fencing", f"{node} is heard again in the life it had when it "
+                              "was counted as off: it was not off (what it ran may have run "
+                              "twice); it counts as alive again")
+        del self.off[node]
+        self.off_at.pop(node, None)
+        return False
 
     def waiting(self, target: str) -> str:
         """What the fencing of ``target`` waits for, in words (for placement reasons and
@@ -283,6 +300,7 @@ class Fencing:
         level = f"level {a.level} ({_devices_text(a.devices)})"
         if ok:
             self.off[a.target] = self.incarnation(a.target)
+            self.off_at[a.target] = self.now
             self.jobs.pop(a.target, None)
             self.journal.emit(FencingCompleted(
                 node=self.name, time=self.now, member=a.target, ok=True, level=a.level,
@@ -316,6 +334,7 @@ class Fencing:
         """An operator says ``target`` is off (`vigil node confirm-off`): it counts as fenced
         until heard in a new life, like a level that powered it off."""
         self.off[target] = self.incarnation(target)
+        self.off_at[target] = self.now
         self.jobs.pop(target, None)
         detail = f"confirmed off by {who}"
         self._record(Entry(self.now, who, target, 0, (), "confirmed off", 0.0, detail))

@@ -116,7 +116,8 @@ class NodeCore:
         self.promise = Promise(persisted)
         self.groups = LocalGroups(config, name, self.journal, self._act)
         self.requests = Requests(name, incarnation, persisted.requests if persisted else ())
-        self.fencing = Fencing(config, name, self.journal, self._act, self._incarnation_of)
+        self.fencing = Fencing(config, name, self.journal, self._act, self._incarnation_of,
+                               lambda n: self.membership.last_heard.get(n, -math.inf))
         self.master = Master(config, name, strategy=self.strategy,
                              fencer=fencer or config.fencer, stop_bound=stop_bound(config),
                              membership=self.membership, promise=self.promise,
