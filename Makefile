@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test test-fast demo soak soak-large stability bench lint typecheck clean
+.PHONY: test test-fast demo soak soak-large stability bench bench-failover lint typecheck clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,11 @@ stability: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.transition_bench --write
+
+# Failover of a real service on the namespace cluster, Vigil and keepalived (as root; a
+# short version, 3 runs of each case, some 15 minutes; docs/benchmarks.md has the long one).
+bench-failover: $(STAMP)
+	$(BIN)/python -m bench.failover_bench --runs 3 --keepalived
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

@@ -30,7 +30,8 @@ import subprocess  # noqa: E402
 import time  # noqa: E402
 
 from tests.support.nscluster import NsCluster, nscluster_unavailable  # noqa: E402
-from tests.system.test_ns_guardian import GROUP, VIP  # noqa: E402
+from tests.support.nssample import web_group  # noqa: E402
+from tests.system.test_ns_guardian import MARKER, VIP  # noqa: E402
 
 MARK_BEGIN = "<!-- stability:begin -->"
 MARK_END = "<!-- stability:end -->"
@@ -40,7 +41,7 @@ HOG = "while True:\n    pass\n"
 def run(minutes: float, hogs_per_core: int) -> dict[str, object]:
     hogs: list[subprocess.Popen[bytes]] = []
     with NsCluster(hosts=3) as c:
-        c.write_config(GROUP)
+        c.write_config(web_group(VIP, MARKER))
         c.start_all()
         c.wait_for(lambda: c.holders("web") == ["n1"], 60, "web on n1")
         c.wait_for(lambda: c.client.http_get(f"http://{VIP}/") is not None, 30, "the server")
