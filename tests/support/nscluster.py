@@ -606,8 +606,8 @@ class NsCluster:
                              "--follow-daemon"], stdin=subprocess.DEVNULL,
                             stdout=self._log(h), stderr=subprocess.STDOUT)
             for h in hosts:
-                _wait_for(lambda h=h: (self.runtime_dir(h) / "guard.sock").exists(), 30,
-                          f"the guardian of {h.name}", 0.05)
+                sock = self.runtime_dir(h) / "guard.sock"
+                _wait_for(sock.exists, 30, f"the guardian of {h.name}", 0.05)
         for h in hosts:
             self.start(h)
 
