@@ -498,6 +498,12 @@ def p99(values: list[float]) -> float:
     return ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)]
 
 
+def loads(runs: list[Run]) -> str:
+    """The range of the load average (1 min) at the failures."""
+    values = [r.load for r in runs if r.load]
+    return f"{min(values):.1f}-{max(values):.1f}" if values else "-"
+
+
 def median_of(values: Iterable[float | None]) -> float | None:
     known = [v for v in values if v is not None]
     return statistics.median(known) if known else None
@@ -518,8 +524,8 @@ def table(runs: list[Run]) -> str:
         groups.setdefault((r.system, r.setting, r.scenario), []).append(r)
     head = ("| failure of the holder | cluster | runs | missing p50 | p99 | max | "
             "address on the new holder, p50 | max double holder | old server gone first | "
-            "Vigil / keepalived (missing p50) |")
-    out = [head, "|---|---|---|---|---|---|---|---|---|---|"]
+            "Vigil / keepalived (missing p50) | load |")
+    out = [head, "|---|---|---|---|---|---|---|---|---|---|---|"]
     for scenario in SCENARIOS:
         for system, name in SETTING_ORDER:
             rows = groups.get((system, name, scenario))
@@ -530,7 +536,7 @@ def table(runs: list[Run]) -> str:
             label = (vigil_setting(name) if system == "vigil" else keepalived_setting(name)).label
             count = f"{len(good)}" if len(good) == len(rows) else f"{len(good)} of {len(rows)}"
             if not missing:
-                out.append(f"| {scenario} | {label} | {count} | - | - | - | - | - | - | - |")
+                out.append(f"| {scenario} | {label} | {count} | - | - | - | - | - | - | - | - |")
                 continue
             doubles = [r.double_holder or 0.0 for r in good]
             at_end = sum(r.double_at_end for r in good)
@@ -551,7 +557,7 @@ def table(runs: list[Run]) -> str:
             out.append(f"| {scenario} | {label} | {count} | "
                        f"{ms(statistics.median(missing))} | {ms(p99(missing))} | "
                        f"{ms(max(missing))} | {ms(median_of(r.new_address for r in good))} | "
-                       f"{double} | {first} | {ratio} |")
+                       f"{double} | {first} | {ratio} | {loads(good)} |")
     return "\n".join(out)
 
 
