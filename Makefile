@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test test-fast demo soak soak-large bench bench-failover lint typecheck clean
+.PHONY: test test-fast demo soak soak-large stability bench bench-failover lint typecheck clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ soak-large: $(STAMP)
 	VIGIL_SIM_EXAMPLES=40 VIGIL_SIM_STEPS=60 VIGIL_SIM_LARGE=16,32 VIGIL_SIM_LARGE_ONLY=1 \
 		VIGIL_SIM_TIMEOUT=14400 PYTHONHASHSEED=0 $(BIN)/python -m pytest -q \
 		tests/sim/test_simulation.py -p no:cacheprovider --timeout=14400 -k TestClusterSimulation
+
+# 10 minutes with every core saturated: no transition, no fence (docs/benchmarks.md)
+stability: $(STAMP)
+	$(BIN)/python -m bench.stability --minutes 10 --write
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.transition_bench --write

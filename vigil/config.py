@@ -179,8 +179,11 @@ class FencingConfig:
     #: node -> levels, tried in order; a level is the devices that must all succeed
     levels: Mapping[str, tuple[tuple[str, ...], ...]] = field(default_factory=dict)
     delay_max: float = 0.0  # a random delay up to this before fencing (pcmk_delay_max)
-    #: added to the delay of the side running fewer groups (priority-fencing-delay)
+    #: added to the delay before fencing a node that ran more groups than the side fencing it,
+    #: so that the side running more shoots first (priority-fencing-delay)
     priority_delay: float = 0.0
+    #: after every level of a node failed, the whole topology is tried again this much later
+    retry_interval: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -492,7 +495,10 @@ _RESOURCE_KEYS: Final = ("type", "depends_on", "start_timeout", "stop_timeout", 
 _MONITOR_KEYS: Final = ("interval", "timeout", "depth")
 _FENCE_DEVICE_KEYS: Final = ("agent", "params", "hosts", "plugs", "timeout", "retries",
                              "monitor_interval", "host_argument")
-_FENCING_KEYS: Final = ("levels", "delay_max", "priority_delay")
+_FENCING_KEYS: Final = ("levels", "delay_max", "priority_delay", "retry_interval")
+#: The fencers that wait for time to pass; every other ``[cluster] fencer`` powers nodes off
+#: through the fence devices (docs/fencing.md, "What each fencer protects against").
+TIME_FENCERS: Final = ("guardian", "silence")
 #: Arguments Vigil gives a fence agent for each operation: never parameters of a device.
 _FENCE_ARGUMENTS: Final = ("action", "nodename")
 _FENCE_AGENT_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")
@@ -556,6 +562,7 @@ def from_dict(document: Mapping[str, object], path: str | Path = _MEMORY) -> Clu
     alerts = _read_alerts(c, root)
     devices = _read_fence_devices(c, root, node_names)
     fencing = _read_fencing(c, root, node_names, devices)
+    _check_fencer(c, fencer, two_node, sorted(node_names), devices, fencing)
     guardian = _read_guardian(c, root, base)
     if c.problems:
         raise ConfigError(c.problems)
@@ -828,6 +835,8 @@ def _read_fencing(c: _Checker, root: Mapping[str, object], node_names: Collectio
         levels=levels,
         delay_max=_or(c.duration(t, "fencing", "delay_max", 0.0), 0.0),
         priority_delay=_or(c.duration(t, "fencing", "priority_delay", 0.0), 0.0),
+        retry_interval=_or(c.duration(t, "fencing", "retry_interval", 10.0, positive=True),
+                           10.0),
     )
 
 
@@ -1158,6 +1167,24 @@ def _check_cluster_rules(c: _Checker, cluster: _ClusterSection,
               "guardian to kill what a node without quorum runs; use no_quorum_policy = "
               "'stop', or a fencer that really powers nodes off")
     return two_node, fencer
+
+
+def _check_fencer(c: _Checker, fencer: str | None, two_node: bool, node_names: list[str],
+                  devices: Mapping[str, FenceDevice], fencing: FencingConfig) -> None:
+    """Rules joining [cluster] fencer with the nodes and the fence devices."""
+    if fencer == "devices":
+        for node in node_names:
+            if node not in fencing.levels and not any(d.can_fence(node)
+                                                      for d in devices.values()):
+                c.add("cluster.fencer", f"fencer 'devices' powers every lost node off through "
+                      f"its fence levels, but no fence device can fence node '{node}': add a "
+                      f"[fence_devices.NAME] table whose hosts list '{node}' (and, for "
+                      "several, [fencing] levels), or choose another fencer")
+    if two_node and fencer == "guardian":
+        c.add("cluster.fencer", "fencer 'guardian' cannot protect a two-node cluster: both "
+              "halves of a split keep quorum (two_node), so their leases never run out and "
+              "no guardian acts; use fencer = 'devices' with a fence device for each node, or "
+              "'silence' with two links between the nodes")
 
 
 def validate_against_registry(cfg: ClusterConfig,

@@ -21,8 +21,8 @@ GroupStateChanged          ``group_state_changed``      group, state, reason
 FailCountsCleared          ``fail_counts_cleared``      group
 GroupMoved                 ``group_moved``              group, from_node, to_node
 QuorumGained / QuorumLost  ``quorum_gained`` / ...      (none)
-FencingRequested           ``fencing_requested``        member
-FencingCompleted           ``fencing_completed``        member, ok
+FencingRequested           ``fencing_requested``        member, level, device, detail
+FencingCompleted           ``fencing_completed``        member, ok, level, device, detail
 Decision                   ``decision``                 topic, fields (everything else the
                                                         node decided: requests, config ...)
 Missed                     ``missed``                   count (only from the event socket)
@@ -173,15 +173,31 @@ class QuorumLost(Notification):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FencingRequested(Notification):
+    """``node`` (the master, or the node that ran an operator's request) fences ``member``:
+    with a fence device, ``level`` (1 for the first of ``[fencing] levels``) and ``device``
+    (the level's devices, joined with ``+``); level 0 and no device for a time-based wait
+    (fencers ``guardian`` and ``silence``). ``detail`` says why it is fenced."""
+
     kind: ClassVar[str] = "fencing_requested"
     member: str
+    level: int = 0
+    device: str = ""
+    detail: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FencingCompleted(Notification):
+    """The fencing of ``member`` ended: ``ok`` when it is off (a device powered it off, the
+    wait is over, or an operator confirmed it), else failed; ``level`` and ``device`` as in
+    :class:`FencingRequested` (level 0 and no device for an operator's confirmation);
+    ``detail`` is the agents' own word, or why it counts as off."""
+
     kind: ClassVar[str] = "fencing_completed"
     member: str
     ok: bool = True
+    level: int = 0
+    device: str = ""
+    detail: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

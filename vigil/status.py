@@ -78,6 +78,69 @@ class Transition:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class FenceEvent:
+    """One entry of the fencing history: a level run on a node, a time-based wait over, or
+    an operator's confirmation that a node is off."""
+
+    at: str  # when it ended (HH:MM:SS, local wall clock)
+    requester: str  # the node that asked (the master), or "operator via NODE"
+    target: str
+    level: int  # 1 for the first of the node's levels; 0: no device (a wait, an operator)
+    devices: tuple[str, ...]
+    result: str  # "off", "failed", "no answer", "confirmed off", "waited out"
+    duration: float  # seconds
+    detail: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"at": self.at, "requester": self.requester, "target": self.target,
+                "level": self.level, "devices": list(self.devices), "result": self.result,
+                "duration": self.duration, "detail": self.detail}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> FenceEvent:
+        return cls(at=str(data["at"]), requester=str(data["requester"]),
+                   target=str(data["target"]), level=int(data["level"]),
+                   devices=tuple(data["devices"]), result=str(data["result"]),
+                   duration=float(data["duration"]), detail=str(data["detail"]))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FenceDeviceStatus:
+    """A fence device as this node's periodic ``monitor`` of it found it."""
+
+    state: str  # "ok", "failed", or "unknown" (not monitored yet, or monitor_interval 0)
+    reason: str
+    checked: str  # when (HH:MM:SS), "" if never
+    hosts: tuple[str, ...]  # the nodes it can fence
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FencingStatus:
+    """Fencing as this node saw it: what it waits for now (as master), what it ran or
+    asked for lately, and the state of every fence device."""
+
+    pending: Mapping[str, str] = field(default_factory=dict)  # node -> what it waits for
+    history: tuple[FenceEvent, ...] = ()  # oldest first
+    devices: Mapping[str, FenceDeviceStatus] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"pending": dict(self.pending), "history": [e.to_json() for e in self.history],
+                "devices": {n: {"state": d.state, "reason": d.reason, "checked": d.checked,
+                                "hosts": list(d.hosts)} for n, d in self.devices.items()}}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> FencingStatus:
+        if not data:
+            return cls()
+        return cls(pending={str(k): str(v) for k, v in data.get("pending", {}).items()},
+                   history=tuple(FenceEvent.from_json(e) for e in data.get("history", [])),
+                   devices={str(n): FenceDeviceStatus(
+                       state=str(d["state"]), reason=str(d["reason"]),
+                       checked=str(d["checked"]), hosts=tuple(d["hosts"]))
+                       for n, d in data.get("devices", {}).items()})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ClusterStatus:
     cluster: str
     node: str  # the node that answered
@@ -103,6 +166,7 @@ class ClusterStatus:
     dropped: int
     messages: Mapping[str, int] = field(default_factory=dict)  # the codec's counters
     decisions: tuple[tuple[str, str], ...] = ()  # (when, why), newest last
+    fencing: FencingStatus = field(default_factory=FencingStatus)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -131,6 +195,7 @@ class ClusterStatus:
             "local": dict(self.local), "fail_counts": dict(self.fail_counts),
             "mismatched": list(self.mismatched), "dropped": self.dropped,
             "messages": dict(self.messages), "decisions": [list(d) for d in self.decisions],
+            "fencing": self.fencing.to_json(),
         }
 
     @classmethod
@@ -165,6 +230,7 @@ class ClusterStatus:
             mismatched=tuple(data["mismatched"]), dropped=int(data["dropped"]),
             messages=dict(data.get("messages", {})),
             decisions=tuple((str(w), str(t)) for w, t in data.get("decisions", [])),
+            fencing=FencingStatus.from_json(data.get("fencing")),
         )
 
 

@@ -2,10 +2,11 @@
 
 Rules are faults (crash, restart, quick restart, partitions including one-way ones, a
 holder cut off, also right after a master change, a pair of nodes that lose each other,
-loss, duplication, delay, per-direction delay, process pauses, resource failures) and
-operator requests; the network's per-message choices (delay,
-loss, duplication) come from a ``random.Random`` whose seed Hypothesis draws, so a failure
-replays exactly and shrinks (towards seed 0 and fewer, simpler steps). Invariants are
+loss, duplication, delay, per-direction delay, process pauses, resource failures, stops that
+fail, fence devices that fail or hang) and operator requests (fencing by hand included);
+the network's per-message choices (delay, loss, duplication) come from a ``random.Random``
+whose seed Hypothesis draws, so a failure replays exactly and shrinks (towards seed 0 and
+fewer, simpler steps). Invariants are
 checked after every step and, inside the simulator, at every single resource operation
 (exclusivity, dependency order, agreement on closed epochs, epochs only grow per node
 across restarts, no epoch declared twice, no epoch or start from a minority, quorum and
@@ -40,9 +41,9 @@ from hypothesis.stateful import (
 from tests.support.simconfig import sim_config
 from vigil.cluster.events import AdminRequest
 from vigil.cluster.placement import stop_bound
-from vigil.cluster.sim import SimCluster
+from vigil.cluster.sim import SimCluster, SimDevice
 from vigil.cluster.wire import MAINTENANCE
-from vigil.config import ClusterConfig
+from vigil.config import TIME_FENCERS, ClusterConfig
 
 EXAMPLES = int(os.environ.get("VIGIL_SIM_EXAMPLES", "60"))
 STEPS = int(os.environ.get("VIGIL_SIM_STEPS", "40"))
@@ -63,6 +64,12 @@ def convergence_bound(cfg: ClusterConfig, groups: int) -> float:
     unresponsive_backoff = 2 * t.step_timeout  # nodes excluded for not answering
     one_round = 6 * t.step_timeout  # ack, report, cost, stop, accept, start
     fencing = t.lease_time + stop_bound(cfg) + t.fence_margin
+    if cfg.fence_devices:
+        # the delays, a pass over every level that failed (each attempt of each device up
+        # to its timeout, or 0.3 s of work), the wait before the next pass, and that pass
+        f = cfg.fencing
+        one_pass = sum((1 + d.retries) * max(d.timeout, 0.3) for d in cfg.fence_devices.values())
+        fencing = max(fencing, f.delay_max + f.priority_delay + 2 * one_pass + f.retry_interval)
     # simulated start + stop of every group, worst case in series (stops up to their timeout)
     group_ops = 2 * groups * 0.1 + sum(r.stop_timeout for r in cfg.resources.values())
     # a heal can cost one aborted round, then one full round with fencing; then the
@@ -85,19 +92,34 @@ class ClusterMachine(RuleBasedStateMachine):
         # 1 to 5 resources per group; chains of 2 to 4 groups that depend on each other
         sizes=st.lists(st.integers(1, 5), min_size=1, max_size=6),
         chain=st.integers(2, 4),
-        fencer=st.sampled_from(["guardian", "guardian", "silence"]),
+        fencer=st.sampled_from(["guardian", "guardian", "silence", "devices", "devices"]),
+        # fence devices also with a time-based fencer (for failed stops and by hand); each
+        # device's behaviour (fail, hang, duration), cycled over the devices; the delays
+        devices=st.booleans(),
+        behaviours=st.lists(st.tuples(st.sampled_from([0.0, 0.0, 0.3, 0.7, 1.0]),
+                                      st.sampled_from([0.0, 0.0, 0.2, 0.5]),
+                                      st.floats(0.01, 0.3)), min_size=1, max_size=4),
+        delays=st.sampled_from([(0.0, 0.0), (0.3, 0.0), (0.0, 0.5), (0.3, 0.5)]),
     )
     def setup(self, nodes: int, groups: int, seed: int, strategy: str,
               slow_stops: bool, sizes: list[int] | None = None, chain: int = 2,
-              fencer: str = "guardian") -> None:
-        cfg = sim_config(nodes, groups, strategy=strategy, chain=chain,
-                         resources_per_group=sizes or 2)
+              fencer: str = "guardian", devices: bool = False,
+              behaviours: list[tuple[float, float, float]] | None = None,
+              delays: tuple[float, float] = (0.0, 0.0)) -> None:
         # two_node clusters need a fencer that powers nodes off (docs/protocol.md); slow
         # stops take most of their stop_timeout, so the silence fencer's wait is really tested;
         # the guardian kills what a node runs within guard_time of its lease's end
-        self.cluster = SimCluster(cfg, rng=random.Random(seed),
-                                  fencer="power" if nodes == 2 else fencer,
-                                  stop_duration=None if slow_stops else 0.02)
+        fencer = "devices" if nodes == 2 else fencer
+        cfg = sim_config(nodes, groups, strategy=strategy, chain=chain,
+                         resources_per_group=sizes or 2, fencer=fencer,
+                         fence=devices or fencer == "devices", delay_max=delays[0],
+                         priority_delay=delays[1])
+        drawn = behaviours or [(0.0, 0.0, 0.1)]
+        self.cluster = SimCluster(cfg, rng=random.Random(seed), fencer=fencer,
+                                  stop_duration=None if slow_stops else 0.02,
+                                  devices={d: SimDevice((b[2] / 2, b[2]), fail=b[0], hang=b[1])
+                                           for d, b in zip(sorted(cfg.fence_devices),
+                                                           itertools.cycle(drawn))})
         self.names = cfg.node_names
         self.groups = sorted(cfg.groups)
         if not SHRINK:
@@ -152,14 +174,19 @@ class ClusterMachine(RuleBasedStateMachine):
         lease_time: a longer stall defeats the silence fencer by design (the others may
         start its groups while it cannot stop them), which is why it is not the default."""
         t = self.cluster.config.timing
-        longest = (t.dead_time + t.lease_time) * (4 if self.cluster.guardian else 1)
+        longest = (t.dead_time + t.lease_time) * (4 if self._powered_or_guarded() else 1)
         self.cluster.pause(data.draw(st.sampled_from(self.names)), fraction * longest)
 
-    @precondition(lambda self: hasattr(self, "cluster") and self.cluster.guardian)
+    def _powered_or_guarded(self) -> bool:
+        """A guardian kills what a stalled or dead daemon ran, and a power fencer switches
+        its node off: then a daemon may stall for long, or die alone."""
+        return self.cluster.guardian or self.cluster.config.fencer not in TIME_FENCERS
+
+    @precondition(lambda self: hasattr(self, "cluster") and self._powered_or_guarded())
     @rule(data=st.data())
     def kill_daemon(self, data: st.DataObject) -> None:
         """The daemon alone dies (SIGKILL, OOM): its resources run on until its guardian
-        kills them."""
+        kills them, or a fence device switches the node off."""
         live = self.cluster.live()
         if live:
             self.cluster.kill_daemon(data.draw(st.sampled_from(live)))
@@ -180,6 +207,24 @@ class ClusterMachine(RuleBasedStateMachine):
         holder = self._holder(data)
         if holder is not None:
             self._isolate(holder)
+
+    @rule(data=st.data(), gap=st.floats(0.0, 0.4))
+    def mute_holder(self, data: st.DataObject, gap: float) -> None:
+        """The holder of a group can still hear everyone, but the master stops hearing it,
+        and after ``gap`` everyone else too: its own lease runs as late as echoes allow
+        (the others echo what they last heard), and the members of the next view heard it
+        at different times (the master's own silence is not the bound)."""
+        holder = self._holder(data)
+        live = self.cluster.live()
+        if holder is None or not live:
+            return
+        master = min(live)
+        if master != holder:
+            self.cluster.block(holder, master)
+            self.cluster.run_for(gap)
+        for other in self.names:
+            if other != holder:
+                self.cluster.block(holder, other)
 
     @rule(data=st.data(), after=st.floats(0.0, 0.6), crash=st.booleans())
     def cut_off_holder_after_master_change(self, data: st.DataObject, after: float,
@@ -236,6 +281,28 @@ class ClusterMachine(RuleBasedStateMachine):
         self.cluster.fail_next_start(data.draw(st.sampled_from(self.names)),
                                      data.draw(st.sampled_from(self.groups)))
 
+    @precondition(lambda self: hasattr(self, "cluster") and self.cluster.config.fence_devices)
+    @rule(data=st.data())
+    def stop_fails(self, data: st.DataObject) -> None:
+        """A stop hangs and fails where the group runs (and an operator moves the group, so
+        that it stops): it stays in service there, unclean, until a fence device switches
+        that node off (only with devices: otherwise an operator must step in)."""
+        group = data.draw(st.sampled_from(self.groups))
+        where = self.cluster.placement()[group]
+        if where:
+            self.cluster.fail_next_stop(where[0], group)
+            self.cluster.request(data.draw(st.sampled_from(self.names)), AdminRequest(
+                "move", group=group, node=data.draw(st.sampled_from(self.names))))
+
+    @precondition(lambda self: hasattr(self, "cluster") and self.cluster.config.fence_devices)
+    @rule(data=st.data(), working=st.booleans())
+    def fence_device_changes(self, data: st.DataObject, working: bool) -> None:
+        """A fence device breaks (every operation fails or hangs) or is repaired."""
+        device = data.draw(st.sampled_from(sorted(self.cluster.devices)))
+        hang = data.draw(st.sampled_from([0.0, 1.0]))
+        self.cluster.devices[device] = (SimDevice() if working else
+                                        SimDevice(fail=1.0 - hang, hang=hang))
+
     @rule(index=st.integers(0, 299))
     def stale_message(self, index: int) -> None:
         """An old protocol message arrives again (held back by the network, or replayed)."""
@@ -276,6 +343,24 @@ class ClusterMachine(RuleBasedStateMachine):
         via = data.draw(st.sampled_from(self.names))
         self.cluster.request(via, AdminRequest("maintenance", on=on))
 
+    @rule(data=st.data())
+    def fence_by_hand(self, data: st.DataObject) -> None:
+        """`vigil node fence NODE` through any node (refused without quorum or devices)."""
+        via = data.draw(st.sampled_from(self.names))
+        self.cluster.request(via, AdminRequest("fence", node=data.draw(
+            st.sampled_from(self.names))))
+
+    @rule(data=st.data())
+    def confirm_off_by_hand(self, data: st.DataObject) -> None:
+        """`vigil node confirm-off NODE` for a node that really is off (an operator who
+        checked): its groups may move without a fence device."""
+        off = [n for n in self.names if self.cluster.nodes[n].core is None
+               and not self.cluster.nodes[n].resources]
+        if off:
+            via = data.draw(st.sampled_from(self.names))
+            self.cluster.request(via, AdminRequest("confirm_off", node=data.draw(
+                st.sampled_from(off))))
+
     # ---- time ----------------------------------------------------------------------------
 
     @rule(seconds=st.floats(0.01, 3.0))
@@ -295,6 +380,8 @@ class ClusterMachine(RuleBasedStateMachine):
         c = self.cluster
         c.heal()
         c.resume_all()
+        for device in c.devices:  # the fence devices work again
+            c.devices[device] = SimDevice()
         # A node fenced meanwhile (by a fence ordered before the heal) is rebooted, as a
         # stonith "reboot" would; it comes back with the requests it had taken.
         def power_on_all() -> None:

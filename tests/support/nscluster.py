@@ -594,9 +594,31 @@ class NsCluster:
         return h.daemon
 
     def start_all(self) -> None:
-        for h in self.hosts.values():
-            if h.powered and not h.daemon_running:
-                self.start(h)
+        """Start every powered host's daemon. Their guardians are started first, all at
+        once, so that no daemon comes up a second later than the others because it had to
+        start its own (the first transition would then go without it)."""
+        hosts = [h for h in self.hosts.values() if h.powered and not h.daemon_running]
+        if self._guarded():
+            for h in hosts:
+                if not (self.runtime_dir(h) / "guard.sock").exists():
+                    self.runtime_dir(h).mkdir(parents=True, exist_ok=True)
+                    h.popen([*_vigil_argv(), "guard", "-c", str(self.config), "-n", h.name,
+                             "--follow-daemon"], stdin=subprocess.DEVNULL,
+                            stdout=self._log(h), stderr=subprocess.STDOUT)
+            for h in hosts:
+                sock = self.runtime_dir(h) / "guard.sock"
+                _wait_for(sock.exists, 30, f"the guardian of {h.name}", 0.05)
+        for h in hosts:
+            self.start(h)
+
+    def _guarded(self) -> bool:
+        """The cluster file's fencer is the guardian (its default)."""
+        from vigil.config import ConfigError, load
+
+        try:
+            return load(self.config).fencer == "guardian"
+        except (ConfigError, OSError):  # a broken file is the daemon's to report
+            return False
 
     def sigkill(self, host: HostRef) -> None:
         """SIGKILL the host's daemon only (its children die with it: see vigil's proc)."""

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from vigil.config import (
     ClusterConfig,
+    FenceDevice,
+    FencingConfig,
     GroupConfig,
     LinkConfig,
     NodeConfig,
@@ -38,10 +40,17 @@ def sim_config(
     two_node: bool | None = None,
     stop_timeout: float = 0.1,
     timing: Timing | None = None,
+    fencer: str = "silence",
+    fence: bool = False,
+    delay_max: float = 0.0,
+    priority_delay: float = 0.0,
+    retry_interval: float = 0.5,
 ) -> ClusterConfig:
     """``resources_per_group``: one count for all, or one per group (cycled). With
     ``group_chain``, groups form dependency chains of ``chain`` groups (g1 after g0, g2
-    after g1...), each chain followed by one group on its own."""
+    after g1...), each chain followed by one group on its own. With ``fence``, two fencing
+    levels per node: its own board ``ipmi-NODE`` (timeout 0.3 s, one retry), then a switch
+    ``pdu`` feeding every node (timeout 0.3 s), with the ``[fencing]`` values given."""
     names = node_names(nodes)
     counts = ([resources_per_group] if isinstance(resources_per_group, int)
               else list(resources_per_group))
@@ -63,9 +72,17 @@ def sim_config(
         pref = {names[(gi + k) % nodes]: float(k * 10) for k in range(nodes)} if prefer else {}
         group_cfgs[gname] = GroupConfig(gname, tuple(rnames), depends_on=deps, prefer=pref,
                                         nodes=tuple(names), migration_threshold=migration_threshold)
+    devices: dict[str, FenceDevice] = {}
+    if fence:
+        devices = {f"ipmi-{n}": FenceDevice(f"ipmi-{n}", "simulated", (n,), timeout=0.3,
+                                            retries=1) for n in names}
+        devices["pdu"] = FenceDevice("pdu", "simulated", tuple(names), timeout=0.3, retries=0)
+    fencing = FencingConfig(
+        levels={n: ((f"ipmi-{n}",), ("pdu",)) for n in names} if fence else {},
+        delay_max=delay_max, priority_delay=priority_delay, retry_interval=retry_interval)
     return ClusterConfig(
         name="sim", key_file=Path("/nonexistent"), nodes=node_cfgs, groups=group_cfgs,
-        resources=res_cfgs,
+        resources=res_cfgs, fencer=fencer, fence_devices=devices, fencing=fencing,
         timing=timing or Timing(heartbeat_interval=0.1, dead_time=0.5, lease_time=0.5,
                                 step_timeout=1.0, retransmit_interval=0.1, fence_margin=0.05),
         strategy=strategy, two_node=(nodes == 2) if two_node is None else two_node,

@@ -240,7 +240,7 @@ def test_without_a_daemon_reads_and_writes_fail_with_enotconn(tmp_path: Path) ->
     config = write_config(tmp_path, runtime="nobody-runs-here")
     log = tmp_path / "mount.log"
     with mounted(config, "alpha", log) as (root, _):
-        assert sorted(os.listdir(root)) == ["cluster", "groups", "nodes", "resources"]
+        assert sorted(os.listdir(root)) == ["cluster", "fencing", "groups", "nodes", "resources"]
         with pytest.raises(OSError) as caught:
             read(root / "cluster/epoch")
         assert caught.value.errno == errno.ENOTCONN
@@ -439,7 +439,8 @@ def test_background_mount_returns_once_mounted(tmp_path: Path) -> None:
             assert f"mounted at {root} (server pid " in done.stdout
             server = int(done.stdout.split("server pid ")[1].split(")")[0])
             assert os.path.ismount(root)
-            assert sorted(os.listdir(root)) == ["cluster", "groups", "nodes", "resources"]
+            assert sorted(os.listdir(root)) == ["cluster", "fencing", "groups", "nodes",
+                                                "resources"]
             subprocess.run(["fusermount3", "-u", str(root)], check=True, timeout=15)
             wait_for(lambda: not _alive(server), 10, "the server to end after the unmount")
             log_says(log, "serving /ha of node alpha", "unmounted")

@@ -160,6 +160,9 @@ def test_a_killed_server_restarts_in_place_then_moves_and_cleanup_lets_it_back(
     config = str(cluster.write_config(web_group(cluster, disk, threshold=2)))
     cluster.start_all()
     wait_holder(cluster, "n1", "web on n1")
+    # every node in: a late joiner's transition is not what this test is about
+    cluster.wait_for(lambda: len((cluster.status("n1") or {}).get("members", [])) == 3, 30,
+                     "all three nodes in the cluster")
     before = cluster.status("n1")
     assert before is not None
     first = resource_pids(cluster, "n1", "http.server")

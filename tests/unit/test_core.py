@@ -37,7 +37,7 @@ from vigil.cluster.local import LocalGroups, LocalState
 from vigil.cluster.node import NodeCore
 from vigil.cluster.placement import stop_bound
 from vigil.cluster.promise import Persisted
-from vigil.cluster.sim import SimCluster, SimNode
+from vigil.cluster.sim import SIM_SWITCH, SimCluster, SimDevice, SimNode
 from vigil.cluster.steps import GroupSteps
 from vigil.cluster.strategy import CostStrategy, LocalCostContext
 from vigil.cluster.view import build_status
@@ -342,7 +342,8 @@ def test_two_node_a_lone_survivor_that_saw_its_peer_stays_quorate_and_fences_it(
     core = c.core("alpha")
     assert build_status(core).quorate is True
     assert c.where() == {"g0": "alpha", "g1": "alpha"}
-    assert any(text == "fencing beta" for when, text in core.decisions if when >= t0)
+    assert any(text.startswith("beta fenced: level 1") for when, text in core.decisions
+               if when >= t0)
     assert c.settled()
 
 
@@ -909,8 +910,9 @@ def test_a_failed_converging_start_under_a_running_dependent_stops_the_dependent
 def test_a_request_survives_the_fencing_of_the_node_that_took_it() -> None:
     # alpha reboots and takes "maintenance off" just before beta's power fence, issued
     # while alpha was down, switches it off again: the request is persisted with alpha's
-    # promise, so it is carried out once alpha is back
-    c = Recorder(sim_config(2, 1), fencer="power")
+    # promise, so it is carried out once alpha is back (the switch takes 0.6 s)
+    c = Recorder(sim_config(2, 1), fencer="power",
+                 devices={SIM_SWITCH: SimDevice(duration=(0.6, 0.6))})
     c.run_for(FORM)
     c.request("alpha", AdminRequest("maintenance", on=True))
     c.run_for(1.0)

@@ -197,3 +197,38 @@ def test_fencing_delays_are_durations() -> None:
     found = problems('[fencing]\ndelay_max = "-1s"\npriority_delay = "a while"\nlevel = 1\n')
     assert {p.key for p in found} == {"fencing.delay_max", "fencing.priority_delay",
                                       "fencing.level"}
+
+
+def test_retry_interval_is_a_positive_duration_ten_seconds_by_default() -> None:
+    assert config("").fencing.retry_interval == 10.0
+    assert config('[fencing]\nretry_interval = "2s"\n').fencing.retry_interval == 2.0
+    assert "must be longer than 0" in only('[fencing]\nretry_interval = "0s"\n',
+                                           "fencing.retry_interval")
+
+
+def test_fencer_devices_needs_a_device_for_every_node_and_names_the_one_without() -> None:
+    cluster = BASE.replace('key_file = "demo.key"\n', 'key_file = "demo.key"\nfencer = "devices"\n')
+    # the pdu feeds every node; ipmi-alpha alone leaves beta and gamma without a device
+    assert loads(cluster + DEVICES).fencer == "devices"
+    alone = (DEVICES.split("[fence_devices.pdu]")[0]
+             + '[fencing]\nlevels = { alpha = [["ipmi-alpha"]] }\n')
+    with pytest.raises(ConfigError) as caught:
+        loads(cluster + alone)
+    messages = [p.message for p in caught.value.problems if p.key == "cluster.fencer"]
+    assert len(messages) == 2
+    assert "no fence device can fence node 'beta'" in messages[0]
+    assert "no fence device can fence node 'gamma'" in messages[1]
+    assert "add a [fence_devices.NAME] table whose hosts list 'beta'" in messages[0]
+
+
+def test_a_two_node_cluster_cannot_use_the_guardian_fencer() -> None:
+    two = BASE.split("[nodes.gamma]")[0]
+    with pytest.raises(ConfigError) as caught:
+        loads(two.replace('key_file = "demo.key"\n',
+                          'key_file = "demo.key"\nfencer = "guardian"\n'))
+    message = [p.message for p in caught.value.problems if p.key == "cluster.fencer"]
+    assert len(message) == 1
+    assert "both halves of a split keep quorum" in message[0]
+    assert "use fencer = 'devices'" in message[0] and "'silence' with two links" in message[0]
+    assert loads(two.replace('key_file = "demo.key"\n',
+                             'key_file = "demo.key"\nfencer = "silence"\n')).two_node

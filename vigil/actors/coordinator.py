@@ -19,6 +19,7 @@ from vigil.actors.base import Directory, VigilActor
 from vigil.actors.guard import GuardianLost, GuardLink
 from vigil.actors.messages import (
     Control,
+    FenceDeviceState,
     GetStatus,
     ProbeGroup,
     ResourceOp,
@@ -33,6 +34,7 @@ from vigil.cluster.events import (
     AdminRequest,
     ClearFailures,
     Event,
+    FenceDone,
     FenceNode,
     MarkedOutOfService,
     Output,
@@ -47,7 +49,7 @@ from vigil.cluster.promise import Persisted
 from vigil.cluster.view import ResourceFacts, build_status
 from vigil.config import ClusterConfig
 from vigil.notifications import FailCountsCleared, ResourceStateChanged
-from vigil.status import ClusterStatus, Operation
+from vigil.status import ClusterStatus, FenceDeviceStatus, Operation
 from vigil.transports import Codec, Sequencer
 
 log = logging.getLogger(__name__)
@@ -100,6 +102,7 @@ class CoordinatorActor(VigilActor):
         self.last_failure: dict[str, Operation] = {}
         self.last_diagnostic: dict[str, Operation] = {}
         self.running: frozenset[str] = frozenset()
+        self.fence_devices: dict[str, FenceDeviceStatus] = {}  # as their monitors found them
         self.timer: DeadlineTimer | None = None
         self.left = False
         self.guard = guard
@@ -132,6 +135,9 @@ class CoordinatorActor(VigilActor):
         if isinstance(message, ResourceOpDone):  # a mark_oos by hand
             self._handle(MarkedOutOfService(message.resource))
             return None
+        if isinstance(message, FenceDeviceState):
+            self._fence_device_state(message)
+            return None
         if isinstance(message, GuardianLost):
             # Nothing would kill what this node runs if its daemon hung now, so the others'
             # short fencing wait would no longer be true: leave, cleanly, at once.
@@ -158,6 +164,16 @@ class CoordinatorActor(VigilActor):
             self.resource_fails[m.resource] = self.resource_fails.get(m.resource, 0) + 1
             self.last_failure[m.resource] = entry
 
+    def _fence_device_state(self, m: FenceDeviceState) -> None:
+        state = "ok" if m.ok else "failed"
+        before = self.fence_devices.get(m.device)
+        if before is None or before.state != state:
+            (log.info if m.ok else log.warning)("fence device %s: monitor %s (%s)", m.device,
+                                                state, m.reason)
+        self.fence_devices[m.device] = FenceDeviceStatus(
+            state=state, reason=m.reason, hosts=self.config.fence_devices[m.device].hosts,
+            checked=time.strftime("%H:%M:%S", time.localtime(m.at)))
+
     # ---- the core --------------------------------------------------------------------------
 
     def _handle(self, event: Event) -> None:
@@ -180,9 +196,10 @@ class CoordinatorActor(VigilActor):
         for action in out.actions:
             if isinstance(action, StartGroup | StopGroup | RestartResource):
                 self.directory.tell(f"group:{action.group}", action)
-            elif isinstance(action, FenceNode):
-                log.error("fencing %s requested, but fencer %r cannot power nodes off",
-                          action.node, self.config.fencer)
+            elif isinstance(action, FenceNode) and not self.directory.tell("fencer", action):
+                self.actor_ref.tell(FenceDone(action.node, False, action.level, "no fencer "
+                                              "runs on this node (is it restarting?)",
+                                              action.attempt))
         # Only now, with every command sent: telling must never keep a stop from happening.
         offset = time.time() - time.monotonic()  # core times are monotonic
         for note in out.notifications:
@@ -227,6 +244,15 @@ class CoordinatorActor(VigilActor):
                 return _error(_unknown("node", node, cfg.nodes))
             self._handle(AdminRequest(cmd, node=node))  # type: ignore[arg-type]
             return {"ok": True, "message": f"{cmd} of {node} requested"}
+        if cmd in ("fence", "confirm_off"):
+            refused = self.core.fence_refusal(cmd, node)
+            if refused:
+                return _error(refused)
+            self._handle(AdminRequest(cmd, node=node))  # type: ignore[arg-type]
+            then = ("'s master runs its fence levels" if cmd == "fence" else
+                    f" counts {node} as fenced")
+            return {"ok": True, "message": f"{cmd.replace('_', '-')} of {node} requested: the "
+                    f"next transition{then} (watch `vigil status`)"}
         if cmd == "cleanup":
             if not group and req.arg("resource") in cfg.resources:
                 group = cfg.resources[req.arg("resource")].group
@@ -267,7 +293,7 @@ class CoordinatorActor(VigilActor):
         return build_status(self.core, ResourceFacts(
             states=self.resource_states, fail_counts=self.resource_fails,
             last_failure=self.last_failure, last_diagnostic=self.last_diagnostic,
-            messages=self.codec.counters), wall=_wall)
+            messages=self.codec.counters, fence_devices=self.fence_devices), wall=_wall)
 
 
 def _wall(monotonic: float) -> str:

@@ -48,6 +48,16 @@ class ResourceState:
 
 
 @dataclass(frozen=True, slots=True)
+class FenceDeviceState:
+    """The result of a fence device's periodic ``monitor`` (for status)."""
+
+    device: str
+    ok: bool
+    reason: str
+    at: float  # wall-clock time.time()
+
+
+@dataclass(frozen=True, slots=True)
 class Frames:
     """Raw frames from a link's reader thread."""
 

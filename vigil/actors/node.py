@@ -26,6 +26,7 @@ from vigil.actors.base import Directory, VigilActor
 from vigil.actors.control import ControlActor
 from vigil.actors.coordinator import CoordinatorActor
 from vigil.actors.diagnostics import DiagnosticsActor
+from vigil.actors.fencer import FencerActor
 from vigil.actors.group import GroupActor
 from vigil.actors.guard import GuardLink
 from vigil.actors.link import LinkActor, LinkFactory
@@ -180,6 +181,8 @@ class NodeRuntime:
                 GroupActor.start, f"group:{group}", d, group, order, dependents)
         present = frozenset(r.name for r in catalog)
         factories["diagnostics"] = lambda: DiagnosticsActor.start("diagnostics", d, cfg, present)
+        if cfg.fence_devices:  # runs the levels the core decides, monitors the devices
+            factories["fencer"] = lambda: FencerActor.start("fencer", d, cfg)
         state_path = self.runtime_dir / "state.json"
         factories["coordinator"] = lambda: CoordinatorActor.start(
             "coordinator", d, cfg, node, codec, sequencer, state_path, self.missing_types,

@@ -77,6 +77,15 @@ class Client:
     def online(self, node: str) -> str:
         return str(self.request("online", node=node)["message"])
 
+    def fence(self, node: str) -> str:
+        """Power ``node`` off through its fence levels, once (`vigil node fence`)."""
+        return str(self.request("fence", node=node)["message"])
+
+    def confirm_off(self, node: str) -> str:
+        """Say that ``node`` is off, so it counts as fenced (`vigil node confirm-off`): only
+        for a node you know is off."""
+        return str(self.request("confirm_off", node=node)["message"])
+
     def maintenance(self, on: bool) -> str:
         return str(self.request("maintenance", state="on" if on else "off")["message"])
 

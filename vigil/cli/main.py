@@ -88,7 +88,7 @@ def cli() -> None:
 
 @cli.group()
 def node() -> None:
-    """Run a node daemon; put nodes in standby and back online."""
+    """Run a node daemon; put nodes in standby and back online; fence them by hand."""
 
 
 @node.command("run")
@@ -148,6 +148,28 @@ def node_standby(config_path: str, via: str | None, name: str) -> None:
 def node_online(config_path: str, via: str | None, name: str) -> None:
     """Let NAME run groups again."""
     _request(config_path, via, "online", node=name)
+
+
+@node.command("fence")
+@config_option
+@via_option
+@click.argument("name")
+def node_fence(config_path: str, via: str | None, name: str) -> None:
+    """Power NAME off now through its fence levels (once; the master runs them). Refused
+    without quorum, or when no fence device can fence NAME."""
+    _request(config_path, via, "fence", node=name)
+
+
+@node.command("confirm-off")
+@config_option
+@via_option
+@click.argument("name")
+def node_confirm_off(config_path: str, via: str | None, name: str) -> None:
+    """Tell the cluster that NAME is off (you checked: powered down, unplugged): it counts as
+    fenced, so the groups waiting for its fencing may move. Refused without quorum, and
+    while NAME is online. Saying so of a node that still runs is how two nodes end up
+    running one group."""
+    _request(config_path, via, "confirm_off", node=name)
 
 
 # ---- group / resource ---------------------------------------------------------------------
@@ -316,6 +338,8 @@ def format_status(st: ClusterStatus) -> str:
         by_group.setdefault(rv.group, []).append(r)
     for g, gv in sorted(st.groups.items()):
         where = f"on {gv.node}" if gv.node else ""
+        if not gv.node and gv.placed in st.fencing.pending:
+            where = f"(held: it waits for the fencing of {gv.placed})"
         lines.append(f"  * {g:<12} {gv.state} {where}".rstrip())
         for r in by_group.get(g, []):
             rv = st.resources[r]
@@ -332,12 +356,32 @@ def format_status(st: ClusterStatus) -> str:
     if st.fail_counts:
         lines.append("Fail counts here: " + ", ".join(f"{g}={c}"
                                                       for g, c in st.fail_counts.items()))
+    lines += _format_fencing(st)
     if st.mismatched:
         lines.append("CONFIG MISMATCH (kept out): " + ", ".join(st.mismatched))
     if st.decisions:
         lines.append("Recent decisions:")
         lines += [f"    {at} {text}" for at, text in st.decisions[-6:]]
     return "\n".join(lines)
+
+
+def _format_fencing(st: ClusterStatus) -> list[str]:
+    f = st.fencing
+    if not (f.pending or f.history or f.devices):
+        return []
+    lines = ["Fencing:"]
+    lines += [f"  * {node}: {text}" for node, text in sorted(f.pending.items())]
+    for name, d in sorted(f.devices.items()):
+        when = f" at {d.checked}" if d.checked else ""
+        lines.append(f"  device {name:<12} {d.state}{when} (fences {', '.join(d.hosts)})"
+                     + (f": {d.reason}" if d.state != "ok" else ""))
+    if f.history:
+        lines.append("  recent (requester -> node, level, devices: result, seconds):")
+        for e in f.history[-6:]:
+            level = f"level {e.level} ({'+'.join(e.devices)})" if e.level else "no device"
+            lines.append(f"    {e.at} {e.requester} -> {e.target}, {level}: {e.result}, "
+                         f"{e.duration:.1f}s" + (f": {e.detail}" if e.result != "off" else ""))
+    return lines
 
 
 # ---- configuration ------------------------------------------------------------------------

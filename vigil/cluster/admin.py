@@ -1,5 +1,6 @@
 """Administrative requests: move, standby/online, maintenance, resources in or out of service
-by hand. They go through the protocol like everything else.
+by hand, fencing by hand (fence a node now; confirm that a node is off). They go through the
+protocol like everything else.
 
 A request is queued on the node that received it and travels in that node's heartbeats until
 a transition applies it; the master folds every pending request (its own and those its live
@@ -54,6 +55,13 @@ class Applied:
     moves: dict[str, str]  # group -> node
     applied: tuple[str, ...]  # request ids
     ignored: tuple[str, ...]  # why, for each request that names nothing known
+    #: (kind, node, who) of each fencing request, in order: for the master to carry out
+    fencing: tuple[tuple[str, str, str], ...] = ()
+
+
+def requester(rid: str) -> str:
+    """The node that took request ``rid`` (ids are NODE-INCARNATION-COUNTER)."""
+    return rid.rsplit("-", 2)[0]
 
 
 def apply(config: ClusterConfig, admin: frozenset[str], requests: Mapping[str, RequestRef]
@@ -63,6 +71,7 @@ def apply(config: ClusterConfig, admin: frozenset[str], requests: Mapping[str, R
     moves: dict[str, str] = {}
     applied: list[str] = []
     ignored: list[str] = []
+    fencing: list[tuple[str, str, str]] = []
     for rid, r in sorted(requests.items()):
         kind, target, node = r.kind, r.target, r.node
         if kind == "standby" and node in config.nodes:
@@ -80,7 +89,9 @@ def apply(config: ClusterConfig, admin: frozenset[str], requests: Mapping[str, R
                 state.discard(MAINTENANCE)
         elif kind == "move" and target in config.groups and node in config.nodes:
             moves[target] = node
+        elif kind in ("fence", "confirm_off") and node in config.nodes:
+            fencing.append((kind, node, f"an operator via {requester(rid)}"))
         else:
             ignored.append(f"request {rid} ignored: unknown {kind} {target} {node}")
         applied.append(rid)
-    return Applied(frozenset(state), moves, tuple(applied), tuple(ignored))
+    return Applied(frozenset(state), moves, tuple(applied), tuple(ignored), tuple(fencing))

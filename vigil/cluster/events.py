@@ -58,10 +58,11 @@ class GroupFailed:
 class AdminRequest:
     """A manual request (CLI, /ha, API): it goes through the protocol like everything else."""
 
-    kind: Literal["move", "standby", "online", "enable", "disable", "kill", "maintenance"]
+    kind: Literal["move", "standby", "online", "enable", "disable", "kill", "maintenance",
+                  "fence", "confirm_off"]
     group: str = ""  # the group to move
     resource: str = ""  # the resource to enable (in service), disable (out) or kill (at once)
-    node: str = ""  # the target of a move; the node of standby or online
+    node: str = ""  # the target of a move; the node of standby, online, fence or confirm_off
     on: bool = False  # maintenance on (True) or off
 
     @property
@@ -91,10 +92,15 @@ class MarkedOutOfService:
 
 @dataclass(frozen=True, slots=True)
 class FenceDone:
-    """A fencing device confirmed a node is off (fencers other than 'silence')."""
+    """The shell ran a :class:`FenceNode`: ``ok`` when every device of the level did it
+    (the node is off), else failed; ``detail`` is the level's result in words (each device,
+    its agent, exit code and reason). ``attempt`` is the FenceNode's."""
 
     node: str
     ok: bool
+    level: int = 0
+    detail: str = ""
+    attempt: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +169,16 @@ class RestartResource:
 
 @dataclass(frozen=True, slots=True)
 class FenceNode:
+    """Run fencing level ``level`` (1 for the first of the node's ``[fencing] levels``) on
+    ``node``: ``action`` with every device of ``devices``, in order (``run_level``); answer
+    with a :class:`FenceDone` carrying the same ``attempt``. The core decides levels, delays
+    and retries; the shell only runs the agents."""
+
     node: str
+    level: int
+    devices: tuple[str, ...]
+    action: Literal["off", "on", "reboot"] = "off"
+    attempt: int = 0
 
 
 Action = StartGroup | StopGroup | RestartResource | FenceNode

@@ -268,6 +268,14 @@ class LocalGroups:
                 self.failures += 1  # held through a transition: the next one may restart it
             return
         self.set(ev.group, LocalState.UNCLEAN)
+        # As Pacemaker does after a failed stop: the fail count here reaches the threshold,
+        # so once the group is released (fencing, or mark-oos) it runs elsewhere; counted as
+        # a failure, so the master looks again (and held, so it does not start here first).
+        self.fill_fail_count(ev.group)
+        self.fail_times[ev.group].append(self.journal.now)
+        self.held.add(ev.group)
+        self.held_in[ev.group] = promised
+        self.failures += 1
         members = self.config.groups[ev.group].resources
         self.unclean_members[ev.group] = set(members if ev.remaining is None
                                              else ev.remaining)

@@ -40,6 +40,7 @@ from vigil.cluster.events import (
     Received,
     Shutdown,
 )
+from vigil.cluster.fencing import Fencing
 from vigil.cluster.journal import Journal
 from vigil.cluster.local import Allowed, LocalGroups, LocalState
 from vigil.cluster.membership import Heard, Membership
@@ -115,11 +116,13 @@ class NodeCore:
         self.promise = Promise(persisted)
         self.groups = LocalGroups(config, name, self.journal, self._act)
         self.requests = Requests(name, incarnation, persisted.requests if persisted else ())
+        self.fencing = Fencing(config, name, self.journal, self._act, self._incarnation_of,
+                               lambda n: self.membership.last_heard.get(n, -math.inf))
         self.master = Master(config, name, strategy=self.strategy,
                              fencer=fencer or config.fencer, stop_bound=stop_bound(config),
                              membership=self.membership, promise=self.promise,
                              requests=self.requests, journal=self.journal, send=self._send,
-                             act=self._act, now=now)
+                             act=self._act, now=now, fencing=self.fencing)
         self.changes = Changes(name)
 
     # ---- the one entry point -------------------------------------------------------------
@@ -150,7 +153,12 @@ class NodeCore:
             if standby:
                 self._queue(AdminRequest("standby", node=self.name))
         elif isinstance(event, AdminRequest):
-            self._queue(event)
+            refused = self.fence_refusal(event.kind, event.node)
+            if refused:
+                self.journal.note("request", f"request {event.kind} {event.node} refused: "
+                                  f"{refused}", node=event.node)
+            else:
+                self._queue(event)
         elif isinstance(event, ClearFailures):
             self._clear_failures(event.group, "here")
             if event.everywhere:
@@ -173,6 +181,7 @@ class NodeCore:
             self.journal.note("membership", f"{self.name} is leaving the cluster: stopping "
                               "every group here")
         self._settle()
+        self.master.fence()  # what this event made due (a level failed: the next one now)
         # In the order a person would tell it: who came or went (that is what led to the
         # decisions), the decisions, then where groups went as a result.
         seen, moves = self.changes.observe(self.membership, self.accepted)
@@ -246,6 +255,32 @@ class NodeCore:
 
     def fail_counts(self) -> dict[str, int]:
         return self.groups.fail_counts()
+
+    def fence_refusal(self, kind: str, node: str) -> str:
+        """Why a manual fencing request (``fence`` or ``confirm_off``) of ``node`` is refused
+        here and now, or "" (also "" for the other kinds of requests)."""
+        if kind not in ("fence", "confirm_off"):
+            return ""
+        if node not in self.config.nodes:
+            return (f"no node named {node!r} (nodes: {', '.join(self.config.node_names)})")
+        alive = self.alive()
+        if not self.quorate():
+            return (f"{self.name} has no quorum ({self.membership.quorum.describe(alive)}): "
+                    "fencing requests are refused without quorum; ask a node of the quorate "
+                    "partition")
+        if kind == "fence" and not self.fencing.can_fence(node):
+            return (f"no fence device can fence {node}: add a [fence_devices.NAME] whose "
+                    "hosts list it (docs/fencing.md)")
+        if kind == "confirm_off" and node in alive:
+            heard = ("this node" if node == self.name else
+                     f"heard {self.membership.silent_for(node):.1f}s ago")
+            return (f"{node} is online ({heard}): confirm-off is for a lost node that is "
+                    "known to be off")
+        return ""
+
+    def _incarnation_of(self, node: str) -> int:
+        peer = self.membership.peers.get(node)
+        return peer.incarnation if peer is not None else 0
 
     # ---- outputs ----------------------------------------------------------------------------
 

@@ -8,8 +8,11 @@
 5. *Stop phase*: members stop what moves away; groups that a non-member may still hold wait
    for fencing: the ``guardian`` fencer waits until the non-member's quorum lease has surely
    run out (bounded from the silences the acks report) and its guardian had ``guard_time`` to
-   kill what it ran; ``silence`` waits until its own stops had time to finish instead; a
-   power fencer waits for a fence device to confirm it off.
+   kill what it ran; ``silence`` waits until its own stops had time to finish instead. A
+   power fencer (``devices``) does not wait: the groups such a node may run are *held* (named
+   on it, started nowhere) while :mod:`~vigil.cluster.fencing` powers it off, and the
+   transition that follows its fencing moves them. A group whose stop failed stays named on
+   its member (blocked), and that member is fenced when a device can.
 6. *Accept*: every member records the placement; only then
 7. *Start*: members start what is theirs. The epoch is complete when all confirmed.
 
@@ -26,10 +29,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from vigil.cluster import admin
-from vigil.cluster.events import Action, FenceDone, FenceNode
+from vigil.cluster.events import Action, FenceDone
+from vigil.cluster.fencing import Fencing, fence_delay
 from vigil.cluster.journal import Journal
 from vigil.cluster.membership import Membership
-from vigil.cluster.placement import plan
+from vigil.cluster.placement import hold_partners, plan
 from vigil.cluster.promise import Promise
 from vigil.cluster.strategy import Strategy
 from vigil.cluster.wire import (
@@ -54,7 +58,7 @@ from vigil.cluster.wire import (
     StopRequest,
     fmt_epoch,
 )
-from vigil.config import ClusterConfig
+from vigil.config import TIME_FENCERS, ClusterConfig
 from vigil.messages import BROADCAST
 from vigil.notifications import FencingCompleted, FencingRequested, TransitionStarted
 
@@ -101,7 +105,7 @@ class Round:
     stops: dict[str, tuple[str, ...]] = field(default_factory=dict)
     fence_until: float = 0.0
     silenced: tuple[str, ...] = ()  # suspects the silence fencer waits out
-    fence_pending: set[str] = field(default_factory=set)
+    held: dict[str, str] = field(default_factory=dict)  # group -> suspect it waits for
     reports: dict[str, Mapping[str, str]] = field(default_factory=dict)  # member -> active
     incarnations: dict[str, int] = field(default_factory=dict)
     done_at: float = math.inf
@@ -118,12 +122,15 @@ class Master:
     def __init__(self, config: ClusterConfig, name: str, *, strategy: Strategy, fencer: str,
                  stop_bound: float, membership: Membership, promise: Promise,
                  requests: admin.Requests, journal: Journal, send: Send,
-                 act: Callable[[Action], None], now: float) -> None:
+                 act: Callable[[Action], None], now: float, fencing: Fencing) -> None:
         self.config = config
         self.name = name
         self.timing = config.timing
         self.strategy = strategy
         self.fencer = fencer
+        #: power fencing (every fencer that is not time-based): hold, fence, move after
+        self.power = fencer not in TIME_FENCERS
+        self.fencing = fencing
         self.stop_bound = stop_bound
         self.membership = membership
         self.promise = promise
@@ -154,6 +161,24 @@ class Master:
     def advance(self) -> None:
         for node in [n for n, t in self.unresponsive.items() if t <= self.now]:
             del self.unresponsive[node]
+        self.fence()
+
+    def fence(self) -> None:
+        """Start the fencing levels that are due. Only a quorate master fences: a minority,
+        or a former master, shoots nobody."""
+        master = self.promise.promised[1] == self.name
+        if not master:
+            # Another node leads now and fences what it needs: a job kept here could shoot,
+            # should this node lead again, a node that is back by then.
+            self.fencing.retain(())
+        self.fencing.advance(master and self.membership.quorate())
+
+    def alive(self) -> frozenset[str]:
+        """The live nodes, less those a fence powered off: nothing more will come from a
+        node that is off, even before it falls silent for dead_time."""
+        alive = self.membership.alive()
+        off = {n for n in alive if n != self.name and self.fencing.is_off(n)}
+        return alive - off if off else alive
 
     def forget_failures(self, node: str) -> None:
         """``node`` started a new life: its failure counter starts again from zero."""
@@ -186,7 +211,7 @@ class Master:
     def maybe_declare(self, *, local_failures: int, started_at: float) -> None:
         if self.now < started_at + self.timing.dead_time:
             return  # learn who is there before declaring anything
-        alive = self.membership.alive()
+        alive = self.alive()
         if alive - self.last_alive:
             # Someone (re)appeared: others are likely coming back too (a healed partition,
             # a rebooted switch). Wait a few heartbeats so one transition takes them all.
@@ -241,6 +266,9 @@ class Master:
         pending = self.pending_requests()
         if pending:
             return f"{len(pending)} request(s) pending"
+        fenced = sorted({x for x in r.held.values() if self.fencing.is_off(x)})
+        if fenced:
+            return f"{', '.join(fenced)} fenced: the groups held for it may move"
         for node in view:
             if node == self.name:
                 continue
@@ -321,7 +349,7 @@ class Master:
         if r is None:
             return
         missing = sorted(r.waiting_for() - set(r.replies))
-        if missing and not set(missing) <= self.membership.alive():
+        if missing and not set(missing) <= self.alive():
             return  # a member is lost: the next declaration (if quorate) replaces this round
         if missing:
             if self.now >= r.next_retransmit:
@@ -340,22 +368,16 @@ class Master:
             self._enter(r, Phase.COST)
         elif r.phase is Phase.COST:
             self._decide(r)
-            if not r.stops and not r.fence_pending and self.now >= r.fence_until:
+            if not r.stops and self.now >= r.fence_until:
                 self._silence_over(r)
                 self._enter(r, Phase.ACCEPT)
             else:
                 extra = max(0.0, r.fence_until - self.now) + 2 * self.stop_bound
                 self._enter(r, Phase.STOP, self.timing.step_timeout + extra)
-                for node in sorted(r.fence_pending):
-                    self.act(FenceNode(node))
         elif r.phase is Phase.STOP:
-            if r.fence_pending or self.now < r.fence_until:
+            if self.now < r.fence_until:
                 return
-            for sender, reply in r.replies.items():
-                assert isinstance(reply, Stopped)
-                for g in reply.unclean:
-                    self.journal.note("placement", f"{g} is blocked: its stop failed on "
-                                      f"{sender}", group=g)
+            self._failed_stops(r)
             self._silence_over(r)
             self._enter(r, Phase.ACCEPT)
         elif r.phase is Phase.ACCEPT:
@@ -387,6 +409,22 @@ class Master:
             self.journal.note("request", why)
         r.admin, r.moves = result.admin, result.moves
         r.applied = result.applied + tuple(self.stale_requests(reported))
+        for kind, node, who in result.fencing:
+            self._fence_by_hand(r, kind, node, who)
+
+    def _fence_by_hand(self, r: Round, kind: str, node: str, who: str) -> None:
+        """`vigil node confirm-off` (``node`` counts as fenced) or `vigil node fence` (run
+        its levels now, once), as the master applies them."""
+        if kind == "confirm_off":
+            if node in r.view:
+                self.journal.note("request", f"confirm-off of {node} by {who} ignored: "
+                                  f"{node} is a member of epoch {fmt_epoch(r.epoch)}, so it "
+                                  "is not off", node=node)
+            else:
+                self.fencing.confirm_off(node, who)
+        elif not self.fencing.request(node, why=f"asked by {who}", requester=who, retry=False):
+            self.journal.note("request", f"fence of {node} by {who} ignored: no fence device "
+                              "can fence it", node=node)
 
     def _decide(self, r: Round) -> None:
         decided = plan(self.config, self.strategy, view=r.view, reports=r.reports,
@@ -394,41 +432,101 @@ class Master:
                               if isinstance(c, CostReply)},
                        known=r.known, admin=r.admin, moves=r.moves,
                        departed=self.membership.departed,
-                       two_node=self.membership.quorum.two_node)
+                       two_node=self.membership.quorum.two_node,
+                       off=frozenset(n for n in self.config.nodes
+                                     if n not in r.view and self.fencing.is_off(n)),
+                       hold=self.power)
         r.placement, r.reasons, r.stops = decided.placement, decided.reasons, decided.stops
         for g, node in sorted(r.moves.items()):
             if r.placement.get(g) != node:
                 self.journal.note("request", f"cannot move {g} to {node}: "
                                   f"{r.reasons.get(g, 'it cannot run there')}", group=g)
         suspects = sorted(decided.suspects)
-        if suspects:
-            if self.fencer in ("guardian", "silence"):
-                r.silenced = tuple(suspects)
-                if self.fencer == "guardian":
-                    r.fence_until = (self.lease_end(r, suspects) + self.timing.guard_time
-                                     + self.timing.fence_margin)
-                    how = "its guardian has killed what it ran"
-                else:
-                    # Counted from the acks, not from when the suspect was last heard: its
-                    # own daemon must stop what it runs, and a daemon that stalled for up to
-                    # dead_time before it noticed its lease was gone still has time to.
-                    r.fence_until = (r.acked_at + self.timing.lease_time + self.stop_bound
-                                     + self.timing.fence_margin)
-                    how = "its stops had time to finish"
-                why = (f"waiting until {r.fence_until:.3f} for {', '.join(suspects)} to be "
-                       f"off ({self.fencer}: its lease has run out and {how})")
+        if suspects and not self.power:
+            r.silenced = tuple(suspects)
+            if self.fencer == "guardian":
+                r.fence_until = (self.lease_end(r, suspects) + self.timing.guard_time
+                                 + self.timing.fence_margin)
+                how = "its guardian has killed what it ran"
             else:
-                r.fence_pending = set(suspects)
-                why = f"fencing {', '.join(suspects)}"
+                # Counted from the acks, not from when the suspect was last heard: its own
+                # daemon must stop what it runs, and a daemon that stalled for up to dead_time
+                # before it noticed its lease was gone still has time to.
+                r.fence_until = (r.acked_at + self.timing.lease_time + self.stop_bound
+                                 + self.timing.fence_margin)
+                how = "its stops had time to finish"
+            why = (f"waiting until {r.fence_until:.3f} for {', '.join(suspects)} to be "
+                   f"off ({self.fencer}: its lease has run out and {how})")
             for i, member in enumerate(suspects):
                 self._fencing(FencingRequested(node=self.name, time=self.now, member=member,
-                                               text=why), first=i == 0)
+                                               detail=why, text=why), first=i == 0)
+        wanted = set(suspects) if self.power else set()
+        for member in suspects if self.power else ():
+            self._fence_lost(r, member, decided.held)
+        self.fence()
+        r.held = dict(decided.held)
+        for g, member in r.held.items():
+            r.reasons[g] = self.fencing.waiting(member)
+        for member in sorted(set(decided.unclean.values())):
+            groups = sorted(g for g, n in decided.unclean.items() if n == member)
+            if self._fence_unclean(r, member, groups):
+                wanted.add(member)
+        self.fencing.retain(wanted)
         placed = r.known[-1].placement if r.known else {}
         moved = [f"{g}: {r.reasons.get(g, '')}" for g, n in sorted(r.placement.items())
-                 if n != placed.get(g)]
+                 if n != placed.get(g) or g in r.held]
         self.journal.note("placement", f"epoch {fmt_epoch(r.epoch)} placement decided"
                           + (f"; changes: {'; '.join(moved)}" if moved else "; no changes"),
                           epoch=fmt_epoch(r.epoch))
+
+    def _fence_lost(self, r: Round, member: str, held: Mapping[str, str]) -> None:
+        """A power fencer's suspect: fence it after the delays against a split's race."""
+        mine = sorted(g for g, n in held.items() if n == member)
+        why = (f"lost while it may run {', '.join(mine)}" if mine else
+               "lost while it may run groups")
+        placed = r.known[-1].placement if r.known else {}
+        theirs = sum(1 for n in placed.values() if n == member)
+        ours = sum(1 for n in placed.values() if n in r.view)
+        delay, delay_why = fence_delay(self.config, fmt_epoch(r.epoch), member, theirs, ours)
+        if not self.fencing.request(member, why=why, requester=self.name, delay=delay,
+                                    delay_why=delay_why):
+            self.journal.note("fencing", f"{member} must be fenced ({why}), but no fence "
+                              f"device can fence it: {self.fencing.waiting(member)}",
+                              node=member)
+
+    def _fence_unclean(self, r: Round, member: str, groups: list[str]) -> bool:
+        """A member whose stop of ``groups`` failed: fence it if a device can (True), so
+        that they may move (the master too: it powers itself off, and the next master moves
+        them); else they stay blocked there until an operator marks their members out of
+        service. Their reasons say which."""
+        asked = self.fencing.request(member, why=f"the stop of {', '.join(groups)} failed "
+                                     "there", requester=self.name)
+        tail = (self.fencing.waiting(member) if asked else
+                "no fence device can fence it: an operator marks the members out of service "
+                "(`vigil resource mark-oos`) once they are stopped")
+        for g in groups:
+            r.reasons[g] = f"blocked: a stop failed on {member}; {tail}"
+        return asked
+
+    def _failed_stops(self, r: Round) -> None:
+        """Groups whose stop failed in this stop phase stay named where it failed
+        (blocked), their colocation partners go nowhere, and that member is fenced when a
+        device can: nothing starts them elsewhere while they may still run there."""
+        blocked: dict[str, str | None] = {}
+        for sender, reply in sorted(r.replies.items()):
+            assert isinstance(reply, Stopped)
+            if not reply.unclean:
+                continue
+            self._fence_unclean(r, sender, sorted(reply.unclean))
+            for g in reply.unclean:
+                r.placement[g] = sender
+                blocked[g] = sender
+                self.journal.note("placement", f"{g} is blocked: its stop failed on "
+                                  f"{sender} ({r.reasons[g]})", group=g)
+        if blocked:
+            running = {g: n for n, active in r.reports.items() for g, s in active.items()
+                       if s in ("running", "starting") and r.placement.get(g) == n}
+            hold_partners(self.config, r.placement, r.reasons, blocked, running)
 
     def lease_end(self, r: Round, suspects: list[str]) -> float:
         """When the leases of ``suspects`` have surely run out. A lease needs a quorum, so a
@@ -447,25 +545,24 @@ class Master:
 
     def _silence_over(self, r: Round) -> None:
         if r.silenced:
-            text = (f"{', '.join(r.silenced)} counted as off: the silence fencer's wait is "
-                    "over")
+            text = (f"{', '.join(r.silenced)} counted as off: the {self.fencer} fencer's "
+                    "wait is over")
             for i, member in enumerate(r.silenced):
+                self.fencing.waited_out(member, text)
                 self._fencing(FencingCompleted(node=self.name, time=self.now, member=member,
-                                               ok=True, text=text), first=i == 0)
+                                               ok=True, detail=text, text=text),
+                              first=i == 0)
             r.silenced = ()
 
     def fence_done(self, ev: FenceDone) -> None:
-        r = self.round
-        if r is None or ev.node not in r.fence_pending:
-            return
-        if ev.ok:
-            r.fence_pending.discard(ev.node)
-            text = f"{ev.node} fenced"
-        else:
-            text = f"fencing {ev.node} failed; retrying"
-            self.act(FenceNode(ev.node))
-        self.journal.emit(FencingCompleted(node=self.name, time=self.now, member=ev.node,
-                                           ok=ev.ok, text=text))
+        """A level's result: the fencing decides what follows; a node now off lets the
+        groups held for it move (``_declare_reason``) or leaves the view."""
+        if self.fencing.done(ev):
+            r = self.round
+            held = sorted(g for g, n in r.held.items() if n == ev.node) if r else []
+            if held:
+                self.journal.note("fencing", f"{ev.node} is off: {', '.join(held)} may move "
+                                  "in the next transition", node=ev.node)
 
     def deadlines(self) -> list[float]:
         out = list(self.unresponsive.values())
@@ -476,5 +573,5 @@ class Master:
             out += [r.phase_deadline, r.next_retransmit]
             if r.fence_until > self.now:
                 out.append(r.fence_until)
-        return out
+        return out + self.fencing.deadlines()
 

@@ -14,8 +14,8 @@ import itertools
 import math
 import random
 from collections import deque
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from vigil.cluster.events import (
@@ -40,7 +40,7 @@ from vigil.cluster.round import Phase
 from vigil.cluster.steps import GroupAction, GroupSteps, Step, group_steps
 from vigil.cluster.strategy import Strategy, colocation_sets
 from vigil.cluster.wire import NO_EPOCH, Epoch, fmt_epoch
-from vigil.config import ClusterConfig, member_graphs
+from vigil.config import TIME_FENCERS, ClusterConfig, FenceDevice, member_graphs
 from vigil.messages import BROADCAST, Message
 
 
@@ -59,6 +59,7 @@ class SimNode:
     ops: dict[str, tuple[str, int]] = field(default_factory=dict)
     deadline: float = math.inf
     fail_next_start: set[str] = field(default_factory=set)
+    fail_next_stop: set[str] = field(default_factory=set)  # its resources stay in service
     persisted: Persisted | None = None
     skips: dict[str, frozenset[str]] = field(default_factory=dict)  # group -> left out
     # a paused process handles nothing until then; its events wait, in order, in ``held``
@@ -74,6 +75,25 @@ class SimNode:
     guard_lease: float = -math.inf
     guard_react: float = 0.0
     guard_at: float = math.inf  # when its next check is due
+
+
+@dataclass(frozen=True, slots=True)
+class SimDevice:
+    """How a simulated fence device behaves. Each attempt of an operation (``1 + retries``
+    of them, as the device's configuration says) succeeds after a time drawn from
+    ``duration``, fails after such a time (probability ``fail``), or hangs until the device's
+    ``timeout`` and fails (probability ``hang``). A level powers its node off only when every
+    device of it succeeded, at the moment the last one did: a node is off only once a device
+    really switched it off."""
+
+    duration: tuple[float, float] = (0.05, 0.2)
+    fail: float = 0.0
+    hang: float = 0.0
+
+
+#: The device a power fencer gets when the configuration has none (one switch feeding every
+#: node, that always works), so that a simulation can name a power fencer alone.
+SIM_SWITCH = "sim-switch"
 
 
 @dataclass(slots=True)
@@ -106,8 +126,15 @@ class SimCluster:
         check: bool = True,
         measure_bytes: bool = False,
         strategy: Callable[[], Strategy] | None = None,
+        devices: Mapping[str, SimDevice] | None = None,
     ) -> None:
+        if (fencer or config.fencer) not in TIME_FENCERS and not config.fence_devices:
+            config = replace(config, fence_devices={SIM_SWITCH: FenceDevice(
+                SIM_SWITCH, "simulated", tuple(config.node_names), timeout=1.0, retries=0)})
         self.config = config
+        #: how each fence device behaves (default: works, in 0.05 to 0.2 s)
+        self.devices = {d: (devices or {}).get(d, SimDevice()) for d in config.fence_devices}
+        self.fenced: list[tuple[float, str, str]] = []  # (time, requester, target) powered off
         #: makes each core's strategy (None: the core's built-in of the configuration's name)
         self.strategy = strategy
         self.rng = rng or random.Random(0)
@@ -284,6 +311,11 @@ class SimCluster:
     def fail_next_start(self, name: str, group: str) -> None:
         self.nodes[name].fail_next_start.add(group)
 
+    def fail_next_stop(self, name: str, group: str) -> None:
+        """The next stop of ``group`` on ``name`` fails (a hung agent): what was in service
+        stays in service, and the group is unclean there until the node is powered off."""
+        self.nodes[name].fail_next_stop.add(group)
+
     def request(self, name: str, req: AdminRequest) -> None:
         if self.nodes[name].core is not None:
             self._deliver(name, req)
@@ -321,10 +353,15 @@ class SimCluster:
             elif kind == "event":
                 self._deliver(name, payload)  # type: ignore[arg-type]
             elif kind == "fence":
-                assert isinstance(payload, str)
-                if self.nodes[payload].core is not None:
-                    self.crash(payload)
-                self._deliver(name, FenceDone(payload, True))
+                assert isinstance(payload, FenceDone)
+                if payload.ok:
+                    # off, whatever it ran: a daemon killed alone left its resources running
+                    self.crash(payload.node)
+                    self.fenced.append((self.now, name, payload.node))
+                    self.log.append(f"{self.now:.3f} {name} powered {payload.node} off "
+                                    f"(level {payload.level})")
+                if node.core is not None:  # not when it powered itself off
+                    self._deliver(name, payload)
         else:
             raise RuntimeError("simulation did not settle: too many events")
         self.now = max(self.now, end)
@@ -428,12 +465,38 @@ class SimCluster:
             elif isinstance(action, StopGroup):
                 self._begin(node, action.group, self._steps(action))
             elif isinstance(action, FenceNode):
-                # A power fencer: a lower-named requester wins the race (pcmk_delay style).
-                delay = 0.05 + 0.5 * self.config.node_names.index(node.name)
-                self._push(self.now + delay, "fence", node.name, action.node)
+                self._fence(node, action)
         if out.deadline is not None and out.deadline != node.deadline:
             node.deadline = out.deadline
             self._push(out.deadline, "wake", node.name)
+
+    def _fence(self, node: SimNode, action: FenceNode) -> None:
+        """Run one level with the simulated devices (:class:`SimDevice`): the answer, and
+        the power-off when every device succeeded, come when the last device is done."""
+        t = self.now
+        for name in action.devices:
+            behaviour, device = self.devices[name], self.config.fence_devices[name]
+            attempts = 0
+            while attempts <= device.retries:
+                attempts += 1
+                draw = self.rng.random()
+                if draw < behaviour.hang:
+                    t += device.timeout
+                    outcome = f"{name}: timed out after {device.timeout:g}s"
+                else:
+                    t += self.rng.uniform(*behaviour.duration)
+                    outcome = (f"{name}: simulated failure" if draw < behaviour.hang
+                               + behaviour.fail else "")
+                if not outcome:
+                    break
+            if outcome:
+                self._push(t, "fence", node.name, FenceDone(
+                    action.node, False, action.level, f"{outcome}; {attempts} attempt(s)",
+                    action.attempt))
+                return
+        self._push(t, "fence", node.name, FenceDone(
+            action.node, True, action.level, f"{'+'.join(action.devices)}: powered off",
+            action.attempt))
 
     def redeliver(self, index: int) -> Message | None:
         """Deliver one recently sent protocol message (not a heartbeat) again, 1 ms from now,
@@ -515,6 +578,15 @@ class SimCluster:
             if state == "stopping":
                 del node.resources[r]
                 continue
+            if op == "stop" and group in node.fail_next_stop:
+                node.fail_next_stop.discard(group)
+                del node.ops[group]
+                remaining = frozenset(x for x, _ in steps[i:] if x in node.resources)
+                self.log.append(f"{self.now:.3f} stop of {group} fails on {node.name}: "
+                                f"{sorted(remaining)} stay in service")
+                self._deliver(node.name, GroupDone(group, "stop", False, "injected stop "
+                                                   "failure", remaining=remaining))
+                return
             self._check_stop_order(node, r)
             if op == "start":
                 # this model's stops on the way to a start (a restart in place, members

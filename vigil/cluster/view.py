@@ -15,6 +15,9 @@ from vigil.cluster.node import NodeCore
 from vigil.cluster.wire import fmt_epoch
 from vigil.status import (
     ClusterStatus,
+    FenceDeviceStatus,
+    FenceEvent,
+    FencingStatus,
     GroupStatus,
     NodeStatus,
     Operation,
@@ -32,6 +35,8 @@ class ResourceFacts:
     last_failure: Mapping[str, Operation] = field(default_factory=dict)
     last_diagnostic: Mapping[str, Operation] = field(default_factory=dict)
     messages: Mapping[str, int] = field(default_factory=dict)  # the codec's counters
+    #: fence device -> what its last monitor here found (devices never monitored: absent)
+    fence_devices: Mapping[str, FenceDeviceStatus] = field(default_factory=dict)
 
 
 def _core_time(t: float) -> str:
@@ -100,6 +105,21 @@ def build_status(core: NodeCore, facts: ResourceFacts | None = None, *,
     nodes[core.name] = NodeStatus(state="online", standby=core.name in accepted.admin,
                                   links=own)
     rnd = core.master.round
+    fencing = core.fencing
+    pending = fencing.pending()
+    if rnd is not None and rnd.epoch == core.promised:
+        for target in sorted(set(rnd.held.values()) - set(pending)):
+            pending[target] = fencing.waiting(target)
+    fence_status = FencingStatus(
+        pending=pending,
+        history=tuple(FenceEvent(at=wall(e.at), requester=e.requester, target=e.target,
+                                 level=e.level, devices=e.devices, result=e.result,
+                                 duration=round(e.duration, 3), detail=e.detail)
+                      for e in fencing.history[-20:]),
+        devices={d: facts.fence_devices.get(d, FenceDeviceStatus(
+            state="unknown", reason="not monitored yet" if dc.monitor_interval > 0 else
+            "monitor_interval is 0: never monitored", checked="", hosts=dc.hosts))
+                 for d, dc in sorted(config.fence_devices.items())})
     return ClusterStatus(
         cluster=config.name, node=core.name, epoch=fmt_epoch(core.promised),
         accepted=fmt_epoch(accepted.epoch), closed=core.closed,
@@ -113,4 +133,5 @@ def build_status(core: NodeCore, facts: ResourceFacts | None = None, *,
         local={g: s.value for g, s in core.local.items()}, fail_counts=fail_counts,
         mismatched=tuple(sorted(membership.mismatched)), dropped=core.dropped,
         messages=dict(facts.messages),
-        decisions=tuple((wall(t), text) for t, text in core.decisions[-20:]))
+        decisions=tuple((wall(t), text) for t, text in core.decisions[-20:]),
+        fencing=fence_status)

@@ -77,13 +77,35 @@ def _nsfs_device() -> int:
     return os.stat("/proc/self/ns/net").st_dev
 
 
+def _ancestors() -> list[int]:
+    """This process's ancestors, nearest first (up to init)."""
+    out: list[int] = []
+    pid = os.getppid()
+    while pid > 1 and len(out) < 64:
+        out.append(pid)
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                pid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return out
+
+
+def _netns_dirs() -> list[Path]:
+    """Where `ip netns` names may be: here, then as each ancestor sees the machine (a test
+    host's daemon runs in a mount namespace of its own, started from one that has them all),
+    then as init sees it."""
+    return [NETNS_DIRS[0], *(Path(f"/proc/{pid}/root/run/netns") for pid in _ancestors()),
+            NETNS_DIRS[1]]
+
+
 def find_namespace(plug: str) -> tuple[Path, NamespaceId]:
     """The namespace file named ``plug`` and its identity; Failed if there is none."""
     if not _PLUG_RE.fullmatch(plug) or plug in (".", ".."):
         raise Failed(f"plug {plug!r} is not a network namespace name")
     nsfs = _nsfs_device()
     seen = []
-    for directory in NETNS_DIRS:
+    for directory in _netns_dirs():
         path = directory / plug
         found = ns_id(str(path))
         if found is None:

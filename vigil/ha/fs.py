@@ -13,7 +13,11 @@ Layout (``ro`` value files are mode 0444; ``rw`` control files are root's, mode 
     cluster/   name epoch master quorate quorum transition seen_from       ro
                maintenance                                  rw: on | off
     nodes/NODE/      state standby links/LINK (up | down)   ro
-                     control                                rw: standby | online
+                     fencing (what its fencing waits for)   ro
+                     control                 rw: standby | online | fence | confirm_off
+    fencing/         pending (NODE: what it waits for)      ro
+                     history (one line per level run, newest last)             ro
+                     devices/DEVICE/ state reason checked hosts               ro
     groups/GROUP/    node state resources fail_count        ro
                      move                                   rw: a node name
                      control                                rw: cleanup
@@ -75,12 +79,12 @@ MAX_WRITE = 4096
 #: While the daemon stays unreachable, the reason is logged again at most this often.
 RELOG_SECONDS = 60.0
 
-NODE_WORDS = ("standby", "online")
+NODE_WORDS = ("standby", "online", "fence", "confirm_off")
 GROUP_WORDS = ("cleanup",)
 RESOURCE_WORDS = ("in_service", "oo_service", "force_oos", "mark_oos", "diagnose", "cleanup")
 MAINTENANCE_WORDS = ("on", "off")
 
-TOP_DIRS = ("cluster", "nodes", "groups", "resources")
+TOP_DIRS = ("cluster", "nodes", "groups", "resources", "fencing")
 
 
 class HaError(OSError):
@@ -228,6 +232,7 @@ def build_tree(st: ClusterStatus, diagnoses: Mapping[str, str] | None = None) ->
         for link, up in v.links.items():
             if _safe(link):
                 b.file(f"{links}/{link}", b"up\n" if up else b"down\n")
+        b.file(f"{d}/fencing", _text(st.fencing.pending.get(n)))
         b.file(f"{d}/control", b"", Control("node", n, NODE_WORDS))
 
     b.dir("/groups")
@@ -261,6 +266,23 @@ def build_tree(st: ClusterStatus, diagnoses: Mapping[str, str] | None = None) ->
         b.file(f"{d}/on_fail", _text(rv.on_fail))
         b.file(f"{d}/diagnosis", diagnoses.get(r, "").encode())
         b.file(f"{d}/control", b"", Control("resource", r, RESOURCE_WORDS, group=rv.group))
+
+    f = b.dir("/fencing")
+    b.file(f"{f}/pending", _text(tuple(f"{n}: {text}"
+                                       for n, text in st.fencing.pending.items())))
+    b.file(f"{f}/history", _text(tuple(
+        f"{e.at} {e.requester} -> {e.target} level {e.level} "
+        f"{'+'.join(e.devices) or '-'}: {e.result} in {e.duration:.1f}s: {e.detail}"
+        for e in st.fencing.history)))
+    b.dir("/fencing/devices")
+    for name, dv in st.fencing.devices.items():
+        if not _safe(name):
+            continue
+        d = b.dir(f"/fencing/devices/{name}")
+        b.file(f"{d}/state", _text(dv.state))
+        b.file(f"{d}/reason", _text(dv.reason))
+        b.file(f"{d}/checked", _text(dv.checked or None))
+        b.file(f"{d}/hosts", _text(dv.hosts))
     return b.done()
 
 

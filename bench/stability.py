@@ -1,0 +1,114 @@
+"""Stability under load: a three-node namespace cluster at the default timings, every core
+saturated by other processes, for a while: no transition and no fence may happen.
+
+Three hosts (tests/support/nscluster.py) run one group (an address and a server, as in
+tests/system/test_ns_guardian.py) with the default timings and the default fencer (the
+guardian). Then ``--hogs`` busy loops per core (plain Python ``while True`` at nice 0, in
+the machine's namespace) run for ``--minutes``. Afterwards every node's epoch must be the one
+it had before, no guardian may have fenced, and the group must still run where it ran: a
+spurious transition would be a heartbeat or lease renewal that came too late. Prints the
+figures (and with ``--write`` puts them into docs/benchmarks.md).
+
+Requires root and the namespace tools; not part of ``make test`` (``make stability``)::
+
+    .venv/bin/python -m bench.stability --minutes 10
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import argparse  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+
+from tests.support.nscluster import NsCluster, nscluster_unavailable  # noqa: E402
+from tests.support.nssample import web_group  # noqa: E402
+from tests.system.test_ns_guardian import MARKER, VIP  # noqa: E402
+
+MARK_BEGIN = "<!-- stability:begin -->"
+MARK_END = "<!-- stability:end -->"
+HOG = "while True:\n    pass\n"
+
+
+def run(minutes: float, hogs_per_core: int) -> dict[str, object]:
+    hogs: list[subprocess.Popen[bytes]] = []
+    with NsCluster(hosts=3) as c:
+        c.write_config(web_group(VIP, MARKER))
+        c.start_all()
+        c.wait_for(lambda: c.holders("web") == ["n1"], 60, "web on n1")
+        c.wait_for(lambda: c.client.http_get(f"http://{VIP}/") is not None, 30, "the server")
+        time.sleep(3.0)
+        before = {n: (c.status(n) or {}).get("epoch") for n in c.hosts}
+        try:
+            for _ in range(hogs_per_core * (os.cpu_count() or 1)):
+                hogs.append(subprocess.Popen([sys.executable, "-c", HOG]))
+            deadline = time.monotonic() + minutes * 60
+            failures = 0
+            while time.monotonic() < deadline:
+                time.sleep(5.0)
+                if c.client.http_get(f"http://{VIP}/", timeout=2.0) is None:
+                    failures += 1
+        finally:
+            for hog in hogs:
+                hog.kill()
+                hog.wait(10)
+        time.sleep(2.0)
+        after = {n: (c.status(n) or {}).get("epoch") for n in c.hosts}
+        fences = sum(c.log(n).count("FENCED node") for n in c.hosts)
+        lease_losses = sum(c.log(n).count("lost the quorum lease") for n in c.hosts)
+        return {"minutes": minutes, "hogs": len(hogs), "epoch_before": before,
+                "epoch_after": after, "transitions": before != after, "fences": fences,
+                "lease_losses": lease_losses, "failed_probes": failures,
+                "holders": c.holders("web")}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--hogs", type=int, default=2, help="busy loops per core")
+    parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
+    args = parser.parse_args()
+    why = nscluster_unavailable()
+    if why:
+        print(f"cannot run: {why}", file=sys.stderr)
+        return 2
+    started = time.strftime("%Y-%m-%d %H:%M")
+    result = run(args.minutes, args.hogs)
+    ok = (not result["transitions"] and result["fences"] == 0
+          and result["lease_losses"] == 0 and result["holders"] == ["n1"])
+    lines = [
+        f"`.venv/bin/python -m bench.stability --minutes {args.minutes:g} --hogs {args.hogs}`, "
+        f"{started}, {platform.node()}, {os.cpu_count()} cores: {result['hogs']} busy loops at "
+        f"nice 0 for {args.minutes:g} min beside a 3-node cluster at the default timings.",
+        "",
+        f"- epochs before {result['epoch_before']}, after {result['epoch_after']}: "
+        f"{'no transition' if not result['transitions'] else 'TRANSITIONS HAPPENED'}",
+        f"- guardian fences: {result['fences']}; leases lost: {result['lease_losses']}; "
+        f"probes of the service that failed (every 5 s): {result['failed_probes']}",
+        f"- the group ran on {result['holders']} at the end: {'PASS' if ok else 'FAIL'}",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if args.write:
+        doc = ROOT / "docs" / "benchmarks.md"
+        body = doc.read_text()
+        block = f"{MARK_BEGIN}\n{text}\n{MARK_END}"
+        if MARK_BEGIN in body:
+            head, rest = body.split(MARK_BEGIN, 1)
+            body = head + block + rest.split(MARK_END, 1)[1]
+        else:
+            body += f"\n## Stability under load\n\n{block}\n"
+        doc.write_text(body)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
