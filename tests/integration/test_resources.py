@@ -476,7 +476,9 @@ def test_a_start_fails_and_cleans_up_when_health_never_passes(
     result = resource.in_service()
     assert not result.ok and result.state is ServiceState.FAILED
     assert "start timed out after 0.6s" in result.reason
-    assert "exit code 1 from health command 'false'" in result.reason
+    # what the last health check said: its exit code, or, on a loaded machine where the
+    # start's deadline came first, that it was cut short
+    assert "health command 'false'" in result.reason
     assert resource.pid is None, "a failed start kills what it started"
 
 
