@@ -655,15 +655,18 @@ def report(runs: list[Run], tabled_from: list[str] | None = None) -> str:
     return "\n".join(text)
 
 
-def write_doc(text: str) -> None:
+def write_doc(text: str, begin: str = MARK_BEGIN, end: str = MARK_END,
+              heading: str = "") -> None:
+    """Put ``text`` between the markers of docs/benchmarks.md (at its end, under
+    ``heading``, the first time)."""
     doc = ROOT / "docs" / "benchmarks.md"
     body = doc.read_text()
-    block = f"{MARK_BEGIN}\n{text}\n{MARK_END}"
-    if MARK_BEGIN in body:
-        head, rest = body.split(MARK_BEGIN, 1)
-        body = head + block + rest.split(MARK_END, 1)[1]
+    block = f"{begin}\n{text}\n{end}"
+    if begin in body:
+        head, rest = body.split(begin, 1)
+        body = head + block + rest.split(end, 1)[1]
     else:
-        body = body.rstrip("\n") + "\n\n" + block + "\n"
+        body = body.rstrip("\n") + "\n\n" + (f"{heading}\n\n" if heading else "") + block + "\n"
     doc.write_text(body)
 
 

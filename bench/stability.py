@@ -29,6 +29,7 @@ import platform  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
 
+from bench.failover_bench import write_doc  # noqa: E402
 from tests.support.nscluster import NsCluster, nscluster_unavailable  # noqa: E402
 from tests.support.nssample import web_group  # noqa: E402
 from tests.system.test_ns_guardian import MARKER, VIP  # noqa: E402
@@ -98,15 +99,7 @@ def main() -> int:
     text = "\n".join(lines)
     print(text)
     if args.write:
-        doc = ROOT / "docs" / "benchmarks.md"
-        body = doc.read_text()
-        block = f"{MARK_BEGIN}\n{text}\n{MARK_END}"
-        if MARK_BEGIN in body:
-            head, rest = body.split(MARK_BEGIN, 1)
-            body = head + block + rest.split(MARK_END, 1)[1]
-        else:
-            body += f"\n## Stability under load\n\n{block}\n"
-        doc.write_text(body)
+        write_doc(text, MARK_BEGIN, MARK_END, "## Stability under load")
     return 0 if ok else 1
 
 
