@@ -56,6 +56,19 @@ def wait_for(condition: Callable[[], object], what: str, timeout: float = WAIT) 
         time.sleep(0.02)
 
 
+def holds_open(pid: int, suffix: str) -> bool:
+    """Whether ``pid`` has a file ending in ``suffix`` open. Its descriptors come and go
+    while the shell it starts as execs (``fd/3`` listed, then gone), so a vanished one is
+    just not (yet) the file."""
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").endswith(suffix):
+                return True
+        except FileNotFoundError:
+            continue
+    return False
+
+
 def need(*tools: str) -> None:
     missing = [t for t in tools if shutil.which(t, path=SBIN_PATH) is None]
     if missing:
@@ -377,9 +390,7 @@ def test_a_mounted_filesystem_is_unmounted_and_its_holder_killed(
             return any(m.mount_point == str(mountpoint) for m in read_mountinfo(in_guard_ns))
 
         assert mounted()
-        wait_for(lambda: any(os.readlink(f"/proc/{holder.pid}/fd/{fd}").endswith("/file")
-                             for fd in os.listdir(f"/proc/{holder.pid}/fd")),
-                 "the holder to open its file")
+        wait_for(lambda: holds_open(holder.pid, "/file"), "the holder to open its file")
         client = guard.client()
         held = MountHolding(str(mountpoint), device)
         client.report(time.monotonic() + 0.3,
