@@ -39,9 +39,10 @@ MARK_END = "<!-- stability:end -->"
 HOG = "while True:\n    pass\n"
 
 
-def run(minutes: float, hogs_per_core: int) -> dict[str, object]:
+def run(minutes: float, hogs_per_core: int, timing: dict[str, str]) -> dict[str, object]:
     hogs: list[subprocess.Popen[bytes]] = []
-    with NsCluster(hosts=3) as c:
+    # timing={} is Vigil's own defaults (NsCluster's are the tests' short ones)
+    with NsCluster(hosts=3, timing=timing) as c:
         c.write_config(web_group(VIP, MARKER))
         c.start_all()
         c.wait_for(lambda: c.holders("web") == ["n1"], 60, "web on n1")
@@ -75,20 +76,32 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--hogs", type=int, default=2, help="busy loops per core")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help='a [timing] value instead of the default, e.g. '
+                             'heartbeat_interval=100ms (repeatable)')
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     args = parser.parse_args()
+    timing: dict[str, str] = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            parser.error(f"--set {item!r}: expected KEY=VALUE, e.g. heartbeat_interval=100ms")
+        timing[key.strip()] = value.strip()
     why = nscluster_unavailable()
     if why:
         print(f"cannot run: {why}", file=sys.stderr)
         return 2
     started = time.strftime("%Y-%m-%d %H:%M")
-    result = run(args.minutes, args.hogs)
+    result = run(args.minutes, args.hogs, timing)
     ok = (not result["transitions"] and result["fences"] == 0
           and result["lease_losses"] == 0 and result["holders"] == ["n1"])
+    sets = "".join(f" --set {k}={v}" for k, v in timing.items())
+    which = ("the default timings" if not timing else
+             "the default timings but " + ", ".join(f"{k} = {v}" for k, v in timing.items()))
     lines = [
-        f"`.venv/bin/python -m bench.stability --minutes {args.minutes:g} --hogs {args.hogs}`, "
-        f"{started}, {platform.node()}, {os.cpu_count()} cores: {result['hogs']} busy loops at "
-        f"nice 0 for {args.minutes:g} min beside a 3-node cluster at the default timings.",
+        f"`.venv/bin/python -m bench.stability --minutes {args.minutes:g} --hogs {args.hogs}"
+        f"{sets}`, {started}, {platform.node()}, {os.cpu_count()} cores: {result['hogs']} "
+        f"busy loops at nice 0 for {args.minutes:g} min beside a 3-node cluster at {which}.",
         "",
         f"- epochs before {result['epoch_before']}, after {result['epoch_after']}: "
         f"{'no transition' if not result['transitions'] else 'TRANSITIONS HAPPENED'}",
@@ -99,7 +112,11 @@ def main() -> int:
     text = "\n".join(lines)
     print(text)
     if args.write:
-        write_doc(text, MARK_BEGIN, MARK_END, "## Stability under load")
+        # one block per timing set, so that a run at other timings keeps the default's
+        begin, end = ((MARK_BEGIN, MARK_END) if not timing else
+                      (MARK_BEGIN.replace("stability", f"stability{sets}"),
+                       MARK_END.replace("stability", f"stability{sets}")))
+        write_doc(text, begin, end, "## Stability under load")
     return 0 if ok else 1
 
 

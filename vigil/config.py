@@ -109,11 +109,13 @@ class GroupConfig:
 @dataclass(frozen=True, slots=True)
 class Timing:
     heartbeat_interval: float = 0.2
-    dead_time: float = 1.0
-    lease_time: float = 0.7  # defaults to dead_time - guard_time - fence_margin
-    step_timeout: float = 3.0  # a transition step waiting longer restarts from step 1
+    dead_time: float = 0.8  # defaults to 4 x heartbeat_interval
+    lease_time: float = 0.5  # defaults to dead_time - guard_time - fence_margin
+    step_timeout: float = 2.4  # a transition step waiting longer restarts from step 1
     retransmit_interval: float = 0.2  # defaults to heartbeat_interval
-    fence_margin: float = 0.2  # added to every time-based fencing wait (timer and clock slack)
+    #: added to every time-based fencing wait (timer and clock slack); defaults to
+    #: heartbeat_interval, at most 200 ms
+    fence_margin: float = 0.2
     #: how long a node's guardian may take, after the node's lease ran out or its daemon
     #: died, to kill everything the node ran (the guardian fencer waits for it)
     guard_time: float = 0.1
@@ -844,12 +846,15 @@ def _read_timing(c: _Checker, root: Mapping[str, object]) -> Timing:
     t = c.table(root.get("timing", {}), "timing", _TIMING_KEYS) or {}
     p = "timing"
     hb = c.duration(t, p, "heartbeat_interval", 0.2, positive=True)
-    dead = c.duration(t, p, "dead_time", 1.0, positive=True)
+    # dead_time and fence_margin follow the heartbeat unless written: an operator who makes
+    # heartbeats faster gets faster detection and takeover with the same tolerance for
+    # missed heartbeats (docs/benchmarks.md, "Stability under load", is what chose 4).
+    dead = c.duration(t, p, "dead_time", None if hb is None else 4 * hb, positive=True)
     # None for these three: not written (the default derives from the values above) or bad.
     lease = c.duration(t, p, "lease_time", None, positive=True)
     step = c.duration(t, p, "step_timeout", None, positive=True)
     retransmit = c.duration(t, p, "retransmit_interval", None, positive=True)
-    margin = c.duration(t, p, "fence_margin", 0.2)
+    margin = c.duration(t, p, "fence_margin", None if hb is None else min(0.2, hb))
     guard = c.duration(t, p, "guard_time", 0.1, positive=True)
 
     def ms(seconds: float) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import stat
 from pathlib import Path
@@ -15,6 +16,7 @@ from tests.support.cluster_harness import cluster_toml
 from vigil.config import (
     ConfigError,
     ConfigProblem,
+    Timing,
     check_file,
     from_dict,
     load,
@@ -94,7 +96,8 @@ def test_demo_file_loads_with_its_settings() -> None:
     assert cfg.timing.heartbeat_interval == pytest.approx(0.1)
     assert cfg.timing.dead_time == pytest.approx(0.6)
     # the lease runs out (and the guardian acts) before the others declare the node dead
-    assert cfg.timing.lease_time == pytest.approx(0.6 - 0.1 - 0.2)
+    # (fence_margin follows the 100 ms heartbeat)
+    assert cfg.timing.lease_time == pytest.approx(0.6 - 0.1 - 0.1)
     assert cfg.timing.step_timeout == 2.0
     assert cfg.groups["web"].prefer == {"alpha": 0, "beta": 10, "gamma": 20}
     app = cfg.resources["web-app"]
@@ -117,8 +120,12 @@ def test_minimal_file_gets_the_documented_defaults(tmp_path: Path) -> None:
     assert (cfg.strategy, cfg.no_quorum_policy, cfg.fencer) == ("cost", "stop", "guardian")
     assert cfg.wait_for_all is True and cfg.two_node is False
     t = cfg.timing
-    assert (t.heartbeat_interval, t.dead_time, t.lease_time) == (0.2, 1.0, pytest.approx(0.7))
-    assert (t.step_timeout, t.retransmit_interval, t.fence_margin) == (3.0, 0.2, 0.2)
+    assert (t.heartbeat_interval, t.dead_time, t.lease_time) == (0.2, pytest.approx(0.8),
+                                                                 pytest.approx(0.5))
+    assert (t.step_timeout, t.retransmit_interval, t.fence_margin) == (pytest.approx(2.4), 0.2,
+                                                                       0.2)
+    # the dataclass's defaults say the same
+    assert dataclasses.astuple(t) == pytest.approx(dataclasses.astuple(Timing()))
     assert t.guard_time == 0.1
     assert cfg.nodes["alpha"].votes == 1
     assert cfg.nodes["alpha"].runtime_dir == Path("/var/lib/vigil/alpha")
@@ -132,7 +139,9 @@ def test_minimal_file_gets_the_documented_defaults(tmp_path: Path) -> None:
 def test_derived_timing_defaults_follow_the_values_given(tmp_path: Path) -> None:
     cfg = load(write(tmp_path, document(timing='heartbeat_interval = "50ms"\ndead_time = "2s"')))
     # the lease ends guard_time + fence_margin before the node is declared dead
-    assert cfg.timing.lease_time == pytest.approx(2.0 - 0.1 - 0.2)
+    # fence_margin follows the heartbeat (at most 200 ms)
+    assert cfg.timing.fence_margin == pytest.approx(0.05)
+    assert cfg.timing.lease_time == pytest.approx(2.0 - 0.1 - 0.05)
     assert cfg.timing.step_timeout == 6.0
     assert cfg.timing.retransmit_interval == 0.05
 
@@ -384,10 +393,19 @@ def test_dead_time_below_three_heartbeats_names_the_minimum(tmp_path: Path) -> N
     assert "at least 3 x heartbeat_interval (600ms)" in only(found, "timing.dead_time")
 
 
-def test_default_dead_time_too_short_for_the_heartbeat_is_one_problem(tmp_path: Path) -> None:
-    found = problems(tmp_path, document(timing='heartbeat_interval = "500ms"'))
+def test_slower_heartbeats_alone_give_a_valid_slower_timing(tmp_path: Path) -> None:
+    t = load(write(tmp_path, document(timing='heartbeat_interval = "500ms"'))).timing
+    assert (t.dead_time, t.fence_margin) == (pytest.approx(2.0), pytest.approx(0.2))
+    assert t.lease_time == pytest.approx(2.0 - 0.1 - 0.2)
+    assert t.step_timeout == pytest.approx(6.0)
+
+
+def test_a_written_dead_time_too_short_for_the_heartbeat_is_one_problem(
+        tmp_path: Path) -> None:
+    found = problems(tmp_path, document(timing='heartbeat_interval = "500ms"\n'
+                                                'dead_time = "1s"'))
     assert keys(found) == ["timing.dead_time"]
-    assert "got the default 1000ms" in found[0].message
+    assert "must be at least 3 x heartbeat_interval (1500ms), got 1000ms" in found[0].message
 
 
 def test_dead_time_of_exactly_three_heartbeats_is_accepted(tmp_path: Path) -> None:
