@@ -89,7 +89,7 @@ MARKER = "vigil-bench-server"
 SCENARIOS = ("kill", "freeze", "power-off", "partition", "sigterm")
 KEEPALIVED_SCENARIOS = ("kill", "power-off")
 #: The [timing] table of each Vigil setting: the defaults, and only the heartbeat asked for
-#: (dead_time, fence_margin and the lease follow it: 400, 100 and 300 ms).
+#: (dead_time, fence_margin and the lease follow it: 400, 100 and 400 ms).
 TIMINGS: dict[str, dict[str, str]] = {
     "default": {},
     "hb100": {"heartbeat_interval": "100ms"},

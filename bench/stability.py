@@ -113,9 +113,10 @@ def main() -> int:
     print(text)
     if args.write:
         # one block per timing set, so that a run at other timings keeps the default's
+        which_set = ",".join(f"{k}={v}" for k, v in timing.items())
         begin, end = ((MARK_BEGIN, MARK_END) if not timing else
-                      (MARK_BEGIN.replace("stability", f"stability{sets}"),
-                       MARK_END.replace("stability", f"stability{sets}")))
+                      (MARK_BEGIN.replace("stability", f"stability[{which_set}]"),
+                       MARK_END.replace("stability", f"stability[{which_set}]")))
         write_doc(text, begin, end, "## Stability under load")
     return 0 if ok else 1
 
