@@ -48,7 +48,7 @@ soak-large: $(STAMP)
 # 10 minutes with every core saturated: no transition, no fence (docs/benchmarks.md); needs
 # root and network namespaces
 stability: $(STAMP)
-	$(BIN)/python -m bench.stability --minutes 10 --write
+	$(BIN)/python -m bench.stability --minutes 10 --keep-logs stability-logs --write
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.transition_bench --write
