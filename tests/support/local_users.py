@@ -1,7 +1,7 @@
 """Local users for the tests of the local interfaces: Unix groups made for one test, and
 clients run as another user (``nobody`` or any uid) through ``setpriv``, with exactly the
 groups a case gives them, using the system's Python (as a user's own script would; the venv
-is not needed to talk to a daemon)."""
+is not needed to talk to a daemon); and the peak memory of the daemon they talk to."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 NOBODY = 65534
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -61,3 +62,18 @@ def setpriv(uid: int, gid: int, groups: tuple[int, ...] = ()) -> list[str]:
 
 #: the environment of a client run as another user
 CLIENT_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+
+
+def peak_memory(pid: int) -> int:
+    """The peak resident memory of process ``pid`` (VmHWM), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM in /proc/{pid}/status")
+
+
+def reset_peak_memory(pid: int) -> int:
+    """Start measuring ``pid``'s peak resident memory afresh (the kernel's clear_refs);
+    returns its resident memory now, in bytes."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+    return peak_memory(pid)

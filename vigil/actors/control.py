@@ -9,8 +9,8 @@ Whatever a local user does, the socket costs the daemon a bounded share
 are refused as they come); the whole request line must be in ``REQUEST_TIMEOUT`` seconds
 after connecting (one deadline, not one per read); it is checked for size and nesting before
 it is parsed; ``CONTROL_WORKERS`` threads answer; the answer must be taken within
-``ANSWER_TIMEOUT``. Refusals are logged, a few per interval (:class:`~vigil.local.server.
-Throttled`).
+``ANSWER_TIMEOUT``. Refusals are logged, a few per interval
+(:class:`~vigil.local.server.Throttled`).
 
 Who may send what is :mod:`vigil.local.access`; the client side of the protocol is
 :mod:`vigil.local.protocol`.

@@ -24,7 +24,7 @@ from vigil.local.limits import MAX_JSON_DEPTH, MAX_REQUEST, REQUEST_TIMEOUT
 from vigil.status import ClusterStatus
 
 __all__ = ["MANUAL_OP_TIMEOUT", "MAX_REQUEST", "REQUEST_TIMEOUT", "MalformedAnswer",
-           "check_request", "json_depth", "request", "status_of"]
+           "check_request", "connect", "json_depth", "request", "status_of"]
 
 #: A manual diagnosis waits for the agent's monitor (its own timeout applies first).
 MANUAL_OP_TIMEOUT = 120.0
@@ -34,9 +34,7 @@ def request(path: Path, command: str, args: Mapping[str, str] | None = None,
             timeout: float = REQUEST_TIMEOUT) -> dict[str, Any]:
     """Client side: one request to a daemon's control socket. Raises OSError when no daemon
     listens there."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        _connect(s, path, time.monotonic() + timeout)
+    with connect(path, timeout) as s:
         s.sendall(json.dumps({"command": command, "args": dict(args or {})}).encode() + b"\n")
         data = b""
         while not data.endswith(b"\n"):
@@ -48,18 +46,28 @@ def request(path: Path, command: str, args: Mapping[str, str] | None = None,
     return answer
 
 
-def _connect(s: socket.socket, path: Path, deadline: float) -> None:
-    while True:
-        try:
-            s.connect(str(path))
-            return
-        except BlockingIOError:
-            # The daemon's queue of connections not yet accepted is full (someone floods the
-            # socket; the daemon refuses the excess as fast as it comes): there is room soon.
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"{path}: the daemon's queue of new connections stayed "
-                                   "full (is someone flooding the socket?)") from None
-            time.sleep(0.01)
+def connect(path: Path, timeout: float) -> socket.socket:
+    """A connection to the daemon's local socket ``path`` (I/O on it times out after
+    ``timeout`` seconds). Raises OSError when no daemon listens there."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                s.connect(str(path))
+                return s
+            except BlockingIOError:
+                # The queue of connections the daemon has not accepted yet is full: someone
+                # floods the socket, and the daemon refuses the excess as fast as it comes.
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"{path}: the daemon's queue of new connections "
+                                       f"stayed full for {timeout:g} s (is someone flooding "
+                                       "the socket?)") from None
+                time.sleep(0.01)
+    except BaseException:
+        s.close()
+        raise
 
 
 def check_request(line: bytes) -> None:

@@ -34,6 +34,7 @@ __all__ = ["Caps", "Connection", "LocalServer", "Throttled"]
 
 _ACCEPTS_PER_WAKE: Final = 64  # then the others' bytes are served before accepting more
 _LONGEST_WAIT: Final = 1.0  # the loop wakes this often to say what Throttled held back
+_ACCEPT_PAUSE: Final = 0.1  # out of descriptors: seconds before accepting again
 
 
 class Throttled:
@@ -145,6 +146,7 @@ class LocalServer:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._stopping = False
+        self._accept_paused: float | None = None  # until when (time.monotonic)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     # ---- what a protocol implements --------------------------------------------------------
@@ -228,22 +230,37 @@ class LocalServer:
             while not self._stopping:
                 for key, mask in self._selector.select(self._wait()):
                     if isinstance(key.data, Connection):
-                        self._serve(key.data, mask)
+                        self._guarded(key.data, self._serve, key.data, mask)
                     else:
                         key.data()
                 while self._calls:
-                    self._calls.popleft()()
+                    try:
+                        self._calls.popleft()()
+                    except Exception:
+                        self.log.exception("%s: a task of the server failed", self.what)
                 self._expire()
+                self._resume_accepting()
                 self.refusals.flush()
         except Exception:  # a bug here must not leave a socket nobody serves unnoticed
             self.log.exception("%s: the server's loop failed; the socket is closed", self.what)
         finally:
             for conn in list(self.conns.values()):
+                self._flush(conn)  # an answer already made goes out if it can, at once
                 self.close(conn)
             self._selector.close()
             self.listener.close()
             self._wake_r.close()
             self._wake_w.close()
+
+    def _guarded(self, conn: Connection, call: Callable[..., None], *args: Any) -> None:
+        """``call(*args)``; a bug it meets while serving ``conn`` closes that connection
+        only."""
+        try:
+            call(*args)
+        except Exception:
+            self.log.exception("%s: serving %s failed; its connection is closed", self.what,
+                               conn.peer)
+            self.close(conn)
 
     def _wait(self) -> float:
         if self._calls:
@@ -251,7 +268,14 @@ class LocalServer:
         now = time.monotonic()
         soonest = min((c.deadline for c in self.conns.values() if c.deadline is not None),
                       default=now + _LONGEST_WAIT)
+        if self._accept_paused is not None:
+            soonest = min(soonest, self._accept_paused)
         return max(0.0, min(soonest - now, _LONGEST_WAIT))
+
+    def _resume_accepting(self) -> None:
+        if self._accept_paused is not None and time.monotonic() >= self._accept_paused:
+            self._accept_paused = None
+            self._selector.register(self.listener, selectors.EVENT_READ, self._accept)
 
     def _woken(self) -> None:
         with contextlib.suppress(BlockingIOError, OSError):
@@ -271,8 +295,12 @@ class LocalServer:
                 sock, _ = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # out of descriptors: the ones we hold go first
+            except OSError as exc:
+                # Out of descriptors: the connection stays queued, and the listener would
+                # wake the loop at once, for ever: it rests a moment.
                 self.refusals.warning("%s: cannot accept a connection: %s", self.what, exc)
+                self._selector.unregister(self.listener)
+                self._accept_paused = time.monotonic() + _ACCEPT_PAUSE
                 return
             try:
                 peer = peer_of(sock)
@@ -288,7 +316,7 @@ class LocalServer:
             self.conns[id(conn)] = conn
             self.uids[peer.uid] += 1
             self._selector.register(sock, selectors.EVENT_READ, conn)
-            self.accepted(conn)
+            self._guarded(conn, self.accepted, conn)
 
     def _over_cap(self, peer: Peer) -> str | None:
         caps, open_ = self.caps, len(self.conns)
