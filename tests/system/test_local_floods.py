@@ -19,6 +19,7 @@ No test asserts how fast anything went: conditions are awaited with bounded poll
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import time
@@ -109,7 +110,7 @@ def result(proc: subprocess.Popen[str], timeout: float = 120) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     tmp = tmp_path_factory.mktemp("floods")
-    base = Path(f"/tmp/vigil-fl-{tmp.name}"[:60])  # socket paths are limited to 107 bytes
+    base = Path(f"/tmp/vigil-fl-{os.getpid()}-{tmp.name}"[:60])  # socket paths: 107 bytes
     base.mkdir(parents=True, exist_ok=True)
     base.chmod(0o711)
     with unix_groups() as groups:
@@ -124,7 +125,11 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
         try:
             for n in NODES:
                 d.start(n)
-            wait_for(lambda: d.group_on("gamma") == "alpha", 60, "web running on alpha")
+            try:
+                wait_for(lambda: d.group_on("gamma") == "alpha", 60, "web running on alpha")
+            except AssertionError:
+                print({n: d.log(n)[-3000:] for n in NODES})
+                raise
             yield Node(d, groups)
         finally:
             d.stop()
@@ -221,7 +226,9 @@ def test_ten_thousand_refused_requests_write_a_few_lines(node: Node) -> None:
     assert sum(total.values()) == 10_000
     assert set(total) <= {"permission denied: user", "too many connections:"}, total
     # every refusal is in the log, as a line or in a count, once the last interval is over
-    pattern = r"refused (control request 'status'|a connection) from user nobody"
+    pids = "|".join(str(f.pid) for f in floods)  # setpriv execs the client: the same pid
+    pattern = (rf"refused (control request 'status'|a connection) from user nobody "
+               rf"\(uid {NOBODY}, pid ({pids})\)")
     lines, _ = wait_for(
         lambda: (c := suppressed(watch.since("alpha"), pattern))[1] == 10_000 and c, 40,
         "the log to account for every refusal")
