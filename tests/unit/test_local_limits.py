@@ -9,10 +9,17 @@ import struct
 
 import pytest
 
-from vigil.local.limits import MAX_JSON_DEPTH, MAX_REQUEST, MAX_SUBSCRIBER_FRAME
+from vigil.actors.notifier import encode_event
+from vigil.local.limits import (
+    MAX_EVENT_MESSAGE,
+    MAX_JSON_DEPTH,
+    MAX_REQUEST,
+    MAX_SUBSCRIBER_FRAME,
+)
 from vigil.local.protocol import check_request, json_depth
 from vigil.local.server import Throttled
 from vigil.local.zmtp import Event, ProtocolError, SubscriberParser, command, greeting, ready
+from vigil.notifications import Decision
 
 # What libzmq 4.3's SUB socket sends: its greeting (as client), READY, SUBSCRIBE "".
 LIBZMQ_SUB = bytes.fromhex(
@@ -121,3 +128,14 @@ def test_refusals_are_logged_a_few_at_a_time_and_the_rest_counted(
         throttled.flush()
     assert caplog.messages[-1] == "refused 1000"
     assert len(caplog.messages) == 6
+
+
+def test_a_notification_too_long_for_the_event_socket_goes_out_with_its_text_shortened() -> None:
+    note = Decision(node="alpha", time=1.0, text="é" * 100_000, topic="t", seq=7)
+    data = encode_event(note, "run1")
+    assert len(data) <= MAX_EVENT_MESSAGE
+    back = json.loads(data)
+    assert back["text"].endswith(" [shortened]") and back["text"].startswith("éé")
+    assert (back["seq"], back["run"], back["topic"]) == (7, "run1", "t")
+    short = Decision(node="alpha", time=1.0, text="fits", topic="t", seq=8)
+    assert json.loads(encode_event(short, "run1"))["text"] == "fits"

@@ -122,12 +122,15 @@ def encode_event(note: Notification, run: str, limit: int = MAX_EVENT_MESSAGE) -
     payload = to_dict(note)
     payload["run"] = run
     data = json.dumps(payload, default=str).encode()
-    excess = len(data) - limit
-    if excess > 0 and isinstance(payload.get("text"), str):
+    text = payload.get("text")
+    if len(data) > limit and isinstance(text, str):
         marker = " [shortened]"
-        # json escapes every non-ASCII character: a character is at least one byte
-        payload["text"] = payload["text"][:max(0, len(payload["text"]) - excess
-                                              - len(marker))] + marker
+        # the bytes its JSON string may take (json escapes: a character is 1 to 12 bytes)
+        room = limit - (len(data) - len(json.dumps(text)))
+        cut = text
+        while cut and len(json.dumps(cut + marker)) > room:
+            cut = cut[:min(len(cut) - 1, len(cut) * room // len(json.dumps(cut + marker)))]
+        payload["text"] = cut + marker
         data = json.dumps(payload, default=str).encode()
     return data
 

@@ -38,7 +38,8 @@ from vigil.local.limits import (
 )
 from vigil.local.server import Caps, Connection, LocalServer
 
-__all__ = ["EventServer", "ProtocolError", "SubscriberParser", "command", "greeting", "message"]
+__all__ = ["Event", "EventServer", "ProtocolError", "SubscriberParser", "command", "greeting",
+           "message", "ready"]
 
 log = logging.getLogger("vigil.events")
 
@@ -237,9 +238,6 @@ class EventServer(LocalServer):
         if not self._scheduled:
             self._scheduled = True
             self.call_soon(self._deliver)
-
-    def subscribers(self) -> int:
-        return sum(1 for c in self.conns.values() if c.data.ready)
 
     # ---- on the server's thread --------------------------------------------------------
 
