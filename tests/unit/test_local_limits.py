@@ -1,5 +1,6 @@
 """The local sockets' checks without sockets: what a request line may be, what a subscriber's
-bytes mean (ZMTP, fed as libzmq sends them), and how refusals are logged."""
+bytes mean (ZMTP, fed as libzmq sends them), how refusals are logged, how a long notification
+is shortened."""
 
 from __future__ import annotations
 
