@@ -260,6 +260,9 @@ class Host(_Namespace):
         self.netns = f"{cluster.prefix}-{name}"
         self.keeper: subprocess.Popen[bytes] | None = None
         self.daemon: subprocess.Popen[bytes] | None = None
+        #: the guardian :meth:`NsCluster.start_all` started here (None: none, or the daemon
+        #: started its own)
+        self.guardian: subprocess.Popen[bytes] | None = None
         self.powered = False
         self.cut: set[int] = set()
         self._mnt_ns: tuple[int, int] | None = None
@@ -512,6 +515,15 @@ class NsCluster:
         if problems:
             raise NsClusterError("cleanup incomplete: " + "; ".join(problems))
 
+    def popen(self, argv: Sequence[str], **popen_kwargs: Any) -> subprocess.Popen[Any]:
+        """Start ``argv`` on the machine itself, outside every host: an observer that must
+        outlive a host's power-off. It is SIGKILLed when the harness closes (and when the
+        test process dies)."""
+        popen_kwargs.setdefault("cwd", self.tmp)
+        process = proc.spawn(list(argv), **popen_kwargs)
+        self._track(process)
+        return process
+
     def _track(self, process: subprocess.Popen[Any]) -> None:
         # poll() reaps the finished ones, so the list stays short however many commands ran.
         self._started = [p for p in self._started if p.poll() is None]
@@ -602,9 +614,10 @@ class NsCluster:
             for h in hosts:
                 if not (self.runtime_dir(h) / "guard.sock").exists():
                     self.runtime_dir(h).mkdir(parents=True, exist_ok=True)
-                    h.popen([*_vigil_argv(), "guard", "-c", str(self.config), "-n", h.name,
-                             "--follow-daemon"], stdin=subprocess.DEVNULL,
-                            stdout=self._log(h), stderr=subprocess.STDOUT)
+                    h.guardian = h.popen(
+                        [*_vigil_argv(), "guard", "-c", str(self.config), "-n", h.name,
+                         "--follow-daemon"], stdin=subprocess.DEVNULL, stdout=self._log(h),
+                        stderr=subprocess.STDOUT)
             for h in hosts:
                 sock = self.runtime_dir(h) / "guard.sock"
                 _wait_for(sock.exists, 30, f"the guardian of {h.name}", 0.05)
@@ -666,7 +679,7 @@ class NsCluster:
         self._log(h).write(
             f"--- nscluster {time.strftime('%H:%M:%S')}: power off {h.name}\n".encode())
         self._log(h).flush()
-        h.keeper = h.daemon = None
+        h.keeper = h.daemon = h.guardian = None
         h._mnt_ns = None
         if problems:
             raise NsClusterError("; ".join(problems))

@@ -1,21 +1,28 @@
 """System: the guardian on the namespace cluster (docs/fencing.md). Each host's address and
-server are sampled from inside every host every few milliseconds while the holder's daemon
-is SIGKILLed or frozen: the old copy must be gone before the new one appears, and two hosts
-never hold the address at once."""
+server (and a shared disk in its mount table) are sampled every 10 ms while the holder's
+daemon is SIGKILLed or frozen, the holder is cut off from the others, or its guardian is
+killed: the old copy must be gone before the new one appears, and two hosts never hold the
+address, run the server or mount the disk at once."""
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from tests.support.nscluster import NsCluster, nscluster_fixture
+from tests.support.nscluster import NsCluster, SharedDisk, nscluster_fixture
 from tests.support.nssample import (
+    ADDRESS,
+    MOUNT,
+    SERVER,
+    OutsideSampler,
     Sampler,
     Timeline,
     overlaps,
+    server_command,
     start_samplers,
     stop_samplers,
     web_group,
@@ -108,3 +115,143 @@ def test_a_frozen_holders_server_dies_before_another_host_starts_it_and_it_rejoi
     print(f"\nn1 frozen at {frozen:.3f}: its server killed after "
           f"{n1_srv[-1][1] - frozen:.3f}s, on n2 after {n2_srv[0][0] - frozen:.3f}s; "
           f"epoch before the thaw {epoch}")
+
+
+@pytest.fixture
+def outside(cluster: NsCluster) -> Iterator[list[OutsideSampler]]:
+    """Outside samplers the test starts; stopped after it, whatever happened."""
+    running: list[OutsideSampler] = []
+    yield running
+    for sampler in running:
+        sampler.close()
+
+
+def no_two_at_once(lines: dict[str, Timeline]) -> None:
+    for which, what in ((ADDRESS, "the address"), (SERVER, "the server"), (MOUNT, "the disk")):
+        assert overlaps(lines, which) == [], f"two hosts had {what} at once: {lines}"
+
+
+def test_a_guardian_killed_on_the_holder_makes_it_leave_cleanly_and_exit_with_status_3(
+        cluster: NsCluster, outside: list[OutsideSampler]) -> None:
+    c = cluster
+    start(c)
+    n1 = c.hosts["n1"]
+    assert n1.guardian is not None and n1.daemon is not None
+    daemon = n1.daemon
+    outside.append(sampler := OutsideSampler(c, VIP, MARKER))
+    sampler.wait_until(c, {"n1": (True, True, False), "n2": (False, False, False),
+                           "n3": (False, False, False)})
+    killed = time.monotonic()
+    n1.guardian.kill()
+    n1.guardian.wait(10)
+    code = daemon.wait(30)
+    n1.daemon = None  # it exited by itself, as it should: not a failure of the waits below
+    log = c.log("n1")
+    assert code == 3, f"vigil node run exited with {code}, not 3; its log:\n{log[-3000:]}"
+    assert "the guardian is gone (" in log and ": leaving the cluster" in log, log[-3000:]
+    # it stopped its groups itself, dependents first
+    stops = [line.split("resource ")[1].split(":")[0] for line in log.splitlines()
+             if ": stop -> OOS" in line]
+    assert stops == ["web-server", "web-ip"], log[-3000:]
+    c.wait_for(lambda: c.holders("web") == ["n2"], 30, "web on n2")
+    sampler.wait_until(c, {"n1": (False, False, False), "n2": (True, True, False),
+                           "n3": (False, False, False)})
+    assert c.client.http_get(f"http://{VIP}/") is not None
+    # it said goodbye: the others started web with no fencing wait for n1
+    for via in ("n2", "n3"):
+        st = c.status(via)
+        assert st is not None
+        waits = [e for e in st["fencing"]["history"] if e["target"] == "n1"]
+        assert waits == [] and "n1" not in st["fencing"]["pending"], (via, waits)
+    time.sleep(0.5)
+    lines = sampler.stop()
+    no_two_at_once(lines)
+    n1_srv, n2_srv = lines["n1"].intervals(SERVER), lines["n2"].intervals(SERVER)
+    assert len(n1_srv) == 1 and n1_srv[0][1] <= n2_srv[0][0], (n1_srv, n2_srv)
+    print(f"\nn1's guardian killed at {killed:.3f}: n1's server stopped after "
+          f"{n1_srv[0][1] - killed:.3f}s, on n2 after {n2_srv[0][0] - killed:.3f}s; "
+          f"{sampler.summary()}")
+
+
+DISK_MARKER = "vigil-guardian-test-disk-server"
+
+
+def disk_group(c: NsCluster, disk: SharedDisk) -> str:
+    """Group ``web``: an address, the shared disk, and a server whose working directory is
+    on the disk (so that the disk is busy while it runs), preferring n1, then n2, then n3."""
+    mnt = c.tmp / "data"
+    return f"""
+[groups.web]
+resources = ["web-ip", "web-disk", "web-server"]
+prefer = {{ n1 = 0, n2 = 10, n3 = 20 }}
+
+[resources.web-ip]
+type = "ip"
+params = {{ address = "{VIP}", prefix = 24, nic = "eth0", arp_count = 1 }}
+monitor = {{ interval = "1s", timeout = "2s" }}
+stop_timeout = "1s"
+
+[resources.web-disk]
+type = "filesystem"
+depends_on = ["web-ip"]
+params = {{ device = "{disk.device}", directory = "{mnt}", fstype = "ext4" }}
+monitor = {{ interval = "1s", timeout = "3s" }}
+start_timeout = "20s"
+stop_timeout = "4s"
+
+[resources.web-server]
+type = "application"
+depends_on = ["web-disk"]
+monitor = {{ interval = "1s", timeout = "2s" }}
+stop_timeout = "2s"
+[resources.web-server.params]
+start = {json.dumps(server_command(DISK_MARKER, VIP))}
+cwd = "{mnt}"
+health_url = "http://{VIP}/"
+"""
+
+
+@pytest.fixture
+def disk(cluster: NsCluster) -> Iterator[SharedDisk]:
+    with SharedDisk(cluster.tmp) as d:
+        yield d
+
+
+def test_a_holder_cut_off_from_the_others_releases_the_shared_disk_before_another_mounts_it(
+        cluster: NsCluster, disk: SharedDisk, outside: list[OutsideSampler]) -> None:
+    c = cluster
+    c.write_config(disk_group(c, disk))
+    c.start_all()
+    c.wait_for(lambda: c.holders("web") == ["n1"], 40, "web on n1")
+    c.wait_for(lambda: len((c.status("n1") or {}).get("members", [])) == 3, 30,
+               "all three nodes in the cluster")
+    outside.append(sampler := OutsideSampler(c, VIP, DISK_MARKER, disk.device))
+    sampler.wait_until(c, {"n1": (True, True, True), "n2": (False, False, False),
+                           "n3": (False, False, False)})
+    cut = time.monotonic()
+    c.partition(["n1"], ["n2", "n3"])
+    c.wait_for(lambda: c.group_on("web", "n2") == "n2", 30, "web on n2")
+    sampler.wait_until(c, {"n1": (False, False, False), "n2": (True, True, True),
+                           "n3": (False, False, False)})
+    st = c.status("n2")
+    assert st is not None and st["fail_counts"] == {}, \
+        f"web failed to start on n2 (the disk was not free when it tried?): {st}"
+
+    # healed, n1 comes back and stays without the disk: web stays where it runs
+    healed = time.monotonic()
+    c.heal()
+    c.wait_for(lambda: all(len(st.get("members", [])) == 3
+                           for st in c.statuses().values() if st is not None)
+               and all(st is not None for st in c.statuses().values()), 30,
+               "n1 back among the members of every node")
+    time.sleep(2.0)
+    assert c.holders("web") == ["n2"]
+    lines = sampler.stop()
+    no_two_at_once(lines)
+    n1_mnt, n2_mnt = lines["n1"].intervals(MOUNT), lines["n2"].intervals(MOUNT)
+    assert len(n1_mnt) == 1 and n1_mnt[0][1] < healed, f"n1 mounted the disk again: {n1_mnt}"
+    assert len(n2_mnt) == 1 and n2_mnt[0][1] == float("inf"), n2_mnt
+    assert n1_mnt[0][1] <= n2_mnt[0][0]
+    assert lines["n3"].intervals(MOUNT) == []
+    print(f"\nn1 cut off at {cut:.3f}: the disk unmounted there after {n1_mnt[0][1] - cut:.3f}s, "
+          f"mounted on n2 after {n2_mnt[0][0] - cut:.3f}s; {sampler.summary()}")
