@@ -24,11 +24,13 @@ logs, and each node's ``runtime_dir``, ``<tmp>/run/<node>``) survives a power cy
 would.
 
 Processes are started through :func:`vigil.resources.proc.spawn`, so they get SIGKILL if the
-test process dies; namespaces and tmp dirs left by a test process that died anyway are removed
-by the next harness (only those whose creator PID is gone).
+test process dies (an observer that must outlive a host runs on the machine itself, started
+by :meth:`NsCluster.popen`); namespaces and tmp dirs left by a test process that died anyway
+are removed by the next harness (only those whose creator PID is gone).
 
 Operations: :meth:`NsCluster.start`, :meth:`~NsCluster.sigkill`, :meth:`~NsCluster.sigterm`
-(the daemon); :meth:`~NsCluster.power_off` / :meth:`~NsCluster.power_on` (the whole host);
+(the daemon; :meth:`~NsCluster.start_all` also starts the guardians first, and keeps each in
+``Host.guardian``); :meth:`~NsCluster.power_off` / :meth:`~NsCluster.power_on` (the whole host);
 :meth:`~NsCluster.cut_link` / :meth:`~NsCluster.restore_link` (one switch port down/up);
 :meth:`~NsCluster.partition` / :meth:`~NsCluster.heal`. A partition moves the switch ports of
 each side onto a bridge of its own (``br<k>s<side>``), so the sides cannot talk while each

@@ -211,29 +211,46 @@ def server_command(marker: str, bind: str) -> list[str]:
     return [sys.executable, "-I", "-S", str(TINY_HTTP), marker, bind]
 
 
-def web_group(vip: str, marker: str, nodes: Sequence[str] = ("n1", "n2", "n3")) -> str:
-    """Group ``web``: a plain address and a server bound to it (no disk), preferring the
-    ``nodes`` in that order: what a client needs, and nothing whose own start-up would hide
-    the cluster's time (such as an fsck)."""
+def web_group(vip: str, marker: str, nodes: Sequence[str] = ("n1", "n2", "n3"), *,
+              disk: tuple[str, Path] | None = None) -> str:
+    """Group ``web``: a plain address and a server bound to it, preferring the ``nodes`` in
+    that order: what a client needs, and nothing whose own start-up would hide the cluster's
+    time (such as an fsck). With ``disk`` (a block device and a mount point), a shared disk
+    too, between the two, and the server's working directory on it (so that the disk is busy
+    while the server runs)."""
     prefer = ", ".join(f"{n} = {10 * i}" for i, n in enumerate(nodes))
+    resources = ["web-ip", "web-server"] if disk is None else ["web-ip", "web-disk", "web-server"]
+    filesystem = cwd = ""
+    if disk is not None:
+        device, mnt = disk
+        filesystem = f"""
+[resources.web-disk]
+type = "filesystem"
+depends_on = ["web-ip"]
+params = {{ device = "{device}", directory = "{mnt}", fstype = "ext4" }}
+monitor = {{ interval = "1s", timeout = "3s" }}
+start_timeout = "20s"
+stop_timeout = "4s"
+"""
+        cwd = f'cwd = "{mnt}"\n'
     return f"""
 [groups.web]
-resources = ["web-ip", "web-server"]
+resources = {json.dumps(resources)}
 prefer = {{ {prefer} }}
 
 [resources.web-ip]
 type = "ip"
 params = {{ address = "{vip}", prefix = 24, nic = "eth0", arp_count = 1 }}
 monitor = {{ interval = "1s", timeout = "2s" }}
-
+{filesystem}
 [resources.web-server]
 type = "application"
-depends_on = ["web-ip"]
+depends_on = ["{resources[-2]}"]
 monitor = {{ interval = "1s", timeout = "2s" }}
 stop_timeout = "5s"
 [resources.web-server.params]
 start = {json.dumps(server_command(marker, vip))}
-health_url = "http://{vip}/"
+{cwd}health_url = "http://{vip}/"
 """
 
 

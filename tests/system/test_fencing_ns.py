@@ -47,6 +47,26 @@ def fence_wrapper(c: NsCluster) -> Path:
     return path
 
 
+def ns_device(c: NsCluster, agent: str | Path, fencing: str = "") -> str:
+    """The fence device ``ns`` (``agent``: fence_vigil_ns, or a wrapper of it) that fences
+    every host, and the ``[fencing]`` table, with ``fencing``'s lines too."""
+    plugs = ", ".join(f'{n} = "{h.netns}"' for n, h in c.hosts.items())
+    return f"""
+[fence_devices.ns]
+agent = "{agent}"
+hosts = [{", ".join(f'"{n}"' for n in c.hosts)}]
+plugs = {{ {plugs} }}
+host_argument = "plug"
+params = {{ power_timeout = 10 }}
+timeout = "30s"
+retries = 0
+monitor_interval = "2s"
+
+[fencing]
+retry_interval = "2s"
+{fencing}"""
+
+
 def start(c: NsCluster, *, order: list[str], hung_stop: bool) -> None:
     """The group ``web``: an address, a state file whose stop hangs (``hung_stop``: longer
     than its stop_timeout, so the stop fails and the group is unclean where it ran), and a web
@@ -56,7 +76,6 @@ def start(c: NsCluster, *, order: list[str], hung_stop: bool) -> None:
     www.mkdir(exist_ok=True)
     (www / "index.html").write_text(MARKER)
     server = f"{sys.executable} -m http.server 8080 --bind 0.0.0.0 --directory {www}"
-    plugs = ", ".join(f'{n} = "{h.netns}"' for n, h in c.hosts.items())
     prefer = ", ".join(f"{n} = {10 * i}" for i, n in enumerate(order))
     stop_delay = "30s" if hung_stop else "0s"
     c.write_config(f"""
@@ -82,20 +101,7 @@ depends_on = ["web-state"]
 params = {{ start = "{server}" }}
 start_timeout = "10s"
 stop_timeout = "2s"
-
-[fence_devices.ns]
-agent = "{fence_wrapper(c)}"
-hosts = [{", ".join(f'"{n}"' for n in c.hosts)}]
-plugs = {{ {plugs} }}
-host_argument = "plug"
-params = {{ power_timeout = 10 }}
-timeout = "30s"
-retries = 0
-monitor_interval = "2s"
-
-[fencing]
-retry_interval = "2s"
-""", cluster_extra='fencer = "devices"')
+""" + ns_device(c, fence_wrapper(c)), cluster_extra='fencer = "devices"')
     c.start_all()
 
 
@@ -198,22 +204,9 @@ SPLIT_MARKER = "vigil-two-node-split-test-server"
 def test_two_nodes_cut_apart_on_every_link_the_holder_powers_the_other_off_first(
         make_cluster: Callable[..., NsCluster]) -> None:
     c = make_cluster(hosts=2, links=2)
-    plugs = ", ".join(f'{n} = "{h.netns}"' for n, h in c.hosts.items())
-    c.write_config(web_group(VIP, SPLIT_MARKER, ("n1", "n2")) + f"""
-[fence_devices.ns]
-agent = "fence_vigil_ns"
-hosts = ["n1", "n2"]
-plugs = {{ {plugs} }}
-params = {{ power_timeout = 10 }}
-timeout = "30s"
-retries = 0
-monitor_interval = "2s"
-
-[fencing]
-delay_max = "1s"
-priority_delay = "5s"
-retry_interval = "2s"
-""", cluster_extra='fencer = "devices"')
+    c.write_config(web_group(VIP, SPLIT_MARKER, ("n1", "n2")) + ns_device(
+        c, "fence_vigil_ns", 'delay_max = "1s"\npriority_delay = "5s"\n'),
+        cluster_extra='fencer = "devices"')
     c.start_all()
     c.wait_for(lambda: c.holders("web") == ["n1"], 30, "web on n1")
     c.wait_for(lambda: all(st is not None and len(st["members"]) == 2
@@ -227,7 +220,8 @@ retry_interval = "2s"
         # every link between them fails, their NICs stay up (as when a switch fails): had
         # n1's cables been pulled, its address would have failed there, a fault of its own
         c.partition(["n1"], ["n2"])
-        # each side fences the other; n2, running nothing, waits priority_delay more
+        # each side fences the other after up to delay_max; n2, running nothing, waits
+        # priority_delay more
         off = c.wait_for(lambda: [n for n, h in c.hosts.items() if not h.pids()], 60,
                          "one of the two powered off", check_daemons=False)
         assert off == ["n2"], f"{off} powered off, not n2 (n1 ran web: it shoots first)"

@@ -6,7 +6,6 @@ address, run the server or mount the disk at once."""
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from collections.abc import Iterator
@@ -22,7 +21,6 @@ from tests.support.nssample import (
     Sampler,
     Timeline,
     overlaps,
-    server_command,
     start_samplers,
     stop_samplers,
     web_group,
@@ -176,41 +174,6 @@ def test_a_guardian_killed_on_the_holder_makes_it_leave_cleanly_and_exit_with_st
 DISK_MARKER = "vigil-guardian-test-disk-server"
 
 
-def disk_group(c: NsCluster, disk: SharedDisk) -> str:
-    """Group ``web``: an address, the shared disk, and a server whose working directory is
-    on the disk (so that the disk is busy while it runs), preferring n1, then n2, then n3."""
-    mnt = c.tmp / "data"
-    return f"""
-[groups.web]
-resources = ["web-ip", "web-disk", "web-server"]
-prefer = {{ n1 = 0, n2 = 10, n3 = 20 }}
-
-[resources.web-ip]
-type = "ip"
-params = {{ address = "{VIP}", prefix = 24, nic = "eth0", arp_count = 1 }}
-monitor = {{ interval = "1s", timeout = "2s" }}
-stop_timeout = "1s"
-
-[resources.web-disk]
-type = "filesystem"
-depends_on = ["web-ip"]
-params = {{ device = "{disk.device}", directory = "{mnt}", fstype = "ext4" }}
-monitor = {{ interval = "1s", timeout = "3s" }}
-start_timeout = "20s"
-stop_timeout = "4s"
-
-[resources.web-server]
-type = "application"
-depends_on = ["web-disk"]
-monitor = {{ interval = "1s", timeout = "2s" }}
-stop_timeout = "2s"
-[resources.web-server.params]
-start = {json.dumps(server_command(DISK_MARKER, VIP))}
-cwd = "{mnt}"
-health_url = "http://{VIP}/"
-"""
-
-
 @pytest.fixture
 def disk(cluster: NsCluster) -> Iterator[SharedDisk]:
     with SharedDisk(cluster.tmp) as d:
@@ -220,7 +183,7 @@ def disk(cluster: NsCluster) -> Iterator[SharedDisk]:
 def test_a_holder_cut_off_from_the_others_releases_the_shared_disk_before_another_mounts_it(
         cluster: NsCluster, disk: SharedDisk, outside: list[OutsideSampler]) -> None:
     c = cluster
-    c.write_config(disk_group(c, disk))
+    c.write_config(web_group(VIP, DISK_MARKER, disk=(disk.device, c.tmp / "data")))
     c.start_all()
     c.wait_for(lambda: c.holders("web") == ["n1"], 40, "web on n1")
     c.wait_for(lambda: len((c.status("n1") or {}).get("members", [])) == 3, 30,
@@ -240,9 +203,8 @@ def test_a_holder_cut_off_from_the_others_releases_the_shared_disk_before_anothe
     # healed, n1 comes back and stays without the disk: web stays where it runs
     healed = time.monotonic()
     c.heal()
-    c.wait_for(lambda: all(len(st.get("members", [])) == 3
-                           for st in c.statuses().values() if st is not None)
-               and all(st is not None for st in c.statuses().values()), 30,
+    c.wait_for(lambda: all(s is not None and len(s["members"]) == 3
+                           for s in c.statuses().values()), 30,
                "n1 back among the members of every node")
     time.sleep(2.0)
     assert c.holders("web") == ["n2"]
