@@ -20,9 +20,10 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 from tests.support.nscluster import Client, Host, NsCluster
 
@@ -32,7 +33,9 @@ __all__ = [
     "OUTSIDE_SAMPLER",
     "SAMPLER",
     "SERVER",
+    "Changes",
     "OutsideSampler",
+    "OutsideTimeline",
     "Reader",
     "Sampler",
     "Timeline",
@@ -45,7 +48,7 @@ __all__ = [
 
 #: Sampling period of the samplers, in seconds.
 PERIOD = 0.01
-#: What :meth:`Timeline.intervals` and :func:`overlaps` look at: the address, the server, and
+#: What :meth:`Changes.intervals` and :func:`overlaps` look at: the address, the server, and
 #: (outside samplers only) the shared disk mounted.
 ADDRESS, SERVER, MOUNT = 0, 1, 2
 
@@ -254,19 +257,21 @@ start = {json.dumps(server_command(marker, vip))}
 """
 
 
+#: One change a sampler saw: its time, then whether each thing watched is there.
+Change = TypeVar("Change", bound=tuple[float, ...])
+
+
 @dataclass
-class Timeline:
-    """What one host's sampler saw, per change: (time, holds the address, runs the server),
-    and from an :class:`OutsideSampler` whether the shared disk is mounted there too."""
+class Changes(Generic[Change]):
+    """What one host's sampler saw, one tuple per change."""
 
     host: str
-    changes: Sequence[tuple[float, ...]]
+    changes: list[Change]
 
     def intervals(self, which: int, until: float = float("inf")) -> list[tuple[float, float]]:
         """(from, to) while the address (0), the server (1) or the mount (2) was there; one
-        still there at
-        the end lasts until ``until`` (e.g. when the host was powered off, which killed its
-        sampler too)."""
+        still there at the end lasts until ``until`` (e.g. when the host was powered off,
+        which killed its sampler too)."""
         out: list[tuple[float, float]] = []
         since: float | None = None
         for t, *state in self.changes:
@@ -280,6 +285,12 @@ class Timeline:
         if since is not None:
             out.append((since, until))
         return out
+
+
+#: From a :class:`Sampler`: (time, holds the address, runs the server) per change.
+Timeline = Changes[tuple[float, bool, bool]]
+#: From an :class:`OutsideSampler`: (time, address, server, has the disk mounted) per change.
+OutsideTimeline = Changes[tuple[float, bool, bool, bool]]
 
 
 class Reader:
@@ -367,9 +378,10 @@ class OutsideSampler(Reader):
         c.wait_for(lambda: all(self.now(n) == e for n, e in expect.items()), timeout,
                    f"every host sampled as {expect}")
 
-    def stop(self) -> dict[str, Timeline]:
+    def stop(self) -> dict[str, OutsideTimeline]:
         self.close()
-        return {host: Timeline(host, list(changes)) for host, changes in self.changes.items()}
+        return {host: OutsideTimeline(host, list(changes))
+                for host, changes in self.changes.items()}
 
     def summary(self) -> str:
         """How often it sampled, in words (for the test's output)."""
@@ -395,11 +407,11 @@ def stop_samplers(running: dict[str, Sampler]) -> dict[str, Timeline]:
     return {name: sampler.stop() for name, sampler in running.items()}
 
 
-def overlaps(lines: dict[str, Timeline], which: int, until: dict[str, float] | None = None
+def overlaps(lines: Mapping[str, Changes[Any]], which: int, until: dict[str, float] | None = None
              ) -> list[tuple[str, float, float, str, float, float]]:
     """Pairs of intervals of different hosts that overlap, for the address (0), the server
     (1) or the mount (2): (host, from, to, other host, from, to). ``until``: host -> when its
-    timeline ends (see :meth:`Timeline.intervals`)."""
+    timeline ends (see :meth:`Changes.intervals`)."""
     ends = until or {}
     spans = [(h, a, b) for h, line in lines.items()
              for a, b in line.intervals(which, ends.get(h, float("inf")))]

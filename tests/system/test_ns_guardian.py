@@ -18,6 +18,7 @@ from tests.support.nssample import (
     MOUNT,
     SERVER,
     OutsideSampler,
+    OutsideTimeline,
     Sampler,
     Timeline,
     overlaps,
@@ -124,7 +125,7 @@ def outside(cluster: NsCluster) -> Iterator[list[OutsideSampler]]:
         sampler.close()
 
 
-def no_two_at_once(lines: dict[str, Timeline]) -> None:
+def no_two_at_once(lines: dict[str, OutsideTimeline]) -> None:
     for which, what in ((ADDRESS, "the address"), (SERVER, "the server"), (MOUNT, "the disk")):
         assert overlaps(lines, which) == [], f"two hosts had {what} at once: {lines}"
 
