@@ -206,8 +206,9 @@ class Setting:
 
 def vigil_setting(name: str) -> Setting:
     hb = TIMINGS[name].get("heartbeat_interval")
+    written = ", ".join(f"{k} {v}" for k, v in TIMINGS[name].items())
     return Setting("vigil", name, "Vigil, default timing" if hb is None else
-                   f"Vigil, heartbeat {hb}, dead_time {TIMINGS[name]['dead_time']}")
+                   f"Vigil, {written.replace('heartbeat_interval', 'heartbeat')}")
 
 
 def keepalived_setting(advert: str) -> Setting:

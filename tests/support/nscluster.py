@@ -353,7 +353,7 @@ class NsCluster:
 
     def __init__(self, hosts: int = 3, links: int = 1, *, names: Sequence[str] | None = None,
                  port: int = DEFAULT_PORT, timing: dict[str, str] | None = None,
-                 tmp: str | Path | None = None, cluster_name: str = "ns") -> None:
+                 tmp: str | Path | None = None, cluster_name: str | None = None) -> None:
         if names is not None:
             names = list(names)
             hosts = len(names)
@@ -374,7 +374,8 @@ class NsCluster:
         self.links = links
         self.port = port
         self.timing = dict(DEFAULT_TIMING if timing is None else timing)
-        self.cluster_name = cluster_name
+        # unique, like the prefix: nodes' cgroups are named after cluster and node
+        self.cluster_name = cluster_name or self.prefix
         self.hosts: dict[str, Host] = {n: Host(self, n, i) for i, n in enumerate(names, 1)}
         self.client = Client(self)
         self.switch = f"{self.prefix}-sw"
