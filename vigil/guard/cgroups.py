@@ -5,8 +5,9 @@ Layout: ``<cgroup2 mount>/vigil-<cluster>.<node>/<resource>``. The cluster's and
 names are in the path because nodes may share one kernel (and one cgroup tree): the test
 clusters' hosts do, and two test clusters both have a node ``n1``; a fence of one must not
 kill the other's processes. The daemon and the guardian of a node compute the same path from
-the cluster file. (``.`` cannot be part of a name, so the path is unambiguous.) No controllers are enabled: the cgroups only
-group processes, so the "no internal processes" rule never bites and nothing is limited.
+the cluster file. (``.`` cannot be part of a name, so the path is unambiguous.) No
+controllers are enabled: the cgroups only group processes, so the "no internal processes"
+rule never bites and nothing is limited.
 
 The mount is found in ``/proc/self/mountinfo``: ``/sys/fs/cgroup`` on a unified system,
 ``/sys/fs/cgroup/unified`` on a hybrid one. Where there is no cgroup2 mount, or it cannot be
