@@ -629,6 +629,7 @@ def test_write_key_refuses_to_overwrite(tmp_path: Path) -> None:
 def test_too_short_key_is_rejected(tmp_path: Path) -> None:
     cfg = load(write(tmp_path, document()))
     cfg.key_file.write_bytes(b"0123456789abcde\n")  # 15 bytes once the newline is stripped
+    cfg.key_file.chmod(0o600)
     with pytest.raises(ConfigError) as caught:
         load_key(cfg)
     problem = caught.value.problems[0]
