@@ -220,10 +220,10 @@ def _make_contents_private(dir_fd: int, directory: Path) -> None:
             os.close(fd)
 
 
-def _refuse_link(path: Path, exc: OSError) -> UnsafePath:
-    return UnsafePath(f"{path} is a symbolic link ({exc.strerror}): Vigil never follows one "
-                      "in its runtime directory (whoever made it could point it at a file to "
-                      "overwrite); remove it and find out who made it")
+def _refuse_link(path: Path) -> UnsafePath:
+    return UnsafePath(f"{path} is a symbolic link: Vigil never follows one in its runtime "
+                      "directory (whoever made it could point it at a file to overwrite); "
+                      "remove it and find out who made it")
 
 
 def _check_own_file(fd: int, path: Path, kind: str) -> os.stat_result:
@@ -248,7 +248,7 @@ def private_dir(path: Path) -> Path:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(path):
-            raise _refuse_link(path, exc) from None
+            raise _refuse_link(path) from None
         raise
     try:
         _check_own_file(fd, path, "directory")
@@ -296,7 +296,7 @@ def open_append(path: Path, mode: int = FILE_MODE) -> int:
                      | os.O_NONBLOCK | os.O_CLOEXEC, mode)  # NONBLOCK: a planted FIFO
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise _refuse_link(path, exc) from None
+            raise _refuse_link(path) from None
         raise
     try:
         _check_own_file(fd, path, "file")
@@ -315,7 +315,7 @@ def open_private(path: Path) -> int:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise _refuse_link(path, exc) from None
+            raise _refuse_link(path) from None
         raise
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
@@ -350,7 +350,7 @@ class NodeLock:
                          | os.O_CLOEXEC, FILE_MODE)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
-                raise _refuse_link(self.path, exc) from None
+                raise _refuse_link(self.path) from None
             raise
         try:
             _check_own_file(fd, self.path, "file")
