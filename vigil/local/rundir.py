@@ -127,30 +127,31 @@ def _directory_problem(path: Path, st: os.stat_result, final: bool, runtime_dir:
     return ""
 
 
-def _walk(path: Path, runtime_dir: Path, hops: int = 0) -> str:
-    """The first problem on the way from / to ``path`` (absolute); links are followed here,
-    one component at a time, and each must belong to root or the daemon's user."""
+def _walk(path: Path, runtime_dir: Path, to_runtime_dir: bool, hops: int = 0) -> str:
+    """The first problem on the way from / to ``path`` (absolute), which is the runtime
+    directory itself when ``to_runtime_dir``; links are followed here, one component at a
+    time, and each must belong to root or the daemon's user."""
     if hops > _MAX_LINK_HOPS:
         return f"too many symbolic links on the way to {runtime_dir}"
+    parts = path.parts[1:]
     current = Path(path.anchor)
-    problem = _directory_problem(current, os.lstat(current), current == runtime_dir,
+    problem = _directory_problem(current, os.lstat(current), to_runtime_dir and not parts,
                                  runtime_dir)
-    for part in path.parts[1:]:
+    for i, part in enumerate(parts):
         if problem:
             break
         current = current / part
+        last = to_runtime_dir and i == len(parts) - 1
         st = os.lstat(current)
         if stat.S_ISLNK(st.st_mode):
             if st.st_uid not in (0, os.geteuid()):
                 return (f"{current}, on the way to the runtime directory {runtime_dir}, is a "
                         f"symbolic link owned by {_user(st.st_uid)}, who can point it anywhere; "
                         "remove it, or choose another runtime_dir")
-            resolved = Path(os.path.realpath(current))
-            final = current == runtime_dir
-            problem = _walk(resolved, resolved if final else runtime_dir, hops + 1)
-            current = resolved
+            current = Path(os.path.realpath(current))
+            problem = _walk(current, runtime_dir, last, hops + 1)
         else:
-            problem = _directory_problem(current, st, current == runtime_dir, runtime_dir)
+            problem = _directory_problem(current, st, last, runtime_dir)
     return problem
 
 
@@ -168,24 +169,8 @@ def prepare_runtime_dir(directory: Path, shared: bool = False) -> None:
     uses the directory calls it."""
     directory = Path(os.path.abspath(directory))
     mode = runtime_dir_mode(shared)
-    missing = []
-    parent = directory
-    while not os.path.lexists(parent):
-        missing.append(parent)
-        parent = parent.parent
-    if missing:  # nothing is made below a directory that is already unsafe
-        problem = _walk(parent, directory)
-        if problem:
-            raise UnsafePath(f"unsafe runtime directory: {problem}")
-    for path in reversed(missing):
-        with contextlib.suppress(FileExistsError):  # made meanwhile: checked below
-            os.mkdir(path, mode)
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            try:
-                os.fchmod(fd, mode)  # the umask may have taken the o+x that groups need
-            finally:
-                os.close(fd)
-    problem = _walk(directory, directory)
+    _make_missing(directory, directory, mode)
+    problem = _walk(directory, directory, to_runtime_dir=True)
     if problem:
         raise UnsafePath(f"unsafe runtime directory: {problem}")
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -196,12 +181,38 @@ def prepare_runtime_dir(directory: Path, shared: bool = False) -> None:
         os.close(fd)
 
 
+def _make_missing(directory: Path, runtime_dir: Path, mode: int) -> None:
+    """Make ``directory`` and its missing parents with ``mode``; nothing is made below a
+    directory that is already unsafe (:class:`UnsafePath`)."""
+    missing = []
+    parent = directory
+    while not os.path.lexists(parent):
+        missing.append(parent)
+        parent = parent.parent
+    if not missing:
+        return
+    problem = _walk(parent, runtime_dir, to_runtime_dir=False)
+    if problem:
+        raise UnsafePath(f"unsafe runtime directory: {problem}")
+    for path in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # made meanwhile: checked after
+            os.mkdir(path, mode)
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                os.fchmod(fd, mode)  # the umask may have taken the o+x that groups need
+            finally:
+                os.close(fd)
+
+
 def _make_contents_private(dir_fd: int, directory: Path) -> None:
     """What an older Vigil left readable by others (state.json 0644, logs/ 0755): private.
     Sockets keep their modes (their actors set them); links are never followed."""
     me = os.geteuid()
     for entry in os.scandir(dir_fd):
-        st = entry.stat(follow_symlinks=False)
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue  # gone meanwhile (the event socket's staging directory)
         if st.st_uid != me or not stat.S_IMODE(st.st_mode) & 0o077:
             continue
         if stat.S_ISDIR(st.st_mode):
@@ -241,9 +252,11 @@ def _check_own_file(fd: int, path: Path, kind: str) -> os.stat_result:
 
 def private_dir(path: Path) -> Path:
     """The sub-directory ``path`` of the runtime directory (logs/, dummy/), made 0700 when
-    missing; an existing one must be a directory of the daemon's user (not a link)."""
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(path, PRIVATE_DIR_MODE)
+    missing (with missing parents, where those above are safe: the runtime directory may
+    have been deleted); an existing one must be a directory of the daemon's user (not a
+    link)."""
+    path = Path(os.path.abspath(path))
+    _make_missing(path, path.parent, PRIVATE_DIR_MODE)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
