@@ -18,7 +18,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ import pykka
 import pytest
 
 from tests.support.cluster_harness import MemoryCluster, cluster_toml, wait_for
+from tests.support.local_user import reachable_tmp
 from vigil.api import Decision
 from vigil.config import load_key, loads
 from vigil.local.protocol import request
@@ -100,13 +100,8 @@ def groups() -> Iterator[Groups]:
 
 @pytest.fixture
 def runtime_base() -> Iterator[Path]:
-    # pytest's tmp_path is 0700 (nobody cannot pass it): a directory of our own in /tmp
-    base = Path(tempfile.mkdtemp(prefix="vigil-access-", dir="/tmp"))
-    try:
-        base.chmod(0o711)
+    with reachable_tmp("vigil-access-") as base:
         yield base
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
 
 
 class Node:

@@ -15,7 +15,6 @@ import socket
 import stat
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,11 +22,11 @@ from typing import Any
 import pytest
 
 from tests.support.cluster_harness import wait_for
+from tests.support.local_user import NOBODY, reachable_tmp
 from vigil.config import write_key
 from vigil.daemon import STOP_GRACE
 from vigil.local.protocol import request
 
-NOBODY = 65534
 SYSTEM_PYTHON = "/usr/bin/python3"
 PRECIOUS = b"root's own data\n"
 
@@ -62,13 +61,8 @@ def free_port() -> int:
 
 @pytest.fixture
 def base() -> Iterator[Path]:
-    # Not pytest's tmp_path (0700 below /tmp/pytest-of-root): nobody must reach into it.
-    path = Path(tempfile.mkdtemp(prefix="vigil-rd-", dir="/tmp"))
-    try:
-        path.chmod(0o711)
+    with reachable_tmp("vigil-rd-") as path:  # nobody must reach into it
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)  # never follows the links planted in it
 
 
 @pytest.fixture
