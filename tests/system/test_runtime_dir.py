@@ -22,12 +22,11 @@ from typing import Any
 import pytest
 
 from tests.support.cluster_harness import wait_for
-from tests.support.local_user import NOBODY, reachable_tmp
+from tests.support.local_users import CLIENT_ENV, NOBODY, SYSTEM_PYTHON, reachable_tmp, setpriv
 from vigil.config import write_key
 from vigil.daemon import STOP_GRACE
 from vigil.local.protocol import request
 
-SYSTEM_PYTHON = "/usr/bin/python3"
 PRECIOUS = b"root's own data\n"
 
 
@@ -46,9 +45,8 @@ pytestmark = pytest.mark.skipif(_missing() is not None, reason=str(_missing()))
 
 def as_nobody(code: str, *args: str) -> None:
     """Run Python ``code`` as uid/gid 65534 without supplementary groups."""
-    out = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-                          SYSTEM_PYTHON, "-I", "-c", code, *args], capture_output=True,
-                         text=True, timeout=60, cwd="/")
+    out = subprocess.run([*setpriv(NOBODY, NOBODY), SYSTEM_PYTHON, "-I", "-c", code, *args],
+                         capture_output=True, text=True, timeout=60, cwd="/", env=CLIENT_ENV)
     assert out.returncode == 0, out.stderr
 
 
