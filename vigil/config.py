@@ -12,15 +12,18 @@ work package; the data model itself is the contract other packages code against.
 from __future__ import annotations
 
 import difflib
+import errno
 import hashlib
 import ipaddress
 import json
 import math
 import os
+import pwd
 import re
 import secrets
 import shlex
 import socket
+import stat
 import tomllib
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -276,6 +279,17 @@ _DURATION_HINT: Final = "a duration such as '500us', '150ms', '2s', '1.5s', '1m'
 # Floats from "3 * 200ms" are not exact: compare timing rules with a tolerance far below 1us.
 _EPSILON: Final = 1e-9
 
+#: Every duration in the file is at most a day: a longer one would mean "never" (and timers
+#: refuse values beyond a few centuries).
+MAX_DURATION: Final = 24 * 3600.0
+#: heartbeat_interval: faster than 10 ms and the daemons do little but heartbeats (and a
+#: loaded machine misses them); slower than 10 s and failures go unnoticed for a minute.
+MIN_HEARTBEAT: Final = 0.010
+MAX_HEARTBEAT: Final = 10.0
+#: The other [timing] durations: the cluster notices a failure within dead_time, and a
+#: transition step waits step_timeout; longer than 10 minutes is a mistake.
+MAX_TIMING: Final = 600.0
+
 
 def parse_duration(text: str | int | float, where: str) -> float:
     """Seconds for ``"150ms"``, ``"2s"``, ``"1m"``, ``"500us"`` or a bare number of seconds.
@@ -304,6 +318,14 @@ def parse_duration(text: str | int | float, where: str) -> float:
     if not math.isfinite(seconds) or seconds < 0:
         raise error(f"a duration must be finite and not negative, got {_describe(text)}")
     return seconds
+
+
+def _span(seconds: float) -> str:
+    """A limit as the file would write it: "10ms", "10s", "10m", "24h"."""
+    for unit, size in (("h", 3600.0), ("m", 60.0), ("s", 1.0)):
+        if seconds >= size and (seconds / size).is_integer():
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds * 1000:g}ms"
 
 
 def _describe(value: object) -> str:
@@ -442,8 +464,10 @@ class _Checker:
         return default
 
     def duration(self, t: Mapping[str, object], path: str, key: str,
-                 default: float | None, positive: bool = False) -> float | None:
-        """Seconds, or None when absent without a default or when invalid."""
+                 default: float | None, positive: bool = False,
+                 minimum: float = 0.0, maximum: float = MAX_DURATION) -> float | None:
+        """Seconds, or None when absent without a default or when invalid (outside
+        ``minimum``..``maximum`` included)."""
         where = _join(path, key)
         if key not in t:
             return default
@@ -458,6 +482,12 @@ class _Checker:
             return None
         if positive and seconds <= 0:
             self.add(where, f"must be longer than 0, got {_describe(value)}")
+            return None
+        if seconds > maximum + _EPSILON or 0 < seconds < minimum - _EPSILON:
+            limit = (f"at most {_span(maximum)}" if seconds > maximum
+                     else f"at least {_span(minimum)}")
+            self.add(where, f"must be {limit}, got {_describe(value)} (docs/configuration.md, "
+                     "\"Limits\")")
             return None
         return seconds
 
@@ -521,10 +551,14 @@ def load(path: str | Path) -> ClusterConfig:
     """Read, parse and validate a cluster file; raise :class:`ConfigError` for any problem."""
     file = str(path)
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as err:
         raise ConfigError([ConfigProblem(file, "", f"cannot read the configuration file: "
                                          f"{err.strerror or err}")]) from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError([ConfigProblem(file, "", f"larger than {MAX_CONFIG_BYTES >> 20} MiB: "
+                                         "not a cluster file (is the path right?)")])
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -545,7 +579,34 @@ def loads(text: str, path: str | Path = _MEMORY) -> ClusterConfig:
             message = message[: where.start()]
         location = where[1] if where is not None else ""
         raise ConfigError([ConfigProblem(file, location, f"invalid TOML: {message}")]) from None
+    except RecursionError:  # tomllib recurses once per level of nested arrays and tables
+        raise ConfigError([ConfigProblem(file, "", _TOO_DEEP)]) from None
+    depth = _depth(document)
+    if depth > MAX_NESTING:
+        raise ConfigError([ConfigProblem(file, "", _TOO_DEEP + f" (found {depth} levels)")])
     return from_dict(document, path)
+
+
+#: Arrays and tables inside each other: a cluster file needs 5 levels; more is not one.
+MAX_NESTING: Final = 32
+_TOO_DEEP: Final = (f"arrays and tables nested more than {MAX_NESTING} levels deep: not a "
+                    "cluster file (docs/configuration.md, \"Limits\")")
+#: A cluster file of a thousand resources is well under 1 MiB.
+MAX_CONFIG_BYTES: Final = 16 << 20
+
+
+def _depth(document: object) -> int:
+    """How deeply arrays and tables nest in ``document`` (without recursion)."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(document, 0)]
+    while stack:
+        value, level = stack.pop()
+        deepest = max(deepest, level)
+        if isinstance(value, dict):
+            stack.extend((v, level + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, level + 1) for v in value)
+    return deepest
 
 
 def from_dict(document: Mapping[str, object], path: str | Path = _MEMORY) -> ClusterConfig:
@@ -851,17 +912,21 @@ def _read_fencing(c: _Checker, root: Mapping[str, object], node_names: Collectio
 def _read_timing(c: _Checker, root: Mapping[str, object]) -> Timing:
     t = c.table(root.get("timing", {}), "timing", _TIMING_KEYS) or {}
     p = "timing"
-    hb = c.duration(t, p, "heartbeat_interval", 0.2, positive=True)
+    hb = c.duration(t, p, "heartbeat_interval", 0.2, positive=True, minimum=MIN_HEARTBEAT,
+                    maximum=MAX_HEARTBEAT)
     # dead_time and fence_margin follow the heartbeat unless written: an operator who makes
     # heartbeats faster gets faster detection and takeover with the same tolerance for
     # missed heartbeats (docs/benchmarks.md, "Stability under load", is what chose 4).
-    dead = c.duration(t, p, "dead_time", None if hb is None else 4 * hb, positive=True)
+    dead = c.duration(t, p, "dead_time", None if hb is None else 4 * hb, positive=True,
+                      maximum=MAX_TIMING)
     # None for these three: not written (the default derives from the values above) or bad.
-    lease = c.duration(t, p, "lease_time", None, positive=True)
-    step = c.duration(t, p, "step_timeout", None, positive=True)
-    retransmit = c.duration(t, p, "retransmit_interval", None, positive=True)
-    margin = c.duration(t, p, "fence_margin", None if hb is None else min(0.2, hb))
-    guard = c.duration(t, p, "guard_time", 0.1, positive=True)
+    lease = c.duration(t, p, "lease_time", None, positive=True, maximum=MAX_TIMING)
+    step = c.duration(t, p, "step_timeout", None, positive=True, maximum=MAX_TIMING)
+    retransmit = c.duration(t, p, "retransmit_interval", None, positive=True,
+                            maximum=MAX_TIMING)
+    margin = c.duration(t, p, "fence_margin", None if hb is None else min(0.2, hb),
+                        maximum=MAX_TIMING)
+    guard = c.duration(t, p, "guard_time", 0.1, positive=True, maximum=MAX_TIMING)
 
     def ms(seconds: float) -> str:
         return f"{seconds * 1000:g}ms"
@@ -1216,6 +1281,7 @@ def validate_against_registry(cfg: ClusterConfig,
 
 _KEY_BYTES: Final = 32
 _MIN_KEY_BYTES: Final = 16
+_KEY_FILE_LIMIT: Final = 1 << 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -1256,9 +1322,11 @@ def apply_type_defaults(
 def load_key(cfg: ClusterConfig) -> bytes:
     """The cluster's shared key (the file's bytes without a trailing newline)."""
     file = str(cfg.key_file)
-    how = f"create one with `vigil keygen {file}` and copy it to every node"
+    how = _how_to_make(cfg.key_file)
     try:
-        key = cfg.key_file.read_bytes()
+        key = _read_key_file(cfg.key_file)
+    except _UnsafeKey as err:
+        raise ConfigError([ConfigProblem(file, "cluster.key_file", str(err))]) from None
     except OSError as err:
         raise ConfigError([ConfigProblem(file, "cluster.key_file", f"cannot read the key "
                                          f"file ({err.strerror or err}): {how}")]) from None
@@ -1268,6 +1336,49 @@ def load_key(cfg: ClusterConfig) -> bytes:
         raise ConfigError([ConfigProblem(file, "cluster.key_file", f"the key is {len(key)} "
                                          f"bytes, shorter than {_MIN_KEY_BYTES}: {how}")])
     return key
+
+
+class _UnsafeKey(Exception):
+    pass
+
+
+def _read_key_file(path: Path) -> bytes:
+    """The key file's bytes; :class:`_UnsafeKey` when anyone but the user who runs Vigil
+    could read or change it (whoever reads the key can forge every message)."""
+    me = _user_name(os.geteuid())
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:
+        if err.errno != errno.ELOOP:
+            raise
+        target = os.path.realpath(path)
+        raise _UnsafeKey(f"the key file is a symbolic link (to {target}): whoever may change "
+                         "the link chooses the key; put the key itself there: cp "
+                         f"--remove-destination {target} {path} && chmod 600 {path}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _UnsafeKey(f"not a regular file: {_how_to_make(path)}")
+        if st.st_uid != os.geteuid():
+            raise _UnsafeKey(f"the key file is owned by {_user_name(st.st_uid)}, not by {me} "
+                             f"who runs Vigil: its owner can change it; chown {me} {path} "
+                             f"&& chmod 600 {path}")
+        if st.st_mode & 0o077:
+            raise _UnsafeKey(f"the key file is readable or writable by group or others (mode "
+                             f"{stat.S_IMODE(st.st_mode):04o}): whoever reads it can forge "
+                             f"every message; chmod 600 {path}")
+        return f.read(_KEY_FILE_LIMIT)
+
+
+def _how_to_make(path: Path) -> str:
+    return f"create one with `vigil keygen {path}` and copy it to every node"
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 def write_key(path: Path) -> None:

@@ -21,6 +21,8 @@ from vigil.actors.node import NodeRuntime
 from vigil.cluster.placement import stop_bound
 from vigil.config import ClusterConfig, ConfigError, UnknownNode, load, load_key, resolve_node
 from vigil.guard.client import GuardClient
+from vigil.local.access import Access, prepare_runtime_dir
+from vigil.local.rundir import AlreadyRunning, NodeLock, UnsafePath
 from vigil.resources import proc
 from vigil.resources.registry import default_registry
 from vigil.transports import ZmqLink
@@ -102,6 +104,26 @@ def raise_priority(name: str) -> None:
                     "heartbeats may be late", name, exc)
 
 
+#: how long stopping the actors and closing the sockets may take after the groups are out
+#: (or after a second signal) before the daemon exits regardless
+STOP_GRACE = 15.0
+
+
+def exit_by(seconds: float, name: str, why: str) -> None:
+    """End the process ``seconds`` from now if it has not ended by then: whatever hangs (an
+    actor, a socket, a vanished runtime directory), a stopping daemon exits within a bound
+    that systemd and operators can count on."""
+
+    def deadline() -> None:
+        time.sleep(seconds)
+        log.critical("node %s: still running %.0fs after %s; exiting now", name, seconds, why)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(1)
+
+    threading.Thread(target=deadline, name="vigil-exit-deadline", daemon=True).start()
+
+
 def run(config_path: str, node: str | None) -> int:
     try:
         cfg = load(config_path)
@@ -110,12 +132,30 @@ def run(config_path: str, node: str | None) -> int:
     except ConfigError as exc:
         print(f"vigil: refusing to start:\n{exc}", file=sys.stderr)
         return 2
+    runtime_dir = cfg.nodes[name].runtime_dir
+    # Before anything is started or bound: a directory others could change is refused, and
+    # a second daemon for this node stops here, not after it bound (or failed to bind) a port.
+    lock = NodeLock(runtime_dir, name)
+    try:
+        prepare_runtime_dir(runtime_dir, Access(cfg.admin_group, cfg.status_group))
+        lock.acquire()
+    except (OSError, AlreadyRunning) as exc:
+        problem = str(exc) if isinstance(exc, UnsafePath | AlreadyRunning) else \
+            f"cannot prepare the runtime directory {runtime_dir}: {exc}"
+        print(f"vigil: refusing to start:\n{problem}", file=sys.stderr)
+        return 2
+    try:
+        return _run(cfg, key, name)
+    finally:
+        lock.release()
+
+
+def _run(cfg: ClusterConfig, key: bytes, name: str) -> int:
     registry = default_registry()
     raise_priority(name)
     guard = None
     if cfg.fencer == "guardian":
         try:
-            cfg.nodes[name].runtime_dir.mkdir(parents=True, exist_ok=True)
             guard = connect_guardian(cfg, name)
         except (OSError, RuntimeError) as exc:
             log.critical("node %s cannot start without its guardian (fencer = \"guardian\"): "
@@ -136,6 +176,7 @@ def run(config_path: str, node: str | None) -> int:
         runtime.start()
     except Exception as exc:
         log.critical("node %s could not start: %s", name, exc)
+        exit_by(STOP_GRACE, name, "it could not start")
         runtime.stop()
         context.term()
         return 1
@@ -146,30 +187,40 @@ def run(config_path: str, node: str | None) -> int:
             # it left by itself: its guardian is gone (the coordinator said why)
             log.critical("node %s left the cluster by itself; exiting so that it can be "
                          "started again with a guardian", name)
+            exit_by(STOP_GRACE, name, "it left the cluster")
             runtime.stop()
             context.term()
             return 3
         if runtime.failed.is_set():
             log.critical("node %s: an actor keeps failing; exiting so that the cluster "
                          "can move its groups", name)
+            exit_by(STOP_GRACE, name, "an actor kept failing")
             runtime.stop()
             context.term()
             return 1
     limit = stop_bound(cfg) + 2 * cfg.timing.step_timeout
     log.info("leaving the cluster: stopping groups here (at most %.1fs; signal again to "
              "exit at once)", limit)
+    exit_by(limit + STOP_GRACE, name, "the signal")
     stop.clear()
     left = False
     if signals["count"] < 2:
-        runtime.control("shutdown")
-        deadline_event = runtime.left
-        # wake on either a clean departure or a second signal
-        for _ in range(int(limit / 0.1) + 1):
-            if deadline_event.wait(0.1) or stop.is_set():
-                break
-        left = deadline_event.is_set()
+        try:
+            runtime.control("shutdown")
+        except Exception as exc:  # the coordinator is gone or stuck: stop what is left
+            log.warning("node %s could not ask its coordinator to leave (%s)", name,
+                        exc or type(exc).__name__)
+        else:
+            deadline_event = runtime.left
+            # wake on either a clean departure or a second signal
+            for _ in range(int(limit / 0.1) + 1):
+                if deadline_event.wait(0.1) or stop.is_set():
+                    break
+            left = deadline_event.is_set()
     if not left:
         log.warning("exiting before every group was stopped")
+    if stop.is_set():
+        exit_by(STOP_GRACE, name, "the second signal")
     runtime.stop()
     context.term()
     log.info("node %s stopped", name)

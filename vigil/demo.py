@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -19,12 +20,15 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from vigil.config import load, write_key
+from vigil.config import ConfigError, load, load_key, write_key
 from vigil.status import ClusterStatus
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "config" / "demo.toml"
 URL = "http://127.0.0.1:8765/"
+#: the cluster's runtime_dir (config/demo.toml): each node uses RUN_DIR/<node>; the web
+#: group serves RUN_DIR/www
+RUN_DIR = Path("/tmp/vigil-demo")
 
 
 def vigil(*args: str) -> list[str]:
@@ -71,15 +75,42 @@ def wait(what: str, condition: Any, timeout: float) -> Any:
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
+def make_private(path: Path) -> None:
+    """``path`` made anew, this user's own and mode 0700, or OSError saying why not: /tmp is
+    everyone's, and a directory someone else made there (or a link) could hand them the
+    daemons' files. The daemons check it again (docs/security.md)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    else:
+        if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            raise OSError(f"{path} exists and is not a directory of this user (uid "
+                          f"{os.geteuid()}): someone else made it, or it is a link; remove it "
+                          "(as root) and run the demo again")
+        shutil.rmtree(path)  # a run before this one; rmtree never follows links out of it
+    os.mkdir(path, 0o700)  # FileExistsError if someone made it meanwhile: no demo then
+    os.chmod(path, 0o700)
+
+
 def main() -> int:
     cfg = load(CONFIG)
     if not cfg.key_file.exists():
         write_key(cfg.key_file)
         print(f"created the demo cluster key {cfg.key_file}")
-    run_dir = Path("/tmp/vigil-demo")
-    shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.mkdir(parents=True)
-    (run_dir / "index.html").write_text("<h1>served by the vigil demo group</h1>\n")
+    try:
+        load_key(cfg)  # what the daemons would refuse, said at once
+    except ConfigError as exc:
+        print(f"DEMO FAILED:\n{exc}", file=sys.stderr)
+        return 1
+    run_dir = RUN_DIR
+    try:
+        make_private(run_dir)
+    except OSError as exc:
+        print(f"DEMO FAILED: {exc}", file=sys.stderr)
+        return 1
+    (run_dir / "www").mkdir(mode=0o700)
+    (run_dir / "www" / "index.html").write_text("<h1>served by the vigil demo group</h1>\n")
     nodes = list(cfg.node_names)
     procs: dict[str, subprocess.Popen[bytes]] = {}
     ok = False

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -121,3 +123,23 @@ def test_the_shipped_example_files_are_valid(name: str) -> None:
     for r in cfg.resources.values():
         # the parameters; not validate(), which looks for the disks and NICs of real nodes
         assert registry.get(r.type).check_params(r.params) == [], r.name
+
+
+@pytest.mark.parametrize(("text", "phrase"), [
+    ("a = " + "[" * 100_000 + "]" * 100_000, "nested more than 32 levels deep"),
+    ("[cluster]\nname = 'x'\nkey_file = 'k'\n[timing]\nheartbeat_interval = '1us'\n",
+     "timing.heartbeat_interval: must be at least 10ms, got string '1us'"),
+    ("[cluster]\nname = 'x'\nkey_file = 'k'\n[timing]\nheartbeat_interval = '99999999999h'\n",
+     "timing.heartbeat_interval: must be at most 10s"),
+])
+@pytest.mark.parametrize("command", [["config", "check", "{path}"],
+                                     ["node", "run", "-c", "{path}", "--node", "alpha"]])
+def test_a_malformed_file_exits_2_with_a_message_never_a_traceback(
+        tmp_path: Path, text: str, phrase: str, command: list[str]) -> None:
+    path = write(tmp_path, text)
+    argv = [arg.format(path=path) for arg in command]
+    out = subprocess.run([sys.executable, "-m", "vigil.cli.main", *argv], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert phrase in out.stdout + out.stderr
+    assert "Traceback" not in out.stdout + out.stderr

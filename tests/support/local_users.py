@@ -10,6 +10,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -52,6 +53,19 @@ def unix_groups() -> Iterator[Groups]:
     finally:
         for name in made:
             subprocess.run(["groupdel", name], capture_output=True, timeout=30)
+
+
+@contextmanager
+def reachable_tmp(prefix: str) -> Iterator[Path]:
+    """A directory of root's in /tmp that other users may pass through (0711) but not list:
+    pytest's tmp_path is 0700, below /tmp/pytest-of-root. Removed afterwards (rmtree never
+    follows the links in it)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    try:
+        path.chmod(0o711)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def setpriv(uid: int, gid: int, groups: tuple[int, ...] = ()) -> list[str]:

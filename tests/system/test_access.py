@@ -11,11 +11,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import shutil
 import stat
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from tests.support.local_users import (
     SYSTEM_PYTHON,
     Groups,
     missing,
+    reachable_tmp,
     setpriv,
     unix_groups,
 )
@@ -72,13 +71,8 @@ def groups() -> Iterator[Groups]:
 
 @pytest.fixture
 def runtime_base() -> Iterator[Path]:
-    # pytest's tmp_path is 0700 (nobody cannot pass it): a directory of our own in /tmp
-    base = Path(tempfile.mkdtemp(prefix="vigil-access-", dir="/tmp"))
-    try:
-        base.chmod(0o711)
+    with reachable_tmp("vigil-access-") as base:
         yield base
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
 
 
 class Node:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import stat
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 from tests.support.cluster_harness import cluster_toml
 from vigil.config import (
     LEASE_SLACK,
+    ClusterConfig,
     ConfigError,
     ConfigProblem,
     Timing,
@@ -426,6 +428,71 @@ def test_timing_rules_are_enforced(tmp_path: Path, timing: str, key: str, phrase
     assert phrase in only(problems(tmp_path, document(timing=timing)), key)
 
 
+# -- limits -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("timing", "key", "phrase"), [
+    # 90 % CPU per daemon, and the cluster never formed
+    ('heartbeat_interval = "1us"', "timing.heartbeat_interval",
+     "must be at least 10ms, got string '1us'"),
+    ('heartbeat_interval = "9ms"', "timing.heartbeat_interval", "must be at least 10ms"),
+    # nothing would ever happen
+    ('heartbeat_interval = "99999999999h"', "timing.heartbeat_interval",
+     "must be at most 10s, got string '99999999999h'"),
+    ('heartbeat_interval = "1s"\ndead_time = "11m"', "timing.dead_time",
+     "must be at most 10m"),
+    ('step_timeout = "1h"', "timing.step_timeout", "must be at most 10m"),
+    ('guard_time = 601', "timing.guard_time", "must be at most 10m, got integer 601"),
+])
+def test_timing_limits_are_enforced_with_the_limit_in_the_message(
+        tmp_path: Path, timing: str, key: str, phrase: str) -> None:
+    message = only(problems(tmp_path, document(timing=timing)), key)
+    assert phrase in message and "docs/configuration.md" in message
+
+
+def test_the_limits_themselves_are_accepted(tmp_path: Path) -> None:
+    t = load(write(tmp_path, document(timing='heartbeat_interval = "10ms"'))).timing
+    assert t.heartbeat_interval == pytest.approx(0.01)
+    t = load(write(tmp_path, document(timing='heartbeat_interval = "10s"\ndead_time = "10m"\n'
+                                      'step_timeout = "10m"'))).timing
+    assert (t.heartbeat_interval, t.dead_time) == (10.0, 600.0)
+
+
+def test_every_other_duration_is_at_most_a_day(tmp_path: Path) -> None:
+    services = SERVICES.replace('type = "dummy"', 'type = "dummy"\nstart_timeout = "25h"\n'
+                                'monitor = { interval = "24h", timeout = "99999999999h" }')
+    found = problems(tmp_path, document(services=services))
+    assert sorted(keys(found)) == ["resources.web-state.monitor.timeout",
+                                   "resources.web-state.start_timeout"]
+    assert all("must be at most 24h" in p.message for p in found)
+
+
+def test_a_resource_duration_parameter_is_at_most_a_day() -> None:
+    from vigil.resources.dummy import DummyType
+
+    [problem] = DummyType().check_params({"start_delay": "99999999999h"})
+    assert "at most 24h" in problem
+
+
+@pytest.mark.parametrize("nested", [
+    "a = " + "[" * 100_000 + "]" * 100_000,  # deeper than the parser's recursion
+    "a = " + "{b = " * 5_000 + "1" + "}" * 5_000,
+    "a = " + "[" * 40 + "]" * 40,  # parses, and is still no cluster file
+])
+def test_deeply_nested_toml_is_a_config_error_not_a_crash(tmp_path: Path, nested: str) -> None:
+    [problem] = problems(tmp_path, nested)
+    assert "nested more than 32 levels deep" in problem.message
+
+
+def test_a_huge_file_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
+    path = tmp_path / "huge.toml"
+    with path.open("wb") as f:
+        f.truncate(17 << 20)  # sparse: 17 MiB of NUL bytes, as /dev/zero would give
+    with pytest.raises(ConfigError) as caught:
+        load(path)
+    assert "larger than 16 MiB" in str(caught.value)
+
+
 # -- groups -----------------------------------------------------------------------------------
 
 
@@ -630,11 +697,52 @@ def test_write_key_refuses_to_overwrite(tmp_path: Path) -> None:
 def test_too_short_key_is_rejected(tmp_path: Path) -> None:
     cfg = load(write(tmp_path, document()))
     cfg.key_file.write_bytes(b"0123456789abcde\n")  # 15 bytes once the newline is stripped
+    cfg.key_file.chmod(0o600)
     with pytest.raises(ConfigError) as caught:
         load_key(cfg)
     problem = caught.value.problems[0]
     assert (problem.file, problem.key) == (str(cfg.key_file), "cluster.key_file")
     assert "shorter than 16" in problem.message and "vigil keygen" in problem.message
+
+
+def key_problem(cfg: ClusterConfig) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load_key(cfg)
+    [problem] = caught.value.problems
+    assert (problem.file, problem.key) == (str(cfg.key_file), "cluster.key_file")
+    return problem.message
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o620, 0o644])
+def test_a_key_others_may_read_or_write_is_refused_with_the_fix(tmp_path: Path,
+                                                                 mode: int) -> None:
+    cfg = load(write(tmp_path, document()))
+    write_key(cfg.key_file)
+    cfg.key_file.chmod(mode)
+    message = key_problem(cfg)
+    assert f"readable or writable by group or others (mode {mode:04o})" in message
+    assert f"chmod 600 {cfg.key_file}" in message
+    assert check_file(cfg.path) == [f"{cfg.key_file}: cluster.key_file: {message}"]
+
+
+def test_a_key_file_that_is_a_link_is_refused_even_to_a_private_key(tmp_path: Path) -> None:
+    cfg = load(write(tmp_path, document()))
+    real = tmp_path / "real.key"
+    write_key(real)
+    cfg.key_file.symlink_to(real)
+    message = key_problem(cfg)
+    assert f"is a symbolic link (to {real})" in message
+    assert f"cp --remove-destination {real} {cfg.key_file}" in message
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the key to another user")
+def test_a_key_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    cfg = load(write(tmp_path, document()))
+    write_key(cfg.key_file)
+    os.chown(cfg.key_file, 65534, 65534)
+    message = key_problem(cfg)
+    assert "owned by nobody, not by root who runs Vigil" in message
+    assert f"chown root {cfg.key_file}" in message
 
 
 def test_missing_key_is_reported_by_check_file(tmp_path: Path) -> None:

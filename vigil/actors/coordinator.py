@@ -9,7 +9,6 @@ import dataclasses
 import difflib
 import json
 import logging
-import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -48,6 +47,7 @@ from vigil.cluster.node import NodeCore
 from vigil.cluster.promise import Persisted
 from vigil.cluster.view import ResourceFacts, build_status
 from vigil.config import ClusterConfig
+from vigil.local.rundir import read_private, write_atomic
 from vigil.notifications import FailCountsCleared, ResourceStateChanged
 from vigil.status import ClusterStatus, FenceDeviceStatus, Operation
 from vigil.transports import Codec, Sequencer
@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 
 def load_persisted(path: Path) -> Persisted | None:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_private(path))
         return Persisted.from_json(data)
     except FileNotFoundError:
         return None
@@ -69,12 +69,8 @@ def load_persisted(path: Path) -> Persisted | None:
 
 
 def save_persisted(path: Path, state: Persisted) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as f:
-        json.dump(state.to_json(), f, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    # fsync'd, renamed into place, never through a link planted at the temporary name
+    write_atomic(path, json.dumps(state.to_json(), sort_keys=True).encode())
 
 
 class CoordinatorActor(VigilActor):

@@ -43,6 +43,7 @@ from vigil.config import (
 from vigil.guard.cgroups import NodeCgroups
 from vigil.guard.client import GuardClient
 from vigil.guard.holdings import Holdings
+from vigil.local.access import Access, prepare_runtime_dir
 from vigil.resources.model import Catalog
 from vigil.resources.registry import ResourceTypeRegistry, default_registry
 from vigil.status import ClusterStatus
@@ -145,7 +146,8 @@ class NodeRuntime:
 
     def start(self) -> NodeRuntime:
         cfg, node, d = self.config, self.node, self.directory
-        self.runtime_dir.mkdir(parents=True, exist_ok=True)
+        access = Access(cfg.admin_group, cfg.status_group)
+        prepare_runtime_dir(self.runtime_dir, access)  # the daemon's own, or UnsafePath
         self.executor = ThreadPoolExecutor(max_workers=max(4, 2 * len(cfg.resources)),
                                            thread_name_prefix=f"vigil-agent-{node}")
         executor = self.executor
@@ -162,9 +164,7 @@ class NodeRuntime:
         sequencer = Sequencer(node)
         factories: dict[str, Factory] = {}
         from vigil.actors.alerts import AlertsActor
-        from vigil.local.access import Access
 
-        access = Access(cfg.admin_group, cfg.status_group)
         factories["notifier"] = lambda: NotifierActor.start(
             "notifier", d, cfg.nodes[node].event_socket, access)
         if cfg.alerts:

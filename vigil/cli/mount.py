@@ -22,6 +22,8 @@ from typing import NoReturn
 import click
 
 from vigil.local.access import Access as SocketAccess
+from vigil.local.access import prepare_runtime_dir
+from vigil.local.rundir import open_append, private_dir
 
 DEFAULT_CONFIG = os.environ.get("VIGIL_CONFIG", "/etc/vigil/cluster.toml")
 DEFAULT_MOUNTPOINT = "/ha"
@@ -79,11 +81,15 @@ def _setup_logging(level: str, node: str) -> None:
                         format=f"%(asctime)s %(levelname)-7s [{node}] %(name)s: %(message)s")
 
 
-def _log_to(log_file: str | None) -> None:
-    """Send this process's stderr (the log and libfuse's own messages) to ``log_file``."""
+def _log_to(log_file: str | None, in_runtime_dir: bool = False) -> None:
+    """Send this process's stderr (the log and libfuse's own messages) to ``log_file``; the
+    default one, in the runtime directory, never through a link planted there."""
     if log_file is None:
         return
-    fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    if in_runtime_dir:
+        fd = open_append(Path(log_file), 0o640)
+    else:
+        fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
     os.dup2(fd, 2)
     os.close(fd)
 
@@ -143,12 +149,17 @@ def mount_command(mountpoint: str, config_path: str, node: str | None, foregroun
     if foreground:
         _log_to(log_file)
         sys.exit(_serve(path, socket_path, name, access, allow_other))
+    in_runtime_dir = log_file is None
     if log_file is None:
         # In the background stderr is nobody's: the log (every refused write) goes to a file.
-        log_dir = cfg.nodes[name].runtime_dir / "logs"
-        log_dir.mkdir(parents=True, exist_ok=True)
-        log_file = str(log_dir / "ha-mount.log")
-    _background(path, socket_path, name, access, allow_other, log_file)
+        runtime_dir = cfg.nodes[name].runtime_dir
+        try:
+            prepare_runtime_dir(runtime_dir, access)
+            log_file = str(private_dir(runtime_dir / "logs") / "ha-mount.log")
+        except OSError as exc:
+            _fail(f"cannot log to {runtime_dir / 'logs'}: {exc}; give --log-file FILE",
+                  EXIT_USAGE)
+    _background(path, socket_path, name, access, allow_other, log_file, in_runtime_dir)
 
 
 def _serve(path: Path, socket_path: Path, node: str, access: SocketAccess, allow_other: bool,
@@ -165,7 +176,7 @@ def _serve(path: Path, socket_path: Path, node: str, access: SocketAccess, allow
 
 
 def _background(path: Path, socket_path: Path, node: str, access: SocketAccess,
-                allow_other: bool, log_file: str | None) -> NoReturn:
+                allow_other: bool, log_file: str | None, in_runtime_dir: bool) -> NoReturn:
     """Serve from a child process; return (exit) once the mount is up, saying where."""
     sys.stdout.flush()
     sys.stderr.flush()
@@ -180,7 +191,7 @@ def _background(path: Path, socket_path: Path, node: str, access: SocketAccess,
             os.dup2(devnull, 0)
             os.dup2(devnull, 1)
             os.close(devnull)
-            _log_to(log_file)
+            _log_to(log_file, in_runtime_dir)
 
             def ready() -> None:
                 os.write(ready_w, b"1")

@@ -59,6 +59,7 @@ from vigil.guard.protocol import (
     encode,
 )
 from vigil.local.access import peer_of, socket_in_use
+from vigil.local.rundir import prepare_runtime_dir
 
 __all__ = ["DEFAULT_SYSRQ", "GuardSettings", "Guardian", "configure_logging", "main", "run"]
 
@@ -93,6 +94,9 @@ class GuardSettings:
     #: (after its bye), or once no daemon came back for this long with nothing held
     follow_daemon: bool = False
     orphan_timeout: float = 60.0
+    #: admin_group or status_group is set: the runtime directory is traversable by others
+    #: (vigil.local.rundir), as the daemon makes it
+    shared_runtime_dir: bool = False
 
     @classmethod
     def from_config(cls, cfg: ClusterConfig, node: str, *,
@@ -104,7 +108,8 @@ class GuardSettings:
                    watchdog_device=watchdog_device or g.watchdog_device,
                    watchdog_interval=g.watchdog_interval,
                    sysrq_path=sysrq_path or DEFAULT_SYSRQ, realtime=realtime,
-                   follow_daemon=follow_daemon)
+                   follow_daemon=follow_daemon,
+                   shared_runtime_dir=bool(cfg.admin_group or cfg.status_group))
 
 
 def _wall(monotonic: float) -> str:
@@ -184,7 +189,7 @@ class Guardian:
                                "kills whole: start it outside the node's cgroup")
         got.append(self.fencer.open())
         path = s.socket_path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        prepare_runtime_dir(path.parent, s.shared_runtime_dir)  # the daemon's rules, or refuse
         if path.exists() or path.is_symlink():
             if socket_in_use(path):
                 raise RuntimeError(f"another guardian already listens on {path}; stop it first")

@@ -19,16 +19,15 @@ Access control (``[cluster] admin_group`` and ``status_group``), for the control
 * The event socket cannot check its readers: only its file mode protects it: 0660 with the
   group ``status_group`` (``admin_group`` when there is no ``status_group``), else 0600. A
   file has one group: admins read the event stream only if they are in ``status_group`` too.
-* With either group set, the node's runtime directory is made traversable (``o+x``, not
-  listable by others); its parents must be traversable too (a warning names the first that
-  is not; ``/var/lib`` is).
+* With either group set, the node's runtime directory is made traversable (mode 0711, not
+  listable by others; 0700 without groups); its parents must be traversable too (a warning
+  names the first that is not; ``/var/lib`` is).
 """
 
 from __future__ import annotations
 
 import grp
 import logging
-import os
 import platform
 import pwd
 import socket
@@ -36,6 +35,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
+
+from vigil.local import rundir
 
 __all__ = [
     "READ_ONLY_COMMANDS",
@@ -180,13 +181,12 @@ _untraversable: set[Path] = set()
 
 
 def prepare_runtime_dir(directory: Path, access: Access) -> None:
-    """Create ``directory``; with groups set, make it traversable for their members."""
-    directory.mkdir(parents=True, exist_ok=True)
+    """Create ``directory``, the daemon's own (:mod:`vigil.local.rundir`; raises
+    :class:`~vigil.local.rundir.UnsafePath` when another user could change it); with groups
+    set it is traversable for their members, whose way to it must be open too."""
+    rundir.prepare_runtime_dir(directory, access.shared)
     if not access.shared:
         return
-    mode = directory.stat().st_mode & 0o7777
-    if mode & 0o011 != 0o011:
-        os.chmod(directory, mode | 0o011)
     for parent in directory.resolve().parents:
         if not parent.stat().st_mode & 0o001:
             if parent in _untraversable:

@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Final
 
 from vigil.config import MonitorConfig, ParamValue, ResourceConfig
+from vigil.local.rundir import open_append, open_private, private_dir
 from vigil.resources import proc
 from vigil.resources.model import (
     OpResult,
@@ -343,8 +344,12 @@ class ApplicationResource(Resource):
         return env
 
     def _spawn(self) -> OpResult | None:
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_file.open("ab") as log:
+        try:
+            private_dir(self.log_file.parent)
+            fd = open_append(self.log_file)
+        except OSError as exc:
+            return OpResult.failure(ServiceState.FAILED, f"cannot open its log: {exc}")
+        with os.fdopen(fd, "ab") as log:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
             log.write(f"--- vigil {stamp}: starting {shlex.join(self.argv)}\n".encode())
             log.flush()
@@ -520,7 +525,7 @@ class ApplicationResource(Resource):
 
     def _log_tail(self, lines: int = 3) -> str:
         try:
-            with self.log_file.open("rb") as log:
+            with os.fdopen(open_private(self.log_file), "rb") as log:
                 log.seek(0, os.SEEK_END)
                 log.seek(max(0, log.tell() - 2048))
                 tail = log.read().decode(errors="replace").splitlines()[-lines:]

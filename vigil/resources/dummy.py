@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Final
 
 from vigil.config import MonitorConfig, ParamValue, ResourceConfig
+from vigil.local.rundir import private_dir, write_atomic
 from vigil.resources.model import (
     OpResult,
     Resource,
@@ -85,6 +86,9 @@ class DummyResource(Resource):
         params = config.params
         state_dir = params.get("state_dir")
         directory = Path(state_dir) if isinstance(state_dir, str) else runtime_dir / "dummy"
+        #: the default directory is the daemon's own (0700); one the file names is the
+        #: operator's, used as it is
+        self.own_directory = not isinstance(state_dir, str)
         self.state_file = directory / f"{config.name}.state"
         self.fail_file = directory / f"{config.name}.state.fail"
         self.start_delay = parse_seconds(params.get("start_delay", 0.0))
@@ -104,11 +108,12 @@ class DummyResource(Resource):
             return OpResult.failure(failed, f"start timed out after {timeout:g}s")
         if cancel.wait(self.start_delay):
             return OpResult.failure(failed, "start interrupted")
-        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        if self.own_directory:
+            private_dir(self.state_file.parent)
+        else:
+            self.state_file.parent.mkdir(parents=True, exist_ok=True)
         # Write then rename, so a probe never reads a half-written file.
-        scratch = self.state_file.with_name(self.state_file.name + ".tmp")
-        scratch.write_text(_STARTED + "\n")
-        scratch.replace(self.state_file)
+        write_atomic(self.state_file, f"{_STARTED}\n".encode(), sync=False)
         return OpResult.success(ServiceState.IN_SERVICE, f"started (state file {self.state_file})")
 
     def _stop(self, force: bool) -> OpResult:

@@ -137,13 +137,19 @@ _BLKID_TIMEOUT: Final = 10.0
 
 # The probe runs in a child so that a hung filesystem blocks that child, not a daemon thread
 # (a thread stuck in uninterruptible I/O can neither be interrupted nor abandoned cleanly).
-# Exit 3: the disk is full, which the monitor does not count as a failure.
+# Exit 3: the disk is full, which the monitor does not count as a failure. The mounted
+# filesystem may be writable by users: whatever is at the probe's name (a stale probe, a link
+# planted there) is removed, and the probe made anew (O_EXCL, O_NOFOLLOW), never followed.
 _PROBE_WRITE: Final = """
 import errno, os, sys
 path, token = sys.argv[1], sys.argv[2].encode()
 step = "create"
 try:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         step = "write"
         os.write(fd, token)
@@ -152,7 +158,7 @@ try:
     finally:
         os.close(fd)
     step = "read back"
-    with open(path, "rb") as f:
+    with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:
         data = f.read()
     step = "delete"
     os.unlink(path)

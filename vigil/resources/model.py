@@ -37,7 +37,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, overload
 
-from vigil.config import MonitorConfig, ParamValue, ResourceConfig, TypeDefaults
+from vigil.config import (
+    MAX_DURATION,
+    MonitorConfig,
+    ParamValue,
+    ResourceConfig,
+    TypeDefaults,
+)
 from vigil.graph import DependencyCycle, DependencyGraph, find_cycle
 from vigil.guard.holdings import ResourceHolding
 
@@ -183,6 +189,8 @@ def parse_seconds(value: ParamValue) -> float:
         seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"]
     if seconds < 0 or seconds != seconds or seconds == float("inf"):
         raise ValueError(f"a duration must be a finite number of seconds >= 0, got {value!r}")
+    if seconds > MAX_DURATION:
+        raise ValueError(f"a duration must be at most {MAX_DURATION / 3600:g}h, got {value!r}")
     return seconds
 
 
