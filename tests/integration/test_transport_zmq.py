@@ -243,3 +243,31 @@ def test_links_work_over_ipv6_loopback(make_cluster: Callable[..., Cluster]) -> 
     alpha, _ = cluster["alpha"]
     _beta, beta_inbox = cluster["beta"]
     send_until(alpha, "*", b"over-v6", got(beta_inbox, b"over-v6"))
+
+
+@pytest.mark.parametrize("answer", ["null-then-oversized", "plain-mechanism"])
+def test_a_rogue_on_a_restarting_peers_port_does_not_cut_the_link_for_good(
+    make_cluster: Callable[..., Cluster], context: zmq.Context[zmq.Socket[bytes]], answer: str
+) -> None:
+    """Issue 12, item 1: while beta restarts, something else on its port answers alpha with
+    an oversized frame or another mechanism's greeting; once beta is back, alpha hears it."""
+    from tests.support.rogue import ANSWERS, RogueListener
+
+    cluster = make_cluster("alpha", "beta")
+    _alpha, alpha_inbox = cluster["alpha"]
+    beta, _ = cluster["beta"]
+    send_until(beta, "*", b"before", got(alpha_inbox, b"before"))
+    host, port = "127.0.0.1", int(beta.endpoint.rsplit(":", 1)[1])
+    beta.close()
+    rogue = RogueListener(host, port, ANSWERS[answer])
+    try:
+        assert rogue.wait_served(1, DEADLINE_S), "alpha never connected to the rogue"
+    finally:
+        rogue.close()
+    again = ZmqLink("lan", (host, port), {"alpha": ("127.0.0.1", 9), "beta": (host, port)},
+                    "beta", Inbox(), context=context)
+    try:
+        again.start()
+        send_until(again, "*", b"after", got(alpha_inbox, b"after"))
+    finally:
+        again.close()
