@@ -25,6 +25,8 @@ from vigil.resources import proc
 from vigil.resources.registry import default_registry
 from vigil.transports import ZmqLink
 from vigil.transports.base import FrameHandler
+from vigil.transports.keys import LinkKeys, key_ring
+from vigil.transports.zmq_link import RETRY_MAX_S
 
 log = logging.getLogger("vigil.daemon")
 
@@ -35,15 +37,23 @@ StartupError = UnknownNode
 
 
 def zmq_links(
-    cfg: ClusterConfig, context: zmq.Context[zmq.Socket[bytes]]
+    cfg: ClusterConfig, context: zmq.Context[zmq.Socket[bytes]], key: bytes
 ) -> Callable[[str, str], LinkFactory]:
+    """The links of a node over ZeroMQ, with CurveZMQ keys derived from ``key`` (the key
+    file's content). A broken connection is retried at least every quarter of ``dead_time``,
+    so a peer that comes back is heard again well within it."""
+    ring = key_ring(key)
+    retry_max = min(RETRY_MAX_S, cfg.timing.dead_time / 4)
+
     def for_node(node: str, link_name: str) -> LinkFactory:
         me = next(link for link in cfg.nodes[node].links if link.name == link_name)
         peers = {n: (link.address, link.port) for n, nc in cfg.nodes.items() if n != node
                  for link in nc.links if link.name == link_name}
+        keys = LinkKeys.derive(ring, cfg.name, cfg.node_names, node)
 
         def make(name: str, on_frames: FrameHandler) -> ZmqLink:
-            return ZmqLink(name, (me.address, me.port), peers, node, on_frames, context)
+            return ZmqLink(name, (me.address, me.port), peers, node, on_frames, context,
+                           keys=keys, retry_max_s=retry_max)
 
         return make
 
@@ -122,7 +132,7 @@ def run(config_path: str, node: str | None) -> int:
                          "%s", name, exc)
             return 1
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    runtime = NodeRuntime(cfg, name, key, zmq_links(cfg, context), registry, guard=guard)
+    runtime = NodeRuntime(cfg, name, key, zmq_links(cfg, context, key), registry, guard=guard)
     stop = threading.Event()
     signals = {"count": 0}
 

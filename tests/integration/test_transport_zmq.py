@@ -16,9 +16,16 @@ import pytest
 import zmq
 
 from vigil.transports import Link, LinkError, ZmqLink
+from vigil.transports.keys import LinkKeys
 from vigil.transports.zmq_link import tcp_endpoint
 
 DEADLINE_S = 10.0
+CLUSTER_KEY = b"0123456789abcdef0123456789abcdef"
+
+
+def keys_for(name: str, *names: str) -> LinkKeys:
+    """The link keys of node ``name`` in a test cluster of ``names`` (and ``name``)."""
+    return LinkKeys.derive([CLUSTER_KEY], "test", {name, *names}, name)
 
 
 class Inbox:
@@ -86,7 +93,8 @@ def make_cluster(
                 for name in names:
                     inbox = Inbox()
                     link = ZmqLink("lan", peers[name], peers, name, inbox,
-                                   context=None if own_context else context)
+                                   context=None if own_context else context,
+                                   keys=keys_for(name, *names))
                     built.append(link)
                     cluster[name] = (link, inbox)
             except LinkError:
@@ -176,7 +184,8 @@ def test_bind_conflict_names_the_link_and_port(
     first, _ = make_cluster("alpha")["alpha"]
     port = int(first.endpoint.rsplit(":", 1)[1])
     with pytest.raises(LinkError) as caught:
-        ZmqLink("lan", ("127.0.0.1", port), {}, "beta", Inbox(), context=context)
+        ZmqLink("lan", ("127.0.0.1", port), {}, "beta", Inbox(), context=context,
+                keys=keys_for("beta"))
     message = str(caught.value)
     assert str(port) in message
     assert "'lan'" in message
@@ -185,11 +194,13 @@ def test_bind_conflict_names_the_link_and_port(
 
 def test_bind_to_an_address_not_on_this_host_is_a_link_error() -> None:
     with pytest.raises(LinkError, match="not configured on this host"):
-        ZmqLink("lan", ("192.0.2.1", free_ports(1)[0]), {}, "alpha", Inbox())
+        ZmqLink("lan", ("192.0.2.1", free_ports(1)[0]), {}, "alpha", Inbox(),
+                keys=keys_for("alpha"))
 
 
 def test_close_returns_promptly_and_is_idempotent() -> None:
-    link = ZmqLink("lan", ("127.0.0.1", 0), {"beta": ("127.0.0.1", 9)}, "alpha", Inbox())
+    link = ZmqLink("lan", ("127.0.0.1", 0), {"beta": ("127.0.0.1", 9)}, "alpha", Inbox(),
+                   keys=keys_for("alpha", "beta"))
     link.start()
     started = time.monotonic()
     link.close()
@@ -200,10 +211,10 @@ def test_close_returns_promptly_and_is_idempotent() -> None:
 
 
 def test_close_without_start_releases_the_port() -> None:
-    link = ZmqLink("lan", ("127.0.0.1", 0), {}, "alpha", Inbox())
+    link = ZmqLink("lan", ("127.0.0.1", 0), {}, "alpha", Inbox(), keys=keys_for("alpha"))
     port = int(link.endpoint.rsplit(":", 1)[1])
     link.close()
-    again = ZmqLink("lan", ("127.0.0.1", port), {}, "alpha", Inbox())
+    again = ZmqLink("lan", ("127.0.0.1", port), {}, "alpha", Inbox(), keys=keys_for("alpha"))
     again.close()
 
 
@@ -265,7 +276,7 @@ def test_a_rogue_on_a_restarting_peers_port_does_not_cut_the_link_for_good(
     finally:
         rogue.close()
     again = ZmqLink("lan", (host, port), {"alpha": ("127.0.0.1", 9), "beta": (host, port)},
-                    "beta", Inbox(), context=context)
+                    "beta", Inbox(), context=context, keys=keys_for("beta", "alpha"))
     try:
         again.start()
         send_until(again, "*", b"after", got(alpha_inbox, b"after"))
