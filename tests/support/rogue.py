@@ -151,3 +151,67 @@ def rss_bytes(pid: int) -> int:
     """The resident memory of process ``pid``."""
     with open(f"/proc/{pid}/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class RecordingProxy:
+    """A TCP proxy on a free port of ``host`` to ``target`` that records what the target
+    sends back on the first connection: a wiretap's view of one real session."""
+
+    def __init__(self, host: str, target: tuple[str, int]) -> None:
+        self.target = target
+        self.recorded = bytearray()
+        self._stop = threading.Event()
+        self._sock = socket.socket()
+        self._sock.bind((host, 0))
+        self._sock.listen(8)
+        self._sock.settimeout(0.05)
+        self.port: int = self._sock.getsockname()[1]
+        self._threads: list[threading.Thread] = []
+        self._conns: list[socket.socket] = []
+        self._accepting = threading.Thread(target=self._accept, name="proxy", daemon=True)
+        self._accepting.start()
+
+    def _accept(self) -> None:
+        first = True
+        while not self._stop.is_set():
+            try:
+                client, _addr = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            # from the same address as the client, so the target admits the connection
+            server = socket.create_connection(self.target, source_address=(
+                client.getsockname()[0], 0))
+            self._conns += [client, server]
+            for src, dst, record in ((client, server, False), (server, client, first)):
+                pump = threading.Thread(target=self._pump, args=(src, dst, record), daemon=True)
+                pump.start()
+                self._threads.append(pump)
+            first = False
+
+    def _pump(self, src: socket.socket, dst: socket.socket, record: bool) -> None:
+        src.settimeout(0.05)
+        with contextlib.suppress(OSError):
+            while not self._stop.is_set():
+                try:
+                    data = src.recv(65536)
+                except TimeoutError:
+                    continue
+                if not data:
+                    break
+                if record:
+                    self.recorded += data
+                dst.sendall(data)
+        for sock in (src, dst):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._accepting.join(5)
+        for pump in self._threads:
+            pump.join(5)
+        for conn in self._conns:
+            conn.close()
+        self._sock.close()

@@ -120,10 +120,13 @@ class Gatekeeper:
         self._socket: zmq.Socket[bytes] = context.socket(zmq.REP)
         self._socket.setsockopt(zmq.LINGER, 0)
         try:
-            _bind_retrying(self._socket, ZAP_ENDPOINT)
-        except BaseException:
+            bind_retrying(self._socket, ZAP_ENDPOINT, _BIND_RETRY_S)
+        except zmq.ZMQError as err:
             self._socket.close(linger=0)
-            raise
+            raise RuntimeError(
+                f"cannot serve ZAP at {ZAP_ENDPOINT} ({err.strerror}): another ZAP handler "
+                "runs in this ZeroMQ context; give the links a context of their own"
+            ) from err
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._thread = threading.Thread(target=self._serve, name="vigil-zap", daemon=True)
         self._thread.start()
@@ -226,16 +229,15 @@ class Gatekeeper:
                     more)
 
 
-def _bind_retrying(sock: zmq.Socket[bytes], endpoint: str) -> None:
-    deadline = time.monotonic() + _BIND_RETRY_S
+def bind_retrying(sock: zmq.Socket[bytes], endpoint: str, seconds: float) -> None:
+    """Bind, trying again for ``seconds`` while the endpoint is taken: a socket of this process
+    that just closed frees its endpoint asynchronously (libzmq's I/O thread does it)."""
+    deadline = time.monotonic() + seconds
     while True:
         try:
             sock.bind(endpoint)
             return
         except zmq.ZMQError as err:
             if err.errno != errno.EADDRINUSE or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"cannot serve ZAP at {endpoint} ({err.strerror}): another ZAP handler "
-                    "runs in this ZeroMQ context; give the links a context of their own"
-                ) from err
+                raise
             time.sleep(0.005)

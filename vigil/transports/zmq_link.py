@@ -47,7 +47,7 @@ from vigil.messages import BROADCAST
 from vigil.transports.base import FrameHandler, LinkError
 from vigil.transports.codec import MAX_MESSAGE_BYTES, topic_for
 from vigil.transports.keys import LinkKeys
-from vigil.transports.zap import Admission, Gatekeeper
+from vigil.transports.zap import Admission, Gatekeeper, bind_retrying
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,11 @@ RETRY_MAX_S: Final = 1.0
 #: A connection that has not finished its handshake this long after TCP connected is closed:
 #: it bounds how long a client that never authenticates holds a descriptor.
 HANDSHAKE_TIMEOUT_MS: Final = 2_000
+#: Connections that have not finished their handshake which a link's share of the daemon's
+#: descriptors leaves room for. Only a peer's address gets that far (the accept filter closes
+#: the others at once), and each is closed after HANDSHAKE_TIMEOUT_MS: a program on a peer's
+#: host must open more than this many connections within that time to exhaust it.
+UNAUTHENTICATED_ALLOWANCE: Final = 4_096
 #: ZMTP heartbeats on every connection. Without them a peer that lost power keeps its TCP
 #: connections "up" on our side until TCP gives up (minutes): our SUB never reconnects, so the
 #: rebooted peer never receives our subscriptions and never hears us. A connection whose peer
@@ -76,6 +81,8 @@ SUB_MAX_FRAME_BYTES: Final = MAX_MESSAGE_BYTES + 64
 #: The largest frame a PUB socket takes. Subscribers send it only their subscriptions (a topic
 #: of at most 64 bytes) and the handshake's commands (a few hundred bytes).
 PUB_MAX_FRAME_BYTES: Final = 4_096
+#: How long binding a taken port is tried again before it is an error.
+BIND_RETRY_S: Final = 1.0
 #: Frames read from one peer in one go before the others and the stop flag get a turn.
 _BATCH: Final = 256
 #: The events of a SUB socket that mean its connection is gone or never became usable.
@@ -91,6 +98,13 @@ _WATCHED: Final = zmq.EVENT_HANDSHAKE_SUCCEEDED | sum(_BROKEN)
 _monitor_ids = itertools.count(1)
 
 PeerState = Literal["connected", "connecting", "waiting"]
+
+
+def descriptors_needed(peers: int) -> int:
+    """The descriptors one link may hold: its PUB socket and listener, a SUB socket, monitor
+    and connection per peer, each peer's connection to us, wakers, and the allowance for
+    connections still in their handshake."""
+    return 16 + 6 * peers + UNAUTHENTICATED_ALLOWANCE
 
 
 def tcp_endpoint(address: str, port: int) -> tuple[str, bool]:
@@ -232,7 +246,7 @@ class ZmqLink:
         for peer_address in sorted(set(peer_addresses)):
             pub.setsockopt(zmq.TCP_ACCEPT_FILTER, peer_address.strip("[]").encode())
         try:
-            pub.bind(endpoint)
+            bind_retrying(pub, endpoint, BIND_RETRY_S)
         except zmq.ZMQError as err:
             if err.errno == errno.EADDRINUSE:
                 hint = (
@@ -468,9 +482,19 @@ class ZmqLink:
             self._watch(poller, peer)
 
     def _close_sockets(self, peer: _Peer) -> None:
-        for sock in (peer.sub, peer.monitor):
-            if sock is not None:
-                sock.close(linger=0)
+        # libzmq's I/O thread sends monitor events with a blocking send: one sent to a monitor
+        # socket whose reader is gone (events of the teardown) would stall every socket of the
+        # context for good. So: make room for what is queued, stop the monitor, then close.
+        if peer.monitor is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                while peer.monitor.poll(0):
+                    peer.monitor.recv_multipart(zmq.NOBLOCK)
+        if peer.sub is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                peer.sub.disable_monitor()
+            peer.sub.close(linger=0)
+        if peer.monitor is not None:
+            peer.monitor.close(linger=0)
         peer.sub = peer.monitor = None
 
     def _deliver(self, frames: list[bytes]) -> None:
