@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tests.support.cluster_harness import wait_for
 from vigil.config import write_key
 
 NODES = ("alpha", "beta", "gamma")
@@ -106,6 +107,32 @@ class Daemons:
 
     def log(self, node: str) -> str:
         return (self.tmp / f"{node}.log").read_text(errors="replace")
+
+
+def settled(d: Daemons, holder: str | None = "alpha") -> str:
+    """Wait until every running node sees every other online, in one epoch, with ``web``
+    running (on ``holder`` unless None) and no transition under way; that epoch."""
+    running = [n for n, p in d.procs.items() if p.poll() is None]
+
+    def check() -> str | None:
+        epochs = set()
+        for node in running:
+            st = d.status(node)
+            if st is None or not st["lease_valid"]:
+                return None
+            if st["transition"] is not None and st["transition"]["phase"] != "done":
+                return None
+            if any(st["nodes"][peer]["state"] != "online" for peer in running):
+                return None
+            web = st["groups"]["web"]
+            if web["state"] != "running" or (holder is not None and web["node"] != holder):
+                return None
+            epochs.add(st["epoch"])
+        return epochs.pop() if len(epochs) == 1 else None
+
+    epoch: str = wait_for(check, 60, f"{', '.join(running)} settled with web on "
+                          f"{holder or 'a node'}", interval=0.2)
+    return epoch
 
 
 def daemons_in(tmp_path: Path, nodes: tuple[str, ...] = NODES) -> Iterator[Daemons]:

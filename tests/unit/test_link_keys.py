@@ -3,9 +3,12 @@ handler's decision (who may finish a handshake with a node's listening socket)."
 
 from __future__ import annotations
 
+import pytest
 import zmq
 from zmq.utils import z85
 
+from vigil.messages import Message
+from vigil.transports import Codec, Rejected, Sequencer
 from vigil.transports.keys import LinkKeys, derive_keypair, hkdf_sha256, key_ring
 from vigil.transports.zap import Admission, decide
 
@@ -81,3 +84,19 @@ def test_zap_refuses_an_unknown_key_another_address_mechanism_or_domain() -> Non
         verdict = decide(ADMISSIONS, domain, address, mechanism, [key])
         assert verdict.status == b"400" and why in verdict.text, (domain, address, verdict)
     assert decide(ADMISSIONS, "lan0/alpha", "192.0.2.2", b"CURVE", []).status == b"400"
+
+
+def test_during_a_rotation_messages_macd_with_either_key_are_accepted() -> None:
+    old = Codec("prod", OTHER, ["alpha", "beta"], "alpha")
+    new = Codec("prod", KEY, ["alpha", "beta"], "alpha")
+    switching = Codec("prod", KEY, ["alpha", "beta"], "beta", also_accept=[OTHER])
+    sequencer = Sequencer("alpha", incarnation=1)
+
+    def heartbeat() -> Message:
+        return sequencer.stamp(Message(type="hb", sender="alpha", dest="*"))
+
+    assert switching.decode(old.encode(heartbeat())).type == "hb"
+    assert switching.decode(new.encode(heartbeat())).type == "hb"
+    stranger = Codec("prod", b"s" * 32, ["alpha", "beta"], "alpha")
+    with pytest.raises(Rejected, match="unauthenticated"):
+        switching.decode(stranger.encode(heartbeat()))

@@ -140,7 +140,7 @@ class _Peer:
     #: monotonic time at which a new socket is due (None: the current one is in use)
     retry_at: float | None = None
     backoff_s: float = RECONNECT_IVL_MS / 1000
-    #: failed connections in a row, for the log
+    #: failed handshakes since the last good one, for the log
     failures: int = 0
     replaced: int = 0
 
@@ -436,7 +436,7 @@ class ZmqLink:
             kind = event["event"]
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 if peer.failures:
-                    log.info("link %s: connected to %s again (after %d failed connections)",
+                    log.info("link %s: connected to %s again (after %d failed handshakes)",
                              self._name, peer.node, peer.failures)
                 peer.handshaken, peer.failures = True, 0
                 peer.backoff_s = RECONNECT_IVL_MS / 1000
@@ -454,11 +454,11 @@ class ZmqLink:
         if not peer.handshaken and len(peer.server_keys) > 1:
             # a key rotation is under way: the peer may use the other key
             peer.key_index = (peer.key_index + 1) % len(peer.server_keys)
-        peer.failures += 1
         # a failed handshake is news once (then the retries are quiet until it works again);
         # a plain disconnection is the peer restarting or lost, which the coordinator reports
-        loud = peer.failures == 1 and what != _BROKEN[zmq.EVENT_DISCONNECTED]
-        log.log(logging.WARNING if loud else logging.DEBUG,
+        failed = what != _BROKEN[zmq.EVENT_DISCONNECTED]
+        peer.failures += failed
+        log.log(logging.WARNING if failed and peer.failures == 1 else logging.DEBUG,
                 "link %s: connection to %s at %s %s; connecting again in %.0f ms",
                 self._name, peer.node, peer.address, what, peer.backoff_s * 1000)
         self._close_sockets(peer)
