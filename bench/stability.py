@@ -26,6 +26,7 @@ if str(ROOT) not in sys.path:
 import argparse  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
+import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
 
@@ -39,7 +40,8 @@ MARK_END = "<!-- stability:end -->"
 HOG = "while True:\n    pass\n"
 
 
-def run(minutes: float, hogs_per_core: int, timing: dict[str, str]) -> dict[str, object]:
+def run(minutes: float, hogs_per_core: int, timing: dict[str, str],
+        keep_logs: Path | None = None) -> dict[str, object]:
     hogs: list[subprocess.Popen[bytes]] = []
     # timing={} is Vigil's own defaults (NsCluster's are the tests' short ones)
     with NsCluster(hosts=3, timing=timing) as c:
@@ -66,6 +68,11 @@ def run(minutes: float, hogs_per_core: int, timing: dict[str, str]) -> dict[str,
         after = {n: (c.status(n) or {}).get("epoch") for n in c.hosts}
         fences = sum(c.log(n).count("FENCED node") for n in c.hosts)
         lease_losses = sum(c.log(n).count("lost the quorum lease") for n in c.hosts)
+        if keep_logs is not None and (before != after or fences or lease_losses):
+            keep_logs.mkdir(parents=True, exist_ok=True)
+            for log in c.tmp.glob("*.log"):
+                shutil.copy(log, keep_logs / log.name)
+            print(f"the hosts' logs are in {keep_logs}", file=sys.stderr)
         return {"minutes": minutes, "hogs": len(hogs), "epoch_before": before,
                 "epoch_after": after, "transitions": before != after, "fences": fences,
                 "lease_losses": lease_losses, "failed_probes": failures,
@@ -79,6 +86,8 @@ def main() -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help='a [timing] value instead of the default, e.g. '
                              'heartbeat_interval=100ms (repeatable)')
+    parser.add_argument("--keep-logs", type=Path, metavar="DIR",
+                        help="copy the hosts' logs here when anything moved")
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     args = parser.parse_args()
     timing: dict[str, str] = {}
@@ -92,7 +101,7 @@ def main() -> int:
         print(f"cannot run: {why}", file=sys.stderr)
         return 2
     started = time.strftime("%Y-%m-%d %H:%M")
-    result = run(args.minutes, args.hogs, timing)
+    result = run(args.minutes, args.hogs, timing, args.keep_logs)
     ok = (not result["transitions"] and result["fences"] == 0
           and result["lease_losses"] == 0 and result["holders"] == ["n1"])
     sets = "".join(f" --set {k}={v}" for k, v in timing.items())
@@ -113,9 +122,10 @@ def main() -> int:
     print(text)
     if args.write:
         # one block per timing set, so that a run at other timings keeps the default's
+        which_set = ",".join(f"{k}={v}" for k, v in timing.items())
         begin, end = ((MARK_BEGIN, MARK_END) if not timing else
-                      (MARK_BEGIN.replace("stability", f"stability{sets}"),
-                       MARK_END.replace("stability", f"stability{sets}")))
+                      (MARK_BEGIN.replace("stability", f"stability[{which_set}]"),
+                       MARK_END.replace("stability", f"stability[{which_set}]")))
         write_doc(text, begin, end, "## Stability under load")
     return 0 if ok else 1
 

@@ -485,6 +485,12 @@ _CLUSTER_KEYS: Final = ("name", "key_file", "strategy", "no_quorum_policy", "two
                         "wait_for_all", "fencer", "runtime_dir", "admin_group",
                         "status_group")
 _ALERT_KEYS: Final = ("command", "events", "timeout")
+#: How late a heartbeat echo may come, beyond its interval, without the derived lease running
+#: out: scheduling delay of a Python daemon at nice -10 on a machine whose every core is
+#: busy. In 10 minutes of bench/stability.py (docs/benchmarks.md) a lease of a 200 ms
+#: heartbeat plus 300 ms never ran out; one of a 100 ms heartbeat plus 200 ms ran out three
+#: times and its guardian fenced the node nine times.
+LEASE_SLACK: Final = 0.3
 _TIMING_KEYS: Final = ("heartbeat_interval", "dead_time", "lease_time", "step_timeout",
                        "retransmit_interval", "fence_margin", "guard_time")
 _GUARDIAN_KEYS: Final = ("self_fence", "watchdog_device", "watchdog_interval")
@@ -887,7 +893,9 @@ def _read_timing(c: _Checker, root: Mapping[str, object]) -> Timing:
     if lease is None:
         # Short enough that a lost node's lease has run out, and its guardian has acted, by
         # the time the others declare it dead: their fencing wait is then already over.
-        lease = min(dead, max(2 * hb, dead - guard - margin))
+        # Never shorter than one heartbeat plus LEASE_SLACK, though: a renewal that comes
+        # that late on a saturated machine must not cost the node its groups.
+        lease = min(dead, max(2 * hb, hb + LEASE_SLACK, dead - guard - margin))
     return Timing(heartbeat_interval=hb, dead_time=dead, lease_time=lease, guard_time=guard,
                   step_timeout=3 * dead if step is None else step,
                   retransmit_interval=hb if retransmit is None else retransmit,

@@ -1,7 +1,7 @@
 """The local event stream, the notification API and alert commands, as users meet them.
 
 Three real node actor systems in this process over the in-memory network (as in
-test_actors_memory.py); each has its real event socket (ZeroMQ PUB over ipc) under the test's
+test_actors_memory.py); each has its real event socket (ZMTP PUB over ipc) under the test's
 directory. Subscribers run as separate processes (a script using ``vigil.api.subscribe`` and
 ``vigil events``); alert commands are real shell scripts.
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -28,6 +29,7 @@ import zmq
 from click.testing import CliRunner
 
 from tests.support.cluster_harness import MemoryCluster, cluster_toml, wait_for
+from tests.support.local_users import peak_memory, reset_peak_memory
 from vigil.actors.alerts import AlertsActor
 from vigil.actors.base import Directory
 from vigil.actors.node import NodeRuntime
@@ -44,10 +46,12 @@ from vigil.api import (
 )
 from vigil.cli.main import cli
 from vigil.config import AlertConfig, load_key, loads
+from vigil.local.limits import EVENT_BACKLOG, LOG_BURST
 from vigil.local.protocol import request
 from vigil.resources.proc import group_members, pid_alive
 
 ROOT = Path(__file__).resolve().parents[2]
+FLOOD = ROOT / "tests" / "support" / "local_flood.py"
 # `python -m vigil.cli.main` would run main() before the module's last lines add `events`.
 VIGIL = [sys.executable, "-c", "from vigil.cli.main import main; main()"]
 
@@ -308,6 +312,54 @@ def test_a_slow_subscriber_is_told_how_many_it_missed_and_the_rest_arrive_in_ord
                      and n.topic == "tail"):]
     assert not any(isinstance(n, Missed) for n in after)
     assert events.missed == sum(m.count for m in missed)
+
+
+def test_a_subscriber_that_never_reads_holds_a_bounded_backlog_and_the_others_get_all(
+        make_cluster: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="vigil.events")  # not a line per notification
+    mc = make_cluster()
+    alpha = mc.start("alpha")
+    published(alpha)  # its event socket is bound
+    path = mc.config.nodes["alpha"].event_socket
+    # a ZMTP reader of its own that subscribes to everything, then never reads
+    idle = Lines([sys.executable, str(FLOOD), "ev-idle", str(path), "300"])
+    try:
+        wait_for(lambda: idle.lines, 30, "the idle reader to subscribe")
+        with EventStream(path, timeout=30) as events:
+            first_of(events, alpha)
+            seen: list[int | str] = []  # the flood's numbers, and what else came (not kept)
+
+            def read() -> None:
+                for note in events:
+                    if isinstance(note, Decision) and note.topic == "flood":
+                        seen.append(int(note.field("i")))
+                    elif isinstance(note, Decision) and note.topic == "end":
+                        return
+                    elif not isinstance(note, Decision) or note.topic != "sync":
+                        seen.append(note.kind)
+
+            reader = threading.Thread(target=read, daemon=True)
+            reader.start()
+            before = reset_peak_memory(os.getpid())
+            # 80 MB of notifications: the idle reader would hold all of them under a limit in
+            # messages only (ZeroMQ's high-water mark, 10,000)
+            text, total, batch = "x" * 8000, 10_000, 250
+            for sent in range(batch, total + 1, batch):
+                for i in range(sent - batch, sent):
+                    publish(alpha, "flood", text=text, i=str(i))
+                wait_for(lambda n=sent: len(seen) >= n, 30, "the reading subscriber to keep up")
+            grew = peak_memory(os.getpid()) - before
+            publish(alpha, "end")
+            reader.join(timeout=30)
+            assert not reader.is_alive()
+    finally:
+        idle.kill()
+    print(f"\npeak memory grew by {grew / 1048576:.1f} MiB for {total} notifications of "
+          f"{len(text)} bytes; the backlog of one reader is at most {EVENT_BACKLOG} bytes")
+    assert grew < EVENT_BACKLOG + 24 * 1024 * 1024
+    assert seen == list(range(total))  # in order, and no Missed
+    assert "does not read its notifications" in caplog.text
+    assert "more suppressed" in caplog.text or caplog.text.count("does not read") <= LOG_BURST
 
 
 def test_the_stream_tells_restarts_from_gaps_and_skips_malformed_messages(

@@ -102,9 +102,9 @@ def test_the_guardians_word_takes_every_group_out_of_service_here() -> None:
     c.run_for(3.0)
     beta = c.nodes["beta"]
     assert c.core("beta").local["g1"].value == "running"
-    beta.guard_lease = -math.inf  # as if the lease it last reported had run out
     t0 = c.now
-    c._guard(beta)
+    # as if the daemon had reported a lease that has run out: its guardian fences at once
+    c._guard_report(beta, lease_until=-math.inf)
     killed = [text for t, text in c.core("beta").decisions
               if t >= t0 and "killed on beta by its guardian" in text]
     assert len(killed) == 2  # g1 and g0

@@ -208,6 +208,22 @@ class ClusterMachine(RuleBasedStateMachine):
         if holder is not None:
             self._isolate(holder)
 
+    @precondition(lambda self: hasattr(self, "cluster") and self._powered_or_guarded())
+    @rule(data=st.data(), fraction=st.floats(0.0, 1.0))
+    def freeze_holder(self, data: st.DataObject, fraction: float) -> None:
+        """The daemon of a group's holder stalls for longer than the others need to declare
+        it dead and start its groups elsewhere, and time runs on meanwhile: what it runs must
+        be gone first (its guardian's work, or a fence device's). ``pause`` draws any node
+        and any length, and time need not run before the stall ends; this aims at the case
+        that counts."""
+        holder = self._holder(data)
+        if holder is None:
+            return
+        t = self.cluster.config.timing
+        stall = (t.dead_time + t.lease_time) * (1 + 3 * fraction)
+        self.cluster.pause(holder, stall)
+        self.cluster.run_for(stall)
+
     @rule(data=st.data(), gap=st.floats(0.0, 0.4))
     def mute_holder(self, data: st.DataObject, gap: float) -> None:
         """The holder of a group can still hear everyone, but the master stops hearing it,

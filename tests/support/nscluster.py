@@ -24,11 +24,13 @@ logs, and each node's ``runtime_dir``, ``<tmp>/run/<node>``) survives a power cy
 would.
 
 Processes are started through :func:`vigil.resources.proc.spawn`, so they get SIGKILL if the
-test process dies; namespaces and tmp dirs left by a test process that died anyway are removed
-by the next harness (only those whose creator PID is gone).
+test process dies (an observer that must outlive a host runs on the machine itself, started
+by :meth:`NsCluster.popen`); namespaces and tmp dirs left by a test process that died anyway
+are removed by the next harness (only those whose creator PID is gone).
 
 Operations: :meth:`NsCluster.start`, :meth:`~NsCluster.sigkill`, :meth:`~NsCluster.sigterm`
-(the daemon); :meth:`~NsCluster.power_off` / :meth:`~NsCluster.power_on` (the whole host);
+(the daemon; :meth:`~NsCluster.start_all` also starts the guardians first, and keeps each in
+``Host.guardian``); :meth:`~NsCluster.power_off` / :meth:`~NsCluster.power_on` (the whole host);
 :meth:`~NsCluster.cut_link` / :meth:`~NsCluster.restore_link` (one switch port down/up);
 :meth:`~NsCluster.partition` / :meth:`~NsCluster.heal`. A partition moves the switch ports of
 each side onto a bridge of its own (``br<k>s<side>``), so the sides cannot talk while each
@@ -260,6 +262,9 @@ class Host(_Namespace):
         self.netns = f"{cluster.prefix}-{name}"
         self.keeper: subprocess.Popen[bytes] | None = None
         self.daemon: subprocess.Popen[bytes] | None = None
+        #: the guardian :meth:`NsCluster.start_all` started here (None: none, or the daemon
+        #: started its own)
+        self.guardian: subprocess.Popen[bytes] | None = None
         self.powered = False
         self.cut: set[int] = set()
         self._mnt_ns: tuple[int, int] | None = None
@@ -348,7 +353,7 @@ class NsCluster:
 
     def __init__(self, hosts: int = 3, links: int = 1, *, names: Sequence[str] | None = None,
                  port: int = DEFAULT_PORT, timing: dict[str, str] | None = None,
-                 tmp: str | Path | None = None, cluster_name: str = "ns") -> None:
+                 tmp: str | Path | None = None, cluster_name: str | None = None) -> None:
         if names is not None:
             names = list(names)
             hosts = len(names)
@@ -369,7 +374,8 @@ class NsCluster:
         self.links = links
         self.port = port
         self.timing = dict(DEFAULT_TIMING if timing is None else timing)
-        self.cluster_name = cluster_name
+        # unique, like the prefix: nodes' cgroups are named after cluster and node
+        self.cluster_name = cluster_name or self.prefix
         self.hosts: dict[str, Host] = {n: Host(self, n, i) for i, n in enumerate(names, 1)}
         self.client = Client(self)
         self.switch = f"{self.prefix}-sw"
@@ -512,6 +518,15 @@ class NsCluster:
         if problems:
             raise NsClusterError("cleanup incomplete: " + "; ".join(problems))
 
+    def popen(self, argv: Sequence[str], **popen_kwargs: Any) -> subprocess.Popen[Any]:
+        """Start ``argv`` on the machine itself, outside every host: an observer that must
+        outlive a host's power-off. It is SIGKILLed when the harness closes (and when the
+        test process dies)."""
+        popen_kwargs.setdefault("cwd", self.tmp)
+        process = proc.spawn(list(argv), **popen_kwargs)
+        self._track(process)
+        return process
+
     def _track(self, process: subprocess.Popen[Any]) -> None:
         # poll() reaps the finished ones, so the list stays short however many commands ran.
         self._started = [p for p in self._started if p.poll() is None]
@@ -602,9 +617,10 @@ class NsCluster:
             for h in hosts:
                 if not (self.runtime_dir(h) / "guard.sock").exists():
                     self.runtime_dir(h).mkdir(parents=True, exist_ok=True)
-                    h.popen([*_vigil_argv(), "guard", "-c", str(self.config), "-n", h.name,
-                             "--follow-daemon"], stdin=subprocess.DEVNULL,
-                            stdout=self._log(h), stderr=subprocess.STDOUT)
+                    h.guardian = h.popen(
+                        [*_vigil_argv(), "guard", "-c", str(self.config), "-n", h.name,
+                         "--follow-daemon"], stdin=subprocess.DEVNULL, stdout=self._log(h),
+                        stderr=subprocess.STDOUT)
             for h in hosts:
                 sock = self.runtime_dir(h) / "guard.sock"
                 _wait_for(sock.exists, 30, f"the guardian of {h.name}", 0.05)
@@ -666,7 +682,7 @@ class NsCluster:
         self._log(h).write(
             f"--- nscluster {time.strftime('%H:%M:%S')}: power off {h.name}\n".encode())
         self._log(h).flush()
-        h.keeper = h.daemon = None
+        h.keeper = h.daemon = h.guardian = None
         h._mnt_ns = None
         if problems:
             raise NsClusterError("; ".join(problems))

@@ -3,24 +3,20 @@
 A node runs in this process as root, with ``admin_group`` and ``status_group`` set to groups
 the test creates. Clients run as ``nobody`` (uid 65534) through ``setpriv``, with exactly
 the groups each case gives them, using the system's Python and only ``socket`` + ``json``
-(as a user's own script would; the venv is not needed to talk to the daemon).
+(:mod:`tests.support.local_users`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import grp
 import json
 import logging
-import os
-import secrets
 import shutil
 import stat
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +24,18 @@ import pykka
 import pytest
 
 from tests.support.cluster_harness import MemoryCluster, cluster_toml, wait_for
+from tests.support.local_users import (
+    CLIENT_ENV,
+    NOBODY,
+    SYSTEM_PYTHON,
+    Groups,
+    missing,
+    setpriv,
+    unix_groups,
+)
 from vigil.api import Decision
 from vigil.config import load_key, loads
 from vigil.local.protocol import request
-
-NOBODY = 65534
-SYSTEM_PYTHON = "/usr/bin/python3"
 
 CLIENT = """
 import json, socket, sys
@@ -59,43 +61,13 @@ else:
 """
 
 
-def _missing() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root: creates groups and runs clients as another user"
-    for tool in ("setpriv", "groupadd", "groupdel"):
-        if shutil.which(tool) is None:
-            return f"needs {tool} (util-linux / passwd)"
-    if not os.access(SYSTEM_PYTHON, os.X_OK):
-        return f"needs {SYSTEM_PYTHON} for the unprivileged client"
-    return None
-
-
-pytestmark = pytest.mark.skipif(_missing() is not None, reason=str(_missing()))
-
-
-@dataclass
-class Groups:
-    admin: str
-    admin_gid: int
-    status: str
-    status_gid: int
+pytestmark = pytest.mark.skipif(missing() is not None, reason=str(missing()))
 
 
 @pytest.fixture
 def groups() -> Iterator[Groups]:
-    made: list[str] = []
-    try:
-        names = []
-        for role in ("a", "s"):
-            name = f"vgl{role}{os.getpid() % 100000}{secrets.token_hex(3)}"
-            subprocess.run(["groupadd", name], check=True, capture_output=True, timeout=30)
-            made.append(name)
-            names.append(name)
-        yield Groups(names[0], grp.getgrnam(names[0]).gr_gid,
-                     names[1], grp.getgrnam(names[1]).gr_gid)
-    finally:
-        for name in made:
-            subprocess.run(["groupdel", name], capture_output=True, timeout=30)
+    with unix_groups() as made:
+        yield made
 
 
 @pytest.fixture
@@ -156,14 +128,11 @@ def as_nobody(gid: int, extra_groups: tuple[int, ...], path: Path, command: str 
               args: dict[str, str] | None = None) -> dict[str, Any]:
     """Run the tiny client as uid 65534 with primary group ``gid`` and exactly
     ``extra_groups``; its answer (or ``connect_error``: the errno)."""
-    creds = [f"--reuid={NOBODY}", f"--regid={gid}",
-             f"--groups={','.join(map(str, extra_groups))}" if extra_groups
-             else "--clear-groups"]
-    argv = ["setpriv", *creds, SYSTEM_PYTHON, "-I", "-c", CLIENT, str(path)]
+    argv = [*setpriv(NOBODY, gid, extra_groups), SYSTEM_PYTHON, "-I", "-c", CLIENT, str(path)]
     if command is not None:
         argv += [command, json.dumps(args or {})]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd="/",
-                         env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+                         env=CLIENT_ENV)
     assert out.returncode == 0, out.stderr
     answer: dict[str, Any] = json.loads(out.stdout)
     return answer

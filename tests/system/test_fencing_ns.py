@@ -3,7 +3,9 @@
 every process killed). A holder whose stop hangs is powered off by the master and its group
 starts elsewhere, but not before: while the fence device fails, the group stays stopped,
 and the next pass after the device works again fences the holder. A holder cut off from
-the others is powered off before its group starts on a survivor.
+the others is powered off before its group starts on a survivor. Two nodes cut apart on every
+link shoot each other, the holder first (``priority_delay``): the other is powered off and
+the group never runs on both, as sampled from outside every 10 ms.
 
 The device is ``fence_vigil_ns`` behind a small wrapper that fails (as fence-agents fail: an
 ``ERROR:`` line, exit 1) while the file ``broken`` exists in the cluster's directory.
@@ -14,12 +16,15 @@ from __future__ import annotations
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.support.nscluster import NsCluster, nscluster_fixture
+from tests.support.nscluster import NsCluster, nscluster_factory, nscluster_fixture
+from tests.support.nssample import ADDRESS, SERVER, OutsideSampler, overlaps, web_group
 
 cluster = nscluster_fixture(hosts=3)
+make_cluster = nscluster_factory()
 
 VIP = "198.18.0.100"
 MARKER = "served by vigil, fenced when it must be"
@@ -42,6 +47,26 @@ def fence_wrapper(c: NsCluster) -> Path:
     return path
 
 
+def ns_device(c: NsCluster, agent: str | Path, fencing: str = "") -> str:
+    """The fence device ``ns`` (``agent``: fence_vigil_ns, or a wrapper of it) that fences
+    every host, and the ``[fencing]`` table, with ``fencing``'s lines too."""
+    plugs = ", ".join(f'{n} = "{h.netns}"' for n, h in c.hosts.items())
+    return f"""
+[fence_devices.ns]
+agent = "{agent}"
+hosts = [{", ".join(f'"{n}"' for n in c.hosts)}]
+plugs = {{ {plugs} }}
+host_argument = "plug"
+params = {{ power_timeout = 10 }}
+timeout = "30s"
+retries = 0
+monitor_interval = "2s"
+
+[fencing]
+retry_interval = "2s"
+{fencing}"""
+
+
 def start(c: NsCluster, *, order: list[str], hung_stop: bool) -> None:
     """The group ``web``: an address, a state file whose stop hangs (``hung_stop``: longer
     than its stop_timeout, so the stop fails and the group is unclean where it ran), and a web
@@ -51,7 +76,6 @@ def start(c: NsCluster, *, order: list[str], hung_stop: bool) -> None:
     www.mkdir(exist_ok=True)
     (www / "index.html").write_text(MARKER)
     server = f"{sys.executable} -m http.server 8080 --bind 0.0.0.0 --directory {www}"
-    plugs = ", ".join(f'{n} = "{h.netns}"' for n, h in c.hosts.items())
     prefer = ", ".join(f"{n} = {10 * i}" for i, n in enumerate(order))
     stop_delay = "30s" if hung_stop else "0s"
     c.write_config(f"""
@@ -77,20 +101,7 @@ depends_on = ["web-state"]
 params = {{ start = "{server}" }}
 start_timeout = "10s"
 stop_timeout = "2s"
-
-[fence_devices.ns]
-agent = "{fence_wrapper(c)}"
-hosts = [{", ".join(f'"{n}"' for n in c.hosts)}]
-plugs = {{ {plugs} }}
-host_argument = "plug"
-params = {{ power_timeout = 10 }}
-timeout = "30s"
-retries = 0
-monitor_interval = "2s"
-
-[fencing]
-retry_interval = "2s"
-""", cluster_extra='fencer = "devices"')
+""" + ns_device(c, fence_wrapper(c)), cluster_extra='fencer = "devices"')
     c.start_all()
 
 
@@ -185,3 +196,50 @@ def test_a_holder_cut_off_is_powered_off_before_its_group_starts_elsewhere(
     assert history[0]["duration"] > 0
     assert c.wait_for(lambda: c.client.http_get(f"http://{VIP}:8080/"), 10,
                       "the page from n2", check_daemons=False) == MARKER
+
+
+SPLIT_MARKER = "vigil-two-node-split-test-server"
+
+
+def test_two_nodes_cut_apart_on_every_link_the_holder_powers_the_other_off_first(
+        make_cluster: Callable[..., NsCluster]) -> None:
+    c = make_cluster(hosts=2, links=2)
+    c.write_config(web_group(VIP, SPLIT_MARKER, ("n1", "n2")) + ns_device(
+        c, "fence_vigil_ns", 'delay_max = "1s"\npriority_delay = "5s"\n'),
+        cluster_extra='fencer = "devices"')
+    c.start_all()
+    c.wait_for(lambda: c.holders("web") == ["n1"], 30, "web on n1")
+    c.wait_for(lambda: all(st is not None and len(st["members"]) == 2
+                           for st in c.statuses().values()), 30, "both nodes members")
+    c.wait_for(lambda: device_state(c, "n1") == "ok" and device_state(c, "n2") == "ok", 10,
+               "the device's monitors to find it working")
+    sampler = OutsideSampler(c, VIP, SPLIT_MARKER)
+    try:
+        sampler.wait_until(c, {"n1": (True, True, False), "n2": (False, False, False)})
+        cut = time.monotonic()
+        # every link between them fails, their NICs stay up (as when a switch fails): had
+        # n1's cables been pulled, its address would have failed there, a fault of its own
+        c.partition(["n1"], ["n2"])
+        # each side fences the other after up to delay_max; n2, running nothing, waits
+        # priority_delay more
+        off = c.wait_for(lambda: [n for n, h in c.hosts.items() if not h.pids()], 60,
+                         "one of the two powered off", check_daemons=False)
+        assert off == ["n2"], f"{off} powered off, not n2 (n1 ran web: it shoots first)"
+        c.power_off("n2")  # the harness learns what the fence did
+        assert c.holders("web") == ["n1"]
+        # n2 is gone before the agent reports (it kills, then waits for the deaths)
+        history = c.wait_for(lambda: status(c, "n1")["fencing"]["history"], 20,
+                             "n1's fencing of n2 in its history")
+        assert [(e["requester"], e["target"], e["result"]) for e in history] == [
+            ("n1", "n2", "off")]
+        time.sleep(2.0)  # n1 runs on alone
+        assert c.holders("web") == ["n1"] and c.hosts["n1"].daemon_running
+    finally:
+        lines = sampler.stop()
+    for which, what in ((ADDRESS, "the address"), (SERVER, "the server")):
+        assert overlaps(lines, which) == [], f"both hosts had {what} at once: {lines}"
+    assert lines["n2"].intervals(ADDRESS) == [] and lines["n2"].intervals(SERVER) == []
+    assert [end for _, end in lines["n1"].intervals(ADDRESS)] == [float("inf")], lines["n1"]
+    assert [end for _, end in lines["n1"].intervals(SERVER)] == [float("inf")], lines["n1"]
+    print(f"\nn1 and n2 cut apart at {cut:.3f}: n2 powered off by n1 after "
+          f"{history[0]['duration']:.2f}s of fencing; {sampler.summary()}")

@@ -111,7 +111,7 @@ class Guard:
         self.config.write_text(cluster_file(tmp, self.node, guardian_toml))
         self.socket = tmp / "run" / self.node / "guard.sock"
         self.log = tmp / f"{self.node}.log"
-        self.cgroups = NodeCgroups(self.node)
+        self.cgroups = NodeCgroups(self.node, cluster="guardtest")
         self.clients: list[GuardClient] = []
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
@@ -237,7 +237,7 @@ def test_processes_in_a_cgroup_and_a_process_group_die_when_the_lease_runs_out(
     assert report.at >= lease_until  # not before the lease's end
     assert report.resources == ("web-app", "worker")
     killed = {(k.kind, k.target): k.processes for k in report.killed}
-    assert killed[("cgroup", f"vigil-{guard.node}")] == 2
+    assert killed[("cgroup", f"vigil-guardtest.{guard.node}")] == 2
     assert killed[("pgid", str(worker.pid))] == 1
     assert report.problems == () and report.remaining.empty
     assert "lease ran out at" in guard.text() and "FENCED" in guard.text()
@@ -517,7 +517,7 @@ def test_cgroup_kill_and_its_fallback_catch_daemonized_children(
 
 def test_a_guardian_inside_its_own_nodes_cgroup_refuses_to_start(tmp_path: Path) -> None:
     node = f"gi{os.getpid()}-{next(_names)}"
-    cgroups = NodeCgroups(node)
+    cgroups = NodeCgroups(node, cluster="guardtest")
     problem = cgroups.problem()
     if problem is not None:
         pytest.skip(f"cgroup v2 is not usable here: {problem}")

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from tests.support.cluster_harness import cluster_toml
 from vigil.config import (
+    LEASE_SLACK,
     ConfigError,
     ConfigProblem,
     Timing,
@@ -745,12 +746,22 @@ events = ["node_lots"]
     assert "did you mean 'node_lost'" in text
 
 
-def test_a_derived_lease_is_never_shorter_than_two_heartbeats(tmp_path: Path) -> None:
-    # dead_time - guard_time - fence_margin would leave no lease at all: two heartbeats it is
-    # (the survivors then wait a little after declaring the node dead)
+def test_a_derived_lease_leaves_a_late_heartbeat_its_slack(tmp_path: Path) -> None:
+    # dead_time - guard_time - fence_margin would leave no lease at all: one heartbeat plus
+    # the slack a busy machine needs it is (the survivors then wait a little after declaring
+    # the node dead), and never more than dead_time
     cfg = load(write(tmp_path, document(
-        timing='heartbeat_interval = "100ms"\ndead_time = "300ms"')))
-    assert cfg.timing.lease_time == pytest.approx(0.2)
+        timing='heartbeat_interval = "100ms"\ndead_time = "500ms"')))
+    assert cfg.timing.lease_time == pytest.approx(0.1 + LEASE_SLACK)
+    # with slow heartbeats two of them are the floor
+    cfg = load(write(tmp_path, document(
+        timing='heartbeat_interval = "1s"\ndead_time = "3s"\nfence_margin = "1s"')))
+    assert cfg.timing.lease_time == pytest.approx(2.0)
+    # at 100 ms heartbeats alone: 400 ms (all of dead_time), not the 200 ms that
+    # dead_time - guard - margin gives
+    cfg = load(write(tmp_path, document(timing='heartbeat_interval = "100ms"')))
+    assert (cfg.timing.dead_time, cfg.timing.lease_time) == (pytest.approx(0.4),
+                                                             pytest.approx(0.4))
 
 
 def test_guard_time_is_read_and_checked(tmp_path: Path) -> None:

@@ -1,6 +1,16 @@
-"""ControlActor: the local control socket (a Unix stream socket, one JSON request per line,
-one JSON answer per line). The CLI, /ha and the Python client speak it. Requests
-are handed to the coordinator (a diagnosis to the diagnostics actor).
+"""ControlActor: the local control socket (a Unix stream socket: one JSON request per line,
+one JSON answer per line, then the daemon closes the connection). The CLI, /ha and the Python
+client speak it. Requests are handed to the coordinator (a diagnosis to the diagnostics
+actor).
+
+Whatever a local user does, the socket costs the daemon a bounded share
+(:mod:`vigil.local.limits`): one thread reads and writes every connection
+(:class:`vigil.local.server.LocalServer`: connections beyond the caps, in total and per user,
+are refused as they come); the whole request line must be in ``REQUEST_TIMEOUT`` seconds
+after connecting (one deadline, not one per read); it is checked for size and nesting before
+it is parsed; ``CONTROL_WORKERS`` threads answer; the answer must be taken within
+``ANSWER_TIMEOUT``. Refusals are logged, a few per interval
+(:class:`~vigil.local.server.Throttled`).
 
 Who may send what is :mod:`vigil.local.access`; the client side of the protocol is
 :mod:`vigil.local.protocol`.
@@ -11,10 +21,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socketserver
+import queue
+import socket
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import pykka
 
@@ -24,61 +37,164 @@ from vigil.local.access import (
     READ_ONLY_COMMANDS,
     Access,
     Peer,
-    peer_of,
     prepare_runtime_dir,
     socket_in_use,
 )
-from vigil.local.protocol import MANUAL_OP_TIMEOUT, MAX_REQUEST, REQUEST_TIMEOUT
+from vigil.local.limits import (
+    ANSWER_TIMEOUT,
+    CONTROL_CONNECTIONS,
+    CONTROL_CONNECTIONS_PER_UID,
+    CONTROL_WORKERS,
+    LISTEN_BACKLOG,
+    MAX_REQUEST,
+    REQUEST_TIMEOUT,
+    ROOT_RESERVED,
+)
+from vigil.local.protocol import MANUAL_OP_TIMEOUT, check_request
+from vigil.local.server import Caps, Connection, LocalServer
 
 log = logging.getLogger(__name__)
 
+# What a connection is doing (its Connection.data).
+_READING: Final = "reading"
+_ANSWERING: Final = "answering"
+_WRITING: Final = "writing"
 
-class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
-    directory: Directory
-    access: Access
+
+class _Workers:
+    """Daemon threads that run jobs in turn (a diagnosis may wait two minutes for its agent:
+    the process must not wait for them when it exits)."""
+
+    def __init__(self, count: int, name: str) -> None:
+        self.jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self.threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
+                        for i in range(count)]
+        for thread in self.threads:
+            thread.start()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self.jobs.put(job)
+
+    def stop(self) -> None:
+        for _ in self.threads:
+            self.jobs.put(None)
+
+    def _work(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            job()
 
 
-class _Handler(socketserver.StreamRequestHandler):
-    server: _Server
+def _line(answer: dict[str, Any]) -> bytes:
+    return json.dumps(answer).encode() + b"\n"
 
-    def handle(self) -> None:
-        # Reading the request is bounded for everyone; only an answer may take long.
-        self.connection.settimeout(REQUEST_TIMEOUT)
-        try:
-            peer = peer_of(self.connection)
-            line = self.rfile.readline(MAX_REQUEST)
-            self.connection.settimeout(MANUAL_OP_TIMEOUT)
-            answer = self._answer(line, peer)
-        except (OSError, TimeoutError) as exc:
-            log.info("control request dropped: %s", exc)
-            return
-        self.wfile.write(json.dumps(answer).encode() + b"\n")  # keeps start order
+
+class ControlServer(LocalServer):
+    """The control protocol on a listening socket (see the module's text)."""
+
+    def __init__(self, listener: socket.socket, access: Access, directory: Directory) -> None:
+        super().__init__(listener, Caps(CONTROL_CONNECTIONS, CONTROL_CONNECTIONS_PER_UID,
+                                        ROOT_RESERVED), log, "control socket", "vigil-control")
+        self.access = access
+        self.directory = directory
+        self.workers = _Workers(CONTROL_WORKERS, "vigil-control")
+
+    def stop(self, timeout: float = 5.0) -> None:
+        super().stop(timeout)
+        self.workers.stop()
+
+    # ---- the connection's life, on the server's thread ----------------------------------
+
+    def accepted(self, conn: Connection) -> None:
+        conn.data = _READING
+        conn.deadline = time.monotonic() + REQUEST_TIMEOUT
+
+    def received(self, conn: Connection, data: bytes) -> None:
+        if conn.data != _READING:
+            return  # what follows the request line is not read
+        start = len(conn.inbuf)
+        conn.inbuf += data
+        end = conn.inbuf.find(b"\n", start)
+        if end >= 0:
+            self._dispatch(conn, bytes(conn.inbuf[:end + 1]))
+        elif len(conn.inbuf) > MAX_REQUEST:  # refused by check_request, unparsed
+            self._dispatch(conn, bytes(conn.inbuf[:MAX_REQUEST + 1]))
+
+    def ended(self, conn: Connection) -> None:
+        if conn.data == _READING and conn.inbuf:
+            self._dispatch(conn, bytes(conn.inbuf))  # the request is what came before the end
+        elif conn.data == _READING:
+            self.close(conn)
+
+    def expired(self, conn: Connection) -> None:
+        if conn.data == _READING:
+            self.refusals.warning("control socket: cut off %s: no complete request %g s after "
+                                  "connecting (%d bytes came)", conn.peer, REQUEST_TIMEOUT,
+                                  len(conn.inbuf))
+            self._reply(conn, _line({"ok": False, "error": (
+                f"no complete request {REQUEST_TIMEOUT:g} s after connecting: send the whole "
+                "request (one JSON line) at once")}))
+        else:
+            self.refusals.warning("control socket: closed the connection of %s: it did not "
+                                  "take its answer within %g s", conn.peer, ANSWER_TIMEOUT)
+            self.close(conn)
+
+    def refusal_line(self, why: str) -> bytes:
+        return _line({"ok": False, "error": why})
+
+    def _dispatch(self, conn: Connection, line: bytes) -> None:
+        conn.data = _ANSWERING
+        conn.deadline = None
+        conn.inbuf = bytearray()
+        self.pause_reading(conn)
+        peer = conn.peer
+
+        def work() -> None:
+            try:
+                data = _line(self._answer(line, peer))
+            except Exception as exc:  # a bug: the client still gets an answer
+                log.exception("control request from %s failed", peer)
+                data = _line({"ok": False, "error": f"the daemon failed to answer ({exc}); "
+                                                    "its log has the details"})
+            self.call_soon(lambda: self._reply(conn, data))
+
+        self.workers.submit(work)
+
+    def _reply(self, conn: Connection, data: bytes) -> None:
+        conn.data = _WRITING
+        conn.deadline = time.monotonic() + ANSWER_TIMEOUT
+        self.send(conn, data, close_after=True)
+
+    # ---- the answer, on a worker's thread ---------------------------------------------------
 
     def _answer(self, line: bytes, peer: Peer) -> dict[str, Any]:
         try:
+            check_request(line)
             request = json.loads(line)
+            if not isinstance(request, dict):
+                raise TypeError("the request must be a JSON object")
             command = request["command"]
             args = request.get("args", {})
             if not isinstance(command, str) or not isinstance(args, dict) or not all(
                     isinstance(k, str) and isinstance(v, str) for k, v in args.items()):
                 raise TypeError("command must be a string and args a string map")
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             # Whoever may not even read learns nothing, not even what was wrong.
-            refused = self.server.access.refusal(peer, "status")
+            refused = self.access.refusal(peer, "status")
             if refused is not None:
-                log.warning("refused a malformed control request from %s: %s", peer, refused)
+                self.refusals.warning("refused a malformed control request from %s: %s", peer,
+                                      refused)
                 return {"ok": False, "error": refused}
             return {"ok": False, "error": f"malformed request: {exc}"}
-        refused = self.server.access.refusal(peer, command)
+        refused = self.access.refusal(peer, command)
         if refused is not None:
-            log.warning("refused control request %r from %s: %s", command, peer, refused)
+            self.refusals.warning("refused control request %r from %s: %s", command, peer,
+                                  refused)
             return {"ok": False, "error": refused}
         if peer.uid != 0 and command not in READ_ONLY_COMMANDS:
             log.info("control request %r %s from %s", command, args, peer)
         # A diagnosis is the diagnostics actor's; every other request is the coordinator's.
         target = "diagnostics" if command == "diagnose" else "coordinator"
-        ref = self.server.directory.get(target)
+        ref = self.directory.get(target)
         if ref is None:
             return {"ok": False, "error": "the node is starting or stopping; try again"}
         message = (Diagnose(args.get("resource", "")) if command == "diagnose"
@@ -100,8 +216,7 @@ class ControlActor(VigilActor):
         super().__init__(name, directory)
         self.path = path
         self.access = access or Access()
-        self.server: _Server | None = None
-        self.thread: threading.Thread | None = None
+        self.server: ControlServer | None = None
 
     def on_receive(self, message: Any) -> Any:
         return None  # its work is the socket's; NodeRuntime.start asks once to know it is up
@@ -113,20 +228,25 @@ class ControlActor(VigilActor):
                 raise RuntimeError(f"control socket {self.path} is in use: is another vigil "
                                    "daemon running for this node?")
             self.path.unlink()
-        # No umask games (the umask is the whole process's, and other actors create files
-        # meanwhile): the file mode is only a first fence, every request is checked anyway.
-        self.server = _Server(str(self.path), _Handler)
-        os.chmod(self.path, self.access.control_mode)
-        self.server.directory = self.directory
-        self.server.access = self.access
-        self.thread = threading.Thread(target=self.server.serve_forever,
-                                       kwargs={"poll_interval": 0.2},
-                                       name="vigil-control", daemon=True)
-        self.thread.start()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(str(self.path))
+            # No umask games (the umask is the whole process's, and other actors create
+            # files meanwhile): nobody connects before the mode is set, and every request is
+            # checked anyway.
+            os.chmod(self.path, self.access.control_mode)
+            listener.listen(LISTEN_BACKLOG)
+        except BaseException:
+            listener.close()
+            raise
+        self.server = ControlServer(listener, self.access, self.directory)
+        self.server.start()
 
     def on_stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-            self.path.unlink(missing_ok=True)
+        self.release()
 
+    def release(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+            self.path.unlink(missing_ok=True)

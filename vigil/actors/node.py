@@ -213,7 +213,7 @@ class NodeRuntime:
 
     def _guard_link(self, catalog: Catalog) -> GuardLink:
         assert self.guard is not None
-        cgroups = NodeCgroups(self.node)
+        cgroups = NodeCgroups(self.node, cluster=self.config.name)
         problem = cgroups.problem()
         if problem is None:
             for res in catalog:

@@ -5,14 +5,17 @@ alert commands (the ``alerts`` actor) and to the event socket.
 Per subscriber, notifications arrive in the order they happened (one actor sends them, and
 Pykka mailboxes are FIFO). The notifier numbers them (``seq``, from 1 per run of the actor).
 
-The event socket (``<runtime_dir>/events.sock``) is a ZeroMQ PUB socket over ``ipc``: one
-message per notification, the JSON of :func:`~vigil.notifications.to_dict` plus ``run``
-(an id of this notifier's run, so a subscriber tells a restart from a gap). A subscriber
-that does not keep up loses messages once :data:`SEND_HWM` wait for it: ZeroMQ drops them at
-the PUB rather than let one reader slow the daemon; the ``seq`` numbers show the gap, and
-:func:`vigil.api.subscribe` reports it as a ``Missed`` notification. Who may connect is the
-file's mode (see :mod:`vigil.local.access`); the socket is bound in a private directory
-and renamed into place, so it never exists with a looser mode than intended.
+The event socket (``<runtime_dir>/events.sock``) speaks ZeroMQ's protocol as a PUB socket
+(:class:`vigil.local.zmtp.EventServer`; any ZeroMQ SUB socket over ``ipc`` reads it): one
+message per notification, the JSON of :func:`~vigil.notifications.to_dict` plus ``run`` (an
+id of this notifier's run, so a subscriber tells a restart from a gap). A subscriber that
+does not keep up loses messages once :data:`~vigil.local.limits.SEND_HWM` (or
+``EVENT_BACKLOG`` bytes) wait for it: they are dropped rather than let one reader slow the
+daemon or fill its memory; the ``seq`` numbers show the gap, and
+:func:`vigil.api.subscribe` reports it as a ``Missed`` notification. A notification longer
+than ``MAX_EVENT_MESSAGE`` goes out with its text shortened. Who may connect is the file's
+mode (see :mod:`vigil.local.access`); the socket is bound in a private directory and renamed
+into place, so it never exists with a looser mode than intended.
 """
 
 from __future__ import annotations
@@ -22,49 +25,50 @@ import dataclasses
 import json
 import logging
 import os
+import socket
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import pykka
-import zmq
 
 from vigil.actors.base import Directory, VigilActor
 from vigil.actors.messages import Subscribe, Unsubscribe
 from vigil.local.access import Access, prepare_runtime_dir, socket_in_use
+from vigil.local.limits import LISTEN_BACKLOG, MAX_EVENT_MESSAGE, SEND_HWM
+from vigil.local.zmtp import EventServer
 from vigil.notifications import Notification, to_dict
 
-log = logging.getLogger("vigil.events")
+__all__ = ["SEND_HWM", "NotifierActor", "bind_event_socket", "encode_event"]
 
-#: Messages queued per event subscriber before the PUB drops that subscriber's messages.
-SEND_HWM: Final = 10_000
+log = logging.getLogger("vigil.events")
 
 
 class NotifierActor(VigilActor):
     def __init__(self, name: str, directory: Directory, event_socket: Path | None = None,
-                 access: Access | None = None, send_hwm: int = SEND_HWM) -> None:
+                 access: Access | None = None) -> None:
         super().__init__(name, directory)
         self.subscribers: list[tuple[pykka.ActorRef[Any], frozenset[str] | None]] = []
         self.seq = 0
         self.run = uuid.uuid4().hex[:12]
         self.event_socket = event_socket
         self.access = access or Access()
-        self.send_hwm = send_hwm
-        self.pub: zmq.Socket[bytes] | None = None
+        self.server: EventServer | None = None
         self.bound: int | None = None  # inode of our socket file: unlink only that one
-        self.send_errors = 0
 
     def on_start(self) -> None:
         if self.event_socket is None:
             return
         try:
-            self.pub, self.bound = bind_event_socket(self.event_socket, self.access,
-                                                     self.send_hwm)
-        except (OSError, zmq.ZMQError, RuntimeError) as exc:
+            listener, self.bound = bind_event_socket(self.event_socket, self.access)
+        except (OSError, RuntimeError) as exc:
             # Notifications still reach the log, in-process subscribers and alerts.
             log.error("event socket %s: %s; `vigil events` and vigil.api.subscribe will not "
                       "work on this node", self.event_socket, exc)
+            return
+        self.server = EventServer(listener)
+        self.server.start()
 
     def on_stop(self) -> None:
         self._close()
@@ -97,27 +101,14 @@ class NotifierActor(VigilActor):
                 log.info("notification subscriber %s is gone; unsubscribed", ref)
         self.subscribers = alive
         self.directory.tell("alerts", note)
-        if self.pub is not None:
-            self._send(note)
-
-    def _send(self, note: Notification) -> None:
-        assert self.pub is not None
-        payload = to_dict(note)
-        payload["run"] = self.run
-        try:
-            # PUB never blocks: past the high-water mark it drops, per subscriber.
-            self.pub.send(json.dumps(payload, default=str).encode(), zmq.NOBLOCK)
-        except zmq.ZMQError as exc:
-            self.send_errors += 1
-            if self.send_errors in (1, 10, 100) or self.send_errors % 1000 == 0:
-                log.warning("event socket: could not send notification %d (%s); %d so far",
-                            note.seq, exc, self.send_errors)
+        if self.server is not None:
+            self.server.publish(encode_event(note, self.run))
 
     def _close(self) -> None:
-        if self.pub is None:
+        if self.server is None:
             return
-        self.pub.close(linger=0)
-        self.pub = None
+        self.server.stop()
+        self.server = None
         path = self.event_socket
         if path is not None:
             with contextlib.suppress(OSError):
@@ -125,29 +116,46 @@ class NotifierActor(VigilActor):
                     path.unlink()
 
 
-def bind_event_socket(path: Path, access: Access,
-                      send_hwm: int = SEND_HWM) -> tuple[zmq.Socket[bytes], int]:
-    """A PUB socket listening on ``path`` with the mode and group ``access`` asks for;
+def encode_event(note: Notification, run: str, limit: int = MAX_EVENT_MESSAGE) -> bytes:
+    """The event socket's message for ``note``: with its text shortened when the whole would
+    be longer than ``limit`` bytes (longer still: its fields are too long; not shortened)."""
+    payload = to_dict(note)
+    payload["run"] = run
+    data = json.dumps(payload, default=str).encode()
+    text = payload.get("text")
+    if len(data) > limit and isinstance(text, str):
+        marker = " [shortened]"
+        # the bytes its JSON string may take (json escapes: a character is 1 to 12 bytes)
+        room = limit - (len(data) - len(json.dumps(text)))
+        cut = text
+        while cut and len(json.dumps(cut + marker)) > room:
+            cut = cut[:min(len(cut) - 1, len(cut) * room // len(json.dumps(cut + marker)))]
+        payload["text"] = cut + marker
+        data = json.dumps(payload, default=str).encode()
+    return data
+
+
+def bind_event_socket(path: Path, access: Access) -> tuple[socket.socket, int]:
+    """A Unix socket listening on ``path`` with the mode and group ``access`` asks for;
     returns it and the inode of its file. Raises RuntimeError when another daemon has it."""
     prepare_runtime_dir(path.parent, access)
     if (path.exists() or path.is_symlink()) and socket_in_use(path):
         raise RuntimeError(f"{path} is in use: is another vigil daemon running for this node?")
     mode, gid = access.event_socket_owner()
-    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.PUB)
-    sock.setsockopt(zmq.SNDHWM, send_hwm)
-    sock.setsockopt(zmq.LINGER, 0)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     # A directory only root can enter: nobody can connect before the mode below is set.
     private = Path(tempfile.mkdtemp(prefix=".ev", dir=path.parent))
     staged = private / "s"
     try:
-        sock.bind(f"ipc://{staged}")
+        sock.bind(str(staged))
+        sock.listen(LISTEN_BACKLOG)
         os.chmod(staged, mode)
         if gid is not None:
             os.chown(staged, -1, gid)
         os.replace(staged, path)  # over a stale file of a dead daemon, atomically
         inode = path.stat().st_ino
     except BaseException:
-        sock.close(linger=0)
+        sock.close()
         raise
     finally:
         with contextlib.suppress(OSError):

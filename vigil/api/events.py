@@ -30,7 +30,8 @@ of ``[cluster] status_group`` (its file mode; see ``docs/events.md``). Parameter
     socket is closed). ``None``: wait for ever.
 ``hwm``
     messages this subscriber's socket buffers (ZeroMQ's receive high-water mark); the
-    daemon buffers :data:`vigil.actors.notifier.SEND_HWM` more for it.
+    daemon buffers :data:`vigil.local.limits.SEND_HWM` more for it (at most
+    :data:`~vigil.local.limits.EVENT_BACKLOG` bytes).
 
 Guarantees: notifications come in the order the node numbered them (``seq``). ZeroMQ drops
 what a subscriber that falls behind cannot take; when ``seq`` jumps by k+1, a ``Missed`` with
@@ -49,7 +50,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -60,6 +60,7 @@ from typing import Final
 import zmq
 
 from vigil.config import ClusterConfig, load, resolve_node
+from vigil.local.protocol import connect
 from vigil.notifications import KINDS, Missed, Notification, from_dict
 
 __all__ = ["DEFAULT_CONFIG", "EventStream", "NoDaemonError", "subscribe"]
@@ -209,10 +210,8 @@ def _check_kinds(kinds: Iterable[str] | None) -> frozenset[str] | None:
 
 def _probe(path: Path, group: str) -> None:
     """Fail now, clearly, where ZeroMQ would silently retry for ever."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(2.0)
     try:
-        s.connect(str(path))
+        connect(path, 2.0).close()
     except FileNotFoundError:
         raise NoDaemonError(f"no event socket at {path}: is the daemon (`vigil node run`) "
                             "running for this node?") from None
@@ -225,5 +224,3 @@ def _probe(path: Path, group: str) -> None:
                             "running (the file is left from an earlier run)") from None
     except OSError as exc:
         raise NoDaemonError(f"cannot connect to {path}: {exc}") from None
-    finally:
-        s.close()

@@ -41,6 +41,9 @@ from vigil.cluster.steps import GroupAction, GroupSteps, Step, group_steps
 from vigil.cluster.strategy import Strategy, colocation_sets
 from vigil.cluster.wire import NO_EPOCH, Epoch, fmt_epoch
 from vigil.config import TIME_FENCERS, ClusterConfig, FenceDevice, member_graphs
+from vigil.guard.core import Fence, GuardCore
+from vigil.guard.core import Output as GuardOutput
+from vigil.guard.holdings import Holdings, ResourceHolding
 from vigil.messages import BROADCAST, Message
 
 
@@ -69,12 +72,17 @@ class SimNode:
     # the latest moment its echoes can support this node (sent_at(s) + lease_time)
     hb_sent: dict[int, float] = field(default_factory=dict)
     support_bound: dict[str, float] = field(default_factory=dict)
-    # the guardian: the lease the daemon last told it, and how long it takes to act (drawn
-    # per life, within guard_time); it kills what runs here once that lease has run out or
-    # the daemon died
-    guard_lease: float = -math.inf
+    # the guardian: the real rules (vigil.guard.core), told what the daemon tells it; it
+    # outlives the daemon, not a power-off. It acts guard_react after its deadline or after
+    # the daemon's death (drawn per life, within guard_time).
+    guard: GuardCore | None = None
     guard_react: float = 0.0
-    guard_at: float = math.inf  # when its next check is due
+    guard_at: float = math.inf  # when its next deadline is handled
+
+    @property
+    def guard_lease(self) -> float:
+        """The lease the daemon last told its guardian."""
+        return -math.inf if self.guard is None else self.guard.lease_until
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,8 +197,12 @@ class SimCluster:
         node.ops = {}
         node.paused_until, node.held = -math.inf, []
         node.hb_sent, node.support_bound = {}, {}
-        node.guard_lease, node.guard_at = -math.inf, math.inf
+        node.guard_at = math.inf
         node.guard_react = self.rng.uniform(0.0, self.config.timing.guard_time)
+        if self.guardian:
+            if node.guard is None:
+                node.guard = GuardCore(self.now)
+            self._guard_out(node, node.guard.hello(f"{name} life {node.incarnation}", self.now))
         self._check_restored(node)
         self._deliver(name, Tick())
 
@@ -202,6 +214,7 @@ class SimCluster:
         node.ops = {}
         node.deadline = math.inf
         node.paused_until, node.held = -math.inf, []
+        node.guard, node.guard_at = None, math.inf
         self.log.append(f"{self.now:.3f} crash {name}")
 
     def kill_daemon(self, name: str) -> None:
@@ -216,35 +229,50 @@ class SimCluster:
         node.paused_until, node.held = -math.inf, []
         self.log.append(f"{self.now:.3f} kill daemon {name} (still running: "
                         f"{sorted(node.resources) or 'nothing'})")
-        if self.guardian:
-            node.guard_lease = -math.inf
-            self._guard_schedule(node)
+        if node.guard is not None:
+            # it sees the channel close within its reaction time
+            heapq.heappush(self._queue, (self.now + node.guard_react, next(self._seq),
+                                         "guard-gone", name, -1, node.guard))
 
     # ---- the guardian -----------------------------------------------------------------------
 
-    def _guard_schedule(self, node: SimNode) -> None:
-        """Plan the guardian's next look: when the lease it knows runs out, plus the time it
-        takes to act."""
-        if not self.guardian or not node.resources:
-            return
-        at = max(self.now, node.guard_lease) + node.guard_react
-        if at < node.guard_at or node.guard_at < self.now:
-            node.guard_at = at
-            heapq.heappush(self._queue, (at, next(self._seq), "guard", node.name, -1, None))
+    def _guard_report(self, node: SimNode, lease_until: float) -> None:
+        """What the coordinator tells the guardian after each event: the lease and what the
+        groups not stopped here hold (vigil/actors/coordinator.py)."""
+        assert node.core is not None and node.guard is not None
+        held = Holdings.of(ResourceHolding(name=r) for g in sorted(node.core.groups.busy)
+                           for r in self.config.groups[g].resources)
+        self._guard_out(node, node.guard.report(lease_until, held, self.now))
+
+    def _guard_out(self, node: SimNode, out: GuardOutput) -> None:
+        """Carry out the guardian's actions (what vigil.guard.process does for real) and plan
+        its next deadline, handled ``guard_react`` after it is due."""
+        guard = node.guard
+        assert guard is not None
+        for action in out.actions:
+            if isinstance(action, Fence):
+                names = set(action.holdings.names)
+                self.log.append(f"{self.now:.3f} guardian of {node.name} kills "
+                                f"{sorted(r for r in node.resources if r in names)} "
+                                f"({action.cause})")
+                for r in names:
+                    node.resources.pop(r, None)
+                for g in [g for g in node.ops if names & set(self.config.groups[g].resources)]:
+                    del node.ops[g]
+                self._guard_out(node, guard.fence_done(action, Holdings(), self.now))
+                if node.core is not None:
+                    self._deliver(node.name, GuardFenced(f"the guardian fenced ({action.cause})"))
+        if out.deadline < math.inf:
+            at = max(self.now, out.deadline) + node.guard_react
+            if at != node.guard_at:
+                node.guard_at = at
+                heapq.heappush(self._queue, (at, next(self._seq), "guard", node.name, -1, guard))
 
     def _guard(self, node: SimNode) -> None:
+        """The guardian's deadline is due (test hook too)."""
         node.guard_at = math.inf
-        if not node.resources:
-            return
-        if self.now < node.guard_lease + node.guard_react:
-            self._guard_schedule(node)  # the daemon renewed its lease meanwhile
-            return
-        self.log.append(f"{self.now:.3f} guardian of {node.name} kills "
-                        f"{sorted(node.resources)}")
-        node.resources = {}
-        node.ops = {}
-        if node.core is not None:
-            self._deliver(node.name, GuardFenced("the lease ran out"))
+        if node.guard is not None:
+            self._guard_out(node, node.guard.tick(self.now))
 
     def pause(self, name: str, seconds: float) -> None:
         """The node's daemon handles nothing for ``seconds`` (a stalled process or VM, a
@@ -332,8 +360,12 @@ class SimCluster:
             t, _, kind, name, inc, payload = heapq.heappop(self._queue)
             self.now = max(self.now, t)
             node = self.nodes[name]
-            if kind == "guard":
-                if t == node.guard_at:
+            if kind in ("guard", "guard-gone"):
+                if node.guard is None or node.guard is not payload:
+                    continue  # a guardian that died with a power-off
+                if kind == "guard-gone":
+                    self._guard_out(node, node.guard.daemon_gone(self.now))
+                elif t == node.guard_at:
                     self._guard(node)
                 continue
             if node.core is None or node.incarnation != inc:
@@ -379,11 +411,12 @@ class SimCluster:
         if isinstance(event, Received) and event.msg.type == "hb":
             self._note_echo(node, event.msg)
         out = node.core.handle(event, self.now)
-        node.guard_lease = out.lease_until
+        if node.guard is not None:
+            # before any start leaves, as the coordinator does
+            self._guard_report(node, out.lease_until)
         self._apply(node, out)
         if self.check and node.core is not None:
             self._check_lease(node)
-        self._guard_schedule(node)
 
     def _note_echo(self, node: SimNode, msg: Message) -> None:
         for item in msg.fields.get("echo", "").split(","):
@@ -569,7 +602,6 @@ class SimCluster:
                     return
                 self._check_start_order(node, r)
                 node.resources[r] = "starting"
-                self._guard_schedule(node)
                 self._push(self.now + self.start_duration, "op", node.name,
                            (group, op, token, steps[i:]))
                 return

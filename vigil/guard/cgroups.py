@@ -1,10 +1,13 @@
 """A cgroup (v2) per resource, so that the guardian can kill everything a resource started,
 daemonized children included, in one write.
 
-Layout: ``<cgroup2 mount>/vigil-<node>/<resource>``. The node's name is in the path because
-test nodes share one kernel (and one cgroup tree); the daemon and the guardian of a node
-compute the same path from the node's name. No controllers are enabled: the cgroups only
-group processes, so the "no internal processes" rule never bites and nothing is limited.
+Layout: ``<cgroup2 mount>/vigil-<cluster>.<node>/<resource>``. The cluster's and the node's
+names are in the path because nodes may share one kernel (and one cgroup tree): the test
+clusters' hosts do, and two test clusters both have a node ``n1``; a fence of one must not
+kill the other's processes. The daemon and the guardian of a node compute the same path from
+the cluster file. (``.`` cannot be part of a name, so the path is unambiguous.) No
+controllers are enabled: the cgroups only group processes, so the "no internal processes"
+rule never bites and nothing is limited.
 
 The mount is found in ``/proc/self/mountinfo``: ``/sys/fs/cgroup`` on a unified system,
 ``/sys/fs/cgroup/unified`` on a hybrid one. Where there is no cgroup2 mount, or it cannot be
@@ -169,24 +172,31 @@ def remove_cgroup(path: Path) -> list[str]:
 
 
 class NodeCgroups:
-    """The cgroups of one node's resources: ``<root>/vigil-<node>/<resource>``.
+    """The cgroups of one node's resources: ``<root>/vigil-<cluster>.<node>/<resource>``
+    (``vigil-<node>`` without a cluster name).
 
     ``root``: where the node's cgroup goes (default: the cgroup2 mount, found in
     ``/proc/self/mountinfo``). Creating nothing until asked: :meth:`problem` checks (and
     creates the node's cgroup), :meth:`create` and :meth:`wrap` make a resource's.
     """
 
-    def __init__(self, node: str, root: Path | None = None, *,
+    def __init__(self, node: str, root: Path | None = None, *, cluster: str = "",
                  mountinfo: str = "/proc/self/mountinfo") -> None:
         if not NAME_RE.fullmatch(node):
             raise ValueError(f"invalid node name {node!r}")
+        if cluster and not NAME_RE.fullmatch(cluster):
+            raise ValueError(f"invalid cluster name {cluster!r}")
         self.node = node
+        self.cluster = cluster
         self.root = root if root is not None else find_cgroup2_mount(mountinfo)
 
     @property
     def path(self) -> Path | None:
         """The node's cgroup (None: no cgroup v2 here)."""
-        return None if self.root is None else self.root / f"{PREFIX}{self.node}"
+        if self.root is None:
+            return None
+        return self.root / (f"{PREFIX}{self.cluster}.{self.node}" if self.cluster
+                            else f"{PREFIX}{self.node}")
 
     def problem(self) -> str | None:
         """Why cgroups cannot be used here, None when they can (the node's cgroup exists

@@ -81,6 +81,7 @@ class GuardSettings:
 
     node: str
     socket_path: Path
+    cluster: str = ""  # in the cgroup's name (vigil.guard.cgroups)
     guard_time: float = 0.1
     self_fence: SelfFence = "kill"
     watchdog_device: Path | None = None
@@ -99,7 +100,7 @@ class GuardSettings:
                     realtime: bool = True, follow_daemon: bool = False) -> GuardSettings:
         g = cfg.guardian
         return cls(node=node, socket_path=cfg.nodes[node].runtime_dir / SOCKET_NAME,
-                   guard_time=cfg.timing.guard_time, self_fence=g.self_fence,
+                   cluster=cfg.name, guard_time=cfg.timing.guard_time, self_fence=g.self_fence,
                    watchdog_device=watchdog_device or g.watchdog_device,
                    watchdog_interval=g.watchdog_interval,
                    sysrq_path=sysrq_path or DEFAULT_SYSRQ, realtime=realtime,
@@ -157,7 +158,8 @@ class Guardian:
 
     def __init__(self, settings: GuardSettings) -> None:
         self.settings = settings
-        self.cgroups = NodeCgroups(settings.node, settings.cgroup_root)
+        self.cgroups = NodeCgroups(settings.node, settings.cgroup_root,
+                                   cluster=settings.cluster)
         self.fencer = Fencer(self.cgroups, settings.guard_time)
         self.core = GuardCore(
             time.monotonic(), self_fence=settings.self_fence,

@@ -206,6 +206,8 @@ def socket_in_use(path: Path) -> bool:
     try:
         s.connect(str(path))
         return True
+    except BlockingIOError:  # its queue of new connections is full: someone listens
+        return True
     except OSError:
         return False
     finally:
