@@ -95,8 +95,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="vigil-example-") as tmp:
         cfg = load(write_cluster(Path(tmp)))
         context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        links = zmq_links(cfg, context)
-        runtimes = {n: NodeRuntime(cfg, n, load_key(cfg), links).start() for n in NODES}
+        key = load_key(cfg)
+        links = zmq_links(cfg, context, key)
+        runtimes = {n: NodeRuntime(cfg, n, key, links).start() for n in NODES}
         try:
             # in process: an actor of the application, on beta
             moved = threading.Event()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -27,6 +28,8 @@ from vigil.resources import proc
 from vigil.resources.registry import default_registry
 from vigil.transports import ZmqLink
 from vigil.transports.base import FrameHandler
+from vigil.transports.keys import LinkKeys, key_ring
+from vigil.transports.zmq_link import RETRY_MAX_S, descriptors_needed
 
 log = logging.getLogger("vigil.daemon")
 
@@ -37,19 +40,66 @@ StartupError = UnknownNode
 
 
 def zmq_links(
-    cfg: ClusterConfig, context: zmq.Context[zmq.Socket[bytes]]
+    cfg: ClusterConfig, context: zmq.Context[zmq.Socket[bytes]], key: bytes
 ) -> Callable[[str, str], LinkFactory]:
+    """The links of a node over ZeroMQ, with CurveZMQ keys derived from ``key`` (the key
+    file's content). A broken connection is retried at least every quarter of ``dead_time``,
+    so a peer that comes back is heard again well within it."""
+    ring = key_ring(key)
+    retry_max = min(RETRY_MAX_S, cfg.timing.dead_time / 4)
+
     def for_node(node: str, link_name: str) -> LinkFactory:
         me = next(link for link in cfg.nodes[node].links if link.name == link_name)
         peers = {n: (link.address, link.port) for n, nc in cfg.nodes.items() if n != node
                  for link in nc.links if link.name == link_name}
+        keys = LinkKeys.derive(ring, cfg.name, cfg.node_names, node)
 
         def make(name: str, on_frames: FrameHandler) -> ZmqLink:
-            return ZmqLink(name, (me.address, me.port), peers, node, on_frames, context)
+            return ZmqLink(name, (me.address, me.port), peers, node, on_frames, context,
+                           keys=keys, retry_max_s=retry_max)
 
         return make
 
     return for_node
+
+
+#: Descriptors the daemon needs besides its links (interpreter, logs, the local sockets and
+#: their clients, the guardian's channel), and per resource (an agent's pipes while it runs,
+#: state files, monitors).
+BASE_DESCRIPTORS = 256
+DESCRIPTORS_PER_RESOURCE = 16
+#: The soft limit the daemon raises its own to when the hard limit allows: the shipped unit's
+#: LimitNOFILE, so a daemon started by hand has the same room.
+WANTED_DESCRIPTORS = 65_536
+
+
+class DescriptorLimit(Exception):
+    """The open-files limit cannot fit what the node's configuration needs."""
+
+
+def ensure_descriptors(cfg: ClusterConfig, name: str) -> int:
+    """Raise the soft open-files limit to :data:`WANTED_DESCRIPTORS` (at most the hard limit)
+    and check that it fits the configuration: a daemon that runs out of descriptors under a
+    connection flood cannot stop its resources. Returns the limit in force."""
+    me = cfg.nodes[name]
+    need = BASE_DESCRIPTORS + DESCRIPTORS_PER_RESOURCE * len(cfg.resources) + sum(
+        descriptors_needed(sum(1 for n, nc in cfg.nodes.items() if n != name
+                               for peer in nc.links if peer.name == link.name))
+        for link in me.links)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    ceiling = WANTED_DESCRIPTORS if hard == resource.RLIM_INFINITY else min(hard,
+                                                                            WANTED_DESCRIPTORS)
+    if soft != resource.RLIM_INFINITY and soft < max(need, ceiling):
+        soft = max(soft, ceiling)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    if soft != resource.RLIM_INFINITY and soft < need:
+        raise DescriptorLimit(
+            f"node {name} needs at least {need} open files ({len(me.links)} links with room "
+            f"for connections still in their handshake, {len(cfg.resources)} resources) but "
+            f"its limit is {soft} and cannot be raised (hard limit {hard}); raise it: "
+            f"LimitNOFILE={WANTED_DESCRIPTORS} in the systemd unit, or `ulimit -n {need}` "
+            "before `vigil node run`")
+    return soft
 
 
 #: how long `vigil node run` waits for the guardian it started to answer
@@ -129,7 +179,8 @@ def run(config_path: str, node: str | None) -> int:
         cfg = load(config_path)
         key = load_key(cfg)
         name = resolve_node(cfg, node)
-    except ConfigError as exc:
+        files = ensure_descriptors(cfg, name)
+    except (ConfigError, DescriptorLimit) as exc:
         print(f"vigil: refusing to start:\n{exc}", file=sys.stderr)
         return 2
     runtime_dir = cfg.nodes[name].runtime_dir
@@ -144,6 +195,7 @@ def run(config_path: str, node: str | None) -> int:
             f"cannot prepare the runtime directory {runtime_dir}: {exc}"
         print(f"vigil: refusing to start:\n{problem}", file=sys.stderr)
         return 2
+    log.info("node %s may hold %d open files", name, files)
     try:
         return _run(cfg, key, name)
     finally:
@@ -162,7 +214,7 @@ def _run(cfg: ClusterConfig, key: bytes, name: str) -> int:
                          "%s", name, exc)
             return 1
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    runtime = NodeRuntime(cfg, name, key, zmq_links(cfg, context), registry, guard=guard)
+    runtime = NodeRuntime(cfg, name, key, zmq_links(cfg, context, key), registry, guard=guard)
     stop = threading.Event()
     signals = {"count": 0}
 

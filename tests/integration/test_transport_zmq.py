@@ -1,4 +1,5 @@
-"""ZeroMQ links on loopback: topic routing, bind errors, prompt shutdown.
+"""ZeroMQ links on loopback: topic routing, bind errors, prompt shutdown, and what an attacker
+without the cluster key can do to them (docs/security.md, "The links between nodes").
 
 PUB/SUB drops whatever is published before a subscriber's connection is up (the slow joiner),
 so senders here repeat in a bounded loop until the receiver has something: the protocol above
@@ -15,10 +16,18 @@ from collections.abc import Callable, Iterator
 import pytest
 import zmq
 
+from tests.support.rogue import ANSWERS, RecordingProxy, RogueListener
 from vigil.transports import Link, LinkError, ZmqLink
+from vigil.transports.keys import LinkKeys
 from vigil.transports.zmq_link import tcp_endpoint
 
 DEADLINE_S = 10.0
+CLUSTER_KEY = b"0123456789abcdef0123456789abcdef"
+
+
+def keys_for(name: str, *names: str) -> LinkKeys:
+    """The link keys of node ``name`` in a test cluster of ``names`` (and ``name``)."""
+    return LinkKeys.derive([CLUSTER_KEY], "test", {name, *names}, name)
 
 
 class Inbox:
@@ -86,7 +95,8 @@ def make_cluster(
                 for name in names:
                     inbox = Inbox()
                     link = ZmqLink("lan", peers[name], peers, name, inbox,
-                                   context=None if own_context else context)
+                                   context=None if own_context else context,
+                                   keys=keys_for(name, *names))
                     built.append(link)
                     cluster[name] = (link, inbox)
             except LinkError:
@@ -176,7 +186,8 @@ def test_bind_conflict_names_the_link_and_port(
     first, _ = make_cluster("alpha")["alpha"]
     port = int(first.endpoint.rsplit(":", 1)[1])
     with pytest.raises(LinkError) as caught:
-        ZmqLink("lan", ("127.0.0.1", port), {}, "beta", Inbox(), context=context)
+        ZmqLink("lan", ("127.0.0.1", port), {}, "beta", Inbox(), context=context,
+                keys=keys_for("beta"))
     message = str(caught.value)
     assert str(port) in message
     assert "'lan'" in message
@@ -185,11 +196,13 @@ def test_bind_conflict_names_the_link_and_port(
 
 def test_bind_to_an_address_not_on_this_host_is_a_link_error() -> None:
     with pytest.raises(LinkError, match="not configured on this host"):
-        ZmqLink("lan", ("192.0.2.1", free_ports(1)[0]), {}, "alpha", Inbox())
+        ZmqLink("lan", ("192.0.2.1", free_ports(1)[0]), {}, "alpha", Inbox(),
+                keys=keys_for("alpha"))
 
 
 def test_close_returns_promptly_and_is_idempotent() -> None:
-    link = ZmqLink("lan", ("127.0.0.1", 0), {"beta": ("127.0.0.1", 9)}, "alpha", Inbox())
+    link = ZmqLink("lan", ("127.0.0.1", 0), {"beta": ("127.0.0.1", 9)}, "alpha", Inbox(),
+                   keys=keys_for("alpha", "beta"))
     link.start()
     started = time.monotonic()
     link.close()
@@ -200,10 +213,10 @@ def test_close_returns_promptly_and_is_idempotent() -> None:
 
 
 def test_close_without_start_releases_the_port() -> None:
-    link = ZmqLink("lan", ("127.0.0.1", 0), {}, "alpha", Inbox())
+    link = ZmqLink("lan", ("127.0.0.1", 0), {}, "alpha", Inbox(), keys=keys_for("alpha"))
     port = int(link.endpoint.rsplit(":", 1)[1])
     link.close()
-    again = ZmqLink("lan", ("127.0.0.1", port), {}, "alpha", Inbox())
+    again = ZmqLink("lan", ("127.0.0.1", port), {}, "alpha", Inbox(), keys=keys_for("alpha"))
     again.close()
 
 
@@ -243,3 +256,178 @@ def test_links_work_over_ipv6_loopback(make_cluster: Callable[..., Cluster]) -> 
     alpha, _ = cluster["alpha"]
     _beta, beta_inbox = cluster["beta"]
     send_until(alpha, "*", b"over-v6", got(beta_inbox, b"over-v6"))
+
+
+@pytest.mark.parametrize("answer", sorted(ANSWERS))
+def test_a_rogue_on_a_restarting_peers_port_does_not_cut_the_link_for_good(
+    make_cluster: Callable[..., Cluster], context: zmq.Context[zmq.Socket[bytes]], answer: str
+) -> None:
+    """Issue 12, item 1: while beta restarts, something else on its port answers alpha with
+    an oversized frame, another mechanism's greeting or garbage; alpha keeps trying, and once
+    beta is back, alpha hears it."""
+    cluster = make_cluster("alpha", "beta")
+    alpha, alpha_inbox = cluster["alpha"]
+    beta, _ = cluster["beta"]
+    send_until(beta, "*", b"before", got(alpha_inbox, b"before"))
+    host, port = "127.0.0.1", int(beta.endpoint.rsplit(":", 1)[1])
+    beta.close()
+    rogue = RogueListener(host, port, ANSWERS[answer])
+    try:
+        assert rogue.wait_served(3, DEADLINE_S), "alpha gave up on beta's address"
+    finally:
+        rogue.close()
+    assert alpha.replaced()["beta"] >= 2
+    again = ZmqLink("lan", (host, port), {"alpha": ("127.0.0.1", 9), "beta": (host, port)},
+                    "beta", Inbox(), context=context, keys=keys_for("beta", "alpha"))
+    try:
+        again.start()
+        send_until(again, "*", b"after", got(alpha_inbox, b"after"))
+    finally:
+        again.close()
+
+
+def test_a_subscriber_without_the_key_reads_nothing(
+    make_cluster: Callable[..., Cluster], context: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    """Issue 12, item 8: neither a plaintext SUB, nor one that knows alpha's public key but
+    not a node's secret, nor a node's own key from an address that is no peer's reads a
+    thing; the ZAP handler refuses the second, the accept filter drops the third."""
+    cluster = make_cluster("alpha", "beta")
+    alpha, _ = cluster["alpha"]
+    _beta, beta_inbox = cluster["beta"]
+    beta_keys = keys_for("beta", "alpha")
+    stranger_public, stranger_secret = zmq.curve_keypair()
+    spies: dict[str, zmq.Socket[bytes]] = {}
+    for name, (source, public, secret) in {
+        "plaintext": ("127.0.0.1", None, None),
+        "stranger": ("127.0.0.1", stranger_public, stranger_secret),
+        "beta's key, another address": ("127.0.0.2", beta_keys.own.public,
+                                        beta_keys.own.secret),
+    }.items():
+        spy = context.socket(zmq.SUB)
+        spy.setsockopt(zmq.LINGER, 0)
+        spy.setsockopt(zmq.SUBSCRIBE, b"")
+        if public is not None and secret is not None:
+            spy.setsockopt(zmq.CURVE_SERVERKEY, beta_keys.peers["alpha"][0])
+            spy.setsockopt(zmq.CURVE_PUBLICKEY, public)
+            spy.setsockopt(zmq.CURVE_SECRETKEY, secret)
+        spy.connect(f"tcp://{source}:0;{alpha.endpoint.removeprefix('tcp://')}")
+        spies[name] = spy
+    try:
+        refused_before = alpha._gate.refused["lan/alpha"]
+        for n in range(20):  # 2 s of broadcasts, each repeated until beta has it
+            send_until(alpha, "*", b"secret %d" % n, got(beta_inbox, b"secret %d" % n))
+            time.sleep(0.1)
+        for name, spy in spies.items():
+            assert not spy.poll(0), f"the {name} subscriber read a message"
+        assert alpha._gate.refused["lan/alpha"] > refused_before
+    finally:
+        for spy in spies.values():
+            spy.close(linger=0)
+
+
+def test_a_recorded_session_played_back_to_a_restarted_receiver_gives_it_nothing(
+    make_cluster: Callable[..., Cluster], context: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    """Issue 12, item 7: a wiretap records a whole session from beta to alpha (encrypted:
+    no message is readable in it); beta stops, alpha restarts, and whatever then answers on
+    beta's address plays the recording back. Each connection has its own session keys, so
+    alpha's new connection rejects it: nothing is delivered, nothing is connected."""
+    cluster = make_cluster("alpha", "beta")
+    beta, _ = cluster["beta"]
+    cluster["alpha"][0].close()  # alpha is the one behind the wiretap
+    beta_address = ("127.0.0.1", int(beta.endpoint.rsplit(":", 1)[1]))
+    proxy = RecordingProxy("127.0.0.1", beta_address)
+    alpha_peers = {"alpha": ("127.0.0.1", free_ports(1)[0]), "beta": ("127.0.0.1", proxy.port)}
+    inbox = Inbox()
+    alpha = ZmqLink("lan", alpha_peers["alpha"], alpha_peers, "alpha", inbox, context=context,
+                    keys=keys_for("alpha", "beta"))
+    try:
+        alpha.start()
+        for n in range(5):
+            send_until(beta, "*", b"heartbeat %d" % n, got(inbox, b"heartbeat %d" % n))
+    finally:
+        alpha.close()
+        proxy.close()
+    recording = bytes(proxy.recorded)
+    assert len(recording) > 200 and b"heartbeat" not in recording
+    beta.close()
+    rogue = RogueListener(*beta_address, recording, hold_s=0.5)
+    replayed = Inbox()
+    restarted = ZmqLink("lan", alpha_peers["alpha"], {"beta": beta_address}, "alpha", replayed,
+                        context=context, keys=keys_for("alpha", "beta"))
+    try:
+        restarted.start()
+        assert rogue.wait_served(3, DEADLINE_S)
+        assert replayed.received == []
+        assert restarted.peer_states()["beta"] != "connected"
+    finally:
+        restarted.close()
+        rogue.close()
+
+
+def test_a_peer_restarting_again_and_again_is_heard_every_time(
+    make_cluster: Callable[..., Cluster], context: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    """Each restart of beta breaks alpha's connection, and alpha replaces its socket; beta's
+    link closes all of its sockets each time. None of it may stall the context that both share
+    (libzmq's I/O thread blocks on a monitor whose reader closed too early)."""
+    cluster = make_cluster("alpha", "beta")
+    _alpha, alpha_inbox = cluster["alpha"]
+    beta, _ = cluster["beta"]
+    address = ("127.0.0.1", int(beta.endpoint.rsplit(":", 1)[1]))
+    peers = {"alpha": ("127.0.0.1", 9), "beta": address}
+    for n in range(8):
+        send_until(beta, "*", b"life %d" % n, got(alpha_inbox, b"life %d" % n))
+        beta.close()
+        beta = ZmqLink("lan", address, peers, "beta", Inbox(), context=context,
+                       keys=keys_for("beta", "alpha"))
+        beta.start()
+    beta.close()
+
+
+@pytest.mark.parametrize("rings", [
+    ((b"1" * 32, b"2" * 32), (b"2" * 32, b"1" * 32)),  # switching: one uses the new key
+    ((b"1" * 32, b"2" * 32), (b"1" * 32, b"2" * 32)),  # both still use the old one
+    ((b"2" * 32,), (b"2" * 32, b"1" * 32)),  # one is done, one still accepts the old
+])
+def test_nodes_in_the_middle_of_a_key_rotation_still_talk(
+    context: zmq.Context[zmq.Socket[bytes]], rings: tuple[tuple[bytes, ...], ...]
+) -> None:
+    ports = free_ports(2)
+    peers = {"alpha": ("127.0.0.1", ports[0]), "beta": ("127.0.0.1", ports[1])}
+    links: dict[str, tuple[ZmqLink, Inbox]] = {}
+    try:
+        for name, ring in zip(peers, rings, strict=True):
+            inbox = Inbox()
+            links[name] = (ZmqLink("lan", peers[name], peers, name, inbox, context=context,
+                                   keys=LinkKeys.derive(ring, "test", peers, name)), inbox)
+            links[name][0].start()
+        send_until(links["alpha"][0], "*", b"to beta", got(links["beta"][1], b"to beta"))
+        send_until(links["beta"][0], "*", b"to alpha", got(links["alpha"][1], b"to alpha"))
+    finally:
+        for link, _inbox in links.values():
+            link.close()
+
+
+def test_nodes_with_different_keys_do_not_talk(
+    context: zmq.Context[zmq.Socket[bytes]],
+) -> None:
+    ports = free_ports(2)
+    peers = {"alpha": ("127.0.0.1", ports[0]), "beta": ("127.0.0.1", ports[1])}
+    beta_inbox = Inbox()
+    alpha = ZmqLink("lan", peers["alpha"], peers, "alpha", Inbox(), context=context,
+                    keys=LinkKeys.derive([b"1" * 32], "test", peers, "alpha"))
+    beta = ZmqLink("lan", peers["beta"], peers, "beta", beta_inbox, context=context,
+                   keys=LinkKeys.derive([b"2" * 32], "test", peers, "beta"))
+    try:
+        beta.start()
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            alpha.send([b"*\x00", b"hello"])
+            time.sleep(0.05)
+        assert beta_inbox.received == []
+        assert beta.peer_states()["alpha"] != "connected"
+    finally:
+        alpha.close()
+        beta.close()

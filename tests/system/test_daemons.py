@@ -3,114 +3,21 @@ observed only through the command line, as an operator would."""
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.support.cluster_harness import wait_for
-from vigil.config import write_key
-
-NODES = ("alpha", "beta", "gamma")
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-class Daemons:
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.config = tmp / "cluster.toml"
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        write_key(tmp / "cluster.key")
-        ports = free_ports(len(NODES))
-        lines = [
-            "[cluster]", 'name = "sys"', 'key_file = "cluster.key"',
-            f'runtime_dir = "{tmp}/run"', "",
-            "[timing]", 'heartbeat_interval = "100ms"', 'dead_time = "600ms"',
-            'step_timeout = "2s"', 'fence_margin = "200ms"', "",
-        ]
-        for node, port in zip(NODES, ports, strict=True):
-            lines += [f"[nodes.{node}]",
-                      f'links = [{{ name = "lan0", address = "127.0.0.1", port = {port} }}]', ""]
-        lines += [
-            "[groups.web]", 'resources = ["web-state", "web-app"]',
-            "prefer = { alpha = 0, beta = 10, gamma = 20 }", "",
-            "[resources.web-state]", 'type = "dummy"', 'stop_timeout = "1s"', "",
-            "[resources.web-app]", 'type = "application"', 'depends_on = ["web-state"]',
-            'params = { start = "sleep 600" }', 'monitor = { interval = "500ms", timeout = "2s" }',
-            'stop_timeout = "1s"', "",
-        ]
-        self.config.write_text("\n".join(lines))
-
-    def vigil(self, *args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "vigil.cli.main", *args],
-                              capture_output=True, text=True, timeout=timeout)
-
-    def start(self, node: str) -> None:
-        log = open(self.tmp / f"{node}.log", "ab")  # noqa: SIM115 - closed in stop()
-        self.procs[node] = subprocess.Popen(
-            [sys.executable, "-m", "vigil.cli.main", "node", "run", "-c", str(self.config),
-             "--node", node], stdout=log, stderr=subprocess.STDOUT)
-
-    def status(self, via: str) -> dict[str, Any] | None:
-        out = self.vigil("status", "-c", str(self.config), "--node", via, "--json")
-        if out.returncode != 0:
-            return None
-        result: dict[str, Any] = json.loads(out.stdout)
-        return result
-
-    def group_on(self, via: str, group: str = "web") -> str | None:
-        st = self.status(via)
-        if st is None or st["groups"][group]["state"] != "running":
-            return None
-        node: str | None = st["groups"][group]["node"]
-        return node
-
-    def stop(self) -> None:
-        for p in self.procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs.values():
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
-
-    def log(self, node: str) -> str:
-        return (self.tmp / f"{node}.log").read_text(errors="replace")
+from tests.support.daemons import NODES, Daemons, daemons_in
 
 
 @pytest.fixture
 def daemons(tmp_path: Path) -> Iterator[Daemons]:
-    # short path: Unix socket paths are limited to 107 bytes
-    base = Path(f"/tmp/vigil-sys-{os.getpid()}-{tmp_path.name}"[:60])
-    base.mkdir(parents=True, exist_ok=True)
-    d = Daemons(base)
-    try:
-        yield d
-    finally:
-        d.stop()
-        import shutil
-
-        shutil.rmtree(base, ignore_errors=True)
+    yield from daemons_in(tmp_path)
 
 
 def app_pid(d: Daemons, node: str) -> int | None:

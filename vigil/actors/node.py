@@ -48,6 +48,7 @@ from vigil.resources.model import Catalog
 from vigil.resources.registry import ResourceTypeRegistry, default_registry
 from vigil.status import ClusterStatus
 from vigil.transports import Codec, Sequencer
+from vigil.transports.keys import key_ring
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,9 @@ def running_runtimes() -> list[NodeRuntime]:
 
 
 class NodeRuntime:
-    """One node's actor system. ``start()`` builds it; ``stop()`` tears it down."""
+    """One node's actor system. ``start()`` builds it; ``stop()`` tears it down. ``key`` is
+    the key file's content (:func:`vigil.config.load_key`): one key, or two during a rotation
+    (:func:`vigil.transports.keys.key_ring`)."""
 
     def __init__(self, config: ClusterConfig, node: str, key: bytes,
                  link_factory: Callable[[str, str], LinkFactory],
@@ -160,7 +163,8 @@ class NodeRuntime:
             catalog.add(self.registry.get(rcfg.type).instantiate(rcfg, node, self.runtime_dir))
         catalog.add_configured_dependencies()
         guard_link = self._guard_link(catalog) if self.guard is not None else None
-        codec = Codec(cfg.name, self.key, cfg.node_names, node)
+        ring = key_ring(self.key)
+        codec = Codec(cfg.name, ring[0], cfg.node_names, node, also_accept=ring[1:])
         sequencer = Sequencer(node)
         factories: dict[str, Factory] = {}
         from vigil.actors.alerts import AlertsActor

@@ -431,7 +431,9 @@ def config_check(path: str) -> None:
 @cli.command()
 @click.argument("path", type=click.Path(dir_okay=False))
 def keygen(path: str) -> None:
-    """Write a new random cluster key to PATH (mode 0600); copy it to every node."""
+    """Write a new random cluster key to PATH (mode 0600); copy it to every node. It is the
+    only secret: each node derives its CurveZMQ key pair for the links from it (rotation:
+    docs/security.md)."""
     try:
         write_key(Path(path))
     except FileExistsError:

@@ -202,8 +202,9 @@ class Codec:
         self_name: str,
         *,
         window: int = DEFAULT_WINDOW,
+        also_accept: Sequence[bytes] = (),
     ) -> None:
-        if not key:
+        if not key or not all(also_accept):
             raise ValueError("the cluster key is empty; every node needs the same secret key")
         if not cluster:
             raise ValueError("the cluster name is empty")
@@ -211,6 +212,8 @@ class Codec:
         self.nodes = frozenset(nodes)
         self.self_name = self_name
         self._key = bytes(key)
+        #: during a key rotation, the other key: messages MACed with it are accepted too
+        self._other_keys = tuple(bytes(k) for k in also_accept if k != key)
         self._guard = ReplayGuard(window)
         self._counters: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -225,8 +228,8 @@ class Codec:
     def replay_guard(self) -> ReplayGuard:
         return self._guard
 
-    def _mac(self, topic: bytes, body: bytes) -> bytes:
-        mac = hmac.new(self._key, topic, hashlib.sha256)
+    def _mac(self, topic: bytes, body: bytes, key: bytes | None = None) -> bytes:
+        mac = hmac.new(self._key if key is None else key, topic, hashlib.sha256)
         mac.update(body)
         return mac.digest()
 
@@ -283,7 +286,9 @@ class Codec:
             raise Rejected("malformed", f"MAC frame has {len(mac)} bytes, not {MAC_BYTES}")
         if not topic.endswith(b"\x00") or len(topic) > _MAX_TOPIC_BYTES:
             raise Rejected("malformed", f"topic {topic[:_MAX_TOPIC_BYTES]!r} is not a destination")
-        if not hmac.compare_digest(mac, self._mac(topic, body)):
+        if not hmac.compare_digest(mac, self._mac(topic, body)) and not any(
+            hmac.compare_digest(mac, self._mac(topic, body, key)) for key in self._other_keys
+        ):
             raise Rejected("unauthenticated", "MAC does not match (wrong key or altered)")
         msg, cluster = self._parse(topic, body)
         if cluster != self.cluster:

@@ -1,47 +1,110 @@
-"""One link (one NIC) of one node over ZeroMQ PUB/SUB.
+"""One link (one NIC) of one node over ZeroMQ PUB/SUB, encrypted and authenticated with
+CurveZMQ.
 
-Each node binds one PUB socket per link and connects one SUB socket to the PUB sockets of
-all its peers on that link. Subscriptions are the node's own topic and the broadcast topic
-(see :func:`vigil.transports.codec.topic_for`), so the peers' ZeroMQ filters the traffic.
+Each node binds one PUB socket per link and connects one SUB socket per peer to that peer's
+PUB socket on the link. Subscriptions are the node's own topic and the broadcast topic (see
+:func:`vigil.transports.codec.topic_for`), so the peers' ZeroMQ filters the traffic.
+
+**Security** (docs/security.md, "The links between nodes"). Every connection runs the CurveZMQ
+handshake: the PUB socket is a CURVE server with its node's key pair, each SUB socket a CURVE
+client that must know the peer's public key; both are derived from the cluster key
+(:mod:`vigil.transports.keys`). The context's ZAP handler (:mod:`vigil.transports.zap`)
+admits only the configured peers' keys from their addresses on this link, and the PUB socket
+accepts TCP connections only from those addresses. Whoever lacks the key cannot finish a
+handshake, so cannot subscribe, read or send; each connection has its own session keys, so
+nothing recorded on the wire can be played into another connection (nor after a restart).
+
+**Recovery.** libzmq gives up for good on a connection that met a protocol error (an
+oversized frame, a greeting with another mechanism, a failed handshake): whatever answered at
+a peer's address while that peer was down could cut the link until a restart. So the reader
+thread watches each SUB socket's events and, after any disconnection or failed handshake,
+replaces that peer's socket with a new one, retrying with a backoff of at most ``retry_max``.
 
 PUB/SUB loses messages, and says nothing when it does: a subscriber misses whatever was
 published before its connection was up (the "slow joiner"), and a publisher drops at the
-high-water mark when a subscriber falls behind. This layer never retries. The protocol above
-must survive loss: heartbeats repeat by nature, and every request of the transition protocol
-is retransmitted until answered or timed out.
+high-water mark when a subscriber falls behind. This layer never retries a message. The
+protocol above must survive loss: heartbeats repeat by nature, and every request of the
+transition protocol is retransmitted until answered or timed out.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import itertools
 import logging
+import os
 import threading
+import time
 from collections.abc import Mapping, Sequence
-from typing import Final
+from dataclasses import dataclass
+from typing import Final, Literal
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from vigil.messages import BROADCAST
 from vigil.transports.base import FrameHandler, LinkError
 from vigil.transports.codec import MAX_MESSAGE_BYTES, topic_for
+from vigil.transports.keys import LinkKeys
+from vigil.transports.zap import Admission, Gatekeeper, bind_retrying
 
 log = logging.getLogger(__name__)
 
-#: How long the reader waits for input before looking at the stop flag: bounds close().
-POLL_TIMEOUT_MS: Final = 100
 #: How long close() waits for a handler that is still running before it gives up on it.
 CLOSE_TIMEOUT_S: Final = 2.0
 HIGH_WATER_MARK: Final = 10_000
+#: The first retry after a connection to a peer broke; each failure in a row doubles it, up to
+#: the link's ``retry_max``.
 RECONNECT_IVL_MS: Final = 100
-RECONNECT_IVL_MAX_MS: Final = 1_000
+#: The default ``retry_max``: the daemon passes a quarter of ``dead_time`` when that is less,
+#: so a peer that comes back is heard again well within ``dead_time``.
+RETRY_MAX_S: Final = 1.0
+#: A connection that has not finished its handshake this long after TCP connected is closed:
+#: it bounds how long a client that never authenticates holds a descriptor.
+HANDSHAKE_TIMEOUT_MS: Final = 2_000
+#: Connections that have not finished their handshake which a link's share of the daemon's
+#: descriptors leaves room for. Only a peer's address gets that far (the accept filter closes
+#: the others at once), and each is closed after HANDSHAKE_TIMEOUT_MS: a program on a peer's
+#: host must open more than this many connections within that time to exhaust it.
+UNAUTHENTICATED_ALLOWANCE: Final = 4_096
 #: ZMTP heartbeats on every connection. Without them a peer that lost power keeps its TCP
 #: connections "up" on our side until TCP gives up (minutes): our SUB never reconnects, so the
 #: rebooted peer never receives our subscriptions and never hears us. A connection whose peer
 #: does not answer a PING within the timeout is closed and reconnected.
 HEARTBEAT_IVL_MS: Final = 300
 HEARTBEAT_TIMEOUT_MS: Final = 1_200
-#: Frames read in one go before the stop flag is looked at again.
+#: The largest frame a SUB socket takes: a message frame of the codec's limit, encrypted (the
+#: CURVE MESSAGE command adds 33 bytes). A larger one closes the connection before any of it
+#: is buffered.
+SUB_MAX_FRAME_BYTES: Final = MAX_MESSAGE_BYTES + 64
+#: The largest frame a PUB socket takes. Subscribers send it only their subscriptions (a topic
+#: of at most 64 bytes) and the handshake's commands (a few hundred bytes).
+PUB_MAX_FRAME_BYTES: Final = 4_096
+#: How long binding a taken port is tried again before it is an error.
+BIND_RETRY_S: Final = 1.0
+#: Frames read from one peer in one go before the others and the stop flag get a turn.
 _BATCH: Final = 256
+#: The events of a SUB socket that mean its connection is gone or never became usable.
+_BROKEN: Final[dict[int, str]] = {
+    zmq.EVENT_DISCONNECTED: "disconnected",
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake failed",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "handshake failed (protocol error: not a Vigil node "
+                                         "of this cluster with this key, or not Vigil at all)",
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "refused by the peer (it does not admit our key or "
+                                     "address: check the key file and the link addresses)",
+}
+_WATCHED: Final = zmq.EVENT_HANDSHAKE_SUCCEEDED | sum(_BROKEN)
+_monitor_ids = itertools.count(1)
+
+PeerState = Literal["connected", "connecting", "waiting"]
+
+
+def descriptors_needed(peers: int) -> int:
+    """The descriptors one link may hold: its PUB socket and listener, a SUB socket, monitor
+    and connection per peer, each peer's connection to us, wakers, and the allowance for
+    connections still in their handshake."""
+    return 16 + 6 * peers + UNAUTHENTICATED_ALLOWANCE
 
 
 def tcp_endpoint(address: str, port: int) -> tuple[str, bool]:
@@ -51,13 +114,44 @@ def tcp_endpoint(address: str, port: int) -> tuple[str, bool]:
     return f"tcp://{host}:{port}", ipv6
 
 
+def connect_endpoint(source: str, peer: tuple[str, int]) -> tuple[str, bool]:
+    """The endpoint that connects to ``peer`` from ``source`` (any port): the peer's
+    listening socket accepts connections only from its peers' link addresses."""
+    target, ipv6 = tcp_endpoint(*peer)
+    origin, _ = tcp_endpoint(source, 0)
+    return f"{origin};{target.removeprefix('tcp://')}", ipv6
+
+
+@dataclass
+class _Peer:
+    """One peer on this link: its SUB socket and that socket's monitor, owned by the reader."""
+
+    node: str
+    address: str
+    endpoint: str
+    ipv6: bool
+    #: the peer's public keys to try, in order (two during a key rotation)
+    server_keys: tuple[bytes, ...]
+    key_index: int = 0
+    sub: zmq.Socket[bytes] | None = None
+    monitor: zmq.Socket[bytes] | None = None
+    #: whether the current socket finished a handshake
+    handshaken: bool = False
+    #: monotonic time at which a new socket is due (None: the current one is in use)
+    retry_at: float | None = None
+    backoff_s: float = RECONNECT_IVL_MS / 1000
+    #: failed handshakes since the last good one, for the log
+    failures: int = 0
+    replaced: int = 0
+
+
 class ZmqLink:
-    """A :class:`~vigil.transports.base.Link` over ZeroMQ.
+    """A :class:`~vigil.transports.base.Link` over ZeroMQ with CurveZMQ.
 
     The constructor binds the PUB socket (raising :class:`LinkError` if it cannot) and
-    connects the SUB socket; :meth:`start` starts the one reader thread that hands every
-    received frame set to ``on_frames(link_name, frames)``. :meth:`send` may be called from
-    any thread.
+    connects one SUB socket per peer; :meth:`start` starts the one reader thread that hands
+    every received frame set to ``on_frames(link_name, frames)`` and keeps the connections up.
+    :meth:`send` may be called from any thread.
     """
 
     def __init__(
@@ -68,10 +162,15 @@ class ZmqLink:
         self_name: str,
         on_frames: FrameHandler,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
+        *,
+        keys: LinkKeys,
+        retry_max_s: float = RETRY_MAX_S,
     ) -> None:
         self._name = name
         self.self_name = self_name
         self._on_frames = on_frames
+        self._keys = keys
+        self._retry_max_s = max(retry_max_s, RECONNECT_IVL_MS / 1000)
         self._own_context = context is None
         self._context: zmq.Context[zmq.Socket[bytes]] = (
             zmq.Context() if context is None else context
@@ -83,14 +182,29 @@ class ZmqLink:
         self._closed = False
         self._reader_done = False
         self._reader_terms_context = False
+        others = {n: p for n, p in peers.items() if n != self_name}
+        missing = sorted(set(others) - set(keys.peers))
+        if missing:
+            raise ValueError(f"link {name!r}: no public key for peers {missing}")
+        addresses = [address for address, _port in others.values()]
+        self._zap_domain = f"{name}/{self_name}"
+        self._peers: list[_Peer] = []
+        # the handler first: a CURVE socket must never listen while no one checks its clients
+        self._gate = Gatekeeper.acquire(self._context)
         self._pub: zmq.Socket[bytes] = self._context.socket(zmq.PUB)
-        self._sub: zmq.Socket[bytes] = self._context.socket(zmq.SUB)
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         try:
-            self.endpoint = self._bind(bind)
-            self._connect(peers)
+            self._gate.admit(self._zap_domain, Admission.of(keys.admitted(others), addresses))
+            self.endpoint = self._bind(bind, addresses)
+            for peer, address in others.items():
+                self._peers.append(self._peer(peer, bind[0], address))
         except BaseException:
             self._pub.close(linger=0)
-            self._sub.close(linger=0)
+            for peer_link in self._peers:
+                self._close_sockets(peer_link)
+            self._release()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
             if self._own_context:
                 self._context.term()
             raise
@@ -99,16 +213,40 @@ class ZmqLink:
     def name(self) -> str:
         return self._name
 
-    def _bind(self, bind: tuple[str, int]) -> str:
+    def peer_states(self) -> dict[str, PeerState]:
+        """Each peer's connection as the reader last saw it (a snapshot, for status and
+        tests): ``connected`` (handshake done), ``connecting``, or ``waiting`` to retry."""
+        return {
+            p.node: "connected" if p.handshaken and p.retry_at is None
+            else "waiting" if p.retry_at is not None else "connecting"
+            for p in self._peers
+        }
+
+    def replaced(self) -> dict[str, int]:
+        """How many times each peer's socket was replaced after a broken connection."""
+        return {p.node: p.replaced for p in self._peers}
+
+    def _bind(self, bind: tuple[str, int], peer_addresses: list[str]) -> str:
         address, port = bind
         endpoint, ipv6 = tcp_endpoint(address, port)
-        self._pub.setsockopt(zmq.LINGER, 0)
-        _heartbeats(self._pub)
-        self._pub.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
+        pub = self._pub
+        pub.setsockopt(zmq.LINGER, 0)
+        _heartbeats(pub)
+        pub.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
+        pub.setsockopt(zmq.MAXMSGSIZE, PUB_MAX_FRAME_BYTES)
+        pub.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_TIMEOUT_MS)
+        pub.setsockopt(zmq.CURVE_SERVER, 1)
+        pub.setsockopt(zmq.CURVE_SECRETKEY, self._keys.own.secret)
+        pub.setsockopt(zmq.ZAP_DOMAIN, self._zap_domain.encode())
+        pub.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
         if ipv6:
-            self._pub.setsockopt(zmq.IPV6, 1)
+            pub.setsockopt(zmq.IPV6, 1)
+        # TCP connections from elsewhere are closed as soon as they are accepted: they never
+        # hold a descriptor or reach the handshake
+        for peer_address in sorted(set(peer_addresses)):
+            pub.setsockopt(zmq.TCP_ACCEPT_FILTER, peer_address.strip("[]").encode())
         try:
-            self._pub.bind(endpoint)
+            bind_retrying(pub, endpoint, BIND_RETRY_S)
         except zmq.ZMQError as err:
             if err.errno == errno.EADDRINUSE:
                 hint = (
@@ -126,34 +264,54 @@ class ZmqLink:
                 f"link {self._name!r} of node {self.self_name!r} cannot bind "
                 f"{address} port {port} ({endpoint}): {err.strerror}; {hint}"
             ) from err
-        last = self._pub.getsockopt(zmq.LAST_ENDPOINT)
+        last = pub.getsockopt(zmq.LAST_ENDPOINT)
         return last.decode() if isinstance(last, bytes) else endpoint
 
-    def _connect(self, peers: Mapping[str, tuple[str, int]]) -> None:
-        sub = self._sub
-        sub.setsockopt(zmq.LINGER, 0)
-        _heartbeats(sub)
-        sub.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
-        sub.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
-        sub.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
-        # A peer that sends a giant frame is cut off by ZeroMQ before it is buffered.
-        sub.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
-        sub.setsockopt(zmq.SUBSCRIBE, topic_for(BROADCAST))
-        sub.setsockopt(zmq.SUBSCRIBE, topic_for(self.self_name))
-        for peer, (address, port) in peers.items():
-            if peer == self.self_name:
-                continue  # our own broadcasts would only come back to be dropped
-            endpoint, ipv6 = tcp_endpoint(address, port)
-            if ipv6:
+    def _peer(self, peer: str, source: str, address: tuple[str, int]) -> _Peer:
+        endpoint, ipv6 = connect_endpoint(source, address)
+        state = _Peer(peer, f"{address[0]} port {address[1]}", endpoint, ipv6,
+                      self._keys.peers[peer])
+        try:
+            self._open(state)
+        except zmq.ZMQError as err:
+            raise LinkError(
+                f"link {self._name!r} of node {self.self_name!r} cannot connect to peer "
+                f"{peer!r} at {address[0]} port {address[1]} ({endpoint}): {err.strerror}; "
+                f"check that peer's address for this link in the cluster file"
+            ) from err
+        return state
+
+    def _open(self, peer: _Peer) -> None:
+        """A new SUB socket (and its monitor) for ``peer``, connecting."""
+        sub = self._context.socket(zmq.SUB)
+        monitor: zmq.Socket[bytes] | None = None
+        try:
+            sub.setsockopt(zmq.LINGER, 0)
+            _heartbeats(sub)
+            sub.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
+            sub.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+            sub.setsockopt(zmq.RECONNECT_IVL_MAX, int(self._retry_max_s * 1000))
+            # a SYN that no one answers (the peer is powered off) is given up on and sent
+            # again, so the peer is found soon after it is back
+            sub.setsockopt(zmq.CONNECT_TIMEOUT, max(250, int(self._retry_max_s * 1000)))
+            sub.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_TIMEOUT_MS)
+            sub.setsockopt(zmq.MAXMSGSIZE, SUB_MAX_FRAME_BYTES)
+            sub.setsockopt(zmq.CURVE_SERVERKEY, peer.server_keys[peer.key_index])
+            sub.setsockopt(zmq.CURVE_PUBLICKEY, self._keys.own.public)
+            sub.setsockopt(zmq.CURVE_SECRETKEY, self._keys.own.secret)
+            sub.setsockopt(zmq.SUBSCRIBE, topic_for(BROADCAST))
+            sub.setsockopt(zmq.SUBSCRIBE, topic_for(self.self_name))
+            if peer.ipv6:
                 sub.setsockopt(zmq.IPV6, 1)
-            try:
-                sub.connect(endpoint)
-            except zmq.ZMQError as err:
-                raise LinkError(
-                    f"link {self._name!r} of node {self.self_name!r} cannot connect to peer "
-                    f"{peer!r} at {address} port {port} ({endpoint}): {err.strerror}; check "
-                    f"that peer's address for this link in the cluster file"
-                ) from err
+            monitor = sub.get_monitor_socket(
+                _WATCHED, f"inproc://vigil-link-monitor-{os.getpid()}-{next(_monitor_ids)}")
+            sub.connect(peer.endpoint)
+        except BaseException:
+            if monitor is not None:
+                monitor.close(linger=0)
+            sub.close(linger=0)
+            raise
+        peer.sub, peer.monitor, peer.handshaken, peer.retry_at = sub, monitor, False, None
 
     def start(self) -> None:
         with self._state_lock:
@@ -186,11 +344,16 @@ class ZmqLink:
             self._closed = True
             thread = self._thread
         self._stopping.set()
+        with contextlib.suppress(BrokenPipeError):  # the reader saw the flag and is gone
+            os.write(self._wake_w, b"x")
+        os.close(self._wake_w)
         with self._send_lock:
             self._pub.close(linger=0)
         reader_done = False
         if thread is None:
-            self._sub.close(linger=0)
+            for peer in self._peers:
+                self._close_sockets(peer)
+            os.close(self._wake_r)
             reader_done = True
         elif thread is not threading.current_thread():
             # (Closed from our own handler, the reader cleans up when the handler returns.)
@@ -202,6 +365,7 @@ class ZmqLink:
                     self._name,
                     CLOSE_TIMEOUT_S,
                 )
+        self._release()
         with self._state_lock:
             reader_done = reader_done or self._reader_done
             if not reader_done:
@@ -209,29 +373,129 @@ class ZmqLink:
         if reader_done and self._own_context:
             self._context.term()
 
+    def _release(self) -> None:
+        self._gate.forget(self._zap_domain)
+        self._gate.release()
+
     def _read(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._wake_r, zmq.POLLIN)
+        for peer in self._peers:
+            self._watch(poller, peer)
         try:
             while not self._stopping.is_set():
-                try:
-                    if not self._sub.poll(POLL_TIMEOUT_MS, zmq.POLLIN):
-                        continue
-                    for _ in range(_BATCH):
-                        frames = self._sub.recv_multipart(zmq.NOBLOCK)
-                        self._deliver(frames)
-                        if self._stopping.is_set():
-                            break
-                except zmq.Again:
-                    continue
-                except zmq.ZMQError as err:
-                    log.error("link %s: reader stopped by socket error: %s", self._name, err)
-                    return
+                ready = dict(poller.poll(self._poll_timeout_ms()))
+                if self._stopping.is_set():
+                    break
+                for peer in self._peers:
+                    if peer.sub is not None and peer.sub in ready:
+                        self._drain(peer)
+                    if peer.monitor is not None and peer.monitor in ready:
+                        self._events(poller, peer)
+                self._reopen_due(poller)
+        except zmq.ZMQError as err:
+            log.error("link %s: reader stopped by socket error: %s", self._name, err)
         finally:
-            self._sub.close(linger=0)
+            for peer in self._peers:
+                self._close_sockets(peer)
+            os.close(self._wake_r)
             with self._state_lock:
                 self._reader_done = True
                 term = self._reader_terms_context
             if term:
                 self._context.term()
+
+    def _watch(self, poller: zmq.Poller, peer: _Peer) -> None:
+        assert peer.sub is not None and peer.monitor is not None
+        poller.register(peer.sub, zmq.POLLIN)
+        poller.register(peer.monitor, zmq.POLLIN)
+
+    def _poll_timeout_ms(self) -> int | None:
+        due = [p.retry_at for p in self._peers if p.retry_at is not None]
+        if not due:
+            return None  # until a frame, an event or close()
+        return max(0, int((min(due) - time.monotonic()) * 1000) + 1)
+
+    def _drain(self, peer: _Peer) -> None:
+        assert peer.sub is not None
+        for _ in range(_BATCH):
+            try:
+                frames = peer.sub.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._deliver(frames)
+            if self._stopping.is_set():
+                return
+
+    def _events(self, poller: zmq.Poller, peer: _Peer) -> None:
+        while peer.monitor is not None:
+            try:
+                event = parse_monitor_message(peer.monitor.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+            kind = event["event"]
+            if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                if peer.failures:
+                    log.info("link %s: connected to %s again (after %d failed handshakes)",
+                             self._name, peer.node, peer.failures)
+                peer.handshaken, peer.failures = True, 0
+                peer.backoff_s = RECONNECT_IVL_MS / 1000
+            elif kind in _BROKEN:
+                self._broken(poller, peer, _BROKEN[kind])
+
+    def _broken(self, poller: zmq.Poller, peer: _Peer, what: str) -> None:
+        """The connection to ``peer`` is gone: close its socket (libzmq may never reconnect it
+        by itself) and open a new one after the backoff."""
+        if peer.sub is not None:
+            self._drain(peer)  # what the connection delivered before it broke
+            poller.unregister(peer.sub)
+        if peer.monitor is not None:
+            poller.unregister(peer.monitor)
+        if not peer.handshaken and len(peer.server_keys) > 1:
+            # a key rotation is under way: the peer may use the other key
+            peer.key_index = (peer.key_index + 1) % len(peer.server_keys)
+        # a failed handshake is news once (then the retries are quiet until it works again);
+        # a plain disconnection is the peer restarting or lost, which the coordinator reports
+        failed = what != _BROKEN[zmq.EVENT_DISCONNECTED]
+        peer.failures += failed
+        log.log(logging.WARNING if failed and peer.failures == 1 else logging.DEBUG,
+                "link %s: connection to %s at %s %s; connecting again in %.0f ms",
+                self._name, peer.node, peer.address, what, peer.backoff_s * 1000)
+        self._close_sockets(peer)
+        peer.retry_at = time.monotonic() + peer.backoff_s
+        peer.backoff_s = min(peer.backoff_s * 2, self._retry_max_s)
+        peer.handshaken = False
+
+    def _reopen_due(self, poller: zmq.Poller) -> None:
+        now = time.monotonic()
+        for peer in self._peers:
+            if peer.retry_at is None or peer.retry_at > now:
+                continue
+            try:
+                self._open(peer)
+            except zmq.ZMQError as err:
+                log.error("link %s: cannot open a socket to %s (%s); trying again in %.0f ms",
+                          self._name, peer.node, err, peer.backoff_s * 1000)
+                peer.retry_at = now + peer.backoff_s
+                continue
+            peer.replaced += 1
+            self._watch(poller, peer)
+
+    def _close_sockets(self, peer: _Peer) -> None:
+        # libzmq's I/O thread sends monitor events with a blocking send: one sent to a monitor
+        # socket whose reader is gone (events of the teardown) would stall every socket of the
+        # context for good. So: make room for what is queued, stop the monitor, then close.
+        if peer.monitor is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                while peer.monitor.poll(0):
+                    peer.monitor.recv_multipart(zmq.NOBLOCK)
+        if peer.sub is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                peer.sub.disable_monitor()
+            peer.sub.close(linger=0)
+        if peer.monitor is not None:
+            peer.monitor.close(linger=0)
+        peer.sub = peer.monitor = None
 
     def _deliver(self, frames: list[bytes]) -> None:
         try:
