@@ -297,12 +297,16 @@ class ClusterMachine(RuleBasedStateMachine):
         self.cluster.fail_next_start(data.draw(st.sampled_from(self.names)),
                                      data.draw(st.sampled_from(self.groups)))
 
-    @precondition(lambda self: hasattr(self, "cluster") and self.cluster.config.fence_devices)
+    @precondition(lambda self: hasattr(self, "cluster") and self.cluster.config.fence_devices
+                  and self._powered_or_guarded())
     @rule(data=st.data())
     def stop_fails(self, data: st.DataObject) -> None:
         """A stop hangs and fails where the group runs (and an operator moves the group, so
         that it stops): it stays in service there, unclean, until a fence device switches
-        that node off (only with devices: otherwise an operator must step in)."""
+        that node off (only with devices: otherwise an operator must step in). Not with the
+        silence fencer: a stop that fails on a node that has just lost its lease (so it can
+        tell no one) defeats it by design, as a stall longer than dead_time does; the
+        simulation found exactly that (9 nodes, silence with devices for failed stops)."""
         group = data.draw(st.sampled_from(self.groups))
         where = self.cluster.placement()[group]
         if where:

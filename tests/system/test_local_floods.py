@@ -107,6 +107,13 @@ def result(proc: subprocess.Popen[str], timeout: float = 120) -> dict[str, Any]:
     return answer
 
 
+def all_members(d: Daemons) -> bool:
+    statuses = [d.status(n) for n in NODES]
+    return (all(st is not None and st["closed"] and sorted(st["members"]) == sorted(NODES)
+                for st in statuses)
+            and len({st["epoch"] for st in statuses if st is not None}) == 1)
+
+
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     tmp = tmp_path_factory.mktemp("floods")
@@ -127,6 +134,9 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
                 d.start(n)
             try:
                 wait_for(lambda: d.group_on("gamma") == "alpha", 60, "web running on alpha")
+                # every node a member of the same closed epoch: a node that joins later
+                # would make the transition a test must not see during its flood
+                wait_for(lambda: all_members(d), 60, "every node in the same closed epoch")
             except AssertionError:
                 print({n: d.log(n)[-3000:] for n in NODES})
                 raise
