@@ -96,6 +96,17 @@ class Daemons:
         node: str | None = st["groups"][group]["node"]
         return node
 
+    def wait_group_on(self, node: str, via: str, timeout: float = 30.0,
+                      group: str = "web") -> None:
+        """Wait until ``via`` reports ``group`` running on ``node``; on timeout the error
+        carries the tail of every daemon's log (a start that went wrong says why there)."""
+        try:
+            wait_for(lambda: self.group_on(via, group) == node, timeout, f"{group} on {node}")
+        except AssertionError as exc:
+            tails = "\n".join(f"--- {n} log (tail) ---\n{self.log(n)[-3000:]}"
+                              for n in self.nodes)
+            raise AssertionError(f"{exc}\n{tails}") from None
+
     def stop_node(self, node: str) -> int:
         """SIGTERM one daemon and wait for it (it stops its groups and says goodbye)."""
         proc = self.procs[node]

@@ -60,7 +60,7 @@ def test_holder_sigkilled_group_runs_on_a_survivor(daemons: Daemons) -> None:
 def test_operator_moves_a_group_and_uses_standby(daemons: Daemons) -> None:
     for n in NODES:
         daemons.start(n)
-    wait_for(lambda: daemons.group_on("beta") == "alpha", 30, "web on alpha")
+    daemons.wait_group_on("alpha", via="beta")
     cfg = str(daemons.config)
 
     out = daemons.vigil("group", "move", "web", "gamma", "-c", cfg, "--via", "beta")
@@ -87,7 +87,7 @@ def test_operator_moves_a_group_and_uses_standby(daemons: Daemons) -> None:
 def test_sigterm_leaves_cleanly_and_the_group_moves(daemons: Daemons) -> None:
     for n in NODES:
         daemons.start(n)
-    wait_for(lambda: daemons.group_on("beta") == "alpha", 30, "web on alpha")
+    daemons.wait_group_on("alpha", via="beta")
     proc = daemons.procs["alpha"]
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(15) == 0
