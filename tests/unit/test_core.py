@@ -42,7 +42,7 @@ from vigil.cluster.steps import GroupSteps
 from vigil.cluster.strategy import CostStrategy, LocalCostContext
 from vigil.cluster.view import build_status
 from vigil.cluster.wire import NO_ACCEPTED, NO_EPOCH, Accepted, RequestRef
-from vigil.config import ClusterConfig
+from vigil.config import ClusterConfig, Timing
 from vigil.messages import Message
 
 #: Simulated seconds for a fresh cluster to form and start everything (it declares after
@@ -235,6 +235,33 @@ def test_a_node_that_left_cleanly_is_not_in_the_next_epoch_and_its_groups_stay_m
 
 
 # ---- partitions and quorum -----------------------------------------------------------------
+
+
+def test_two_survivors_of_three_keep_their_leases_over_a_network_slow_by_65_ms() -> None:
+    """One node of three gone, each survivor's lease rests on the other alone. At the default
+    timings (heartbeat 200 ms, lease 500 ms), renewals that ride on the peer's next heartbeat
+    are for a heartbeat up to 200 ms + 2 x 65 ms old and come 200 ms apart: the lease runs
+    out before each one. The survivors ask for echoes at once, and keep their groups."""
+    cfg = sim_config(3, 2, group_chain=False, timing=Timing())
+    c = formed(cfg)
+    # three alive: a heartbeat's echoes are enough (only the first heartbeats, sent before
+    # the others were heard, asked)
+    assert c.messages("echo", since=1.0) == []
+    before = c.where()
+    assert before == {"g0": "alpha", "g1": "beta"}
+    c.crash("gamma")
+    c.net.delay = (0.065, 0.065)
+    c.run_for(2.0)  # gamma counted out: both survivors in a new epoch
+    assert c.core("alpha").promised == c.core("beta").promised != (1, "alpha")
+    t0, lapses = c.now, []
+    for _ in range(1000):  # 10 s
+        c.run_for(0.01)
+        lapses += [(round(c.now, 2), x) for x in ("alpha", "beta")
+                   if not c.core(x).membership.lease_valid()]
+    assert lapses == []
+    assert c.ops_since(t0, what="stop") == [] and c.where() == before
+    echoes = c.messages("echo", since=t0)
+    assert {(m.sender, m.dest) for m in echoes} == {("alpha", "beta"), ("beta", "alpha")}
 
 
 @pytest.mark.parametrize(

@@ -60,6 +60,7 @@ from vigil.cluster.wire import (
     CostReply,
     CostRequest,
     Declare,
+    Echo,
     Envelope,
     Heartbeat,
     RemoteProtocolError,
@@ -324,6 +325,9 @@ class NodeCore:
         if isinstance(body, Heartbeat):
             if sender != self.name:
                 self._on_heartbeat(sender, body)
+        elif isinstance(body, Echo):
+            if sender != self.name:
+                self.membership.on_echo(sender, body, self.promise.promised, self.incarnation)
         elif isinstance(body, Bye):
             if sender != self.name and self.membership.on_bye(sender, body):
                 self.journal.note("membership", f"{sender} left the cluster cleanly (nothing "
@@ -356,6 +360,10 @@ class NodeCore:
         if heard is not Heard.UPDATED:
             self.master.forget_failures(sender)
         self.promise.saw(hb.promised)
+        if hb.ask and hb.promised == self.promise.promised:
+            # not through _send: an echo is membership's, not a transition's, message
+            self._out.messages.append(to_message(
+                Echo(hb.n, hb.incarnation, self.promise.promised), self.name, sender))
 
     def _clear_failures(self, group: str, how: str) -> None:
         if self.groups.clear_failures(group):

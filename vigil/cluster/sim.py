@@ -408,7 +408,7 @@ class SimCluster:
         if node.paused_until > self.now:
             node.held.append(event)
             return
-        if isinstance(event, Received) and event.msg.type == "hb":
+        if isinstance(event, Received) and event.msg.type in ("hb", "echo"):
             self._note_echo(node, event.msg)
         out = node.core.handle(event, self.now)
         if node.guard is not None:
@@ -419,7 +419,13 @@ class SimCluster:
             self._check_lease(node)
 
     def _note_echo(self, node: SimNode, msg: Message) -> None:
-        for item in msg.fields.get("echo", "").split(","):
+        if msg.type == "echo":  # a heartbeat answered at once: of this life only
+            assert node.core is not None
+            items = [f"{node.name}:{msg.fields.get('n', '')}"] if msg.fields.get(
+                "inc") == str(node.core.incarnation) else []
+        else:
+            items = msg.fields.get("echo", "").split(",")
+        for item in items:
             peer, _, number = item.partition(":")
             if peer == node.name and number.isdigit() and int(number) in node.hb_sent:
                 bound = node.hb_sent[int(number)] + self.config.timing.lease_time

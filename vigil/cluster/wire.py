@@ -236,15 +236,21 @@ class Heartbeat:
     failures: int  # how many failures this node has reported (a master looks again)
     digest: str
     requests: tuple[RequestRef, ...] = ()
+    #: The sender's lease rests on every live peer: each answers with an :class:`Echo` at once
+    #: rather than in its next heartbeat (see ``Membership.lease_thin``).
+    ask: bool = False
 
     def fields(self) -> dict[str, str]:
-        return {
+        out = {
             "n": str(self.n), "inc": str(self.incarnation), "epoch": fmt_epoch(self.promised),
             "acc": fmt_epoch(self.accepted), "closed": "1" if self.closed else "0",
             "echo": ",".join(f"{k}:{v}" for k, v in sorted(self.echo.items())),
             "groups": _enc_pairs(sorted(self.groups.items())), "want": str(self.failures),
             "digest": self.digest, "reqs": ";".join(r.encode() for r in self.requests),
         }
+        if self.ask:
+            out["ask"] = "1"
+        return out
 
     @classmethod
     def parse(cls, f: Mapping[str, str]) -> Heartbeat:
@@ -258,7 +264,29 @@ class Heartbeat:
             promised=parse_epoch(f["epoch"]), accepted=parse_epoch(f["acc"]),
             closed=f.get("closed", "0") == "1", echo=echo, groups=_pairs(f["groups"]),
             failures=_int(f["want"], "failure count"), digest=f.get("digest", ""),
-            requests=tuple(RequestRef.decode(r) for r in f["reqs"].split(";") if r))
+            requests=tuple(RequestRef.decode(r) for r in f["reqs"].split(";") if r),
+            ask=f.get("ask", "0") == "1")
+
+
+@dataclass(frozen=True, slots=True)
+class Echo:
+    """The answer to a heartbeat that asked for one: its sender heard heartbeat ``n`` of the
+    destination's life ``incarnation`` while it had promised ``promised``. It supports the
+    destination's lease exactly as an echo inside a heartbeat does, only sooner."""
+
+    TYPE: ClassVar[str] = "echo"
+    n: int
+    incarnation: int
+    promised: Epoch
+
+    def fields(self) -> dict[str, str]:
+        return {"n": str(self.n), "inc": str(self.incarnation),
+                "epoch": fmt_epoch(self.promised)}
+
+    @classmethod
+    def parse(cls, f: Mapping[str, str]) -> Echo:
+        return cls(_int(f["n"], "heartbeat number"), _int(f["inc"], "incarnation"),
+                   parse_epoch(f["epoch"]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -466,13 +494,13 @@ class Started(_EpochOnly):
     TYPE: ClassVar[str] = "started"
 
 
-Body = (Heartbeat | Bye | Cleanup | Declare | ReportRequest | CostRequest | StopRequest | Accept
-        | Start | Ack | Report | CostReply | Stopped | AcceptedReply | Started)
+Body = (Heartbeat | Echo | Bye | Cleanup | Declare | ReportRequest | CostRequest | StopRequest
+        | Accept | Start | Ack | Report | CostReply | Stopped | AcceptedReply | Started)
 #: Replies a master collects, by the phase they answer.
 Reply = Ack | Report | CostReply | Stopped | AcceptedReply | Started
 
 _PARSERS: Final = {cls.TYPE: cls.parse for cls in (
-    Heartbeat, Bye, Cleanup, Declare, ReportRequest, CostRequest, StopRequest, Accept, Start,
+    Heartbeat, Echo, Bye, Cleanup, Declare, ReportRequest, CostRequest, StopRequest, Accept, Start,
     Ack, Report, CostReply, Stopped, AcceptedReply, Started)}
 
 
