@@ -13,6 +13,7 @@ The device is ``fence_vigil_ns`` behind a small wrapper that fails (as fence-age
 
 from __future__ import annotations
 
+import json
 import sys
 import textwrap
 import time
@@ -225,13 +226,19 @@ def test_two_nodes_cut_apart_on_every_link_the_holder_powers_the_other_off_first
         off = c.wait_for(lambda: [n for n, h in c.hosts.items() if not h.pids()], 60,
                          "one of the two powered off", check_daemons=False)
         assert off == ["n2"], f"{off} powered off, not n2 (n1 ran web: it shoots first)"
+        # n2 is gone before the agent reports: it kills, then looks into n2 (an `ip` in n2's
+        # namespace) until it sees no life, so the harness must not power n2 off (killing
+        # whatever is in n2's namespace, that `ip` too) before the agent is done
+        history = c.wait_for(lambda: status(c, "n1")["fencing"]["history"], 20,
+                             "n1's fencing of n2 in its history", check_daemons=False)
+        if [(e["requester"], e["target"], e["result"]) for e in history] != [
+                ("n1", "n2", "off")]:
+            told = [line for line in c.log_path("n1").read_text(errors="replace").splitlines()
+                    if "fenc" in line.lower()]
+            raise AssertionError(f"n1's fencing history: {json.dumps(history)}\nn1's log on "
+                                 "fencing:\n" + "\n".join(told[-40:]))
         c.power_off("n2")  # the harness learns what the fence did
         assert c.holders("web") == ["n1"]
-        # n2 is gone before the agent reports (it kills, then waits for the deaths)
-        history = c.wait_for(lambda: status(c, "n1")["fencing"]["history"], 20,
-                             "n1's fencing of n2 in its history")
-        assert [(e["requester"], e["target"], e["result"]) for e in history] == [
-            ("n1", "n2", "off")]
         time.sleep(2.0)  # n1 runs on alone
         assert c.holders("web") == ["n1"] and c.hosts["n1"].daemon_running
     finally:
