@@ -12,12 +12,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from types import FrameType
 
 import zmq
 
-from vigil.actors.link import LinkFactory
 from vigil.actors.node import NodeRuntime
 from vigil.cluster.placement import stop_bound
 from vigil.config import ClusterConfig, ConfigError, UnknownNode, load, load_key, resolve_node
@@ -26,10 +24,7 @@ from vigil.local.access import Access, prepare_runtime_dir
 from vigil.local.rundir import AlreadyRunning, NodeLock, UnsafePath
 from vigil.resources import proc
 from vigil.resources.registry import default_registry
-from vigil.transports import ZmqLink
-from vigil.transports.base import FrameHandler
-from vigil.transports.keys import LinkKeys, key_ring
-from vigil.transports.zmq_link import RETRY_MAX_S, descriptors_needed
+from vigil.transports.zmq_link import descriptors_needed, zmq_links
 
 log = logging.getLogger("vigil.daemon")
 
@@ -37,30 +32,6 @@ log = logging.getLogger("vigil.daemon")
 #: The error of an unknown node, by its former name here (it lives with the configuration now,
 #: where the CLI, /ha and the API find it without loading the daemon).
 StartupError = UnknownNode
-
-
-def zmq_links(
-    cfg: ClusterConfig, context: zmq.Context[zmq.Socket[bytes]], key: bytes
-) -> Callable[[str, str], LinkFactory]:
-    """The links of a node over ZeroMQ, with CurveZMQ keys derived from ``key`` (the key
-    file's content). A broken connection is retried at least every quarter of ``dead_time``,
-    so a peer that comes back is heard again well within it."""
-    ring = key_ring(key)
-    retry_max = min(RETRY_MAX_S, cfg.timing.dead_time / 4)
-
-    def for_node(node: str, link_name: str) -> LinkFactory:
-        me = next(link for link in cfg.nodes[node].links if link.name == link_name)
-        peers = {n: (link.address, link.port) for n, nc in cfg.nodes.items() if n != node
-                 for link in nc.links if link.name == link_name}
-        keys = LinkKeys.derive(ring, cfg.name, cfg.node_names, node)
-
-        def make(name: str, on_frames: FrameHandler) -> ZmqLink:
-            return ZmqLink(name, (me.address, me.port), peers, node, on_frames, context,
-                           keys=keys, retry_max_s=retry_max)
-
-        return make
-
-    return for_node
 
 
 #: Descriptors the daemon needs besides its links (interpreter, logs, the local sockets and

@@ -46,6 +46,59 @@ def test_a_killed_daemons_resources_die_before_another_node_starts_them(seed: in
     assert c.first(t0, taker, "g1", "start") > gone
 
 
+def said(c: Recorder, node: str, since: float) -> list[str]:
+    return [text for when, text in c.core(node).decisions if when >= since]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_killed_daemons_guardian_tells_the_peers_who_take_over_before_dead_time(
+        seed: int) -> None:
+    """Once its kill is done, the guardian says goodbye in the dead daemon's name: the peers
+    count the node out and start its groups without waiting to hear nothing for dead_time,
+    let alone for its lease."""
+    cfg = sim_config(3, 3, group_chain=False)
+    c = formed(cfg, fencer="guardian", rng=random.Random(seed))
+    beta = holder_of(c, "g1")
+    t0 = c.now
+    c.kill_daemon(beta)
+    c.run_for(3.0)
+    gone = killed_at(c, beta)
+    taker = holder_of(c, "g1")
+    started = c.first(t0, taker, "g1", "start")
+    assert gone < started < t0 + cfg.timing.dead_time
+    assert any(f"{beta} left the cluster: its daemon died and its guardian removed everything"
+               in text for text in said(c, taker, t0))
+    assert not any("fencing" in text for text in said(c, taker, t0))
+
+
+def test_when_the_guardians_word_is_lost_the_peers_wait_out_the_lease_as_before() -> None:
+    cfg = sim_config(3, 3, group_chain=False)
+    c = formed(cfg, fencer="guardian")
+    beta = holder_of(c, "g1")
+    t0 = c.now
+    c.kill_daemon(beta)
+    for other in ("alpha", "gamma"):
+        c.block(beta, other)  # its links are down: only the word is lost, it sent nothing else
+    c.run_for(3.0)
+    taker = holder_of(c, "g1")
+    assert c.first(t0, taker, "g1", "start") > t0 + cfg.timing.dead_time
+    assert not any("its guardian removed everything" in text for text in said(c, taker, t0))
+
+
+def test_a_daemon_back_before_the_word_arrives_keeps_its_place_in_the_cluster() -> None:
+    """The goodbye names the dead incarnation: the restarted daemon (a new one) is not
+    counted out by a late copy, and exclusivity holds throughout (the simulator checks)."""
+    cfg = sim_config(3, 3, group_chain=False)
+    c = formed(cfg, fencer="guardian", rng=random.Random(7))
+    beta = holder_of(c, "g1")
+    c.kill_daemon(beta)
+    c.run_for(0.05)
+    c.power_on(beta)
+    c.run_for(3.0)
+    assert c.settled()
+    assert beta in c.core("alpha").alive() and beta in c.core("gamma").alive()
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_a_frozen_daemons_resources_die_when_its_lease_runs_out(seed: int) -> None:
     cfg = sim_config(3, 3, group_chain=False)

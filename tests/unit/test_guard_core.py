@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from vigil.guard.core import (
     MAX_LEASE_AHEAD,
+    Announce,
     CloseWatchdog,
     Fence,
     GuardCore,
@@ -127,6 +128,69 @@ def test_a_daemon_that_dies_holding_something_is_fenced_at_once() -> None:
     assert fence.cause == "daemon gone"
     assert fence.why(str) == "the daemon (pid 99) is gone without saying bye, holding 3 " \
         "resource(s)"
+
+
+def announced(out: Output) -> list[int]:
+    return [a.incarnation for a in out.actions if isinstance(a, Announce)]
+
+
+def test_a_dead_daemon_is_announced_once_its_fence_removed_everything() -> None:
+    core = connected()
+    core.report(20.0, HELD, 10.0, incarnation=77)
+    out = core.daemon_gone(10.01)
+    (fence,) = fences(out)
+    assert announced(out) == []  # not before the fence is done
+    assert announced(core.fence_done(fence, NOTHING, 10.02)) == [77]
+    assert announced(core.tick(10.5)) == [] and announced(core.daemon_gone(10.6)) == []
+
+
+def test_a_daemon_that_dies_holding_nothing_is_announced_at_once() -> None:
+    core = connected()
+    core.report(20.0, NOTHING, 10.0, incarnation=77)
+    out = core.daemon_gone(10.01)
+    assert fences(out) == [] and announced(out) == [77]
+
+
+def test_what_a_fence_left_delays_the_announcement_until_a_retry_removes_it() -> None:
+    core = connected(retry_interval=1.0)
+    core.report(20.0, HELD, 10.0, incarnation=77)
+    (fence,) = fences(core.daemon_gone(10.01))
+    assert announced(core.fence_done(fence, Holdings((FS,)), 10.02)) == []
+    (again,) = fences(core.tick(11.02))
+    assert announced(core.fence_done(again, NOTHING, 11.03)) == [77]
+
+
+def test_no_announcement_after_bye_without_an_incarnation_or_once_a_daemon_is_back() -> None:
+    core = connected()
+    core.report(20.0, NOTHING, 10.0, incarnation=77)
+    core.bye(10.1)
+    assert announced(core.daemon_gone(10.2)) == []
+    unnamed = connected()
+    unnamed.report(20.0, NOTHING, 10.0)
+    assert announced(unnamed.daemon_gone(10.1)) == []
+    back = connected(retry_interval=1.0)
+    back.report(20.0, HELD, 10.0, incarnation=77)
+    (fence,) = fences(back.daemon_gone(10.01))
+    back.fence_done(fence, Holdings((FS,)), 10.02)
+    back.hello("pid 100", 10.5)  # a new daemon: it speaks for itself
+    back.report(20.0, Holdings((FS,)), 10.6, incarnation=78)
+    assert announced(back.tick(11.1)) == []
+
+
+def test_a_lease_that_ran_out_unseen_is_fenced_before_the_death_is_announced() -> None:
+    core = connected()
+    core.report(10.3, HELD, 10.0, incarnation=77)
+    out = core.daemon_gone(10.5)  # the guardian was busy at 10.3
+    (fence,) = fences(out)
+    assert fence.cause == "lease" and announced(out) == []
+    assert announced(core.fence_done(fence, NOTHING, 10.51)) == [77]
+
+
+def test_reboot_mode_announces_nothing() -> None:
+    core = connected(self_fence="reboot")
+    core.report(20.0, HELD, 10.0, incarnation=77)
+    (fence,) = fences(core.daemon_gone(10.01))
+    assert announced(core.fence_done(fence, NOTHING, 10.02)) == []
 
 
 def test_bye_means_nothing_is_held() -> None:
@@ -282,6 +346,11 @@ def test_properties_of_every_story(story: list[Step], mode: str, interval: float
                 assert core.holdings.empty or core.lease_valid(at), "petted without a lease"
                 assert not core.rebooting, "petted after a reboot"
                 last_pet = at
+            if isinstance(action, Announce):
+                assert not core.connected and core.holdings.empty, \
+                    "announced a death while a daemon is connected or something is held"
+                assert not any(isinstance(a, Fence) for a in out.actions), \
+                    "announced in the same breath as a fence, before it was done"
         if core.holdings and not leftover:
             assert core.lease_valid(at), "holds something past its lease, unfenced"
         if core.may_pet(at):  # then the next pet is due an interval after the last, or now
@@ -313,7 +382,7 @@ def test_properties_of_every_story(story: list[Step], mode: str, interval: float
         if step.kind == "report":
             reported_at, leftover = now, False
             lease, held = now + step.lease_ahead, holdings_of[step.held]
-            feed(core.report(lease, held, now), now, step.leftover, step.late)
+            feed(core.report(lease, held, now, incarnation=5), now, step.leftover, step.late)
             if lease > now:  # the newest report is the truth, whatever was fenced on the way
                 assert (core.holdings, core.lease_until) == (held, lease)
             continue

@@ -55,7 +55,7 @@ bodies: st.SearchStrategy[Body] = st.one_of(
               digest=st.from_regex(r"[0-9a-f]{0,16}", fullmatch=True),
               requests=st.lists(requests, max_size=3).map(tuple), ask=st.booleans()),
     st.builds(Echo, st.integers(1, 10**9), st.integers(1, 10**9), epochs),
-    st.builds(Bye, st.integers(1, 10**9)),
+    st.builds(Bye, st.integers(1, 10**9), st.booleans()),
     st.builds(Cleanup, names),
     st.builds(Declare, epochs, st.lists(names, min_size=1, max_size=5).map(tuple),
               st.text(alphabet="abc ;:,.()", max_size=30)),
@@ -95,7 +95,8 @@ def test_every_message_reads_back_as_itself(body: Body, sender: str) -> None:
             "want": "0", "reqs": ""}, "bad heartbeat number"),
     ("echo", {"n": "7", "inc": "1"}, "echo without field 'epoch'"),
     ("echo", {"n": "7", "inc": "x", "epoch": "0"}, "bad incarnation"),
-    ("bye", {"inc": "\u00b2"}, "bad incarnation"),  # a digit to isdigit(), not to int()
+    ("bye", {"inc": "\u00b2"}, "bad incarnation"),
+    ("bye", {"inc": "5", "by": "somebody"}, "bad bye sender"),  # a digit to isdigit(), not to int()
     ("start", {"epoch": "\u00b3.alpha"}, "bad epoch"),
     ("ack", {"epoch": "3.alpha", "silent": "beta:-5"}, "bad silence"),
     ("ack", {"epoch": "3.alpha", "silent": "BETA:5"}, "bad node"),

@@ -33,8 +33,9 @@ class GuardianLost:
 
 class GuardLink:
     def __init__(self, client: GuardClient,
-                 holdings_of: Callable[[Iterable[str]], Holdings]) -> None:
+                 holdings_of: Callable[[Iterable[str]], Holdings], incarnation: int) -> None:
         self.client = client
+        client.incarnation = incarnation
         self.holdings_of = holdings_of
         self._last: tuple[float, frozenset[str]] | None = None
         self._stop = threading.Event()

@@ -162,10 +162,11 @@ class NodeRuntime:
                 continue
             catalog.add(self.registry.get(rcfg.type).instantiate(rcfg, node, self.runtime_dir))
         catalog.add_configured_dependencies()
-        guard_link = self._guard_link(catalog) if self.guard is not None else None
         ring = key_ring(self.key)
         codec = Codec(cfg.name, ring[0], cfg.node_names, node, also_accept=ring[1:])
         sequencer = Sequencer(node)
+        guard_link = (self._guard_link(catalog, sequencer.incarnation)
+                      if self.guard is not None else None)
         factories: dict[str, Factory] = {}
         from vigil.actors.alerts import AlertsActor
 
@@ -211,7 +212,7 @@ class NodeRuntime:
             _running.add(self)
         return self
 
-    def _guard_link(self, catalog: Catalog) -> GuardLink:
+    def _guard_link(self, catalog: Catalog, incarnation: int) -> GuardLink:
         assert self.guard is not None
         cgroups = NodeCgroups(self.node, cluster=self.config.name)
         problem = cgroups.problem()
@@ -227,7 +228,7 @@ class NodeRuntime:
         def holdings_of(groups: Iterable[str]) -> Holdings:
             return Holdings.of(res.holding() for g in sorted(groups) for res in members[g])
 
-        return GuardLink(self.guard, holdings_of)
+        return GuardLink(self.guard, holdings_of, incarnation)
 
     def coordinator(self) -> pykka.ActorRef[Any]:
         ref = self.directory.get("coordinator")

@@ -245,9 +245,12 @@ class Membership:
         return what
 
     def on_bye(self, sender: str, bye: Bye) -> bool:
-        """A peer left cleanly (True), unless the goodbye is from a previous life."""
+        """A peer left cleanly (True), unless the goodbye is from a previous life or was
+        heard already (a guardian repeats it)."""
         peer = self.peers.get(sender)
         if peer is not None and peer.incarnation != bye.incarnation:
+            return False
+        if self.departed.get(sender) == bye.incarnation:
             return False
         self.departed[sender] = bye.incarnation
         self._touch()

@@ -330,8 +330,10 @@ class NodeCore:
                 self.membership.on_echo(sender, body, self.promise.promised, self.incarnation)
         elif isinstance(body, Bye):
             if sender != self.name and self.membership.on_bye(sender, body):
-                self.journal.note("membership", f"{sender} left the cluster cleanly (nothing "
-                                  "in service there)")
+                self.journal.note("membership", f"{sender} left the cluster: its daemon died "
+                                  "and its guardian removed everything it ran (nothing to "
+                                  "fence)" if body.fenced else f"{sender} left the cluster "
+                                  "cleanly (nothing in service there)")
         elif isinstance(body, Cleanup):
             if sender != self.name and body.group in self.config.groups:
                 self._clear_failures(body.group, f"by a request from {sender}")

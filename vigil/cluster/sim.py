@@ -39,9 +39,9 @@ from vigil.cluster.promise import Persisted
 from vigil.cluster.round import Phase
 from vigil.cluster.steps import GroupAction, GroupSteps, Step, group_steps
 from vigil.cluster.strategy import Strategy, colocation_sets
-from vigil.cluster.wire import NO_EPOCH, Epoch, fmt_epoch
+from vigil.cluster.wire import NO_EPOCH, Bye, Epoch, fmt_epoch, to_message
 from vigil.config import TIME_FENCERS, ClusterConfig, FenceDevice, member_graphs
-from vigil.guard.core import Fence, GuardCore
+from vigil.guard.core import Announce, Fence, GuardCore
 from vigil.guard.core import Output as GuardOutput
 from vigil.guard.holdings import Holdings, ResourceHolding
 from vigil.messages import BROADCAST, Message
@@ -102,6 +102,11 @@ class SimDevice:
 #: The device a power fencer gets when the configuration has none (one switch feeding every
 #: node, that always works), so that a simulation can name a power fencer alone.
 SIM_SWITCH = "sim-switch"
+#: When a guardian's goodbye for its dead daemon first reaches the peers (their links
+#: reconnect to it: vigil.guard.announce), and how often it is repeated after (a coarser
+#: repeat than the real one's, enough against loss).
+ANNOUNCE_DELAY = (0.02, 0.2)
+ANNOUNCE_REPEAT = 0.1
 
 
 @dataclass(slots=True)
@@ -242,7 +247,8 @@ class SimCluster:
         assert node.core is not None and node.guard is not None
         held = Holdings.of(ResourceHolding(name=r) for g in sorted(node.core.groups.busy)
                            for r in self.config.groups[g].resources)
-        self._guard_out(node, node.guard.report(lease_until, held, self.now))
+        self._guard_out(node, node.guard.report(lease_until, held, self.now,
+                                                node.core.incarnation))
 
     def _guard_out(self, node: SimNode, out: GuardOutput) -> None:
         """Carry out the guardian's actions (what vigil.guard.process does for real) and plan
@@ -262,11 +268,26 @@ class SimCluster:
                 self._guard_out(node, guard.fence_done(action, Holdings(), self.now))
                 if node.core is not None:
                     self._deliver(node.name, GuardFenced(f"the guardian fenced ({action.cause})"))
+            elif isinstance(action, Announce):
+                self._announce(node, action.incarnation)
         if out.deadline < math.inf:
             at = max(self.now, out.deadline) + node.guard_react
             if at != node.guard_at:
                 node.guard_at = at
                 heapq.heappush(self._queue, (at, next(self._seq), "guard", node.name, -1, guard))
+
+    def _announce(self, node: SimNode, incarnation: int) -> None:
+        """The guardian tells the peers the daemon is dead (vigil.guard.announce): they
+        reconnect to it within ANNOUNCE_DELAY, and it repeats the goodbye until dead_time has
+        passed, unless a daemon is back by then."""
+        self.log.append(f"{self.now:.3f} guardian of {node.name} says its daemon "
+                        f"(incarnation {incarnation}) is dead")
+        msg = to_message(Bye(incarnation, fenced=True), node.name)
+        at = self.now + self.rng.uniform(*ANNOUNCE_DELAY)
+        while at < self.now + self.config.timing.dead_time:
+            heapq.heappush(self._queue, (at, next(self._seq), "announce", node.name, -1,
+                                         (node.guard, msg)))
+            at += ANNOUNCE_REPEAT
 
     def _guard(self, node: SimNode) -> None:
         """The guardian's deadline is due (test hook too)."""
@@ -360,6 +381,12 @@ class SimCluster:
             t, _, kind, name, inc, payload = heapq.heappop(self._queue)
             self.now = max(self.now, t)
             node = self.nodes[name]
+            if kind == "announce":
+                assert isinstance(payload, tuple)
+                guard, bye = payload
+                if node.guard is guard and node.core is None:  # no daemon back since
+                    self._transmit(bye)
+                continue
             if kind in ("guard", "guard-gone"):
                 if node.guard is None or node.guard is not payload:
                     continue  # a guardian that died with a power-off

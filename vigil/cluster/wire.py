@@ -291,17 +291,25 @@ class Echo:
 
 @dataclass(frozen=True, slots=True)
 class Bye:
-    """A node stopped everything and leaves: nobody need fence it."""
+    """A node stopped everything and leaves: nobody need fence it. ``fenced``: said by the
+    node's guardian for its dead daemon, after killing everything the node ran."""
 
     TYPE: ClassVar[str] = "bye"
     incarnation: int
+    fenced: bool = False
 
     def fields(self) -> dict[str, str]:
-        return {"inc": str(self.incarnation)}
+        out = {"inc": str(self.incarnation)}
+        if self.fenced:
+            out["by"] = "guardian"
+        return out
 
     @classmethod
     def parse(cls, f: Mapping[str, str]) -> Bye:
-        return cls(_int(f["inc"], "incarnation"))
+        by = f.get("by", "daemon")
+        if by not in ("daemon", "guardian"):
+            raise RemoteProtocolError(f"bad bye sender {by[:40]!r}")
+        return cls(_int(f["inc"], "incarnation"), by == "guardian")
 
 
 @dataclass(frozen=True, slots=True)

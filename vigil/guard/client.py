@@ -108,6 +108,8 @@ class GuardClient:
         self._said_bye = False
         self.welcome: Welcome | None = None
         self.last_error = ""  # why the latest connection attempt failed
+        #: the daemon's incarnation in the cluster, sent with every report (0: not known yet)
+        self.incarnation = 0
         with self._lock:
             self._maybe_connect()
 
@@ -127,7 +129,8 @@ class GuardClient:
         ``math.inf`` for no lease needed, None or ``-math.inf`` for no valid lease) and send
         what the socket takes now. False: no guardian is connected (it is sent on the next
         connection)."""
-        line = encode(Report(-float("inf") if lease_until is None else lease_until, holdings))
+        line = encode(Report(-float("inf") if lease_until is None else lease_until, holdings,
+                             self.incarnation))
         with self._lock:
             self._last_report = self._newest = line
             self._said_bye = False

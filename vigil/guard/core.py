@@ -29,6 +29,10 @@ Everything that decides is in this file. The rules:
 9. A clean exit disarms the watchdog (its magic close), unless a reboot was asked for.
 10. A finite lease more than :data:`MAX_LEASE_AHEAD` ahead is not believed (most likely a
     wall-clock time sent by mistake): the report counts as one without a valid lease.
+11. When the daemon is gone without bye and the node holds nothing (it held nothing, or a
+    fence removed all of it), the peers are told so in the name of the daemon's incarnation
+    (:class:`Announce`, once per death, only if a report named the incarnation): they need
+    not wait out its lease. The process says it only once the daemon's process is dead.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from vigil.guard.holdings import Holdings
 
 __all__ = [
     "Action",
+    "Announce",
     "CloseWatchdog",
     "Fence",
     "GuardCore",
@@ -103,6 +108,14 @@ class Fence:
 
 
 @dataclass(frozen=True, slots=True)
+class Announce:
+    """Tell the peers that the daemon of ``incarnation`` is dead and the node holds nothing
+    (rule 11): a goodbye in its name, as its clean leave would have said."""
+
+    incarnation: int
+
+
+@dataclass(frozen=True, slots=True)
 class Pet:
     """Write to the watchdog device (keep the node alive)."""
 
@@ -121,7 +134,7 @@ class CloseWatchdog:
     disarm: bool
 
 
-Action = Fence | Pet | Reboot | CloseWatchdog
+Action = Fence | Announce | Pet | Reboot | CloseWatchdog
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +167,8 @@ class GuardCore:
         self.daemon = ""
         self.rebooting = False
         self.fences = 0
+        self.incarnation = 0  # the daemon's, from its latest report (0: not told)
+        self._gone = 0  # the incarnation of a daemon gone without bye, not yet announced
         self._generation = 0  # reports and byes taken
         self._retry_at = math.inf  # finite only while what a fence left is held
         self._next_pet = now if watchdog_interval is not None else math.inf
@@ -178,10 +193,13 @@ class GuardCore:
         """A daemon connected (``daemon``: how the log names it, e.g. "pid 123")."""
         before = self._due(now)
         self.connected, self.daemon = True, daemon
+        self._gone = 0  # a daemon runs again: it speaks for itself
         return self._answer(now, before, (f"daemon {daemon} connected",))
 
-    def report(self, lease_until: float | None, holdings: Holdings, now: float) -> Output:
-        """The daemon's report: its lease deadline and everything it holds (rule 1)."""
+    def report(self, lease_until: float | None, holdings: Holdings, now: float,
+               incarnation: int = 0) -> Output:
+        """The daemon's report: its lease deadline and everything it holds (rule 1), and its
+        incarnation in the cluster (0: not told)."""
         notes: tuple[str, ...] = ()
         if lease_until is None or math.isnan(lease_until):
             lease_until = -math.inf
@@ -195,6 +213,8 @@ class GuardCore:
         self.lease_until = lease_until
         self.holdings = holdings
         self.last_report = now
+        if incarnation:
+            self.incarnation = incarnation
         # A report supersedes what a failed fence left: the daemon says what is there now.
         self._retry_at = math.inf
         return self._answer(now, before, notes)
@@ -206,6 +226,7 @@ class GuardCore:
         held = self.holdings
         self.holdings, self.lease_until, self._retry_at = Holdings(), -math.inf, math.inf
         self.connected = False
+        self.incarnation = 0
         notes = (f"daemon {self.daemon} said bye"
                  + (f" (it had last reported {held})" if held else ""),)
         return self._answer(now, before, notes)
@@ -215,9 +236,13 @@ class GuardCore:
         before = self._due(now)
         was = self.connected
         self.connected = False
+        if was:
+            self._gone, self.incarnation = self.incarnation, 0
         if not self.holdings:
             note = f"daemon {self.daemon} is gone, holding nothing" if was else ""
-            return self._answer(now, before, (note,) if note else ())
+            # a fence due on the way announces once it is done (fence_done), not before
+            told = () if before else self._announce()
+            return self._answer(now, before + told, (note,) if note else ())
         fence = self._fence("daemon gone", now)
         return self._answer(now, before + fence)
 
@@ -228,7 +253,8 @@ class GuardCore:
     def fence_done(self, fence: Fence, remaining: Holdings, now: float) -> Output:
         """What ``fence`` could not remove (empty: all of it went) (rule 5)."""
         if not remaining:
-            return self._answer(now, ())
+            done = fence.generation == self._generation and not self.holdings
+            return self._answer(now, self._announce() if done else ())
         if fence.generation != self._generation:
             # A report (or bye) taken after this fence, in the same input, says what the node
             # holds now; the daemon learns from the fence's report what went.
@@ -254,6 +280,13 @@ class GuardCore:
         return Output(actions, math.inf, notes)
 
     # -- rules --------------------------------------------------------------------------------
+
+    def _announce(self) -> tuple[Action, ...]:
+        """Rule 11, once the node holds nothing: the daemon's death, if not yet told."""
+        if not self._gone or self.connected or self.holdings or self.rebooting:
+            return ()
+        incarnation, self._gone = self._gone, 0
+        return (Announce(incarnation),)
 
     def _due(self, now: float) -> tuple[Action, ...]:
         """Rules 2 and 5: a fence whose time has come."""

@@ -21,6 +21,7 @@ import datetime
 import logging
 import math
 import os
+import select
 import selectors
 import signal
 import socket
@@ -30,10 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from vigil.config import ClusterConfig, ConfigError, load, resolve_node
+from vigil.config import ClusterConfig, ConfigError, load, load_key, resolve_node
+from vigil.guard.announce import Announcer
 from vigil.guard.cgroups import NodeCgroups
 from vigil.guard.core import (
     Action,
+    Announce,
     CloseWatchdog,
     Fence,
     GuardCore,
@@ -72,6 +75,9 @@ _MCL_CURRENT: Final = 1
 _MCL_FUTURE: Final = 2
 _PET: Final = b"."  # anything but 'V', which would allow the watchdog to stop on close
 _MAGIC_CLOSE: Final = b"V"
+#: How long the guardian waits, after the daemon's connection closed, for its process to be
+#: dead before it tells the peers so (an exit closes the descriptors a moment before).
+DEATH_WAIT: Final = 0.1
 #: A daemon that does not read its messages loses the newest ones past this.
 _OUT_LIMIT: Final = 4 * MAX_LINE
 
@@ -147,6 +153,12 @@ class _Daemon:
     def __init__(self, sock: socket.socket, pid: int) -> None:
         self.sock = sock
         self.peer_pid = pid
+        # the process itself (its number could be reused once it is dead): to know that it
+        # is dead, not merely disconnected, before telling the peers so
+        try:
+            self.pidfd: int | None = os.pidfd_open(pid)
+        except OSError:
+            self.pidfd = None
         self.reader = LineReader()
         self.out = bytearray()
         self.hello: Hello | None = None
@@ -161,8 +173,11 @@ class Guardian:
     """The loop. :meth:`open` binds the socket and opens the watchdog; :meth:`run` serves
     until SIGTERM/SIGINT (or :meth:`stop`)."""
 
-    def __init__(self, settings: GuardSettings) -> None:
+    def __init__(self, settings: GuardSettings, announcer: Announcer | None = None) -> None:
         self.settings = settings
+        #: tells the peers when the daemon died and the node holds nothing (None: it cannot)
+        self.announcer = announcer
+        self._dead_pidfd: int | None = None  # the pidfd of the daemon that left last
         self.cgroups = NodeCgroups(settings.node, settings.cgroup_root,
                                    cluster=settings.cluster)
         self.fencer = Fencer(self.cgroups, settings.guard_time)
@@ -257,6 +272,9 @@ class Guardian:
     def close(self) -> None:
         if self.daemon is not None:
             self._drop_daemon()
+        if self.announcer is not None:
+            self.announcer.close()
+        self._forget_dead()
         if self.listener is not None:
             with contextlib.suppress(OSError):
                 self.selector.unregister(self.listener)
@@ -341,12 +359,14 @@ class Guardian:
                     self._drop_daemon()
                 else:
                     daemon.hello = message
+                    if self.announcer is not None:
+                        self.announcer.cancel()  # it needs its ports
                     self._send(Welcome(self.settings.node, os.getpid(),
                                        self.settings.guard_time, self.settings.self_fence,
                                        self.cgroup_status))
                     self._apply(self.core.hello(daemon.name, now))
-            case Report(lease_until, holdings) if daemon.hello is not None:
-                self._apply(self.core.report(lease_until, holdings, now))
+            case Report(lease_until, holdings, incarnation) if daemon.hello is not None:
+                self._apply(self.core.report(lease_until, holdings, now, incarnation))
             case Bye() if daemon.hello is not None:
                 daemon.said_bye = True
                 self._apply(self.core.bye(now))
@@ -360,6 +380,8 @@ class Guardian:
         if daemon.reader.pending:
             log.warning("the daemon %s closed the connection in the middle of a message",
                         daemon.name)
+        self._forget_dead()
+        self._dead_pidfd, daemon.pidfd = daemon.pidfd, None
         self._drop_daemon()
         if not daemon.said_bye:
             if daemon.hello is None:
@@ -378,6 +400,22 @@ class Guardian:
         with contextlib.suppress(KeyError, ValueError, OSError):
             self.selector.unregister(daemon.sock)
         daemon.sock.close()
+        if daemon.pidfd is not None:
+            os.close(daemon.pidfd)
+            daemon.pidfd = None
+
+    def _forget_dead(self) -> None:
+        if self._dead_pidfd is not None:
+            os.close(self._dead_pidfd)
+            self._dead_pidfd = None
+
+    def _daemon_dead(self) -> bool:
+        """Whether the daemon that left has exited: its connection closes while it exits,
+        a moment before it is dead, so wait for that moment (a bounded one)."""
+        if self._dead_pidfd is None:
+            return False
+        readable, _, _ = select.select([self._dead_pidfd], [], [], DEATH_WAIT)
+        return bool(readable)
 
     def _send(self, message: Message) -> None:
         daemon = self.daemon
@@ -421,6 +459,8 @@ class Guardian:
         match action:
             case Fence():
                 self._fence(action)
+            case Announce(incarnation):
+                self._announce(incarnation)
             case Pet():
                 self._write_watchdog(_PET)
             case Reboot(reason):
@@ -447,6 +487,17 @@ class Guardian:
                                                         self.settings.node, line)
         self._send(Fenced(report))
         self._apply(self.core.fence_done(fence, report.remaining, time.monotonic()))
+
+    def _announce(self, incarnation: int) -> None:
+        if self.announcer is None:
+            return
+        if not self._daemon_dead():
+            log.warning("the daemon's connection closed but its process did not exit within "
+                        "%.0f ms: the peers are not told it is dead (they wait out its lease)",
+                        DEATH_WAIT * 1000)
+            return
+        self._forget_dead()
+        self.announcer.announce(incarnation)
 
     def _write_watchdog(self, data: bytes) -> None:
         if self.watchdog is None:
@@ -481,9 +532,9 @@ def configure_logging(level: str, node: str) -> None:
         logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
 
 
-def run(settings: GuardSettings) -> int:
+def run(settings: GuardSettings, announcer: Announcer | None = None) -> int:
     """Serve until SIGTERM or SIGINT; the exit code."""
-    guardian = Guardian(settings)
+    guardian = Guardian(settings, announcer)
 
     def on_signal(signum: int, frame: object) -> None:
         log.info("signal %s: leaving", signal.Signals(signum).name)
@@ -515,9 +566,16 @@ def main(config_path: str, node: str | None, *, watchdog_device: str | None = No
         print(f"vigil guard: refusing to start:\n{exc}", file=sys.stderr)
         return 2
     configure_logging(log_level, name)
+    announcer = None
+    if len(cfg.nodes) > 1:
+        try:
+            announcer = Announcer(cfg, name, load_key(cfg))
+        except ConfigError as exc:
+            log.warning("the guardian cannot tell the peers when the daemon dies (they will "
+                        "wait out its lease): %s", exc)
     settings = GuardSettings.from_config(
         cfg, name, watchdog_device=Path(watchdog_device) if watchdog_device else None,
         sysrq_path=Path(sysrq_trigger) if sysrq_trigger else None, realtime=realtime,
         follow_daemon=follow_daemon)
-    return run(settings)
+    return run(settings, announcer)
 

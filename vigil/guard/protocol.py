@@ -6,10 +6,11 @@ each with the protocol version ``"v"`` and its ``"type"``:
 
 daemon -> guardian
     ``{"v": 1, "type": "hello", "node": "alpha", "pid": 4242}``: first, once.
-    ``{"v": 1, "type": "report", "lease_until": 1234.5, "holdings": [...]}``: as often as the
-    lease or the holdings change. ``lease_until`` is a ``time.monotonic()`` value, ``"inf"``
-    (no lease needed: a one-node quorum) or ``null`` (no valid lease); ``holdings`` is
-    :meth:`Holdings.to_json`.
+    ``{"v": 1, "type": "report", "lease_until": 1234.5, "holdings": [...], "inc": 17...}``:
+    as often as the lease or the holdings change. ``lease_until`` is a ``time.monotonic()``
+    value, ``"inf"`` (no lease needed: a one-node quorum) or ``null`` (no valid lease);
+    ``holdings`` is :meth:`Holdings.to_json`; ``inc`` (optional) the daemon's incarnation in
+    the cluster, in whose name the guardian tells the peers when the daemon died.
     ``{"v": 1, "type": "bye"}``: the daemon stopped everything and leaves.
 guardian -> daemon
     ``{"v": 1, "type": "welcome", "node": ..., "pid": ..., "guard_time": 0.1,
@@ -75,6 +76,9 @@ class Hello:
 class Report:
     lease_until: float  # monotonic; inf: no lease needed; -inf: no valid lease
     holdings: Holdings
+    #: the daemon's incarnation in the cluster (0: not told): the guardian of a daemon that
+    #: died says so to the peers in that incarnation's name
+    incarnation: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,9 +179,11 @@ def encode(message: Message) -> bytes:
     match message:
         case Hello(node, pid):
             body = {"type": "hello", "node": node, "pid": pid}
-        case Report(lease_until, holdings):
+        case Report(lease_until, holdings, incarnation):
             body = {"type": "report", "lease_until": _lease_json(lease_until),
                     "holdings": holdings.to_json()}
+            if incarnation:
+                body["inc"] = incarnation
         case Bye():
             body = {"type": "bye"}
         case Welcome(node, pid, guard_time, self_fence, cgroups):
@@ -310,7 +316,11 @@ def decode(line: bytes) -> Message:
                     raise f._missing("holdings")
                 if "lease_until" not in body:
                     raise f._missing("lease_until")
-                return Report(_lease(body["lease_until"]), Holdings.from_json(body["holdings"]))
+                incarnation = f.integer("inc") if "inc" in body else 0
+                if incarnation < 0:
+                    raise ProtocolError(f"report: 'inc' must be >= 0, got {incarnation}")
+                return Report(_lease(body["lease_until"]), Holdings.from_json(body["holdings"]),
+                              incarnation)
             case "bye":
                 return Bye()
             case "welcome":

@@ -139,14 +139,19 @@ class Sequencer:
     is the wall clock at creation, so it grows across restarts without any stored state.
     """
 
-    def __init__(self, sender: str, incarnation: int | None = None) -> None:
+    def __init__(self, sender: str, incarnation: int | None = None, *,
+                 after: int = 0) -> None:
+        """``after``: the first number stamped is ``after + 1`` (the guardian speaks for a
+        dead daemon's incarnation with numbers that daemon never reached)."""
         if not NAME_RE.match(sender):
             raise ValueError(f"sender {sender!r} is not a valid node name")
         self.sender = sender
         self.incarnation = time.time_ns() if incarnation is None else incarnation
         if not 1 <= self.incarnation <= _MAX_COUNTER:
             raise ValueError(f"incarnation {self.incarnation} is outside 1..2**63-1")
-        self._seq = 0
+        if not 0 <= after < _MAX_COUNTER:
+            raise ValueError(f"sequence start {after} is outside 0..2**63-2")
+        self._seq = after
         self._lock = threading.Lock()
 
     def stamp(self, msg: Message) -> Message:

@@ -36,17 +36,18 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
+from vigil.config import ClusterConfig
 from vigil.messages import BROADCAST
 from vigil.transports.base import FrameHandler, LinkError
 from vigil.transports.codec import MAX_MESSAGE_BYTES, topic_for
-from vigil.transports.keys import LinkKeys
+from vigil.transports.keys import LinkKeys, key_ring
 from vigil.transports.zap import Admission, Gatekeeper, bind_retrying
 
 log = logging.getLogger(__name__)
@@ -513,3 +514,29 @@ def _heartbeats(sock: zmq.Socket[bytes]) -> None:
     sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 2)
     sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 1)
     sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, 3)
+
+
+def zmq_links(
+    cfg: ClusterConfig, context: zmq.Context[zmq.Socket[bytes]], key: bytes
+) -> Callable[[str, str], Callable[[str, FrameHandler], ZmqLink]]:
+    """The links of the nodes of ``cfg`` over ZeroMQ, with CurveZMQ keys derived from ``key``
+    (the key file's content): ``zmq_links(cfg, context, key)(node, link)(name, on_frames)``
+    binds and connects one (the daemon's, and its guardian's when the daemon died). A broken
+    connection is retried at least every quarter of ``dead_time``, so a peer that comes back
+    is heard again well within it."""
+    ring = key_ring(key)
+    retry_max = min(RETRY_MAX_S, cfg.timing.dead_time / 4)
+
+    def for_node(node: str, link_name: str) -> Callable[[str, FrameHandler], ZmqLink]:
+        me = next(link for link in cfg.nodes[node].links if link.name == link_name)
+        peers = {n: (link.address, link.port) for n, nc in cfg.nodes.items() if n != node
+                 for link in nc.links if link.name == link_name}
+        keys = LinkKeys.derive(ring, cfg.name, cfg.node_names, node)
+
+        def make(name: str, on_frames: FrameHandler) -> ZmqLink:
+            return ZmqLink(name, (me.address, me.port), peers, node, on_frames, context,
+                           keys=keys, retry_max_s=retry_max)
+
+        return make
+
+    return for_node
