@@ -45,10 +45,12 @@ soak-large: $(STAMP)
 		VIGIL_SIM_TIMEOUT=14400 PYTHONHASHSEED=0 $(BIN)/python -m pytest -q \
 		tests/sim/test_simulation.py -p no:cacheprovider --timeout=14400 -k TestClusterSimulation
 
-# 10 minutes with every core saturated: no transition, no fence (docs/benchmarks.md); needs
-# root and network namespaces
+# 10 minutes with every core saturated: no transition, no fence (docs/benchmarks.md); then
+# 10 more with one node powered off, where each survivor's lease rests on the other alone;
+# needs root and network namespaces
 stability: $(STAMP)
 	$(BIN)/python -m bench.stability --minutes 10 --keep-logs stability-logs --write
+	$(BIN)/python -m bench.stability --minutes 10 --down n3 --keep-logs stability-logs --write
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.transition_bench --write

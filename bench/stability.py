@@ -41,7 +41,7 @@ HOG = "while True:\n    pass\n"
 
 
 def run(minutes: float, hogs_per_core: int, timing: dict[str, str],
-        keep_logs: Path | None = None) -> dict[str, object]:
+        keep_logs: Path | None = None, down: str | None = None) -> dict[str, object]:
     hogs: list[subprocess.Popen[bytes]] = []
     # timing={} is Vigil's own defaults (NsCluster's are the tests' short ones)
     with NsCluster(hosts=3, timing=timing) as c:
@@ -49,8 +49,15 @@ def run(minutes: float, hogs_per_core: int, timing: dict[str, str],
         c.start_all()
         c.wait_for(lambda: c.holders("web") == ["n1"], 60, "web on n1")
         c.wait_for(lambda: c.client.http_get(f"http://{VIP}/") is not None, 30, "the server")
+        live = [n for n in c.hosts if n != down]
+        if down is not None:
+            # the survivors' leases now rest on each other alone: the case asked echoes serve
+            c.power_off(down, cable_first=True)
+            c.wait_for(lambda: all(len((c.status(n) or {}).get("members", [])) == len(live)
+                                   for n in live), 30, f"the others to count {down} out",
+                       check_daemons=False)
         time.sleep(3.0)
-        before = {n: (c.status(n) or {}).get("epoch") for n in c.hosts}
+        before = {n: (c.status(n) or {}).get("epoch") for n in live}
         try:
             for _ in range(hogs_per_core * (os.cpu_count() or 1)):
                 hogs.append(subprocess.Popen([sys.executable, "-c", HOG]))
@@ -65,9 +72,9 @@ def run(minutes: float, hogs_per_core: int, timing: dict[str, str],
                 hog.kill()
                 hog.wait(10)
         time.sleep(2.0)
-        after = {n: (c.status(n) or {}).get("epoch") for n in c.hosts}
-        fences = sum(c.log(n).count("FENCED node") for n in c.hosts)
-        lease_losses = sum(c.log(n).count("lost the quorum lease") for n in c.hosts)
+        after = {n: (c.status(n) or {}).get("epoch") for n in live}
+        fences = sum(c.log(n).count("FENCED node") for n in live)
+        lease_losses = sum(c.log(n).count("lost the quorum lease") for n in live)
         if keep_logs is not None and (before != after or fences or lease_losses):
             keep_logs.mkdir(parents=True, exist_ok=True)
             for log in c.tmp.glob("*.log"):
@@ -86,6 +93,8 @@ def main() -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help='a [timing] value instead of the default, e.g. '
                              'heartbeat_interval=100ms (repeatable)')
+    parser.add_argument("--down", metavar="NODE", choices=["n2", "n3"],
+                        help="power this node off first: the other two run on alone")
     parser.add_argument("--keep-logs", type=Path, metavar="DIR",
                         help="copy the hosts' logs here when anything moved")
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
@@ -101,12 +110,15 @@ def main() -> int:
         print(f"cannot run: {why}", file=sys.stderr)
         return 2
     started = time.strftime("%Y-%m-%d %H:%M")
-    result = run(args.minutes, args.hogs, timing, args.keep_logs)
+    result = run(args.minutes, args.hogs, timing, args.keep_logs, args.down)
     ok = (not result["transitions"] and result["fences"] == 0
           and result["lease_losses"] == 0 and result["holders"] == ["n1"])
-    sets = "".join(f" --set {k}={v}" for k, v in timing.items())
+    sets = "".join(f" --set {k}={v}" for k, v in timing.items()) + (
+        f" --down {args.down}" if args.down else "")
     which = ("the default timings" if not timing else
              "the default timings but " + ", ".join(f"{k} = {v}" for k, v in timing.items()))
+    if args.down:
+        which += f", {args.down} powered off first (the other two alone)"
     lines = [
         f"`.venv/bin/python -m bench.stability --minutes {args.minutes:g} --hogs {args.hogs}"
         f"{sets}`, {started}, {platform.node()}, {os.cpu_count()} cores: {result['hogs']} "
@@ -122,8 +134,9 @@ def main() -> int:
     print(text)
     if args.write:
         # one block per timing set, so that a run at other timings keeps the default's
-        which_set = ",".join(f"{k}={v}" for k, v in timing.items())
-        begin, end = ((MARK_BEGIN, MARK_END) if not timing else
+        which_set = ",".join([f"{k}={v}" for k, v in timing.items()]
+                             + ([f"down={args.down}"] if args.down else []))
+        begin, end = ((MARK_BEGIN, MARK_END) if not which_set else
                       (MARK_BEGIN.replace("stability", f"stability[{which_set}]"),
                        MARK_END.replace("stability", f"stability[{which_set}]")))
         write_doc(text, begin, end, "## Stability under load")
