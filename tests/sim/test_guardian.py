@@ -15,6 +15,7 @@ import pytest
 
 from tests.support.simconfig import sim_config
 from tests.unit.test_core import Recorder, formed
+from vigil.cluster.events import AdminRequest
 
 
 def holder_of(c: Recorder, group: str) -> str:
@@ -97,6 +98,32 @@ def test_a_daemon_back_before_the_word_arrives_keeps_its_place_in_the_cluster() 
     c.run_for(3.0)
     assert c.settled()
     assert beta in c.core("alpha").alive() and beta in c.core("gamma").alive()
+
+
+def test_a_goodbye_of_a_past_life_does_not_exempt_the_new_one_from_fencing() -> None:
+    """beta heard gamma's guardian say goodbye, then never heard gamma's new life (the link
+    from gamma to beta fails), yet joins epochs whose view has gamma, and gamma holds g2 again.
+    When beta becomes master and counts gamma out, it must wait for gamma as for anyone: an
+    old goodbye said nothing of the new life (the simulator checks exclusivity throughout)."""
+    cfg = sim_config(5, 5, group_chain=False)
+    c = formed(cfg, fencer="guardian")
+    assert c.placement()["g2"] == ["gamma"]
+    c.kill_daemon("gamma")
+    c.run_for(0.4)
+    assert "gamma" in c.core("beta").membership.departed
+    c.block("gamma", "beta")
+    c.power_on("gamma")
+    c.run_for(3.0)
+    c.request("alpha", AdminRequest("move", group="g2", node="gamma"))
+    c.run_for(3.0)
+    assert c.placement()["g2"] == ["gamma"]
+    assert "gamma" not in c.core("beta").membership.departed
+    t0 = c.now
+    c.crash("alpha")
+    c.run_for(5.0)
+    taker = holder_of(c, "g2")
+    assert taker not in ("gamma", "alpha")
+    assert c.first(t0, taker, "g2", "start") > killed_at(c, "gamma")
 
 
 @pytest.mark.parametrize("seed", range(4))

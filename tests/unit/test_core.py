@@ -428,6 +428,22 @@ def _hb(sender: str, **changes: str) -> Message:
                                                       if v != "<absent>"})
 
 
+def test_an_echo_supports_only_the_life_whose_heartbeat_was_heard() -> None:
+    """Heartbeat numbers start again at 1 in each life: beta's echo of alpha's heartbeat 1
+    from alpha's previous life (beta never heard the new one: a link failing one way) must not
+    support the new life, whose heartbeat 1 beta never heard."""
+    cfg = sim_config(3, 1)
+    core = NodeCore(cfg, "alpha", incarnation=9, now=0.0)
+    sent = core.handle(Tick(), 0.0).messages
+    assert [m.fields["n"] for m in sent if m.type == "hb"] == ["1"]
+    old_life = _hb("beta", echo="alpha:1:8")
+    core.handle(Received(old_life, "lan0"), 0.01)
+    assert not core.membership.lease_valid()
+    this_life = _hb("beta", n="2", echo="alpha:1:9")
+    core.handle(Received(this_life, "lan0"), 0.02)
+    assert core.membership.lease_valid()
+
+
 @pytest.mark.parametrize("msg", [
     _hb("zeta"),
     Message(type="declare", sender="omega", fields={"epoch": "5.omega", "view": "alpha,omega"}),

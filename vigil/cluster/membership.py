@@ -210,9 +210,11 @@ class Membership:
                 self._touch()
             self.link_heard[(sender, link)] = self.now
 
-    def on_heartbeat(self, sender: str, hb: Heartbeat, promised: Epoch) -> Heard:
+    def on_heartbeat(self, sender: str, hb: Heartbeat, promised: Epoch,
+                     incarnation: int) -> Heard:
         """Record ``sender``'s heartbeat; ``promised`` is the epoch we promised (only echoes
-        from a peer in the same epoch support our lease)."""
+        from a peer in the same epoch support our lease), ``incarnation`` our life (only
+        echoes of its heartbeats do)."""
         if hb.digest != self.digest:
             new = sender not in self.mismatched
             self.mismatched.add(sender)
@@ -240,8 +242,8 @@ class Membership:
         peer.requests = hb.requests
         peer.received_at = self.now
         mine = hb.echo.get(self.name)
-        if hb.promised == promised and mine is not None:
-            self._support(sender, mine)
+        if hb.promised == promised and mine is not None and mine[1] == incarnation:
+            self._support(sender, mine[0])
         return what
 
     def on_bye(self, sender: str, bye: Bye) -> bool:
@@ -257,6 +259,14 @@ class Membership:
         self.support.pop(sender, None)
         return True
 
+    def in_view(self, view: tuple[str, ...]) -> None:
+        """We promised an epoch whose view has these nodes: whatever goodbye we heard from
+        one of them is of a life that is over (its new life may be one we never heard,
+        over a link that fails one way), and must not exempt it from fencing later."""
+        for node in view:
+            if self.departed.pop(node, None) is not None:
+                self._touch()
+
     # ---- output -------------------------------------------------------------------------
 
     def heartbeat_due(self) -> bool:
@@ -268,7 +278,8 @@ class Membership:
         self.hb_counter += 1
         self.hb_sent_at[self.hb_counter] = self.now
         self.next_hb = self.now + self.timing.heartbeat_interval
-        echo = {n: self.peers[n].hb for n in self.alive() if n != self.name and n in self.peers}
+        echo = {n: (self.peers[n].hb, self.peers[n].incarnation) for n in self.alive()
+                if n != self.name and n in self.peers}
         return Heartbeat(n=self.hb_counter, incarnation=incarnation, promised=promised,
                          accepted=accepted.epoch, closed=closed, echo=echo, groups=groups,
                          failures=failures, digest=self.digest, requests=requests,

@@ -349,7 +349,8 @@ class NodeCore:
             # others are stale, or forged by a member that is not the master
 
     def _on_heartbeat(self, sender: str, hb: Heartbeat) -> None:
-        heard = self.membership.on_heartbeat(sender, hb, self.promise.promised)
+        heard = self.membership.on_heartbeat(sender, hb, self.promise.promised,
+                                             self.incarnation)
         if heard is Heard.MISMATCH:
             self.journal.note("config", f"node {sender} runs a different configuration "
                               f"(digest {hb.digest[:12]} vs ours {self.config.digest[:12]}); "
@@ -382,6 +383,7 @@ class NodeCore:
             return
         promised = self.promise.promise(d.epoch, d.view)
         if promised:
+            self.membership.in_view(d.view)
             # Only echoes of the same epoch support a lease: a heartbeat in the new epoch at
             # once, rather than up to an interval later, keeps every member's lease from
             # thinning out while a transition runs.

@@ -72,6 +72,10 @@ class SimNode:
     # the latest moment its echoes can support this node (sent_at(s) + lease_time)
     hb_sent: dict[int, float] = field(default_factory=dict)
     support_bound: dict[str, float] = field(default_factory=dict)
+    # the heartbeats this node's cores really handled, in any life: (sender, its
+    # incarnation, number) -> when; an echo supports its addressee only for a heartbeat its
+    # sender heard
+    hb_heard: dict[tuple[str, int, int], float] = field(default_factory=dict)
     # the guardian: the real rules (vigil.guard.core), told what the daemon tells it; it
     # outlives the daemon, not a power-off. It acts guard_react after its deadline or after
     # the daemon's death (drawn per life, within guard_time).
@@ -201,6 +205,8 @@ class SimCluster:
         node.resources = {}
         node.ops = {}
         node.paused_until, node.held = -math.inf, []
+        # hb_heard outlives a life: an echo a previous life sent may still be on its way, and
+        # supports as what it is (that life heard the heartbeat; docs/protocol.md)
         node.hb_sent, node.support_bound = {}, {}
         node.guard_at = math.inf
         node.guard_react = self.rng.uniform(0.0, self.config.timing.guard_time)
@@ -437,6 +443,11 @@ class SimCluster:
             return
         if isinstance(event, Received) and event.msg.type in ("hb", "echo"):
             self._note_echo(node, event.msg)
+            fields = event.msg.fields
+            if event.msg.type == "hb" and fields.get("inc", "").isdigit() \
+                    and fields.get("n", "").isdigit():
+                node.hb_heard[(event.msg.sender, int(fields["inc"]), int(fields["n"]))] = \
+                    self.now
         out = node.core.handle(event, self.now)
         if node.guard is not None:
             # before any start leaves, as the coordinator does
@@ -446,15 +457,19 @@ class SimCluster:
             self._check_lease(node)
 
     def _note_echo(self, node: SimNode, msg: Message) -> None:
-        if msg.type == "echo":  # a heartbeat answered at once: of this life only
-            assert node.core is not None
-            items = [f"{node.name}:{msg.fields.get('n', '')}"] if msg.fields.get(
-                "inc") == str(node.core.incarnation) else []
+        assert node.core is not None
+        if msg.type == "echo":  # a heartbeat answered at once
+            items = [f"{node.name}:{msg.fields.get('n', '')}:{msg.fields.get('inc', '')}"]
         else:
             items = msg.fields.get("echo", "").split(",")
+        heard = self.nodes[msg.sender].hb_heard
+        life = str(node.core.incarnation)
         for item in items:
-            peer, _, number = item.partition(":")
-            if peer == node.name and number.isdigit() and int(number) in node.hb_sent:
+            peer, number, inc = [*item.split(":"), "", ""][:3]
+            # of this life only, and of a heartbeat the echoing node's core really handled
+            if peer == node.name and inc == life and number.isdigit() \
+                    and int(number) in node.hb_sent \
+                    and (node.name, node.core.incarnation, int(number)) in heard:
                 bound = node.hb_sent[int(number)] + self.config.timing.lease_time
                 if bound > node.support_bound.get(msg.sender, -math.inf):
                     node.support_bound[msg.sender] = bound
@@ -523,6 +538,9 @@ class SimCluster:
         horizon = self.now - self.config.timing.lease_time
         for number in [n for n, t in node.hb_sent.items() if t < horizon]:
             del node.hb_sent[number]
+        long_ago = self.now - 2 * (self.config.timing.dead_time + self.config.timing.lease_time)
+        for key in [k for k, t in node.hb_heard.items() if t < long_ago]:
+            del node.hb_heard[key]
         for action in out.actions:
             if isinstance(action, StartGroup | RestartResource):
                 self._check_quorate_action(node, action.epoch)

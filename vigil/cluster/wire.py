@@ -231,7 +231,9 @@ class Heartbeat:
     promised: Epoch
     accepted: Epoch  # carried for people reading the wire; checked, not used
     closed: bool
-    echo: Mapping[str, int]  # peer -> the number of its newest heartbeat we received
+    #: peer -> (the number of its newest heartbeat we received, the peer's incarnation then):
+    #: numbers start again at 1 in each life, so a number alone could name another life's
+    echo: Mapping[str, tuple[int, int]]
     groups: Mapping[str, str]  # group active here -> its local state
     failures: int  # how many failures this node has reported (a master looks again)
     digest: str
@@ -244,7 +246,7 @@ class Heartbeat:
         out = {
             "n": str(self.n), "inc": str(self.incarnation), "epoch": fmt_epoch(self.promised),
             "acc": fmt_epoch(self.accepted), "closed": "1" if self.closed else "0",
-            "echo": ",".join(f"{k}:{v}" for k, v in sorted(self.echo.items())),
+            "echo": ",".join(f"{k}:{n}:{inc}" for k, (n, inc) in sorted(self.echo.items())),
             "groups": _enc_pairs(sorted(self.groups.items())), "want": str(self.failures),
             "digest": self.digest, "reqs": ";".join(r.encode() for r in self.requests),
         }
@@ -254,11 +256,12 @@ class Heartbeat:
 
     @classmethod
     def parse(cls, f: Mapping[str, str]) -> Heartbeat:
-        echo: dict[str, int] = {}
+        echo: dict[str, tuple[int, int]] = {}
         for item in f["echo"].split(","):
             if item:
-                peer, _, n = item.partition(":")
-                echo[peer] = _int(n, "echo")
+                peer, _, rest = item.partition(":")
+                n, _, inc = rest.partition(":")
+                echo[peer] = (_int(n, "echo"), _int(inc, "echo incarnation"))
         return cls(
             n=_int(f["n"], "heartbeat number"), incarnation=_int(f["inc"], "incarnation"),
             promised=parse_epoch(f["epoch"]), accepted=parse_epoch(f["acc"]),

@@ -73,9 +73,14 @@ class Announcer:
         """Start publishing the goodbye of ``incarnation`` (a previous one is stopped)."""
         self.cancel()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(incarnation, self._stop),
-                                        name="vigil-guard-announce", daemon=True)
-        self._thread.start()
+        thread = threading.Thread(target=self._run, args=(incarnation, self._stop),
+                                  name="vigil-guard-announce", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError as exc:  # no thread to be had: the peers wait out the lease
+            log.error("cannot tell the peers that the daemon died: %s", exc)
+            return
+        self._thread = thread
 
     def cancel(self) -> None:
         """Stop publishing and release the ports (a daemon is back and needs them)."""
@@ -102,9 +107,10 @@ class Announcer:
     def _run(self, incarnation: int, stop: threading.Event) -> None:
         started = time.monotonic()
         context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        links = self._links(context)
+        links: list[ZmqLink] = []
         sent = 0
         try:
+            links = self._links(context)
             if not links:
                 return
             sequencer = Sequencer(self.node, incarnation, after=FIRST_SEQ)
@@ -118,6 +124,8 @@ class Announcer:
                     link.send(frames)
                 sent += 1
                 stop.wait(REPEAT)
+        except Exception:  # the word is a help, never a need: the peers wait as before
+            log.exception("telling the peers that the daemon died failed")
         finally:
             for link in links:
                 with contextlib.suppress(Exception):

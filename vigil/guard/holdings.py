@@ -135,6 +135,11 @@ class ResourceHolding:
         if self.cgroup is not None:
             _absolute(self.cgroup, f"resource {self.name}: cgroup")
 
+    @property
+    def opaque(self) -> bool:
+        """Nothing here the guardian can remove, so nothing it can vouch for."""
+        return not (self.pgids or self.cgroup or self.addresses or self.mounts)
+
     def __str__(self) -> str:
         parts = [f"pgid {p}" for p in self.pgids]
         parts += [f"cgroup {self.cgroup}"] if self.cgroup else []

@@ -178,6 +178,10 @@ class Guardian:
         #: tells the peers when the daemon died and the node holds nothing (None: it cannot)
         self.announcer = announcer
         self._dead_pidfd: int | None = None  # the pidfd of the daemon that left last
+        #: why a fence since the last hello cannot vouch that nothing runs any more: resources
+        #: it could not see into (no cgroup, no process group), or a mount not there yet
+        #: (a mount(8) of the dying daemon may still be under way, and finish after the fence)
+        self._unsure: list[str] = []
         self.cgroups = NodeCgroups(settings.node, settings.cgroup_root,
                                    cluster=settings.cluster)
         self.fencer = Fencer(self.cgroups, settings.guard_time)
@@ -359,6 +363,7 @@ class Guardian:
                     self._drop_daemon()
                 else:
                     daemon.hello = message
+                    self._unsure = []
                     if self.announcer is not None:
                         self.announcer.cancel()  # it needs its ports
                     self._send(Welcome(self.settings.node, os.getpid(),
@@ -380,8 +385,11 @@ class Guardian:
         if daemon.reader.pending:
             log.warning("the daemon %s closed the connection in the middle of a message",
                         daemon.name)
-        self._forget_dead()
-        self._dead_pidfd, daemon.pidfd = daemon.pidfd, None
+        if daemon.hello is not None and not daemon.said_bye:
+            # the daemon that may have died: its process is the one the peers may be told of
+            # (a client that never said hello, e.g. another guardian probing the socket, is not)
+            self._forget_dead()
+            self._dead_pidfd, daemon.pidfd = daemon.pidfd, None
         self._drop_daemon()
         if not daemon.said_bye:
             if daemon.hello is None:
@@ -480,6 +488,12 @@ class Guardian:
         reason = fence.why(_wall)
         report = self.fencer.fence(fence.holdings, reason,
                                    reboot=self.settings.self_fence == "reboot")
+        self._unsure += [f"{r.name} (no cgroup, no process group to see into)"
+                         for r in fence.holdings.resources if r.opaque]
+        self._unsure += [f"{r.name} ({m.mountpoint} not unmounted by the fence: not mounted "
+                         "yet, and a mount may still have been under way, or busy)"
+                         for r in fence.holdings.resources for m in r.mounts
+                         if m not in report.unmounted]
         line = f"{reason}: {report.summary()}"
         if report.took > self.settings.guard_time:
             line += (f" (longer than guard_time {self.settings.guard_time * 1000:.0f} ms)")
@@ -490,6 +504,10 @@ class Guardian:
 
     def _announce(self, incarnation: int) -> None:
         if self.announcer is None:
+            return
+        if self._unsure:
+            log.warning("the peers are not told the daemon died (they wait out its lease): "
+                        "the fence cannot vouch for %s", "; ".join(sorted(set(self._unsure))))
             return
         if not self._daemon_dead():
             log.warning("the daemon's connection closed but its process did not exit within "
