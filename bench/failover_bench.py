@@ -454,11 +454,13 @@ def one_run(setting: Setting, scenario: str, command: str, keep_logs: Path | Non
 
 
 def unusual(run: Run) -> bool:
-    """A run that failed, or in which the service went to more than one other host or the
-    client saw more than two outages: one whose logs are worth a look."""
+    """A run that failed, in which two hosts held the address at once, or in which the
+    service went to more than one other host or the client saw more than two outages: one
+    whose logs are worth a look."""
     takers = {h for h, changes in run.timelines.items() if h != "n1"
               and any(t > 0 and a for t, a, _ in changes)}
-    return not run.ok or len(takers) > 1 or run.outages > 2
+    return (not run.ok or len(takers) > 1 or run.outages > 2
+            or (run.double_holder or 0) > 0)
 
 
 def save_logs(c: NsCluster, run: Run, directory: Path) -> None:
