@@ -19,7 +19,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 test: lint typecheck
-	PYTHONHASHSEED=0 $(BIN)/python -m pytest -q
+	PYTHONHASHSEED=0 $(BIN)/python -m pytest -q --durations=15
 
 # The pure core and the simulation only: an answer in about a minute.
 test-fast: $(STAMP)

@@ -141,18 +141,25 @@ def connect(guardian: Guardian, pid: int, *, hello: bool = True) -> _Daemon:
 HELD = Holdings.of([ResourceHolding("web-app", pgids=(999_999,))])
 
 
-def test_the_death_is_told_once_the_daemons_process_has_exited(tmp_path: Path) -> None:
+def dies_holding(tmp_path: Path, holdings: Holdings) -> Recorded:
+    """A real process plays the daemon: it reports ``holdings``, is SIGKILLed, and its
+    connection closes; what the guardian told the peers."""
     guardian, told = guardian_with(tmp_path, left_by_first_fence=False)
     daemon = subprocess.Popen(["sleep", "30"])
     try:
         conn = connect(guardian, daemon.pid)
+        guardian._receive(conn, Report(time.monotonic() + 10, holdings, DEAD))
         daemon.kill()
         daemon.wait()
         guardian._daemon_left(conn)
     finally:
         daemon.kill()
         guardian.close()
-    assert told.told == [DEAD]
+    return told
+
+
+def test_the_death_is_told_once_the_daemons_process_has_exited(tmp_path: Path) -> None:
+    assert dies_holding(tmp_path, HELD).told == [DEAD]
 
 
 def test_a_daemon_alive_but_disconnected_is_not_told_dead_whoever_else_connects(
@@ -176,38 +183,17 @@ def test_a_daemon_alive_but_disconnected_is_not_told_dead_whoever_else_connects(
 
 def test_a_fence_that_could_not_see_into_a_resource_keeps_the_guardian_silent(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    guardian, told = guardian_with(tmp_path, left_by_first_fence=False)
-    daemon = subprocess.Popen(["sleep", "30"])
-    try:
-        conn = connect(guardian, daemon.pid)
-        guardian._receive(conn, Report(time.monotonic() + 10, Holdings.of(
-            [*HELD.resources, ResourceHolding("web-agent")]), DEAD))  # no cgroups here
-        daemon.kill()
-        daemon.wait()
-        guardian._daemon_left(conn)
-    finally:
-        daemon.kill()
-        guardian.close()
-    assert told.told == []
+    no_cgroups = Holdings.of([*HELD.resources, ResourceHolding("web-agent")])
+    assert dies_holding(tmp_path, no_cgroups).told == []
     assert "cannot vouch for web-agent (no cgroup, no process group" in caplog.text
 
 
 def test_a_mount_not_there_when_fenced_keeps_the_guardian_silent(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The daemon died while starting a filesystem: its mount(8) may finish after the fence
-    found nothing mounted, so the guardian cannot say that nothing runs there."""
-    guardian, told = guardian_with(tmp_path, left_by_first_fence=False)  # unmounts nothing
-    daemon = subprocess.Popen(["sleep", "30"])
-    try:
-        conn = connect(guardian, daemon.pid)
-        guardian._receive(conn, Report(time.monotonic() + 10, Holdings.of(
-            [*HELD.resources, ResourceHolding("web-fs", mounts=(
-                MountHolding("/srv/web", "/dev/loop7"),))]), DEAD))
-        daemon.kill()
-        daemon.wait()
-        guardian._daemon_left(conn)
-    finally:
-        daemon.kill()
-        guardian.close()
-    assert told.told == []
+    found nothing mounted (these fences unmount nothing), so the guardian cannot say that
+    nothing runs there."""
+    starting = Holdings.of([*HELD.resources, ResourceHolding(
+        "web-fs", mounts=(MountHolding("/srv/web", "/dev/loop7"),))])
+    assert dies_holding(tmp_path, starting).told == []
     assert "web-fs (/srv/web not unmounted by the fence: not mounted yet" in caplog.text
