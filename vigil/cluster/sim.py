@@ -111,6 +111,8 @@ SIM_SWITCH = "sim-switch"
 #: repeat than the real one's, enough against loss).
 ANNOUNCE_DELAY = (0.02, 0.2)
 ANNOUNCE_REPEAT = 0.1
+#: How many heard heartbeats a node keeps for the lease check before old ones are dropped.
+HEARD_KEPT = 4096
 
 
 @dataclass(slots=True)
@@ -538,9 +540,11 @@ class SimCluster:
         horizon = self.now - self.config.timing.lease_time
         for number in [n for n, t in node.hb_sent.items() if t < horizon]:
             del node.hb_sent[number]
-        long_ago = self.now - 2 * (self.config.timing.dead_time + self.config.timing.lease_time)
-        for key in [k for k, t in node.hb_heard.items() if t < long_ago]:
-            del node.hb_heard[key]
+        if len(node.hb_heard) > HEARD_KEPT:  # a fact stays true: forgotten only for memory
+            long_ago = self.now - 2 * (self.config.timing.dead_time
+                                       + self.config.timing.lease_time)
+            for key in [k for k, t in node.hb_heard.items() if t < long_ago]:
+                del node.hb_heard[key]
         for action in out.actions:
             if isinstance(action, StartGroup | RestartResource):
                 self._check_quorate_action(node, action.epoch)
