@@ -11,10 +11,11 @@ import secrets
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 NOBODY = 65534
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -91,3 +92,27 @@ def reset_peak_memory(pid: int) -> int:
     returns its resident memory now, in bytes."""
     Path(f"/proc/{pid}/clear_refs").write_text("5")
     return peak_memory(pid)
+
+
+class _Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
+_N = TypeVar("_N", bound=_Stoppable)
+
+
+def stopped_after(build: Callable[..., _N]) -> Iterator[Callable[..., _N]]:
+    """A fixture's body: yields ``build``, and stops everything it built, also when the test
+    failed (``yield from stopped_after(...)``)."""
+    built: list[_N] = []
+
+    def make(*args: Any, **kwargs: Any) -> _N:
+        node = build(*args, **kwargs)
+        built.append(node)
+        return node
+
+    try:
+        yield make
+    finally:
+        for node in built:
+            node.stop()

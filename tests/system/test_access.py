@@ -30,6 +30,7 @@ from tests.support.local_users import (
     missing,
     reachable_tmp,
     setpriv,
+    stopped_after,
     unix_groups,
 )
 from vigil.api import Decision
@@ -104,18 +105,8 @@ class Node:
 
 @pytest.fixture
 def node_factory(tmp_path: Path, runtime_base: Path) -> Iterator[Any]:
-    nodes: list[Node] = []
-
-    def make(admin: str = "", status: str = "") -> Node:
-        node = Node(tmp_path, runtime_base, admin, status)
-        nodes.append(node)
-        return node
-
-    try:
-        yield make
-    finally:
-        for node in nodes:
-            node.stop()
+    yield from stopped_after(lambda admin="", status="": Node(
+        tmp_path, runtime_base, admin, status))
 
 
 def as_nobody(gid: int, extra_groups: tuple[int, ...], path: Path, command: str | None = None,

@@ -22,7 +22,14 @@ from typing import Any
 import pytest
 
 from tests.support.cluster_harness import wait_for
-from tests.support.local_users import CLIENT_ENV, NOBODY, SYSTEM_PYTHON, reachable_tmp, setpriv
+from tests.support.local_users import (
+    CLIENT_ENV,
+    NOBODY,
+    SYSTEM_PYTHON,
+    reachable_tmp,
+    setpriv,
+    stopped_after,
+)
 from vigil.config import write_key
 from vigil.daemon import STOP_GRACE
 from vigil.local.protocol import request
@@ -152,18 +159,8 @@ class Node:
 
 @pytest.fixture
 def node_at(base: Path) -> Iterator[Any]:
-    nodes: list[Node] = []
-
-    def make(runtime_dir: Path, cluster_extra: str = "") -> Node:
-        node = Node(base, runtime_dir, cluster_extra)
-        nodes.append(node)
-        return node
-
-    try:
-        yield make
-    finally:
-        for node in nodes:
-            node.stop()
+    yield from stopped_after(lambda runtime_dir, cluster_extra="": Node(
+        base, runtime_dir, cluster_extra))
 
 
 def mode(path: Path) -> int:
