@@ -34,6 +34,7 @@ import errno
 import itertools
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -64,11 +65,15 @@ RETRY_MAX_S: Final = 1.0
 #: A connection that has not finished its handshake this long after TCP connected is closed:
 #: it bounds how long a client that never authenticates holds a descriptor.
 HANDSHAKE_TIMEOUT_MS: Final = 2_000
-#: Connections that have not finished their handshake which a link's share of the daemon's
-#: descriptors leaves room for. Only a peer's address gets that far (the accept filter closes
-#: the others at once), and each is closed after HANDSHAKE_TIMEOUT_MS: a program on a peer's
-#: host must open more than this many connections within that time to exhaust it.
-UNAUTHENTICATED_ALLOWANCE: Final = 4_096
+#: Connections a link's listening socket keeps open that may still be in their handshake
+#: (accepted less than HANDSHAKE_TIMEOUT_MS ago); beyond it the newest are cut. Only a peer's
+#: address gets that far (the accept filter closes the others at once): this is what stops a
+#: program on a peer's host from exhausting the daemon's descriptors. A real peer needs one.
+PENDING_CAP: Final = 64
+#: Descriptors a link's share leaves for connections not yet authenticated: the cap, and the
+#: connections libzmq accepts before the reader has cut them (its monitor queue holds 1,000
+#: events, and libzmq's I/O thread waits while it is full).
+UNAUTHENTICATED_ALLOWANCE: Final = 1_024
 #: ZMTP heartbeats on every connection. Without them a peer that lost power keeps its TCP
 #: connections "up" on our side until TCP gives up (minutes): our SUB never reconnects, so the
 #: rebooted peer never receives our subscriptions and never hears us. A connection whose peer
@@ -86,6 +91,8 @@ PUB_MAX_FRAME_BYTES: Final = 4_096
 BIND_RETRY_S: Final = 1.0
 #: Frames read from one peer in one go before the others and the stop flag get a turn.
 _BATCH: Final = 256
+#: Monitor events of the listening socket handled in one go (at most a full monitor queue).
+_DOOR_BATCH: Final = 1_000
 #: The events of a SUB socket that mean its connection is gone or never became usable.
 _BROKEN: Final[dict[int, str]] = {
     zmq.EVENT_DISCONNECTED: "disconnected",
@@ -96,9 +103,76 @@ _BROKEN: Final[dict[int, str]] = {
                                      "address: check the key file and the link addresses)",
 }
 _WATCHED: Final = zmq.EVENT_HANDSHAKE_SUCCEEDED | sum(_BROKEN)
+#: A listening socket's events that open and close a connection (the value is its descriptor).
+_DOOR: Final = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
+#: Cut connections are logged at warning level at most once in this interval per link.
+CUT_LOG_INTERVAL_S: Final = 60.0
 _monitor_ids = itertools.count(1)
 
 PeerState = Literal["connected", "connecting", "waiting"]
+
+
+class Doorway:
+    """The connections a listening socket accepted, as its monitor tells them: which may still
+    be in their handshake, and which of those exceed the cap (the newest: a connection that
+    authenticated before a flood began is never among them)."""
+
+    def __init__(self, cap: int = PENDING_CAP,
+                 handshake_s: float = HANDSHAKE_TIMEOUT_MS / 1000) -> None:
+        self.cap = cap
+        self.handshake_s = handshake_s
+        #: descriptor -> when accepted, oldest first
+        self._pending: dict[int, float] = {}
+
+    def accepted(self, fd: int, now: float) -> None:
+        self._pending.pop(fd, None)  # a number libzmq closed and the kernel gave out again
+        self._pending[fd] = now
+
+    def gone(self, fd: int) -> None:
+        self._pending.pop(fd, None)
+
+    def excess(self, now: float) -> list[int]:
+        """The connections to cut now, forgotten here (libzmq says when they are closed)."""
+        for fd, when in list(self._pending.items()):
+            if now - when < self.handshake_s:
+                break
+            # authenticated, or closed by libzmq's handshake timeout: no longer pending
+            del self._pending[fd]
+        over = len(self._pending) - self.cap
+        if over <= 0:
+            return []
+        newest = list(self._pending)[-over:]
+        for fd in newest:
+            del self._pending[fd]
+        return newest
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+
+def cut_connection(fd: int, port: int) -> bool:
+    """Close the TCP connection behind libzmq's descriptor ``fd`` from outside: shut it down
+    (libzmq then reads its end, closes the descriptor and reports it). Only if ``fd`` is still a
+    stream socket on our listening ``port``: a number libzmq closed meanwhile may have been
+    given to anything else of ours."""
+    try:
+        own = os.dup(fd)
+    except OSError:
+        return False
+    try:
+        conn = socket.socket(fileno=own)
+    except OSError:
+        os.close(own)
+        return False
+    with conn:
+        try:
+            if conn.type != socket.SOCK_STREAM or conn.getsockname()[1] != port:
+                return False
+            conn.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            return False
+    return True
 
 
 def descriptors_needed(peers: int) -> int:
@@ -193,14 +267,22 @@ class ZmqLink:
         # the handler first: a CURVE socket must never listen while no one checks its clients
         self._gate = Gatekeeper.acquire(self._context)
         self._pub: zmq.Socket[bytes] = self._context.socket(zmq.PUB)
+        self._door = Doorway(max(PENDING_CAP, 2 * len(others)))
+        self._door_monitor: zmq.Socket[bytes] | None = None
+        self._port = 0
+        self._cut = 0
+        #: when a cut was last logged at warning level, and the cuts not logged since
+        self._cut_logged: tuple[float, int] = (float("-inf"), 0)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         try:
             self._gate.admit(self._zap_domain, Admission.of(keys.admitted(others), addresses))
+            self._door_monitor = self._pub.get_monitor_socket(
+                _DOOR, f"inproc://vigil-link-door-{os.getpid()}-{next(_monitor_ids)}")
             self.endpoint = self._bind(bind, addresses)
             for peer, address in others.items():
                 self._peers.append(self._peer(peer, bind[0], address))
         except BaseException:
-            self._pub.close(linger=0)
+            self._close_pub()
             for peer_link in self._peers:
                 self._close_sockets(peer_link)
             self._release()
@@ -226,6 +308,11 @@ class ZmqLink:
     def replaced(self) -> dict[str, int]:
         """How many times each peer's socket was replaced after a broken connection."""
         return {p.node: p.replaced for p in self._peers}
+
+    def cut(self) -> int:
+        """Connections to our listening socket cut because too many were not yet
+        authenticated (:class:`Doorway`)."""
+        return self._cut
 
     def _bind(self, bind: tuple[str, int], peer_addresses: list[str]) -> str:
         address, port = bind
@@ -266,7 +353,9 @@ class ZmqLink:
                 f"{address} port {port} ({endpoint}): {err.strerror}; {hint}"
             ) from err
         last = pub.getsockopt(zmq.LAST_ENDPOINT)
-        return last.decode() if isinstance(last, bytes) else endpoint
+        bound = last.decode() if isinstance(last, bytes) else endpoint
+        self._port = int(bound.rsplit(":", 1)[1])
+        return bound
 
     def _peer(self, peer: str, source: str, address: tuple[str, int]) -> _Peer:
         endpoint, ipv6 = connect_endpoint(source, address)
@@ -348,10 +437,9 @@ class ZmqLink:
         with contextlib.suppress(BrokenPipeError):  # the reader saw the flag and is gone
             os.write(self._wake_w, b"x")
         os.close(self._wake_w)
-        with self._send_lock:
-            self._pub.close(linger=0)
         reader_done = False
         if thread is None:
+            self._close_pub()
             for peer in self._peers:
                 self._close_sockets(peer)
             os.close(self._wake_r)
@@ -378,9 +466,32 @@ class ZmqLink:
         self._gate.forget(self._zap_domain)
         self._gate.release()
 
+    def _close_pub(self) -> None:
+        """Close the listening socket without ever leaving libzmq's I/O thread stuck on a full
+        monitor queue (see :meth:`_close_sockets`): stop accepting, take the events of the
+        connections that go with it, stop the monitor, close."""
+        monitor = self._door_monitor
+        with self._send_lock:
+            if monitor is not None:
+                if self._port:
+                    with contextlib.suppress(zmq.ZMQError):
+                        self._pub.unbind(self.endpoint)
+                deadline = time.monotonic() + CLOSE_TIMEOUT_S
+                with contextlib.suppress(zmq.ZMQError):
+                    while monitor.poll(20) and time.monotonic() < deadline:
+                        while monitor.poll(0):
+                            monitor.recv_multipart(zmq.NOBLOCK)
+                with contextlib.suppress(zmq.ZMQError):
+                    self._pub.disable_monitor()
+                monitor.close(linger=0)
+                self._door_monitor = None
+            self._pub.close(linger=0)
+
     def _read(self) -> None:
         poller = zmq.Poller()
         poller.register(self._wake_r, zmq.POLLIN)
+        if self._door_monitor is not None:
+            poller.register(self._door_monitor, zmq.POLLIN)
         for peer in self._peers:
             self._watch(poller, peer)
         try:
@@ -388,6 +499,8 @@ class ZmqLink:
                 ready = dict(poller.poll(self._poll_timeout_ms()))
                 if self._stopping.is_set():
                     break
+                if self._door_monitor is not None and self._door_monitor in ready:
+                    self._door_events()
                 for peer in self._peers:
                     if peer.sub is not None and peer.sub in ready:
                         self._drain(peer)
@@ -397,6 +510,7 @@ class ZmqLink:
         except zmq.ZMQError as err:
             log.error("link %s: reader stopped by socket error: %s", self._name, err)
         finally:
+            self._close_pub()
             for peer in self._peers:
                 self._close_sockets(peer)
             os.close(self._wake_r)
@@ -427,6 +541,35 @@ class ZmqLink:
             self._deliver(frames)
             if self._stopping.is_set():
                 return
+
+    def _door_events(self) -> None:
+        """Connections accepted and closed on our listening socket; cut those over the cap."""
+        assert self._door_monitor is not None
+        now = time.monotonic()
+        for _ in range(_DOOR_BATCH):
+            try:
+                event = parse_monitor_message(self._door_monitor.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                break
+            if event["event"] == zmq.EVENT_ACCEPTED:
+                self._door.accepted(event["value"], now)
+            elif event["event"] == zmq.EVENT_DISCONNECTED:
+                self._door.gone(event["value"])
+        cut = sum(cut_connection(fd, self._port) for fd in self._door.excess(now))
+        if not cut:
+            return
+        self._cut += cut
+        # an attacker decides how often this happens: one line a minute at most
+        last, quiet = self._cut_logged
+        if now - last < CUT_LOG_INTERVAL_S:
+            self._cut_logged = (last, quiet + cut)
+            return
+        self._cut_logged = (now, 0)
+        log.warning(
+            "link %s: cut %d connections to port %d: more than %d were not yet authenticated "
+            "(someone on a peer's host is opening connections; %d more were cut since the "
+            "last such line); established links are not touched",
+            self._name, cut, self._port, self._door.cap, quiet)
 
     def _events(self, poller: zmq.Poller, peer: _Peer) -> None:
         while peer.monitor is not None:
