@@ -134,6 +134,20 @@ class GuardianConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class NicsConfig:
+    """``[nics]``: how the NIC monitors judge a node's network interfaces
+    (:mod:`vigil.cluster.nics`, docs/configuration.md)."""
+
+    up_hold: float = 1.0  # a NIC that came back is believed after it stayed usable this long
+    max_up_hold: float = 30.0  # each fall within flap_window doubles the hold, up to this
+    flap_window: float = 60.0
+    #: NIC name -> addresses to probe through it; the NIC is down while none answers
+    targets: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    probe_interval: float = 1.0
+    probe_failures: int = 3  # unanswered probes in a row before the NIC counts as down
+
+
+@dataclass(frozen=True, slots=True)
 class AlertConfig:
     """An alert command: run on every notification of the given kinds (all when empty)."""
 
@@ -214,6 +228,7 @@ class ClusterConfig:
     fence_devices: Mapping[str, FenceDevice] = field(default_factory=dict)
     fencing: FencingConfig = FencingConfig()
     guardian: GuardianConfig = GuardianConfig()
+    nics: NicsConfig = NicsConfig()
     path: Path = Path("<memory>")
     digest: str = ""  # sha256 of the canonical form; carried in heartbeats
 
@@ -510,7 +525,9 @@ class _Checker:
 
 
 _TOP_KEYS: Final = ("cluster", "timing", "nodes", "groups", "resources", "alerts",
-                    "fence_devices", "fencing", "guardian")
+                    "fence_devices", "fencing", "guardian", "nics")
+_NICS_KEYS: Final = ("up_hold", "max_up_hold", "flap_window", "targets", "probe_interval",
+                     "probe_failures")
 _CLUSTER_KEYS: Final = ("name", "key_file", "strategy", "no_quorum_policy", "two_node",
                         "wait_for_all", "fencer", "runtime_dir", "admin_group",
                         "status_group")
@@ -633,6 +650,7 @@ def from_dict(document: Mapping[str, object], path: str | Path = _MEMORY) -> Clu
     fencing = _read_fencing(c, root, node_names, devices)
     _check_fencer(c, fencer, two_node, sorted(node_names), devices, fencing)
     guardian = _read_guardian(c, root, base)
+    nics = _read_nics(c, root)
     if c.problems:
         raise ConfigError(c.problems)
 
@@ -659,6 +677,7 @@ def from_dict(document: Mapping[str, object], path: str | Path = _MEMORY) -> Clu
         fence_devices=devices,
         fencing=fencing,
         guardian=guardian,
+        nics=nics,
         path=resolved,
         digest=hashlib.sha256(canonical.encode("utf-8")).hexdigest(),
     )
@@ -980,6 +999,46 @@ def _read_guardian(c: _Checker, root: Mapping[str, object], base: Path) -> Guard
     return GuardianConfig(self_fence="reboot" if mode == "reboot" else "kill",
                           watchdog_device=None if device is None else base / device,
                           watchdog_interval=1.0 if interval is None else interval)
+
+
+def _read_nics(c: _Checker, root: Mapping[str, object]) -> NicsConfig:
+    p = "nics"
+    t = c.table(root.get(p, {}), p, _NICS_KEYS) or {}
+    d = NicsConfig()
+    hold = c.duration(t, p, "up_hold", d.up_hold, minimum=0.0, maximum=3600.0)
+    most = c.duration(t, p, "max_up_hold", d.max_up_hold, minimum=0.0, maximum=86400.0)
+    window = c.duration(t, p, "flap_window", d.flap_window, minimum=0.0, maximum=86400.0)
+    if hold is not None and most is not None and most < hold:
+        c.add("nics.max_up_hold", f"must be at least up_hold ({_span(hold)}), got {_span(most)}")
+    interval = c.duration(t, p, "probe_interval", d.probe_interval, positive=True,
+                          minimum=0.01, maximum=3600.0)
+    failures = c.integer(t, p, "probe_failures", d.probe_failures, minimum=1, maximum=1000)
+    targets: dict[str, tuple[str, ...]] = {}
+    raw = c.table(t.get("targets", {}), "nics.targets") or {}
+    for nic, addresses in raw.items():
+        where = _join("nics.targets", nic)
+        if not isinstance(addresses, list) or not addresses:
+            c.add(where, "expected a non-empty array of addresses to probe through that NIC, "
+                  f"got {_describe(addresses)}")
+            continue
+        good: list[str] = []
+        for i, address in enumerate(addresses):
+            try:
+                ip = ipaddress.ip_address(address) if isinstance(address, str) else None
+            except ValueError:
+                ip = None
+            if ip is None or ip.version != 4:
+                c.add(f"{where}[{i}]", f"expected an IPv4 address (probes are ICMP echo), got "
+                      f"{_describe(address)}")
+            else:
+                good.append(str(ip))
+        targets[str(nic)] = tuple(good)
+    return NicsConfig(up_hold=d.up_hold if hold is None else hold,
+                      max_up_hold=d.max_up_hold if most is None else most,
+                      flap_window=d.flap_window if window is None else window,
+                      targets=targets,
+                      probe_interval=d.probe_interval if interval is None else interval,
+                      probe_failures=failures)
 
 
 def _read_nodes(c: _Checker, root: Mapping[str, object], base: Path,

@@ -16,6 +16,7 @@ TransitionCompleted        ``transition_completed``     epoch, placement (group 
 NodeJoined                 ``node_joined``              member
 NodeLost                   ``node_lost``                member, clean (it said goodbye)
 LinkUp / LinkDown          ``link_up`` / ``link_down``  member, link
+NicUp / NicDown            ``nic_up`` / ``nic_down``    nic, reason (a NIC of ``node``)
 ResourceStateChanged       ``resource_state_changed``   resource, group, state, reason
 GroupStateChanged          ``group_state_changed``      group, state, reason
 FailCountsCleared          ``fail_counts_cleared``      group
@@ -55,6 +56,8 @@ __all__ = [
     "LinkDown",
     "LinkUp",
     "Missed",
+    "NicDown",
+    "NicUp",
     "NodeJoined",
     "NodeLost",
     "Notification",
@@ -126,6 +129,24 @@ class LinkDown(Notification):
     kind: ClassVar[str] = "link_down"
     member: str
     link: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NicUp(Notification):
+    """A NIC of ``node`` is usable again (and stayed so for the hold: docs/configuration.md)."""
+
+    kind: ClassVar[str] = "nic_up"
+    nic: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NicDown(Notification):
+    """A NIC of ``node`` cannot pass traffic: ``reason`` says why."""
+
+    kind: ClassVar[str] = "nic_down"
+    nic: str
+    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -221,9 +242,8 @@ class Missed(Notification):
 _TYPES: dict[str, type[Notification]] = {
     cls.kind: cls for cls in (
         TransitionStarted, TransitionCompleted, NodeJoined, NodeLost, LinkUp, LinkDown,
-        ResourceStateChanged, GroupStateChanged, FailCountsCleared, GroupMoved, QuorumGained,
-        QuorumLost,
-        FencingRequested, FencingCompleted, Decision, Missed)
+        NicUp, NicDown, ResourceStateChanged, GroupStateChanged, FailCountsCleared, GroupMoved,
+        QuorumGained, QuorumLost, FencingRequested, FencingCompleted, Decision, Missed)
 }
 #: Every kind a subscriber can ask for.
 KINDS: frozenset[str] = frozenset(_TYPES)

@@ -46,6 +46,23 @@ class NodeStatus:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class NicStatus:
+    """One NIC of the answering node, as its NIC monitor believes it."""
+
+    state: str  # up, down
+    reason: str
+    since: str  # wall-clock time of the last change
+
+    def to_json(self) -> dict[str, Any]:
+        return {"state": self.state, "reason": self.reason, "since": self.since}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> NicStatus:
+        return cls(state=str(data["state"]), reason=str(data["reason"]),
+                   since=str(data["since"]))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class GroupStatus:
     node: str | None  # where it is active, as far as this node knows
     state: str  # its local state there, "stopped", or "conflict" (active on several)
@@ -167,6 +184,7 @@ class ClusterStatus:
     messages: Mapping[str, int] = field(default_factory=dict)  # the codec's counters
     decisions: tuple[tuple[str, str], ...] = ()  # (when, why), newest last
     fencing: FencingStatus = field(default_factory=FencingStatus)
+    nics: Mapping[str, NicStatus] = field(default_factory=dict)  # this node's NICs
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -196,6 +214,7 @@ class ClusterStatus:
             "mismatched": list(self.mismatched), "dropped": self.dropped,
             "messages": dict(self.messages), "decisions": [list(d) for d in self.decisions],
             "fencing": self.fencing.to_json(),
+            "nics": {n: v.to_json() for n, v in self.nics.items()},
         }
 
     @classmethod
@@ -231,6 +250,7 @@ class ClusterStatus:
             messages=dict(data.get("messages", {})),
             decisions=tuple((str(w), str(t)) for w, t in data.get("decisions", [])),
             fencing=FencingStatus.from_json(data.get("fencing")),
+            nics={n: NicStatus.from_json(v) for n, v in data.get("nics", {}).items()},
         )
 
 

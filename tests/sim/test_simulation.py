@@ -100,12 +100,13 @@ class ClusterMachine(RuleBasedStateMachine):
                                       st.sampled_from([0.0, 0.0, 0.2, 0.5]),
                                       st.floats(0.01, 0.3)), min_size=1, max_size=4),
         delays=st.sampled_from([(0.0, 0.0), (0.3, 0.0), (0.0, 0.5), (0.3, 0.5)]),
+        nics=st.booleans(),
     )
     def setup(self, nodes: int, groups: int, seed: int, strategy: str,
               slow_stops: bool, sizes: list[int] | None = None, chain: int = 2,
               fencer: str = "guardian", devices: bool = False,
               behaviours: list[tuple[float, float, float]] | None = None,
-              delays: tuple[float, float] = (0.0, 0.0)) -> None:
+              delays: tuple[float, float] = (0.0, 0.0), nics: bool = False) -> None:
         # two_node clusters need a fencer that powers nodes off (docs/protocol.md); slow
         # stops take most of their stop_timeout, so the silence fencer's wait is really tested;
         # the guardian kills what a node runs within guard_time of its lease's end
@@ -113,7 +114,7 @@ class ClusterMachine(RuleBasedStateMachine):
         cfg = sim_config(nodes, groups, strategy=strategy, chain=chain,
                          resources_per_group=sizes or 2, fencer=fencer,
                          fence=devices or fencer == "devices", delay_max=delays[0],
-                         priority_delay=delays[1])
+                         priority_delay=delays[1], nics=nics)
         drawn = behaviours or [(0.0, 0.0, 0.1)]
         self.cluster = SimCluster(cfg, rng=random.Random(seed), fencer=fencer,
                                   stop_duration=None if slow_stops else 0.02,
@@ -279,6 +280,12 @@ class ClusterMachine(RuleBasedStateMachine):
             for end in (first, second):
                 if other not in (first, second):
                     self.cluster.slow_link(other, end, (slow, slow + 0.01))
+
+    @rule(data=st.data(), nic=st.sampled_from(["eth0", "eth1"]), up=st.booleans())
+    def nic_changes(self, data: st.DataObject, nic: str, up: bool) -> None:
+        """A NIC of a node loses or regains its carrier: the groups whose addresses it can
+        no longer carry fail there and go where they can run (or nowhere)."""
+        self.cluster.nic(data.draw(st.sampled_from(self.names)), nic, up)
 
     @rule()
     def heal(self) -> None:

@@ -45,12 +45,15 @@ def sim_config(
     delay_max: float = 0.0,
     priority_delay: float = 0.0,
     retry_interval: float = 0.5,
+    nics: bool = False,
 ) -> ClusterConfig:
     """``resources_per_group``: one count for all, or one per group (cycled). With
     ``group_chain``, groups form dependency chains of ``chain`` groups (g1 after g0, g2
     after g1...), each chain followed by one group on its own. With ``fence``, two fencing
     levels per node: its own board ``ipmi-NODE`` (timeout 0.3 s, one retry), then a switch
-    ``pdu`` feeding every node (timeout 0.3 s), with the ``[fencing]`` values given."""
+    ``pdu`` feeding every node (timeout 0.3 s), with the ``[fencing]`` values given. With
+    ``nics``, the first resource of each group is an address on NICs ``eth0`` then ``eth1``
+    (every third group: on ``eth1`` alone)."""
     names = node_names(nodes)
     counts = ([resources_per_group] if isinstance(resources_per_group, int)
               else list(resources_per_group))
@@ -65,7 +68,11 @@ def sim_config(
         gname = f"g{gi}"
         rnames = [f"{gname}-r{ri}" for ri in range(counts[gi % len(counts)])]
         for ri, r in enumerate(rnames):
-            res_cfgs[r] = ResourceConfig(r, "dummy", gname,
+            address = nics and ri == 0
+            on: list[str] = ["eth1"] if gi % 3 == 2 else ["eth0", "eth1"]
+            res_cfgs[r] = ResourceConfig(r, "ip" if address else "dummy", gname,
+                                         params={"address": f"198.18.9.{gi + 1}", "nic": on}
+                                         if address else {},
                                          depends_on=(rnames[ri - 1],) if ri else (),
                                          stop_timeout=stop_timeout, start_timeout=stop_timeout)
         deps = (f"g{gi - 1}",) if group_chain and 0 < gi % (chain + 1) < chain else ()

@@ -36,6 +36,7 @@ from vigil.cluster.events import (
     FenceDone,
     FenceNode,
     MarkedOutOfService,
+    NicChanged,
     Output,
     RestartResource,
     Shutdown,
@@ -49,7 +50,7 @@ from vigil.cluster.view import ResourceFacts, build_status
 from vigil.config import ClusterConfig
 from vigil.local.rundir import read_private, write_atomic
 from vigil.notifications import FailCountsCleared, ResourceStateChanged
-from vigil.status import ClusterStatus, FenceDeviceStatus, Operation
+from vigil.status import ClusterStatus, FenceDeviceStatus, NicStatus, Operation
 from vigil.transports import Codec, Sequencer
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,8 @@ class CoordinatorActor(VigilActor):
         self.guard = guard
         #: why this node left the cluster by itself (its guardian is gone), if it did
         self.lost_guardian = ""
+        #: this node's NICs as its NIC monitors last said
+        self.nics: dict[str, NicStatus] = {}
 
     def on_start(self) -> None:
         me = self.actor_ref
@@ -133,6 +136,12 @@ class CoordinatorActor(VigilActor):
             return None
         if isinstance(message, FenceDeviceState):
             self._fence_device_state(message)
+            return None
+        if isinstance(message, NicChanged):
+            self.nics[message.nic] = NicStatus(
+                state="up" if message.up else "down", reason=message.reason,
+                since=time.strftime("%H:%M:%S"))
+            self._handle(message)
             return None
         if isinstance(message, GuardianLost):
             # Nothing would kill what this node runs if its daemon hung now, so the others'
@@ -289,7 +298,8 @@ class CoordinatorActor(VigilActor):
         return build_status(self.core, ResourceFacts(
             states=self.resource_states, fail_counts=self.resource_fails,
             last_failure=self.last_failure, last_diagnostic=self.last_diagnostic,
-            messages=self.codec.counters, fence_devices=self.fence_devices), wall=_wall)
+            messages=self.codec.counters, fence_devices=self.fence_devices,
+            nics=self.nics), wall=_wall)
 
 
 def _wall(monotonic: float) -> str:

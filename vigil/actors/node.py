@@ -31,6 +31,7 @@ from vigil.actors.group import GroupActor
 from vigil.actors.guard import GuardLink
 from vigil.actors.link import LinkActor, LinkFactory
 from vigil.actors.messages import ChildFailed, ChildRestarted, Control, GetStatus, Subscribe
+from vigil.actors.nic import NicMonitorActor, NicSources, dampening, watched_nics
 from vigil.actors.notifier import NotifierActor
 from vigil.actors.resource import ResourceActor
 from vigil.config import (
@@ -125,7 +126,7 @@ class NodeRuntime:
                  link_factory: Callable[[str, str], LinkFactory],
                  registry: ResourceTypeRegistry | None = None,
                  runtime_dir: Path | None = None,
-                 guard: GuardClient | None = None) -> None:
+                 guard: GuardClient | None = None, watch_nics: bool = True) -> None:
         self.registry = registry or default_registry()
         # Timeouts the file leaves out come from the resource types (OCF meta-data).
         self.config = config = apply_type_defaults(config, self._type_defaults)
@@ -135,12 +136,15 @@ class NodeRuntime:
         #: the connection to this node's guardian (``vigil node run`` makes one); None: no
         #: guardian, e.g. nodes run in a test process
         self.guard = guard
+        #: whether NIC monitors watch this host's interfaces (off: every NIC counts as up)
+        self.watch_nics = watch_nics
         self.runtime_dir = runtime_dir or config.nodes[node].runtime_dir
         self.directory = Directory()
         self.left = threading.Event()
         self.failed = threading.Event()
         self.executor: ThreadPoolExecutor | None = None
         self.ref: pykka.ActorRef[Any] | None = None
+        self.nic_sources: NicSources | None = None
         self.missing_types = frozenset(
             r.type for r in config.resources.values() if r.type not in self.registry)
 
@@ -192,6 +196,10 @@ class NodeRuntime:
         factories["coordinator"] = lambda: CoordinatorActor.start(
             "coordinator", d, cfg, node, codec, sequencer, state_path, self.missing_types,
             guard_link)
+        nics = watched_nics(cfg, node) if self.watch_nics else []
+        rule = dampening(cfg.nics)
+        for nic in nics:
+            factories[f"nic:{nic}"] = partial(NicMonitorActor.start, f"nic:{nic}", d, nic, rule)
         for link in cfg.nodes[node].links:
             factory = self.link_factory(node, link.name)
             factories[f"link:{link.name}"] = partial(
@@ -208,6 +216,9 @@ class NodeRuntime:
             ref = d.get(name)
             if ref is not None:
                 ref.ask(Control("ping"), timeout=30.0)
+        # the kernel's word on the NICs, once their monitors are there to hear it
+        self.nic_sources = NicSources(d, nics, cfg.nics)
+        self.nic_sources.start()
         with _running_lock:
             _running.add(self)
         return self
@@ -257,6 +268,9 @@ class NodeRuntime:
     def stop(self) -> None:
         with _running_lock:
             _running.discard(self)
+        if self.nic_sources is not None:
+            self.nic_sources.close()
+            self.nic_sources = None
         if self.ref is not None:
             with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
                 self.ref.stop(block=True, timeout=30.0)

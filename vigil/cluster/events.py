@@ -125,8 +125,18 @@ class Shutdown:
     goodbye so the others need not wait for ``dead_time`` nor fence us."""
 
 
+@dataclass(frozen=True, slots=True)
+class NicChanged:
+    """A NIC monitor believes one of this node's NICs became usable (``up``) or not
+    (:mod:`vigil.cluster.nics`): the node's costs depend on it."""
+
+    nic: str
+    up: bool
+    reason: str
+
+
 Event = (Received | Tick | GroupDone | GroupFailed | AdminRequest | ClearFailures
-         | MarkedOutOfService | FenceDone | GroupProbed | GuardFenced | Shutdown)
+         | MarkedOutOfService | FenceDone | GroupProbed | GuardFenced | Shutdown | NicChanged)
 
 
 # ---- outputs ------------------------------------------------------------------------------

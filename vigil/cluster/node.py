@@ -36,6 +36,7 @@ from vigil.cluster.events import (
     GroupProbed,
     GuardFenced,
     MarkedOutOfService,
+    NicChanged,
     Output,
     Received,
     Shutdown,
@@ -77,7 +78,13 @@ from vigil.cluster.wire import (
 )
 from vigil.config import ClusterConfig
 from vigil.messages import BROADCAST
-from vigil.notifications import FailCountsCleared, TransitionCompleted, TransitionStarted
+from vigil.notifications import (
+    FailCountsCleared,
+    NicDown,
+    NicUp,
+    TransitionCompleted,
+    TransitionStarted,
+)
 
 __all__ = ["NodeCore"]
 
@@ -105,6 +112,8 @@ class NodeCore:
         self.incarnation = incarnation
         self.strategy = strategy or builtin_strategy(config.strategy)
         self.missing_types = missing_types
+        #: this node's NICs that its NIC monitors believe down -> why (for the costs)
+        self.nics_down: dict[str, str] = {}
         self.started_at = now
         self.now = now
         self.leaving = False
@@ -177,6 +186,8 @@ class NodeCore:
                                   "next transition decides where it stays", group=event.group)
         elif isinstance(event, GuardFenced):
             self.groups.fenced(event.reason)
+        elif isinstance(event, NicChanged):
+            self._nic_changed(event)
         elif isinstance(event, Shutdown) and not self.leaving:
             self.leaving = True
             self.journal.note("membership", f"{self.name} is leaving the cluster: stopping "
@@ -368,6 +379,23 @@ class NodeCore:
             self._out.messages.append(to_message(
                 Echo(hb.n, hb.incarnation, self.promise.promised), self.name, sender))
 
+    def _nic_changed(self, event: NicChanged) -> None:
+        if event.up:
+            if self.nics_down.pop(event.nic, None) is None:
+                return
+            self.journal.emit(NicUp(node=self.name, time=self.now, nic=event.nic,
+                                    reason=event.reason,
+                                    text=f"NIC {event.nic} of {self.name} is up: {event.reason}"))
+        else:
+            was_down = event.nic in self.nics_down
+            self.nics_down[event.nic] = event.reason
+            if was_down:
+                return
+            self.journal.emit(NicDown(node=self.name, time=self.now, nic=event.nic,
+                                      reason=event.reason,
+                                      text=f"NIC {event.nic} of {self.name} is down: "
+                                           f"{event.reason}"))
+
     def _clear_failures(self, group: str, how: str) -> None:
         if self.groups.clear_failures(group):
             self.journal.emit(FailCountsCleared(
@@ -422,7 +450,7 @@ class NodeCore:
                 active=frozenset(g for g, s in self.groups.state.items()
                                  if s in (LocalState.RUNNING, LocalState.STARTING)),
                 fail_counts=self.fail_counts(), standby=body.admin,
-                missing_types=self.missing_types)
+                missing_types=self.missing_types, nics_down=dict(self.nics_down))
             costs = self.strategy.local_costs(ctx)
             self._send(CostReply(epoch, {g: costs.get(g, INFINITY) for g in self.config.groups}),
                        master)

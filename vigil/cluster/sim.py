@@ -26,6 +26,7 @@ from vigil.cluster.events import (
     GroupDone,
     GroupFailed,
     GuardFenced,
+    NicChanged,
     Output,
     Received,
     RestartResource,
@@ -34,11 +35,12 @@ from vigil.cluster.events import (
     Tick,
 )
 from vigil.cluster.local import LocalState
+from vigil.cluster.nics import nics_of
 from vigil.cluster.node import NodeCore
 from vigil.cluster.promise import Persisted
 from vigil.cluster.round import Phase
 from vigil.cluster.steps import GroupAction, GroupSteps, Step, group_steps
-from vigil.cluster.strategy import Strategy, colocation_sets
+from vigil.cluster.strategy import Strategy, colocation_sets, network_paths
 from vigil.cluster.wire import NO_EPOCH, Bye, Epoch, fmt_epoch, to_message
 from vigil.config import TIME_FENCERS, ClusterConfig, FenceDevice, member_graphs
 from vigil.guard.core import Announce, Fence, GuardCore
@@ -82,6 +84,9 @@ class SimNode:
     guard: GuardCore | None = None
     guard_react: float = 0.0
     guard_at: float = math.inf  # when its next deadline is handled
+    # the host's NICs that cannot pass traffic (they outlive the daemon; its NIC monitors
+    # tell each new life at once)
+    nics_down: set[str] = field(default_factory=set)
 
     @property
     def guard_lease(self) -> float:
@@ -218,6 +223,24 @@ class SimCluster:
             self._guard_out(node, node.guard.hello(f"{name} life {node.incarnation}", self.now))
         self._check_restored(node)
         self._deliver(name, Tick())
+        for nic in sorted(node.nics_down):
+            self._deliver(name, NicChanged(nic, False, "simulated: no carrier"))
+
+    def nic(self, name: str, nic: str, up: bool) -> None:
+        """A NIC of host ``name`` loses or regains its carrier. The NIC monitor tells the
+        daemon (the dampening is a unit's business: here it is believed at once), and an ip
+        resource whose every NIC is down fails its monitor where its group runs."""
+        node = self.nodes[name]
+        (node.nics_down.discard if up else node.nics_down.add)(nic)
+        self.log.append(f"{self.now:.3f} nic {nic} of {name} {'up' if up else 'down'}")
+        if node.core is None:
+            return
+        self._deliver(name, NicChanged(nic, up, "simulated: carrier " + ("back" if up
+                                                                          else "lost")))
+        for group, cfg in self.config.groups.items():
+            for resource, nics in network_paths(self.config, cfg).items():
+                if nics and set(nics) <= node.nics_down:
+                    self.fail_group(name, group, resource)
 
     def crash(self, name: str) -> None:
         """Power off: the daemon and everything it ran are gone at once."""
@@ -650,7 +673,8 @@ class SimCluster:
                     continue
                 if state == "in":
                     continue
-                if group in node.fail_next_start:
+                nics = nics_of(self.config.resources[r].params)
+                if group in node.fail_next_start or (nics and set(nics) <= node.nics_down):
                     node.fail_next_start.discard(group)
                     del node.ops[group]
                     self._deliver(node.name, GroupDone(group, "start", False, "injected"))
@@ -857,6 +881,8 @@ class SimCluster:
         for g in groups:
             cfg = self.config.groups[g]
             if (name in core.accepted.admin
+                    or any(nics and set(nics) <= self.nodes[name].nics_down
+                           for nics in network_paths(self.config, cfg).values())
                     or len(core.groups.fail_times[g]) >= cfg.migration_threshold
                     or (self.config.strategy == "preferred" and cfg.nodes
                         and name not in cfg.nodes)):

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final
 
+from vigil.cluster.nics import nics_of
 from vigil.config import ClusterConfig, GroupConfig
 from vigil.graph import DependencyGraph
 
@@ -39,6 +40,7 @@ class LocalCostContext:
     fail_counts: Mapping[str, int]
     standby: frozenset[str]  # nodes in standby, cluster-wide administrative state
     missing_types: frozenset[str] = frozenset()  # resource types this node cannot run
+    nics_down: Mapping[str, str] = field(default_factory=dict)  # NIC -> why it is unusable
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +97,24 @@ class Strategy(ABC):
             rtype = ctx.config.resources[rname].type
             if rtype in ctx.missing_types:
                 return f"resource type {rtype!r} not available on this node"
+        for rname, nics in network_paths(ctx.config, group).items():
+            if nics and all(n in ctx.nics_down for n in nics):
+                why = "; ".join(f"{n}: {ctx.nics_down[n]}" for n in nics)
+                return f"no NIC of resource {rname} can carry its address here ({why})"
         return None
+
+    @staticmethod
+    def paths_lost(ctx: LocalCostContext, group: GroupConfig) -> int:
+        """How many of the NICs the group's addresses may use are down on this node: a node
+        with fewer healthy paths is a worse home, though it can still serve the group."""
+        return sum(n in ctx.nics_down for nics in network_paths(ctx.config, group).values()
+                   for n in nics)
+
+
+def network_paths(config: ClusterConfig, group: GroupConfig) -> dict[str, tuple[str, ...]]:
+    """Resource -> the NICs it may put its address on, for the group's ip resources."""
+    return {r: nics_of(config.resources[r].params) for r in group.resources
+            if config.resources[r].type == "ip"}
 
 
 def colocation_sets(config: ClusterConfig) -> list[list[str]]:
@@ -181,12 +200,17 @@ class CostStrategy(Strategy):
 
     A member's cost is its configured preference (``prefer``; nodes not listed cost 10 more
     than the worst listed one) minus ``stickiness`` where the group already runs (unless
-    ``failback``), and the master adds ``LOAD_WEIGHT`` for each group it has already placed on
-    a node in the same decision, so that unpinned groups spread out.
+    ``failback``), plus ``PATH_WEIGHT`` for each NIC down among those its ip resources may use
+    (a node that lost one of two NICs still serves, but one with both is a better home;
+    every NIC of one resource down is INFINITY), and the master adds ``LOAD_WEIGHT`` for each
+    group it has already placed on a node in the same decision, so that unpinned groups
+    spread out.
     """
 
     name = "cost"
     LOAD_WEIGHT = 1.0
+    #: added for each NIC down among those the group's addresses may use
+    PATH_WEIGHT = 1.0
 
     def local_costs(self, ctx: LocalCostContext) -> dict[str, float]:
         costs: dict[str, float] = {}
@@ -200,7 +224,7 @@ class CostStrategy(Strategy):
                 base = 0.0
             if group.name in ctx.active and not group.failback:
                 base -= group.stickiness
-            costs[group.name] = base
+            costs[group.name] = base + self.PATH_WEIGHT * self.paths_lost(ctx, group)
         return costs
 
     def decide(self, ctx: DecisionContext) -> Decision:

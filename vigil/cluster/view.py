@@ -19,6 +19,7 @@ from vigil.status import (
     FenceEvent,
     FencingStatus,
     GroupStatus,
+    NicStatus,
     NodeStatus,
     Operation,
     ResourceStatus,
@@ -37,6 +38,7 @@ class ResourceFacts:
     messages: Mapping[str, int] = field(default_factory=dict)  # the codec's counters
     #: fence device -> what its last monitor here found (devices never monitored: absent)
     fence_devices: Mapping[str, FenceDeviceStatus] = field(default_factory=dict)
+    nics: Mapping[str, NicStatus] = field(default_factory=dict)  # as the NIC monitors say
 
 
 def _core_time(t: float) -> str:
@@ -134,4 +136,4 @@ def build_status(core: NodeCore, facts: ResourceFacts | None = None, *,
         mismatched=tuple(sorted(membership.mismatched)), dropped=core.dropped,
         messages=dict(facts.messages),
         decisions=tuple((wall(t), text) for t, text in core.decisions[-20:]),
-        fencing=fence_status)
+        fencing=fence_status, nics=dict(facts.nics))
