@@ -89,6 +89,8 @@ __all__ = [
 PREFIX: Final = "vg"
 #: Link k's network is 198.18.k.0/24 (198.18.0.0/15 is reserved for benchmarking, RFC 2544).
 MAX_LINKS: Final = 2
+#: the second NIC of every host on network 0, with ``spare_nic``
+SPARE_NIC: Final = "eth0b"
 MAX_HOSTS: Final = 200
 CLIENT_OCTET: Final = 250
 DEFAULT_PORT: Final = 7400
@@ -280,6 +282,18 @@ class Host(_Namespace):
         """The switch-side port of this host on a link."""
         return f"h{self.index}l{_link_index(link)}"
 
+    def spare_port(self) -> str:
+        """The switch-side port of this host's spare NIC (``eth0b``) on network 0."""
+        return f"h{self.index}s0"
+
+    def nic_port(self, nic: str) -> str:
+        """The switch-side port of one of this host's NICs (``eth0``, ``eth1``, ``eth0b``)."""
+        if nic == SPARE_NIC and self.cluster.spare_nic:
+            return self.spare_port()
+        if nic.startswith("eth") and nic[3:].isdigit() and int(nic[3:]) < self.cluster.links:
+            return self.port(int(nic[3:]))
+        raise ValueError(f"host {self.name} has no NIC {nic!r}")
+
     def _prefix(self, wd: Path | None = None) -> list[str]:
         if not self.powered or self.keeper is None:
             raise NsClusterError(f"host {self.name} is powered off: power_on() it first")
@@ -353,7 +367,8 @@ class NsCluster:
 
     def __init__(self, hosts: int = 3, links: int = 1, *, names: Sequence[str] | None = None,
                  port: int = DEFAULT_PORT, timing: dict[str, str] | None = None,
-                 tmp: str | Path | None = None, cluster_name: str | None = None) -> None:
+                 tmp: str | Path | None = None, cluster_name: str | None = None,
+                 spare_nic: bool = False) -> None:
         if names is not None:
             names = list(names)
             hosts = len(names)
@@ -372,6 +387,10 @@ class NsCluster:
             raise ValueError(f"port={port}: must be 1..65535")
         self.prefix = f"{PREFIX}{os.getpid()}c{next(_counter)}"
         self.links = links
+        #: each host has a second NIC on network 0, ``eth0b``, without an address of its own
+        self.spare_nic = spare_nic
+        #: cables pulled by :meth:`pull_cable`: (host, switch port)
+        self._pulled: set[tuple[str, str]] = set()
         self.port = port
         self.timing = dict(DEFAULT_TIMING if timing is None else timing)
         # unique, like the prefix: nodes' cgroups are named after cluster and node
@@ -426,6 +445,11 @@ class NsCluster:
         _cmd(["ip", "netns", "add", name])
         self._namespaces.append(name)
         self._ip(name, "link", "set", "lo", "up")
+        # a route through a NIC without carrier is not used (what a host with two NICs on
+        # one network needs, so that answers leave by the NIC that still works)
+        for scope in ("all", "default"):
+            _cmd(["ip", "netns", "exec", name, "sysctl", "-qw",
+                  f"net.ipv4.conf.{scope}.ignore_routes_with_linkdown=1"])
 
     def _build(self) -> None:
         self.tmp.mkdir(parents=True, exist_ok=True)
@@ -440,20 +464,50 @@ class NsCluster:
             for k in range(self.links):
                 self._plug(host.netns, f"eth{k}", host.port(k), f"br{k}",
                            f"{host.address(k)}/24")
+            self._plug_spare(host)
             self._boot(host)
         self._add_netns(self.client.netns)
         self._plug(self.client.netns, "eth0", self.client.port, "br0",
                    f"{self.client.address}/24")
 
-    def _plug(self, netns: str, ifname: str, port: str, bridge: str, address: str,
+    def _plug(self, netns: str, ifname: str, port: str, bridge: str, address: str | None,
               up: bool = True) -> None:
         # The pair is born in the switch namespace with its far end moved straight into the
         # host's: neither end ever exists in the machine's own namespace.
         self._ip(self.switch, "link", "add", port, "type", "veth", "peer", "name", ifname,
                  "netns", netns)
         self._ip(self.switch, "link", "set", port, "master", bridge, "up" if up else "down")
-        self._ip(netns, "addr", "add", address, "dev", ifname)
+        if address is not None:
+            self._ip(netns, "addr", "add", address, "dev", ifname)
         self._ip(netns, "link", "set", ifname, "up")
+
+    def _plug_spare(self, h: Host) -> None:
+        if self.spare_nic:
+            port = h.spare_port()
+            self._plug(h.netns, SPARE_NIC, port, "br0", None,
+                       up=(h.name, port) not in self._pulled)
+
+    def pull_cable(self, host: HostRef, nic: str) -> None:
+        """Pull the cable of one NIC of the host (``eth0``, ``eth1``, ``eth0b``): its
+        switch port goes down, so the host's NIC loses its carrier."""
+        h = self.host(host)
+        port = h.nic_port(nic)
+        if nic != SPARE_NIC:
+            self.cut_link(h, int(nic[3:]))
+            return
+        self._pulled.add((h.name, port))
+        self._ip(self.switch, "link", "set", port, "down")
+
+    def plug_cable(self, host: HostRef, nic: str) -> None:
+        """Plug it back (it stays down while the host is powered off)."""
+        h = self.host(host)
+        port = h.nic_port(nic)
+        if nic != SPARE_NIC:
+            self.restore_link(h, int(nic[3:]))
+            return
+        self._pulled.discard((h.name, port))
+        if h.powered:
+            self._ip(self.switch, "link", "set", port, "up")
 
     def _boot(self, host: Host) -> None:
         """Start the host's keeper: new mount and UTS namespaces with a private /run."""
@@ -679,6 +733,8 @@ class NsCluster:
                             reap=[p for p in (h.keeper, h.daemon) if p])
         for k in range(self.links):
             self._ip(self.switch, "link", "set", h.port(k), "down")
+        if self.spare_nic:
+            self._ip(self.switch, "link", "set", h.spare_port(), "down")
         self._log(h).write(
             f"--- nscluster {time.strftime('%H:%M:%S')}: power off {h.name}\n".encode())
         self._log(h).flush()
@@ -699,7 +755,7 @@ class NsCluster:
         ports = [h.port(k) for k in range(self.links)]
         # Its cables are pulled out for good: the old namespace may outlive its name for
         # minutes (closing TCP sockets hold it), and must not keep a way onto the switch.
-        for port in ports:
+        for port in ports + ([h.spare_port()] if self.spare_nic else []):
             self._ip(self.switch, "link", "del", port)
         _cmd(["ip", "netns", "del", h.netns])
         self._namespaces.remove(h.netns)
@@ -708,6 +764,7 @@ class NsCluster:
             side = self._sides.get(port)
             self._plug(h.netns, f"eth{k}", port, f"br{k}s{side}" if side else f"br{k}",
                        f"{h.address(k)}/24", up=k not in h.cut)
+        self._plug_spare(h)
         self._boot(h)
         if start_daemon and self.config.exists():
             self.start(h)

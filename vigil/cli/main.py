@@ -332,6 +332,12 @@ def format_status(st: ClusterStatus) -> str:
             extra += f" links down: {', '.join(down)}"
         lines.append(f"  * {n:<12} {v.state.upper() if v.state != 'online' else 'online'}"
                      f"{extra}")
+    if st.nics:
+        lines.append(f"NICs of {st.node}:")
+        for nic, nv in sorted(st.nics.items()):
+            state = "up" if nv.state == "up" else "DOWN"
+            why = "" if nv.state == "up" and nv.reason == "usable" else f": {nv.reason}"
+            lines.append(f"  * {nic:<12} {state} since {nv.since}{why}")
     lines.append("Groups:")
     by_group: dict[str, list[str]] = {}
     for r, rv in st.resources.items():  # in start order

@@ -13,6 +13,7 @@ Layout (``ro`` value files are mode 0444; ``rw`` control files are root's, mode 
     cluster/   name epoch master quorate quorum transition seen_from       ro
                maintenance                                  rw: on | off
     nodes/NODE/      state standby links/LINK (up | down)   ro
+                     nics/NIC (up | down: why; this node's) ro
                      fencing (what its fencing waits for)   ro
                      control                 rw: standby | online | fence | confirm_off
     fencing/         pending (NODE: what it waits for)      ro
@@ -234,6 +235,12 @@ def build_tree(st: ClusterStatus, diagnoses: Mapping[str, str] | None = None) ->
                 b.file(f"{links}/{link}", b"up\n" if up else b"down\n")
         b.file(f"{d}/fencing", _text(st.fencing.pending.get(n)))
         b.file(f"{d}/control", b"", Control("node", n, NODE_WORDS))
+        if n == st.node:  # a node knows its own NICs only
+            nics = b.dir(f"{d}/nics")
+            for nic, nv in st.nics.items():
+                if _safe(nic):
+                    b.file(f"{nics}/{nic}", _text(nv.state if nv.state == "up"
+                                                   else f"{nv.state}: {nv.reason}"))
 
     b.dir("/groups")
     for g, gv in st.groups.items():
