@@ -771,8 +771,9 @@ class IpResource(Resource):
                     if not expected:  # not ours to move: a probe only reports
                         return (OpResult.failure(failed, current.why) if current.why else
                                 OpResult.success(ServiceState.IN_SERVICE, self._on(current)))
-                    return OpResult.success(ServiceState.IN_SERVICE,
-                                            self._move(ipr, survey, current, target))
+                    moved = self._move(ipr, survey, current, target)
+                    self._note_in_service(moved)  # a monitor that agrees keeps the old reason
+                    return OpResult.success(ServiceState.IN_SERVICE, moved)
         except (NetlinkError, OSError) as exc:
             return OpResult.failure(failed, f"cannot query {', '.join(self.settings.nics)} "
                                     f"over netlink: {_error_text(exc)}")
