@@ -6,9 +6,9 @@ list of ``{"name": ..., "params": {...}}`` (optionally ``start_timeout``, ``stop
 
 It prints ``{"ready": true}``, then answers each JSON line on stdin, ``{"op": OP, "name": NAME}``
 with OP one of start, stop, force_stop, monitor, state, validate, nics_changed (with ``"down":
-[NIC, ...]``), with one JSON line: ``{"ok", "state", "reason", "active_nic"}`` (validate, without active_nic:
+[NIC, ...]``), with one JSON line: ``{"ok", "state", "reason", "active_nic"}``; validate:
 ``{"problems": [...]}``; nics_changed: ``{"result": null or {"ok", "state", "reason"},
-"started": its time.monotonic() when called, "duration", "active_nic"}``). It exits when stdin
+"started": its time.monotonic() when called, "duration", "active_nic"}``. It exits when stdin
 closes.
 """
 
