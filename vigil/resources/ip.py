@@ -1,4 +1,5 @@
-"""The ip resource type: an IP address that moves between nodes (a "virtual IP").
+"""The ip resource type: an IP address that moves between nodes (a "virtual IP"), and between
+the network interfaces of one node.
 
 Start adds the address to a network interface of this node and announces it with gratuitous
 ARP, so that the neighbours' ARP caches point at this node at once instead of at the node that
@@ -15,46 +16,81 @@ Parameters:
     The prefix length (netmask length): default 24 for IPv4, 64 for IPv6. An IPv4 netmask
     such as ``"255.255.255.0"`` is accepted too.
 ``nic`` (required)
-    The interface to put the address on, e.g. ``"eth0"``. It must exist when the resource
-    starts; Vigil never brings an interface up or down.
+    The interface to put the address on, e.g. ``"eth0"``, or a list of interfaces in order of
+    preference, ``["eth0", "eth1"]``: NICs on the same network (two ports into one switch, or
+    into two switches of one segment), so that the address can move to the next when one
+    fails. Vigil never brings an interface up or down.
+``nic_failback``
+    With a list: whether the address goes back to an earlier-listed nic once that one can
+    carry it again (default false: it stays where it is, and moves only when it must).
 ``label``
     IPv4 only: an address label as ``ifconfig`` shows it, the nic name, a colon and a suffix
-    (``"eth0:web"``), at most 15 characters.
+    (``"eth0:web"``), at most 15 characters. With a list of nics, write it with any listed
+    nic's name: the suffix goes with the address, which is ``"eth1:web"`` on eth1 (a label
+    that does not start with the name of the interface that carries it would confuse the
+    tools that read labels; every listed nic's name with the suffix must fit in 15).
 ``broadcast``
     IPv4 only: the broadcast address, or ``"+"`` (host bits set: 198.18.0.255 for a /24) or
     ``"-"`` (host bits clear). Default: none, as ``ip addr add`` without ``brd``.
 ``arp_count``
-    How many gratuitous ARP frames to send after adding an IPv4 address (default 5; 0 sends
-    none). Ignored for IPv6.
+    How many gratuitous ARP frames to send after adding an IPv4 address, at a start or a move
+    (default 5; 0 sends none). Ignored for IPv6.
 ``arp_interval``
     The time between two of them: seconds or a string such as ``"200ms"`` (default
     ``"200ms"``, at most 10 s; note that a bare number is seconds, not milliseconds as in
     the OCF IPaddr2 agent).
 
-Start fails when the nic does not exist or its link is down (the node cannot serve the address,
-so another one should). Adding an address that is already there succeeds. The first gratuitous
-ARP frame (an ARP request whose sender and target are the address, to the broadcast MAC) is
-sent before the start returns; the others follow every ``arp_interval`` on a background thread,
-which a stop ends. Neighbours update an ARP entry they already have (pointing at the old node);
-Linux does not create new entries from gratuitous ARP unless ``arp_accept`` is set, which is
-fine: a host without an entry asks when it needs one. An IPv6 start waits, within
+A nic *can carry* the address when it exists, its link is up (administratively up, with carrier
+(a veth whose peer is down or gone has none) and an operstate that can pass traffic), and the
+node's NIC monitors do not report it down (the last set given to :meth:`IpResource.nics_changed`).
+
+Start puts the address on the first listed nic that can carry it (an address already on a listed
+nic that can carry it stays there) and fails, naming every nic and why, when none can: the node
+cannot serve the address, so another one should. The first gratuitous ARP frame (an ARP request
+whose sender and target are the address, to the broadcast MAC) is sent before the start
+returns; the others follow every ``arp_interval`` on a background thread, which a stop or the
+next move ends. Neighbours update an ARP entry they already have (pointing at the old node or
+nic); Linux does not create new entries from gratuitous ARP unless ``arp_accept`` is set, which
+is fine: a host without an entry asks when it needs one. An IPv6 start waits, within
 ``start_timeout``, until duplicate address detection has finished (the address is usable only
 then) and fails if another host has the address. No unsolicited neighbour advertisement is
 sent for IPv6 (not done: neighbours find the new node when their entries go stale).
 
-Stop removes the address (an address already gone, or a nic gone, counts as stopped); a netlink
-error makes it UNCLEAN. Removing an IPv4 address that is *primary* on its subnet makes Linux
-also remove the secondary addresses of that subnet (other virtual IPs!) unless the interface's
-``promote_secondaries`` setting is on; new network namespaces have it off. So before removing a
-primary address that has secondaries, the stop turns ``net.ipv4.conf.<nic>.promote_secondaries``
-on for that nic and says so in its reason.
+A move, while the resource is in service: when the nic that carries the address can no longer
+carry it, the address goes to the first listed nic that can (with ``nic_failback``, also back
+to an earlier-listed nic that can again). It is added there first, the first gratuitous ARP
+frame goes out on the new nic, then it is removed from the old one: two netlink requests
+after reading the nics' state, one frame, no sleep; an IPv6 address is added there without
+duplicate address detection, as it was this node's a moment ago. The node's NIC monitors call
+:meth:`IpResource.nics_changed` whenever the set of NICs they know to be down changes; each
+monitor does the same check, so an address also moves when no NIC event came. When no listed
+nic can carry the address it is left where it is and the resource is FAILED (the cluster then
+recovers it, on another node if need be).
 
-Monitor finds the resource in service when the address is on the nic and the link is up:
-administratively up, with carrier (a veth whose peer is down or gone has none) and an operstate
-that can pass traffic. A link that is down is FAILED ("link down: ..."); an address that is
-missing is FAILED while the resource should be in service ("address 198.18.0.100/24 is gone from
-eth0") and simply out of service otherwise. ``monitor.depth`` is not used; every probe is two
-netlink queries. Default monitor: every 10 s, timeout 20 s (as IPaddr2).
+Stop removes the address from every listed nic that has it (an address already gone, or a nic
+gone, counts as stopped); a netlink error makes it UNCLEAN. Removing an IPv4 address that is
+*primary* on its subnet makes Linux also remove the secondary addresses of that subnet (other
+virtual IPs!) unless the interface's ``promote_secondaries`` setting is on; new network
+namespaces have it off. So before removing a primary address that has secondaries, a stop or a
+move turns ``net.ipv4.conf.<nic>.promote_secondaries`` on for that nic and says so in its
+reason.
+
+Monitor finds the resource in service when the address is on a listed nic that can carry it,
+moving it first when it must (above). A missing address is FAILED while the resource should be
+in service ("address 198.18.0.100/24 is gone from eth0") and simply out of service otherwise;
+an address on no nic that can carry it is FAILED ("link down: ..."). ``monitor.depth`` is not
+used; a probe is a few netlink queries. Default monitor: every 10 s, timeout 20 s (as IPaddr2).
+
+The node's guardian is told the address on every listed nic (it removes it wherever it is when
+it fences the node; a nic without it counts as done).
+
+Two NICs on one segment need two kernel settings to behave, both per network namespace:
+``net.ipv4.conf.all.arp_ignore = 1``, so that only the nic that has the address answers ARP for
+it (otherwise either may answer, and neighbours may keep the MAC of a nic that fails later
+without any move to announce it); and, when the nics also have addresses of their own in the
+address's subnet, ``net.ipv4.conf.all.ignore_routes_with_linkdown = 1``, so that replies do not
+keep leaving through the first nic's route after it lost its carrier. Without own addresses in
+the subnet, the subnet's route comes and goes with the address.
 """
 
 from __future__ import annotations
