@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -254,12 +254,15 @@ class Net:
         self.made: list[str] = []
         self.processes: list[subprocess.Popen[str]] = []
 
-    def create(self) -> None:
+    def namespaces(self) -> None:
         for ns in (self.a, self.b):
             made = _run("ip", "netns", "add", ns, check=False)
             if made.returncode != 0:
                 pytest.skip(f"cannot create network namespaces: {made.stderr.strip()}")
             self.made.append(ns)
+
+    def create(self) -> None:
+        self.namespaces()
         # Made inside A, the peer moved straight to B: the root namespace never sees either.
         _run("ip", "-n", self.a, "link", "add", NIC_A, "type", "veth", "peer", "name", NIC_B,
              "netns", self.b)
@@ -328,18 +331,25 @@ class Net:
         return any(a.get("local") == address for a in self.addresses(ns, nic))
 
 
-@pytest.fixture
-def net(tmp_path: Path) -> Iterator[Net]:
+N = TypeVar("N", bound=Net)
+
+
+def _made(network: N) -> Iterator[N]:
+    """The body of a fixture that makes ``network``'s namespaces and destroys them after."""
     if os.geteuid() != 0:
         pytest.skip("needs root: creates network namespaces and adds addresses in them")
     if shutil.which("ip") is None:
         pytest.skip("needs the ip tool (iproute2) to create network namespaces")
-    network = Net(tmp_path)
     try:
         network.create()
         yield network
     finally:
         network.destroy()
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Iterator[Net]:
+    yield from _made(Net(tmp_path))
 
 
 def vip(**extra: Any) -> dict[str, Any]:
@@ -631,11 +641,7 @@ class TwoNics(Net):
     (``arp_ignore = 1``), as a host with two NICs on one segment should."""
 
     def create(self) -> None:
-        for ns in (self.a, self.b):
-            made = _run("ip", "netns", "add", ns, check=False)
-            if made.returncode != 0:
-                pytest.skip(f"cannot create network namespaces: {made.stderr.strip()}")
-            self.made.append(ns)
+        self.namespaces()
         bridge = self.ip(self.b, "link", "add", BRIDGE, "type", "bridge", "forward_delay", "0",
                          "stp_state", "0", check=False)
         if bridge.returncode != 0:
@@ -675,16 +681,7 @@ class TwoNics(Net):
 
 @pytest.fixture
 def two(tmp_path: Path) -> Iterator[TwoNics]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root: creates network namespaces and adds addresses in them")
-    if shutil.which("ip") is None:
-        pytest.skip("needs the ip tool (iproute2) to create network namespaces")
-    network = TwoNics(tmp_path)
-    try:
-        network.create()
-        yield network
-    finally:
-        network.destroy()
+    yield from _made(TwoNics(tmp_path))
 
 
 def vip2(**extra: Any) -> dict[str, Any]:
