@@ -5,8 +5,11 @@ SPECS``) because the resource acts on the namespace of the process that runs it.
 list of ``{"name": ..., "params": {...}}`` (optionally ``start_timeout``, ``stop_timeout``).
 
 It prints ``{"ready": true}``, then answers each JSON line on stdin, ``{"op": OP, "name": NAME}``
-with OP one of start, stop, force_stop, monitor, state, validate, with one JSON line:
-``{"ok", "state", "reason"}`` (validate: ``{"problems": [...]}``). It exits when stdin closes.
+with OP one of start, stop, force_stop, monitor, state, validate, nics_changed (with ``"down":
+[NIC, ...]``), with one JSON line: ``{"ok", "state", "reason", "active_nic"}``; validate:
+``{"problems": [...]}``; nics_changed: ``{"result": null or {"ok", "state", "reason"},
+"started": its time.monotonic() when called, "duration", "active_nic"}``. It exits when stdin
+closes.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +55,11 @@ def main() -> None:
         answer: dict[str, Any]
         if op == "validate":
             answer = {"problems": rtype.validate(configs[name])}
+        elif op == "nics_changed":
+            started = time.monotonic()
+            changed = resource.nics_changed(frozenset(command["down"]))
+            answer = {"result": None if changed is None else _answer(changed),
+                      "started": started, "duration": time.monotonic() - started}
         elif op == "state":
             answer = {"ok": True, "state": resource.service_state().value,
                       "reason": resource.last_reason()}
@@ -58,6 +67,8 @@ def main() -> None:
             operation = {"start": resource.in_service, "stop": resource.oo_service,
                          "force_stop": resource.force_oos, "monitor": resource.monitor}[op]
             answer = _answer(operation())
+        if op != "validate":
+            answer["active_nic"] = resource.active_nic
         print(json.dumps(answer), flush=True)
 
 

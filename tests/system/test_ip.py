@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -109,6 +109,51 @@ def test_constructor_refuses_bad_params() -> None:
         IpType().instantiate(config, "n1", Path("/nonexistent"))
 
 
+def test_nic_may_list_several_interfaces_in_order_of_preference() -> None:
+    settings, found = parse_ip_params({"address": "198.18.0.100", "nic": ["eth0", "eth1"],
+                                       "label": "eth0:web"})
+    assert found == []
+    assert settings is not None
+    assert settings.nics == ("eth0", "eth1") and settings.nic == "eth0"
+    assert settings.nic_failback is False
+    assert (settings.label_on("eth0"), settings.label_on("eth1")) == ("eth0:web", "eth1:web")
+    single, _ = parse_ip_params({"address": "198.18.0.100", "nic": "eth0"})
+    assert single is not None and single.nics == ("eth0",) and single.label_on("eth0") is None
+    back, found = parse_ip_params({"address": "198.18.0.100", "nic": ["eth0", "eth1"],
+                                   "nic_failback": True, "label": "eth1"})
+    assert found == [] and back is not None and back.nic_failback
+    assert back.label_on("eth0") == "eth0"  # a label that is a nic's name: the nic's name
+
+
+@pytest.mark.parametrize(("params", "expected"), [
+    ({"nic": []}, "parameter 'nic' is an empty list"),
+    ({"nic": ["eth0", "eth1", "eth0"]}, "lists eth0 more than once"),
+    ({"nic": ["eth0", "averyveryverylongnic"]}, "parameter 'nic' (item 2): "
+                                                "'averyveryverylongnic' is 20 characters"),
+    ({"nic": ["eth0", ""]}, "parameter 'nic' (item 2) is empty"),
+    ({"nic": ["eth0:web", "eth1"]}, "parameter 'nic' (item 1): 'eth0:web' is an alias label"),
+    ({"nic": ["eth0", "a/b"]}, "not a valid interface name"),
+    ({"nic": "eth0", "nic_failback": "yes"}, "parameter 'nic_failback' must be true or false"),
+    ({"nic": ["eth0", "eth1"], "label": "eth2:web"},
+     "must be a listed nic's name, a colon and a suffix, like \"eth0:web\""),
+    ({"nic": ["eth0", "enp0s31f6"], "label": "eth0:website"},
+     "on enp0s31f6 the address would carry the label 'enp0s31f6:website', 17 characters"),
+])
+def test_bad_nic_lists_are_named(params: dict[str, Any], expected: str) -> None:
+    found = problems(address="198.18.0.100", **params)
+    assert any(expected in p for p in found), found
+
+
+def test_the_guardian_is_told_the_address_on_every_listed_nic() -> None:
+    config = ResourceConfig(name="vip", type="ip", group="g",
+                            params={"address": VIP, "nic": ["eth0", "eth1"]})
+    resource = IpType().instantiate(config, "n1", Path("/nonexistent"))
+    assert isinstance(resource, IpResource)
+    assert [str(a) for a in resource.holding().addresses] == [f"{VIP}/24 on eth0",
+                                                               f"{VIP}/24 on eth1"]
+    assert resource.active_nic is None  # not in service
+
+
 def test_type_defaults_and_registry() -> None:
     rtype = IpType()
     assert (rtype.default_monitor().interval, rtype.default_monitor().timeout) == (10.0, 20.0)
@@ -190,9 +235,10 @@ class Driver:
     def _what(self, op: str) -> str:
         return f"ip_driver {op} (log {self.log}: {self.log.read_text()[-2000:]})"
 
-    def call(self, op: str, name: str = "vip", timeout: float = 30.0) -> dict[str, Any]:
+    def call(self, op: str, name: str = "vip", timeout: float = 30.0,
+             **extra: Any) -> dict[str, Any]:
         assert self.process.stdin is not None
-        self.process.stdin.write(json.dumps({"op": op, "name": name}) + "\n")
+        self.process.stdin.write(json.dumps({"op": op, "name": name, **extra}) + "\n")
         self.process.stdin.flush()
         answer: dict[str, Any] = json.loads(self.lines.next(timeout, self._what(op)))
         return answer
@@ -208,12 +254,15 @@ class Net:
         self.made: list[str] = []
         self.processes: list[subprocess.Popen[str]] = []
 
-    def create(self) -> None:
+    def namespaces(self) -> None:
         for ns in (self.a, self.b):
             made = _run("ip", "netns", "add", ns, check=False)
             if made.returncode != 0:
                 pytest.skip(f"cannot create network namespaces: {made.stderr.strip()}")
             self.made.append(ns)
+
+    def create(self) -> None:
+        self.namespaces()
         # Made inside A, the peer moved straight to B: the root namespace never sees either.
         _run("ip", "-n", self.a, "link", "add", NIC_A, "type", "veth", "peer", "name", NIC_B,
              "netns", self.b)
@@ -282,18 +331,25 @@ class Net:
         return any(a.get("local") == address for a in self.addresses(ns, nic))
 
 
-@pytest.fixture
-def net(tmp_path: Path) -> Iterator[Net]:
+N = TypeVar("N", bound=Net)
+
+
+def _made(network: N) -> Iterator[N]:
+    """The body of a fixture that makes ``network``'s namespaces and destroys them after."""
     if os.geteuid() != 0:
         pytest.skip("needs root: creates network namespaces and adds addresses in them")
     if shutil.which("ip") is None:
         pytest.skip("needs the ip tool (iproute2) to create network namespaces")
-    network = Net(tmp_path)
     try:
         network.create()
         yield network
     finally:
         network.destroy()
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Iterator[Net]:
+    yield from _made(Net(tmp_path))
 
 
 def vip(**extra: Any) -> dict[str, Any]:
@@ -569,3 +625,321 @@ def test_resource_in_this_process_reports_a_missing_nic_without_root() -> None:
     monitored = resource.monitor()
     assert monitored.ok and monitored.state.value == "oos"
     assert "no nic vigt-none0" in monitored.reason
+
+
+# -- two nics on one segment --------------------------------------------------------------------
+
+NIC_1, NIC_2 = "vigA1", "vigA2"  # in A
+PORT_1, PORT_2, BRIDGE = "vigB1", "vigB2", "vigBr"  # in B: A's peers, in one bridge
+VIP2 = "198.18.201.100"
+
+
+class TwoNics(Net):
+    """A with two nics, vigA1 and vigA2, both on B's bridge (one segment, as two NICs into one
+    switch). A has no address of its own on them: only the resource's, so the address's
+    subnet route follows it. A answers ARP only on the nic that holds the address
+    (``arp_ignore = 1``), as a host with two NICs on one segment should."""
+
+    def create(self) -> None:
+        self.namespaces()
+        bridge = self.ip(self.b, "link", "add", BRIDGE, "type", "bridge", "forward_delay", "0",
+                         "stp_state", "0", check=False)
+        if bridge.returncode != 0:
+            pytest.skip(f"cannot create a bridge: {bridge.stderr.strip()}")
+        for nic, port in ((NIC_1, PORT_1), (NIC_2, PORT_2)):
+            self.ip(self.a, "link", "add", nic, "type", "veth", "peer", "name", port,
+                    "netns", self.b)
+            self.ip(self.b, "link", "set", port, "master", BRIDGE)
+        self.ip(self.b, "addr", "add", "198.18.201.2/24", "dev", BRIDGE)
+        _run("ip", "netns", "exec", self.a, "sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=1")
+        for ns, nics in ((self.a, ("lo", NIC_1, NIC_2)), (self.b, ("lo", PORT_1, PORT_2,
+                                                                     BRIDGE))):
+            for nic in nics:
+                self.ip(ns, "link", "set", nic, "up")
+        self.wait_carrier()
+
+    def wait_carrier(self) -> None:
+        _wait_for(lambda: self.carrier(self.a, NIC_1) and self.carrier(self.a, NIC_2),
+                  f"carrier on {NIC_1} and {NIC_2}")
+
+    def cut(self, nic: str) -> None:
+        """Take ``nic``'s carrier away: its peer in B goes down."""
+        self.ip(self.b, "link", "set", PORT_1 if nic == NIC_1 else PORT_2, "down")
+        _wait_for(lambda: not self.carrier(self.a, nic), f"no carrier on {nic}")
+
+    def mend(self, nic: str) -> None:
+        self.ip(self.b, "link", "set", PORT_1 if nic == NIC_1 else PORT_2, "up")
+        _wait_for(lambda: self.carrier(self.a, nic), f"carrier on {nic}")
+
+    def holder(self) -> list[str]:
+        return [n for n in (NIC_1, NIC_2) if self.has_address(self.a, n, VIP2)]
+
+    def neighbour_mac(self) -> str | None:
+        shown = json.loads(self.ip(self.b, "-j", "neigh", "show", VIP2, "dev", BRIDGE).stdout)
+        return str(shown[0].get("lladdr")) if shown and shown[0].get("lladdr") else None
+
+
+@pytest.fixture
+def two(tmp_path: Path) -> Iterator[TwoNics]:
+    yield from _made(TwoNics(tmp_path))
+
+
+def vip2(**extra: Any) -> dict[str, Any]:
+    params = {"address": VIP2, "prefix": 24, "nic": [NIC_1, NIC_2], "arp_count": 3,
+              "arp_interval": "50ms"}
+    params.update(extra)
+    return {"name": "vip", "params": params}
+
+
+def reached(net: TwoNics) -> bool:
+    """Whether B gets an answer from VIP2's TCP server (retrying for a while)."""
+    deadline = time.monotonic() + WAIT
+    while connect(net, VIP2) != "vigil here":
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+ECHO = """
+import socket, sys
+echo = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+echo.setsockopt(socket.SOL_IP, 15, 1)  # IP_FREEBIND: the address may be on no nic a while
+echo.bind((sys.argv[1], 9999))
+print("listening", flush=True)
+while True:
+    data, peer = echo.recvfrom(100)
+    echo.sendto(data, peer)
+"""
+
+PROBE = """
+import json, socket, sys, threading, time
+probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+probe.connect((sys.argv[1], 9999))
+heard = []
+
+def send():
+    while True:
+        try:
+            probe.send(b"probe")
+        except OSError:
+            pass
+        time.sleep(0.002)
+
+def hear():
+    while True:
+        try:
+            probe.recv(100)
+        except OSError:
+            continue
+        heard.append(time.monotonic())
+
+threading.Thread(target=send, daemon=True).start()
+threading.Thread(target=hear, daemon=True).start()
+print(json.dumps({"ready": True}), flush=True)
+for line in sys.stdin:
+    after, deadline = float(line), time.monotonic() + 10
+    first = None
+    while first is None and time.monotonic() < deadline:
+        first = next((t for t in reversed(heard) if t > after), None)
+        if first is not None:
+            first = min(t for t in heard if t > after)
+        time.sleep(0.005)
+    print(json.dumps({"first": first}), flush=True)
+"""
+
+
+class Prober:
+    """B sends a UDP datagram to VIP2 every 2 ms; A's echo server answers. Tells when the first
+    answer after a moment (time.monotonic(), the same clock in every namespace) came."""
+
+    def __init__(self, net: TwoNics) -> None:
+        echo = net.spawn(net.a, [sys.executable, "-c", ECHO, VIP2])
+        assert Lines(echo).next(WAIT, "the UDP echo server in A") == "listening\n"
+        self.process = net.spawn(net.b, [sys.executable, "-c", PROBE, VIP2])
+        self.lines = Lines(self.process)
+        assert json.loads(self.lines.next(WAIT, "the UDP prober in B")) == {"ready": True}
+
+    def first_answer_after(self, moment: float) -> float | None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(f"{moment!r}\n")
+        self.process.stdin.flush()
+        first = json.loads(self.lines.next(WAIT, "the prober's answer"))["first"]
+        return None if first is None else float(first)
+
+
+def test_the_address_moves_to_the_next_nic_when_its_nic_loses_carrier(two: TwoNics) -> None:
+    mac_1, mac_2 = two.mac(two.a, NIC_1), two.mac(two.a, NIC_2)
+    driver = two.driver(vip2(label=f"{NIC_1}:web"))
+    started = driver.call("start")
+    assert started["ok"] and started["active_nic"] == NIC_1, started
+    assert f"added {VIP2}/24 to {NIC_1}" in started["reason"]
+    assert two.holder() == [NIC_1]
+    serve(two, VIP2)
+    assert reached(two)
+    _wait_for(lambda: two.neighbour_mac() == mac_1, f"B's neighbour entry for {VIP2} on {NIC_1}")
+    prober = Prober(two)
+    assert prober.first_answer_after(time.monotonic()) is not None  # answered through vigA1
+
+    two.cut(NIC_1)
+    moved = driver.call("nics_changed", down=[NIC_1])
+    result = moved["result"]
+    assert result is not None and result["ok"] and result["state"] == "in_service", moved
+    assert (f"moved {VIP2}/24 from {NIC_1} (link down: {NIC_1} has no carrier"
+            in result["reason"]), result
+    assert f"to {NIC_2}" in result["reason"] and moved["active_nic"] == NIC_2
+    answered = prober.first_answer_after(moved["started"])
+    assert two.holder() == [NIC_2]
+    entry = next(a for a in two.addresses(two.a, NIC_2) if a.get("local") == VIP2)
+    assert entry["label"] == f"{NIC_2}:web"  # the label's suffix follows the address
+    _wait_for(lambda: two.neighbour_mac() == mac_2,
+              f"B's neighbour entry for {VIP2} to show {NIC_2}'s MAC (gratuitous ARP)")
+    assert reached(two)
+    assert answered is not None, "B never heard the echo again after the move"
+    print(f"\nip move {NIC_1} -> {NIC_2}: nics_changed took {moved['duration'] * 1000:.2f} ms; "
+          f"B's first UDP answer came {(answered - moved['started']) * 1000:.1f} ms after it "
+          "began (B probes every 2 ms)")
+
+    assert driver.call("nics_changed", down=[NIC_1])["result"] is None  # nothing to do
+    monitored = driver.call("monitor")
+    assert monitored["ok"] and monitored["state"] == "in_service", monitored
+    assert f"is on {NIC_2}" in monitored["reason"]
+    stopped = driver.call("stop")
+    assert stopped["ok"] and f"removed {VIP2}/24 from {NIC_2}" in stopped["reason"], stopped
+    assert two.holder() == [] and stopped["active_nic"] is None
+    assert driver.call("nics_changed", down=[])["result"] is None  # not in service
+
+
+def test_the_monitor_moves_the_address_when_no_nic_event_came(two: TwoNics) -> None:
+    mac_2 = two.mac(two.a, NIC_2)
+    driver = two.driver(vip2())
+    assert driver.call("start")["ok"]
+    serve(two, VIP2)
+    assert reached(two)
+    two.cut(NIC_1)
+    monitored = driver.call("monitor")
+    assert monitored["ok"] and monitored["state"] == "in_service", monitored
+    assert f"moved {VIP2}/24 from {NIC_1}" in monitored["reason"]
+    assert monitored["active_nic"] == NIC_2 and two.holder() == [NIC_2]
+    _wait_for(lambda: two.neighbour_mac() == mac_2, f"B's neighbour entry on {NIC_2}'s MAC")
+    assert reached(two)
+    state = driver.call("state")
+    assert state["state"] == "in_service" and "moved" in state["reason"], state
+
+
+def test_no_nic_that_can_carry_the_address_is_a_failure_naming_each(two: TwoNics) -> None:
+    driver = two.driver(vip2())
+    assert driver.call("start")["ok"]
+    two.cut(NIC_1)
+    two.cut(NIC_2)
+    told = driver.call("nics_changed", down=[NIC_1, NIC_2])["result"]
+    assert told is not None and not told["ok"] and told["state"] == "failed", told
+    assert told["reason"].startswith(f"no NIC can carry {VIP2}/24: ")
+    assert f"link down: {NIC_1} has no carrier" in told["reason"]
+    assert f"link down: {NIC_2} has no carrier" in told["reason"]
+    assert two.holder() == [NIC_1]  # nothing removed that is not needed
+    monitored = driver.call("monitor")
+    assert not monitored["ok"] and monitored["state"] == "failed", monitored
+    assert "no NIC can carry" in monitored["reason"]
+    stopped = driver.call("stop")
+    assert stopped["ok"] and two.holder() == [], stopped
+
+    refused = driver.call("start")
+    assert not refused["ok"] and "no NIC can carry" in refused["reason"], refused
+    assert NIC_1 in refused["reason"] and NIC_2 in refused["reason"]
+    assert two.holder() == []
+    assert driver.call("stop")["ok"]
+    two.mend(NIC_2)
+    still = driver.call("start")  # the NIC monitor's word stands until it says otherwise
+    assert not still["ok"], still
+    assert f"{NIC_2} is reported down by this node's NIC monitor" in still["reason"]
+    assert driver.call("stop")["ok"]
+    assert driver.call("nics_changed", down=[NIC_1])["result"] is None  # not in service
+    started = driver.call("start")  # the first listed nic that can carry it
+    assert started["ok"] and started["active_nic"] == NIC_2 and two.holder() == [NIC_2]
+
+
+def test_without_nic_failback_the_address_stays_where_it_moved(two: TwoNics) -> None:
+    driver = two.driver(vip2())
+    assert driver.call("start")["ok"]
+    two.cut(NIC_1)
+    assert driver.call("nics_changed", down=[NIC_1])["result"]["ok"]
+    two.mend(NIC_1)
+    assert driver.call("nics_changed", down=[])["result"] is None
+    monitored = driver.call("monitor")
+    assert monitored["ok"] and monitored["active_nic"] == NIC_2, monitored
+    assert two.holder() == [NIC_2]
+
+
+def test_with_nic_failback_the_address_goes_back_once_its_nic_is_up(two: TwoNics) -> None:
+    mac_1, mac_2 = two.mac(two.a, NIC_1), two.mac(two.a, NIC_2)
+    driver = two.driver(vip2(nic_failback=True))
+    assert driver.call("start")["ok"]
+    serve(two, VIP2)
+    assert reached(two)  # B has a neighbour entry, which gratuitous ARP updates
+    # The node's NIC monitor says vigA1 is down although its link is up: it is obeyed.
+    moved = driver.call("nics_changed", down=[NIC_1])["result"]
+    assert moved is not None and moved["ok"], moved
+    assert f"({NIC_1} is reported down by this node's NIC monitor)" in moved["reason"]
+    assert two.holder() == [NIC_2]
+    _wait_for(lambda: two.neighbour_mac() == mac_2, f"B's neighbour entry on {NIC_2}")
+    monitored = driver.call("monitor")  # still reported down: no failback
+    assert monitored["ok"] and monitored["active_nic"] == NIC_2, monitored
+    back = driver.call("nics_changed", down=[])
+    assert back["result"] is not None and back["result"]["ok"], back
+    assert f"moved {VIP2}/24 back from {NIC_2} to {NIC_1}" in back["result"]["reason"]
+    assert back["active_nic"] == NIC_1 and two.holder() == [NIC_1]
+    _wait_for(lambda: two.neighbour_mac() == mac_1, f"B's neighbour entry back on {NIC_1}")
+    assert reached(two)
+    print(f"\nip move back {NIC_2} -> {NIC_1}: nics_changed took "
+          f"{back['duration'] * 1000:.2f} ms")
+
+    # Without a NIC event the monitor moves it, and brings it back.
+    two.cut(NIC_1)
+    assert driver.call("monitor")["active_nic"] == NIC_2
+    two.mend(NIC_1)
+    again = driver.call("monitor")
+    assert again["ok"] and "back" in again["reason"] and again["active_nic"] == NIC_1, again
+    assert two.holder() == [NIC_1]
+
+
+def test_stop_removes_the_address_from_every_listed_nic_that_has_it(two: TwoNics) -> None:
+    driver = two.driver(vip2())
+    assert driver.call("start")["ok"]
+    two.ip(two.a, "addr", "add", f"{VIP2}/24", "dev", NIC_2)  # a half-finished move
+    stopped = driver.call("stop")
+    assert stopped["ok"] and f"from {NIC_1} and {NIC_2}" in stopped["reason"], stopped
+    assert two.holder() == []
+
+
+FENCE = """
+import json, sys
+from pathlib import Path
+from vigil.config import ResourceConfig
+from vigil.guard.cgroups import NodeCgroups
+from vigil.guard.fence import Fencer
+from vigil.guard.holdings import Holdings
+from vigil.resources.ip import IpType
+config = ResourceConfig(name="vip", type="ip", group="g", params=json.loads(sys.argv[1]))
+holding = IpType().instantiate(config, "n1", Path("/nonexistent")).holding()
+fencer = Fencer(NodeCgroups("iptest", root=Path(sys.argv[2])), 1.0)
+report = fencer.fence(Holdings((holding,)), "test")
+print(json.dumps({"removed": [str(a) for a in report.removed],
+                  "problems": list(report.problems), "remaining": str(report.remaining)}))
+"""
+
+
+def test_the_guardian_removes_the_address_from_whichever_nic_has_it(
+        two: TwoNics, tmp_path: Path) -> None:
+    driver = two.driver(vip2())
+    assert driver.call("start")["ok"]
+    two.cut(NIC_1)
+    assert driver.call("nics_changed", down=[NIC_1])["result"]["ok"]
+    params = {**vip2()["params"], "nic": [NIC_1, NIC_2, "vigGone"]}
+    fenced = two.python(two.a, FENCE, json.dumps(params), str(tmp_path / "no-cgroups"))
+    assert fenced.returncode == 0, fenced.stderr
+    report = json.loads(fenced.stdout)
+    # Not on vigA1, no vigGone at all: both count as removed, neither as a problem.
+    assert report == {"removed": [f"{VIP2}/24 on {NIC_2}"], "problems": [],
+                      "remaining": "nothing"}, report
+    assert two.holder() == []

@@ -111,6 +111,15 @@ class Diagnose:
 
 
 @dataclass(frozen=True, slots=True)
+class NicsDown:
+    """The node's NIC monitors to every resource actor whose resource can follow NICs (has a
+    ``nics_changed`` method, as the ip type): the node's NICs known to be down now, sent
+    whenever that set changes."""
+
+    down: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
 class Subscribe:
     ref: Any  # pykka.ActorRef of an application notification actor
     kinds: frozenset[str] | None = None

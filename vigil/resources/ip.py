@@ -1,4 +1,5 @@
-"""The ip resource type: an IP address that moves between nodes (a "virtual IP").
+"""The ip resource type: an IP address that moves between nodes (a "virtual IP"), and between
+the network interfaces of one node.
 
 Start adds the address to a network interface of this node and announces it with gratuitous
 ARP, so that the neighbours' ARP caches point at this node at once instead of at the node that
@@ -15,46 +16,81 @@ Parameters:
     The prefix length (netmask length): default 24 for IPv4, 64 for IPv6. An IPv4 netmask
     such as ``"255.255.255.0"`` is accepted too.
 ``nic`` (required)
-    The interface to put the address on, e.g. ``"eth0"``. It must exist when the resource
-    starts; Vigil never brings an interface up or down.
+    The interface to put the address on, e.g. ``"eth0"``, or a list of interfaces in order of
+    preference, ``["eth0", "eth1"]``: NICs on the same network (two ports into one switch, or
+    into two switches of one segment), so that the address can move to the next when one
+    fails. Vigil never brings an interface up or down.
+``nic_failback``
+    With a list: whether the address goes back to an earlier-listed nic once that one can
+    carry it again (default false: it stays where it is, and moves only when it must).
 ``label``
     IPv4 only: an address label as ``ifconfig`` shows it, the nic name, a colon and a suffix
-    (``"eth0:web"``), at most 15 characters.
+    (``"eth0:web"``), at most 15 characters. With a list of nics, write it with any listed
+    nic's name: the suffix goes with the address, which is ``"eth1:web"`` on eth1 (a label
+    that does not start with the name of the interface that carries it would confuse the
+    tools that read labels; every listed nic's name with the suffix must fit in 15).
 ``broadcast``
     IPv4 only: the broadcast address, or ``"+"`` (host bits set: 198.18.0.255 for a /24) or
     ``"-"`` (host bits clear). Default: none, as ``ip addr add`` without ``brd``.
 ``arp_count``
-    How many gratuitous ARP frames to send after adding an IPv4 address (default 5; 0 sends
-    none). Ignored for IPv6.
+    How many gratuitous ARP frames to send after adding an IPv4 address, at a start or a move
+    (default 5; 0 sends none). Ignored for IPv6.
 ``arp_interval``
     The time between two of them: seconds or a string such as ``"200ms"`` (default
     ``"200ms"``, at most 10 s; note that a bare number is seconds, not milliseconds as in
     the OCF IPaddr2 agent).
 
-Start fails when the nic does not exist or its link is down (the node cannot serve the address,
-so another one should). Adding an address that is already there succeeds. The first gratuitous
-ARP frame (an ARP request whose sender and target are the address, to the broadcast MAC) is
-sent before the start returns; the others follow every ``arp_interval`` on a background thread,
-which a stop ends. Neighbours update an ARP entry they already have (pointing at the old node);
-Linux does not create new entries from gratuitous ARP unless ``arp_accept`` is set, which is
-fine: a host without an entry asks when it needs one. An IPv6 start waits, within
+A nic *can carry* the address when it exists, its link is up (administratively up, with carrier
+(a veth whose peer is down or gone has none) and an operstate that can pass traffic), and the
+node's NIC monitors do not report it down (the last set given to :meth:`IpResource.nics_changed`).
+
+Start puts the address on the first listed nic that can carry it (an address already on a listed
+nic that can carry it stays there) and fails, naming every nic and why, when none can: the node
+cannot serve the address, so another one should. The first gratuitous ARP frame (an ARP request
+whose sender and target are the address, to the broadcast MAC) is sent before the start
+returns; the others follow every ``arp_interval`` on a background thread, which a stop or the
+next move ends. Neighbours update an ARP entry they already have (pointing at the old node or
+nic); Linux does not create new entries from gratuitous ARP unless ``arp_accept`` is set, which
+is fine: a host without an entry asks when it needs one. An IPv6 start waits, within
 ``start_timeout``, until duplicate address detection has finished (the address is usable only
 then) and fails if another host has the address. No unsolicited neighbour advertisement is
 sent for IPv6 (not done: neighbours find the new node when their entries go stale).
 
-Stop removes the address (an address already gone, or a nic gone, counts as stopped); a netlink
-error makes it UNCLEAN. Removing an IPv4 address that is *primary* on its subnet makes Linux
-also remove the secondary addresses of that subnet (other virtual IPs!) unless the interface's
-``promote_secondaries`` setting is on; new network namespaces have it off. So before removing a
-primary address that has secondaries, the stop turns ``net.ipv4.conf.<nic>.promote_secondaries``
-on for that nic and says so in its reason.
+A move, while the resource is in service: when the nic that carries the address can no longer
+carry it, the address goes to the first listed nic that can (with ``nic_failback``, also back
+to an earlier-listed nic that can again). It is added there first, the first gratuitous ARP
+frame goes out on the new nic, then it is removed from the old one: two netlink requests
+after reading the nics' state, one frame, no sleep; an IPv6 address is added there without
+duplicate address detection, as it was this node's a moment ago. The node's NIC monitors call
+:meth:`IpResource.nics_changed` whenever the set of NICs they know to be down changes; each
+monitor does the same check, so an address also moves when no NIC event came. When no listed
+nic can carry the address it is left where it is and the resource is FAILED (the cluster then
+recovers it, on another node if need be).
 
-Monitor finds the resource in service when the address is on the nic and the link is up:
-administratively up, with carrier (a veth whose peer is down or gone has none) and an operstate
-that can pass traffic. A link that is down is FAILED ("link down: ..."); an address that is
-missing is FAILED while the resource should be in service ("address 198.18.0.100/24 is gone from
-eth0") and simply out of service otherwise. ``monitor.depth`` is not used; every probe is two
-netlink queries. Default monitor: every 10 s, timeout 20 s (as IPaddr2).
+Stop removes the address from every listed nic that has it (an address already gone, or a nic
+gone, counts as stopped); a netlink error makes it UNCLEAN. Removing an IPv4 address that is
+*primary* on its subnet makes Linux also remove the secondary addresses of that subnet (other
+virtual IPs!) unless the interface's ``promote_secondaries`` setting is on; new network
+namespaces have it off. So before removing a primary address that has secondaries, a stop or a
+move turns ``net.ipv4.conf.<nic>.promote_secondaries`` on for that nic and says so in its
+reason.
+
+Monitor finds the resource in service when the address is on a listed nic that can carry it,
+moving it first when it must (above). A missing address is FAILED while the resource should be
+in service ("address 198.18.0.100/24 is gone from eth0") and simply out of service otherwise;
+an address on no nic that can carry it is FAILED ("link down: ..."). ``monitor.depth`` is not
+used; a probe is a few netlink queries. Default monitor: every 10 s, timeout 20 s (as IPaddr2).
+
+The node's guardian is told the address on every listed nic (it removes it wherever it is when
+it fences the node; a nic without it counts as done).
+
+Two NICs on one segment need two kernel settings to behave, both per network namespace:
+``net.ipv4.conf.all.arp_ignore = 1``, so that only the nic that has the address answers ARP for
+it (otherwise either may answer, and neighbours may keep the MAC of a nic that fails later
+without any move to announce it); and, when the nics also have addresses of their own in the
+address's subnet, ``net.ipv4.conf.all.ignore_routes_with_linkdown = 1``, so that replies do not
+keep leaving through the first nic's route after it lost its carrier. Without own addresses in
+the subnet, the subnet's route comes and goes with the address.
 """
 
 from __future__ import annotations
@@ -68,7 +104,7 @@ import struct
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -89,7 +125,8 @@ __all__ = ["IpResource", "IpSettings", "IpType", "gratuitous_arp_frame", "parse_
 
 log = logging.getLogger(__name__)
 
-_PARAMS: Final = ("address", "arp_count", "arp_interval", "broadcast", "label", "nic", "prefix")
+_PARAMS: Final = ("address", "arp_count", "arp_interval", "broadcast", "label", "nic",
+                  "nic_failback", "prefix")
 
 DEFAULT_ARP_COUNT: Final = 5
 DEFAULT_ARP_INTERVAL: Final = "200ms"
@@ -109,6 +146,7 @@ _IFF_UP: Final = 0x1
 _IFF_NOARP: Final = 0x80
 _IFF_LOWER_UP: Final = 0x10000
 _IFA_F_SECONDARY: Final = 0x01
+_IFA_F_NODAD: Final = 0x02
 _IFA_F_DADFAILED: Final = 0x08
 _IFA_F_TENTATIVE: Final = 0x40
 #: Operstates (RFC 2863) in which a link cannot pass traffic.
@@ -131,11 +169,17 @@ class IpSettings:
 
     address: IPAddress
     prefix: int
-    nic: str
+    nics: tuple[str, ...]  # in order of preference; never empty
     label: str | None
     broadcast: ipaddress.IPv4Address | None
     arp_count: int
     arp_interval: float
+    nic_failback: bool = False
+
+    @property
+    def nic(self) -> str:
+        """The preferred nic (the first listed)."""
+        return self.nics[0]
 
     @property
     def cidr(self) -> str:
@@ -145,23 +189,50 @@ class IpSettings:
     def ipv4(self) -> bool:
         return self.address.version == 4
 
+    def label_on(self, nic: str) -> str | None:
+        """The label of the address on ``nic``: the configured label's suffix after that nic's
+        name (``label = "eth0:web"`` is ``"eth1:web"`` on eth1)."""
+        if self.label is None:
+            return None
+        for listed in self.nics:
+            if self.label == listed or self.label.startswith(listed + ":"):
+                return nic + self.label[len(listed):]
+        return self.label  # pragma: no cover - parse_ip_params refuses any other label
 
-def _nic_problem(value: ParamValue) -> str | None:
+
+def _nic_problem(value: object, where: str = "parameter 'nic'") -> str | None:
     if not isinstance(value, str):
-        return f"parameter 'nic' must be an interface name such as \"eth0\", got {value!r}"
+        return f"{where} must be an interface name such as \"eth0\", got {value!r}"
     if not value:
-        return "parameter 'nic' is empty; give an interface name such as \"eth0\""
+        return f"{where} is empty; give an interface name such as \"eth0\""
     if len(value) > MAX_IFNAME:
-        return (f"parameter 'nic': {value!r} is {len(value)} characters long; Linux interface "
+        return (f"{where}: {value!r} is {len(value)} characters long; Linux interface "
                 f"names have at most {MAX_IFNAME}")
     if ":" in value:
         base = value.partition(":")[0]
-        return (f"parameter 'nic': {value!r} is an alias label, not an interface; write "
-                f"nic = \"{base}\" and label = \"{value}\"")
+        return (f"{where}: {value!r} is an alias label, not an interface; write the "
+                f"interface \"{base}\" and label = \"{value}\"")
     if value in (".", "..") or any(c == "/" or c.isspace() or c == "\0" for c in value):
-        return (f"parameter 'nic': {value!r} is not a valid interface name (no '/', ':' or "
+        return (f"{where}: {value!r} is not a valid interface name (no '/', ':' or "
                 "white space, and not '.' or '..')")
     return None
+
+
+def _parse_nics(value: ParamValue) -> tuple[tuple[str, ...] | None, list[str]]:
+    """``nic``: one interface name, or a list of them in order of preference."""
+    if not isinstance(value, list):
+        problem = _nic_problem(value)
+        return (None, [problem]) if problem else ((str(value),), [])
+    if not value:
+        return None, ["parameter 'nic' is an empty list; give one interface, or several in "
+                      "order of preference such as [\"eth0\", \"eth1\"]"]
+    problems = [p for i, name in enumerate(value)
+                if (p := _nic_problem(name, f"parameter 'nic' (item {i + 1})"))]
+    twice = sorted({str(n) for n in value if value.count(n) > 1})
+    if twice:
+        problems.append(f"parameter 'nic' lists {', '.join(twice)} more than once; name each "
+                        "interface once, in order of preference")
+    return (None, problems) if problems else (tuple(value), [])
 
 
 def _parse_address(value: ParamValue) -> tuple[IPAddress | None, str | None]:
@@ -276,7 +347,7 @@ def _parse_broadcast(
 
 
 def _label_problem(
-    value: ParamValue, nic: ParamValue | None, address: IPAddress | None
+    value: ParamValue, nics: tuple[str, ...] | None, address: IPAddress | None
 ) -> str | None:
     if not isinstance(value, str):
         return f"parameter 'label' must be a string such as \"eth0:web\", got {value!r}"
@@ -285,12 +356,22 @@ def _label_problem(
     if len(value) > MAX_IFNAME:
         return (f"parameter 'label': {value!r} is {len(value)} characters long; labels have at "
                 f"most {MAX_IFNAME}")
-    if isinstance(nic, str) and value != nic and not value.startswith(nic + ":"):
-        suffix = value.rpartition(":")[2] or "web"
-        return (f"parameter 'label' must be the nic name, a colon and a suffix, like "
-                f"\"{nic}:{suffix}\", got {value!r}")
     if any(c.isspace() or c == "\0" for c in value):
         return f"parameter 'label': {value!r} contains white space"
+    if nics is None:
+        return None  # the nic problem is reported already
+    listed = next((n for n in nics if value == n or value.startswith(n + ":")), None)
+    if listed is None:
+        suffix = value.rpartition(":")[2] or "web"
+        which = "the nic name" if len(nics) == 1 else "a listed nic's name"
+        return (f"parameter 'label' must be {which}, a colon and a suffix, like "
+                f"\"{nics[0]}:{suffix}\", got {value!r}")
+    suffix = value[len(listed):]
+    longest = max(nics, key=len)
+    if len(longest + suffix) > MAX_IFNAME:
+        return (f"parameter 'label': on {longest} the address would carry the label "
+                f"{longest + suffix!r}, {len(longest + suffix)} characters; labels have at most "
+                f"{MAX_IFNAME}: shorten the suffix {suffix!r}")
     return None
 
 
@@ -307,13 +388,18 @@ def parse_ip_params(params: Mapping[str, ParamValue]) -> tuple[IpSettings | None
     else:
         address, problem = _parse_address(params["address"])
         problems += [problem] if problem else []
-    nic = params.get("nic")
-    if nic is None:
-        problems.append("parameter 'nic' (the interface to put the address on, e.g. \"eth0\") "
-                        "is missing")
+    nics: tuple[str, ...] | None = None
+    if "nic" not in params:
+        problems.append("parameter 'nic' (the interface to put the address on, e.g. \"eth0\", "
+                        "or several in order of preference) is missing")
     else:
-        problem = _nic_problem(nic)
-        problems += [problem] if problem else []
+        nics, found = _parse_nics(params["nic"])
+        problems += found
+    failback = params.get("nic_failback", False)
+    if not isinstance(failback, bool):
+        problems.append("parameter 'nic_failback' must be true or false (whether the address "
+                        f"goes back to an earlier-listed nic once it is up again), got "
+                        f"{failback!r}")
     prefix: int | None = None
     if "prefix" in params:
         prefix, problem = _parse_prefix(params["prefix"], address)
@@ -325,7 +411,7 @@ def parse_ip_params(params: Mapping[str, ParamValue]) -> tuple[IpSettings | None
         problems += [problem] if problem else []
     label: str | None = None
     if "label" in params:
-        problem = _label_problem(params["label"], nic, address)
+        problem = _label_problem(params["label"], nics, address)
         problems += [problem] if problem else []
         label = str(params["label"])
     broadcast: ipaddress.IPv4Address | None = None
@@ -336,10 +422,12 @@ def parse_ip_params(params: Mapping[str, ParamValue]) -> tuple[IpSettings | None
     problems += [problem] if problem else []
     interval, problem = _parse_interval(params.get("arp_interval", DEFAULT_ARP_INTERVAL))
     problems += [problem] if problem else []
-    if problems or address is None or prefix is None or count is None or interval is None:
+    if (problems or address is None or prefix is None or nics is None or count is None
+            or interval is None):
         return None, problems
-    return IpSettings(address=address, prefix=prefix, nic=str(nic), label=label,
-                      broadcast=broadcast, arp_count=count, arp_interval=interval), []
+    return IpSettings(address=address, prefix=prefix, nics=nics, label=label,
+                      broadcast=broadcast, arp_count=count, arp_interval=interval,
+                      nic_failback=bool(failback)), []
 
 
 # -- gratuitous ARP ---------------------------------------------------------------------------
@@ -361,7 +449,10 @@ def gratuitous_arp_frame(mac: bytes, address: ipaddress.IPv4Address) -> bytes:
 
 class _Announcer:
     """Sends the gratuitous ARP frames after the first, every ``interval``, on a daemon thread,
-    until they are all sent or :meth:`halt` (a stop) or the start's cancel event ends it."""
+    until they are all sent or :meth:`halt` (a stop) or the start's cancel event ends it; then
+    closes the socket. The thread owns the socket even when no frame is left to send: closing
+    a packet socket waits for an RCU grace period (8-16 ms measured), which a move of the
+    address must not spend."""
 
     def __init__(self, sock: socket.socket, frame: bytes, remaining: int, interval: float,
                  cancel: threading.Event, what: str) -> None:
@@ -388,9 +479,10 @@ class _Announcer:
         finally:
             self._sock.close()
 
-    def halt(self) -> None:
+    def halt(self, wait: bool = True) -> None:
         self._halt.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
+        if (wait and self._thread.is_alive()
+                and self._thread is not threading.current_thread()):
             self._thread.join(_ANNOUNCER_JOIN)
 
 
@@ -431,7 +523,7 @@ def _link_down(link: Any, nic: str) -> str | None:
     if not flags & _IFF_UP:
         return f"{nic} is administratively down"
     if not flags & _IFF_LOWER_UP:
-        return f"{nic} has no carrier (operstate {operstate})"
+        return f"{nic} has no carrier, operstate {operstate}"
     if operstate in _DOWN_OPERSTATES:
         return f"{nic} has operstate {operstate}"
     return None
@@ -451,6 +543,43 @@ def _address_of(msg: Any) -> IPAddress | None:
 def _addr_flags(msg: Any) -> int:
     flags = msg.get("IFA_FLAGS")
     return int(flags if flags is not None else msg["flags"])
+
+
+@dataclass(slots=True)
+class _Nic:
+    """One listed nic as netlink shows it now."""
+
+    name: str
+    link: Any | None  # None: no such interface
+    entry: Any | None  # our address, with our prefix, on it
+    other_prefix: int | None  # our address with another prefix on it
+    why: str | None  # why it cannot carry the address now; None when it can
+
+    @property
+    def index(self) -> int:
+        assert self.link is not None
+        return int(self.link["index"])
+
+
+@dataclass(slots=True)
+class _Survey:
+    """The listed nics, in order of preference, and every address of the family here."""
+
+    nics: list[_Nic]
+    addresses: list[Any]
+
+    @property
+    def carriers(self) -> list[_Nic]:
+        return [n for n in self.nics if n.entry is not None]
+
+    @property
+    def usable(self) -> list[_Nic]:
+        return [n for n in self.nics if n.why is None]
+
+
+def _names(nics: list[_Nic], conjunction: str = "and") -> str:
+    names = [n.name for n in nics]
+    return ", ".join(names[:-1]) + f" {conjunction} {names[-1]}" if len(names) > 1 else names[0]
 
 
 class IpType(ResourceType):
@@ -477,24 +606,30 @@ class IpType(ResourceType):
             return problems
         try:
             with IPRoute() as ipr:
-                link = _get_link(ipr, settings.nic)
-                if link is None:
-                    return [f"nic {settings.nic!r} does not exist here (interfaces: "
-                            f"{_link_names(ipr)})"]
+                indexes = set()
+                for nic in settings.nics:
+                    link = _get_link(ipr, nic)
+                    if link is None:
+                        problems.append(f"nic {nic!r} does not exist here (interfaces: "
+                                        f"{_link_names(ipr)})")
+                    else:
+                        indexes.add(link["index"])
+                if problems:
+                    return problems
+                listed = " or ".join(repr(n) for n in settings.nics)
                 for msg in ipr.addr("dump"):
-                    if (_address_of(msg) == settings.address
-                            and msg["index"] != link["index"]):
+                    if _address_of(msg) == settings.address and msg["index"] not in indexes:
                         other = ipr.link("get", index=msg["index"])[0].get("ifname")
                         problems.append(f"address {settings.address} is already on {other} "
-                                        "here; a node should hold it only on the nic "
-                                        f"{settings.nic!r}, while the resource runs there")
+                                        f"here; a node should hold it only on the nic {listed}, "
+                                        "while the resource runs there")
         except (NetlinkError, OSError) as exc:
             return [f"cannot query the network interfaces over netlink: {_error_text(exc)}"]
         return problems
 
 
 class IpResource(Resource):
-    """One IP address on one node (see the module docstring)."""
+    """One IP address on one node, on one of its listed nics (see the module docstring)."""
 
     def __init__(
         self, rtype: IpType, config: ResourceConfig, node: str, runtime_dir: Path
@@ -504,8 +639,12 @@ class IpResource(Resource):
         if settings is None:  # pragma: no cover - check_params already refused these
             raise ValueError(f"resource {config.name!r} (ip): " + "; ".join(problems))
         self.settings = settings
+        # Guards the three below; the operations themselves are serialized by the base
+        # class's operation lock, which nics_changed takes too.
         self._lock = threading.Lock()
         self._announcer: _Announcer | None = None
+        self._active: str | None = None
+        self._down: frozenset[str] = frozenset()
 
     @property
     def address(self) -> IPAddress:
@@ -517,10 +656,63 @@ class IpResource(Resource):
 
     @property
     def nic(self) -> str:
+        """The preferred nic (the first listed); :attr:`active_nic` is the one in use."""
         return self.settings.nic
 
+    @property
+    def active_nic(self) -> str | None:
+        """The nic that carries the address now, as the last operation found it; None while
+        the resource is out of service."""
+        if self.service_state() in (ServiceState.OOS, ServiceState.UNKNOWN):
+            return None
+        with self._lock:
+            return self._active
+
     def holding(self) -> ResourceHolding:
-        return ResourceHolding(self.name, addresses=(Address(self.nic, self.cidr),))
+        # Every listed nic: the address may have moved since the guardian was last told, and
+        # the guardian counts an address that is not on a nic as removed.
+        return ResourceHolding(self.name, addresses=tuple(
+            Address(nic, self.cidr) for nic in self.settings.nics))
+
+    # -- moving between nics -----------------------------------------------------------------
+
+    def nics_changed(self, down: frozenset[str]) -> OpResult | None:
+        """This node's nics known to be down are now ``down``: move the address off a nic
+        that cannot carry it (or back to an earlier-listed one, with ``nic_failback``).
+
+        None when nothing was to be done (also when the resource is not in service); a
+        success (IN_SERVICE) after a move; a failure (FAILED) when no listed nic can carry
+        the address, which is then left where it is: the monitor decides what follows. A
+        move is the address added to the new nic, one gratuitous ARP frame sent there (the
+        rest follow on a thread) and the address removed from the old nic: no sleep, no
+        subprocess. Safe to call from any thread, alongside the other operations.
+        """
+        started = time.monotonic()
+        with self._lock:
+            self._down = frozenset(down)
+        with self._op_lock:
+            if self.service_state() is not ServiceState.IN_SERVICE:
+                return None
+            try:
+                with IPRoute() as ipr:
+                    survey = self._survey(ipr)
+                    current = self._current(survey)
+                    if current is None:
+                        return None  # gone from every nic: the monitor reports that
+                    target = self._target(survey, current)
+                    if target is current:
+                        return None
+                    if target is None:
+                        result = OpResult.failure(ServiceState.FAILED, self._nowhere(survey))
+                    else:
+                        result = OpResult.success(ServiceState.IN_SERVICE,
+                                                  self._move(ipr, survey, current, target))
+            except (NetlinkError, OSError) as exc:
+                result = OpResult.failure(ServiceState.FAILED, f"cannot move {self.cidr} to "
+                                          f"another nic: {_error_text(exc)}")
+            if result.ok:
+                self._note_in_service(result.reason)
+            return replace(result, duration=time.monotonic() - started)
 
     # -- agent operations ---------------------------------------------------------------------
 
@@ -530,66 +722,69 @@ class IpResource(Resource):
         if cancel.is_set():
             return OpResult.failure(failed, "start interrupted")
         self._halt_announcer()  # a previous start's frames would repeat what we send now
+        target: _Nic | None = None
         try:
             with IPRoute() as ipr:
-                link = _get_link(ipr, self.nic)
-                if link is None:
-                    return OpResult.failure(
-                        failed, f"nic {self.nic!r} does not exist on this node (interfaces: "
-                        f"{_link_names(ipr)}); {self.cidr} was not added")
-                down = _link_down(link, self.nic)
-                if down is not None:
-                    return OpResult.failure(failed, f"link down: {down}; not starting "
-                                            f"{self.cidr} on it")
-                added = self._add(ipr, int(link["index"]))
+                survey = self._survey(ipr)
+                target = self._target(survey, self._current(survey))
+                if target is None:
+                    return OpResult.failure(failed, self._cannot_start(ipr, survey))
+                added = target.entry is None
+                if added:
+                    self._add(ipr, target)
+                left = self._remove_copies(ipr, survey, keep=target)
         except NetlinkError as exc:
-            return OpResult.failure(failed, f"cannot add {self.cidr} to {self.nic}: "
+            where = f" to {target.name}" if target is not None else ""
+            return OpResult.failure(failed, f"cannot add {self.cidr}{where}: "
                                     f"{_error_text(exc)}")
         except OSError as exc:
             return OpResult.failure(failed, f"cannot talk to the kernel over netlink: {exc}")
-        done = f"added {self.cidr} to {self.nic}" if added else \
-            f"{self.cidr} was already on {self.nic}"
+        with self._lock:
+            self._active = target.name
+        done = (f"added {self.cidr} to {target.name}" if added
+                else f"{self.cidr} was already on {target.name}") + left
         if cancel.is_set():
-            return self._abandon_start("start interrupted", added)
+            return self._abandon_start("start interrupted", added, target.name)
         if not self.settings.ipv4:
-            failure = self._await_dad(cancel, deadline, added)
+            failure = self._await_dad(cancel, deadline, added, target.name)
             if failure is not None:
                 return failure
             return OpResult.success(ServiceState.IN_SERVICE,
                                     f"{done} (no unsolicited neighbour advertisement for IPv6)")
-        return OpResult.success(ServiceState.IN_SERVICE, f"{done}; {self._announce(link, cancel)}")
+        return OpResult.success(ServiceState.IN_SERVICE,
+                                f"{done}; {self._announce(target, cancel)}")
 
     def _stop(self, force: bool) -> OpResult:
         # A graceful and a forced stop are the same: removing an address cannot hang.
         self._halt_announcer()
         stopped = ServiceState.OOS
+        nic = self.nic
         try:
             with IPRoute() as ipr:
-                link = _get_link(ipr, self.nic)
-                if link is None:
-                    return OpResult.success(stopped, f"nic {self.nic} does not exist, so "
-                                            f"{self.cidr} is not on it")
-                index = int(link["index"])
-                entry = self._find(ipr, index)
-                if entry is None:
-                    return OpResult.success(stopped, f"{self.cidr} was not on {self.nic}")
-                note = self._keep_secondaries(ipr, index, entry)
-                try:
-                    ipr.addr("del", index=index, address=str(self.address),
-                             prefixlen=self.settings.prefix)
-                except NetlinkError as exc:
-                    if exc.code != errno.EADDRNOTAVAIL:  # gone meanwhile: that is stopped too
-                        raise
-                if self._find(ipr, index) is not None:
+                survey = self._survey(ipr)
+                carriers = survey.carriers
+                if not carriers:
+                    with self._lock:
+                        self._active = None
+                    return OpResult.success(stopped, self._absent(survey, "was"))
+                notes = []
+                for carrier in carriers:
+                    nic = carrier.name
+                    notes.append(self._remove(ipr, carrier, survey.addresses))
+                left = self._survey(ipr).carriers
+                if left:
                     return OpResult.failure(ServiceState.UNCLEAN, f"{self.cidr} is still on "
-                                            f"{self.nic} after removing it")
+                                            f"{_names(left)} after removing it")
         except NetlinkError as exc:
             return OpResult.failure(ServiceState.UNCLEAN, f"cannot remove {self.cidr} from "
-                                    f"{self.nic}: {_error_text(exc)}")
+                                    f"{nic}: {_error_text(exc)}")
         except OSError as exc:
             return OpResult.failure(ServiceState.UNCLEAN, f"cannot remove {self.cidr} from "
-                                    f"{self.nic}: netlink: {exc}")
-        return OpResult.success(stopped, f"removed {self.cidr} from {self.nic}{note}")
+                                    f"{nic}: netlink: {exc}")
+        with self._lock:
+            self._active = None
+        return OpResult.success(stopped, f"removed {self.cidr} from {_names(carriers)}"
+                                f"{''.join(notes)}")
 
     def _monitor(self) -> OpResult:
         # Absent means "stopped" unless this node is supposed to hold the address.
@@ -597,78 +792,209 @@ class IpResource(Resource):
         failed = ServiceState.FAILED
         try:
             with IPRoute() as ipr:
-                link = _get_link(ipr, self.nic)
-                if link is None:
+                survey = self._survey(ipr)
+                current = self._current(survey)
+                if current is None:
+                    with self._lock:
+                        self._active = None
                     if expected:
-                        return OpResult.failure(failed, f"nic {self.nic} is gone, and address "
-                                                f"{self.cidr} with it")
-                    return OpResult.success(ServiceState.OOS, f"{self.cidr} is not here (no "
-                                            f"nic {self.nic})")
+                        return OpResult.failure(failed, self._gone(survey))
+                    return OpResult.success(ServiceState.OOS, self._absent(survey, "is"))
+                target = self._target(survey, current)
+                if target is None:
+                    return OpResult.failure(failed, self._nowhere(survey))
+                if target is not current:
+                    if not expected:  # not ours to move: a probe only reports
+                        return (OpResult.failure(failed, current.why) if current.why else
+                                OpResult.success(ServiceState.IN_SERVICE, self._on(current)))
+                    moved = self._move(ipr, survey, current, target)
+                    self._note_in_service(moved)  # a monitor that agrees keeps the old reason
+                    return OpResult.success(ServiceState.IN_SERVICE, moved)
+        except (NetlinkError, OSError) as exc:
+            return OpResult.failure(failed, f"cannot query {', '.join(self.settings.nics)} "
+                                    f"over netlink: {_error_text(exc)}")
+        with self._lock:
+            self._active = current.name
+        if _addr_flags(current.entry) & _IFA_F_DADFAILED:
+            return OpResult.failure(failed, f"duplicate address: another host on "
+                                    f"{current.name}'s link uses {self.address}")
+        return OpResult.success(ServiceState.IN_SERVICE, self._on(current))
+
+    # -- choosing a nic -----------------------------------------------------------------------
+
+    def _survey(self, ipr: Any) -> _Survey:
+        """The listed nics as they are now: one address dump and one link query per nic."""
+        family = socket.AF_INET if self.settings.ipv4 else socket.AF_INET6
+        addresses = list(ipr.addr("dump", family=family))
+        with self._lock:
+            reported = self._down
+        nics = []
+        for name in self.settings.nics:
+            link = _get_link(ipr, name)
+            entry: Any | None = None
+            other: int | None = None
+            why: str | None = f"{name} does not exist"
+            if link is not None:
                 index = int(link["index"])
-                entry = self._find(ipr, index)
-                other = self._other_prefix(ipr, index) if entry is None else None
-        except NetlinkError as exc:
-            return OpResult.failure(failed, f"cannot query {self.nic} over netlink: "
-                                    f"{_error_text(exc)}")
-        except OSError as exc:
-            return OpResult.failure(failed, f"cannot query {self.nic} over netlink: {exc}")
-        if entry is None:
-            elsewhere = f" (it is there with prefix /{other})" if other is not None else ""
-            if expected:
-                return OpResult.failure(failed, f"address {self.cidr} is gone from "
-                                        f"{self.nic}{elsewhere}")
-            return OpResult.success(ServiceState.OOS, f"{self.cidr} is not on "
-                                    f"{self.nic}{elsewhere}")
-        down = _link_down(link, self.nic)
-        if down is not None:
-            return OpResult.failure(failed, f"link down: {down}")
-        if _addr_flags(entry) & _IFA_F_DADFAILED:
-            return OpResult.failure(failed, f"duplicate address: another host on {self.nic}'s "
-                                    f"link uses {self.address}")
-        return OpResult.success(ServiceState.IN_SERVICE, f"{self.cidr} is on {self.nic}, "
-                                "link up")
+                for msg in addresses:
+                    if msg["index"] == index and _address_of(msg) == self.address:
+                        if int(msg["prefixlen"]) == self.settings.prefix:
+                            entry = msg
+                        else:
+                            other = int(msg["prefixlen"])
+                down = _link_down(link, name)
+                why = (f"link down: {down}" if down is not None
+                       else f"{name} is reported down by this node's NIC monitor"
+                       if name in reported else None)
+            nics.append(_Nic(name, link, entry, other, why))
+        return _Survey(nics, addresses)
 
-    # -- helpers ------------------------------------------------------------------------------
+    def _current(self, survey: _Survey) -> _Nic | None:
+        """The nic that carries the address: the one it was put on, if it still does; else
+        the first listed that does and can, else the first that does; None: none does."""
+        carriers = survey.carriers
+        with self._lock:
+            active = self._active
+        return next((n for n in carriers if n.name == active),
+                    next((n for n in carriers if n.why is None),
+                         carriers[0] if carriers else None))
 
-    def _find(self, ipr: Any, index: int) -> Any | None:
-        """Our address (with our prefix) on interface ``index``, or None."""
-        family = socket.AF_INET if self.settings.ipv4 else socket.AF_INET6
-        for msg in ipr.addr("dump", index=index, family=family):
-            if (msg["index"] == index and msg["prefixlen"] == self.settings.prefix
-                    and _address_of(msg) == self.address):
-                return msg
-        return None
+    def _target(self, survey: _Survey, current: _Nic | None) -> _Nic | None:
+        """Where the address belongs: where it is while that nic can carry it (or an
+        earlier-listed one that can, with nic_failback), else the first listed that can."""
+        usable = survey.usable
+        if not usable:
+            return None
+        if current is None or current.why is not None:
+            return usable[0]
+        first = usable[0]
+        if self.settings.nic_failback and survey.nics.index(first) < survey.nics.index(current):
+            return first
+        return current
 
-    def _other_prefix(self, ipr: Any, index: int) -> int | None:
-        family = socket.AF_INET if self.settings.ipv4 else socket.AF_INET6
-        for msg in ipr.addr("dump", index=index, family=family):
-            if msg["index"] == index and _address_of(msg) == self.address:
-                return int(msg["prefixlen"])
-        return None
+    def _move(self, ipr: Any, survey: _Survey, current: _Nic, target: _Nic) -> str:
+        """Add the address to ``target``, announce it there, remove it from the others; what
+        was done. Raises NetlinkError when the add fails (the address stays where it was)."""
+        if target.entry is None:
+            self._add(ipr, target, moving=True)
+        announced = (self._announce(target, threading.Event()) if self.settings.ipv4 else
+                     "IPv6: added without duplicate address detection, as it was this node's; "
+                     "no unsolicited neighbour advertisement")
+        left = self._remove_copies(ipr, survey, keep=target)
+        with self._lock:
+            self._active = target.name
+        if current.why is None:
+            how = (f"moved {self.cidr} back from {current.name} to {target.name} "
+                   f"({target.name} can carry it again; nic_failback is on)")
+        else:
+            how = f"moved {self.cidr} from {current.name} ({current.why}) to {target.name}"
+        log.warning("resource %s: %s%s", self.name, how, left)
+        return f"{how}{left}; {announced}"
 
-    def _add(self, ipr: Any, index: int) -> bool:
-        """Add the address; False if it was there already. Raises NetlinkError."""
-        if self._find(ipr, index) is not None:
-            return False
-        request: dict[str, Any] = {"index": index, "address": str(self.address),
+    # -- reasons ------------------------------------------------------------------------------
+
+    def _on(self, nic: _Nic) -> str:
+        return f"{self.cidr} is on {nic.name}, link up"
+
+    def _nowhere(self, survey: _Survey) -> str:
+        whys = [n.why or "" for n in survey.nics]
+        if len(whys) == 1:
+            return whys[0]
+        return f"no NIC can carry {self.cidr}: {'; '.join(whys)}"
+
+    def _cannot_start(self, ipr: Any, survey: _Survey) -> str:
+        missing = [n for n in survey.nics if n.link is None]
+        if len(survey.nics) == 1 and missing:
+            return (f"nic {self.nic!r} does not exist on this node (interfaces: "
+                    f"{_link_names(ipr)}); {self.cidr} was not added")
+        if len(survey.nics) == 1:
+            return f"{survey.nics[0].why}; not starting {self.cidr} on it"
+        listed = f" (interfaces here: {_link_names(ipr)})" if missing else ""
+        return f"{self._nowhere(survey)}{listed}; {self.cidr} was not added"
+
+    def _elsewhere(self, survey: _Survey) -> str:
+        other = next((n for n in survey.nics if n.other_prefix is not None), None)
+        if other is None:
+            return ""
+        where = "there" if len(survey.nics) == 1 else f"on {other.name}"
+        return f" (it is {where} with prefix /{other.other_prefix})"
+
+    def _gone(self, survey: _Survey) -> str:
+        present = [n for n in survey.nics if n.link is not None]
+        missing = [n for n in survey.nics if n.link is None]
+        if not present:
+            nics = "nic" if len(missing) == 1 else "nics"
+            are = "is" if len(missing) == 1 else "are"
+            return f"{nics} {_names(missing)} {are} gone, and address {self.cidr} with it"
+        note = f" (no nic {_names(missing)})" if missing else ""
+        return f"address {self.cidr} is gone from {_names(present)}{self._elsewhere(survey)}{note}"
+
+    def _absent(self, survey: _Survey, verb: str) -> str:
+        present = [n for n in survey.nics if n.link is not None]
+        missing = [n for n in survey.nics if n.link is None]
+        note = f" (no nic {_names(missing)})" if missing else ""
+        if not present:
+            return f"{self.cidr} is not here{note}"
+        return (f"{self.cidr} {verb} not on {_names(present, 'or')}{self._elsewhere(survey)}"
+                f"{note}")
+
+    # -- netlink ------------------------------------------------------------------------------
+
+    def _add(self, ipr: Any, nic: _Nic, moving: bool = False) -> None:
+        """Add the address to ``nic`` (already there counts as added). Raises NetlinkError.
+
+        ``moving``: the node held the address on another nic a moment ago, so an IPv6 address
+        skips duplicate address detection (which would keep it unusable for a second or so).
+        """
+        request: dict[str, Any] = {"index": nic.index, "address": str(self.address),
                                    "prefixlen": self.settings.prefix}
         if self.settings.broadcast is not None:
             request["broadcast"] = str(self.settings.broadcast)
-        if self.settings.label is not None:
-            request["label"] = self.settings.label
+        label = self.settings.label_on(nic.name)
+        if label is not None:
+            request["label"] = label
+        if moving and not self.settings.ipv4:
+            request["flags"] = _IFA_F_NODAD
         try:
             ipr.addr("add", **request)
         except NetlinkError as exc:
-            if exc.code == errno.EEXIST:  # added by someone else meanwhile
-                return False
-            raise
-        return True
+            if exc.code != errno.EEXIST:  # added by someone else meanwhile: fine
+                raise
 
-    def _remove_quietly(self) -> str:
+    def _remove(self, ipr: Any, nic: _Nic, addresses: list[Any]) -> str:
+        """Remove the address from ``nic`` (gone already counts as removed); a note for the
+        reason. Raises NetlinkError."""
+        note = self._keep_secondaries(nic, addresses)
+        try:
+            ipr.addr("del", index=nic.index, address=str(self.address),
+                     prefixlen=self.settings.prefix)
+        except NetlinkError as exc:
+            if exc.code not in (errno.EADDRNOTAVAIL, errno.ENODEV):  # gone: removed too
+                raise
+        return note
+
+    def _remove_copies(self, ipr: Any, survey: _Survey, keep: _Nic) -> str:
+        """Remove the address from every listed nic but ``keep``; a note for the reason. A
+        copy that cannot be removed is only a note: the address works where it is kept."""
+        notes = []
+        for nic in survey.carriers:
+            if nic is keep:
+                continue
+            try:
+                notes.append(self._remove(ipr, nic, survey.addresses)
+                             + f"; removed it from {nic.name}")
+            except NetlinkError as exc:
+                log.warning("resource %s: cannot remove %s from %s: %s", self.name, self.cidr,
+                            nic.name, _error_text(exc))
+                notes.append(f"; {self.cidr} is still on {nic.name} too: removing it failed: "
+                             f"{_error_text(exc)}")
+        return "".join(notes)
+
+    def _remove_quietly(self, nic: str) -> str:
         """Undo the add of a failed start; a problem becomes part of the reason."""
         try:
             with IPRoute() as ipr:
-                link = _get_link(ipr, self.nic)
+                link = _get_link(ipr, nic)
                 if link is not None:
                     ipr.addr("del", index=int(link["index"]), address=str(self.address),
                              prefixlen=self.settings.prefix)
@@ -679,73 +1005,81 @@ class IpResource(Resource):
             return f"; removing {self.cidr} again failed: {exc}"
         return f"; {self.cidr} removed again"
 
-    def _abandon_start(self, reason: str, added: bool) -> OpResult:
+    def _abandon_start(self, reason: str, added: bool, nic: str) -> OpResult:
         # Only what this start added is taken away: an address that was there before is left.
         return OpResult.failure(ServiceState.FAILED,
-                                reason + (self._remove_quietly() if added else ""))
+                                reason + (self._remove_quietly(nic) if added else ""))
 
-    def _await_dad(self, cancel: threading.Event, deadline: float, added: bool) -> OpResult | None:
+    def _await_dad(self, cancel: threading.Event, deadline: float, added: bool,
+                   nic: str) -> OpResult | None:
         """Wait until IPv6 duplicate address detection is over; a failure result if it failed."""
         while True:
             try:
                 with IPRoute() as ipr:
-                    link = _get_link(ipr, self.nic)
-                    entry = self._find(ipr, int(link["index"])) if link is not None else None
+                    entry = next((n.entry for n in self._survey(ipr).nics if n.name == nic),
+                                 None)
             except (NetlinkError, OSError) as exc:
                 return self._abandon_start(
-                    f"cannot query {self.nic} over netlink: {_error_text(exc)}", added)
+                    f"cannot query {nic} over netlink: {_error_text(exc)}", added, nic)
             if entry is None:
                 return OpResult.failure(ServiceState.FAILED, f"address {self.cidr} vanished "
-                                        f"from {self.nic} while starting")
+                                        f"from {nic} while starting")
             flags = _addr_flags(entry)
             if flags & _IFA_F_DADFAILED:
                 return self._abandon_start(
-                    f"duplicate address: another host on {self.nic}'s link already uses "
-                    f"{self.address} (duplicate address detection failed)", added)
+                    f"duplicate address: another host on {nic}'s link already uses "
+                    f"{self.address} (duplicate address detection failed)", added, nic)
             if not flags & _IFA_F_TENTATIVE:
                 return None
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return self._abandon_start(
                     f"start timed out after {self.config.start_timeout:g}s: {self.cidr} is "
-                    "still tentative (duplicate address detection has not finished)", added)
+                    "still tentative (duplicate address detection has not finished)", added,
+                    nic)
             if cancel.wait(min(_DAD_POLL, remaining)):
-                return self._abandon_start("start interrupted", added)
+                return self._abandon_start("start interrupted", added, nic)
 
-    def _announce(self, link: Any, cancel: threading.Event) -> str:
-        """Send the first gratuitous ARP frame and leave the rest to a thread; say what was
-        done. A failure here does not fail the start: the address works, neighbours with a
-        stale entry just take longer to find it."""
+    # -- gratuitous ARP -----------------------------------------------------------------------
+
+    def _announce(self, nic: _Nic, cancel: threading.Event) -> str:
+        """Send the first gratuitous ARP frame on ``nic`` and leave the rest to a thread (which
+        replaces the one of an earlier start or move); say what was done. A failure here does
+        not fail the operation: the address works, neighbours with a stale entry just take
+        longer to find it."""
         count = self.settings.arp_count
         if count == 0:
             return "no gratuitous ARP (arp_count = 0)"
+        link = nic.link
+        assert link is not None  # only a nic that can carry the address is announced on
         mac_text = str(link.get("IFLA_ADDRESS") or "")
         if (int(link.get("ifi_type", 0)) != _ARPHRD_ETHER or int(link["flags"]) & _IFF_NOARP
                 or len(mac_text) != 17):
-            return f"no gratuitous ARP: {self.nic} does not use ARP"
+            return f"no gratuitous ARP: {nic.name} does not use ARP"
         assert isinstance(self.address, ipaddress.IPv4Address)
         frame = gratuitous_arp_frame(bytes.fromhex(mac_text.replace(":", "")), self.address)
         sock: socket.socket | None = None
         try:
             sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-            sock.bind((self.nic, 0))
+            sock.bind((nic.name, 0))
             sock.send(frame)
         except OSError as exc:
             if sock is not None:
                 sock.close()
             log.warning("resource %s: gratuitous ARP for %s on %s not sent: %s",
-                        self.name, self.address, self.nic, exc)
+                        self.name, self.address, nic.name, exc)
             return f"gratuitous ARP not sent: {exc}"
-        if count == 1:
-            sock.close()
-            return f"sent 1 gratuitous ARP from {mac_text}"
         announcer = _Announcer(sock, frame, count - 1, self.settings.arp_interval, cancel,
-                               f"{self.address} on {self.nic}")
+                               f"{self.address} on {nic.name}")
         with self._lock:
-            self._announcer = announcer
+            previous, self._announcer = self._announcer, announcer
         announcer.begin()
-        return (f"sent gratuitous ARP 1 of {count} from {mac_text} (the rest follow every "
-                f"{self.settings.arp_interval:g}s)")
+        if previous is not None:
+            previous.halt(wait=False)  # its thread ends at once; joining it costs a close
+        if count == 1:
+            return f"sent 1 gratuitous ARP from {mac_text} on {nic.name}"
+        return (f"sent gratuitous ARP 1 of {count} from {mac_text} on {nic.name} (the rest "
+                f"follow every {self.settings.arp_interval:g}s)")
 
     def _halt_announcer(self) -> None:
         with self._lock:
@@ -753,36 +1087,38 @@ class IpResource(Resource):
         if announcer is not None:
             announcer.halt()
 
-    def _keep_secondaries(self, ipr: Any, index: int, entry: Any) -> str:
-        """Make sure that removing our address does not take other addresses with it.
+    def _keep_secondaries(self, nic: _Nic, addresses: list[Any]) -> str:
+        """Make sure that removing our address from ``nic`` does not take other addresses
+        with it.
 
         Linux removes the secondary addresses of a subnet with its primary address unless
-        ``promote_secondaries`` is on for the interface. Returns a note for the stop's reason.
+        ``promote_secondaries`` is on for the interface. Returns a note for the reason.
         """
-        if not self.settings.ipv4 or _addr_flags(entry) & _IFA_F_SECONDARY:
+        entry = nic.entry
+        if not self.settings.ipv4 or entry is None or _addr_flags(entry) & _IFA_F_SECONDARY:
             return ""
         network = ipaddress.ip_network(self.cidr, strict=False)
         others = [
             f"{address}/{msg['prefixlen']}"
-            for msg in ipr.addr("dump", index=index, family=socket.AF_INET)
-            if _addr_flags(msg) & _IFA_F_SECONDARY and msg["index"] == index
+            for msg in addresses
+            if _addr_flags(msg) & _IFA_F_SECONDARY and msg["index"] == nic.index
             and (address := _address_of(msg)) is not None and address in network
         ]
         if not others:
             return ""
-        setting = Path("/proc/sys/net/ipv4/conf") / self.nic / "promote_secondaries"
+        setting = Path("/proc/sys/net/ipv4/conf") / nic.name / "promote_secondaries"
         try:
             if setting.read_text().strip() != "0":
                 return ""
             setting.write_text("1\n")
         except OSError as exc:
             log.warning("resource %s: removing primary %s from %s also removes %s: cannot turn "
-                        "on promote_secondaries: %s", self.name, self.cidr, self.nic,
+                        "on promote_secondaries: %s", self.name, self.cidr, nic.name,
                         ", ".join(others), exc)
             return (f" (the kernel removed {', '.join(others)} with it: promote_secondaries "
                     f"could not be turned on: {exc})")
         log.warning("resource %s: turned on net.ipv4.conf.%s.promote_secondaries so that "
-                    "removing primary %s keeps %s", self.name, self.nic, self.cidr,
+                    "removing primary %s keeps %s", self.name, nic.name, self.cidr,
                     ", ".join(others))
-        return (f" (turned on net.ipv4.conf.{self.nic}.promote_secondaries to keep "
+        return (f" (turned on net.ipv4.conf.{nic.name}.promote_secondaries to keep "
                 f"{', '.join(others)})")

@@ -522,6 +522,14 @@ class Resource(abc.ABC):
         self._state = state
         self._reason = reason
 
+    def _note_in_service(self, reason: str) -> None:
+        """A new reason while the resource stays in service: for an action the type takes on
+        its own (an address moved to another NIC). Nothing when another operation has changed
+        the state meanwhile."""
+        with self._state_lock:
+            if self._state is ServiceState.IN_SERVICE:
+                self._reason = reason
+
     def _refuse_start(self) -> OpResult | None:
         state = self._state
         if state is ServiceState.IN_SERVICE:
