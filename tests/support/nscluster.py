@@ -447,9 +447,11 @@ class NsCluster:
         self._ip(name, "link", "set", "lo", "up")
         # a route through a NIC without carrier is not used (what a host with two NICs on
         # one network needs, so that answers leave by the NIC that still works)
+        # and only the NIC that holds an address answers ARP for it
         for scope in ("all", "default"):
             _cmd(["ip", "netns", "exec", name, "sysctl", "-qw",
-                  f"net.ipv4.conf.{scope}.ignore_routes_with_linkdown=1"])
+                  f"net.ipv4.conf.{scope}.ignore_routes_with_linkdown=1",
+                  f"net.ipv4.conf.{scope}.arp_ignore=1"])
 
     def _build(self) -> None:
         self.tmp.mkdir(parents=True, exist_ok=True)
@@ -608,12 +610,15 @@ class NsCluster:
     def write_config(self, groups: str = "", *, cluster_extra: str = "",
                      check: bool = True) -> Path:
         """Write the cluster file (see :meth:`config_text`) and return its path. With
-        ``check``, ``vigil config check`` must accept it (else NsClusterError with its
+        ``check``, ``vigil config check`` on a host must accept it (else NsClusterError with its
         complaints), so a typo fails here rather than as daemons that never come up."""
         self.config.write_text(self.config_text(groups, cluster_extra=cluster_extra))
         if check:
-            out = subprocess.run([*_vigil_argv(), "config", "check", str(self.config)],
-                                 capture_output=True, text=True, timeout=60)
+            # on a host, whose interfaces the resources name
+            argv = [*_vigil_argv(), "config", "check", str(self.config)]
+            host = next((h for h in self.hosts.values() if h.powered), None)
+            out = (host.run(argv, timeout=60) if host is not None else
+                   subprocess.run(argv, capture_output=True, text=True, timeout=60))
             if out.returncode != 0:
                 raise NsClusterError(f"vigil config check refused {self.config}:\n"
                                      f"{out.stderr.strip() or out.stdout.strip()}")

@@ -12,6 +12,8 @@ closes or after an hour. :class:`Pinger` runs it in the namespace cluster's clie
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import select
 import socket
@@ -38,10 +40,8 @@ def main(address: str, interval: float) -> None:
         now = time.monotonic()
         if now >= next_send:
             seq = (seq + 1) & 0xFFFF
-            try:
+            with contextlib.suppress(OSError):  # no route for a moment: no answer either
                 sock.sendto(echo_request(ident, seq), (address, 0))
-            except OSError:
-                pass  # no route for a moment: no answer either
             next_send = now + interval
         ready, _, _ = select.select([sock, sys.stdin], [], [], max(0.0, next_send - now))
         if sys.stdin in ready and not sys.stdin.readline():
@@ -104,7 +104,7 @@ class Pinger:
         """The longest time without an answer after ``since`` (from ``since`` to the first
         answer counts too)."""
         times = [since] + [a for a in self._times if a >= since]
-        return max((b - a for a, b in zip(times, times[1:], strict=False)), default=0.0)
+        return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
 
 
 if __name__ == "__main__":

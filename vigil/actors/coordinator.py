@@ -20,6 +20,7 @@ from vigil.actors.messages import (
     Control,
     FenceDeviceState,
     GetStatus,
+    NicsDown,
     ProbeGroup,
     ResourceOp,
     ResourceOpDone,
@@ -142,6 +143,10 @@ class CoordinatorActor(VigilActor):
                 state="up" if message.up else "down", reason=message.reason,
                 since=time.strftime("%H:%M:%S"))
             self._handle(message)
+            # the addresses that follow NICs move now, before any monitor notices
+            down = NicsDown(frozenset(self.core.nics_down))
+            for name in self.directory.names("resource:"):
+                self.directory.tell(name, down)
             return None
         if isinstance(message, GuardianLost):
             # Nothing would kill what this node runs if its daemon hung now, so the others'
