@@ -7,11 +7,14 @@ network namespace, and every address is from 198.18.0.0/15, the benchmarking ran
     switch namespace  <prefix>-sw: one Linux bridge per link network
         br0  link "lan0", 198.18.0.0/24     br1  link "lan1", 198.18.1.0/24
     host namespaces   <prefix>-<node>: interface eth<k> on link k, address 198.18.<k>.<i>/24
-                      for the i-th host (1-based), plus lo
+                      for the i-th host (1-based), plus lo; with ``spare_nic``, a second
+                      NIC on network 0, eth0b, without an address of its own
     client namespace  <prefix>-cl: eth0 = 198.18.0.250/24 on br0, an outside client
 
 ``<prefix>`` is ``vg<pid>c<counter>``, unique per harness. Host i's switch-side port on link k is
-named ``h<i>l<k>`` (the client's is ``cl0``).
+named ``h<i>l<k>`` (the client's is ``cl0``; the spare NIC's ``h<i>s0``). Every host has
+``arp_ignore = 1`` and ``ignore_routes_with_linkdown = 1``, as a host with two NICs on one
+network wants (docs/resources.md, ``ip``).
 
 Each host also has its own mount and UTS namespaces, held by one long-lived *keeper* process
 (``sleep infinity``): its host name is the node name, and it has private tmpfs mounts over
@@ -32,6 +35,8 @@ Operations: :meth:`NsCluster.start`, :meth:`~NsCluster.sigkill`, :meth:`~NsClust
 (the daemon; :meth:`~NsCluster.start_all` also starts the guardians first, and keeps each in
 ``Host.guardian``); :meth:`~NsCluster.power_off` / :meth:`~NsCluster.power_on` (the whole host);
 :meth:`~NsCluster.cut_link` / :meth:`~NsCluster.restore_link` (one switch port down/up);
+:meth:`~NsCluster.pull_cable` / :meth:`~NsCluster.plug_cable` (the same by NIC name, the spare
+included); :meth:`~NsCluster.dead_port` (a port that keeps its link but passes nothing);
 :meth:`~NsCluster.partition` / :meth:`~NsCluster.heal`. A partition moves the switch ports of
 each side onto a bridge of its own (``br<k>s<side>``), so the sides cannot talk while each
 side still forms one network; the client stays on the original bridge unless
@@ -499,6 +504,17 @@ class NsCluster:
             return
         self._pulled.add((h.name, port))
         self._ip(self.switch, "link", "set", port, "down")
+
+    def dead_port(self, host: HostRef, nic: str, dead: bool = True) -> None:
+        """A switch port that keeps its link but passes nothing (``dead``: taken off its
+        bridge), as a broken switch or uplink: the host's NIC keeps its carrier. Only on an
+        unpartitioned network."""
+        h = self.host(host)
+        port = h.nic_port(nic)
+        if dead:
+            self._ip(self.switch, "link", "set", port, "nomaster")
+        else:
+            self._ip(self.switch, "link", "set", port, "master", f"br{nic[3]}")
 
     def plug_cable(self, host: HostRef, nic: str) -> None:
         """Plug it back (it stays down while the host is powered off)."""

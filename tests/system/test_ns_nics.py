@@ -124,3 +124,33 @@ def test_the_address_moves_to_the_other_nic_and_the_group_moves_only_when_none_i
     assert nic_of_address(c, "n1") is None
     st = status(c, "n2")
     assert "n1" in st["alive"], "n1 still heard on lan1: it was not lost, only its NICs"
+
+
+def test_a_nic_whose_switch_port_is_dead_is_found_by_its_probes_and_left(
+    cluster: NsCluster,
+) -> None:
+    """eth0 keeps its carrier but its switch port passes nothing: only the probes of its
+    target (the client) can tell. After three unanswered rounds it is down and the address
+    moves to eth0b; when the port works again, eth0 is believed after the hold."""
+    c = cluster
+    c.write_config(GROUPS.replace('up_hold = "1s"', f'''up_hold = "1s"
+probe_interval = "100ms"
+probe_failures = 3
+[nics.targets]
+eth0 = ["{c.client.address}"]'''))
+    c.start_all()
+    c.wait_for(lambda: c.holders("web") == ["n1"], 60, "web running on n1")
+    c.wait_for(lambda: nic_of_address(c, "n1") == "eth0", 10, "the address on n1's eth0")
+    c.wait_for(lambda: nic_state(c, "n1", "eth0") == "up", 10, "eth0 up and answered")
+    epoch = status(c, "n1")["epoch"]
+    c.dead_port("n1", "eth0")
+    c.wait_for(lambda: nic_of_address(c, "n1") == "eth0b", 10, "the address on eth0b")
+    st = status(c, "n1")
+    assert st["nics"]["eth0"]["state"] == "down"
+    assert st["nics"]["eth0"]["reason"] == (
+        f"none of {c.client.address} answered 3 probes in a row")
+    assert "carrier" not in st["nics"]["eth0"]["reason"]
+    assert st["epoch"] == epoch
+    c.dead_port("n1", "eth0", dead=False)
+    c.wait_for(lambda: nic_state(c, "n1", "eth0") == "up", 15, "eth0 answered again")
+    assert nic_of_address(c, "n1") == "eth0b"  # no failback
