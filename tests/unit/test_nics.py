@@ -182,3 +182,29 @@ def test_the_nics_table_is_checked() -> None:
     assert "nics.probe_failures" in text
     assert "nics.targets.eth0[0]" in text and "IPv4" in text
     assert "nics.targets.eth1" in text
+
+
+def test_status_cli_and_ha_show_this_nodes_nics() -> None:
+    from tests.support.simconfig import sim_config
+    from tests.unit.test_core import formed
+    from vigil.cli.main import format_status
+    from vigil.cluster.view import ResourceFacts, build_status
+    from vigil.ha.fs import build_tree
+    from vigil.status import ClusterStatus, NicStatus
+
+    c = formed(sim_config(3, 1))
+    nics = {"eth0": NicStatus(state="down", reason="no carrier (cable, switch port or peer "
+                                                   "down)", since="12:00:01"),
+            "eth0b": NicStatus(state="up", reason="usable", since="11:59:00")}
+    st = build_status(c.core("alpha"), ResourceFacts(nics=nics))
+    assert ClusterStatus.from_json(st.to_json()).nics == nics
+    text = format_status(st)
+    assert "NICs of alpha:" in text
+    assert "  * eth0         DOWN since 12:00:01: no carrier (cable, switch port or peer " \
+           "down)" in text
+    assert "  * eth0b        up since 11:59:00\n" in text
+    tree = build_tree(st)
+    assert tree["/nodes/alpha/nics/eth0"].content == \
+        b"down: no carrier (cable, switch port or peer down)\n"
+    assert tree["/nodes/alpha/nics/eth0b"].content == b"up\n"
+    assert "/nodes/beta/nics/eth0" not in tree  # a node knows its own NICs only
