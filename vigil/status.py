@@ -69,7 +69,7 @@ class PeerLink:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LinkStatus:
-    """One of this node's links (docs/operations.md, "Heartbeat links")."""
+    """One of this node's links (docs/operations.md, "02:10 — a heartbeat link goes down")."""
 
     up: bool
     why: str  # what made it up or down, in words
