@@ -178,6 +178,10 @@ def test_a_single_node_cluster_shows_its_bound_links_up() -> None:
     st = build_status(core, ResourceFacts(links={"lan0": LinkFacts("lan0")}))
     assert st.nodes["alpha"].links == {"lan0": True}
     assert st.links["lan0"].why == "bound (no peer on this link)"
+    carrier = build_status(core, ResourceFacts(links={"lan0": LinkFacts("lan0")},
+                                               nic_down={"lan0": "its NIC eth0 is down"}))
+    assert carrier.links_down() == "lan0 on alpha, this node"
+    assert carrier.links["lan0"].why == "its NIC eth0 is down"
     unbound = build_status(core)  # no word from the link yet
     assert unbound.nodes["alpha"].links == {"lan0": False}
     assert unbound.links_down() == "lan0 on alpha, this node"

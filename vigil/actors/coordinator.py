@@ -29,6 +29,7 @@ from vigil.actors.messages import (
     RunningGroups,
     SendFrames,
 )
+from vigil.actors.nic import link_nics
 from vigil.actors.strategies import load_strategy
 from vigil.actors.timer import DeadlineTimer
 from vigil.cluster.events import (
@@ -111,6 +112,7 @@ class CoordinatorActor(VigilActor):
         self.lost_guardian = ""
         #: this node's NICs as its NIC monitors last said
         self.nics: dict[str, NicStatus] = {}
+        self.link_nics: dict[str, str] = {}  # link -> the NIC that holds its address here
 
     def on_start(self) -> None:
         me = self.actor_ref
@@ -119,6 +121,7 @@ class CoordinatorActor(VigilActor):
             self.guard.start(me.tell)
         for group in self.config.groups:
             self.directory.tell(f"group:{group}", ProbeGroup())
+        self.link_nics = link_nics(self.config, self.node)
         for link in self.links:  # a restarted coordinator: the links say again how they are
             self.directory.tell(f"link:{link}", ChildRestarted(self.name))
         self._handle(Tick())
@@ -319,7 +322,10 @@ class CoordinatorActor(VigilActor):
             states=self.resource_states, fail_counts=self.resource_fails,
             last_failure=self.last_failure, last_diagnostic=self.last_diagnostic,
             messages=self.codec.counters, fence_devices=self.fence_devices,
-            nics=self.nics, links=self.link_facts), wall=_wall)
+            nics=self.nics, links=self.link_facts, nic_down={
+                link: f"its NIC {nic} is down: {self.nics[nic].reason}"
+                for link, nic in self.link_nics.items()
+                if nic in self.nics and self.nics[nic].state == "down"}), wall=_wall)
 
 
 def _wall(monotonic: float) -> str:

@@ -57,8 +57,8 @@ class ResourceFacts:
     nics: Mapping[str, NicStatus] = field(default_factory=dict)  # as the NIC monitors say
     #: link -> what it last said of itself; a link left out is not bound (yet)
     links: Mapping[str, LinkFacts] = field(default_factory=dict)
-    #: link -> why its NIC is down (no carrier, ...): the link is down whatever is heard on
-    #: it. Nothing fills it yet: it is where a NIC monitor's word goes.
+    #: link -> why the NIC that carries it is down, as its NIC monitor believes (no carrier,
+    #: ...): the link is down whatever is heard on it
     nic_down: Mapping[str, str] = field(default_factory=dict)
 
 
