@@ -42,7 +42,52 @@ class Operation:
 class NodeStatus:
     state: str  # online, offline
     standby: bool
-    links: Mapping[str, bool]  # link -> heard on it within dead_time
+    #: link -> up: for a peer, heard on that link within dead_time; for this node, its own
+    #: link's state (``ClusterStatus.links``)
+    links: Mapping[str, bool]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerLink:
+    """One peer on one of this node's links."""
+
+    up: bool  # heard on this link within dead_time
+    heard_ago: float | None  # seconds since it was last heard on this link; None: never
+    #: our connection to the peer on this link (the socket this node reads it with):
+    #: "connected", "connecting", "waiting" (to retry), or "unknown" (the link does not say)
+    connection: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"up": self.up, "heard_ago": self.heard_ago, "connection": self.connection}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> PeerLink:
+        ago = data["heard_ago"]
+        return cls(up=bool(data["up"]), heard_ago=None if ago is None else float(ago),
+                   connection=str(data["connection"]))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LinkStatus:
+    """One of this node's links (docs/operations.md, "02:10 — a heartbeat link goes down")."""
+
+    up: bool
+    why: str  # what made it up or down, in words
+    peers: Mapping[str, PeerLink]  # every peer with this link
+    rejected: Mapping[str, int]  # reason -> messages that arrived on it and were dropped
+    cut: int  # connections to its listening socket cut (too many not yet authenticated)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"up": self.up, "why": self.why,
+                "peers": {p: v.to_json() for p, v in self.peers.items()},
+                "rejected": dict(self.rejected), "cut": self.cut}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> LinkStatus:
+        return cls(up=bool(data["up"]), why=str(data["why"]),
+                   peers={str(p): PeerLink.from_json(v) for p, v in data["peers"].items()},
+                   rejected={str(r): int(n) for r, n in data["rejected"].items()},
+                   cut=int(data["cut"]))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -185,6 +230,8 @@ class ClusterStatus:
     decisions: tuple[tuple[str, str], ...] = ()  # (when, why), newest last
     fencing: FencingStatus = field(default_factory=FencingStatus)
     nics: Mapping[str, NicStatus] = field(default_factory=dict)  # this node's NICs
+    #: this node's links (its own; ``nodes[NODE].links`` has each peer's as seen from here)
+    links: Mapping[str, LinkStatus] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -215,7 +262,23 @@ class ClusterStatus:
             "messages": dict(self.messages), "decisions": [list(d) for d in self.decisions],
             "fencing": self.fencing.to_json(),
             "nics": {n: v.to_json() for n, v in self.nics.items()},
+            "links": {name: v.to_json() for name, v in self.links.items()},
         }
+
+    def links_down(self) -> str:
+        """The links down as the node that answered sees them, in one line ("" if none): per
+        link, whether it is down on this node itself, and the pairs of nodes that do not hear
+        each other on it (this node and each online peer it does not hear there), e.g.
+        ``lan1 (n1-n3)`` or ``lan1 on n3, this node (n3-n1, n3-n2); lan0 (n3-n2)``."""
+        parts = []
+        for name, link in self.links.items():
+            pairs = [f"{self.node}-{peer}" for peer, v in link.peers.items()
+                     if not v.up and peer in self.nodes and self.nodes[peer].state == "online"]
+            if link.up and not pairs:
+                continue
+            where = "" if link.up else f" on {self.node}, this node"
+            parts.append(f"{name}{where}" + (f" ({', '.join(pairs)})" if pairs else ""))
+        return "; ".join(parts)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ClusterStatus:
@@ -251,6 +314,8 @@ class ClusterStatus:
             decisions=tuple((str(w), str(t)) for w, t in data.get("decisions", [])),
             fencing=FencingStatus.from_json(data.get("fencing")),
             nics={n: NicStatus.from_json(v) for n, v in data.get("nics", {}).items()},
+            links={str(name): LinkStatus.from_json(v)
+                   for name, v in data.get("links", {}).items()},
         )
 
 

@@ -201,6 +201,15 @@ def test_the_files_agree_with_status_and_every_file_reads(ha: Ha) -> None:
         assert read(root / f"nodes/{n}/state") == "online"
         assert read(root / f"nodes/{n}/standby") == "no"
         assert read(root / f"nodes/{n}/links/lan0") == "up"
+    # alpha's own link, each peer on it (the in-memory links say nothing of connections)
+    assert read(root / "cluster/links_down") == ""
+    assert read(root / "links/lan0/state") == "up"
+    assert read(root / "links/lan0/why") == "beta, gamma heard on it"
+    assert read(root / "links/lan0/cut") == "0"
+    assert sorted(os.listdir(root / "links/lan0/peers")) == ["beta", "gamma"]
+    assert read(root / "links/lan0/peers/beta/state") == "up"
+    assert float(read(root / "links/lan0/peers/beta/heard_ago")) < 1.0
+    assert read(root / "links/lan0/peers/beta/connection") == "unknown"
     web = root / "groups/web"
     assert read(web / "node") == "alpha"
     assert read(web / "state") == "running"
@@ -240,7 +249,8 @@ def test_without_a_daemon_reads_and_writes_fail_with_enotconn(tmp_path: Path) ->
     config = write_config(tmp_path, runtime="nobody-runs-here")
     log = tmp_path / "mount.log"
     with mounted(config, "alpha", log) as (root, _):
-        assert sorted(os.listdir(root)) == ["cluster", "fencing", "groups", "nodes", "resources"]
+        assert sorted(os.listdir(root)) == ["cluster", "fencing", "groups", "links", "nodes",
+                                            "resources"]
         with pytest.raises(OSError) as caught:
             read(root / "cluster/epoch")
         assert caught.value.errno == errno.ENOTCONN
@@ -439,8 +449,8 @@ def test_background_mount_returns_once_mounted(tmp_path: Path) -> None:
             assert f"mounted at {root} (server pid " in done.stdout
             server = int(done.stdout.split("server pid ")[1].split(")")[0])
             assert os.path.ismount(root)
-            assert sorted(os.listdir(root)) == ["cluster", "fencing", "groups", "nodes",
-                                                "resources"]
+            assert sorted(os.listdir(root)) == ["cluster", "fencing", "groups", "links",
+                                                "nodes", "resources"]
             subprocess.run(["fusermount3", "-u", str(root)], check=True, timeout=15)
             wait_for(lambda: not _alive(server), 10, "the server to end after the unmount")
             log_says(log, "serving /ha of node alpha", "unmounted")

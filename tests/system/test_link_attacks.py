@@ -236,6 +236,12 @@ def test_a_connection_flood_holds_no_descriptors_and_stops_nothing(calm: Daemons
                     held.append(s)
             time.sleep(1.0)
         watch.assert_undisturbed(epoch)
+
+        def cut_shown() -> bool:
+            st = calm.status("alpha")
+            return st is not None and st["links"]["lan0"]["cut"] > 0
+
+        wait_for(cut_shown, 10, "alpha's status to count the connections its link cut")
         cfg = str(calm.config)
         for target in ("beta", "alpha"):
             out = calm.vigil("group", "move", "web", target, "-c", cfg, "--via", "gamma")

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.nscluster import NsCluster, nscluster_fixture, require_nscluster
+from vigil.api import LinkDown, LinkUp, subscribe
 from vigil.resources.proc import pid_alive
 
 cluster = nscluster_fixture(hosts=3)
@@ -114,26 +115,69 @@ def test_power_off_the_holder_moves_the_service(cluster: NsCluster) -> None:
     assert cluster.holders("web") == ["n2"]
 
 
-def test_one_cut_link_is_survived_both_isolate_the_host(cluster2: NsCluster) -> None:
+def links_seen(c: NsCluster) -> dict[str, dict[str, dict[str, bool]] | None]:
+    """Per host: node -> link -> up, as that host's daemon sees it (None: no answer)."""
+    return {name: None if st is None else {n: dict(v["links"]) for n, v in st["nodes"].items()}
+            for name, st in c.statuses().items()}
+
+
+def test_one_cut_link_is_news_and_a_status_line_both_isolate_the_host(
+        cluster2: NsCluster) -> None:
     c = cluster2
     start_web(c)
     wait_holder(c, "n1", "web on n1")
-    c.wait_for(lambda: all_online(c), 10, "all online")
+    both_up = {n: {"lan0": True, "lan1": True} for n in c.hosts}
+    c.wait_for(lambda: all_online(c) and links_seen(c) == dict.fromkeys(c.hosts, both_up), 10,
+               "all online, every link up in every view")
+    epochs = {name: st["epoch"] for name, st in c.statuses().items() if st is not None}
+    st = c.status("n2")
+    assert st is not None
+    # the slower of the two links loses the race for every message: its copies count too
+    assert all(p["connection"] == "connected" for link in st["links"].values()
+               for p in link["peers"].values())
+    assert sum(link["rejected"].get("duplicate", 0) for link in st["links"].values()) > 0
 
-    c.cut_link("n1", "lan0")
+    with subscribe(c.config, "n2", kinds={"link_down", "link_up"}, timeout=20) as events:
+        c.cut_link("n1", "lan0")
+        lan0_out = {"n1": {"lan0": False, "lan1": True}, "n2": {"lan0": True, "lan1": True},
+                    "n3": {"lan0": True, "lan1": True}}
+        c.wait_for(lambda: links_seen(c) == {
+            "n1": {"n1": {"lan0": False, "lan1": True}, "n2": {"lan0": False, "lan1": True},
+                   "n3": {"lan0": False, "lan1": True}},
+            "n2": lan0_out, "n3": lan0_out}, 10, "every host to see n1's lan0 down")
+        note = next(events)
+        assert isinstance(note, LinkDown) and (note.member, note.link) == ("n1", "lan0"), note
+        # lan1 still carries the heartbeats: for several dead_times nothing moves
+        until = time.monotonic() + 2.0
+        while time.monotonic() < until:
+            online = dict.fromkeys(c.hosts, "online")
+            assert views(c, "n2", "n3") == {"n2": ("n1", online), "n3": ("n1", online)}
+        assert c.holders("web") == ["n1"]
+        assert {name: st["epoch"] for name, st in c.statuses().items()
+                if st is not None} == epochs
+        # what an operator reads, on n1 and on n3
+        n1 = c.vigil("n1", "status", "-c", str(c.config), "-n", "n1").stdout
+        assert "Links down: lan0 on n1, this node (n1-n2, n1-n3)" in n1, n1
+        assert "its NIC eth0 is down: " in n1, n1  # its monitor saw the carrier go
+        n3 = c.vigil("n3", "status", "-c", str(c.config), "-n", "n3").stdout
+        assert "Links down: lan0 (n3-n1)" in n3, n3
 
-    def lan0_down_seen() -> bool:
-        st = c.status("n2")
-        return st is not None and st["nodes"]["n1"]["links"] == {"lan0": False, "lan1": True}
+        def reconnecting() -> bool:
+            st = c.status("n2")
+            return st is not None and st["links"]["lan0"]["peers"]["n1"]["connection"] in (
+                "connecting", "waiting")
 
-    c.wait_for(lan0_down_seen, 10, "n2 to see n1's lan0 down and lan1 up")
-    # lan1 still carries the heartbeats: for several dead_times nothing moves
-    until = time.monotonic() + 2.0
-    while time.monotonic() < until:
-        online = dict.fromkeys(c.hosts, "online")
-        assert views(c, "n2", "n3") == {"n2": ("n1", online), "n3": ("n1", online)}
+        c.wait_for(reconnecting, 10, "n2's connection to n1 on lan0 to be seen broken")
+
+        c.restore_link("n1", "lan0")
+        c.wait_for(lambda: links_seen(c) == dict.fromkeys(c.hosts, both_up), 15,
+                   "every link up again in every view")
+        note = next(events)
+        assert isinstance(note, LinkUp) and (note.member, note.link) == ("n1", "lan0"), note
+    assert {name: st["epoch"] for name, st in c.statuses().items() if st is not None} == epochs
     assert c.holders("web") == ["n1"]
 
+    c.cut_link("n1", "lan0")
     c.cut_link("n1", "lan1")
     wait_holder(c, "n2", "web on n2 once n1 is cut off")
     lost = {"n1": "offline", "n2": "online", "n3": "online"}

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from vigil.actors.base import Directory, VigilActor
 from vigil.actors.guard import GuardianLost, GuardLink
 from vigil.actors.messages import (
+    ChildRestarted,
     Control,
     FenceDeviceState,
     GetStatus,
@@ -28,11 +29,13 @@ from vigil.actors.messages import (
     RunningGroups,
     SendFrames,
 )
+from vigil.actors.nic import link_nics
 from vigil.actors.strategies import load_strategy
 from vigil.actors.timer import DeadlineTimer
 from vigil.cluster.events import (
     AdminRequest,
     ClearFailures,
+    CopyReceived,
     Event,
     FenceDone,
     FenceNode,
@@ -47,7 +50,7 @@ from vigil.cluster.events import (
 )
 from vigil.cluster.node import NodeCore
 from vigil.cluster.promise import Persisted
-from vigil.cluster.view import ResourceFacts, build_status
+from vigil.cluster.view import LinkFacts, ResourceFacts, build_status
 from vigil.config import ClusterConfig
 from vigil.local.rundir import read_private, write_atomic
 from vigil.notifications import FailCountsCleared, ResourceStateChanged
@@ -101,6 +104,7 @@ class CoordinatorActor(VigilActor):
         self.last_diagnostic: dict[str, Operation] = {}
         self.running: frozenset[str] = frozenset()
         self.fence_devices: dict[str, FenceDeviceStatus] = {}  # as their monitors found them
+        self.link_facts: dict[str, LinkFacts] = {}  # as each link last said
         self.timer: DeadlineTimer | None = None
         self.left = False
         self.guard = guard
@@ -108,6 +112,7 @@ class CoordinatorActor(VigilActor):
         self.lost_guardian = ""
         #: this node's NICs as its NIC monitors last said
         self.nics: dict[str, NicStatus] = {}
+        self.link_nics: dict[str, str] = {}  # link -> the NIC that holds its address here
 
     def on_start(self) -> None:
         me = self.actor_ref
@@ -116,6 +121,9 @@ class CoordinatorActor(VigilActor):
             self.guard.start(me.tell)
         for group in self.config.groups:
             self.directory.tell(f"group:{group}", ProbeGroup())
+        self.link_nics = link_nics(self.config, self.node)
+        for link in self.links:  # a restarted coordinator: the links say again how they are
+            self.directory.tell(f"link:{link}", ChildRestarted(self.name))
         self._handle(Tick())
 
     def on_stop(self) -> None:
@@ -148,6 +156,16 @@ class CoordinatorActor(VigilActor):
             for name in self.directory.names("resource:"):
                 self.directory.tell(name, down)
             return None
+        if isinstance(message, LinkFacts):
+            self.link_facts[message.link] = message
+            return None
+        if isinstance(message, CopyReceived):
+            # A copy on the slower of two links comes with every message: the core needs to
+            # hear of it only often enough to know that the link works.
+            silent = self.core.membership.link_silent_for(message.sender, message.link,
+                                                           time.monotonic())
+            if silent < self.config.timing.dead_time / 4:
+                return None
         if isinstance(message, GuardianLost):
             # Nothing would kill what this node runs if its daemon hung now, so the others'
             # short fencing wait would no longer be true: leave, cleanly, at once.
@@ -304,7 +322,10 @@ class CoordinatorActor(VigilActor):
             states=self.resource_states, fail_counts=self.resource_fails,
             last_failure=self.last_failure, last_diagnostic=self.last_diagnostic,
             messages=self.codec.counters, fence_devices=self.fence_devices,
-            nics=self.nics), wall=_wall)
+            nics=self.nics, links=self.link_facts, nic_down={
+                link: f"its NIC {nic} is down: {self.nics[nic].reason}"
+                for link, nic in self.link_nics.items()
+                if nic in self.nics and self.nics[nic].state == "down"}), wall=_wall)
 
 
 def _wall(monotonic: float) -> str:

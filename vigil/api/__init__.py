@@ -45,8 +45,10 @@ from vigil.notifications import (
 from vigil.status import (
     ClusterStatus,
     GroupStatus,
+    LinkStatus,
     NodeStatus,
     Operation,
+    PeerLink,
     ResourceStatus,
     Transition,
 )
@@ -66,6 +68,7 @@ __all__ = [
     "GroupStateChanged",
     "GroupStatus",
     "LinkDown",
+    "LinkStatus",
     "LinkUp",
     "MalformedAnswer",
     "Missed",
@@ -77,6 +80,7 @@ __all__ = [
     "NodeStatus",
     "Notification",
     "Operation",
+    "PeerLink",
     "QuorumGained",
     "QuorumLost",
     "Refused",

@@ -24,7 +24,7 @@ from vigil.config import (
     write_key,
 )
 from vigil.local.protocol import MalformedAnswer, request, status_of
-from vigil.status import ClusterStatus
+from vigil.status import ClusterStatus, PeerLink
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_NO_DAEMON = 1, 2, 3
 DEFAULT_CONFIG = os.environ.get("VIGIL_CONFIG", "/etc/vigil/cluster.toml")
@@ -320,6 +320,9 @@ def format_status(st: ClusterStatus) -> str:
                  f"[seen from {st.node}]")
     if t is not None and t.phase != "done":
         lines.append(f"Transition in progress: {t.phase} ({t.reason})")
+    down = st.links_down()
+    if down:
+        lines.append(f"Links down: {down}")
     if st.maintenance:
         lines.append("MAINTENANCE MODE: no monitors, no recovery, nothing starts, stops or "
                      "moves (`vigil maintenance off` to end)")
@@ -327,9 +330,9 @@ def format_status(st: ClusterStatus) -> str:
     lines.append(f"Nodes: {len(st.nodes)} configured, {len(online)} online")
     for n, v in sorted(st.nodes.items()):
         extra = " (standby)" if v.standby else ""
-        down = [link for link, up in v.links.items() if not up]
-        if down:
-            extra += f" links down: {', '.join(down)}"
+        cut = [link for link, up in v.links.items() if not up]
+        if cut and v.state == "online":  # an offline node is heard on no link: no news
+            extra += f" links down: {', '.join(cut)}"
         lines.append(f"  * {n:<12} {v.state.upper() if v.state != 'online' else 'online'}"
                      f"{extra}")
     if st.nics:
@@ -338,6 +341,7 @@ def format_status(st: ClusterStatus) -> str:
             state = "up" if nv.state == "up" else "DOWN"
             why = "" if nv.state == "up" and nv.reason == "usable" else f": {nv.reason}"
             lines.append(f"  * {nic:<12} {state} since {nv.since}{why}")
+    lines += _format_links(st)
     lines.append("Groups:")
     by_group: dict[str, list[str]] = {}
     for r, rv in st.resources.items():  # in start order
@@ -369,6 +373,31 @@ def format_status(st: ClusterStatus) -> str:
         lines.append("Recent decisions:")
         lines += [f"    {at} {text}" for at, text in st.decisions[-6:]]
     return "\n".join(lines)
+
+
+def _format_links(st: ClusterStatus) -> list[str]:
+    if not st.links:
+        return []
+    lines = [f"Links of {st.node} (each peer: last heard on the link, our connection to it):"]
+    for name, ls in st.links.items():
+        peers = ", ".join(_peer_on_link(p, v) for p, v in ls.peers.items())
+        lines.append(f"  * {name:<12} {'up' if ls.up else 'DOWN':<4}  {peers}".rstrip())
+        if not ls.up or not any(v.up for v in ls.peers.values()):
+            lines.append(f"      {ls.why}")
+        # copies of what came first over another link are the normal case, not trouble
+        dropped = ", ".join(f"{reason} {n}" for reason, n in ls.rejected.items()
+                            if reason != "duplicate" and n)
+        trouble = ([f"messages dropped: {dropped}"] if dropped else []) + (
+            [f"connections cut: {ls.cut} (too many not yet authenticated)"] if ls.cut else [])
+        if trouble:
+            lines.append(f"      {'; '.join(trouble)}")
+    return lines
+
+
+def _peer_on_link(peer: str, v: PeerLink) -> str:
+    ago = "never" if v.heard_ago is None else f"{v.heard_ago:.1f}s"
+    connection = "" if v.connection == "unknown" else f" {v.connection}"
+    return f"{peer}{'' if v.up else ' DOWN'} {ago}{connection}"
 
 
 def _format_fencing(st: ClusterStatus) -> list[str]:

@@ -25,6 +25,17 @@ class Received:
 
 
 @dataclass(frozen=True, slots=True)
+class CopyReceived:
+    """An authenticated copy, over ``link``, of a message from ``sender`` that arrived first
+    over another link (the codec drops the copy as a duplicate). It changes nothing but what
+    the core knows of ``link``: the link carries the sender's messages, even when it always
+    loses the race to the other one."""
+
+    sender: str
+    link: str
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """Time has passed (a deadline the core asked for was reached)."""
 
@@ -135,8 +146,9 @@ class NicChanged:
     reason: str
 
 
-Event = (Received | Tick | GroupDone | GroupFailed | AdminRequest | ClearFailures
-         | MarkedOutOfService | FenceDone | GroupProbed | GuardFenced | Shutdown | NicChanged)
+Event = (Received | CopyReceived | Tick | GroupDone | GroupFailed | AdminRequest
+         | ClearFailures | MarkedOutOfService | FenceDone | GroupProbed | GuardFenced
+         | Shutdown | NicChanged)
 
 
 # ---- outputs ------------------------------------------------------------------------------

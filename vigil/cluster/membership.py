@@ -114,6 +114,11 @@ class Membership:
         life's age (a previous life can only have heard it before this one began)."""
         return self.now - self.last_heard.get(node, self.started)
 
+    def link_silent_for(self, node: str, link: str, now: float | None = None) -> float:
+        """Seconds since ``node`` was last heard on ``link`` (at ``now``, default the core's
+        time); infinite if never in this life."""
+        return (self.now if now is None else now) - self.link_heard.get((node, link), -math.inf)
+
     def link_state(self) -> dict[str, dict[str, bool]]:
         """node -> link -> heard on that link within dead_time."""
         out: dict[str, dict[str, bool]] = {}

@@ -29,6 +29,7 @@ from vigil.cluster.events import (
     Action,
     AdminRequest,
     ClearFailures,
+    CopyReceived,
     Event,
     FenceDone,
     GroupDone,
@@ -152,6 +153,9 @@ class NodeCore:
         self.groups.expire(self.now)
         if isinstance(event, Received):
             self._receive(event)
+        elif isinstance(event, CopyReceived):
+            if event.sender in self.config.nodes and event.sender != self.name:
+                self.membership.heard(event.sender, event.link)
         elif isinstance(event, GroupDone):
             self.groups.group_done(event, self.promise.promised)
             if event.op == "stop" and self.promise.stop_orders:

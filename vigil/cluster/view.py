@@ -7,7 +7,8 @@ the core's state and what the shell observed of the resources here (:class:`Reso
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from vigil.cluster.local import ACTIVE
@@ -19,12 +20,27 @@ from vigil.status import (
     FenceEvent,
     FencingStatus,
     GroupStatus,
+    LinkStatus,
     NicStatus,
     NodeStatus,
     Operation,
+    PeerLink,
     ResourceStatus,
     Transition,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class LinkFacts:
+    """What one of this node's links said of itself (its LinkActor tells it once it is bound,
+    then whenever it changes)."""
+
+    link: str
+    #: peer -> our connection to it on this link: connected, connecting, waiting (to retry);
+    #: a peer left out: the transport does not say
+    connections: Mapping[str, str] = field(default_factory=dict)
+    rejected: Mapping[str, int] = field(default_factory=dict)  # reason -> dropped on it
+    cut: int = 0  # connections to its listening socket cut (not yet authenticated, too many)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +55,11 @@ class ResourceFacts:
     #: fence device -> what its last monitor here found (devices never monitored: absent)
     fence_devices: Mapping[str, FenceDeviceStatus] = field(default_factory=dict)
     nics: Mapping[str, NicStatus] = field(default_factory=dict)  # as the NIC monitors say
+    #: link -> what it last said of itself; a link left out is not bound (yet)
+    links: Mapping[str, LinkFacts] = field(default_factory=dict)
+    #: link -> why the NIC that carries it is down, as its NIC monitor believes (no carrier,
+    #: ...): the link is down whatever is heard on it
+    nic_down: Mapping[str, str] = field(default_factory=dict)
 
 
 def _core_time(t: float) -> str:
@@ -97,15 +118,14 @@ def build_status(core: NodeCore, facts: ResourceFacts | None = None, *,
             by_hand=disabled.get(r), on_fail=rc.on_fail,
             fail_count=facts.fail_counts.get(r, 0), last_failure=facts.last_failure.get(r),
             last_diagnostic=facts.last_diagnostic.get(r))
-    links = membership.link_state()
+    links = _links(core, facts)
     nodes = {n: NodeStatus(state="online" if n in alive else "offline",
-                           standby=n in accepted.admin, links=links.get(n, {}))
+                           standby=n in accepted.admin,
+                           links={name: v.peers[n].up for name, v in links.items()
+                                  if n in v.peers})
              for n in config.node_names}
-    # This node's own links are up when some peer is heard on them.
-    own = {link.name: any(v.get(link.name, False) for v in links.values())
-           for link in config.nodes[core.name].links}
     nodes[core.name] = NodeStatus(state="online", standby=core.name in accepted.admin,
-                                  links=own)
+                                  links={name: v.up for name, v in links.items()})
     rnd = core.master.round
     fencing = core.fencing
     pending = fencing.pending()
@@ -136,4 +156,52 @@ def build_status(core: NodeCore, facts: ResourceFacts | None = None, *,
         mismatched=tuple(sorted(membership.mismatched)), dropped=core.dropped,
         messages=dict(facts.messages),
         decisions=tuple((wall(t), text) for t, text in core.decisions[-20:]),
-        fencing=fence_status, nics=dict(facts.nics))
+        fencing=fence_status, nics=dict(facts.nics), links=links)
+
+
+def _links(core: NodeCore, facts: ResourceFacts) -> dict[str, LinkStatus]:
+    """This node's links: each peer on each, and each link's own state."""
+    config, membership = core.config, core.membership
+    dead_time = config.timing.dead_time
+    peers: dict[str, dict[str, PeerLink]] = {}
+    for link in config.nodes[core.name].links:
+        seen = facts.links.get(link.name)
+        on_link = peers[link.name] = {}
+        for n in config.node_names:
+            if n == core.name or all(c.name != link.name for c in config.nodes[n].links):
+                continue
+            ago = membership.link_silent_for(n, link.name)
+            on_link[n] = PeerLink(
+                up=ago < dead_time, heard_ago=round(ago, 3) if ago < math.inf else None,
+                connection=seen.connections.get(n, "unknown") if seen else "unknown")
+    heard_on = [name for name, ps in peers.items() if any(p.up for p in ps.values())]
+    out = {}
+    for name, ps in peers.items():
+        seen = facts.links.get(name)
+        up, why = own_link_state(ps, [h for h in heard_on if h != name], bound=seen is not None,
+                                 nic_down=facts.nic_down.get(name, ""))
+        out[name] = LinkStatus(up=up, why=why, peers=ps,
+                               rejected=dict(sorted(seen.rejected.items())) if seen else {},
+                               cut=seen.cut if seen else 0)
+    return out
+
+
+def own_link_state(peers: Mapping[str, PeerLink], heard_elsewhere: Sequence[str], *,
+                   bound: bool, nic_down: str = "") -> tuple[bool, str]:
+    """Whether one of this node's links is up, and why: up while some peer is heard on it;
+    down while none is but some peer is heard on another link (``heard_elsewhere``: those
+    links), as that is the link that fails; with no peer heard anywhere (a cluster of one, or
+    every peer gone), up when its socket is ``bound``. ``nic_down`` (why its NIC is down, from
+    a NIC monitor) makes it down whatever is heard."""
+    if nic_down:
+        return False, nic_down
+    heard = [p for p, v in peers.items() if v.up]
+    if heard:
+        return True, f"{', '.join(heard)} heard on it"
+    if heard_elsewhere:
+        return False, f"no peer heard on it, while heard on {', '.join(heard_elsewhere)}"
+    if not bound:
+        return False, "its socket is not bound (the link is starting, or failed: see the log)"
+    if not peers:
+        return True, "bound (no peer on this link)"
+    return True, "bound; no peer is heard on any link"

@@ -11,7 +11,11 @@ Layout (``ro`` value files are mode 0444; ``rw`` control files are root's, mode 
 0664 with the admin group as their group)::
 
     cluster/   name epoch master quorate quorum transition seen_from       ro
+               links_down (the line of `vigil status`)      ro
                maintenance                                  rw: on | off
+    links/LINK/      state (up | down) why cut              ro
+                     rejected (REASON COUNT, one a line)    ro
+                     peers/PEER/ state heard_ago connection ro
     nodes/NODE/      state standby links/LINK (up | down)   ro
                      nics/NIC (up | down: why; this node's) ro
                      fencing (what its fencing waits for)   ro
@@ -85,7 +89,7 @@ GROUP_WORDS = ("cleanup",)
 RESOURCE_WORDS = ("in_service", "oo_service", "force_oos", "mark_oos", "diagnose", "cleanup")
 MAINTENANCE_WORDS = ("on", "off")
 
-TOP_DIRS = ("cluster", "nodes", "groups", "resources", "fencing")
+TOP_DIRS = ("cluster", "links", "nodes", "groups", "resources", "fencing")
 
 
 class HaError(OSError):
@@ -221,8 +225,26 @@ def build_tree(st: ClusterStatus, diagnoses: Mapping[str, str] | None = None) ->
     b.file(f"{c}/quorate", _text(st.quorate))
     b.file(f"{c}/quorum", _text(st.quorum))
     b.file(f"{c}/transition", _transition(st.transition))
+    b.file(f"{c}/links_down", _text(st.links_down() or None))
     b.file(f"{c}/maintenance", b"on\n" if st.maintenance else b"off\n",
            Control("maintenance", "", MAINTENANCE_WORDS))
+
+    b.dir("/links")
+    for link, lv in st.links.items():
+        if not _safe(link):
+            continue
+        d = b.dir(f"/links/{link}")
+        b.file(f"{d}/state", b"up\n" if lv.up else b"down\n")
+        b.file(f"{d}/why", _text(lv.why))
+        b.file(f"{d}/cut", _text(lv.cut))
+        b.file(f"{d}/rejected", _text(tuple(f"{r} {count}" for r, count in lv.rejected.items())))
+        b.dir(f"{d}/peers")
+        for peer, pv in lv.peers.items():
+            if peer in nodes:
+                p = b.dir(f"{d}/peers/{peer}")
+                b.file(f"{p}/state", b"up\n" if pv.up else b"down\n")
+                b.file(f"{p}/heard_ago", _text(pv.heard_ago))
+                b.file(f"{p}/connection", _text(pv.connection))
 
     b.dir("/nodes")
     for n, v in nodes.items():

@@ -7,7 +7,7 @@ delivery is best effort, and the protocol above survives loss by retransmission 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 #: Called on a link's reader thread with ``(link_name, frames)`` for every frame set received.
@@ -42,3 +42,17 @@ class Link(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class ObservedLink(Protocol):
+    """A link that can say how its connections are (`vigil status`); a :class:`Link` may
+    offer it (:class:`~vigil.transports.zmq_link.ZmqLink` does)."""
+
+    def peer_states(self) -> Mapping[str, str]:
+        """Each peer's connection: ``connected``, ``connecting`` or ``waiting`` (to retry)."""
+        ...
+
+    def cut(self) -> int:
+        """Connections to the link's listening socket cut so far."""
+        ...

@@ -62,12 +62,15 @@ Verdict = Literal["accepted", "replayed", "duplicate"]
 
 class Rejected(Exception):
     """A received frame set that is dropped. ``reason`` is one of :data:`Reason`; ``detail``
-    says what exactly was wrong, for the log."""
+    says what exactly was wrong, for the log; ``sender`` is the configured node that sent it
+    when the message was authenticated (a ``"replayed"`` or ``"duplicate"`` one), else "".
+    """
 
-    def __init__(self, reason: Reason, detail: str) -> None:
+    def __init__(self, reason: Reason, detail: str, sender: str = "") -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason: Reason = reason
         self.detail = detail
+        self.sender = sender
 
 
 def topic_for(dest: str) -> bytes:
@@ -307,7 +310,8 @@ class Codec:
         verdict = self._guard.admit(msg.sender, msg.incarnation, msg.seq)
         if verdict != "accepted":
             raise Rejected(
-                verdict, f"{msg.type!r} from {msg.sender!r} inc {msg.incarnation} seq {msg.seq}"
+                verdict, f"{msg.type!r} from {msg.sender!r} inc {msg.incarnation} seq {msg.seq}",
+                msg.sender,
             )
         return msg
 
