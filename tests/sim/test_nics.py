@@ -61,3 +61,20 @@ def test_a_node_with_one_nic_down_costs_more_than_one_with_both() -> None:
     c.run_for(6.0)
     assert holder_of(c, "g0") == others[1], c.describe()
     assert c.ops_since(t0, node=others[0], group="g0") == []
+
+
+def test_a_group_placed_nowhere_for_want_of_nics_is_placed_when_one_comes_back() -> None:
+    """Every node lost both NICs of g0's address (the service switch rebooted): g0 runs
+    nowhere. When one node's NIC is back, that node asks the master to place again, and g0
+    starts there, with no other event to prompt it."""
+    cfg = sim_config(3, 1, prefer=False, nics=True)
+    c = formed(cfg, fencer="silence", rng=random.Random(2))
+    for node in cfg.node_names:
+        c.nic(node, "eth0", up=False)
+        c.nic(node, "eth1", up=False)
+    c.run_for(8.0)
+    assert c.placement()["g0"] == [], c.describe()
+    assert c.settled()
+    c.nic("gamma", "eth1", up=True)
+    c.run_for(6.0)
+    assert c.placement()["g0"] == ["gamma"], c.describe()

@@ -416,6 +416,9 @@ class ClusterMachine(RuleBasedStateMachine):
                 c.power_on(name)
 
         power_on_all()
+        for name in self.names:  # and every cable plugged back in
+            for nic in sorted(c.nodes[name].nics_down):
+                c.nic(name, nic, up=True)
         # Requests still pending are applied first (in an order the master picks: requests
         # through different nodes have none of their own). A request that a master applied
         # while its requester missed the accept stays listed there; it needs nothing more.

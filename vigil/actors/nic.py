@@ -107,8 +107,15 @@ class NetlinkWatch:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"x")
-        if threading.current_thread() is not self._thread:
+        if threading.current_thread() is not self._thread and self._thread.is_alive():
             self._thread.join(timeout=2.0)
+        if self._thread.ident is None:  # never started
+            self._sock.close()
+        if not self._thread.is_alive():
+            # the pipe is closed here, once the thread is gone: a number closed while close()
+            # might still write to it could already belong to another file
+            os.close(self._wake_r)
+            os.close(self._wake_w)
 
     def _dump(self) -> None:
         seen: set[str] = set()
@@ -137,7 +144,14 @@ class NetlinkWatch:
                     log.warning("netlink: events were lost; reading every NIC's state again")
                     self._dump()
                     continue
-                for msg in self._marshal.parse(data):
+                try:
+                    messages = list(self._marshal.parse(data))
+                except Exception:  # one datagram we cannot read: the next dump corrects it
+                    log.exception("netlink: an event could not be parsed; reading every NIC's "
+                                  "state again")
+                    self._dump()
+                    continue
+                for msg in messages:
                     name = msg.get_attr("IFLA_IFNAME")
                     if name in self._nics:
                         self._deliver(name, facts_of(msg))
@@ -145,8 +159,6 @@ class NetlinkWatch:
             log.exception("netlink: the NIC watch stopped; NIC states are no longer current")
         finally:
             self._sock.close()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
 
 
 def _checksum(data: bytes) -> int:
@@ -193,7 +205,7 @@ class Prober:
     def _run(self) -> None:
         try:
             sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-            sock.setsockopt(socket.SOL_SOCKET, _SO_BINDTODEVICE, self.nic.encode())
+            self._bind(sock)
         except OSError as err:
             log.error("NIC %s: cannot probe %s (%s; probes need CAP_NET_RAW): its "
                       "reachability is not checked", self.nic, ", ".join(self.targets), err)
@@ -204,6 +216,10 @@ class Prober:
             while not self._stop.is_set():
                 seq = (seq + 1) & 0xFFFF
                 start = time.monotonic()
+                # again every round: the kernel binds by interface index, and a NIC that was
+                # removed and made again (a veth, a VLAN, a driver reload) has a new one
+                with contextlib.suppress(OSError):
+                    self._bind(sock)
                 answered = self._round(sock, seq, start + self.interval)
                 misses = 0 if answered else misses + 1
                 problem = None if misses < self.failures else (
@@ -212,6 +228,9 @@ class Prober:
                     self._report(problem)
                     last = problem
                 self._stop.wait(max(0.0, start + self.interval - time.monotonic()))
+
+    def _bind(self, sock: socket.socket) -> None:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_BINDTODEVICE, self.nic.encode())
 
     def _round(self, sock: socket.socket, seq: int, deadline: float) -> bool:
         request = echo_request(self._ident, seq)

@@ -8,10 +8,10 @@ probes say; it answers whether each NIC is *usable*, and when that changes. Two 
   is down the moment that is known: an address on it must move now, not after a poll.
 * **Up after a hold.** A NIC that comes back is believed only once it has stayed usable for
   the *hold*: ``up_hold`` (1 s by default). Every fall within ``flap_window`` (60 s) of the
-  previous one doubles the hold, up to ``max_up_hold`` (30 s); a NIC that stays up for a whole
-  window gets the short hold back. So a NIC that flaps causes one move away (at its first
-  fall), none while it flaps, and at most one move back after it settles (and only if the
-  address is configured to fail back).
+  previous one doubles the hold, up to ``max_up_hold`` (30 s); a fall longer than that after
+  the previous one starts again from ``up_hold``. So a NIC that flaps causes one move away
+  (at its first fall), none while it flaps, and at most one move back after it settles (and
+  only if the address is configured to fail back).
 
 At start, what the first observation says is believed at once: there is nothing to dampen.
 """

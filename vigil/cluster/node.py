@@ -49,7 +49,7 @@ from vigil.cluster.membership import Heard, Membership
 from vigil.cluster.placement import stop_bound
 from vigil.cluster.promise import Persisted, Promise
 from vigil.cluster.round import Master, Phase, Round
-from vigil.cluster.strategy import LocalCostContext, Strategy, builtin_strategy
+from vigil.cluster.strategy import LocalCostContext, Strategy, builtin_strategy, nic_limit
 from vigil.cluster.wire import (
     INFINITY,
     Accept,
@@ -384,6 +384,21 @@ class NodeCore:
                 Echo(hb.n, hb.incarnation, self.promise.promised), self.name, sender))
 
     def _nic_changed(self, event: NicChanged) -> None:
+        groups = self.config.groups
+        before = {g: nic_limit(self.config, c, self.nics_down) for g, c in groups.items()}
+        self._nic_note(event)
+        # A group that no node could place (its NICs were down everywhere) is placed again
+        # once a NIC is back here: the master looks again, as after a cleanup. A NIC that
+        # only makes a node a better or worse home changes nothing now (no transition).
+        lifted = sorted(g for g, c in groups.items() if before[g] is not None
+                        and nic_limit(self.config, c, self.nics_down) is None
+                        and self.accepted.placement.get(g) is None)
+        if lifted:
+            self.groups.failures += 1
+            self.journal.note("group", f"{', '.join(lifted)} placed nowhere, and {self.name} "
+                              f"can carry its addresses again: asking for a new placement")
+
+    def _nic_note(self, event: NicChanged) -> None:
         if event.up:
             if self.nics_down.pop(event.nic, None) is None:
                 return

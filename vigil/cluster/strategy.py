@@ -97,11 +97,7 @@ class Strategy(ABC):
             rtype = ctx.config.resources[rname].type
             if rtype in ctx.missing_types:
                 return f"resource type {rtype!r} not available on this node"
-        for rname, nics in network_paths(ctx.config, group).items():
-            if nics and all(n in ctx.nics_down for n in nics):
-                why = "; ".join(f"{n}: {ctx.nics_down[n]}" for n in nics)
-                return f"no NIC of resource {rname} can carry its address here ({why})"
-        return None
+        return nic_limit(ctx.config, group, ctx.nics_down)
 
     @staticmethod
     def paths_lost(ctx: LocalCostContext, group: GroupConfig) -> int:
@@ -109,6 +105,16 @@ class Strategy(ABC):
         with fewer healthy paths is a worse home, though it can still serve the group."""
         return sum(n in ctx.nics_down for nics in network_paths(ctx.config, group).values()
                    for n in nics)
+
+
+def nic_limit(config: ClusterConfig, group: GroupConfig,
+              nics_down: Mapping[str, str]) -> str | None:
+    """Why no NIC of this node can carry one of the group's addresses, or None."""
+    for rname, nics in network_paths(config, group).items():
+        if nics and all(n in nics_down for n in nics):
+            why = "; ".join(f"{n}: {nics_down[n]}" for n in nics)
+            return f"no NIC of resource {rname} can carry its address here ({why})"
+    return None
 
 
 def network_paths(config: ClusterConfig, group: GroupConfig) -> dict[str, tuple[str, ...]]:

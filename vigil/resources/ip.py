@@ -691,8 +691,11 @@ class IpResource(Resource):
         with self._lock:
             self._down = frozenset(down)
         with self._op_lock:
+            with self._state_lock:
+                generation = self._generation
             if self.service_state() is not ServiceState.IN_SERVICE:
                 return None
+            target: _Nic | None = None
             try:
                 with IPRoute() as ipr:
                     survey = self._survey(ipr)
@@ -710,6 +713,16 @@ class IpResource(Resource):
             except (NetlinkError, OSError) as exc:
                 result = OpResult.failure(ServiceState.FAILED, f"cannot move {self.cidr} to "
                                           f"another nic: {_error_text(exc)}")
+            with self._state_lock:
+                stopping = generation != self._generation
+            if stopping and target is not None:
+                # A forced stop that did not wait for this move (it waits CANCEL_WAIT at
+                # most) may have surveyed the nics before the add: take the new copy away,
+                # or the address would stay here while the group starts elsewhere.
+                undone = self._remove_quietly(target.name)
+                log.warning("resource %s: a stop began during the move to %s%s", self.name,
+                            target.name, undone)
+                return None
             if result.ok:
                 self._note_in_service(result.reason)
             return replace(result, duration=time.monotonic() - started)

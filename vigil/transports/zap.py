@@ -51,7 +51,7 @@ class Admission:
 
     @classmethod
     def of(cls, keys: Mapping[bytes, str], addresses: Collection[str]) -> Admission:
-        return cls(keys=dict(keys), addresses=frozenset(_normal(a) for a in addresses))
+        return cls(keys=dict(keys), addresses=frozenset(normal_address(a) for a in addresses))
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class Verdict:
         return self.status == b"200"
 
 
-def _normal(address: str) -> str:
+def normal_address(address: str) -> str:
     """An address in one spelling (``::ffff:192.0.2.1`` is ``192.0.2.1``)."""
     try:
         ip = ipaddress.ip_address(address.strip("[]"))
@@ -94,7 +94,7 @@ def decide(
     node = admission.keys.get(credentials[0])
     if node is None:
         return Verdict(b"400", "a public key that is no configured node's")
-    if admission.addresses and _normal(address) not in admission.addresses:
+    if admission.addresses and normal_address(address) not in admission.addresses:
         return Verdict(b"400", f"node {node}'s key from {address}, not one of its addresses")
     return Verdict(b"200", "OK", node)
 

@@ -49,7 +49,7 @@ from vigil.messages import BROADCAST
 from vigil.transports.base import FrameHandler, LinkError
 from vigil.transports.codec import MAX_MESSAGE_BYTES, topic_for
 from vigil.transports.keys import LinkKeys, key_ring
-from vigil.transports.zap import Admission, Gatekeeper, bind_retrying
+from vigil.transports.zap import Admission, Gatekeeper, bind_retrying, normal_address
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,8 @@ HANDSHAKE_TIMEOUT_MS: Final = 2_000
 #: program on a peer's host from exhausting the daemon's descriptors. A real peer needs one.
 PENDING_CAP: Final = 64
 #: Descriptors a link's share leaves for connections not yet authenticated: the cap, and the
-#: connections libzmq accepts before the reader has cut them (its monitor queue holds 1,000
-#: events, and libzmq's I/O thread waits while it is full).
+#: connections libzmq accepted before the reader has cut them (the reader's lag: a few
+#: hundred under a flood on a busy two-core machine).
 UNAUTHENTICATED_ALLOWANCE: Final = 1_024
 #: ZMTP heartbeats on every connection. Without them a peer that lost power keeps its TCP
 #: connections "up" on our side until TCP gives up (minutes): our SUB never reconnects, so the
@@ -151,11 +151,11 @@ class Doorway:
         return len(self._pending)
 
 
-def cut_connection(fd: int, port: int) -> bool:
+def cut_connection(fd: int, address: str, port: int) -> bool:
     """Close the TCP connection behind libzmq's descriptor ``fd`` from outside: shut it down
     (libzmq then reads its end, closes the descriptor and reports it). Only if ``fd`` is still a
-    stream socket on our listening ``port``: a number libzmq closed meanwhile may have been
-    given to anything else of ours."""
+    TCP socket on our listening ``address`` and ``port``: a number libzmq closed meanwhile may
+    have been given to anything else of ours (another link's connection, a Unix socket)."""
     try:
         own = os.dup(fd)
     except OSError:
@@ -167,10 +167,14 @@ def cut_connection(fd: int, port: int) -> bool:
         return False
     with conn:
         try:
-            if conn.type != socket.SOCK_STREAM or conn.getsockname()[1] != port:
+            if (conn.family not in (socket.AF_INET, socket.AF_INET6)
+                    or conn.type != socket.SOCK_STREAM):
+                return False
+            host, bound_port = conn.getsockname()[:2]
+            if bound_port != port or normal_address(host) != normal_address(address):
                 return False
             conn.shutdown(socket.SHUT_RDWR)
-        except OSError:
+        except (OSError, ValueError, IndexError):
             return False
     return True
 
@@ -269,6 +273,7 @@ class ZmqLink:
         self._pub: zmq.Socket[bytes] = self._context.socket(zmq.PUB)
         self._door = Doorway(max(PENDING_CAP, 2 * len(others)))
         self._door_monitor: zmq.Socket[bytes] | None = None
+        self._address = bind[0]
         self._port = 0
         self._cut = 0
         #: when a cut was last logged at warning level, and the cuts not logged since
@@ -276,8 +281,8 @@ class ZmqLink:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         try:
             self._gate.admit(self._zap_domain, Admission.of(keys.admitted(others), addresses))
-            self._door_monitor = self._pub.get_monitor_socket(
-                _DOOR, f"inproc://vigil-link-door-{os.getpid()}-{next(_monitor_ids)}")
+            self._door_monitor = self._open_door_monitor(
+                f"inproc://vigil-link-door-{os.getpid()}-{next(_monitor_ids)}")
             self.endpoint = self._bind(bind, addresses)
             for peer, address in others.items():
                 self._peers.append(self._peer(peer, bind[0], address))
@@ -466,24 +471,27 @@ class ZmqLink:
         self._gate.forget(self._zap_domain)
         self._gate.release()
 
+    def _open_door_monitor(self, address: str) -> zmq.Socket[bytes]:
+        """The listening socket's monitor, with a queue of no fixed size: libzmq's I/O thread,
+        which every link of the daemon shares, sends monitor events with a blocking send, and
+        must never wait for our reader (that would hold up every heartbeat). The reader takes
+        events far faster than libzmq accepts connections, so the queue stays short unless the
+        reader itself is starved."""
+        self._pub.monitor(address, _DOOR)
+        monitor: zmq.Socket[bytes] = self._context.socket(zmq.PAIR)
+        monitor.setsockopt(zmq.RCVHWM, 0)  # 0 on either side of inproc: no limit
+        monitor.setsockopt(zmq.LINGER, 0)
+        monitor.connect(address)
+        return monitor
+
     def _close_pub(self) -> None:
-        """Close the listening socket without ever leaving libzmq's I/O thread stuck on a full
-        monitor queue (see :meth:`_close_sockets`): stop accepting, take the events of the
-        connections that go with it, stop the monitor, close."""
-        monitor = self._door_monitor
+        """Stop the listening socket's monitor, then close it. (The monitor's queue has no
+        limit, so libzmq's I/O thread is never stuck on it, whoever still reads it.)"""
         with self._send_lock:
-            if monitor is not None:
-                if self._port:
-                    with contextlib.suppress(zmq.ZMQError):
-                        self._pub.unbind(self.endpoint)
-                deadline = time.monotonic() + CLOSE_TIMEOUT_S
-                with contextlib.suppress(zmq.ZMQError):
-                    while monitor.poll(20) and time.monotonic() < deadline:
-                        while monitor.poll(0):
-                            monitor.recv_multipart(zmq.NOBLOCK)
+            if self._door_monitor is not None:
                 with contextlib.suppress(zmq.ZMQError):
                     self._pub.disable_monitor()
-                monitor.close(linger=0)
+                self._door_monitor.close(linger=0)
                 self._door_monitor = None
             self._pub.close(linger=0)
 
@@ -555,7 +563,8 @@ class ZmqLink:
                 self._door.accepted(event["value"], now)
             elif event["event"] == zmq.EVENT_DISCONNECTED:
                 self._door.gone(event["value"])
-        cut = sum(cut_connection(fd, self._port) for fd in self._door.excess(now))
+        cut = sum(cut_connection(fd, self._address, self._port)
+                  for fd in self._door.excess(now))
         if not cut:
             return
         self._cut += cut
