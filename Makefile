@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test test-fast demo soak soak-sim soak-large stability bench bench-failover lint typecheck clean
+.PHONY: test test-fast demo soak soak-sim soak-large stability bench bench-failover bench-nic lint typecheck clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,10 @@ bench: $(STAMP)
 # short version, 3 runs of each case, some 10 to 15 minutes (docs/benchmarks.md: the long one).
 bench-failover: $(STAMP)
 	$(BIN)/python -m bench.failover_bench --runs 3 --keepalived
+
+# an address moving to the node's other NIC when its cable is pulled (root, namespaces)
+bench-nic: $(STAMP)
+	$(BIN)/python -m bench.nic_failover --runs 40
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
