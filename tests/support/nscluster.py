@@ -497,13 +497,7 @@ class NsCluster:
     def pull_cable(self, host: HostRef, nic: str) -> None:
         """Pull the cable of one NIC of the host (``eth0``, ``eth1``, ``eth0b``): its
         switch port goes down, so the host's NIC loses its carrier."""
-        h = self.host(host)
-        port = h.nic_port(nic)
-        if nic != SPARE_NIC:
-            self.cut_link(h, int(nic[3:]))
-            return
-        self._pulled.add((h.name, port))
-        self._ip(self.switch, "link", "set", port, "down")
+        self._cable(host, nic, plugged=False)
 
     def dead_port(self, host: HostRef, nic: str, dead: bool = True) -> None:
         """A switch port that keeps its link but passes nothing (``dead``: taken off its
@@ -518,14 +512,20 @@ class NsCluster:
 
     def plug_cable(self, host: HostRef, nic: str) -> None:
         """Plug it back (it stays down while the host is powered off)."""
+        self._cable(host, nic, plugged=True)
+
+    def _cable(self, host: HostRef, nic: str, *, plugged: bool) -> None:
         h = self.host(host)
         port = h.nic_port(nic)
-        if nic != SPARE_NIC:
-            self.restore_link(h, int(nic[3:]))
+        if nic != SPARE_NIC:  # a link's NIC: as cut_link and restore_link
+            (self.restore_link if plugged else self.cut_link)(h, int(nic[3:]))
             return
-        self._pulled.discard((h.name, port))
-        if h.powered:
-            self._ip(self.switch, "link", "set", port, "up")
+        if plugged:
+            self._pulled.discard((h.name, port))
+        else:
+            self._pulled.add((h.name, port))
+        if h.powered or not plugged:
+            self._ip(self.switch, "link", "set", port, "up" if plugged else "down")
 
     def _boot(self, host: Host) -> None:
         """Start the host's keeper: new mount and UTS namespaces with a private /run."""
