@@ -85,7 +85,7 @@ def transfer(source: Volume, target: Volume, snapshot: Snapshot, parent: Snapsho
     send_errors: list[BtrfsError] = []
 
     def sender() -> None:
-        with open(write_end, "wb") as out:
+        with open(write_end, "wb", buffering=0) as out:  # nothing left to flush at close
             try:
                 sent.append(source.send(snapshot, parent, out, timeout=timeout))
             except BtrfsError as exc:
@@ -376,6 +376,40 @@ def test_a_receive_killed_mid_stream_leaves_nothing_complete_and_cleanup_removes
     assert sha256(copy.path / "big") == sha256(snapshot.path / "big")
 
 
+@in_own_mount_namespace
+def test_cleanup_leaves_a_receive_in_progress_alone(nodes: Nodes) -> None:
+    alpha, beta = nodes.alpha, nodes.beta
+    random_file(alpha.data / "big", 32 * MIB)
+    snapshot = alpha.snapshot()
+    stream = nodes.tmp / "full.stream"
+    size = stream_file(alpha, snapshot, None, stream)
+    read_end, write_end = os.pipe()
+    results: list[Snapshot | BaseException] = []
+
+    def receiver() -> None:
+        try:
+            with open(read_end, "rb") as f:
+                results.append(beta.receive(f, timeout=120))
+        except BaseException as exc:
+            results.append(exc)
+
+    thread = threading.Thread(target=receiver, name="btrfs-receiver")
+    thread.start()
+    with open(write_end, "wb") as pipe, stream.open("rb") as f:
+        pipe.write(f.read(size // 2))
+        pipe.flush()
+        assert proc.wait_until(lambda: named(beta, snapshot.name), WAIT)
+        assert beta.cleanup_partial() == []
+        assert [s.name for s in beta.partial()] == [snapshot.name]
+        assert beta.snapshots() == []
+        pipe.write(f.read())
+    thread.join(WAIT)
+    (copy,) = results
+    assert isinstance(copy, Snapshot), copy
+    assert sha256(copy.path / "big") == sha256(snapshot.path / "big")
+    assert beta.partial() == [] and markers(beta) == []
+
+
 class SlowReader:
     """A stream that hands out ``chunk`` bytes every ``pause`` seconds."""
 
@@ -443,10 +477,18 @@ def test_promote_makes_a_writable_copy_with_the_data(nodes: Nodes) -> None:
     newest = replicate(alpha, beta, alpha.snapshot())
     older = beta.snapshots()[0]
 
+    # A data subvolume that does not come from the newest snapshot would start another
+    # history: no snapshot is taken of it.
+    assert beta.create_data()
+    with pytest.raises(BtrfsError, match=r"does not continue from the newest snapshot here "
+                                         r"\(data.alpha.2\).*promote data.alpha.2"):
+        beta.snapshot()
     with pytest.raises(BtrfsError, match="newer snapshots are here"):
         beta.promote(older)
     promoted = beta.promote(newest)
-    assert promoted.data == beta.data and promoted.set_aside is None
+    assert promoted.data == beta.data and promoted.set_aside is not None
+    assert promoted.set_aside.name == "data.beta.3.data.aside"
+    beta.discard(promoted.set_aside)
     assert (beta.data / "file").read_bytes() == b"two"
     write(beta.data / "file", b"three, written on beta")
     write(beta.data / "more", b"beta's own")

@@ -19,7 +19,8 @@ Layout, on each node (``root`` is the filesystem's top level, subvolume id 5, mo
 
 Names. ``<node>`` is the node that took the snapshot (where its writes were made) and
 ``<seq>`` its sequence number: one more than the highest number in the snapshot directory,
-aside names included, so a number is never reused on a node. Subvolume and node names are
+aside names included (pruning always keeps the newest snapshot, so numbers only grow, unless
+an operator discards the newest things set aside). Subvolume and node names are
 letters, digits, ``_`` and ``-`` (no dots), so a name splits on its dots.
 
 Identity. A snapshot's *ident* is its received UUID if it has one, else its own UUID. ``btrfs
@@ -43,8 +44,7 @@ stream is accepted only if its parent is the newest complete snapshot here, a fu
 into a snapshot directory with no complete snapshot, and the stream's number must be above all
 of them; :meth:`Volume.promote` continues only from the newest snapshot. Snapshots that do not
 belong to the chain a node is about to follow are *set aside* (renamed ``.aside``), never
-deleted: they take no part in listing, pruning, parents or numbering (except that their numbers
-are not reused).
+deleted: they take no part in listing, pruning or parents (only in numbering).
 
 **The divergence rule** (:func:`diverged`). Given this node's chain and the idents the new
 source has, let C be the newest local snapshot whose ident the source has (the last common
@@ -68,12 +68,14 @@ received UUID (``BTRFS_IOC_SET_RECEIVED_SUBVOL``) and then makes it read-only. A
 killed, or fails, or reads a truncated stream, leaves a writable subvolume without a received
 UUID (or, killed between the two ioctls, a writable one with it). So a subvolume in the
 snapshot directory counts as complete only if it is read-only (snapshots taken here are created
-read-only, atomically). That alone leaves one gap: ``btrfs receive`` does not sync, so a power
-loss within a commit interval after it ends can leave, after reboot, a read-only received
-subvolume whose last files are shorter than they were sent. Hence the marker: before it starts
-``btrfs receive``, :meth:`Volume.receive` creates ``.receiving.<name>`` (fsynced) and holds an
-exclusive ``flock`` on it; it removes the marker only after the received subvolume has been
-checked and the filesystem synced (``btrfs filesystem sync``). A name with a marker is never
+read-only, atomically). That alone leaves one gap: ``btrfs receive`` does not sync. The kernel
+commits the received UUID at once (the ioctl ends with a transaction commit), but file data
+still waiting for writeback is not in that commit, so a power loss soon after a receive can
+leave, after reboot, a read-only received subvolume whose last files lack data. Hence the
+marker: before it starts ``btrfs receive``, :meth:`Volume.receive` creates
+``.receiving.<name>`` (fsynced) and holds an exclusive ``flock`` on it; it removes the marker
+only after the received subvolume has been checked and the filesystem synced (``btrfs
+filesystem sync``). A name with a marker is never
 complete; :meth:`Volume.cleanup_partial` deletes the subvolumes of markers that no live receive
 holds (and their markers), and every writable subvolume with a snapshot name. A receive whose
 process dies leaves its marker unlocked (the kernel drops the lock with the process).
@@ -83,7 +85,9 @@ commands; its own for :meth:`Volume.send` and :meth:`Volume.receive`, which also
 ``cancel`` event); a run out of time is killed (its whole process group), and the error says
 so. The stream object handed to send or receive is read or written from the calling thread:
 give a socket a timeout of its own, or a stalled peer holds the call until the socket gives
-up. Errors are :class:`BtrfsError` (or :class:`ParentMissing`), whose message names the
+up. The few file operations done here directly (the markers, renames, directory syncs) are not
+bounded: like any file access they hang on a hung filesystem, so run replication in a thread
+of its own. Errors are :class:`BtrfsError` (or :class:`ParentMissing`), whose message names the
 command, the path and what to do. A :class:`Volume` may be used from several threads; taking a
 snapshot is serialised within it, and a receive and :meth:`Volume.cleanup_partial` exclude each
 other through the marker's lock (also across processes). The snapshot directory belongs to this
@@ -144,12 +148,9 @@ KILL_WAIT: Final = 5.0
 _MARKER_PREFIX: Final = ".receiving."
 _ASIDE: Final = "aside"
 _DATA: Final = "data"
-_WORD_RE_TEXT: Final = "[A-Za-z0-9][A-Za-z0-9_-]*"
 _OUTPUT_LIMIT: Final = 64 * 1024
 _CHUNK: Final = 1024 * 1024
 _POLL: Final = 0.2
-#: The id of the filesystem's top-level subvolume.
-_TOP_LEVEL_ID: Final = 5
 
 
 class BtrfsError(Exception):
@@ -405,20 +406,18 @@ def _output(text: str, lines: int = 3) -> str:
     return " | ".join(kept[-lines:])
 
 
-def _btrfs(args: Sequence[str], timeout: float, hint: str,
-           cancel: threading.Event | None = None) -> str:
+def _btrfs(args: Sequence[str], timeout: float, hint: str) -> str:
     """Run ``btrfs args``; its stdout, or :class:`BtrfsError` naming the command, what it
     said, and ``hint`` (what to do)."""
     argv = ["btrfs", *args]
-    ran = proc.run(argv, timeout=timeout, cancel=cancel, kill_wait=KILL_WAIT,
+    ran = proc.run(argv, timeout=timeout, kill_wait=KILL_WAIT,
                    env=_environment(), stdout_limit=4 * 1024 * 1024)
     if ran.start_error is not None:
         raise BtrfsError(f"{ran.start_problem()}: install btrfs-progs")
-    if ran.timed_out or ran.cancelled:
-        why = f"did not finish within {timeout:g}s" if ran.timed_out else "was cancelled"
+    if ran.timed_out:
         stuck = f"; still stuck after SIGKILL: {ran.describe_stuck()}" if ran.stuck else ""
-        raise BtrfsError(f"{_shown(argv)} {why} (killed{stuck}): the filesystem is slow or "
-                         f"hung (see dmesg); {hint}")
+        raise BtrfsError(f"{_shown(argv)} did not finish within {timeout:g}s (killed{stuck}): "
+                         f"the filesystem is slow or hung (see dmesg); {hint}")
     if not ran.ok:
         said = _output(ran.stderr) or _output(ran.stdout) or "no message"
         raise BtrfsError(f"{_shown(argv)} failed (exit code {ran.returncode}): {said}; {hint}")
@@ -548,9 +547,11 @@ class Volume:
 
     # -- checks and listing -------------------------------------------------------------------
 
-    def mount(self) -> Mount:
+    def _top_mount(self) -> Mount:
         """The mount of ``root``: the top level of a btrfs filesystem, or BtrfsError."""
-        here = [m for m in read_mountinfo() if m.mount_point == str(self.root)]
+        # The kernel shows mount points with symbolic links resolved.
+        where = os.path.realpath(self.root)
+        here = [m for m in read_mountinfo() if m.mount_point == where]
         if not here:
             raise BtrfsError(f"{self.root} is not a mount point: mount the btrfs filesystem's "
                              f"top level there (mount -o subvolid=5 DEVICE {self.root})")
@@ -566,7 +567,7 @@ class Volume:
     def check(self) -> None:
         """Raise BtrfsError unless ``root`` is the mounted top level of a btrfs filesystem."""
         if not self._checked:
-            self.mount()
+            self._top_mount()
             self._checked = True
 
     def subvolumes(self) -> list[Subvolume]:
@@ -580,9 +581,10 @@ class Volume:
                         self.timeout, hint)
         return parse_subvolume_list(listed, read_only)
 
-    def _in_snapshot_dir(self) -> Iterator[Subvolume]:
+    def _in_snapshot_dir(self, subvolumes: Iterable[Subvolume] | None = None
+                         ) -> Iterator[Subvolume]:
         prefix = SNAPSHOT_DIR + "/"
-        for subvolume in self.subvolumes():
+        for subvolume in self.subvolumes() if subvolumes is None else subvolumes:
             if subvolume.path.startswith(prefix) and "/" not in subvolume.path[len(prefix):]:
                 yield subvolume
 
@@ -615,8 +617,12 @@ class Volume:
     def snapshots(self) -> list[Snapshot]:
         """The complete snapshots, oldest first: read-only, named ``<subvol>.<node>.<seq>``,
         and not the object of a receive in progress or killed (a marker)."""
-        markers = self._markers()
-        found = [s for sub in self._in_snapshot_dir() if sub.read_only
+        return self._complete(self.subvolumes())
+
+    def _complete(self, subvolumes: Iterable[Subvolume],
+                  markers: Collection[str] | None = None) -> list[Snapshot]:
+        markers = self._markers() if markers is None else markers
+        found = [s for sub in self._in_snapshot_dir(subvolumes) if sub.read_only
                  and sub.name not in markers and (s := self._snapshot(sub)) is not None]
         return sorted(found, key=_order)
 
@@ -669,9 +675,21 @@ class Volume:
         """Take a read-only snapshot of the data subvolume, numbered after everything here."""
         self.check()
         with self._lock:
-            if not any(s.path == self.subvol for s in self.subvolumes()):
+            subvolumes = self.subvolumes()
+            data = next((s for s in subvolumes if s.path == self.subvol), None)
+            if data is None:
                 raise BtrfsError(f"there is no data subvolume {self.data} to snapshot: create "
                                  "it (on the source) or promote a snapshot (on a standby)")
+            chain = self._complete(subvolumes)
+            newest = chain[-1] if chain else None
+            # The data must continue the chain: made from its newest snapshot, or the source
+            # of it. Data left from an earlier turn as the source would start a new history.
+            if newest is not None and data.uuid != newest.subvolume.parent_uuid \
+                    and data.parent_uuid != newest.uuid:
+                raise BtrfsError(
+                    f"the data subvolume {self.data} does not continue from the newest snapshot "
+                    f"here ({newest.name}): it is left from an earlier time; promote "
+                    f"{newest.name} (which sets it aside) before taking snapshots")
             self._make_snapshot_dir()
             name = f"{self.subvol}.{self.node}.{self.next_seq()}"
             target = self.snapshot_dir / name
@@ -702,6 +720,20 @@ class Volume:
         deadline = time.monotonic() + timeout
         sent = 0
         child = _Child(argv, feed=False)
+
+        def deliver(chunk: bytes | None) -> None:
+            """Write ``chunk`` to ``out`` (None: flush it)."""
+            try:
+                if chunk is not None:
+                    _write_all(out, chunk)
+                elif (flush := getattr(out, "flush", None)) is not None:
+                    flush()
+            except (OSError, ValueError) as exc:
+                note = child.kill()
+                raise BtrfsError(f"{what}: writing the stream failed after {sent} bytes "
+                                 f"({_reason(exc)}){note}: the receiver stopped reading (see "
+                                 "its error)") from exc
+
         try:
             assert child.data is not None
             child.selector.register(child.data, selectors.EVENT_READ, "data")
@@ -718,19 +750,11 @@ class Volume:
                     if not chunk:
                         child.selector.unregister(child.data)
                         continue
-                    try:
-                        _write_all(out, chunk)
-                    except (OSError, ValueError) as exc:
-                        note = child.kill()
-                        raise BtrfsError(
-                            f"{what}: writing the stream failed after {sent} bytes "
-                            f"({_reason(exc)}){note}: the receiver stopped reading (see its "
-                            "error)") from exc
+                    deliver(chunk)
                     sent += len(chunk)
             code = child.wait(deadline, cancel)
-            flush = getattr(out, "flush", None)
-            if flush is not None:
-                flush()
+            if code == 0:
+                deliver(None)
         except _OutOfTime as exc:
             note = child.kill()
             why = "was cancelled" if exc.cancelled else f"did not finish within {timeout:g}s"
@@ -776,16 +800,31 @@ class Volume:
         except OSError as exc:
             raise BtrfsError(f"reading the send stream for {self.snapshot_dir} failed: "
                              f"{exc.strerror or exc}") from exc
-        self._admit(start)
+        parsed = self._parse(start.name)
+        if parsed is None or parsed[2]:  # before the name makes a marker's
+            raise BtrfsError(f"the stream carries the subvolume {start.name!r}, not a snapshot "
+                             f"named {self.subvol}.<node>.<seq>: refusing it (is the sender "
+                             f"replicating another subvolume into {self.snapshot_dir}?)")
         self._make_snapshot_dir()
-        fd = self._lock_marker(start.name)
-        if fd is None:
+        locked = self._lock_marker(start.name)
+        if locked is None:
             raise BtrfsError(f"another receive of {start.name} into {self.snapshot_dir} is in "
                              "progress")
+        fd, stale = locked
         marker = self._marker_path(start.name)
         try:
+            subvolumes = self.subvolumes()
+            # A marker left by a killed receive makes its subvolume incomplete; ours does not.
+            markers = self._markers() - (set() if stale else {start.name})
+            try:
+                self._admit(start, parsed[1], self._complete(subvolumes, markers))
+            except BtrfsError:
+                if not stale:
+                    marker.unlink(missing_ok=True)
+                raise
             # What an earlier, killed receive of the same name left goes first.
-            self._remove_partial(start.name)
+            if any(sub.name == start.name for sub in self._in_snapshot_dir(subvolumes)):
+                self._remove_partial(start.name)
             os.fsync(fd)
             _fsync_dir(self.snapshot_dir)
             failure = self._run_receive(start, reader, deadline, timeout, cancel)
@@ -834,14 +873,8 @@ class Volume:
                     f"{child.said() or 'no message'}")
         return ""
 
-    def _admit(self, start: StreamStart) -> None:
-        """Refuse a stream that does not continue this volume's chain."""
-        parsed = self._parse(start.name)
-        if parsed is None or parsed[2]:
-            raise BtrfsError(f"the stream carries the subvolume {start.name!r}, not a snapshot "
-                             f"named {self.subvol}.<node>.<seq>: refusing it (is the sender "
-                             f"replicating another subvolume into {self.snapshot_dir}?)")
-        snapshots = self.snapshots()
+    def _admit(self, start: StreamStart, seq: int, snapshots: list[Snapshot]) -> None:
+        """Refuse a stream (numbered ``seq``) that does not continue the chain ``snapshots``."""
         same = next((s for s in snapshots if s.name == start.name), None)
         if same is not None:
             which = "the same" if same.ident == start.ident else "another"
@@ -862,29 +895,38 @@ class Volume:
                 f"the stream of {start.name} is incremental from the snapshot {start.parent}, "
                 f"which {self.snapshot_dir} does not have: send {start.name} in full",
                 parent=start.parent, snapshot=start.name)
-        if newest is not None and newest is not parent:
+        if newest is not None and newest.name != parent.name:
             later = [s.name for s in snapshots if _order(s) > _order(parent)]
             raise BtrfsError(
                 f"the stream of {start.name} builds on {parent.name}, but {self.snapshot_dir} "
                 f"has later snapshots ({', '.join(later)}) that are not in the sender's history: "
                 "set them aside first (see diverged())")
-        if newest is not None and parsed[1] <= newest.seq:
-            raise BtrfsError(f"the stream of {start.name} is numbered {parsed[1]}, not after "
+        if newest is not None and seq <= newest.seq:
+            raise BtrfsError(f"the stream of {start.name} is numbered {seq}, not after "
                              f"the newest snapshot here ({newest.name}): refusing it")
 
     def _marker_path(self, name: str) -> Path:
         return self.snapshot_dir / f"{_MARKER_PREFIX}{name}"
 
-    def _lock_marker(self, name: str, create: bool = True) -> int | None:
-        """The file descriptor of ``name``'s marker, exclusively locked; None if a live
-        receive (or cleanup) holds it, or, with ``create`` false, if there is none."""
+    def _lock_marker(self, name: str, create: bool = True) -> tuple[int, bool] | None:
+        """``name``'s marker, exclusively locked: (its file descriptor, whether it was there
+        before, i.e. left by a receive that died: a live one removes its marker before it lets
+        go of the lock). None if a live receive (or cleanup) holds it, or if there is none
+        and ``create`` is false."""
         path = self._marker_path(name)
-        flags = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | (os.O_CREAT if create else 0)
+        flags = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW
         while True:
+            existed = True
             try:
-                fd = os.open(path, flags, 0o600)
-            except FileNotFoundError:
-                return None
+                try:
+                    fd = os.open(path, flags)
+                except FileNotFoundError:
+                    if not create:
+                        return None
+                    existed = False
+                    fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                continue  # made by another receive meanwhile: lock that one
             except OSError as exc:
                 raise BtrfsError(f"cannot open {path}: {exc.strerror or exc}") from exc
             try:
@@ -899,10 +941,8 @@ class Volume:
             except FileNotFoundError:
                 same = False
             if same:
-                return fd
+                return fd, existed
             os.close(fd)
-            if not create:
-                return None
 
     @staticmethod
     def _feed(child: _Child, first: bytes, read: Callable[[int], bytes], fed: list[int],
@@ -979,12 +1019,11 @@ class Volume:
         removed: list[str] = []
         candidates = sorted(self._markers() | {sub.name for sub in self.partial()})
         for name in candidates:
-            had_marker = name in self._markers()
-            fd = self._lock_marker(name, create=not had_marker)
-            if fd is None:
+            locked = self._lock_marker(name)
+            if locked is None:
                 continue  # a live receive holds it
+            fd, marked = locked
             try:
-                marked = had_marker
                 for sub in self._in_snapshot_dir():
                     if sub.name == name and (marked or not sub.read_only):
                         self._delete(self.snapshot_dir / name, "delete a half-received snapshot")
@@ -1049,7 +1088,8 @@ class Volume:
 
     def discard(self, aside: Aside) -> None:
         """Delete something set aside: the operator's decision, never taken automatically."""
-        if aside.path.parent != self.snapshot_dir or self._parse(aside.name) is None:
+        parsed = self._parse(aside.name)
+        if aside.path.parent != self.snapshot_dir or parsed is None or not parsed[2]:
             raise BtrfsError(f"{aside.path} is not set aside in {self.snapshot_dir}")
         self._delete(aside.path, "discard")
 
@@ -1061,7 +1101,7 @@ class Volume:
         return found
 
     def _refuse_if_mounted(self) -> None:
-        top = self.mount()
+        top = self._top_mount()
         inside = [m for m in read_mountinfo() if m.fstype == "btrfs"
                   and (m.major, m.minor) == (top.major, top.minor)
                   and (m.root == f"/{self.subvol}" or m.root.startswith(f"/{self.subvol}/"))]
