@@ -166,10 +166,13 @@ def markers(volume: Volume) -> list[str]:
     return sorted(n for n in os.listdir(volume.snapshot_dir) if n.startswith(".receiving."))
 
 
-def stream_file(volume: Volume, snapshot: Snapshot, parent: Snapshot | None,
-                path: Path) -> int:
-    with path.open("wb") as out:
-        return volume.send(snapshot, parent, out, timeout=120)
+def big_stream(nodes: Nodes, mib: int) -> tuple[Snapshot, Path, int]:
+    """A snapshot on alpha of a file of ``mib`` MiB, its full stream in a file, the size."""
+    random_file(nodes.alpha.data / "big", mib * MIB)
+    snapshot = nodes.alpha.snapshot()
+    stream = nodes.tmp / "full.stream"
+    with stream.open("wb") as out:
+        return snapshot, stream, nodes.alpha.send(snapshot, None, out, timeout=120)
 
 
 # -- full and incremental ----------------------------------------------------------------------
@@ -326,11 +329,8 @@ def named(volume: Volume, name: str) -> bool:
 @in_own_mount_namespace
 def test_a_receive_killed_mid_stream_leaves_nothing_complete_and_cleanup_removes_it(
         nodes: Nodes) -> None:
-    alpha, beta = nodes.alpha, nodes.beta
-    random_file(alpha.data / "big", 64 * MIB)
-    snapshot = alpha.snapshot()
-    stream = nodes.tmp / "full.stream"
-    size = stream_file(alpha, snapshot, None, stream)
+    beta = nodes.beta
+    snapshot, stream, size = big_stream(nodes, 64)
     assert size > 64 * MIB
 
     # btrfs receive itself killed a quarter of the way: a writable subvolume without a
@@ -378,11 +378,8 @@ def test_a_receive_killed_mid_stream_leaves_nothing_complete_and_cleanup_removes
 
 @in_own_mount_namespace
 def test_cleanup_leaves_a_receive_in_progress_alone(nodes: Nodes) -> None:
-    alpha, beta = nodes.alpha, nodes.beta
-    random_file(alpha.data / "big", 32 * MIB)
-    snapshot = alpha.snapshot()
-    stream = nodes.tmp / "full.stream"
-    size = stream_file(alpha, snapshot, None, stream)
+    beta = nodes.beta
+    snapshot, stream, size = big_stream(nodes, 32)
     read_end, write_end = os.pipe()
     results: list[Snapshot | BaseException] = []
 
@@ -437,10 +434,7 @@ class SlowWriter:
 @in_own_mount_namespace
 def test_send_and_receive_are_bounded_in_time(nodes: Nodes) -> None:
     alpha, beta = nodes.alpha, nodes.beta
-    random_file(alpha.data / "big", 16 * MIB)
-    snapshot = alpha.snapshot()
-    stream = nodes.tmp / "full.stream"
-    stream_file(alpha, snapshot, None, stream)
+    snapshot, stream, _ = big_stream(nodes, 16)
 
     slow = SlowReader(stream, 256 * 1024, 0.1)
     started = time.monotonic()

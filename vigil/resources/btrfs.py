@@ -469,6 +469,18 @@ class _Child:
             self.messages += chunk
             del self.messages[:-_OUTPUT_LIMIT]
 
+    def data_ready(self, deadline: float, cancel: threading.Event | None) -> bool:
+        """Wait a moment (within ``deadline``) for the stream's pipe, reading messages
+        meanwhile; whether it can be read or written now. Raises _OutOfTime."""
+        _check_time(deadline, cancel)
+        ready = False
+        for key, _ in self.selector.select(min(_POLL, deadline - time.monotonic())):
+            if key.data == "talk":
+                self.hear()
+            else:
+                ready = True
+        return ready
+
     def wait(self, deadline: float, cancel: threading.Event | None) -> int:
         """Wait for the exit, reading messages; the exit code. Raises _OutOfTime."""
         while True:
@@ -738,20 +750,17 @@ class Volume:
             assert child.data is not None
             child.selector.register(child.data, selectors.EVENT_READ, "data")
             while child.selector.get_map():
-                _check_time(deadline, cancel)
-                for key, _ in child.selector.select(min(_POLL, deadline - time.monotonic())):
-                    if key.data == "talk":
-                        child.hear()
-                        continue
-                    try:
-                        chunk = os.read(child.data.fileno(), _CHUNK)
-                    except BlockingIOError:
-                        continue
-                    if not chunk:
-                        child.selector.unregister(child.data)
-                        continue
-                    deliver(chunk)
-                    sent += len(chunk)
+                if not child.data_ready(deadline, cancel):
+                    continue
+                try:
+                    chunk = os.read(child.data.fileno(), _CHUNK)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    child.selector.unregister(child.data)
+                    continue
+                deliver(chunk)
+                sent += len(chunk)
             code = child.wait(deadline, cancel)
             if code == 0:
                 deliver(None)
@@ -963,11 +972,7 @@ class Volume:
                 if not chunk:
                     break
                 pending = memoryview(chunk)
-            _check_time(deadline, cancel)
-            for key, _ in child.selector.select(min(_POLL, deadline - time.monotonic())):
-                if key.data == "talk":
-                    child.hear()
-                    continue
+            if child.data_ready(deadline, cancel):
                 try:
                     written = os.write(fd, pending[:_CHUNK])
                 except BlockingIOError:
