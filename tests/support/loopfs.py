@@ -81,7 +81,6 @@ def in_own_mount_namespace(test: Callable[..., None]) -> Callable[..., None]:
             pytest.fail(f"{node_id} did not finish within {_RUN_TIMEOUT:g}s in its own mount "
                         f"namespace:\n{out[-6000:]}")
         output = done.stdout + done.stderr
-        print(output)
         summary = output.strip().splitlines()[-1] if output.strip() else ""
         if done.returncode == 0 and "skipped" in summary and "passed" not in summary:
             reasons = [line.split(": ", 1)[-1] for line in output.splitlines()
@@ -90,6 +89,7 @@ def in_own_mount_namespace(test: Callable[..., None]) -> Callable[..., None]:
         if done.returncode != 0 or "1 passed" not in summary:
             pytest.fail(f"{node_id} failed in its own mount namespace (exit code "
                         f"{done.returncode}):\n{output[-8000:]}", pytrace=False)
+        print(output)  # what the test printed (figures): shown by pytest -s
 
     outside.__name__ = outside.__qualname__ = test.__name__
     outside.__doc__ = test.__doc__

@@ -299,10 +299,11 @@ def diverged(local: Sequence[Snapshot], source: Collection[str]) -> list[Snapsho
     ordered = sorted(local, key=_order)
     if last is None:
         return ordered
-    return [s for s in ordered if _order(s) > _order(last) and s.ident not in source]
+    return [s for s in ordered if _order(s) > _order(last)]
 
 
 def idents(snapshots: Iterable[Snapshot]) -> set[str]:
+    """What a node tells the others it has: the idents of its snapshots."""
     return {s.ident for s in snapshots}
 
 
@@ -1066,7 +1067,9 @@ class Volume:
 
     def set_aside(self, snapshot: Snapshot) -> Aside:
         """Rename a snapshot ``<name>.aside``: out of the chain, kept until discarded."""
-        if snapshot.path.parent != self.snapshot_dir or self._parse(snapshot.name) is None:
+        self.check()
+        parsed = self._parse(snapshot.name)
+        if snapshot.path.parent != self.snapshot_dir or parsed is None or parsed[2]:
             raise BtrfsError(f"{snapshot.path} is not a snapshot in {self.snapshot_dir}")
         target = self.snapshot_dir / f"{snapshot.name}.{_ASIDE}"
         self._rename(snapshot.path, target)
@@ -1093,6 +1096,7 @@ class Volume:
 
     def discard(self, aside: Aside) -> None:
         """Delete something set aside: the operator's decision, never taken automatically."""
+        self.check()
         parsed = self._parse(aside.name)
         if aside.path.parent != self.snapshot_dir or parsed is None or not parsed[2]:
             raise BtrfsError(f"{aside.path} is not set aside in {self.snapshot_dir}")
