@@ -797,7 +797,7 @@ class Volume:
         """Store the send stream read from ``stream`` with ``btrfs receive``; the new snapshot,
         complete and synced to disk. One snapshot per call: btrfs receive stops at the
         stream's end marker, and ``stream`` must reach its end of file there. Raises
-        :class:`ParentMissing`, before running anything, when the stream is incremental from
+        :class:`ParentMissing`, before btrfs receive runs, when the stream is incremental from
         a snapshot that is not here (send it in full); :class:`BtrfsError` when the stream
         does not continue this volume's chain (see the module docstring) or the receive fails,
         times out or is cancelled: the half-received subvolume is deleted then (what a killed
