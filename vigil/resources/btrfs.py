@@ -389,14 +389,6 @@ def read_stream_start(read: Callable[[int], bytes]) -> StreamStart:
 # -- running btrfs ------------------------------------------------------------------------------
 
 
-def _environment() -> dict[str, str]:
-    env = dict(os.environ)
-    env["LC_ALL"] = "C"  # messages are shown and matched: never translated
-    path = env.get("PATH", "/usr/bin:/bin").split(":")
-    env["PATH"] = ":".join(path + [d for d in ("/usr/sbin", "/sbin") if d not in path])
-    return env
-
-
 def _shown(argv: Sequence[str]) -> str:
     text = shlex.join(argv)
     return text if len(text) <= 200 else text[:197] + "..."
@@ -412,7 +404,7 @@ def _btrfs(args: Sequence[str], timeout: float, hint: str) -> str:
     said, and ``hint`` (what to do)."""
     argv = ["btrfs", *args]
     ran = proc.run(argv, timeout=timeout, kill_wait=KILL_WAIT,
-                   env=_environment(), stdout_limit=4 * 1024 * 1024)
+                   env=proc.tool_environment(), stdout_limit=4 * 1024 * 1024)
     if ran.start_error is not None:
         raise BtrfsError(f"{ran.start_problem()}: install btrfs-progs")
     if ran.timed_out:
@@ -435,7 +427,7 @@ class _Child:
             self.process = proc.spawn(
                 argv, stdin=subprocess.PIPE if feed else subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT if feed else subprocess.PIPE,
-                env=_environment(), start_new_session=True)
+                env=proc.tool_environment(), start_new_session=True)
         except OSError as exc:
             raise BtrfsError(f"cannot run btrfs: {exc.strerror or exc}: install btrfs-progs"
                              ) from exc
@@ -1181,7 +1173,7 @@ def _fsync_dir(path: Path) -> None:
 
 def btrfs_available() -> str | None:
     """None if btrfs can be used here, else why not (for validation and tests)."""
-    if shutil.which("btrfs", path=_environment()["PATH"]) is None:
+    if shutil.which("btrfs", path=proc.tool_environment()["PATH"]) is None:
         return "the btrfs program is not installed (install btrfs-progs)"
     try:
         with open("/proc/filesystems") as f:

@@ -341,18 +341,8 @@ def _kill(holders: list[Holder]) -> list[int]:
 # -- running the system's tools ---------------------------------------------------------------
 
 
-def _tool_environment() -> dict[str, str]:
-    env = dict(os.environ)
-    # Messages are matched ("target is busy") and shown: they must not be translated. A daemon
-    # started with a user's PATH still needs fsck and its helpers from the sbin directories.
-    env["LC_ALL"] = "C"
-    path = env.get("PATH", "/usr/bin:/bin").split(":")
-    env["PATH"] = ":".join(path + [d for d in ("/usr/sbin", "/sbin") if d not in path])
-    return env
-
-
 def _which(program: str) -> str | None:
-    return shutil.which(program, path=_tool_environment()["PATH"])
+    return shutil.which(program, path=proc.tool_environment()["PATH"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,7 +380,7 @@ def _run(argv: list[str], timeout: float, cancel: threading.Event | None = None,
     I/O on a hung disk) is waited for only :data:`TOOL_KILL_WAIT`, then returned in ``stuck``,
     so that a monitor is never held up much past its timeout."""
     ran = proc.run(argv, timeout=max(0.0, timeout), cancel=cancel, term_grace=term_grace,
-                   kill_wait=TOOL_KILL_WAIT, env=_tool_environment(), merge_stderr=True,
+                   kill_wait=TOOL_KILL_WAIT, env=proc.tool_environment(), merge_stderr=True,
                    stdout_limit=_TOOL_OUTPUT_LIMIT)
     if ran.start_error is not None:
         return _Ran(_NOT_RUN, ran.start_problem())

@@ -131,6 +131,17 @@ def _executor() -> ThreadPoolExecutor:
         return _spawner
 
 
+def tool_environment() -> dict[str, str]:
+    """The environment for a system tool (mount, fsck, btrfs): messages are matched and shown,
+    so they must not be translated; and a daemon started with a user's PATH still needs the
+    tools in the sbin directories."""
+    env = dict(os.environ)
+    env["LC_ALL"] = "C"
+    path = env.get("PATH", "/usr/bin:/bin").split(":")
+    env["PATH"] = ":".join(path + [d for d in ("/usr/sbin", "/sbin") if d not in path])
+    return env
+
+
 def spawn(argv: Sequence[str], **popen_kwargs: Any) -> subprocess.Popen[bytes]:
     """Start ``argv`` from the spawner thread, set to receive SIGKILL when this process dies.
 
