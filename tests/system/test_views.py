@@ -112,7 +112,9 @@ def test_every_operator_command_has_the_effect_it_names(
              15, "both back")
     vigil("resource", "force-oos", "web-app")
     wait_for(lambda: state("web-app") == "OOS", 15, "web-app stopped at once")
-    assert api.status().resources["web-app"].by_hand == "force_oos"
+    # gamma learns it from the accepted placement, which may reach it after the holder acted
+    wait_for(lambda: api.status().resources["web-app"].by_hand == "force_oos", 15,
+             "gamma's view: web-app out of service by hand")
     vigil("resource", "in-service", "web-app")
     wait_for(lambda: state("web-app") == "IN_SERVICE", 15, "web-app back")
 
@@ -122,7 +124,7 @@ def test_every_operator_command_has_the_effect_it_names(
 
     vigil("node", "standby", "beta")
     wait_for(lambda: mc.holders("web") not in ([], ["beta"]), 15, "web left beta")
-    assert api.status().nodes["beta"].standby
+    wait_for(lambda: api.status().nodes["beta"].standby, 15, "gamma's view: beta in standby")
     vigil("node", "online", "beta")
     wait_for(lambda: not api.status().nodes["beta"].standby, 15, "beta online again")
 
