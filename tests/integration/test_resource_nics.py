@@ -178,3 +178,30 @@ def test_a_resource_that_cannot_follow_nics_ignores_them(
     assert ref is not None
     ref.ask(NicsDown(frozenset()), timeout=WAIT)  # answered after the first was handled
     assert ref.is_alive() and node.states("move") == []
+
+
+def test_a_nic_monitor_started_again_asks_the_kernel_at_once(
+        stopped_after: list[Node]) -> None:
+    """The netlink watch tells changes only: a NIC monitor actor that the node starts again
+    after a failure (no event coming) still says what its NIC is, from one query of its own.
+    The loopback interface is up in every namespace."""
+    from vigil.actors.nic import NicMonitorActor
+    from vigil.cluster.events import NicChanged
+    from vigil.cluster.nics import Dampening
+
+    kept: list[Any] = []
+    lock = threading.Lock()
+    d = Directory()
+    d.set("coordinator", Keeper.start(kept, lock))
+    d.set("nic:lo", NicMonitorActor.start("nic:lo", d, "lo", Dampening()))
+    d.set("nic:nothere0", NicMonitorActor.start("nic:nothere0", d, "nothere0", Dampening()))
+
+    def said() -> dict[str, NicChanged] | None:
+        with lock:
+            seen = {m.nic: m for m in kept if isinstance(m, NicChanged)}
+        return seen if len(seen) == 2 else None
+
+    seen = wait_for(said, WAIT, "both monitors reporting")
+    assert seen["lo"].up and seen["lo"].reason == "usable"
+    assert not seen["nothere0"].up and seen["nothere0"].reason == "no such interface"
+    d.stop_all()

@@ -44,7 +44,6 @@ _SO_BINDTODEVICE: Final = 25
 _ICMP_ECHO: Final = 8
 _ICMP_ECHO_REPLY: Final = 0
 _RECV_BUFFER: Final = 1 << 20
-_UNSET: Final = object()
 
 
 def watched_nics(config: ClusterConfig, node: str) -> list[str]:
@@ -84,6 +83,19 @@ def facts_of(msg: Any) -> NicFacts:
     return NicFacts(exists=True, admin_up=bool(msg["flags"] & _IFF_UP),
                     carrier=msg.get_attr("IFLA_CARRIER") == 1,
                     operstate=str(msg.get_attr("IFLA_OPERSTATE") or "UNKNOWN"))
+
+
+def current_facts(nic: str) -> NicFacts | None:
+    """What netlink says of ``nic`` now (None: netlink could not be asked)."""
+    try:
+        with IPRoute() as ipr:
+            for msg in ipr.get_links():
+                if msg.get_attr("IFLA_IFNAME") == nic:
+                    return facts_of(msg)
+    except OSError as err:
+        log.warning("NIC %s: cannot read its state (%s)", nic, err)
+        return None
+    return NicFacts(exists=False)
 
 
 class NetlinkWatch:
@@ -212,7 +224,6 @@ class Prober:
             return
         with sock:
             misses, seq = 0, 0
-            last: object = _UNSET
             while not self._stop.is_set():
                 seq = (seq + 1) & 0xFFFF
                 start = time.monotonic()
@@ -224,9 +235,9 @@ class Prober:
                 misses = 0 if answered else misses + 1
                 problem = None if misses < self.failures else (
                     f"none of {', '.join(self.targets)} answered {misses} probes in a row")
-                if problem != last:
-                    self._report(problem)
-                    last = problem
+                # every round, not only changes: a NIC monitor actor that was restarted
+                # knows again within one interval
+                self._report(problem)
                 self._stop.wait(max(0.0, start + self.interval - time.monotonic()))
 
     def _bind(self, sock: socket.socket) -> None:
@@ -270,6 +281,11 @@ class NicMonitorActor(VigilActor):
     def on_start(self) -> None:
         me = self.actor_ref
         self.timer = DeadlineTimer(self.name, lambda: me.tell(Tick()))
+        # the netlink watch tells changes only: a monitor started again after a failure
+        # would know nothing until the next one, so each asks the kernel once (one query)
+        facts = current_facts(self.nic)
+        if facts is not None:
+            me.tell(facts)
 
     def on_stop(self) -> None:
         if self.timer is not None:
