@@ -8,6 +8,7 @@ import hashlib
 import io
 import os
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
@@ -17,11 +18,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import zmq
 
 from vigil.transports.keys import LinkKeys
 from vigil.transports.stream import (
     CHUNK_BYTES,
     WINDOW,
+    Sent,
+    Source,
     StreamError,
     StreamReader,
     StreamServer,
@@ -73,7 +77,7 @@ class Receiver:
 
     def wait(self, predicate: Callable[[], object], timeout: float = DEADLINE_S) -> bool:
         with self._cond:
-            return self._cond.wait_for(predicate, timeout)
+            return bool(self._cond.wait_for(predicate, timeout))
 
 
 @pytest.fixture
@@ -88,11 +92,12 @@ def server(receiver: Receiver) -> Iterator[StreamServer]:
         yield srv
 
 
-def send(server: StreamServer, source: io.RawIOBase | io.BufferedIOBase, **kwargs: object
-         ) -> object:
+def send(server: StreamServer, source: Source, *, keys: LinkKeys | None = None,
+         timeout: float = DEADLINE_S, bandwidth: float | None = None) -> Sent:
+    """Send ``source`` from beta to the server's alpha."""
     return send_stream("alpha", (HOST, server.port), {"name": "snap-1", "parent": None},
-                       source, keys=kwargs.pop("keys", keys_for("beta")),  # type: ignore[arg-type]
-                       source_address=HOST, **kwargs)  # type: ignore[arg-type]
+                       source, keys=keys or keys_for("beta"), source_address=HOST,
+                       timeout=timeout, bandwidth=bandwidth)
 
 
 def test_a_32_mib_stream_arrives_byte_identical(server: StreamServer,
@@ -187,6 +192,45 @@ def test_a_node_that_is_not_a_configured_peer_is_refused(server: StreamServer,
         send(server, io.BytesIO(b"secret" * 1000), keys=keys, timeout=3.0)
     assert not receiver.done and receiver.read == 0
     assert server.refused >= 1
+
+
+@pytest.mark.parametrize("claim", ["shorter", "longer", "other digest"])
+def test_a_stream_that_ends_with_another_length_or_digest_makes_the_reader_raise(
+        server: StreamServer, receiver: Receiver, claim: str) -> None:
+    """An authenticated peer whose END frame does not match what arrived (a stream cut and
+    ended, or corrupted): the reader raises instead of ending cleanly; the sender hears FAIL."""
+    chunk = os.urandom(1000)
+    size, digest = len(chunk), hashlib.sha256(chunk).digest()
+    if claim == "shorter":
+        size, digest = 500, hashlib.sha256(chunk[:500]).digest()
+    elif claim == "longer":
+        size = 2 * size
+    else:
+        digest = hashlib.sha256(b"something else").digest()
+    keys = keys_for("beta")
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    dealer = context.socket(zmq.DEALER)
+    try:
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.setsockopt(zmq.RCVTIMEO, int(DEADLINE_S * 1000))
+        dealer.setsockopt(zmq.CURVE_SERVERKEY, keys.peers["alpha"][0])
+        dealer.setsockopt(zmq.CURVE_PUBLICKEY, keys.own.public)
+        dealer.setsockopt(zmq.CURVE_SECRETKEY, keys.own.secret)
+        dealer.connect(f"tcp://{HOST}:{server.port}")
+        dealer.send_multipart([b"HEAD", b'{"name": "cut"}'])
+        assert dealer.recv_multipart()[0] == b"CRED"
+        dealer.send_multipart([b"DATA", chunk])
+        dealer.send_multipart([b"END", struct.pack(">Q32s", size, digest)])
+        answer = dealer.recv_multipart()
+        while answer[0] == b"CRED":
+            answer = dealer.recv_multipart()
+    finally:
+        dealer.close(linger=0)
+        context.term()
+    assert answer[0] == b"FAIL"
+    assert receiver.wait(lambda: receiver.done)
+    outcome = receiver.done[0][2]
+    assert isinstance(outcome, StreamError) and "corrupt" in str(outcome), outcome
 
 
 def test_a_bandwidth_limit_holds_the_rate_down(server: StreamServer,
