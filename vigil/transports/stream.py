@@ -235,6 +235,8 @@ class _Transfer:
     #: chunks the sender may still send (server thread only)
     credit: int = WINDOW
     thread: threading.Thread | None = None
+    #: END arrived: nothing may follow (server thread only)
+    ended: bool = False
     finished: bool = False
 
     def describe(self) -> str:
@@ -436,6 +438,8 @@ class StreamServer:
         elif transfer is None:
             if kind != ABORT:
                 self._send(rid, [FAIL, b"no transfer under way on this connection"])
+        elif transfer.ended and kind != ABORT:
+            self._end(transfer, f"{sender} sent more after the end of its stream")
         elif kind == DATA:
             transfer.credit -= 1
             if transfer.credit < 0:
@@ -448,6 +452,7 @@ class StreamServer:
             except struct.error:
                 self._end(transfer, f"{sender} sent a malformed END frame")
                 return
+            transfer.ended = True
             transfer.items.put(_End(size, digest))
         elif kind == ABORT:
             reason = payload.decode("utf-8", "replace")[:500]
