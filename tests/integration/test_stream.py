@@ -4,6 +4,7 @@ mid-stream, keys that are not the cluster's, and the bandwidth limit."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -145,6 +146,20 @@ def test_a_receiver_that_stops_reading_times_the_sender_out_within_its_window(
     hold.set()
 
 
+def test_a_cancel_ends_a_waiting_sender_at_once(server: StreamServer,
+                                               receiver: Receiver) -> None:
+    receiver.hold = threading.Event()
+    hold = receiver.hold
+    cancel = threading.Event()
+    threading.Timer(0.5, cancel.set).start()
+    started = time.monotonic()
+    with pytest.raises(StreamError, match="cancelled"):
+        send_stream("alpha", (HOST, server.port), {}, Counting(), keys=keys_for("beta"),
+                    source_address=HOST, timeout=DEADLINE_S, cancel=cancel)
+    assert time.monotonic() - started < DEADLINE_S
+    hold.set()
+
+
 SENDER_SCRIPT = textwrap.dedent("""
     import sys
     from vigil.transports.keys import LinkKeys
@@ -194,6 +209,56 @@ def test_a_node_that_is_not_a_configured_peer_is_refused(server: StreamServer,
     assert server.refused >= 1
 
 
+@contextlib.contextmanager
+def raw_sender(server: StreamServer) -> Iterator[zmq.Socket[bytes]]:
+    """beta's DEALER socket, authenticated, to speak the protocol frame by frame."""
+    keys = keys_for("beta")
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    dealer = context.socket(zmq.DEALER)
+    try:
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.setsockopt(zmq.RCVTIMEO, int(DEADLINE_S * 1000))
+        dealer.setsockopt(zmq.CURVE_SERVERKEY, keys.peers["alpha"][0])
+        dealer.setsockopt(zmq.CURVE_PUBLICKEY, keys.own.public)
+        dealer.setsockopt(zmq.CURVE_SECRETKEY, keys.own.secret)
+        dealer.connect(f"tcp://{HOST}:{server.port}")
+        yield dealer
+    finally:
+        dealer.close(linger=0)
+        context.term()
+
+
+def answer(dealer: zmq.Socket[bytes]) -> list[bytes]:
+    """The receiver's next frame set other than credit."""
+    while (frames := dealer.recv_multipart())[0] == b"CRED":
+        pass
+    return frames
+
+
+def test_a_second_transfer_from_the_same_node_aborts_the_first(server: StreamServer,
+                                                               receiver: Receiver) -> None:
+    with raw_sender(server) as first, raw_sender(server) as second:
+        first.send_multipart([b"HEAD", b'{"name": "first"}'])
+        assert first.recv_multipart()[0] == b"CRED"
+        first.send_multipart([b"DATA", b"x" * 1000])
+        assert receiver.wait(lambda: receiver.read >= 1000)
+        second.send_multipart([b"HEAD", b'{"name": "second"}'])
+        assert second.recv_multipart()[0] == b"CRED"
+        failed = answer(first)
+        assert failed[0] == b"FAIL" and b"began another transfer" in failed[1]
+        assert receiver.wait(lambda: receiver.done)
+        assert receiver.done[0][1] == {"name": "first"}
+        assert isinstance(receiver.done[0][2], StreamError)
+        data = b"y" * 5000
+        second.send_multipart([b"DATA", data])
+        second.send_multipart([b"END", struct.pack(">Q32s", len(data),
+                                                   hashlib.sha256(data).digest())])
+        assert answer(second)[0] == b"DONE"
+    assert receiver.wait(lambda: len(receiver.done) == 2)
+    assert receiver.done[1][1:] == ({"name": "second"}, data)
+    assert server.active() == []
+
+
 @pytest.mark.parametrize("claim", ["shorter", "longer", "other digest"])
 def test_a_stream_that_ends_with_another_length_or_digest_makes_the_reader_raise(
         server: StreamServer, receiver: Receiver, claim: str) -> None:
@@ -207,27 +272,12 @@ def test_a_stream_that_ends_with_another_length_or_digest_makes_the_reader_raise
         size = 2 * size
     else:
         digest = hashlib.sha256(b"something else").digest()
-    keys = keys_for("beta")
-    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    dealer = context.socket(zmq.DEALER)
-    try:
-        dealer.setsockopt(zmq.LINGER, 0)
-        dealer.setsockopt(zmq.RCVTIMEO, int(DEADLINE_S * 1000))
-        dealer.setsockopt(zmq.CURVE_SERVERKEY, keys.peers["alpha"][0])
-        dealer.setsockopt(zmq.CURVE_PUBLICKEY, keys.own.public)
-        dealer.setsockopt(zmq.CURVE_SECRETKEY, keys.own.secret)
-        dealer.connect(f"tcp://{HOST}:{server.port}")
+    with raw_sender(server) as dealer:
         dealer.send_multipart([b"HEAD", b'{"name": "cut"}'])
         assert dealer.recv_multipart()[0] == b"CRED"
         dealer.send_multipart([b"DATA", chunk])
         dealer.send_multipart([b"END", struct.pack(">Q32s", size, digest)])
-        answer = dealer.recv_multipart()
-        while answer[0] == b"CRED":
-            answer = dealer.recv_multipart()
-    finally:
-        dealer.close(linger=0)
-        context.term()
-    assert answer[0] == b"FAIL"
+        assert answer(dealer)[0] == b"FAIL"
     assert receiver.wait(lambda: receiver.done)
     outcome = receiver.done[0][2]
     assert isinstance(outcome, StreamError) and "corrupt" in str(outcome), outcome

@@ -163,7 +163,9 @@ class StreamReader:
 
     def read1(self, size: int = -1, /) -> bytes:
         """At most ``size`` bytes (all of one chunk if negative), waiting for one chunk at
-        most; b"" only at the verified end of the stream."""
+        most; b"" only at the verified end of the stream (or for ``size`` 0)."""
+        if size == 0:
+            return b""
         if not self._chunk and not self._next():
             return b""
         take = len(self._chunk) if size is None or size < 0 else min(size, len(self._chunk))
@@ -372,6 +374,8 @@ class StreamServer:
         with self._lock:
             threads = list(self._threads)
         for thread in threads:
+            if thread is threading.current_thread():
+                continue  # closed from a receiving callback: it finishes after this
             thread.join(max(0.0, deadline - time.monotonic()))
             if thread.is_alive():
                 log.warning("stream server of %s: a receiving callback (%s) still runs after "
@@ -681,7 +685,9 @@ def send_stream(
 
     Raises :class:`StreamError` when the receiver cannot be reached or authenticated, refuses
     or fails, or makes no progress for ``timeout`` seconds at any step; ``bandwidth`` (bytes
-    per second) limits the average rate; ``cancel`` ends the transfer within 0.1 s."""
+    per second) limits the average rate; ``cancel`` ends the transfer within 0.1 s. A
+    ``source.read`` that blocks is the caller's to bound (``Volume.send`` has its own
+    timeout and closes its output when it gives up)."""
     if not 0 < chunk_bytes <= CHUNK_BYTES:
         raise ValueError(f"chunk_bytes must be 1..{CHUNK_BYTES}, not {chunk_bytes}")
     if bandwidth is not None and bandwidth <= 0:
