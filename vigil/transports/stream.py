@@ -71,7 +71,10 @@ from vigil.transports.zap import Admission, Gatekeeper, bind_retrying
 from vigil.transports.zmq_link import (
     BIND_RETRY_S,
     HANDSHAKE_TIMEOUT_MS,
+    PENDING_CAP,
+    Doorway,
     connect_endpoint,
+    cut_connection,
     tcp_endpoint,
 )
 from vigil.transports.zmq_link import _heartbeats as heartbeats
@@ -96,6 +99,8 @@ IDLE_TIMEOUT_S: Final = 30.0
 CLOSE_TIMEOUT_S: Final = 5.0
 #: How long an aborting sender's socket tries to deliver its ABRT frame.
 ABORT_LINGER_MS: Final = 200
+#: A listening socket's events that open and close a connection (the value is its descriptor).
+_DOOR: Final = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
 #: The sender's longest single wait, so a cancel is seen promptly.
 _SLICE_S: Final = 0.1
 
@@ -293,13 +298,17 @@ class StreamServer:
         # the handler first: a CURVE socket must never listen while no one checks its clients
         self._gate = Gatekeeper.acquire(self._context)
         self._router: zmq.Socket[bytes] = self._context.socket(zmq.ROUTER)
+        self._door = Doorway(max(PENDING_CAP, 2 * len(others)))
+        self._door_monitor: zmq.Socket[bytes] | None = None
+        self._cut = 0
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         try:
             self._gate.admit(self._zap_domain,
                              Admission.of(keys.admitted(others), others.values()))
+            self._door_monitor = self._open_door_monitor()
             self.endpoint = self._bind(bind, keys, sorted(set(others.values())))
         except BaseException:
-            self._router.close(linger=0)
+            self._close_router()
             self._gate.forget(self._zap_domain)
             self._gate.release()
             os.close(self._wake_r)
@@ -336,6 +345,53 @@ class StreamServer:
                               f"{err.strerror}; {hint}") from err
         last = sock.getsockopt(zmq.LAST_ENDPOINT)
         return last.decode() if isinstance(last, bytes) else endpoint
+
+    def _open_door_monitor(self) -> zmq.Socket[bytes]:
+        """The ROUTER's accepted/disconnected events, for the cap on connections still in
+        their handshake (as a link's: see ``ZmqLink._open_door_monitor``; the queue has no
+        fixed size so that libzmq's I/O thread never waits for this server's thread)."""
+        address = f"inproc://vigil-stream-door-{os.getpid()}-{next(_monitor_ids)}"
+        self._router.monitor(address, _DOOR)
+        monitor: zmq.Socket[bytes] = self._context.socket(zmq.PAIR)
+        monitor.setsockopt(zmq.RCVHWM, 0)
+        monitor.setsockopt(zmq.LINGER, 0)
+        monitor.connect(address)
+        return monitor
+
+    def _close_router(self) -> None:
+        if self._door_monitor is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                self._router.disable_monitor()
+            self._door_monitor.close(linger=0)
+            self._door_monitor = None
+        self._router.close(linger=0)
+
+    def _door_events(self) -> None:
+        """Connections accepted and closed; cut the newest beyond the cap of those that may
+        still be in their handshake (a program on a peer's host opening connections)."""
+        assert self._door_monitor is not None
+        now = time.monotonic()
+        for _ in range(1_000):
+            try:
+                event = parse_monitor_message(self._door_monitor.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                break
+            if event["event"] == zmq.EVENT_ACCEPTED:
+                self._door.accepted(event["value"], now)
+            elif event["event"] == zmq.EVENT_DISCONNECTED:
+                self._door.gone(event["value"])
+        address = self.endpoint.removeprefix("tcp://").rsplit(":", 1)[0].strip("[]")
+        cut = sum(cut_connection(fd, address, self.port) for fd in self._door.excess(now))
+        if cut and not self._cut:
+            log.warning("stream server of %s: cutting connections to port %d: more than %d "
+                        "were not yet authenticated (someone on a peer's host is opening "
+                        "connections); running transfers are not touched", self.self_name,
+                        self.port, self._door.cap)
+        self._cut += cut
+
+    def cut(self) -> int:
+        """Connections cut because too many were not yet authenticated."""
+        return self._cut
 
     @property
     def refused(self) -> int:
@@ -402,9 +458,13 @@ class StreamServer:
         poller = zmq.Poller()
         poller.register(self._router, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        if self._door_monitor is not None:
+            poller.register(self._door_monitor, zmq.POLLIN)
         try:
             while not self._stopping.is_set():
                 ready = dict(poller.poll())
+                if self._door_monitor is not None and self._door_monitor in ready:
+                    self._door_events()
                 if self._wake_r in ready:
                     with contextlib.suppress(BlockingIOError):
                         os.read(self._wake_r, 4096)
@@ -420,7 +480,7 @@ class StreamServer:
                 self._by_sender.clear()
             for transfer in transfers:
                 transfer.items.put(_Abort("the receiving server closed"))
-            self._router.close(linger=0)
+            self._close_router()
             os.close(self._wake_r)
 
     def _drain(self) -> None:
@@ -595,7 +655,8 @@ class _Dealer:
 _BROKEN: Final[dict[int, str]] = {
     zmq.EVENT_DISCONNECTED: "the connection closed",
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "the handshake failed (the receiver does not hold "
-                                          "this cluster key, or is no Vigil stream server)",
+                                          "this cluster key, is no Vigil stream server, or "
+                                          "cut the connection in a flood of others)",
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "the handshake failed (protocol error: not this "
                                          "cluster's key, or no Vigil stream server)",
     zmq.EVENT_HANDSHAKE_FAILED_AUTH: "refused by the receiver (it does not admit our key or "
