@@ -164,8 +164,7 @@ def test_a_cancel_ends_a_waiting_sender_at_once(server: StreamServer,
 
 SENDER_SCRIPT = textwrap.dedent("""
     import sys
-    from tests.integration.test_transport_zmq import FLOOD, descriptors
-from vigil.transports.keys import LinkKeys
+    from vigil.transports.keys import LinkKeys
     from vigil.transports.stream import send_stream
 
     class Endless:
