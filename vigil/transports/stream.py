@@ -14,9 +14,11 @@ from the cluster key (:class:`~vigil.transports.keys.LinkKeys`; during a key rot
 sender tries each of the receiver's keys in turn). The context's
 :class:`~vigil.transports.zap.Gatekeeper` admits only the configured peers' keys from their
 addresses, the ROUTER accepts TCP connections only from those addresses, and a handshake not
-finished within ``HANDSHAKE_TIMEOUT_MS`` is dropped; ``MAXMSGSIZE`` on both sides closes a
-connection that sends a frame larger than the protocol's. So nothing unauthenticated reaches
-the code below: every frame it reads carries a configured node's name.
+finished within ``HANDSHAKE_TIMEOUT_MS`` is dropped; beyond ``PENDING_CAP`` connections still
+in their handshake the newest are cut (the links' :class:`~vigil.transports.zmq_link.Doorway`),
+so a program on a peer's host cannot exhaust the daemon's descriptors; ``MAXMSGSIZE`` on both
+sides closes a connection that sends a frame larger than the protocol's. So nothing
+unauthenticated reaches the code below: every frame it reads carries a configured node's name.
 
 **Protocol.** Frames are ``[kind, payload]``:
 
@@ -37,7 +39,10 @@ transfer with :class:`StreamError` within it. ZMTP heartbeats notice a vanished 
 connection within ``HEARTBEAT_TIMEOUT_MS``. On the receiver, the reader raises
 :class:`StreamError` when the sender sends nothing for ``idle_timeout`` while the reader waits
 (the sender always holds credit then), when it aborts, and when the stream ends with a length
-or digest other than the ``END`` frame's: a cut stream is never a clean end of file.
+or digest other than the ``END`` frame's: a cut stream is never a clean end of file. (A ROUTER
+does not say when a connection closes, so a killed sender is noticed by that idle timeout.)
+A sender's connection is never re-established: a transfer cut off by the network fails, and
+the caller sends again (incrementally from the last snapshot that arrived).
 
 **Threads.** The server has one thread that owns the ROUTER socket; each transfer's
 ``on_stream(sender, header, reader)`` runs on a thread of its own, reading from a queue the
@@ -73,8 +78,10 @@ from vigil.transports.zmq_link import (
     HANDSHAKE_TIMEOUT_MS,
     PENDING_CAP,
     Doorway,
+    close_door_monitor,
     connect_endpoint,
-    cut_connection,
+    door_cuts,
+    open_door_monitor,
     tcp_endpoint,
 )
 from vigil.transports.zmq_link import _heartbeats as heartbeats
@@ -99,8 +106,6 @@ IDLE_TIMEOUT_S: Final = 30.0
 CLOSE_TIMEOUT_S: Final = 5.0
 #: How long an aborting sender's socket tries to deliver its ABRT frame.
 ABORT_LINGER_MS: Final = 200
-#: A listening socket's events that open and close a connection (the value is its descriptor).
-_DOOR: Final = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
 #: The sender's longest single wait, so a cancel is seen promptly.
 _SLICE_S: Final = 0.1
 
@@ -305,7 +310,9 @@ class StreamServer:
         try:
             self._gate.admit(self._zap_domain,
                              Admission.of(keys.admitted(others), others.values()))
-            self._door_monitor = self._open_door_monitor()
+            self._door_monitor = open_door_monitor(
+                self._context, self._router,
+                f"inproc://vigil-stream-door-{os.getpid()}-{next(_monitor_ids)}")
             self.endpoint = self._bind(bind, keys, sorted(set(others.values())))
         except BaseException:
             self._close_router()
@@ -346,23 +353,9 @@ class StreamServer:
         last = sock.getsockopt(zmq.LAST_ENDPOINT)
         return last.decode() if isinstance(last, bytes) else endpoint
 
-    def _open_door_monitor(self) -> zmq.Socket[bytes]:
-        """The ROUTER's accepted/disconnected events, for the cap on connections still in
-        their handshake (as a link's: see ``ZmqLink._open_door_monitor``; the queue has no
-        fixed size so that libzmq's I/O thread never waits for this server's thread)."""
-        address = f"inproc://vigil-stream-door-{os.getpid()}-{next(_monitor_ids)}"
-        self._router.monitor(address, _DOOR)
-        monitor: zmq.Socket[bytes] = self._context.socket(zmq.PAIR)
-        monitor.setsockopt(zmq.RCVHWM, 0)
-        monitor.setsockopt(zmq.LINGER, 0)
-        monitor.connect(address)
-        return monitor
-
     def _close_router(self) -> None:
         if self._door_monitor is not None:
-            with contextlib.suppress(zmq.ZMQError):
-                self._router.disable_monitor()
-            self._door_monitor.close(linger=0)
+            close_door_monitor(self._router, self._door_monitor)
             self._door_monitor = None
         self._router.close(linger=0)
 
@@ -370,18 +363,8 @@ class StreamServer:
         """Connections accepted and closed; cut the newest beyond the cap of those that may
         still be in their handshake (a program on a peer's host opening connections)."""
         assert self._door_monitor is not None
-        now = time.monotonic()
-        for _ in range(1_000):
-            try:
-                event = parse_monitor_message(self._door_monitor.recv_multipart(zmq.NOBLOCK))
-            except zmq.Again:
-                break
-            if event["event"] == zmq.EVENT_ACCEPTED:
-                self._door.accepted(event["value"], now)
-            elif event["event"] == zmq.EVENT_DISCONNECTED:
-                self._door.gone(event["value"])
         address = self.endpoint.removeprefix("tcp://").rsplit(":", 1)[0].strip("[]")
-        cut = sum(cut_connection(fd, address, self.port) for fd in self._door.excess(now))
+        cut = door_cuts(self._door_monitor, self._door, address, self.port, time.monotonic())
         if cut and not self._cut:
             log.warning("stream server of %s: cutting connections to port %d: more than %d "
                         "were not yet authenticated (someone on a peer's host is opening "
