@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from tests.integration.test_transport_zmq import FLOOD, descriptors
+from tests.integration.test_transport_zmq import descriptors, flood
 from vigil.transports.keys import LinkKeys
 from vigil.transports.stream import (
     CHUNK_BYTES,
@@ -339,23 +339,12 @@ def test_a_connection_flood_is_cut_and_spares_a_running_transfer(
         except StreamError as err:
             outcome.append(err)
 
-    quiet = most = descriptors()
+    quiet = descriptors()
     thread = threading.Thread(target=running)
     thread.start()
     assert receiver.wait(lambda: receiver.read > 0)
-    with subprocess.Popen([sys.executable, "-c", FLOOD, HOST, str(server.port), "2000"],
-                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as flood:
-        try:
-            assert flood.stdout is not None
-            reading = threading.Thread(target=flood.stdout.readline, daemon=True)
-            reading.start()
-            deadline = time.monotonic() + 60
-            while (reading.is_alive() or thread.is_alive()) and time.monotonic() < deadline:
-                most = max(most, descriptors())
-                time.sleep(0.01)
-            assert not reading.is_alive(), "the flood did not finish in 60 s"
-        finally:
-            flood.kill()
+    with flood(str(server.port), 2000, thread.is_alive) as most:
+        pass
     thread.join(DEADLINE_S)
     assert isinstance(outcome[0], Sent), outcome
     assert receiver.wait(lambda: receiver.done)
