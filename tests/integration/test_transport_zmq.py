@@ -8,6 +8,7 @@ does the same by retransmitting.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -459,6 +460,28 @@ def descriptors() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+@contextlib.contextmanager
+def flood(port: str, count: int, busy: Callable[[], bool] = lambda: False) -> Iterator[int]:
+    """Open ``count`` connections from 127.0.0.1 to ``port`` in another process, as fast as
+    they are accepted, and hold them for the block; yields the most descriptors this process
+    held until they were all open and ``busy()`` was false."""
+    most = descriptors()
+    with subprocess.Popen([sys.executable, "-c", FLOOD, "127.0.0.1", port, str(count)],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout is not None
+            reading = threading.Thread(target=proc.stdout.readline, daemon=True)
+            reading.start()
+            deadline = time.monotonic() + 60
+            while (reading.is_alive() or busy()) and time.monotonic() < deadline:
+                most = max(most, descriptors())
+                time.sleep(0.01)
+            assert not reading.is_alive(), "the flood did not finish in 60 s"
+            yield most
+        finally:
+            proc.kill()
+
+
 def test_a_connection_flood_from_a_peers_address_holds_few_descriptors_and_cuts_no_link(
     make_cluster: Callable[..., Cluster],
 ) -> None:
@@ -473,25 +496,11 @@ def test_a_connection_flood_from_a_peers_address_holds_few_descriptors_and_cuts_
     send_until(beta, "*", b"before", got(alpha_inbox, b"before"))
     send_until(alpha, "*", b"before", got(beta_inbox, b"before"))
     quiet = descriptors()
-    port = alpha.endpoint.rsplit(":", 1)[1]
-    most = quiet
-    with subprocess.Popen([sys.executable, "-c", FLOOD, "127.0.0.1", port, "4000"],
-                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as flood:
-        try:
-            assert flood.stdout is not None
-            reading = threading.Thread(target=flood.stdout.readline, daemon=True)
-            reading.start()
-            deadline = time.monotonic() + 60
-            while reading.is_alive() and time.monotonic() < deadline:
-                most = max(most, descriptors())
-                time.sleep(0.01)
-            assert not reading.is_alive(), "the flood did not finish in 60 s"
-            for n in range(3):
-                send_until(beta, "*", b"during %d" % n, got(alpha_inbox, b"during %d" % n))
-                send_until(alpha, "*", b"during %d" % n, got(beta_inbox, b"during %d" % n))
-            most = max(most, descriptors())
-        finally:
-            flood.kill()
+    with flood(alpha.endpoint.rsplit(":", 1)[1], 4000) as most:
+        for n in range(3):
+            send_until(beta, "*", b"during %d" % n, got(alpha_inbox, b"during %d" % n))
+            send_until(alpha, "*", b"during %d" % n, got(beta_inbox, b"during %d" % n))
+        most = max(most, descriptors())
     assert alpha.cut() > 1_000, alpha.cut()  # (none without the cap)
     assert alpha.replaced() == {"beta": 0} and beta.replaced() == {"alpha": 0}
     # the cap, and the connections the reader had not yet seen or libzmq not yet closed:

@@ -179,6 +179,46 @@ def cut_connection(fd: int, address: str, port: int) -> bool:
     return True
 
 
+def open_door_monitor(context: zmq.Context[zmq.Socket[bytes]], sock: zmq.Socket[bytes],
+                      address: str) -> zmq.Socket[bytes]:
+    """A listening socket's monitor of accepted and closed connections (for a
+    :class:`Doorway`), with a queue of no fixed size: libzmq's I/O thread, which every socket
+    of the daemon shares, sends monitor events with a blocking send, and must never wait for
+    our reader (that would hold up every heartbeat). The reader takes events far faster than
+    libzmq accepts connections, so the queue stays short unless the reader itself is
+    starved."""
+    sock.monitor(address, _DOOR)
+    monitor: zmq.Socket[bytes] = context.socket(zmq.PAIR)
+    monitor.setsockopt(zmq.RCVHWM, 0)  # 0 on either side of inproc: no limit
+    monitor.setsockopt(zmq.LINGER, 0)
+    monitor.connect(address)
+    return monitor
+
+
+def close_door_monitor(sock: zmq.Socket[bytes], monitor: zmq.Socket[bytes]) -> None:
+    """Stop a listening socket's monitor (before the socket closes). Its queue has no limit,
+    so libzmq's I/O thread is never stuck on it, whoever still reads it."""
+    with contextlib.suppress(zmq.ZMQError):
+        sock.disable_monitor()
+    monitor.close(linger=0)
+
+
+def door_cuts(monitor: zmq.Socket[bytes], door: Doorway, address: str, port: int,
+              now: float) -> int:
+    """Take the queued events of a listening socket's ``monitor`` into ``door``, and cut the
+    connections over its cap: how many were cut."""
+    for _ in range(_DOOR_BATCH):
+        try:
+            event = parse_monitor_message(monitor.recv_multipart(zmq.NOBLOCK))
+        except zmq.Again:
+            break
+        if event["event"] == zmq.EVENT_ACCEPTED:
+            door.accepted(event["value"], now)
+        elif event["event"] == zmq.EVENT_DISCONNECTED:
+            door.gone(event["value"])
+    return sum(cut_connection(fd, address, port) for fd in door.excess(now))
+
+
 def descriptors_needed(peers: int) -> int:
     """The descriptors one link may hold: its PUB socket and listener, a SUB socket, monitor
     and connection per peer, each peer's connection to us, wakers, and the allowance for
@@ -281,7 +321,8 @@ class ZmqLink:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         try:
             self._gate.admit(self._zap_domain, Admission.of(keys.admitted(others), addresses))
-            self._door_monitor = self._open_door_monitor(
+            self._door_monitor = open_door_monitor(
+                self._context, self._pub,
                 f"inproc://vigil-link-door-{os.getpid()}-{next(_monitor_ids)}")
             self.endpoint = self._bind(bind, addresses)
             for peer, address in others.items():
@@ -471,27 +512,12 @@ class ZmqLink:
         self._gate.forget(self._zap_domain)
         self._gate.release()
 
-    def _open_door_monitor(self, address: str) -> zmq.Socket[bytes]:
-        """The listening socket's monitor, with a queue of no fixed size: libzmq's I/O thread,
-        which every link of the daemon shares, sends monitor events with a blocking send, and
-        must never wait for our reader (that would hold up every heartbeat). The reader takes
-        events far faster than libzmq accepts connections, so the queue stays short unless the
-        reader itself is starved."""
-        self._pub.monitor(address, _DOOR)
-        monitor: zmq.Socket[bytes] = self._context.socket(zmq.PAIR)
-        monitor.setsockopt(zmq.RCVHWM, 0)  # 0 on either side of inproc: no limit
-        monitor.setsockopt(zmq.LINGER, 0)
-        monitor.connect(address)
-        return monitor
-
     def _close_pub(self) -> None:
         """Stop the listening socket's monitor, then close it. (The monitor's queue has no
         limit, so libzmq's I/O thread is never stuck on it, whoever still reads it.)"""
         with self._send_lock:
             if self._door_monitor is not None:
-                with contextlib.suppress(zmq.ZMQError):
-                    self._pub.disable_monitor()
-                self._door_monitor.close(linger=0)
+                close_door_monitor(self._pub, self._door_monitor)
                 self._door_monitor = None
             self._pub.close(linger=0)
 
@@ -554,17 +580,7 @@ class ZmqLink:
         """Connections accepted and closed on our listening socket; cut those over the cap."""
         assert self._door_monitor is not None
         now = time.monotonic()
-        for _ in range(_DOOR_BATCH):
-            try:
-                event = parse_monitor_message(self._door_monitor.recv_multipart(zmq.NOBLOCK))
-            except zmq.Again:
-                break
-            if event["event"] == zmq.EVENT_ACCEPTED:
-                self._door.accepted(event["value"], now)
-            elif event["event"] == zmq.EVENT_DISCONNECTED:
-                self._door.gone(event["value"])
-        cut = sum(cut_connection(fd, self._address, self._port)
-                  for fd in self._door.excess(now))
+        cut = door_cuts(self._door_monitor, self._door, self._address, self._port, now)
         if not cut:
             return
         self._cut += cut
