@@ -84,7 +84,7 @@ from vigil.transports.zmq_link import (
     open_door_monitor,
     tcp_endpoint,
 )
-from vigil.transports.zmq_link import _heartbeats as heartbeats
+from vigil.transports.zmq_link import keep_alive as heartbeats
 
 log = logging.getLogger(__name__)
 

@@ -365,7 +365,7 @@ class ZmqLink:
         endpoint, ipv6 = tcp_endpoint(address, port)
         pub = self._pub
         pub.setsockopt(zmq.LINGER, 0)
-        _heartbeats(pub)
+        keep_alive(pub)
         pub.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
         pub.setsockopt(zmq.MAXMSGSIZE, PUB_MAX_FRAME_BYTES)
         pub.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_TIMEOUT_MS)
@@ -423,7 +423,7 @@ class ZmqLink:
         monitor: zmq.Socket[bytes] | None = None
         try:
             sub.setsockopt(zmq.LINGER, 0)
-            _heartbeats(sub)
+            keep_alive(sub)
             sub.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
             sub.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
             sub.setsockopt(zmq.RECONNECT_IVL_MAX, int(self._retry_max_s * 1000))
@@ -673,7 +673,8 @@ class ZmqLink:
             log.exception("link %s: frame handler failed; frame set dropped", self._name)
 
 
-def _heartbeats(sock: zmq.Socket[bytes]) -> None:
+def keep_alive(sock: zmq.Socket[bytes]) -> None:
+    """ZMTP and TCP heartbeats on ``sock``: a connection whose peer vanished is closed."""
     sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
     sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)
