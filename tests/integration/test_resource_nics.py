@@ -185,6 +185,7 @@ def test_a_nic_monitor_started_again_asks_the_kernel_at_once(
     """The netlink watch tells changes only: a NIC monitor actor that the node starts again
     after a failure (no event coming) still says what its NIC is, from one query of its own.
     The loopback interface is up in every namespace."""
+    from vigil.actors.messages import ChildRestarted
     from vigil.actors.nic import NicMonitorActor
     from vigil.cluster.events import NicChanged
     from vigil.cluster.nics import Dampening
@@ -204,4 +205,11 @@ def test_a_nic_monitor_started_again_asks_the_kernel_at_once(
     seen = wait_for(said, WAIT, "both monitors reporting")
     assert seen["lo"].up and seen["lo"].reason == "usable"
     assert not seen["nothere0"].up and seen["nothere0"].reason == "no such interface"
+    # a coordinator started again hears from every monitor what it believes
+    with lock:
+        kept.clear()
+    for name in ("nic:lo", "nic:nothere0"):
+        assert d.tell(name, ChildRestarted("coordinator"))
+    seen = wait_for(said, WAIT, "both monitors saying it again")
+    assert seen["lo"].up and not seen["nothere0"].up
     d.stop_all()

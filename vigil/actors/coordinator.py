@@ -124,6 +124,8 @@ class CoordinatorActor(VigilActor):
         self.link_nics = link_nics(self.config, self.node)
         for link in self.links:  # a restarted coordinator: the links say again how they are
             self.directory.tell(f"link:{link}", ChildRestarted(self.name))
+        for nic in self.directory.names("nic:"):  # and the NIC monitors what they believe
+            self.directory.tell(nic, ChildRestarted(self.name))
         self._handle(Tick())
 
     def on_stop(self) -> None:

@@ -32,6 +32,7 @@ from pyroute2.netlink.rtnl import RTMGRP_LINK
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 from vigil.actors.base import Directory, VigilActor
+from vigil.actors.messages import ChildRestarted
 from vigil.actors.timer import DeadlineTimer
 from vigil.cluster.events import NicChanged, Tick
 from vigil.cluster.nics import Dampening, NicFacts, NicTracker, nics_of
@@ -299,6 +300,12 @@ class NicMonitorActor(VigilActor):
             changes = self.tracker.reachability(self.nic, message.problem, now)
         elif isinstance(message, Tick):
             changes = self.tracker.tick(now)
+        elif isinstance(message, ChildRestarted) and message.name == "coordinator":
+            # a new coordinator knows nothing of the NICs: say again what we believe
+            if self.tracker.observed(self.nic):
+                usable, reason, _since, _up_at = self.tracker.state()[self.nic]
+                self.directory.tell("coordinator", NicChanged(self.nic, usable, reason))
+            return None
         else:
             return None
         for change in changes:

@@ -121,6 +121,11 @@ class NicTracker:
         due = [s.up_at for s in self._nics.values() if s.up_at is not None]
         return min(due) if due else None
 
+    def observed(self, nic: str) -> bool:
+        """Whether anything was heard of ``nic`` yet."""
+        state = self._nics.get(nic)
+        return state is not None and state.observed
+
     def down(self) -> dict[str, str]:
         """NIC -> why it is not usable, for every NIC believed down (or not yet seen)."""
         return {n: s.reason for n, s in self._nics.items() if not s.usable}
