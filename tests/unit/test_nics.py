@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vigil.cluster.nics import Dampening, NicFacts, NicTracker, nics_of
+from vigil.cluster.nics import Dampening, NicFacts, NicTracker, address_nics
 from vigil.cluster.strategy import CostStrategy, LocalCostContext, PreferredListStrategy
-from vigil.config import ConfigError, loads
+from vigil.config import ConfigError, ResourceConfig, loads
 
 UP = NicFacts(exists=True, admin_up=True, carrier=True, operstate="UP")
 NO_CARRIER = NicFacts(exists=True, admin_up=True, carrier=False, operstate="LOWERLAYERDOWN")
@@ -117,10 +117,16 @@ def test_whatever_the_kernel_says_a_nic_is_never_believed_up_while_it_is_down(
             up_since = now
 
 
-def test_nics_of_reads_a_string_or_a_list() -> None:
-    assert nics_of({"nic": "eth0"}) == ("eth0",)
-    assert nics_of({"nic": ["eth0", "eth1"]}) == ("eth0", "eth1")
-    assert nics_of({}) == ()
+def test_address_nics_reads_a_string_or_a_list_of_an_ip_resource() -> None:
+    def ip(**params: object) -> ResourceConfig:
+        return ResourceConfig("vip", "ip", "web", params=params)  # type: ignore[arg-type]
+
+    assert address_nics(ip(nic="eth0")) == ("eth0",)
+    assert address_nics(ip(nic=["eth0", "eth1"])) == ("eth0", "eth1")
+    assert address_nics(ip()) == ()
+    # an OCF agent's nic parameter is its own business
+    assert address_nics(ResourceConfig("vip", "ocf:heartbeat:IPaddr2", "web",
+                                       params={"nic": "eth0"})) == ()
 
 
 CONFIG = """

@@ -10,7 +10,7 @@ import difflib
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,7 +29,6 @@ from vigil.actors.messages import (
     RunningGroups,
     SendFrames,
 )
-from vigil.actors.nic import link_nics
 from vigil.actors.strategies import load_strategy
 from vigil.actors.timer import DeadlineTimer
 from vigil.cluster.events import (
@@ -82,7 +81,8 @@ class CoordinatorActor(VigilActor):
     def __init__(self, name: str, directory: Directory, config: ClusterConfig, node: str,
                  codec: Codec, sequencer: Sequencer, state_path: Path,
                  missing_types: frozenset[str] = frozenset(),
-                 guard: GuardLink | None = None) -> None:
+                 guard: GuardLink | None = None,
+                 link_nics: Mapping[str, str] | None = None) -> None:
         super().__init__(name, directory)
         self.config = config
         self.node = node
@@ -112,7 +112,8 @@ class CoordinatorActor(VigilActor):
         self.lost_guardian = ""
         #: this node's NICs as its NIC monitors last said
         self.nics: dict[str, NicStatus] = {}
-        self.link_nics: dict[str, str] = {}  # link -> the NIC that holds its address here
+        #: link -> the NIC that holds its address here
+        self.link_nics: Mapping[str, str] = link_nics or {}
 
     def on_start(self) -> None:
         me = self.actor_ref
@@ -121,7 +122,6 @@ class CoordinatorActor(VigilActor):
             self.guard.start(me.tell)
         for group in self.config.groups:
             self.directory.tell(f"group:{group}", ProbeGroup())
-        self.link_nics = link_nics(self.config, self.node)
         for link in self.links:  # a restarted coordinator: the links say again how they are
             self.directory.tell(f"link:{link}", ChildRestarted(self.name))
         for nic in self.directory.names("nic:"):  # and the NIC monitors what they believe

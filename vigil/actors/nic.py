@@ -25,6 +25,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
 from typing import Any, Final
 
 from pyroute2 import IPRoute
@@ -35,7 +36,7 @@ from vigil.actors.base import Directory, VigilActor
 from vigil.actors.messages import ChildRestarted
 from vigil.actors.timer import DeadlineTimer
 from vigil.cluster.events import NicChanged, Tick
-from vigil.cluster.nics import Dampening, NicFacts, NicTracker, nics_of
+from vigil.cluster.nics import Dampening, NicFacts, NicTracker, address_nics
 from vigil.config import ClusterConfig, NicsConfig
 
 log = logging.getLogger(__name__)
@@ -47,13 +48,13 @@ _ICMP_ECHO_REPLY: Final = 0
 _RECV_BUFFER: Final = 1 << 20
 
 
-def watched_nics(config: ClusterConfig, node: str) -> list[str]:
-    """The NICs node ``node`` watches: every ip resource's (any group may come here), every
-    NIC with reachability targets, and the NICs that carry its heartbeat links."""
-    names = {nic for r in config.resources.values() if r.type == "ip"
-             for nic in nics_of(r.params)}
+def watched_nics(config: ClusterConfig, link_carriers: Iterable[str]) -> list[str]:
+    """The NICs a node watches: every ip resource's (any group may come here), every NIC with
+    reachability targets, and ``link_carriers``, those of its heartbeat links
+    (:func:`link_nics`)."""
+    names = {nic for r in config.resources.values() for nic in address_nics(r)}
     names |= set(config.nics.targets)
-    names |= set(link_nics(config, node).values())
+    names |= set(link_carriers)
     return sorted(names)
 
 
@@ -317,11 +318,11 @@ class NicMonitorActor(VigilActor):
         return None
 
 
+@dataclass(frozen=True, slots=True)
 class _Reach:
-    __slots__ = ("problem",)
+    """What a NIC's prober found in its last round (None: a target answered)."""
 
-    def __init__(self, problem: str | None) -> None:
-        self.problem = problem
+    problem: str | None
 
 
 class NicSources:

@@ -31,7 +31,7 @@ from vigil.actors.group import GroupActor
 from vigil.actors.guard import GuardLink
 from vigil.actors.link import LinkActor, LinkFactory
 from vigil.actors.messages import ChildFailed, ChildRestarted, Control, GetStatus, Subscribe
-from vigil.actors.nic import NicMonitorActor, NicSources, dampening, watched_nics
+from vigil.actors.nic import NicMonitorActor, NicSources, dampening, link_nics, watched_nics
 from vigil.actors.notifier import NotifierActor
 from vigil.actors.resource import ResourceActor
 from vigil.config import (
@@ -193,10 +193,12 @@ class NodeRuntime:
         if cfg.fence_devices:  # runs the levels the core decides, monitors the devices
             factories["fencer"] = lambda: FencerActor.start("fencer", d, cfg)
         state_path = self.runtime_dir / "state.json"
+        # link -> the interface that holds its address here (one netlink query)
+        carriers = link_nics(cfg, node) if self.watch_nics else {}
         factories["coordinator"] = lambda: CoordinatorActor.start(
             "coordinator", d, cfg, node, codec, sequencer, state_path, self.missing_types,
-            guard_link)
-        nics = watched_nics(cfg, node) if self.watch_nics else []
+            guard_link, carriers)
+        nics = watched_nics(cfg, carriers.values()) if self.watch_nics else []
         rule = dampening(cfg.nics)
         for nic in nics:
             factories[f"nic:{nic}"] = partial(NicMonitorActor.start, f"nic:{nic}", d, nic, rule)

@@ -23,6 +23,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
+from vigil.config import ResourceConfig
+
 #: Operstates (RFC 2863) in which a link cannot pass traffic.
 DOWN_OPERSTATES: Final = frozenset({"DOWN", "LOWERLAYERDOWN", "NOTPRESENT", "DORMANT",
                                     "TESTING"})
@@ -171,9 +173,12 @@ class NicTracker:
         return [NicChange(nic, usable, reason, now)]
 
 
-def nics_of(config_params: Mapping[str, object]) -> tuple[str, ...]:
-    """The NICs an ip resource's ``nic`` parameter names (a string or a list of them)."""
-    value = config_params.get("nic")
+def address_nics(resource: ResourceConfig) -> tuple[str, ...]:
+    """The NICs an ``ip`` resource may put its address on (its ``nic`` parameter: a string or
+    a list of them); none for any other type (an OCF agent's ``nic`` is its own business)."""
+    if resource.type != "ip":
+        return ()
+    value = resource.params.get("nic")
     if isinstance(value, str):
         return (value,)
     if isinstance(value, list | tuple):

@@ -35,12 +35,12 @@ from vigil.cluster.events import (
     Tick,
 )
 from vigil.cluster.local import LocalState
-from vigil.cluster.nics import nics_of
+from vigil.cluster.nics import address_nics
 from vigil.cluster.node import NodeCore
 from vigil.cluster.promise import Persisted
 from vigil.cluster.round import Phase
 from vigil.cluster.steps import GroupAction, GroupSteps, Step, group_steps
-from vigil.cluster.strategy import Strategy, colocation_sets, network_paths
+from vigil.cluster.strategy import Strategy, colocation_sets, network_paths, nic_limit
 from vigil.cluster.wire import NO_EPOCH, Bye, Epoch, fmt_epoch, to_message
 from vigil.config import TIME_FENCERS, ClusterConfig, FenceDevice, member_graphs
 from vigil.guard.core import Announce, Fence, GuardCore
@@ -673,7 +673,7 @@ class SimCluster:
                     continue
                 if state == "in":
                     continue
-                nics = nics_of(self.config.resources[r].params)
+                nics = address_nics(self.config.resources[r])
                 if group in node.fail_next_start or (nics and set(nics) <= node.nics_down):
                     node.fail_next_start.discard(group)
                     del node.ops[group]
@@ -881,8 +881,8 @@ class SimCluster:
         for g in groups:
             cfg = self.config.groups[g]
             if (name in core.accepted.admin
-                    or any(nics and set(nics) <= self.nodes[name].nics_down
-                           for nics in network_paths(self.config, cfg).values())
+                    or nic_limit(self.config, cfg,
+                                 dict.fromkeys(self.nodes[name].nics_down, "")) is not None
                     or len(core.groups.fail_times[g]) >= cfg.migration_threshold
                     or (self.config.strategy == "preferred" and cfg.nodes
                         and name not in cfg.nodes)):

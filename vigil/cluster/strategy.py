@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final
 
-from vigil.cluster.nics import nics_of
+from vigil.cluster.nics import address_nics
 from vigil.config import ClusterConfig, GroupConfig
 from vigil.graph import DependencyGraph
 
@@ -119,8 +119,7 @@ def nic_limit(config: ClusterConfig, group: GroupConfig,
 
 def network_paths(config: ClusterConfig, group: GroupConfig) -> dict[str, tuple[str, ...]]:
     """Resource -> the NICs it may put its address on, for the group's ip resources."""
-    return {r: nics_of(config.resources[r].params) for r in group.resources
-            if config.resources[r].type == "ip"}
+    return {r: nics for r in group.resources if (nics := address_nics(config.resources[r]))}
 
 
 def colocation_sets(config: ClusterConfig) -> list[list[str]]:

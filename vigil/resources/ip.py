@@ -110,6 +110,7 @@ from typing import Any, Final
 
 from pyroute2 import IPRoute, NetlinkError
 
+from vigil.cluster.nics import DOWN_OPERSTATES
 from vigil.config import MonitorConfig, ParamValue, ResourceConfig, TypeDefaults
 from vigil.guard.holdings import Address, ResourceHolding
 from vigil.resources.model import (
@@ -149,8 +150,6 @@ _IFA_F_SECONDARY: Final = 0x01
 _IFA_F_NODAD: Final = 0x02
 _IFA_F_DADFAILED: Final = 0x08
 _IFA_F_TENTATIVE: Final = 0x40
-#: Operstates (RFC 2863) in which a link cannot pass traffic.
-_DOWN_OPERSTATES: Final = frozenset({"DOWN", "LOWERLAYERDOWN", "NOTPRESENT", "DORMANT", "TESTING"})
 
 #: How often a start polls for the end of IPv6 duplicate address detection.
 _DAD_POLL: Final = 0.05
@@ -524,7 +523,7 @@ def _link_down(link: Any, nic: str) -> str | None:
         return f"{nic} is administratively down"
     if not flags & _IFF_LOWER_UP:
         return f"{nic} has no carrier, operstate {operstate}"
-    if operstate in _DOWN_OPERSTATES:
+    if operstate in DOWN_OPERSTATES:
         return f"{nic} has operstate {operstate}"
     return None
 
@@ -691,11 +690,8 @@ class IpResource(Resource):
         with self._lock:
             self._down = frozenset(down)
         with self._op_lock:
-            with self._state_lock:
-                generation = self._generation
             if self.service_state() is not ServiceState.IN_SERVICE:
                 return None
-            target: _Nic | None = None
             try:
                 with IPRoute() as ipr:
                     survey = self._survey(ipr)
@@ -708,21 +704,13 @@ class IpResource(Resource):
                     if target is None:
                         result = OpResult.failure(ServiceState.FAILED, self._nowhere(survey))
                     else:
-                        result = OpResult.success(ServiceState.IN_SERVICE,
-                                                  self._move(ipr, survey, current, target))
+                        moved = self._move(ipr, survey, current, target)
+                        if moved is None:
+                            return None
+                        result = OpResult.success(ServiceState.IN_SERVICE, moved)
             except (NetlinkError, OSError) as exc:
                 result = OpResult.failure(ServiceState.FAILED, f"cannot move {self.cidr} to "
                                           f"another nic: {_error_text(exc)}")
-            with self._state_lock:
-                stopping = generation != self._generation
-            if stopping and target is not None:
-                # A forced stop that did not wait for this move (it waits CANCEL_WAIT at
-                # most) may have surveyed the nics before the add: take the new copy away,
-                # or the address would stay here while the group starts elsewhere.
-                undone = self._remove_quietly(target.name)
-                log.warning("resource %s: a stop began during the move to %s%s", self.name,
-                            target.name, undone)
-                return None
             if result.ok:
                 self._note_in_service(result.reason)
             return replace(result, duration=time.monotonic() - started)
@@ -821,6 +809,8 @@ class IpResource(Resource):
                         return (OpResult.failure(failed, current.why) if current.why else
                                 OpResult.success(ServiceState.IN_SERVICE, self._on(current)))
                     moved = self._move(ipr, survey, current, target)
+                    if moved is None:  # a stop owns the state now: this result is dropped
+                        return OpResult.failure(failed, "a stop began during the move")
                     self._note_in_service(moved)  # a monitor that agrees keeps the old reason
                     return OpResult.success(ServiceState.IN_SERVICE, moved)
         except (NetlinkError, OSError) as exc:
@@ -885,15 +875,28 @@ class IpResource(Resource):
             return first
         return current
 
-    def _move(self, ipr: Any, survey: _Survey, current: _Nic, target: _Nic) -> str:
+    def _move(self, ipr: Any, survey: _Survey, current: _Nic, target: _Nic) -> str | None:
         """Add the address to ``target``, announce it there, remove it from the others; what
-        was done. Raises NetlinkError when the add fails (the address stays where it was)."""
+        was done. Raises NetlinkError when the add fails (the address stays where it was).
+        None when a stop began meanwhile: the new copy is taken away again."""
+        with self._state_lock:
+            generation = self._generation
         if target.entry is None:
             self._add(ipr, target, moving=True)
         announced = (self._announce(target, threading.Event()) if self.settings.ipv4 else
                      "IPv6: added without duplicate address detection, as it was this node's; "
                      "no unsolicited neighbour advertisement")
         left = self._remove_copies(ipr, survey, keep=target)
+        with self._state_lock:
+            stopping = generation != self._generation
+        if stopping:
+            # A forced stop that did not wait for this move (it waits CANCEL_WAIT at most)
+            # may have surveyed the nics before the add: take the new copy away, or the
+            # address would stay here while the group starts elsewhere.
+            undone = self._remove_quietly(target.name)
+            log.warning("resource %s: a stop began during the move to %s%s", self.name,
+                        target.name, undone)
+            return None
         with self._lock:
             self._active = target.name
         if current.why is None:
