@@ -438,11 +438,16 @@ def test_nodes_with_different_keys_do_not_talk(
 
 
 FLOOD = """
-import resource, socket, sys
+import resource, socket, sys, time
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 held = []
-for _ in range(int(sys.argv[3])):
+rate = float(sys.argv[4])
+start = time.monotonic()
+for n in range(int(sys.argv[3])):
+    ahead = start + n / rate - time.monotonic()
+    if ahead > 0:
+        time.sleep(ahead)
     s = socket.socket()
     s.setsockopt(socket.IPPROTO_IP, 24, 1)  # IP_BIND_ADDRESS_NO_PORT: the port at connect
     s.bind((sys.argv[1], 0))
@@ -456,17 +461,30 @@ sys.stdin.read()
 """
 
 
+#: connections a second of a flood: without a cap, libzmq holds each for its 2 s handshake
+#: timeout, 2 x FLOOD_RATE descriptors; with it, the cap and what the reader has not yet seen
+FLOOD_RATE = 500
+
+
+def most_held_with_a_cap(cap: int) -> int:
+    """The most descriptors a flood may hold above the quiet count if its reader cuts the
+    excess within a second (well within, on a quiet machine), and far fewer than without."""
+    return cap + FLOOD_RATE
+
+
 def descriptors() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
 @contextlib.contextmanager
-def flood(port: str, count: int, busy: Callable[[], bool] = lambda: False) -> Iterator[int]:
-    """Open ``count`` connections from 127.0.0.1 to ``port`` in another process, as fast as
-    they are accepted, and hold them for the block; yields the most descriptors this process
-    held until they were all open and ``busy()`` was false."""
+def flood(port: str, count: int, busy: Callable[[], bool] = lambda: False,
+          rate: int = FLOOD_RATE) -> Iterator[int]:
+    """Open ``count`` connections from 127.0.0.1 to ``port`` in another process, ``rate`` a
+    second at most (so what is held does not depend on how fast this machine accepts), and hold
+    them for the block; yields the most descriptors this process held until they were all open
+    and ``busy()`` was false."""
     most = descriptors()
-    with subprocess.Popen([sys.executable, "-c", FLOOD, "127.0.0.1", port, str(count)],
+    with subprocess.Popen([sys.executable, "-c", FLOOD, "127.0.0.1", port, str(count), str(rate)],
                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as proc:
         try:
             assert proc.stdout is not None
@@ -486,7 +504,7 @@ def test_a_connection_flood_from_a_peers_address_holds_few_descriptors_and_cuts_
     make_cluster: Callable[..., Cluster],
 ) -> None:
     """A program on a peer's host (so from a peer's address: the accept filter lets it in)
-    opens 4,000 connections to alpha's port as fast as alpha accepts them, and holds them.
+    opens 4,000 connections to alpha's port, 500 a second, and holds them.
     Alpha keeps at most PENDING_CAP of them open (plus what its reader has not yet seen), and
     its established link to beta is never cut: it carries messages while the attacker still
     holds every connection."""
@@ -501,13 +519,13 @@ def test_a_connection_flood_from_a_peers_address_holds_few_descriptors_and_cuts_
             send_until(beta, "*", b"during %d" % n, got(alpha_inbox, b"during %d" % n))
             send_until(alpha, "*", b"during %d" % n, got(beta_inbox, b"during %d" % n))
         most = max(most, descriptors())
-    assert alpha.cut() > 1_000, alpha.cut()  # (none without the cap)
+    assert alpha.cut() > 2_000, alpha.cut()  # (none without the cap)
     assert alpha.replaced() == {"beta": 0} and beta.replaced() == {"alpha": 0}
-    # the cap, and the connections the reader had not yet seen or libzmq not yet closed:
-    # 221 to 350 above the quiet count in three runs here, 1,050 to 1,090 without the cap
-    # (libzmq accepted some 250 to 500 connections a second, each kept for the 2 s a
-    # handshake may take)
-    assert most - quiet <= PENDING_CAP + 500, (quiet, most)
+    # the cap, and the connections the reader had not yet seen or libzmq not yet closed;
+    # here 68 above the quiet count; 1,009 without the cap (libzmq keeps each connection for
+    # the 2 s a handshake may take). The bound is a second of reader lag: a loaded machine
+    # (CI) saw 567 when the flood went as fast as libzmq accepted.
+    assert most - quiet <= most_held_with_a_cap(PENDING_CAP), (quiet, most)
     assert alpha.peer_states() == {"beta": "connected"}
     assert beta.peer_states() == {"alpha": "connected"}
 
