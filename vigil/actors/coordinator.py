@@ -47,6 +47,7 @@ from vigil.cluster.events import (
     StopGroup,
     Tick,
 )
+from vigil.cluster.mirrors import MirrorLag, MirrorState
 from vigil.cluster.node import NodeCore
 from vigil.cluster.promise import Persisted
 from vigil.cluster.view import LinkFacts, ResourceFacts, build_status
@@ -160,6 +161,9 @@ class CoordinatorActor(VigilActor):
             return None
         if isinstance(message, LinkFacts):
             self.link_facts[message.link] = message
+            return None
+        if isinstance(message, (MirrorState, MirrorLag)):  # from the mirror replication
+            self._handle(message)
             return None
         if isinstance(message, CopyReceived):
             # A copy on the slower of two links comes with every message: the core needs to

@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+from vigil.cluster.mirrors import MirrorLag, MirrorState
 from vigil.cluster.wire import Epoch
 from vigil.messages import Message
 from vigil.notifications import Notification
@@ -148,7 +149,7 @@ class NicChanged:
 
 Event = (Received | CopyReceived | Tick | GroupDone | GroupFailed | AdminRequest
          | ClearFailures | MarkedOutOfService | FenceDone | GroupProbed | GuardFenced
-         | Shutdown | NicChanged)
+         | Shutdown | NicChanged | MirrorState | MirrorLag)
 
 
 # ---- outputs ------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ from vigil.cluster.fencing import Fencing
 from vigil.cluster.journal import Journal
 from vigil.cluster.local import Allowed, LocalGroups, LocalState
 from vigil.cluster.membership import Heard, Membership
+from vigil.cluster.mirrors import MirrorLag, MirrorState
 from vigil.cluster.placement import stop_bound
 from vigil.cluster.promise import Persisted, Promise
 from vigil.cluster.round import Master, Phase, Round
@@ -115,6 +116,10 @@ class NodeCore:
         self.missing_types = missing_types
         #: this node's NICs that its NIC monitors believe down -> why (for the costs)
         self.nics_down: dict[str, str] = {}
+        #: mirror resource -> this node's copy of its data (the shell's word; for the costs)
+        self.mirrors: dict[str, MirrorState] = {}
+        #: mirror resource -> how far the other nodes' copies are behind (here, its source)
+        self.mirror_lags: dict[str, MirrorLag] = {}
         self.started_at = now
         self.now = now
         self.leaving = False
@@ -192,6 +197,10 @@ class NodeCore:
             self.groups.fenced(event.reason)
         elif isinstance(event, NicChanged):
             self._nic_changed(event)
+        elif isinstance(event, MirrorState):
+            self.mirrors[event.resource] = event
+        elif isinstance(event, MirrorLag):
+            self.mirror_lags[event.resource] = event
         elif isinstance(event, Shutdown) and not self.leaving:
             self.leaving = True
             self.journal.note("membership", f"{self.name} is leaving the cluster: stopping "
