@@ -183,11 +183,18 @@ def group() -> None:
 @group.command("move")
 @config_option
 @via_option
+@click.option("--force", is_flag=True,
+              help="Move even where the copy of the group's mirrored data is further behind "
+                   "than max_lag (what the copy lacks is lost there).")
 @click.argument("group_name")
 @click.argument("target")
-def group_move(config_path: str, via: str | None, group_name: str, target: str) -> None:
+def group_move(config_path: str, via: str | None, force: bool, group_name: str,
+               target: str) -> None:
     """Move GROUP_NAME to node TARGET (through a transition; it stays there after)."""
-    _request(config_path, via, "move", group=group_name, node=target)
+    if force:
+        _request(config_path, via, "move", group=group_name, node=target, force="1")
+    else:
+        _request(config_path, via, "move", group=group_name, node=target)
 
 
 @cli.group()

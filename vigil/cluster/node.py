@@ -46,7 +46,7 @@ from vigil.cluster.fencing import Fencing
 from vigil.cluster.journal import Journal
 from vigil.cluster.local import Allowed, LocalGroups, LocalState
 from vigil.cluster.membership import Heard, Membership
-from vigil.cluster.mirrors import MirrorLag, MirrorState
+from vigil.cluster.mirrors import CopyFact, MirrorLag, MirrorState, mirror_resources
 from vigil.cluster.placement import stop_bound
 from vigil.cluster.promise import Persisted, Promise
 from vigil.cluster.round import Master, Phase, Round
@@ -281,6 +281,12 @@ class NodeCore:
     def fail_counts(self) -> dict[str, int]:
         return self.groups.fail_counts()
 
+    def copies(self) -> dict[str, CopyFact | None]:
+        """Mirror resource -> this node's newest copy of its data (None: none), as the shell
+        last said: what the cost reply carries, so that the master lets the freshest win."""
+        return {r: s.copy if (s := self.mirrors.get(r)) is not None else None
+                for r in mirror_resources(self.config)}
+
     def fence_refusal(self, kind: str, node: str) -> str:
         """Why a manual fencing request (``fence`` or ``confirm_off``) of ``node`` is refused
         here and now, or "" (also "" for the other kinds of requests)."""
@@ -480,8 +486,8 @@ class NodeCore:
                 fail_counts=self.fail_counts(), standby=body.admin,
                 missing_types=self.missing_types, nics_down=dict(self.nics_down))
             costs = self.strategy.local_costs(ctx)
-            self._send(CostReply(epoch, {g: costs.get(g, INFINITY) for g in self.config.groups}),
-                       master)
+            self._send(CostReply(epoch, {g: costs.get(g, INFINITY) for g in self.config.groups},
+                                 self.copies()), master)
         elif isinstance(body, StopRequest):
             promise.stop_orders.update(g for g in body.groups if g in self.groups.state)
             self._reconcile()
