@@ -332,7 +332,8 @@ class CoordinatorActor(VigilActor):
             nics=self.nics, links=self.link_facts, nic_down={
                 link: f"its NIC {nic} is down: {self.nics[nic].reason}"
                 for link, nic in self.link_nics.items()
-                if nic in self.nics and self.nics[nic].state == "down"}), wall=_wall)
+                if nic in self.nics and self.nics[nic].state == "down"}), wall=_wall,
+            unix_now=time.time())
 
 
 def _wall(monotonic: float) -> str:

@@ -27,6 +27,7 @@ from vigil.cluster.mirrors import CopyFact, copy_lags, group_mirrors, max_lag
 from vigil.cluster.nics import address_nics
 from vigil.config import ClusterConfig, GroupConfig
 from vigil.graph import DependencyGraph
+from vigil.status import seconds
 
 INFINITY = math.inf
 #: Added to a member's cost of a group for each second its copy of one of the group's mirror
@@ -167,10 +168,6 @@ def runnable_on(ctx: DecisionContext, node: str, groups: list[str]) -> list[str]
 Ranker = Callable[[DecisionContext, str, list[str], str | None, int], tuple[float, str]]
 
 
-def _secs(seconds: float) -> str:
-    return f"{round(seconds, 1):g} s"
-
-
 @dataclass(frozen=True, slots=True)
 class CopyWeights:
     """What the members' copies of mirrored data make of the costs (:func:`weigh_copies`)."""
@@ -210,14 +207,14 @@ def weigh_copies(ctx: DecisionContext) -> CopyWeights:
                 if lag is None:
                     why = f"{n} has no copy of {r} (another member has one)"
                 elif lag > limit:
-                    why = f"{n}'s copy of {r} is {_secs(lag)} behind (max_lag {_secs(limit)})"
+                    why = f"{n}'s copy of {r} is {seconds(lag)} behind (max_lag {seconds(limit)})"
                 else:
                     costs[n][g] = costs[n].get(g, INFINITY) + COPY_WEIGHT * lag
                     live = n == holder or ((c := ctx.copies[n].get(r)) is not None and c.live)
                     notes.setdefault(g, {})[n] = (
                         f"its copy of {r} is live" if live else
                         f"it holds the freshest copy of {r}" if lag == 0 else
-                        f"its copy of {r} is {_secs(lag)} behind")
+                        f"its copy of {r} is {seconds(lag)} behind")
                     continue
                 if costs[n].get(g, INFINITY) < INFINITY:
                     refused.setdefault(g, {})[n] = why
