@@ -5,11 +5,14 @@ requests."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
+from tests.support.simconfig import sim_config
+from tests.unit.test_core import Recorder, formed
 from vigil.cluster.admin import Requests, apply
 from vigil.cluster.events import AdminRequest, Received
 from vigil.cluster.mirrors import CopyFact, MirrorState, copy_lags, max_lag
@@ -191,3 +194,65 @@ def test_the_cost_reply_carries_this_nodes_copy_of_each_mirror_resource() -> Non
     assert reply(0.2).copies == {"db-data": None}
     core.handle(MirrorState("db-data", copy(2.0), ("db.beta.7.aside",)), now=0.3)
     assert reply(0.4).copies == {"db-data": copy(2.0)}
+
+
+# ---- through the protocol: cost replies, the master's round, the requests --------------------
+
+
+def simulated(max_lag: str = "30s") -> Recorder:
+    """sim_config's g0 (prefers alpha 0, beta 10, gamma 20) with a mirror resource, formed:
+    alpha runs it and its copy is live; beta's copy is 45 s behind, gamma's 1 s."""
+    cfg = sim_config(3, 1)
+    resources = {**cfg.resources, "g0-r0": dataclasses.replace(
+        cfg.resources["g0-r0"], type="mirror", params={"max_lag": max_lag})}
+    c = formed(dataclasses.replace(cfg, resources=resources))
+    assert c.where() == {"g0": "alpha"}
+    c.inject("alpha", MirrorState("g0-r0", CopyFact(100, T, "alpha", live=True)))
+    c.inject("beta", MirrorState("g0-r0", CopyFact(55, T - 45.0, "alpha")))
+    c.inject("gamma", MirrorState("g0-r0", CopyFact(99, T - 1.0, "alpha")))
+    c.run_for(0.05)
+    return c
+
+
+def test_after_a_crash_the_freshest_copy_takes_over_not_the_preferred_stale_one() -> None:
+    c = simulated()
+    c.crash("alpha")
+    c.run_for(4.0)
+    assert c.where() == {"g0": "gamma"}
+    assert any("g0: lowest cost on gamma (20); it holds the freshest copy of g0-r0" in text
+               for _, text in c.core("beta").decisions)
+
+
+def test_without_a_copy_within_max_lag_the_group_goes_nowhere_and_says_why() -> None:
+    c = simulated()
+    c.inject("gamma", MirrorState("g0-r0", CopyFact(40, T - 50.0, "alpha")))
+    c.run_for(0.05)
+    c.crash("alpha")
+    c.run_for(4.0)
+    # lags count from the freshest copy among the members: beta's is that now
+    assert c.where() == {"g0": "beta"}
+    # gamma holds the freshest copy but may not run it: beta's is too far behind it
+    c = simulated()
+    c.request("beta", AdminRequest("standby", node="gamma"))
+    c.run_for(2.0)
+    c.crash("alpha")
+    c.run_for(4.0)
+    assert c.where() == {"g0": None}
+    assert any("g0: no member can run it: beta's copy of g0-r0 is 44 s behind (max_lag 30 s)"
+               in text for _, text in c.core("beta").decisions)
+
+
+def test_a_move_beyond_max_lag_is_refused_and_a_forced_one_goes() -> None:
+    c = simulated()
+    c.request("gamma", AdminRequest("move", group="g0", node="beta"))
+    c.run_for(2.0)
+    assert c.where() == {"g0": "alpha"}
+    assert any("cannot move g0 to beta" in text and "beta's copy of g0-r0 is 45 s behind "
+               "(max_lag 30 s)" in text for _, text in c.core("alpha").decisions)
+    c.request("gamma", AdminRequest("move", group="g0", node="beta", force=True))
+    c.run_for(2.0)
+    assert c.where() == {"g0": "beta"}
+    # beta runs it now: it stays, though its shell has not said its copy is live yet
+    c.request("alpha", AdminRequest("standby", node="gamma"))
+    c.run_for(2.0)
+    assert c.where() == {"g0": "beta"}

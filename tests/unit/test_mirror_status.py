@@ -13,7 +13,7 @@ from vigil.cli.main import format_status
 from vigil.cluster.mirrors import CopyFact, MirrorLag, MirrorState
 from vigil.cluster.node import NodeCore
 from vigil.cluster.view import build_status
-from vigil.config import ClusterConfig, ResourceConfig
+from vigil.config import ClusterConfig
 from vigil.ha.fs import build_tree
 from vigil.notifications import (
     KINDS,
@@ -33,10 +33,8 @@ MIRROR = "g0-r0"  # the first resource of group g0, here a mirror
 def mirrored(max_lag: str = "30s") -> ClusterConfig:
     """sim_config's group g0 (on alpha, which it prefers) with its first resource a mirror."""
     cfg = sim_config(3, 1)
-    rc = cfg.resources[MIRROR]
-    resources = dict(cfg.resources)
-    resources[MIRROR] = ResourceConfig(MIRROR, "mirror", rc.group,
-                                       params={"max_lag": max_lag}, depends_on=rc.depends_on)
+    resources = {**cfg.resources, MIRROR: dataclasses.replace(
+        cfg.resources[MIRROR], type="mirror", params={"max_lag": max_lag})}
     return dataclasses.replace(cfg, resources=resources)
 
 
