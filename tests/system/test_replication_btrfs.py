@@ -25,7 +25,10 @@ import pytest
 from tests.support.loopfs import LoopFilesystem, in_own_mount_namespace
 from tests.system.test_btrfs import MIB, random_file, tree, write
 from vigil.cluster.mirrors import MirrorLag, MirrorState
+from vigil.config import ResourceConfig
 from vigil.resources.btrfs import Volume, btrfs_available
+from vigil.resources.mirror import MirrorResource, MirrorType
+from vigil.resources.model import ServiceState
 from vigil.resources.replication import MirrorService, MirrorSpec, Replicator
 from vigil.transports.keys import LinkKeys
 
@@ -257,3 +260,51 @@ def test_a_receiver_killed_mid_stream_leaves_nothing_taken_for_complete(
     cluster.serve("beta")  # its daemon comes back: what the killed receive left goes
     assert beta.partial() == []
     wait_for("beta receives it whole", lambda: cluster.has("beta", "alpha"), timeout=120.0)
+
+
+def mirror_resource(cluster: Cluster, node: str) -> MirrorResource:
+    """The mirror resource as ``node`` runs it (its own mount point: one mount namespace holds
+    every node here), with its node's service."""
+    spec = cluster.specs[node]
+    config = ResourceConfig(RESOURCE, "mirror", "db", params={
+        "root": str(spec.root), "subvolume": spec.subvolume,
+        "mount_point": str(cluster.tmp / f"mnt-{node}"), "interval": "0.3s", "keep": 4},
+        stop_timeout=30.0, start_timeout=30.0)
+    resource = MirrorType().instantiate(config, node, cluster.tmp)
+    resource.service = cluster.services[node]
+    return resource
+
+
+@in_own_mount_namespace
+def test_the_mirror_resource_moves_gracefully_without_losing_a_write(cluster: Cluster) -> None:
+    alpha, beta = mirror_resource(cluster, "alpha"), mirror_resource(cluster, "beta")
+    assert alpha.monitor().state is ServiceState.OOS
+    started = alpha.in_service()
+    assert started.ok, started.reason
+    print(f"\nalpha: {started.reason}")
+    seen = Path(alpha.mount_point)
+    write(seen / "records", b"record 1\n")
+    assert alpha.monitor().state is ServiceState.IN_SERVICE
+    assert cluster.services["alpha"].is_live(RESOURCE)
+    wait_for("beta has record 1", lambda: cluster.has("beta", "alpha"))
+    write(seen / "records", b"record 1\nrecord 2, just before the move\n")
+    stopped = alpha.oo_service()
+    assert stopped.ok, stopped.reason
+    print(f"alpha: {stopped.reason}")
+    assert not os.path.ismount(seen)
+    assert not cluster.volume("alpha").has_data()
+    assert not cluster.services["alpha"].is_live(RESOURCE)
+    assert alpha.monitor().state is ServiceState.OOS
+    started = beta.in_service()
+    assert started.ok, started.reason
+    print(f"beta: {started.reason}")
+    assert (Path(beta.mount_point) / "records").read_bytes() == \
+        b"record 1\nrecord 2, just before the move\n"
+    write(Path(beta.mount_point) / "records", b"record 3 on beta\n")
+    wait_for("alpha follows beta", lambda: cluster.has("alpha", "beta"))
+    assert cluster.volume("alpha").aside() == []  # a graceful move diverges nothing
+    # a stop that is forced keeps a final snapshot here and deletes the data
+    stopped = beta.force_oos()
+    assert stopped.ok, stopped.reason
+    assert not cluster.volume("beta").has_data()
+    assert cluster.volume("beta").snapshots()[-1].node == "beta"

@@ -595,9 +595,9 @@ class Replicator:
                 0.0, now - times.get(base.ident, self.taken.taken(base)))
         return MirrorLag(self.spec.resource, lags)
 
-    def final(self, timeout: float) -> dict[str, str | None]:
+    def final(self, timeout: float) -> tuple[Snapshot, dict[str, str | None]]:
         """After stop(): take one last snapshot and send it to every peer at once, within
-        ``timeout``; peer -> None (it has it) or why not."""
+        ``timeout``; the snapshot, and peer -> None (it has it) or why not."""
         snapshot = self.snapshot()
         deadline = time.monotonic() + timeout
         cancel = threading.Event()
@@ -620,7 +620,8 @@ class Replicator:
             thread.join(JOIN_TIMEOUT)
         with contextlib.suppress(BtrfsError):
             self.service.report(self.lags(self.volume.snapshots()))
-        return {p: outcome.get(p, f"not delivered within {timeout:g}s") for p in self.peers}
+        return snapshot, {p: outcome.get(p, f"not delivered within {timeout:g}s")
+                          for p in self.peers}
 
     # -- one transfer ---------------------------------------------------------------------------
 
