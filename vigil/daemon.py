@@ -185,7 +185,8 @@ def _run(cfg: ClusterConfig, key: bytes, name: str) -> int:
                          "%s", name, exc)
             return 1
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    runtime = NodeRuntime(cfg, name, key, zmq_links(cfg, context, key), registry, guard=guard)
+    runtime = NodeRuntime(cfg, name, key, zmq_links(cfg, context, key), registry, guard=guard,
+                          context=context)
     stop = threading.Event()
     signals = {"count": 0}
 

@@ -83,7 +83,7 @@ _SIZE_UNITS: Final = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}
 _PARAMS: Final = ("root", "subvolume", "mount_point", "interval", "keep", "max_lag",
                   "bandwidth")
 
-Report = Callable[[MirrorState | MirrorLag], None]
+Report = Callable[[MirrorState | MirrorLag], object]
 Endpoints = Mapping[str, tuple[str, int]]
 
 
@@ -274,6 +274,7 @@ class MirrorService:
         self.idle_timeout = idle_timeout
         self._mirrors = {s.resource: _Mirror.of(s, node) for s in specs}
         self._lock = threading.Lock()
+        self._replicators: list[Replicator] = []
         self.server: StreamServer | None = None
 
     @property
@@ -318,6 +319,12 @@ class MirrorService:
             self.report_state(resource)
 
     def close(self) -> None:
+        """Stop receiving, and stop the replicators still running (the node is going away
+        without stopping its resources: nothing may go on sending in its name)."""
+        with self._lock:
+            replicators, self._replicators = self._replicators, []
+        for replicator in replicators:
+            replicator.stop()
         if self.server is not None:
             self.server.close()
             self.server = None
@@ -417,7 +424,11 @@ class MirrorService:
     # -- the source's side ------------------------------------------------------------------
 
     def replicator(self, resource: str) -> Replicator:
-        return Replicator(self, self._mirror(resource).spec)
+        replicator = Replicator(self, self._mirror(resource).spec)
+        with self._lock:
+            self._replicators = [r for r in self._replicators
+                                 if not r.stopping.is_set()] + [replicator]
+        return replicator
 
 
 def _snapshot_header(header: Mapping[str, object]
