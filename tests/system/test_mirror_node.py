@@ -10,14 +10,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.support.cluster_harness import MemoryCluster, cluster_toml, wait_for
-from tests.support.loopfs import LoopFilesystem, in_own_mount_namespace
+from tests.support.loopfs import LoopFilesystem, in_own_mount_namespace, skip_unless_btrfs
 from tests.system.test_btrfs import tree, write
 from vigil.cluster.mirrors import MirrorLag, MirrorState
 from vigil.config import load_key, loads
-from vigil.resources.btrfs import Volume, btrfs_available
+from vigil.resources.btrfs import Volume
 from vigil.resources.replication import MirrorService, MirrorSpec
 from vigil.transports.keys import LinkKeys, key_ring
 
@@ -26,11 +24,7 @@ WAIT = 30.0
 
 @in_own_mount_namespace
 def test_a_node_with_a_mirror_resource_replicates_and_reports(tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root: loop devices, mounts and btrfs ioctls")
-    why = btrfs_available()
-    if why is not None:
-        pytest.skip(why)
+    skip_unless_btrfs()
     with LoopFilesystem(tmp_path, "alpha", size_mb=256) as a, \
             LoopFilesystem(tmp_path, "beta", size_mb=256) as b:
         mount_point = tmp_path / "db"

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.loopfs import LoopFilesystem, in_own_mount_namespace
+from tests.support.loopfs import LoopFilesystem, in_own_mount_namespace, skip_unless_btrfs
 from tests.system.test_btrfs import MIB, random_file, tree, write
 from vigil.cluster.mirrors import MirrorLag, MirrorState
 from vigil.config import ResourceConfig
-from vigil.resources.btrfs import Volume, btrfs_available
+from vigil.resources.btrfs import Volume
 from vigil.resources.mirror import MirrorResource, MirrorType
 from vigil.resources.model import ServiceState
 from vigil.resources.replication import MirrorService, MirrorSpec, Replicator
@@ -121,11 +121,7 @@ class Cluster:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root: loop devices, mounts and btrfs ioctls")
-    why = btrfs_available()
-    if why is not None:
-        pytest.skip(why)
+    skip_unless_btrfs()
     with ExitStack() as stack:
         specs = {}
         for node in NODES:
