@@ -213,6 +213,10 @@ def test_a_diverged_peer_keeps_its_snapshots_aside_and_follows_the_new_source(
         assert (aside[f"{snapshot.name}.aside"].path / "records").read_bytes() == \
             b"record 1\nlost 2\n"
     assert all(s.node == "beta" or s.seq < own[0].seq for s in alpha.snapshots())
+    # and so is the data alpha wrote after its last snapshot
+    assert not alpha.has_data()
+    assert [(a.path / "records").read_bytes() for a in aside.values() if a.writable] == \
+        [b"record 1\nlost 2\n"]
     wait_for("alpha reports its copy from beta", lambda: (
         (copy := cluster.states("alpha")[-1].copy) is not None and copy.source == "beta"))
     state = cluster.states("alpha")[-1]

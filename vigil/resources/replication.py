@@ -13,7 +13,8 @@ replaced). A header ``{"resource": R, "ask": true}`` with an empty stream asks w
 holds; any other header describes one snapshot (``name``, ``parent``, ``taken``, ``source``,
 ``idents``: the source's snapshot idents, newest last). Before an incremental receive whose
 parent is not this node's newest snapshot, the snapshots that are not in the source's history
-(:func:`~vigil.resources.btrfs.diverged`) are set aside, never deleted. After a receive the
+(:func:`~vigil.resources.btrfs.diverged`) are set aside, never deleted; so is a data subvolume
+left from when this node was the source. After a receive the
 snapshots are pruned to ``keep`` and the coordinator hears :class:`MirrorState`. Every answer
 (the DONE frame's reply) is ``{"idents": [...]}``: what this node holds, newest last.
 
@@ -393,6 +394,13 @@ class MirrorService:
                                      f"source here and takes no stream (from {sender})")
                 mirror.cancel = cancel
             volume = mirror.volume
+            if volume.has_data():
+                # not in service here, and another node sends: the data is left from when
+                # this node was the source, and may hold writes no other node has
+                data = volume.set_aside_data()
+                log.warning("mirror %s on %s: %s receives from %s; its former data is kept "
+                            "aside as %s", resource, self.node, self.node, sender,
+                            data.name if data else "?")
             local = volume.snapshots()
             if local and (parent is None or local[-1].name != parent):
                 for snapshot in diverged(local, theirs):
