@@ -33,6 +33,7 @@ from vigil.cluster.events import Action, FenceDone
 from vigil.cluster.fencing import Fencing, fence_delay
 from vigil.cluster.journal import Journal
 from vigil.cluster.membership import Membership
+from vigil.cluster.mirrors import CopyFact
 from vigil.cluster.placement import hold_partners, plan
 from vigil.cluster.promise import Promise
 from vigil.cluster.strategy import Strategy
@@ -100,6 +101,9 @@ class Round:
     admin: frozenset[str] = frozenset()
     applied: tuple[str, ...] = ()
     moves: dict[str, str] = field(default_factory=dict)
+    forced: frozenset[str] = frozenset()  # groups whose move may go beyond max_lag
+    #: member -> mirror resource -> its copy, as the cost replies said (the decision's input)
+    copies: dict[str, Mapping[str, CopyFact | None]] = field(default_factory=dict)
     placement: dict[str, str | None] = field(default_factory=dict)
     reasons: dict[str, str] = field(default_factory=dict)
     stops: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -407,7 +411,7 @@ class Master:
         result = admin.apply(self.config, highest.admin, self.pending_requests(reported))
         for why in result.ignored:
             self.journal.note("request", why)
-        r.admin, r.moves = result.admin, result.moves
+        r.admin, r.moves, r.forced = result.admin, result.moves, result.forced
         r.applied = result.applied + tuple(self.stale_requests(reported))
         for kind, node, who in result.fencing:
             self._fence_by_hand(r, kind, node, who)
@@ -427,10 +431,11 @@ class Master:
                               "can fence it", node=node)
 
     def _decide(self, r: Round) -> None:
+        replies = {n: c for n, c in r.replies.items() if isinstance(c, CostReply)}
+        r.copies = {n: c.copies for n, c in replies.items()}
         decided = plan(self.config, self.strategy, view=r.view, reports=r.reports,
-                       costs={n: c.costs for n, c in r.replies.items()
-                              if isinstance(c, CostReply)},
-                       known=r.known, admin=r.admin, moves=r.moves,
+                       costs={n: c.costs for n, c in replies.items()}, copies=r.copies,
+                       known=r.known, admin=r.admin, moves=r.moves, forced=r.forced,
                        departed=self.membership.departed,
                        two_node=self.membership.quorum.two_node,
                        off=frozenset(n for n in self.config.nodes
