@@ -330,6 +330,22 @@ class MirrorService:
             self.server.close()
             self.server = None
 
+    def report_again(self) -> None:
+        """Report every resource's state again, from a thread of its own: a coordinator
+        started again after a failure has lost what it was told, and an idle copy (no source
+        sending) would stay unknown to it (listing subvolumes runs btrfs: never on an
+        actor's thread)."""
+        def report_all() -> None:
+            for resource in sorted(self._mirrors):
+                try:
+                    self.report_state(resource)
+                except Exception as exc:  # a report lost is logged, never the thread's end
+                    log.warning("mirror %s on %s: could not report its copy again: %s",
+                                resource, self.node, exc)
+
+        threading.Thread(target=report_all, name=f"vigil-mirror-report-{self.node}",
+                         daemon=True).start()
+
     def report_state(self, resource: str) -> MirrorState:
         """Tell the coordinator this node's copy of ``resource`` and what it holds aside."""
         mirror = self._mirror(resource)
