@@ -259,12 +259,15 @@ class MirrorService:
     """One node's side of replication: its receiver on ``endpoints[node]`` (every node's
     replication endpoint: the first link's address and the replication port), the volumes
     of the mirror resources ``specs``, and the keys and endpoints its replicators send with.
-    ``report`` tells the coordinator (any thread); ``context`` may be the daemon's."""
+    ``report`` tells the coordinator (any thread); ``context`` may be the daemon's.
+    ``idle_timeout`` bounds the receiver's wait for a sender's next frame, ``stream_timeout``
+    each wait of this node's senders (the handshake, credit, the answer)."""
 
     def __init__(self, node: str, specs: Collection[MirrorSpec], endpoints: Endpoints,
                  keys: LinkKeys, report: Report, *,
                  context: zmq.Context[zmq.Socket[bytes]] | None = None,
-                 idle_timeout: float = STREAM_TIMEOUT) -> None:
+                 idle_timeout: float = STREAM_TIMEOUT,
+                 stream_timeout: float = STREAM_TIMEOUT) -> None:
         if node not in endpoints:
             raise ValueError(f"no replication endpoint for node {node!r}")
         self.node = node
@@ -273,6 +276,7 @@ class MirrorService:
         self.report = report
         self.context = context
         self.idle_timeout = idle_timeout
+        self.stream_timeout = stream_timeout
         self._mirrors = {s.resource: _Mirror.of(s, node) for s in specs}
         self._lock = threading.Lock()
         self._replicators: list[Replicator] = []
@@ -664,7 +668,7 @@ class Replicator:
         left = deadline - time.monotonic()
         if left <= 0:
             raise StreamError("out of time")
-        return min(STREAM_TIMEOUT, left)
+        return min(self.service.stream_timeout, left)
 
     def ask(self, peer: str, deadline: float, cancel: threading.Event) -> set[str]:
         """What ``peer`` holds of this resource (its idents)."""
@@ -700,10 +704,10 @@ class Replicator:
                 failures.append(exc)
 
         def outcome() -> BaseException | None:
-            producer.join(STREAM_TIMEOUT)
+            producer.join(self.service.stream_timeout)
             if producer.is_alive():
-                return StreamError(f"btrfs send did not end within {STREAM_TIMEOUT:g}s after "
-                                   "its output closed")
+                return StreamError(f"btrfs send did not end within "
+                                   f"{self.service.stream_timeout:g}s after its output closed")
             return failures[0] if failures else None
 
         producer = threading.Thread(target=produce, daemon=True,
