@@ -23,11 +23,14 @@ from typing import Final
 
 from vigil.config import ClusterConfig, ConfigError, GroupConfig, ResourceConfig, parse_duration
 
-__all__ = ["DEFAULT_MAX_LAG", "MIRROR_TYPE", "CopyFact", "MirrorLag", "MirrorState",
+__all__ = ["CLOCK_SLACK", "DEFAULT_MAX_LAG", "MIRROR_TYPE", "CopyFact", "MirrorLag", "MirrorState",
            "copy_lags", "group_mirrors", "max_lag", "mirror_resources"]
 
 #: The resource type whose data the freshest copy decides the placement of.
 MIRROR_TYPE: Final = "mirror"
+#: How far ahead of a node's clock a copy's time may be (clocks differ a little even with
+#: NTP); further, the copy is not believed: it would outrank every fresh copy.
+CLOCK_SLACK: Final = 10.0
 #: ``params.max_lag`` when the resource does not say.
 DEFAULT_MAX_LAG: Final = 30.0
 
@@ -55,6 +58,9 @@ class MirrorState:
     resource: str
     copy: CopyFact | None
     aside: tuple[str, ...] = ()
+    #: when the shell looked (this node's wall clock, Unix seconds; 0: not said): with the
+    #: copy's ``taken``, how old the copy was then (for a copy the core has not seen arrive)
+    reported_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

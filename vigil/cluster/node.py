@@ -47,7 +47,14 @@ from vigil.cluster.fencing import Fencing
 from vigil.cluster.journal import Journal
 from vigil.cluster.local import Allowed, LocalGroups, LocalState
 from vigil.cluster.membership import Heard, Membership
-from vigil.cluster.mirrors import CopyFact, MirrorLag, MirrorState, max_lag, mirror_resources
+from vigil.cluster.mirrors import (
+    CLOCK_SLACK,
+    CopyFact,
+    MirrorLag,
+    MirrorState,
+    max_lag,
+    mirror_resources,
+)
 from vigil.cluster.placement import stop_bound
 from vigil.cluster.promise import Persisted, Promise
 from vigil.cluster.round import Master, Phase, Round
@@ -311,8 +318,10 @@ class NodeCore:
         and the placements that follow it."""
         arrived, known = self.copy_arrived.get(resource, (self.started_at, 0.0))
         holder = self.accepted.placement.get(self.config.resources[resource].group)
-        if holder is not None and holder != self.name and holder in self.config.nodes:
-            heard = self.now - self.membership.silent_for(holder)
+        # heard in this life only: after a cold start without the old source, nothing says
+        # how long it went on, and the copies compare among themselves
+        heard = self.membership.last_heard.get(holder) if holder is not None else None
+        if heard is not None and holder != self.name:
             known = max(known, heard - arrived)
             self.copy_arrived[resource] = (arrived, known)
         return known
@@ -462,12 +471,30 @@ class NodeCore:
 
     def _mirror_state(self, event: MirrorState) -> None:
         r = event.resource
+        if r not in self.config.resources:
+            return
+        new = event.copy
+        if new is not None and (new.source not in self.config.nodes
+                                or not math.isfinite(new.taken) or new.taken < 0
+                                or (event.reported_at
+                                    and new.taken > event.reported_at + CLOCK_SLACK)):
+            # never into a cost reply: every master would refuse it, and every round with it
+            self.journal.note("mirror", f"the copy of {r} here cannot be reported ({new}): "
+                              "it counts as none", node=self.name)
+            event = replace(event, copy=None)
+            new = None
         before = self.mirrors.get(r)
         self.mirrors[r] = event
         old = before.copy if before is not None else None
-        new = event.copy
-        if new is None or old is None or (new.seq, new.source) != (old.seq, old.source):
+        if new is None:
             self.copy_arrived[r] = (self.now, 0.0)
+        elif old is None or new.taken < old.taken:
+            # first word in this life, or a step back to an older copy: it did not arrive now;
+            # count from when it was taken, as old as it was when the shell looked
+            age = max(0.0, event.reported_at - new.taken) if event.reported_at else 0.0
+            self.copy_arrived[r] = (self.now - age, 0.0)
+        elif (new.seq, new.source) != (old.seq, old.source):
+            self.copy_arrived[r] = (self.now, 0.0)  # a newer copy, arrived just now
         if event.copy is None or not event.copy.live:
             # no longer the source: how far the others are behind is the new source's to tell
             self.mirror_lagging.discard(r)

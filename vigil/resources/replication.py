@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 import threading
@@ -49,7 +50,7 @@ from typing import BinaryIO, Final, cast
 
 import zmq
 
-from vigil.cluster.mirrors import CopyFact, MirrorLag, MirrorState
+from vigil.cluster.mirrors import CLOCK_SLACK, CopyFact, MirrorLag, MirrorState
 from vigil.config import ParamValue
 from vigil.resources.btrfs import BtrfsError, Snapshot, Volume, common, diverged
 from vigil.resources.model import parse_seconds, unknown_params
@@ -199,7 +200,8 @@ class TakenLog:
         if not isinstance(raw, dict):
             return {}
         return {k: float(v) for k, v in raw.items()
-                if isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)}
+                if isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)
+                and math.isfinite(v) and v > 0}
 
     def taken(self, snapshot: Snapshot) -> float:
         """When ``snapshot`` was taken; unrecorded, the time of its top directory (no later
@@ -362,7 +364,8 @@ class MirrorService:
             state = MirrorState(resource, None)
         else:
             newest = snapshots[-1] if snapshots else None
-            state = MirrorState(resource, copy_fact(newest, mirror.taken, mirror.live), aside)
+            state = MirrorState(resource, copy_fact(newest, mirror.taken, mirror.live), aside,
+                                time.time())
         self.report(state)
         return state
 
@@ -404,6 +407,7 @@ class MirrorService:
                 raise ValueError("an ask carries no stream")
             return self._reply(mirror)
         name, parent, taken, source, theirs = _snapshot_header(header)
+        self._check_snapshot_header(resource, sender, name, taken, source)
         cancel = threading.Event()
         if not mirror.receiving.acquire(timeout=RECEIVE_WAIT):
             raise BtrfsError(f"another receive of {resource} on {self.node} still runs")
@@ -430,6 +434,10 @@ class MirrorService:
                                 snapshot.name, sender, aside.name)
             received = volume.receive(cast(BinaryIO, reader), timeout=TRANSFER_TIMEOUT,
                                       cancel=cancel)
+            if received.name != name:  # the header lied about the stream: keep it apart
+                kept = volume.set_aside(received)
+                raise ValueError(f"{sender} announced {resource} snapshot {name!r} but sent "
+                                 f"{received.name!r}; kept aside as {kept.name}")
             present = {s.ident for s in volume.snapshots()}
             mirror.taken.record(received.ident, taken, present)
             pruned = volume.prune(mirror.spec.keep)
@@ -443,6 +451,27 @@ class MirrorService:
             mirror.receiving.release()
         self.report_state(resource)
         return self._reply(mirror)
+
+    def _check_snapshot_header(self, resource: str, sender: str, name: str, taken: float,
+                               source: str) -> None:
+        """Refuse what this node could not report truthfully: a copy whose time is not a time
+        (or lies ahead of our clock by more than CLOCK_SLACK: it would outrank every fresh
+        copy), or whose source, or the node in its name, is not a configured node (its cost
+        reply would be refused by every master, and every transition with it)."""
+        parts = name.split(".")
+        named = parts[-2] if len(parts) >= 3 else ""
+        if not math.isfinite(taken) or taken <= 0:
+            raise ValueError(f"{sender} sent {resource} snapshot {name!r} with a taken time "
+                             f"that is no time ({taken!r})")
+        ahead = taken - time.time()
+        if ahead > CLOCK_SLACK:
+            raise ValueError(f"{sender} sent {resource} snapshot {name!r} taken {ahead:.0f} s "
+                             f"ahead of {self.node}'s clock: the nodes' clocks differ; keep "
+                             "them in step (NTP) and the copies flow again")
+        for what, node in (("source", source), ("the node in its name", named)):
+            if node not in self.endpoints:
+                raise ValueError(f"{sender} sent {resource} snapshot {name!r} whose {what} "
+                                 f"{node!r} is not a node of this cluster")
 
     @staticmethod
     def _reply(mirror: _Mirror) -> dict[str, object]:
@@ -502,6 +531,13 @@ class _Peer:
         self.replicator = replicator
         self.name = name
         self.idents: set[str] | None = None  # what the peer holds; None: ask first
+        #: what the peer last said it holds, kept across failures: pruning spares the newest
+        #: snapshot it shares, so that a peer back after an outage continues incrementally
+        #: (else it would get a full stream and set its whole healthy chain aside)
+        self.known: set[str] = set()
+        #: the snapshot of a send that failed: the peer may hold it (a receive can end just
+        #: before the connection breaks), so it is spared too until the peer says
+        self.tried: str | None = None
         self.sending: set[str] = set()  # idents in use by a transfer (not to be pruned)
         self.error: str | None = None
         self.wanted: Snapshot | None = None
@@ -525,11 +561,14 @@ class _Peer:
         try:
             if self.idents is None:
                 self.idents = replicator.ask(self.name, deadline, cancel)
+                self.known, self.tried = self.idents, None
             if snapshot.ident in self.idents:
                 return True
             parent = common(replicator.volume.snapshots(), self.idents)
             self.sending = {snapshot.ident} | ({parent.ident} if parent else set())
+            self.tried = snapshot.ident
             self.idents = replicator.send(self.name, snapshot, parent, deadline, cancel)
+            self.known, self.tried = self.idents, None
         except (BtrfsError, StreamError, OSError, ValueError) as exc:
             self.idents = None
             if str(exc) != self.error:
@@ -597,8 +636,11 @@ class Replicator:
             self.after_round()
 
     def snapshot(self) -> Snapshot:
-        """Take and record a snapshot of the data."""
-        taken = time.time()
+        """Take and record a snapshot of the data. Its time is never before the newest
+        snapshot's here (taken by another node, whose clock may be ahead of ours): along one
+        history, later snapshots look fresher."""
+        newest = self.taken.read().values()
+        taken = max([time.time(), *(t + 0.001 for t in newest)])
         snapshot = self.volume.snapshot()
         self.taken.record(snapshot.ident, taken,
                           {s.ident for s in self.volume.snapshots()})
@@ -614,9 +656,10 @@ class Replicator:
             local = self.volume.snapshots()
             protect: set[str] = set()
             for peer in self.peers.values():
-                held = peer.idents
-                if held is not None and (base := common(local, held)) is not None:
+                if (base := common(local, peer.known)) is not None:
                     protect.add(base.ident)
+                if peer.tried is not None:
+                    protect.add(peer.tried)
                 protect |= peer.sending
             self.volume.prune(self.spec.keep, protect=protect)
             self.service.report(self.lags(local))
@@ -673,7 +716,8 @@ class Replicator:
     def ask(self, peer: str, deadline: float, cancel: threading.Event) -> set[str]:
         """What ``peer`` holds of this resource (its idents)."""
         sent = _send_stream(peer, self.service.endpoints[peer],
-                            {"resource": self.spec.resource, "ask": True}, _Empty(),
+                            {"resource": self.spec.resource, "channel": self.spec.resource,
+                             "ask": True}, _Empty(),
                             keys=self.service.keys,
                             source_address=self.service.endpoints[self.service.node][0],
                             timeout=self._timeout(deadline), cancel=cancel,
@@ -685,7 +729,9 @@ class Replicator:
         """Stream ``snapshot`` (incrementally from ``parent``) to ``peer``; what it holds
         then."""
         local = self.volume.snapshots()
-        header = {"resource": self.spec.resource, "name": snapshot.name,
+        # each resource on its own channel: another's transfer to this peer goes on
+        header = {"resource": self.spec.resource, "channel": self.spec.resource,
+                  "name": snapshot.name,
                   "parent": parent.name if parent is not None else None,
                   "taken": self.taken.taken(snapshot), "source": snapshot.node,
                   "idents": [s.ident for s in local][-REPLY_IDENTS:]}

@@ -50,9 +50,12 @@ the caller sends again (incrementally from the last snapshot that arrived).
 
 **Threads.** The server has one thread that owns the ROUTER socket; each transfer's
 ``on_stream(sender, header, reader)`` runs on a thread of its own, reading from a queue the
-server thread fills. One transfer at a time per sender node: a new ``HEAD`` from a node
-aborts that node's running transfer (the sender restarted). :meth:`StreamServer.close` aborts
-every transfer (their readers raise) and waits a bounded time for the callbacks.
+server thread fills. One transfer at a time per sender node and *channel* (the header's
+``channel``, a short string; none is a channel too): a new ``HEAD`` on a sender's channel
+aborts the transfer running there (the sender restarted), and transfers on other channels
+(another mirror resource's) go on; a sender may run at most ``CHANNELS_PER_SENDER`` at once.
+:meth:`StreamServer.close` aborts every transfer (their readers raise) and waits a bounded
+time for the callbacks.
 """
 
 from __future__ import annotations
@@ -105,6 +108,10 @@ SERVER_MAX_FRAME_BYTES: Final = CHUNK_BYTES + 1024
 #: The largest frame the DEALER takes: the receiver sends only short control frames and its
 #: reply, and the CURVE MESSAGE command's overhead.
 SENDER_MAX_FRAME_BYTES: Final = REPLY_MAX_BYTES + 1024
+#: Transfers one sender may run at once (on as many channels).
+CHANNELS_PER_SENDER: Final = 8
+#: The longest channel name.
+CHANNEL_MAX_CHARS: Final = 100
 #: How long a sender waits, by default, for the handshake, for credit, and for the final answer.
 SEND_TIMEOUT_S: Final = 30.0
 #: How long, by default, a reader waits for the sender's next frame before it raises.
@@ -290,6 +297,7 @@ class _Transfer:
     sender: str
     header: dict[str, object]
     serial: int
+    channel: str = ""
     #: filled by the server thread, at most WINDOW chunks (credit) and a final item
     items: queue.SimpleQueue[_Item] = field(default_factory=queue.SimpleQueue)
     #: chunks the sender may still send (server thread only)
@@ -341,7 +349,7 @@ class StreamServer:
         self._zap_domain = f"{name}/{self_name}"
         self._serials = itertools.count(1)
         self._by_rid: dict[bytes, _Transfer] = {}
-        self._by_sender: dict[str, _Transfer] = {}
+        self._by_sender: dict[tuple[str, str], _Transfer] = {}  # (sender, channel)
         self._outbox: queue.SimpleQueue[tuple[_Transfer, list[bytes], bool]] = \
             queue.SimpleQueue()
         self._lock = threading.Lock()
@@ -433,7 +441,7 @@ class StreamServer:
     def active(self) -> list[str]:
         """The senders whose transfer is running (a snapshot)."""
         with self._lock:
-            return sorted(self._by_sender)
+            return sorted({sender for sender, _channel in self._by_sender})
 
     def post(self, transfer: _Transfer, frames: list[bytes], *, final: bool) -> None:
         """Have the server thread send ``frames`` to the transfer's sender (any thread)."""
@@ -561,20 +569,28 @@ class StreamServer:
             header = json.loads(payload)
             if not isinstance(header, dict):
                 raise ValueError("not a JSON object")
+            channel = header.get("channel", "")
+            if not isinstance(channel, str) or len(channel) > CHANNEL_MAX_CHARS:
+                raise ValueError(f"channel must be a string of at most {CHANNEL_MAX_CHARS} "
+                                 "characters")
         except ValueError as err:
             self._send(rid, [FAIL, f"bad header: {err}".encode()])
             return
-        old = self._by_sender.get(sender)
+        old = self._by_sender.get((sender, channel))
         if old is not None:
             self._end(old, f"{sender} began another transfer")
-        transfer = _Transfer(self, rid, sender, header, next(self._serials))
+        elif sum(s == sender for s, _c in self._by_sender) >= CHANNELS_PER_SENDER:
+            self._send(rid, [FAIL, f"{sender} runs {CHANNELS_PER_SENDER} transfers already; "
+                                   "wait for one to end".encode()])
+            return
+        transfer = _Transfer(self, rid, sender, header, next(self._serials), channel)
         reader = StreamReader(transfer, self._idle_timeout)
         transfer.thread = threading.Thread(
             target=self._run, args=(transfer, reader), daemon=True,
             name=f"vigil-stream-{sender}-{transfer.serial}")
         with self._lock:
             self._by_rid[rid] = transfer
-            self._by_sender[sender] = transfer
+            self._by_sender[(sender, channel)] = transfer
             self._threads = [t for t in self._threads if t.is_alive()] + [transfer.thread]
         log.info("stream %s: begins (%s)", transfer.describe(), header)
         transfer.thread.start()
@@ -621,8 +637,8 @@ class StreamServer:
         with self._lock:
             if self._by_rid.get(transfer.rid) is transfer:
                 del self._by_rid[transfer.rid]
-            if self._by_sender.get(transfer.sender) is transfer:
-                del self._by_sender[transfer.sender]
+            if self._by_sender.get((transfer.sender, transfer.channel)) is transfer:
+                del self._by_sender[(transfer.sender, transfer.channel)]
 
     def _send(self, rid: bytes, frames: list[bytes]) -> None:
         # the sender may be gone (unroutable) or not reading (its queue is full): control
