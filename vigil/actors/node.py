@@ -219,8 +219,9 @@ class NodeRuntime:
             factory = self.link_factory(node, link.name)
             factories[f"link:{link.name}"] = partial(
                 LinkActor.start, f"link:{link.name}", d, link.name, codec, factory)
+        mirrors = self.mirrors
         factories["control"] = lambda: ControlActor.start(
-            "control", d, cfg.nodes[node].control_socket, access)
+            "control", d, cfg.nodes[node].control_socket, access, mirrors)
         self.ref = NodeActor.start("node", d, factories, self.left, self.failed)
         d.set("node", self.ref)
         # on_start runs on the actor's thread: wait until every child is in the directory
