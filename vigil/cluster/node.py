@@ -313,9 +313,19 @@ class NodeCore:
         holder = self.accepted.placement.get(self.config.resources[resource].group)
         if holder is not None and holder != self.name and holder in self.config.nodes:
             heard = self.now - self.membership.silent_for(holder)
+            if self._out_of_service_by_hand(resource):
+                # nothing is written there meanwhile (an operator stopped it, e.g. to
+                # promote a copy here): that time does not count
+                arrived = max(arrived, heard)
             known = max(known, heard - arrived)
             self.copy_arrived[resource] = (arrived, known)
         return known
+
+    def _out_of_service_by_hand(self, resource: str) -> bool:
+        """Whether ``resource``, or one it depends on, is out of service by hand."""
+        dependents = self.groups.resource_dependents
+        return any(r == resource or resource in dependents.get(r, ())
+                   for r in self.accepted.disabled())
 
     def fence_refusal(self, kind: str, node: str) -> str:
         """Why a manual fencing request (``fence`` or ``confirm_off``) of ``node`` is refused
