@@ -8,7 +8,8 @@ restart); a child that keeps dying takes the node down, loudly, rather than limp
 
 Beside them, when the configuration has a mirror resource, the node's
 :class:`~vigil.resources.replication.MirrorService` (no actor: threads of its own that tell the
-coordinator what they find), which the mirror resources are handed.
+coordinator what they find), which the mirror resources are handed, and the control actor
+(for `vigil resource discard` / `promote`).
 """
 
 from __future__ import annotations

@@ -28,6 +28,11 @@ newest common snapshot and what is being sent) and tells the coordinator :class:
 for each peer, how many seconds of writes it lacks (``now - taken`` of its newest copy of our
 history; None when unknown or unreachable). None of this runs on an actor's thread.
 
+**The operator's decisions** on what is set aside (``vigil resource discard`` / ``promote``,
+:mod:`vigil.resources.mirror_requests`): :meth:`MirrorService.discard` deletes one,
+:meth:`MirrorService.promote` makes one this node's newest copy, recorded as taken now. Both
+wait for a receive of the resource to end and keep the next one out until they are done.
+
 **When snapshots were taken** is kept beside the data, in ``<root>/.<subvolume>.taken.json``
 (ident -> Unix time), written by the source when it snapshots and by the receivers from the
 header: a node that restarts reports how old its copy is without asking anyone.
