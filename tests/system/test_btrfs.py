@@ -455,6 +455,19 @@ def test_send_and_receive_are_bounded_in_time(nodes: Nodes) -> None:
     assert 0 < writer.written < 16 * MIB
 
 
+@contextlib.contextmanager
+def data_mounted(nodes: Nodes, node: str) -> Iterator[Path]:
+    """``node``'s data subvolume mounted where an application would use it."""
+    mnt = nodes.tmp / f"app-{node}"
+    mnt.mkdir(exist_ok=True)
+    subprocess.run(["mount", "-o", "subvol=data", nodes.devices[node], str(mnt)], check=True,
+                   timeout=WAIT)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True, timeout=WAIT)
+
+
 # -- takeover and divergence ----------------------------------------------------------------
 
 
@@ -493,15 +506,9 @@ def test_promote_makes_a_writable_copy_with_the_data(nodes: Nodes) -> None:
     assert tree(taken.path) == tree(beta.data)
 
     # Mounted where an application uses it, the data subvolume cannot be replaced.
-    mnt = nodes.tmp / "app"
-    mnt.mkdir()
-    subprocess.run(["mount", "-o", "subvol=data", nodes.devices["beta"], str(mnt)], check=True,
-                   timeout=WAIT)
-    try:
-        with pytest.raises(BtrfsError, match=f"is mounted on {mnt}: unmount it first"):
-            beta.promote(taken)
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True, timeout=WAIT)
+    with data_mounted(nodes, "beta") as mnt, \
+            pytest.raises(BtrfsError, match=f"is mounted on {mnt}: unmount it first"):
+        beta.promote(taken)
 
     # A data subvolume written after its last snapshot is set aside, not lost.
     write(beta.data / "after-the-snapshot", b"only here")
@@ -514,8 +521,9 @@ def test_promote_makes_a_writable_copy_with_the_data(nodes: Nodes) -> None:
     assert beta.snapshot().seq == 5
 
 
-@in_own_mount_namespace
-def test_the_old_sources_diverged_snapshots_are_found_and_kept_aside(nodes: Nodes) -> None:
+def split(nodes: Nodes) -> Snapshot:
+    """alpha and beta share data.alpha.1 and .2; then alpha takes data.alpha.3 and writes on
+    alone while beta takes over from .2 (data.beta.3, .4). alpha's own snapshot."""
     alpha, beta = nodes.alpha, nodes.beta
     for text in (b"1", b"2"):
         write(alpha.data / "log", text)
@@ -526,10 +534,16 @@ def test_the_old_sources_diverged_snapshots_are_found_and_kept_aside(nodes: Node
     write(alpha.data / "after", b"written on alpha after its last snapshot")
     # ...while beta takes over from the newest copy it has and goes on.
     beta.promote(beta.snapshots()[-1])
-    write(beta.data / "log", b"2, then beta")
-    beta.snapshot()
-    write(beta.data / "log", b"2, then beta, more")
-    beta.snapshot()
+    for text in (b"2, then beta", b"2, then beta, more"):
+        write(beta.data / "log", text)
+        beta.snapshot()
+    return alone
+
+
+@in_own_mount_namespace
+def test_the_old_sources_diverged_snapshots_are_found_and_kept_aside(nodes: Nodes) -> None:
+    alpha, beta = nodes.alpha, nodes.beta
+    alone = split(nodes)
 
     # alpha comes back: beta is the source now.
     source = idents(beta.snapshots())
@@ -572,27 +586,17 @@ def test_the_old_sources_diverged_snapshots_are_found_and_kept_aside(nodes: Node
         "(data.beta.4) the sender does not build on")
 
 
-def diverge(nodes: Nodes) -> tuple[Snapshot, Snapshot]:
-    """alpha and beta share data.alpha.1 and .2; then alpha takes data.alpha.3 and writes on
-    alone while beta takes over from .2 (data.beta.3, .4); alpha comes back as beta's
-    receiver, its own snapshot and data set aside. alpha's snapshot, and beta's newest."""
+def diverge(nodes: Nodes) -> Snapshot:
+    """:func:`split`, then alpha comes back as beta's receiver: its own snapshot and data set
+    aside, beta's two received. alpha's own snapshot."""
     alpha, beta = nodes.alpha, nodes.beta
-    for text in (b"1", b"2"):
-        write(alpha.data / "log", text)
-        replicate(alpha, beta, alpha.snapshot())
-    write(alpha.data / "log", b"2, then alpha alone")
-    alone = alpha.snapshot()
-    write(alpha.data / "after", b"written on alpha after its last snapshot")
-    beta.promote(beta.snapshots()[-1])
-    for text in (b"2, then beta", b"2, then beta, more"):
-        write(beta.data / "log", text)
-        newest = beta.snapshot()
+    alone = split(nodes)
     for snapshot in diverged(alpha.snapshots(), idents(beta.snapshots())):
         alpha.set_aside(snapshot)
     alpha.set_aside_data()
     for snapshot in beta.snapshots()[-2:]:
         replicate(beta, alpha, snapshot)
-    return alone, newest
+    return alone
 
 
 def aside_named(volume: Volume, name: str) -> Aside:
@@ -603,7 +607,7 @@ def aside_named(volume: Volume, name: str) -> Aside:
 def test_a_diverged_snapshot_brought_back_is_the_newest_and_the_others_go_aside(
         nodes: Nodes) -> None:
     alpha, beta = nodes.alpha, nodes.beta
-    alone, _ = diverge(nodes)
+    alone = diverge(nodes)
     assert [s.name for s in alpha.snapshots()] == [
         "data.alpha.1", "data.alpha.2", "data.beta.3", "data.beta.4"]
     diverged_aside = aside_named(alpha, "data.alpha.3.aside")
@@ -661,16 +665,10 @@ def test_bringing_back_a_received_snapshot_sets_aside_the_data_and_what_came_aft
     # received data.alpha.5 is not in its history, and the data subvolume goes aside.
     mine = aside_named(beta, "data.beta.4.aside")
     assert [s.name for s in beta.ancestors(mine)] == ["data.alpha.1", "data.alpha.2"]
-    mnt = nodes.tmp / "app"
-    mnt.mkdir()
-    subprocess.run(["mount", "-o", "subvol=data", nodes.devices["beta"], str(mnt)], check=True,
-                   timeout=WAIT)
-    try:
+    with data_mounted(nodes, "beta") as mnt:
         with pytest.raises(BtrfsError, match=f"is mounted on {mnt}: unmount it first"):
             beta.reinstate(mine)
         assert [s.name for s in beta.snapshots()][-1] == "data.alpha.5"  # nothing changed
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True, timeout=WAIT)
     back = beta.reinstate(mine)
     assert back.snapshot.name == "data.beta.7"
     assert [a.name for a in back.set_aside] == ["data.beta.6.data.aside", "data.alpha.5.aside"]

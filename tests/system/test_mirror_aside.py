@@ -15,9 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.support.cluster_harness import MemoryCluster, cluster_toml, wait_for
+from tests.support.cluster_harness import MemoryCluster, wait_for
 from tests.support.loopfs import LoopFilesystem, in_own_mount_namespace, skip_unless_btrfs
 from tests.system.test_btrfs import tree, write
+from tests.system.test_mirror_node import alpha_and_a_receiver
 from vigil.cluster.mirrors import MirrorState
 from vigil.config import load_key, loads
 from vigil.resources.btrfs import Volume
@@ -35,20 +36,9 @@ def test_the_operator_discards_and_promotes_a_diverged_copy(tmp_path: Path) -> N
     with LoopFilesystem(tmp_path, "alpha", size_mb=256) as a, \
             LoopFilesystem(tmp_path, "beta", size_mb=256) as b:
         mount_point = tmp_path / "db"
-        groups = f"""
-[groups.db]
-resources = ["{RESOURCE}"]
-
-[resources.{RESOURCE}]
-type = "mirror"
-params = {{ root = "{a.mount_point}", mount_point = "{mount_point}", interval = "0.3s" }}
-monitor = {{ interval = "500ms", timeout = "5s" }}
-stop_timeout = "8s"
-"""
-        text = cluster_toml(tmp_path, nodes=("alpha", "beta"), groups=groups)
-        # alpha alone is a quorum: beta is only a receiver, taking over by hand
-        text = text.replace("[nodes.alpha]\n", "[nodes.alpha]\nvotes = 2\n")
-        text = text.replace("[cluster]\n", "[cluster]\ntwo_node = false\n")
+        # beta is only a receiver, taking over by hand
+        text = alpha_and_a_receiver(tmp_path, a.mount_point, mount_point,
+                                    'stop_timeout = "8s"\n')
         config_path = tmp_path / "cluster.toml"
         config_path.write_text(text)
         cfg = loads(text, config_path)

@@ -248,32 +248,27 @@ def resource_mark_oos(config_path: str, node: str | None, name: str) -> None:
 MIRROR_REQUEST_TIMEOUT = 180.0
 
 
-@resource.command("discard")
-@config_option
-@node_option
-@click.argument("resource_name", metavar="RESOURCE")
-@click.argument("name")
-def resource_discard(config_path: str, node: str | None, resource_name: str, name: str) -> None:
-    """Delete NAME, a copy of the mirror resource RESOURCE that this node keeps aside (a
-    diverged snapshot or former data, as `vigil status` lists it after "kept aside:"). It is
-    gone for good: look at it first, under ROOT/.snapshots/NAME."""
-    _request(config_path, node, "mirror_discard", timeout=MIRROR_REQUEST_TIMEOUT,
-             resource=resource_name, name=name)
+def _on_aside(command: str, summary: str) -> None:
+    """``vigil resource COMMAND RESOURCE NAME``: the decision on NAME, which this node keeps
+    aside of the mirror resource RESOURCE."""
+    @resource.command(command, help=summary)
+    @config_option
+    @node_option
+    @click.argument("resource_name", metavar="RESOURCE")
+    @click.argument("name")
+    def run(config_path: str, node: str | None, resource_name: str, name: str) -> None:
+        _request(config_path, node, f"mirror_{command}", timeout=MIRROR_REQUEST_TIMEOUT,
+                 resource=resource_name, name=name)
 
 
-@resource.command("promote")
-@config_option
-@node_option
-@click.argument("resource_name", metavar="RESOURCE")
-@click.argument("name")
-def resource_promote(config_path: str, node: str | None, resource_name: str, name: str) -> None:
-    """Make NAME, a diverged copy of the mirror resource RESOURCE that this node keeps aside,
-    the node's newest copy (taken now), so that it wins the next placement. What is not in
-    its history is set aside in turn; nothing is deleted. Refused while the group runs: first
-    `vigil resource oo-service RESOURCE`; then move the group to this node and bring RESOURCE
-    back with `vigil resource in-service RESOURCE`."""
-    _request(config_path, node, "mirror_promote", timeout=MIRROR_REQUEST_TIMEOUT,
-             resource=resource_name, name=name)
+_on_aside("discard", """Delete NAME, a copy of the mirror resource RESOURCE that this node
+    keeps aside (a diverged snapshot or former data, as `vigil status` lists it after "kept
+    aside:"). It is gone for good: look at it first, under ROOT/.snapshots/NAME.""")
+_on_aside("promote", """Make NAME, a diverged copy of the mirror resource RESOURCE that this
+    node keeps aside, the node's newest copy (taken now), so that it wins the next placement.
+    What is not in its history is set aside in turn; nothing is deleted. Refused while the
+    group runs: first `vigil resource oo-service RESOURCE`; then move the group to this node
+    and bring RESOURCE back with `vigil resource in-service RESOURCE`.""")
 
 
 @cli.command()
