@@ -306,7 +306,8 @@ class NodeCore:
 
     def _copy_behind(self, resource: str) -> float:
         """How long the node holding the resource's group (another node: the source) was heard
-        alive after our newest copy arrived: writes made there meanwhile are not in it. Kept
+        alive after our newest copy arrived: writes made there meanwhile are not in it (none
+        are while the resource is out of service by hand: that time does not count). Kept
         (never lowered) until a newer copy arrives, so that it outlives the source's death
         and the placements that follow it."""
         arrived, known = self.copy_arrived.get(resource, (self.started_at, 0.0))
