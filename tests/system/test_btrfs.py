@@ -28,6 +28,7 @@ import pytest
 from tests.support.loopfs import LoopFilesystem, in_own_mount_namespace, skip_unless_btrfs
 from vigil.resources import proc
 from vigil.resources.btrfs import (
+    Aside,
     BtrfsError,
     ParentMissing,
     Snapshot,
@@ -454,6 +455,19 @@ def test_send_and_receive_are_bounded_in_time(nodes: Nodes) -> None:
     assert 0 < writer.written < 16 * MIB
 
 
+@contextlib.contextmanager
+def data_mounted(nodes: Nodes, node: str) -> Iterator[Path]:
+    """``node``'s data subvolume mounted where an application would use it."""
+    mnt = nodes.tmp / f"app-{node}"
+    mnt.mkdir(exist_ok=True)
+    subprocess.run(["mount", "-o", "subvol=data", nodes.devices[node], str(mnt)], check=True,
+                   timeout=WAIT)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True, timeout=WAIT)
+
+
 # -- takeover and divergence ----------------------------------------------------------------
 
 
@@ -492,15 +506,9 @@ def test_promote_makes_a_writable_copy_with_the_data(nodes: Nodes) -> None:
     assert tree(taken.path) == tree(beta.data)
 
     # Mounted where an application uses it, the data subvolume cannot be replaced.
-    mnt = nodes.tmp / "app"
-    mnt.mkdir()
-    subprocess.run(["mount", "-o", "subvol=data", nodes.devices["beta"], str(mnt)], check=True,
-                   timeout=WAIT)
-    try:
-        with pytest.raises(BtrfsError, match=f"is mounted on {mnt}: unmount it first"):
-            beta.promote(taken)
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True, timeout=WAIT)
+    with data_mounted(nodes, "beta") as mnt, \
+            pytest.raises(BtrfsError, match=f"is mounted on {mnt}: unmount it first"):
+        beta.promote(taken)
 
     # A data subvolume written after its last snapshot is set aside, not lost.
     write(beta.data / "after-the-snapshot", b"only here")
@@ -513,8 +521,9 @@ def test_promote_makes_a_writable_copy_with_the_data(nodes: Nodes) -> None:
     assert beta.snapshot().seq == 5
 
 
-@in_own_mount_namespace
-def test_the_old_sources_diverged_snapshots_are_found_and_kept_aside(nodes: Nodes) -> None:
+def split(nodes: Nodes) -> Snapshot:
+    """alpha and beta share data.alpha.1 and .2; then alpha takes data.alpha.3 and writes on
+    alone while beta takes over from .2 (data.beta.3, .4). alpha's own snapshot."""
     alpha, beta = nodes.alpha, nodes.beta
     for text in (b"1", b"2"):
         write(alpha.data / "log", text)
@@ -525,10 +534,16 @@ def test_the_old_sources_diverged_snapshots_are_found_and_kept_aside(nodes: Node
     write(alpha.data / "after", b"written on alpha after its last snapshot")
     # ...while beta takes over from the newest copy it has and goes on.
     beta.promote(beta.snapshots()[-1])
-    write(beta.data / "log", b"2, then beta")
-    beta.snapshot()
-    write(beta.data / "log", b"2, then beta, more")
-    beta.snapshot()
+    for text in (b"2, then beta", b"2, then beta, more"):
+        write(beta.data / "log", text)
+        beta.snapshot()
+    return alone
+
+
+@in_own_mount_namespace
+def test_the_old_sources_diverged_snapshots_are_found_and_kept_aside(nodes: Nodes) -> None:
+    alpha, beta = nodes.alpha, nodes.beta
+    alone = split(nodes)
 
     # alpha comes back: beta is the source now.
     source = idents(beta.snapshots())
@@ -569,6 +584,106 @@ def test_the_old_sources_diverged_snapshots_are_found_and_kept_aside(nodes: Node
     assert str(full.receive_error).startswith(
         f"a full stream of data.beta.5 cannot join {alpha.snapshot_dir}: it holds snapshots "
         "(data.beta.4) the sender does not build on")
+
+
+def diverge(nodes: Nodes) -> Snapshot:
+    """:func:`split`, then alpha comes back as beta's receiver: its own snapshot and data set
+    aside, beta's two received. alpha's own snapshot."""
+    alpha, beta = nodes.alpha, nodes.beta
+    alone = split(nodes)
+    for snapshot in diverged(alpha.snapshots(), idents(beta.snapshots())):
+        alpha.set_aside(snapshot)
+    alpha.set_aside_data()
+    for snapshot in beta.snapshots()[-2:]:
+        replicate(beta, alpha, snapshot)
+    return alone
+
+
+def aside_named(volume: Volume, name: str) -> Aside:
+    return next(a for a in volume.aside() if a.name == name)
+
+
+@in_own_mount_namespace
+def test_a_diverged_snapshot_brought_back_is_the_newest_and_the_others_go_aside(
+        nodes: Nodes) -> None:
+    alpha, beta = nodes.alpha, nodes.beta
+    alone = diverge(nodes)
+    assert [s.name for s in alpha.snapshots()] == [
+        "data.alpha.1", "data.alpha.2", "data.beta.3", "data.beta.4"]
+    diverged_aside = aside_named(alpha, "data.alpha.3.aside")
+    assert [s.name for s in alpha.ancestors(diverged_aside)] == ["data.alpha.1", "data.alpha.2"]
+
+    back = alpha.reinstate(diverged_aside)
+    # renamed back, numbered after everything here, the same snapshot (ident) as before
+    assert back.snapshot.name == "data.alpha.5" and back.snapshot.ident == alone.ident
+    assert [s.name for s in alpha.snapshots()] == ["data.alpha.1", "data.alpha.2",
+                                                   "data.alpha.5"]
+    assert [a.name for a in back.set_aside] == ["data.beta.3.aside", "data.beta.4.aside"]
+    assert [a.name for a in alpha.aside()] == [
+        "data.beta.3.aside", "data.alpha.4.data.aside", "data.beta.4.aside"]
+    assert (alpha.snapshots()[-1].path / "log").read_bytes() == b"2, then alpha alone"
+    assert (aside_named(alpha, "data.beta.4.aside").path / "log").read_bytes() == \
+        b"2, then beta, more"
+    with pytest.raises(BtrfsError, match="no longer set aside"):
+        alpha.reinstate(diverged_aside)
+
+    # It is one chain again: beta, set aside in turn, follows it from the last common one.
+    beta_own = diverged(beta.snapshots(), idents(alpha.snapshots()))
+    assert [s.name for s in beta_own] == ["data.beta.3", "data.beta.4"]
+    for snapshot in beta_own:
+        beta.set_aside(snapshot)
+    received = replicate(alpha, beta, alpha.snapshots()[-1])
+    assert received.name == "data.alpha.5" and received.ident == alone.ident
+    assert tree(received.path) == tree(alpha.snapshots()[-1].path)
+
+    # A former data subvolume brought back: a read-only snapshot of it becomes the newest,
+    # after the snapshots taken of it (all in its history), and it stays aside itself.
+    data_aside = aside_named(alpha, "data.alpha.4.data.aside")
+    back = alpha.reinstate(data_aside)
+    assert back.snapshot.name == "data.alpha.6" and back.set_aside == ()
+    assert not back.snapshot.received
+    assert [s.name for s in alpha.snapshots()] == ["data.alpha.1", "data.alpha.2",
+                                                   "data.alpha.5", "data.alpha.6"]
+    assert (back.snapshot.path / "after").read_bytes() == \
+        b"written on alpha after its last snapshot"
+    assert "data.alpha.4.data.aside" in {a.name for a in alpha.aside()}
+    replicate(alpha, beta, back.snapshot)
+
+
+@in_own_mount_namespace
+def test_bringing_back_a_received_snapshot_sets_aside_the_data_and_what_came_after(
+        nodes: Nodes) -> None:
+    alpha, beta = nodes.alpha, nodes.beta
+    diverge(nodes)
+    alpha.reinstate(aside_named(alpha, "data.alpha.3.aside"))  # now data.alpha.5 there
+    for snapshot in diverged(beta.snapshots(), idents(alpha.snapshots())):
+        beta.set_aside(snapshot)
+    received = replicate(alpha, beta, alpha.snapshots()[-1])
+    assert beta.has_data()  # beta's data subvolume, from data.alpha.2
+
+    # beta's own newest (taken of its data, which came from data.alpha.2) comes back: the
+    # received data.alpha.5 is not in its history, and the data subvolume goes aside.
+    mine = aside_named(beta, "data.beta.4.aside")
+    assert [s.name for s in beta.ancestors(mine)] == ["data.alpha.1", "data.alpha.2"]
+    with data_mounted(nodes, "beta") as mnt:
+        with pytest.raises(BtrfsError, match=f"is mounted on {mnt}: unmount it first"):
+            beta.reinstate(mine)
+        assert [s.name for s in beta.snapshots()][-1] == "data.alpha.5"  # nothing changed
+    back = beta.reinstate(mine)
+    assert back.snapshot.name == "data.beta.7"
+    assert [a.name for a in back.set_aside] == ["data.beta.6.data.aside", "data.alpha.5.aside"]
+    assert not beta.has_data()
+    assert [s.name for s in beta.snapshots()] == ["data.alpha.1", "data.alpha.2",
+                                                  "data.beta.7"]
+    # ...and the received one comes back in turn, tied to its parent by the receive
+    again = beta.reinstate(aside_named(beta, "data.alpha.5.aside"))
+    assert again.snapshot.name == "data.alpha.8" and again.snapshot.ident == received.ident
+    assert [a.name for a in again.set_aside] == ["data.beta.7.aside"]
+    assert [s.name for s in beta.snapshots()] == ["data.alpha.1", "data.alpha.2",
+                                                  "data.alpha.8"]
+    beta.promote(beta.snapshots()[-1])  # and a takeover continues from it
+    assert (beta.data / "log").read_bytes() == b"2, then alpha alone"
+    assert beta.snapshot().name == "data.beta.9"
 
 
 @in_own_mount_namespace

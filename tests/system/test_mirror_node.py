@@ -23,25 +23,32 @@ from vigil.transports.keys import LinkKeys, key_ring
 WAIT = 30.0
 
 
+def alpha_and_a_receiver(tmp_path: Path, root: Path, mount_point: Path,
+                         more: str = "") -> str:
+    """The configuration: alpha and beta, the group db of one mirror resource db-data (a
+    snapshot every 0.3 s; ``more`` adds to its table). alpha alone is a quorum: beta is only
+    a receiver."""
+    groups = f"""
+[groups.db]
+resources = ["db-data"]
+
+[resources.db-data]
+type = "mirror"
+params = {{ root = "{root}", mount_point = "{mount_point}", interval = "0.3s" }}
+monitor = {{ interval = "500ms", timeout = "5s" }}
+{more}"""
+    text = cluster_toml(tmp_path, nodes=("alpha", "beta"), groups=groups)
+    text = text.replace("[nodes.alpha]\n", "[nodes.alpha]\nvotes = 2\n")
+    return text.replace("[cluster]\n", "[cluster]\ntwo_node = false\n")
+
+
 @in_own_mount_namespace
 def test_a_node_with_a_mirror_resource_replicates_and_reports(tmp_path: Path) -> None:
     skip_unless_btrfs()
     with LoopFilesystem(tmp_path, "alpha", size_mb=256) as a, \
             LoopFilesystem(tmp_path, "beta", size_mb=256) as b:
         mount_point = tmp_path / "db"
-        groups = f"""
-[groups.db]
-resources = ["db-data"]
-
-[resources.db-data]
-type = "mirror"
-params = {{ root = "{a.mount_point}", mount_point = "{mount_point}", interval = "0.3s" }}
-monitor = {{ interval = "500ms", timeout = "5s" }}
-"""
-        text = cluster_toml(tmp_path, nodes=("alpha", "beta"), groups=groups)
-        # alpha alone is a quorum: beta here is only a receiver
-        text = text.replace("[nodes.alpha]\n", "[nodes.alpha]\nvotes = 2\n")
-        text = text.replace("[cluster]\n", "[cluster]\ntwo_node = false\n")
+        text = alpha_and_a_receiver(tmp_path, a.mount_point, mount_point)
         cfg = loads(text, tmp_path / "cluster.toml")
         key = load_key(cfg)
         beta_end = cfg.nodes["beta"].replication_endpoint

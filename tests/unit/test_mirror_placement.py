@@ -274,3 +274,24 @@ def test_a_move_beyond_max_lag_is_refused_and_a_forced_one_goes() -> None:
     c.request("alpha", AdminRequest("standby", node="gamma"))
     c.run_for(2.0)
     assert c.where() == {"g0": "beta"}
+
+
+def test_a_copy_promoted_while_the_mirror_is_out_of_service_may_be_moved_to_later() -> None:
+    """`vigil resource promote`: the operator takes the mirror out of service on alpha (no
+    writes there from then on) and makes beta's diverged copy beta's newest, taken now; it
+    may take a while before they move the group: time while the mirror is out of service by
+    hand does not count as beta's copy falling behind alpha, which writes nothing."""
+    c = simulated()
+    c.request("alpha", AdminRequest("disable", resource="g0-r0"))
+    c.run_for(2.0)
+    assert c.where() == {"g0": None}
+    assert c.core("alpha").accepted.placement.get("g0") == "alpha"
+    c.inject("alpha", MirrorState("g0-r0", CopyFact(101, T + 2.0, "alpha")))  # its final one
+    c.inject("beta", MirrorState("g0-r0", CopyFact(102, T + 60.0, "beta")))  # promoted
+    c.run_for(45.0)
+    c.request("gamma", AdminRequest("move", group="g0", node="beta"))
+    c.run_for(2.0)
+    assert c.core("beta").accepted.placement.get("g0") == "beta", c.core("beta").decisions[-3:]
+    c.request("gamma", AdminRequest("enable", resource="g0-r0"))
+    c.run_for(2.0)
+    assert c.where() == {"g0": "beta"}

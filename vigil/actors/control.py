@@ -1,7 +1,9 @@
 """ControlActor: the local control socket (a Unix stream socket: one JSON request per line,
 one JSON answer per line, then the daemon closes the connection). The CLI, /ha and the Python
 client speak it. Requests are handed to the coordinator (a diagnosis to the diagnostics
-actor).
+actor); the operator's decisions on a mirror's copies set aside
+(:mod:`vigil.resources.mirror_requests`) are carried out on the worker thread itself, through
+the node's mirror service, after the coordinator said where the group runs.
 
 Whatever a local user does, the socket costs the daemon a bounded share
 (:mod:`vigil.local.limits`): one thread reads and writes every connection
@@ -32,7 +34,7 @@ from typing import Any, Final, cast
 import pykka
 
 from vigil.actors.base import Directory, VigilActor
-from vigil.actors.messages import Control, Diagnose
+from vigil.actors.messages import Control, Diagnose, GetStatus
 from vigil.local.access import (
     READ_ONLY_COMMANDS,
     Access,
@@ -52,6 +54,9 @@ from vigil.local.limits import (
 )
 from vigil.local.protocol import MANUAL_OP_TIMEOUT, check_request
 from vigil.local.server import Caps, Connection, LocalServer
+from vigil.resources import mirror_requests
+from vigil.resources.replication import MirrorService
+from vigil.status import ClusterStatus
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +96,13 @@ def _line(answer: dict[str, Any]) -> bytes:
 class ControlServer(LocalServer):
     """The control protocol on a listening socket (see the module's text)."""
 
-    def __init__(self, listener: socket.socket, access: Access, directory: Directory) -> None:
+    def __init__(self, listener: socket.socket, access: Access, directory: Directory,
+                 mirrors: MirrorService | None = None) -> None:
         super().__init__(listener, Caps(CONTROL_CONNECTIONS, CONTROL_CONNECTIONS_PER_UID,
                                         ROOT_RESERVED), log, "control socket", "vigil-control")
         self.access = access
         self.directory = directory
+        self.mirrors = mirrors
         self.workers = _Workers(CONTROL_WORKERS, "vigil-control")
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -192,13 +199,18 @@ class ControlServer(LocalServer):
             return {"ok": False, "error": refused}
         if peer.uid != 0 and command not in READ_ONLY_COMMANDS:
             log.info("control request %r %s from %s", command, args, peer)
-        # A diagnosis is the diagnostics actor's; every other request is the coordinator's.
-        target = "diagnostics" if command == "diagnose" else "coordinator"
+        # A diagnosis is the diagnostics actor's; a mirror request is answered here, once the
+        # coordinator told where the group runs; every other request is the coordinator's.
+        message: Diagnose | GetStatus | Control
+        if command == "diagnose":
+            target, message = "diagnostics", Diagnose(args.get("resource", ""))
+        elif command in mirror_requests.MIRROR_COMMANDS:
+            target, message = "coordinator", GetStatus()
+        else:
+            target, message = "coordinator", Control(command, tuple(sorted(args.items())))
         ref = self.directory.get(target)
         if ref is None:
             return {"ok": False, "error": "the node is starting or stopping; try again"}
-        message = (Diagnose(args.get("resource", "")) if command == "diagnose"
-                   else Control(command, tuple(sorted(args.items()))))
         try:
             answer = ref.ask(message, timeout=REQUEST_TIMEOUT)
             if isinstance(answer, pykka.Future):  # answered when the agent returns
@@ -207,15 +219,19 @@ class ControlServer(LocalServer):
             return {"ok": False, "error": f"the {target} did not answer in time"}
         except pykka.ActorDeadError:
             return {"ok": False, "error": f"the {target} is restarting; try again"}
+        if isinstance(answer, ClusterStatus):  # a mirror request: the btrfs work is ours
+            return mirror_requests.answer(self.mirrors, answer, command, args)
         return cast(dict[str, Any], answer)
 
 
 class ControlActor(VigilActor):
     def __init__(self, name: str, directory: Directory, path: Path,
-                 access: Access | None = None) -> None:
+                 access: Access | None = None, mirrors: MirrorService | None = None) -> None:
         super().__init__(name, directory)
         self.path = path
         self.access = access or Access()
+        #: the node's mirror service (None: no mirror resource), for the mirror requests
+        self.mirrors = mirrors
         self.server: ControlServer | None = None
 
     def on_receive(self, message: Any) -> Any:
@@ -239,7 +255,7 @@ class ControlActor(VigilActor):
         except BaseException:
             listener.close()
             raise
-        self.server = ControlServer(listener, self.access, self.directory)
+        self.server = ControlServer(listener, self.access, self.directory, self.mirrors)
         self.server.start()
 
     def on_stop(self) -> None:

@@ -8,7 +8,8 @@ restart); a child that keeps dying takes the node down, loudly, rather than limp
 
 Beside them, when the configuration has a mirror resource, the node's
 :class:`~vigil.resources.replication.MirrorService` (no actor: threads of its own that tell the
-coordinator what they find), which the mirror resources are handed.
+coordinator what they find), which the mirror resources are handed, and the control actor
+(for `vigil resource discard` / `promote`).
 """
 
 from __future__ import annotations
@@ -224,8 +225,9 @@ class NodeRuntime:
             factory = self.link_factory(node, link.name)
             factories[f"link:{link.name}"] = partial(
                 LinkActor.start, f"link:{link.name}", d, link.name, codec, factory)
+        mirrors = self.mirrors
         factories["control"] = lambda: ControlActor.start(
-            "control", d, cfg.nodes[node].control_socket, access)
+            "control", d, cfg.nodes[node].control_socket, access, mirrors)
         self.ref = NodeActor.start("node", d, factories, self.left, self.failed,
                                    self._restarted)
         d.set("node", self.ref)

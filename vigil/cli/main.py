@@ -69,9 +69,10 @@ def _ask_node(config_path: str, via: str | None, command: str,
         _fail(f"no answer from node {name} on {path}: {exc}", EXIT_NO_DAEMON)
 
 
-def _request(config_path: str, via: str | None, command: str, **args: str) -> None:
+def _request(config_path: str, via: str | None, command: str, *, timeout: float = 10.0,
+             **args: str) -> None:
     """Send one request; print the daemon's answer, or its refusal on stderr with exit 1."""
-    answer = _ask(config_path, via, command, args)
+    answer = _ask(config_path, via, command, args, timeout)
     if not answer.get("ok"):
         _fail(str(answer.get("error", "request failed")), EXIT_REFUSED)
     click.echo(answer.get("message", "ok"))
@@ -241,6 +242,33 @@ def resource_mark_oos(config_path: str, node: str | None, name: str) -> None:
     it by hand, or the machine was reset): clears an unclean group once all its members are
     marked."""
     _request(config_path, node, "mark_oos", resource=name)
+
+
+#: How long a mirror request may take: a running receive is waited for (60 s), then btrfs.
+MIRROR_REQUEST_TIMEOUT = 180.0
+
+
+def _on_aside(command: str, summary: str) -> None:
+    """``vigil resource COMMAND RESOURCE NAME``: the decision on NAME, which this node keeps
+    aside of the mirror resource RESOURCE."""
+    @resource.command(command, help=summary)
+    @config_option
+    @node_option
+    @click.argument("resource_name", metavar="RESOURCE")
+    @click.argument("name")
+    def run(config_path: str, node: str | None, resource_name: str, name: str) -> None:
+        _request(config_path, node, f"mirror_{command}", timeout=MIRROR_REQUEST_TIMEOUT,
+                 resource=resource_name, name=name)
+
+
+_on_aside("discard", """Delete NAME, a copy of the mirror resource RESOURCE that this node
+    keeps aside (a diverged snapshot or former data, as `vigil status` lists it after "kept
+    aside:"). It is gone for good: look at it first, under ROOT/.snapshots/NAME.""")
+_on_aside("promote", """Make NAME, a diverged copy of the mirror resource RESOURCE that this
+    node keeps aside, the node's newest copy (taken now), so that it wins the next placement.
+    What is not in its history is set aside in turn; nothing is deleted. Refused while the
+    group runs: first `vigil resource oo-service RESOURCE`; then move the group to this node
+    and bring RESOURCE back with `vigil resource in-service RESOURCE`.""")
 
 
 @cli.command()

@@ -313,7 +313,8 @@ class NodeCore:
 
     def _copy_behind(self, resource: str) -> float:
         """How long the node holding the resource's group (another node: the source) was heard
-        alive after our newest copy arrived: writes made there meanwhile are not in it. Kept
+        alive after our newest copy arrived: writes made there meanwhile are not in it (none
+        are while the resource is out of service by hand: that time does not count). Kept
         (never lowered) until a newer copy arrives, so that it outlives the source's death
         and the placements that follow it."""
         arrived, known = self.copy_arrived.get(resource, (self.started_at, 0.0))
@@ -322,9 +323,19 @@ class NodeCore:
         # how long it went on, and the copies compare among themselves
         heard = self.membership.last_heard.get(holder) if holder is not None else None
         if heard is not None and holder != self.name:
+            if self._out_of_service_by_hand(resource):
+                # nothing is written there meanwhile (an operator stopped it, e.g. to
+                # promote a copy here): that time does not count
+                arrived = max(arrived, heard)
             known = max(known, heard - arrived)
             self.copy_arrived[resource] = (arrived, known)
         return known
+
+    def _out_of_service_by_hand(self, resource: str) -> bool:
+        """Whether ``resource``, or one it depends on, is out of service by hand."""
+        dependents = self.groups.resource_dependents
+        return any(r == resource or resource in dependents.get(r, ())
+                   for r in self.accepted.disabled())
 
     def fence_refusal(self, kind: str, node: str) -> str:
         """Why a manual fencing request (``fence`` or ``confirm_off``) of ``node`` is refused

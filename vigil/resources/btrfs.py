@@ -60,7 +60,9 @@ holds the writes after its last snapshot, which no other node has; :meth:`Volume
 :meth:`Volume.set_aside_data` set it aside. Of DRBD's split-brain policies this is
 ``discard-secondary`` (the node the cluster keeps in service wins, the returning one follows
 it), except that the returning node's own writes are kept aside instead of discarded: only the
-operator, who knows what they are worth, discards them or brings them back.
+operator, who knows what they are worth, discards them (:meth:`Volume.discard`) or brings one
+back (:meth:`Volume.reinstate`: it becomes the newest snapshot again, and what is not in its
+history is set aside in turn).
 
 **What is complete.** ``btrfs receive`` creates the subvolume at the first command of the
 stream, writes into it, and only when the stream's end marker has been applied sets its
@@ -125,6 +127,7 @@ __all__ = [
     "BtrfsError",
     "ParentMissing",
     "Promoted",
+    "Reinstated",
     "Snapshot",
     "StreamStart",
     "Subvolume",
@@ -282,6 +285,17 @@ class Promoted:
     data: Path
     source: Snapshot
     set_aside: Aside | None
+
+
+@dataclass(frozen=True, slots=True)
+class Reinstated:
+    """What :meth:`Volume.reinstate` did: the snapshot now newest here (the one set aside,
+    renamed, or a read-only snapshot of a former data subvolume), what it was made from, and
+    what was set aside to make room (oldest first)."""
+
+    snapshot: Snapshot
+    origin: Aside
+    set_aside: tuple[Aside, ...]
 
 
 def common(local: Sequence[Snapshot], other: Collection[str]) -> Snapshot | None:
@@ -641,8 +655,11 @@ class Volume:
 
     def aside(self) -> list[Aside]:
         """What has been set aside, oldest first."""
+        return self._asides(self.subvolumes())
+
+    def _asides(self, subvolumes: Iterable[Subvolume]) -> list[Aside]:
         found = []
-        for sub in self._in_snapshot_dir():
+        for sub in self._in_snapshot_dir(subvolumes):
             parsed = self._parse(sub.name)
             if parsed is not None and parsed[2]:
                 node, seq, kind = parsed
@@ -1114,6 +1131,92 @@ class Volume:
         if aside.path.parent != self.snapshot_dir or parsed is None or not parsed[2]:
             raise BtrfsError(f"{aside.path} is not set aside in {self.snapshot_dir}")
         self._delete(aside.path, "discard")
+
+    def reinstate(self, aside: Aside) -> Reinstated:
+        """Make something set aside this node's newest snapshot again, on purpose (the
+        operator's decision, never taken automatically). First the data subvolume, and every
+        complete snapshot here that is not known to be in ``aside``'s history, are set aside
+        (see :meth:`ancestors`); then a diverged snapshot is renamed back into the chain,
+        numbered after everything here, its ident kept, while of a former data subvolume a
+        read-only snapshot is taken, and it stays set aside itself. Nothing is deleted.
+        Refuses while the data subvolume is mounted. The caller makes sure that no receive or
+        snapshot runs meanwhile (the resource is out of service everywhere)."""
+        self.check()
+        parsed = self._parse(aside.name)
+        if aside.path.parent != self.snapshot_dir or parsed is None or not parsed[2]:
+            raise BtrfsError(f"{aside.path} is not set aside in {self.snapshot_dir}")
+        subvolumes = self.subvolumes()
+        current = next((a for a in self._asides(subvolumes) if a.name == aside.name), None)
+        if current is None:
+            raise BtrfsError(f"{aside.path} is no longer set aside here (discarded or brought "
+                             "back meanwhile?)")
+        chain = self._complete(subvolumes)
+        history = self.ancestors(current, subvolumes, chain)
+        moved = []
+        data = self.set_aside_data()  # first: it refuses while mounted, before any change
+        if data is not None:
+            moved.append(data)
+        moved += [self.set_aside(s) for s in chain if s.name not in {h.name for h in history}]
+        with self._lock:
+            seq = self.next_seq()
+            if current.writable:
+                target = self.snapshot_dir / f"{self.subvol}.{self.node}.{seq}"
+                _btrfs(["subvolume", "snapshot", "-r", str(current.path), str(target)],
+                       self.timeout, f"check that {self.root} has free space")
+            else:
+                target = self.snapshot_dir / f"{self.subvol}.{current.node}.{seq}"
+                self._rename(current.path, target)
+        chain = self.snapshots()
+        if not chain or chain[-1].name != target.name:
+            raise BtrfsError(f"{target} was made from {current.name}, but it is not the newest "
+                             f"complete snapshot in {self.snapshot_dir}: check the filesystem "
+                             "(dmesg)")
+        log.warning("brought %s back as %s, the newest snapshot here%s", current.path,
+                    target.name, f"; set aside: {', '.join(a.name for a in moved)}"
+                    if moved else "")
+        return Reinstated(chain[-1], current, tuple(moved))
+
+    def ancestors(self, aside: Aside, subvolumes: Sequence[Subvolume] | None = None,
+                  chain: Sequence[Snapshot] | None = None) -> list[Snapshot]:
+        """The complete snapshots here (oldest first) that are in the history of ``aside``:
+        the chain up to the newest one that btrfs's own records tie to it. Those records are
+        each subvolume's parent UUID: a received snapshot's is the local snapshot its stream
+        built on; a snapshot taken here, and a data subvolume, has the data subvolume's, and
+        the snapshot it was promoted from. Snapshots taken of one data subvolume follow one
+        another in the order they were created. What cannot be tied (a parent pruned, a data
+        subvolume deleted) counts as not in the history: setting too much aside loses
+        nothing."""
+        subvolumes = self.subvolumes() if subvolumes is None else subvolumes
+        chain = self._complete(subvolumes) if chain is None else chain
+        by_uuid = {s.uuid: s for s in subvolumes}
+
+        def taken_of(origin: str, before: int | None) -> list[Subvolume]:
+            return [s for s in subvolumes if s.read_only and s.received_uuid is None
+                    and s.parent_uuid == origin and (before is None or s.created < before)]
+
+        tied: set[str] = set()
+        todo, seen = [aside.subvolume], set()
+        while todo:
+            sub = todo.pop()
+            if sub.uuid in seen:
+                continue
+            seen.add(sub.uuid)
+            found: list[Subvolume] = []
+            parent = by_uuid.get(sub.parent_uuid) if sub.parent_uuid else None
+            if not sub.read_only:  # a data subvolume: every snapshot taken of it
+                found += taken_of(sub.uuid, None)
+            elif sub.received_uuid is None and sub.parent_uuid is not None:
+                # taken here: the earlier snapshots of the same data, and what the data came
+                # from (not the data itself: it went on after this snapshot)
+                found += taken_of(sub.parent_uuid, sub.created)
+                parent = (by_uuid.get(parent.parent_uuid)
+                          if parent is not None and parent.parent_uuid else None)
+            if parent is not None:
+                found.append(parent)
+            tied |= {s.uuid for s in found}
+            todo += found
+        newest = max((s for s in chain if s.uuid in tied), key=_order, default=None)
+        return [] if newest is None else [s for s in chain if _order(s) <= _order(newest)]
 
     def _aside_named(self, name: str) -> Aside:
         found = next((a for a in self.aside() if a.name == name), None)

@@ -28,6 +28,11 @@ newest common snapshot and what is being sent) and tells the coordinator :class:
 for each peer, how many seconds of writes it lacks (``now - taken`` of its newest copy of our
 history; None when unknown or unreachable). None of this runs on an actor's thread.
 
+**The operator's decisions** on what is set aside (``vigil resource discard`` / ``promote``,
+:mod:`vigil.resources.mirror_requests`): :meth:`MirrorService.discard` deletes one,
+:meth:`MirrorService.promote` makes one this node's newest copy, recorded as taken now. Both
+wait for a receive of the resource to end and keep the next one out until they are done.
+
 **When snapshots were taken** is kept beside the data, in ``<root>/.<subvolume>.taken.json``
 (ident -> Unix time), written by the source when it snapshots and by the receivers from the
 header: a node that restarts reports how old its copy is without asking anyone.
@@ -43,7 +48,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final, cast
@@ -52,7 +57,15 @@ import zmq
 
 from vigil.cluster.mirrors import CLOCK_SLACK, CopyFact, MirrorLag, MirrorState
 from vigil.config import ParamValue
-from vigil.resources.btrfs import BtrfsError, Snapshot, Volume, common, diverged
+from vigil.resources.btrfs import (
+    Aside,
+    BtrfsError,
+    Reinstated,
+    Snapshot,
+    Volume,
+    common,
+    diverged,
+)
 from vigil.resources.model import parse_seconds, unknown_params
 from vigil.transports.keys import LinkKeys
 from vigil.transports.stream import REPLY_MAX_BYTES, StreamError, StreamReader, StreamServer
@@ -389,6 +402,55 @@ class MirrorService:
     def is_live(self, resource: str) -> bool:
         with self._lock:
             return self._mirror(resource).live
+
+    # -- the operator's decisions on what is set aside ---------------------------------------
+
+    def discard(self, resource: str, name: str) -> tuple[Aside, MirrorState]:
+        """Delete ``name``, set aside here (``vigil resource discard``); what it was, and the
+        state reported then."""
+        mirror = self._mirror(resource)
+        with self._quiet(mirror, "discard"):
+            aside = self._aside(mirror, name)
+            mirror.volume.discard(aside)
+        log.warning("mirror %s on %s: discarded %s on the operator's request", resource,
+                    self.node, name)
+        return aside, self.report_state(resource)
+
+    def promote(self, resource: str, name: str) -> tuple[Reinstated, MirrorState]:
+        """Make ``name``, set aside here, this node's newest copy, taken now (``vigil resource
+        promote``; :meth:`Volume.reinstate <vigil.resources.btrfs.Volume.reinstate>`). Refused
+        while the resource is in service here; the caller checks that it runs nowhere else."""
+        mirror = self._mirror(resource)
+        with self._quiet(mirror, "promote"):
+            if mirror.live:
+                raise BtrfsError(f"{resource} is in service on {self.node}: take it out of "
+                                 f"service first (vigil resource oo-service {resource})")
+            done = mirror.volume.reinstate(self._aside(mirror, name))
+            mirror.taken.record(done.snapshot.ident, time.time(),
+                                {s.ident for s in mirror.volume.snapshots()})
+        log.warning("mirror %s on %s: %s promoted as %s, the newest copy here, on the "
+                    "operator's request", resource, self.node, name, done.snapshot.name)
+        return done, self.report_state(resource)
+
+    @contextlib.contextmanager
+    def _quiet(self, mirror: _Mirror, what: str) -> Iterator[None]:
+        """No receive runs while the block does."""
+        if not mirror.receiving.acquire(timeout=RECEIVE_WAIT):
+            raise BtrfsError(f"a receive of {mirror.spec.resource} on {self.node} still runs "
+                             f"after {RECEIVE_WAIT:g}s: {what} again later")
+        try:
+            yield
+        finally:
+            mirror.receiving.release()
+
+    def _aside(self, mirror: _Mirror, name: str) -> Aside:
+        held = mirror.volume.aside()
+        found = next((a for a in held if a.name == name), None)
+        if found is None:
+            raise BtrfsError(f"{name!r} is not set aside for {mirror.spec.resource} on "
+                             f"{self.node} (set aside here: "
+                             f"{', '.join(a.name for a in held) or 'nothing'})")
+        return found
 
     # -- the receiver -----------------------------------------------------------------------
 
