@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test test-fast demo soak soak-sim soak-large stability bench bench-failover bench-nic lint typecheck clean
+.PHONY: test test-long test-fast demo soak soak-sim soak-large stability bench bench-failover bench-nic lint typecheck clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,12 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 test: lint typecheck
-	PYTHONHASHSEED=0 $(BIN)/python -m pytest -q --durations=15
+	PYTHONHASHSEED=0 $(BIN)/python -m pytest -q --durations=15 -m "not long"
+
+# The slow cases left out of `make test` (floods, a rolling key rotation...: each has a
+# quicker kin there), some 3 minutes.
+test-long: $(STAMP)
+	PYTHONHASHSEED=0 $(BIN)/python -m pytest -q --durations=15 -m long
 
 # The pure core and the simulation only: an answer in about a minute.
 test-fast: $(STAMP)

@@ -18,6 +18,7 @@ def daemons(tmp_path: Path) -> Iterator[Daemons]:
     yield from daemons_in(tmp_path)
 
 
+@pytest.mark.long
 def test_a_rolling_key_rotation_never_splits_the_cluster(daemons: Daemons) -> None:
     for n in NODES:
         daemons.start(n)

@@ -187,7 +187,8 @@ def test_a_rogue_on_a_restarting_peers_port_does_not_split_a_two_node_cluster(
     settled(pair)
 
 
-@pytest.mark.parametrize("flood", ["subscriptions", "8 GiB frame, CURVE", "8 GiB frame, NULL"])
+@pytest.mark.parametrize("flood", ["subscriptions", "8 GiB frame, CURVE", pytest.param(
+    "8 GiB frame, NULL", marks=pytest.mark.long)])
 def test_floods_from_a_stranger_move_nothing_and_cost_no_memory(
     calm: Daemons, flood: str
 ) -> None:
@@ -213,6 +214,7 @@ def test_floods_from_a_stranger_move_nothing_and_cost_no_memory(
     assert settled(calm) == epoch
 
 
+@pytest.mark.long  # (the transport's own flood test runs in make test)
 def test_a_connection_flood_holds_no_descriptors_and_stops_nothing(calm: Daemons) -> None:
     """Issue 12, item 3: 3,000 connections from a peer's address (they get as far as the
     handshake, and are closed when it times out) and 3,000 from another (closed as soon as
@@ -303,6 +305,7 @@ def test_no_subscriber_without_the_key_reads_anything(calm: Daemons) -> None:
         context.destroy(linger=0)
 
 
+@pytest.mark.long
 def test_a_restarted_node_accepts_nothing_recorded_from_a_stopped_peer(daemons: Daemons) -> None:
     """Issue 12, item 7: a wiretap records gamma's traffic to alpha; gamma is killed; alpha
     restarts, and whatever then answers on gamma's port plays the recording back to every

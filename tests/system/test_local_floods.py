@@ -205,6 +205,7 @@ def suppressed(log: str, pattern: str) -> tuple[int, int]:
     return len(lines), len(lines) + more
 
 
+@pytest.mark.long
 def test_trickling_connections_are_cut_off_and_the_excess_refused(node: Node) -> None:
     watch = Watch.start(node)
     # 3,000 connections, a byte each every 5 s, reconnecting those the daemon closes
@@ -225,6 +226,7 @@ def test_trickling_connections_are_cut_off_and_the_excess_refused(node: Node) ->
     watch.kept_the_lease()
 
 
+@pytest.mark.long
 def test_ten_thousand_refused_requests_write_a_few_lines(node: Node) -> None:
     watch = Watch.start(node)
     floods = [node.flood("requests", str(node.control), "2500", STATUS) for _ in range(4)]
