@@ -329,6 +329,14 @@ class Host(_Namespace):
             namespaces.append(("mnt", self._mnt_ns))
         return pids_in(namespaces)
 
+    def inside(self, path: str | Path) -> Path:
+        """``path`` as this host sees it (its mounts), to read from the test process:
+        through its keeper's root, ``/proc/<keeper>/root/<path>``. Valid while the host is
+        powered on (and until its keeper changes)."""
+        if not self.powered or self.keeper is None:
+            raise NsClusterError(f"host {self.name} is powered off: power_on() it first")
+        return Path(f"/proc/{self.keeper.pid}/root") / Path(path).relative_to("/")
+
     @property
     def daemon_running(self) -> bool:
         return self.daemon is not None and self.daemon.poll() is None
