@@ -142,12 +142,24 @@ start = "{sys.executable} {records.__file__} {self.data} {self.acks} {writer_per
     def newest(self, host: str, source: str | None = None) -> Copy | None:
         """The newest complete snapshot on ``host`` and what it holds (None: none)."""
         for name, src, seq in reversed(self.copies(host, source)):
-            path = self.c.hosts[host].inside(self.root / SNAPSHOTS / name / records.RECORDS)
+            snapshot = self.c.hosts[host].inside(self.root / SNAPSHOTS / name)
             try:
-                found = records.read(path)
-            except OSError:  # pruned or set aside meanwhile
-                continue
+                found = records.read(snapshot / records.RECORDS)
+            except OSError:
+                found = None
+            if found is None and not snapshot.is_dir():
+                continue  # pruned or set aside meanwhile
             return Copy(name, src, seq, found or records.Found([], True))
+        return None
+
+    def newest_record(self, host: str) -> records.Record | None:
+        """The last record in ``host``'s newest complete copy (cheap: reads its end only)."""
+        for name, _, _ in reversed(self.copies(host)):
+            snapshot = self.c.hosts[host].inside(self.root / SNAPSHOTS / name)
+            try:
+                return records.last_record(snapshot / records.RECORDS)
+            except OSError:
+                continue
         return None
 
     def wait_record(self, host: str, number: int, timeout: float) -> float:

@@ -95,6 +95,19 @@ def read(path: Path) -> Found | None:
         return None
 
 
+def last_record(path: Path) -> Record | None:
+    """The last complete record in ``path``, reading only its end (None: none, or no file)."""
+    try:
+        with path.open("rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - 512))
+            tail = f.read()
+    except FileNotFoundError:
+        return None
+    found = parse(tail.partition(b"\n")[2] if size > 512 else tail)
+    return found.records[-1] if found.records else None
+
+
 @dataclass(frozen=True)
 class Ack:
     number: int
