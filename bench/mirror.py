@@ -34,7 +34,9 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
+from functools import partial
 
+from tests.support import records
 from tests.support.mirrors import GROUP, MirrorGroup
 from tests.support.nscluster import NsCluster, nscluster_unavailable
 from vigil.resources.btrfs import btrfs_available
@@ -105,10 +107,16 @@ def power_offs(m: MirrorGroup, holder: str, runs: int) -> list[tuple[int, float,
         time.sleep(3.0)  # a steady writer
         c.power_off(holder, cable_first=True)
         off = time.time()
-        new: str = c.wait_for(lambda h=holder: (x := c.holder(GROUP)) not in (None, h) and x,
-                              ACT, "the group running again")
+        old = holder
+
+        def elsewhere(old: str = old) -> str | None:
+            now = c.holder(GROUP)
+            return now if now != old else None
+
+        new: str = c.wait_for(elsewhere, ACT, "the group running again")
         took = time.time() - off
-        found = c.wait_for(lambda n=new: m.data_records(n), 30, f"the records on {new}")
+        found: records.Found = c.wait_for(partial(m.data_records, new), 30,
+                                          f"the records on {new}")
         if found.problems():
             raise AssertionError(f"the records on {new}: {found.problems()}")
         acked = m.acked(holder)
@@ -121,8 +129,7 @@ def power_offs(m: MirrorGroup, holder: str, runs: int) -> list[tuple[int, float,
         print(f"power-off {i + 1}: {holder} off, {new} took over in {took:.1f} s; lost {lost} "
               f"acknowledged records, the last {window * 1000:.0f} ms of writes", flush=True)
         c.power_on(holder)
-        c.wait_for(lambda h=holder: m.newest_record(h) is not None and c.status(h), ACT,
-                   f"{holder} back and following {new}")
+        c.wait_for(partial(m.newest_record, old), ACT, f"{old} back with a copy")
         holder = new
     return results
 
