@@ -11,6 +11,7 @@ work package; the data model itself is the contract other packages code against.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import errno
 import hashlib
@@ -40,6 +41,9 @@ INFINITY = math.inf
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
+#: A node's replication port when ``replication_port`` is not given: its first link's + 20.
+REPLICATION_PORT_OFFSET: Final = 20
+
 
 @dataclass(frozen=True, slots=True)
 class LinkConfig:
@@ -57,6 +61,17 @@ class NodeConfig:
     links: tuple[LinkConfig, ...]
     votes: int = 1
     runtime_dir: Path = Path("/var/lib/vigil")
+    #: where mirrored data arrives (key ``replication_port``; None: the first link's port +
+    #: :data:`REPLICATION_PORT_OFFSET`), on the first link's address
+    replication_port: int | None = None
+
+    @property
+    def replication_endpoint(self) -> tuple[str, int]:
+        """(address, port) of this node's mirror receiver (docs/configuration.md)."""
+        first = self.links[0]
+        port = (self.replication_port if self.replication_port is not None
+                else first.port + REPLICATION_PORT_OFFSET)
+        return first.address, port
 
     @property
     def control_socket(self) -> Path:
@@ -541,7 +556,7 @@ LEASE_SLACK: Final = 0.3
 _TIMING_KEYS: Final = ("heartbeat_interval", "dead_time", "lease_time", "step_timeout",
                        "retransmit_interval", "fence_margin", "guard_time")
 _GUARDIAN_KEYS: Final = ("self_fence", "watchdog_device", "watchdog_interval")
-_NODE_KEYS: Final = ("votes", "runtime_dir", "links")
+_NODE_KEYS: Final = ("votes", "runtime_dir", "links", "replication_port")
 _LINK_KEYS: Final = ("name", "address", "port")
 _GROUP_KEYS: Final = ("resources", "depends_on", "prefer", "nodes", "failback", "stickiness",
                       "migration_threshold", "failure_timeout")
@@ -644,6 +659,7 @@ def from_dict(document: Mapping[str, object], path: str | Path = _MEMORY) -> Clu
     node_names = set(_as_table(root.get("nodes")))  # also those whose table has problems
     groups, owner = _read_groups(c, root, node_names, set(resources_table))
     resources = _read_resources(c, resources_table, owner)
+    _check_replication(c, nodes, resources)
     two_node, fencer = _check_cluster_rules(c, cluster, nodes, len(node_names))
     alerts = _read_alerts(c, root)
     devices = _read_fence_devices(c, root, node_names)
@@ -1066,8 +1082,44 @@ def _read_nodes(c: _Checker, root: Mapping[str, object], base: Path,
         own_dir = c.string(t, key, "runtime_dir")
         node_dir = base / own_dir if own_dir else base / str(runtime_dir) / str(name)
         links = _read_links(c, t, key, endpoints)
-        nodes[name] = NodeConfig(name=name, links=links, votes=votes, runtime_dir=node_dir)
+        replication = (c.integer(t, key, "replication_port", 0, minimum=1, maximum=65535)
+                       or None) if "replication_port" in t else None
+        nodes[name] = NodeConfig(name=name, links=links, votes=votes, runtime_dir=node_dir,
+                                 replication_port=replication)
     return nodes
+
+
+def _check_replication(c: _Checker, nodes: Mapping[str, NodeConfig],
+                       resources: Mapping[str, ResourceConfig]) -> None:
+    """With a mirror resource, every node receives on its replication endpoint: it must be
+    a valid port and clash with no link's (address, port) and no other node's endpoint."""
+    if not any(r.type == "mirror" for r in resources.values()):
+        return
+    used: dict[tuple[IPAddress, int], str] = {}
+    for name, node in nodes.items():
+        for i, link in enumerate(node.links):
+            with contextlib.suppress(ValueError):
+                used.setdefault((ipaddress.ip_address(link.address), link.port),
+                                f"{_join('nodes', name)}.links[{i}]")
+    for name, node in nodes.items():
+        if not node.links:
+            continue
+        key = f"{_join('nodes', name)}.replication_port"
+        address, port = node.replication_endpoint
+        if port > 65535:
+            c.add(key, f"the default replication port ({node.links[0].port} + "
+                  f"{REPLICATION_PORT_OFFSET}) is beyond 65535: give replication_port")
+            continue
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            continue  # the link's address is reported already
+        first = used.setdefault((ip, port), key)
+        if first != key:
+            given = "" if node.replication_port is not None else (
+                f" (the default: the first link's port + {REPLICATION_PORT_OFFSET})")
+            c.add(key, f"the replication endpoint {address} port {port}{given} is already "
+                  f"used by {first}; give this node a replication_port of its own")
 
 
 def _read_links(c: _Checker, t: Mapping[str, object], key: str,

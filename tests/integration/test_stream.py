@@ -25,12 +25,14 @@ from tests.integration.test_transport_zmq import descriptors, flood, most_held_w
 from vigil.transports.keys import LinkKeys
 from vigil.transports.stream import (
     CHUNK_BYTES,
+    REPLY_MAX_BYTES,
     WINDOW,
     Sent,
     Source,
     StreamError,
     StreamReader,
     StreamServer,
+    decode_reply,
     send_stream,
 )
 from vigil.transports.zmq_link import PENDING_CAP
@@ -370,3 +372,45 @@ def test_an_oversized_header_is_refused_before_connecting() -> None:
     with pytest.raises(ValueError, match="header"):
         send_stream("alpha", (HOST, 1), {"name": "x" * 20_000}, io.BytesIO(b""),
                     keys=keys_for("beta"))
+
+
+def serve_replying(reply: object) -> StreamServer:
+    """A server on alpha whose callback reads each stream to its end and returns ``reply``."""
+
+    def replying(sender: str, header: dict[str, object], reader: StreamReader) -> object:
+        reader.read()
+        return reply
+
+    return StreamServer((HOST, 0), {"beta": HOST}, "alpha", replying,  # type: ignore[arg-type]
+                        keys=keys_for("alpha"))
+
+
+def test_what_the_receiver_returns_travels_back_to_the_sender() -> None:
+    idents = [f"{i:08x}-0000-0000-0000-000000000000" for i in range(20)]
+    with serve_replying({"idents": idents, "complete": True}) as srv:
+        sent = send(srv, io.BytesIO(os.urandom(MIB)), timeout=10.0)
+        empty = send(srv, io.BytesIO(b""), timeout=10.0)
+    assert sent.reply == {"idents": idents, "complete": True}
+    assert empty.size == 0 and empty.reply == {"idents": idents, "complete": True}
+
+
+def test_a_receiver_that_returns_nothing_gives_no_reply(server: StreamServer) -> None:
+    assert send(server, io.BytesIO(b"abc"), timeout=10.0).reply is None
+
+
+@pytest.mark.parametrize(("reply", "why"), [
+    (["a", "list"], "not a JSON object"),
+    ({"when": object()}, "not JSON"),
+    ({"big": "x" * REPLY_MAX_BYTES}, f"at most {REPLY_MAX_BYTES}"),
+])
+def test_a_malformed_reply_fails_the_transfer_naming_it(reply: object, why: str) -> None:
+    with serve_replying(reply) as srv, pytest.raises(StreamError, match=why):
+        send(srv, io.BytesIO(b"abc"), timeout=10.0)
+
+
+@pytest.mark.parametrize("payload", [b"[1, 2]", b"{not json", b"\xff"])
+def test_a_reply_that_is_no_json_object_is_refused_by_the_sender(payload: bytes) -> None:
+    with pytest.raises(ValueError, match=r"not JSON|not a JSON object"):
+        decode_reply(payload)
+    assert decode_reply(b"") is None
+    assert decode_reply(b'{"idents": []}') == {"idents": []}

@@ -676,6 +676,27 @@ class Volume:
                f"check that {self.root} is writable and has free space")
         return True
 
+    def has_data(self) -> bool:
+        """Whether the data subvolume exists."""
+        return any(s.path == self.subvol for s in self.subvolumes())
+
+    def delete_data(self, snapshot: Snapshot) -> None:
+        """Delete the data subvolume, of which ``snapshot`` (the newest snapshot here) is a
+        copy taken after its last write: the final snapshot of a source going out of service.
+        Refuses while it is mounted, or if ``snapshot`` is not the newest or not of it."""
+        subvolumes = self.subvolumes()
+        data = next((s for s in subvolumes if s.path == self.subvol), None)
+        if data is None:
+            return
+        chain = self._complete(subvolumes)
+        if not chain or chain[-1].name != snapshot.name \
+                or chain[-1].subvolume.parent_uuid != data.uuid:
+            raise BtrfsError(f"{snapshot.name} is not the newest snapshot of {self.data}: "
+                             "the data subvolume is kept (set it aside or snapshot it first)")
+        self._refuse_if_mounted()
+        self._delete(self.data, "delete the data subvolume")
+        log.info("deleted the data subvolume %s: %s holds all of it", self.data, snapshot.name)
+
     def snapshot(self) -> Snapshot:
         """Take a read-only snapshot of the data subvolume, numbered after everything here."""
         self.check()

@@ -141,6 +141,7 @@ def default_registry() -> ResourceTypeRegistry:
             from vigil.resources.dummy import DummyType
             from vigil.resources.filesystem import FilesystemType
             from vigil.resources.ip import IpType
+            from vigil.resources.mirror import MirrorType
             from vigil.resources.ocf import ocf_family
 
             registry = ResourceTypeRegistry()
@@ -148,6 +149,7 @@ def default_registry() -> ResourceTypeRegistry:
             registry.register(ApplicationType())
             registry.register(FilesystemType())
             registry.register(IpType())
+            registry.register(MirrorType())
             registry.register_family("ocf", ocf_family)
             registry.load_entry_points()
             _default = registry

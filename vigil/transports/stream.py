@@ -29,6 +29,10 @@ unauthenticated reaches the code below: every frame it reads carries a configure
 - receiver -> sender: ``CRED`` (a count of chunks the sender may send: ``WINDOW`` at first,
   one more for every chunk the receiving code has read), then ``DONE`` once the receiving
   callback returned having read and verified the whole stream, or ``FAIL`` (a reason).
+  ``DONE`` carries what the callback returned: empty for None, else a JSON object of at most
+  ``REPLY_MAX_BYTES`` (what the receiver holds, say), which the sender finds in
+  :attr:`Sent.reply`. A callback whose return value is not such an object makes the
+  transfer fail, naming the value; so does a ``DONE`` whose payload is not one.
 
 **Flow control and time.** The sender reads its source only when it holds credit, so it
 never holds more than ``WINDOW`` chunks in flight plus the one it is sending, however slow
@@ -88,6 +92,8 @@ from vigil.transports.zmq_link import keep_alive as heartbeats
 
 log = logging.getLogger(__name__)
 
+#: The largest JSON object a receiving callback may return in its DONE answer.
+REPLY_MAX_BYTES: Final = 8 * 1024
 #: The largest DATA chunk; a sender may send smaller ones.
 CHUNK_BYTES: Final = 256 * 1024
 #: Chunks a sender may have in flight before the receiver grants more (2 MiB).
@@ -96,8 +102,9 @@ WINDOW: Final = 8
 HEADER_MAX_BYTES: Final = 16 * 1024
 #: The largest frame the ROUTER takes: a chunk and the CURVE MESSAGE command's overhead.
 SERVER_MAX_FRAME_BYTES: Final = CHUNK_BYTES + 1024
-#: The largest frame the DEALER takes: the receiver sends only short control frames.
-SENDER_MAX_FRAME_BYTES: Final = 4_096
+#: The largest frame the DEALER takes: the receiver sends only short control frames and its
+#: reply, and the CURVE MESSAGE command's overhead.
+SENDER_MAX_FRAME_BYTES: Final = REPLY_MAX_BYTES + 1024
 #: How long a sender waits, by default, for the handshake, for credit, and for the final answer.
 SEND_TIMEOUT_S: Final = 30.0
 #: How long, by default, a reader waits for the sender's next frame before it raises.
@@ -130,6 +137,8 @@ class Sent:
     size: int
     sha256: str
     seconds: float
+    #: what the receiving callback returned (a JSON object), or None
+    reply: dict[str, object] | None = None
 
 
 @dataclass(frozen=True)
@@ -232,7 +241,46 @@ class StreamReader:
         raise StreamError(reason)
 
 
-StreamHandler = Callable[[str, dict[str, object], StreamReader], None]
+#: A receiving callback: ``(sender, header, reader)`` -> None or a small JSON-able dict that
+#: travels back to the sender in the DONE answer.
+StreamHandler = Callable[[str, dict[str, object], StreamReader], Mapping[str, object] | None]
+
+
+def encode_reply(reply: object) -> bytes:
+    """The DONE payload for a callback's return value; ValueError naming a bad one."""
+    if reply is None:
+        return b""
+    if not isinstance(reply, Mapping):
+        raise ValueError(f"the receiving callback returned {_shown(reply)}, not a JSON object "
+                         "(a dict) or None")
+    try:
+        payload = json.dumps(dict(reply), separators=(",", ":"), allow_nan=False).encode()
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"the receiving callback returned {_shown(reply)}, which is not "
+                         f"JSON ({err})") from err
+    if len(payload) > REPLY_MAX_BYTES:
+        raise ValueError(f"the receiving callback returned {len(payload)} bytes of JSON; at "
+                         f"most {REPLY_MAX_BYTES} travel back")
+    return payload
+
+
+def decode_reply(payload: bytes) -> dict[str, object] | None:
+    """A DONE payload's reply; ValueError if it is not a JSON object."""
+    if not payload:
+        return None
+    try:
+        reply = json.loads(payload)
+    except ValueError as err:
+        raise ValueError(f"a reply that is not JSON ({_shown(payload)}: {err})") from err
+    if not isinstance(reply, dict):
+        raise ValueError(f"a reply that is not a JSON object ({_shown(payload)})")
+    return reply
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
 
 
 @dataclass(eq=False)
@@ -264,8 +312,9 @@ class StreamServer:
     """The receiving end: binds ``bind`` (address, port; port 0 picks one: see
     :attr:`endpoint`) and admits the ``peers`` (node -> address) holding keys from ``keys``.
     For each transfer, ``on_stream(sender, header, reader)`` runs on its own thread; it
-    should read ``reader`` to its end (then the sender hears DONE) or raise (FAIL, with the
-    exception's text). ``context`` may be the daemon's (its ZAP handler is shared)."""
+    should read ``reader`` to its end (then the sender hears DONE, with what it returned: None
+    or a JSON object of at most ``REPLY_MAX_BYTES``) or raise (FAIL, with the exception's
+    text). ``context`` may be the daemon's (its ZAP handler is shared)."""
 
     def __init__(
         self,
@@ -533,7 +582,7 @@ class StreamServer:
 
     def _run(self, transfer: _Transfer, reader: StreamReader) -> None:
         try:
-            self._on_stream(transfer.sender, transfer.header, reader)
+            payload = encode_reply(self._on_stream(transfer.sender, transfer.header, reader))
         except Exception as err:
             log.warning("stream %s: the receiver failed after %d bytes: %s",
                         transfer.describe(), reader.bytes_read, err)
@@ -541,7 +590,7 @@ class StreamServer:
             return
         if reader.complete:
             log.info("stream %s: complete, %d bytes", transfer.describe(), reader.bytes_read)
-            self.finish(transfer, DONE)
+            self.post(transfer, [DONE, payload], final=True)
         else:
             self.finish(transfer, FAIL, f"the receiver stopped after {reader.bytes_read} "
                                         "bytes without reading to the end")
@@ -660,6 +709,7 @@ class _Sending:
         self.credit = 0
         self.up = False
         self.done = False
+        self.reply: dict[str, object] | None = None
 
     def fail(self, what: str) -> StreamError:
         return StreamError(f"stream to {self.peer} at {self.where}: {what}")
@@ -705,6 +755,10 @@ class _Sending:
                 raise self.fail("the receiver refused the stream: "
                                 + payload.decode("utf-8", "replace"))
             elif kind == DONE:
+                try:
+                    self.reply = decode_reply(payload)
+                except ValueError as err:
+                    raise self.fail(f"the receiver answered with {err}") from None
                 self.done = True
 
 
@@ -725,7 +779,8 @@ def send_stream(
     """Send what ``source`` reads until its end to the :class:`StreamServer` of node
     ``peer`` at ``address`` (address, port), connecting from ``source_address`` (the
     receiver admits only its peers' addresses), with ``header`` (a JSON object) first.
-    Returns once the receiver read and verified it all and its callback returned.
+    Returns once the receiver read and verified it all and its callback returned; what the
+    callback returned is in :attr:`Sent.reply`.
 
     Raises :class:`StreamError` when the receiver cannot be reached or authenticated, refuses
     or fails, or makes no progress for ``timeout`` seconds at any step; ``bandwidth`` (bytes
@@ -805,7 +860,7 @@ def _transfer(state: _Sending, head: bytes, source: Source, bandwidth: float | N
             _pace(state, start + total / bandwidth)
     _send(state, [END, struct.pack(_END_FORMAT, total, sha.digest())])
     state.wait(lambda: state.done, f"no answer from the receiver after all {total} bytes")
-    return Sent(total, sha.hexdigest(), time.monotonic() - start)
+    return Sent(total, sha.hexdigest(), time.monotonic() - start, state.reply)
 
 
 def _send(state: _Sending, frames: list[bytes]) -> None:
