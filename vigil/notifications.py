@@ -17,6 +17,13 @@ NodeJoined                 ``node_joined``              member
 NodeLost                   ``node_lost``                member, clean (it said goodbye)
 LinkUp / LinkDown          ``link_up`` / ``link_down``  member, link
 NicUp / NicDown            ``nic_up`` / ``nic_down``    nic, reason (a NIC of ``node``)
+MirrorLagging              ``mirror_lagging``           resource, group, lag, max_lag (on
+                                                        the source: the best copy elsewhere
+                                                        fell further behind than max_lag)
+MirrorCaughtUp             ``mirror_caught_up``         resource, group, lag, max_lag (it is
+                                                        back within max_lag)
+MirrorDiverged             ``mirror_diverged``          resource, group, names (what ``node``
+                                                        newly set aside)
 ResourceStateChanged       ``resource_state_changed``   resource, group, state, reason
 GroupStateChanged          ``group_state_changed``      group, state, reason
 FailCountsCleared          ``fail_counts_cleared``      group
@@ -55,6 +62,9 @@ __all__ = [
     "GroupStateChanged",
     "LinkDown",
     "LinkUp",
+    "MirrorCaughtUp",
+    "MirrorDiverged",
+    "MirrorLagging",
     "Missed",
     "NicDown",
     "NicUp",
@@ -150,6 +160,41 @@ class NicDown(Notification):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MirrorLagging(Notification):
+    """On the source of mirror resource ``resource``: the freshest copy on any other node
+    (the best standby's) is now more than ``max_lag`` seconds behind, so a failover would
+    lose more than that, or could not take place (``lag`` None: no other node has a copy)."""
+
+    kind: ClassVar[str] = "mirror_lagging"
+    resource: str
+    group: str
+    lag: float | None = None
+    max_lag: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MirrorCaughtUp(Notification):
+    """After :class:`MirrorLagging`: the best standby's copy is within ``max_lag`` again."""
+
+    kind: ClassVar[str] = "mirror_caught_up"
+    resource: str
+    group: str
+    lag: float = 0.0
+    max_lag: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MirrorDiverged(Notification):
+    """``node`` set aside ``names`` (snapshots of a history the source does not share, or
+    its former data): kept, never merged nor deleted, until an operator decides."""
+
+    kind: ClassVar[str] = "mirror_diverged"
+    resource: str
+    group: str
+    names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ResourceStateChanged(Notification):
     kind: ClassVar[str] = "resource_state_changed"
     resource: str
@@ -242,7 +287,8 @@ class Missed(Notification):
 _TYPES: dict[str, type[Notification]] = {
     cls.kind: cls for cls in (
         TransitionStarted, TransitionCompleted, NodeJoined, NodeLost, LinkUp, LinkDown,
-        NicUp, NicDown, ResourceStateChanged, GroupStateChanged, FailCountsCleared, GroupMoved,
+        NicUp, NicDown, MirrorLagging, MirrorCaughtUp, MirrorDiverged, ResourceStateChanged,
+        GroupStateChanged, FailCountsCleared, GroupMoved,
         QuorumGained, QuorumLost, FencingRequested, FencingCompleted, Decision, Missed)
 }
 #: Every kind a subscriber can ask for.
@@ -272,6 +318,8 @@ def from_dict(data: Mapping[str, Any]) -> Notification:
         if f.name in ("placement", "fields") and isinstance(value, Mapping):
             value = tuple(sorted((str(k), "" if v is None else str(v))
                                  for k, v in value.items()))
+        elif isinstance(value, list):  # a tuple field, as JSON carries it
+            value = tuple(value)
         kwargs[f.name] = value
     if cls is Decision and data.get("kind") not in (None, "decision"):
         kwargs.setdefault("topic", str(data.get("kind")))

@@ -16,6 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+def seconds(value: float) -> str:
+    """A span of seconds as status and decisions write it: ``0.8 s``, ``45 s``."""
+    return f"{round(value, 1):g} s"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Operation:
     """The last failure or the last diagnostic of a resource on this node."""
@@ -105,6 +110,57 @@ class NicStatus:
     def from_json(cls, data: Mapping[str, Any]) -> NicStatus:
         return cls(state=str(data["state"]), reason=str(data["reason"]),
                    since=str(data["since"]))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CopyStatus:
+    """The answering node's newest complete copy of a mirror resource's data."""
+
+    seq: int  # the snapshot's number along its history
+    source: str  # the node that took it
+    taken: float  # when (Unix seconds, the source's clock)
+    age: float | None  # seconds since then, on the answering node's clock; None: unknown
+    live: bool  # the data is in service here (this node is the source)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"seq": self.seq, "source": self.source, "taken": self.taken, "age": self.age,
+                "live": self.live}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> CopyStatus | None:
+        if data is None:
+            return None
+        age = data["age"]
+        return cls(seq=int(data["seq"]), source=str(data["source"]),
+                   taken=float(data["taken"]), age=None if age is None else float(age),
+                   live=bool(data["live"]))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MirrorStatus:
+    """A mirror resource as the answering node sees it (docs/resources.md, "mirror")."""
+
+    group: str
+    source: str | None  # where its data is in service (the group's node), if anywhere
+    max_lag: float  # seconds
+    copy: CopyStatus | None  # this node's newest copy; None: it has none
+    aside: tuple[str, ...]  # what this node holds set aside (diverged snapshots, old data)
+    #: on the source only: each other node -> seconds its copy is behind (None: it has no
+    #: copy of this history, or cannot be reached)
+    lags: Mapping[str, float | None] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"group": self.group, "source": self.source, "max_lag": self.max_lag,
+                "copy": None if self.copy is None else self.copy.to_json(),
+                "aside": list(self.aside), "lags": dict(self.lags)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> MirrorStatus:
+        return cls(group=str(data["group"]), source=data["source"],
+                   max_lag=float(data["max_lag"]), copy=CopyStatus.from_json(data["copy"]),
+                   aside=tuple(str(a) for a in data["aside"]),
+                   lags={str(n): None if v is None else float(v)
+                         for n, v in data["lags"].items()})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -232,6 +288,7 @@ class ClusterStatus:
     nics: Mapping[str, NicStatus] = field(default_factory=dict)  # this node's NICs
     #: this node's links (its own; ``nodes[NODE].links`` has each peer's as seen from here)
     links: Mapping[str, LinkStatus] = field(default_factory=dict)
+    mirrors: Mapping[str, MirrorStatus] = field(default_factory=dict)  # mirror resource ->
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -263,6 +320,7 @@ class ClusterStatus:
             "fencing": self.fencing.to_json(),
             "nics": {n: v.to_json() for n, v in self.nics.items()},
             "links": {name: v.to_json() for name, v in self.links.items()},
+            "mirrors": {r: v.to_json() for r, v in self.mirrors.items()},
         }
 
     def links_down(self) -> str:
@@ -316,6 +374,8 @@ class ClusterStatus:
             nics={n: NicStatus.from_json(v) for n, v in data.get("nics", {}).items()},
             links={str(name): LinkStatus.from_json(v)
                    for name, v in data.get("links", {}).items()},
+            mirrors={str(r): MirrorStatus.from_json(v)
+                     for r, v in data.get("mirrors", {}).items()},
         )
 
 

@@ -141,6 +141,9 @@ def test_moving_a_group_stops_it_in_reverse_order_before_it_starts_elsewhere(
     answer = cluster.nodes["gamma"].control("move", group="web", node="gamma")
     assert answer["ok"], answer
     wait_for(lambda: running_on(cluster, "web") == ["gamma"], 15, "web moved to gamma")
+    # `vigil group move --force` is a move too (it only overrides a mirror's max_lag)
+    answer = cluster.nodes["beta"].control("move", group="web", node="gamma", force="1")
+    assert answer["ok"] and answer["message"].startswith("forced move of web"), answer
     assert journal("alpha", "stop") == ["web-app", "web-data", "web-ip"]
     with JOURNAL_LOCK:
         last_stop = max(t for t, n, o, _ in JOURNAL if n == "alpha" and o == "stop")

@@ -7,6 +7,7 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import given
 
+from vigil.cluster.mirrors import CopyFact
 from vigil.cluster.wire import (
     Accept,
     Accepted,
@@ -45,6 +46,8 @@ costs = st.floats(min_value=0, allow_nan=False)
 requests = st.builds(RequestRef, names.map(lambda n: f"{n}-1-2"),
                      st.sampled_from(["move", "standby", "maintenance", "kill"]),
                      st.just("") | names, st.just("") | names)
+copies = st.builds(CopyFact, st.integers(0, 10**12),
+                   st.floats(min_value=0, max_value=4e9, allow_nan=False), names, st.booleans())
 
 bodies: st.SearchStrategy[Body] = st.one_of(
     st.builds(Heartbeat, n=st.integers(1, 10**9), incarnation=st.integers(1, 10**9),
@@ -66,7 +69,8 @@ bodies: st.SearchStrategy[Body] = st.one_of(
     st.builds(Accept, epochs, placements, admin, st.lists(names, max_size=3).map(tuple)),
     st.builds(Report, epochs, st.dictionaries(names, states, max_size=4),
               st.lists(accepted, max_size=3).map(tuple)),
-    st.builds(CostReply, epochs, st.dictionaries(names, costs, max_size=4)),
+    st.builds(CostReply, epochs, st.dictionaries(names, costs, max_size=4),
+              st.dictionaries(names, st.none() | copies, max_size=3)),
     st.builds(Stopped, epochs, st.lists(names, max_size=3).map(tuple),
               st.lists(names, max_size=3).map(tuple)),
     st.builds(Ack, epochs, st.dictionaries(names, st.integers(0, 10**9), max_size=4)),
@@ -92,6 +96,25 @@ def test_every_message_reads_back_as_itself(body: Body, sender: str) -> None:
     ("cost", {"epoch": "3.alpha", "costs": "web=nan"}, "cost is NaN"),
     ("cost", {"epoch": "3.alpha", "costs": "web=cheap"}, "bad cost"),
     ("report", {"epoch": "3.alpha", "active": "", "hist": "1.alpha|web=a"}, "bad history"),
+    ("cost", {"epoch": "3.alpha", "costs": "", "copies": "db=12:1.5:alpha"},
+     "bad copy of db"),
+    ("cost", {"epoch": "3.alpha", "costs": "", "copies": "db=x:1.5:alpha:0"},
+     "bad copy number of db"),
+    ("cost", {"epoch": "3.alpha", "costs": "", "copies": "db=-3:1.5:alpha:0"},
+     "bad copy number of db"),
+    ("cost", {"epoch": "3.alpha", "costs": "", "copies": "db=3:nan:alpha:0"},
+     "bad copy time of db"),
+    ("cost", {"epoch": "3.alpha", "costs": "", "copies": "db=3:inf:alpha:0"},
+     "bad copy time of db"),
+    ("cost", {"epoch": "3.alpha", "costs": "", "copies": "db=3:-1.0:alpha:0"},
+     "bad copy time of db"),
+    ("cost", {"epoch": "3.alpha", "costs": "", "copies": "db=3:soon:alpha:0"},
+     "bad copy time of db"),
+    ("cost", {"epoch": "3.alpha", "costs": "", "copies": "db=3:1.5:ALPHA:0"},
+     "bad copy source of db"),
+    ("cost", {"epoch": "3.alpha", "costs": "", "copies": "db=3:1.5:alpha:yes"},
+     "bad copy liveness of db"),
+    ("cost", {"epoch": "3.alpha", "costs": "", "copies": "DB=-"}, "bad pair"),
     ("hb", {"n": "-1", "inc": "1", "epoch": "0", "acc": "0", "echo": "", "groups": "",
             "want": "0", "reqs": ""}, "bad heartbeat number"),
     ("echo", {"n": "7", "inc": "1"}, "echo without field 'epoch'"),
@@ -107,3 +130,16 @@ def test_a_malformed_message_is_one_remote_protocol_error(mtype: str, fields: di
                                                           says: str) -> None:
     with pytest.raises(RemoteProtocolError, match=says):
         decode(Message(type=mtype, sender="beta", fields=fields))
+
+
+def test_a_cost_reply_without_copies_parses_and_carries_none() -> None:
+    """An older member's reply (no ``copies`` field) still parses; a reply with copies
+    carries each mirror resource's copy, or that the member has none."""
+    old = decode(Message(type="cost", sender="beta", fields={"epoch": "3.alpha",
+                                                              "costs": "db=1.0"}))
+    assert old.body == CostReply((3, "alpha"), {"db": 1.0})
+    new = decode(Message(type="cost", sender="beta", fields={
+        "epoch": "3.alpha", "costs": "db=1.0", "copies": "data=57:1700000000.25:alpha:1,logs=-"}))
+    assert isinstance(new.body, CostReply)
+    assert new.body.copies == {"data": CopyFact(57, 1700000000.25, "alpha", True), "logs": None}
+    assert "copies" not in to_message(CostReply((3, "alpha"), {"db": 1.0}), "beta").fields

@@ -270,9 +270,10 @@ class CoordinatorActor(VigilActor):
             if self.core.accepted.maintenance:
                 return _error("the cluster is in maintenance mode: nothing moves; end it "
                               "first with `vigil maintenance off`")
-            self._handle(AdminRequest("move", group=group, node=node))
-            return {"ok": True, "message": f"move of {group} to {node} requested; the next "
-                    "transition applies it (watch `vigil status`)"}
+            force = req.arg("force") == "1"
+            self._handle(AdminRequest("move", group=group, node=node, force=force))
+            return {"ok": True, "message": f"{'forced ' if force else ''}move of {group} to "
+                    f"{node} requested; the next transition applies it (watch `vigil status`)"}
         if cmd in ("standby", "online"):
             if node not in cfg.nodes:
                 return _error(_unknown("node", node, cfg.nodes))
@@ -331,7 +332,8 @@ class CoordinatorActor(VigilActor):
             nics=self.nics, links=self.link_facts, nic_down={
                 link: f"its NIC {nic} is down: {self.nics[nic].reason}"
                 for link, nic in self.link_nics.items()
-                if nic in self.nics and self.nics[nic].state == "down"}), wall=_wall)
+                if nic in self.nics and self.nics[nic].state == "down"}), wall=_wall,
+            unix_now=time.time())
 
 
 def _wall(monotonic: float) -> str:

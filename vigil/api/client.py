@@ -68,7 +68,11 @@ class Client:
         daemon's answer holds no status tree this version can read."""
         return status_of(self.request("status"), self.node)
 
-    def move(self, group: str, node: str) -> str:
+    def move(self, group: str, node: str, *, force: bool = False) -> str:
+        """``force``: even to a node whose copy of the group's mirrored data is beyond
+        max_lag (`vigil group move --force`)."""
+        if force:
+            return str(self.request("move", group=group, node=node, force="1")["message"])
         return str(self.request("move", group=group, node=node)["message"])
 
     def standby(self, node: str) -> str:

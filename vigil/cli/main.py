@@ -24,7 +24,7 @@ from vigil.config import (
     write_key,
 )
 from vigil.local.protocol import MalformedAnswer, request, status_of
-from vigil.status import ClusterStatus, PeerLink
+from vigil.status import ClusterStatus, PeerLink, seconds
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_NO_DAEMON = 1, 2, 3
 DEFAULT_CONFIG = os.environ.get("VIGIL_CONFIG", "/etc/vigil/cluster.toml")
@@ -183,11 +183,18 @@ def group() -> None:
 @group.command("move")
 @config_option
 @via_option
+@click.option("--force", is_flag=True,
+              help="Move even where the copy of the group's mirrored data is further behind "
+                   "than max_lag (what the copy lacks is lost there).")
 @click.argument("group_name")
 @click.argument("target")
-def group_move(config_path: str, via: str | None, group_name: str, target: str) -> None:
+def group_move(config_path: str, via: str | None, force: bool, group_name: str,
+               target: str) -> None:
     """Move GROUP_NAME to node TARGET (through a transition; it stays there after)."""
-    _request(config_path, via, "move", group=group_name, node=target)
+    if force:
+        _request(config_path, via, "move", group=group_name, node=target, force="1")
+    else:
+        _request(config_path, via, "move", group=group_name, node=target)
 
 
 @cli.group()
@@ -363,6 +370,7 @@ def format_status(st: ClusterStatus) -> str:
             diag = rv.last_diagnostic
             if diag is not None and not diag.ok:
                 lines.append(f"          last diagnostic at {diag.at} FAILED: {diag.reason}")
+    lines += _format_mirrors(st)
     if st.fail_counts:
         lines.append("Fail counts here: " + ", ".join(f"{g}={c}"
                                                       for g, c in st.fail_counts.items()))
@@ -373,6 +381,30 @@ def format_status(st: ClusterStatus) -> str:
         lines.append("Recent decisions:")
         lines += [f"    {at} {text}" for at, text in st.decisions[-6:]]
     return "\n".join(lines)
+
+
+def _format_mirrors(st: ClusterStatus) -> list[str]:
+    """Each mirror resource: on its source, how far each peer is behind; elsewhere, this
+    node's copy and its age; and what this node keeps aside."""
+    lines = []
+    for r, m in sorted(st.mirrors.items()):
+        if m.source == st.node:
+            peers = [f"{n} has no copy (or cannot be reached)" if lag is None else
+                     f"{n} {seconds(lag)} behind" + (
+                         f" (BEYOND max_lag {seconds(m.max_lag)})" if lag > m.max_lag else "")
+                     for n, lag in m.lags.items()]
+            lines.append(f"Mirror {r} (group {m.group}): source {st.node}; "
+                         + (", ".join(peers) or "no copy elsewhere measured yet"))
+        elif m.copy is None:
+            lines.append(f"Mirror {r}: no copy here")
+        else:
+            c = m.copy
+            age = "" if c.age is None else f", {seconds(c.age)} old"
+            lines.append(f"Mirror {r}: copy {c.seq} from {c.source}{age}"
+                         + (" (live)" if c.live else ""))
+        if m.aside:
+            lines.append(f"    kept aside: {', '.join(m.aside)}")
+    return lines
 
 
 def _format_links(st: ClusterStatus) -> list[str]:

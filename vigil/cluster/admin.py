@@ -30,7 +30,8 @@ class Requests:
     def queue(self, req: AdminRequest) -> RequestRef:
         self.counter += 1
         node = ("on" if req.on else "off") if req.kind == "maintenance" else req.node
-        ref = RequestRef(f"{self.prefix}-{self.counter}", req.kind, req.target, node)
+        kind = "force_move" if req.kind == "move" and req.force else req.kind
+        ref = RequestRef(f"{self.prefix}-{self.counter}", kind, req.target, node)
         self.queued[ref.rid] = ref
         return ref
 
@@ -57,6 +58,8 @@ class Applied:
     ignored: tuple[str, ...]  # why, for each request that names nothing known
     #: (kind, node, who) of each fencing request, in order: for the master to carry out
     fencing: tuple[tuple[str, str, str], ...] = ()
+    #: groups whose move is forced: it may go where its mirrored data is beyond max_lag
+    forced: frozenset[str] = frozenset()
 
 
 def requester(rid: str) -> str:
@@ -72,6 +75,7 @@ def apply(config: ClusterConfig, admin: frozenset[str], requests: Mapping[str, R
     applied: list[str] = []
     ignored: list[str] = []
     fencing: list[tuple[str, str, str]] = []
+    forced: set[str] = set()
     for rid, r in sorted(requests.items()):
         kind, target, node = r.kind, r.target, r.node
         if kind == "standby" and node in config.nodes:
@@ -87,11 +91,17 @@ def apply(config: ClusterConfig, admin: frozenset[str], requests: Mapping[str, R
                 state.add(MAINTENANCE)
             else:
                 state.discard(MAINTENANCE)
-        elif kind == "move" and target in config.groups and node in config.nodes:
+        elif kind in ("move", "force_move") and target in config.groups and node in config.nodes:
             moves[target] = node
+            # the latest move of a group decides, forced or not
+            if kind == "force_move":
+                forced.add(target)
+            else:
+                forced.discard(target)
         elif kind in ("fence", "confirm_off") and node in config.nodes:
             fencing.append((kind, node, f"an operator via {requester(rid)}"))
         else:
             ignored.append(f"request {rid} ignored: unknown {kind} {target} {node}")
         applied.append(rid)
-    return Applied(frozenset(state), moves, tuple(applied), tuple(ignored), tuple(fencing))
+    return Applied(frozenset(state), moves, tuple(applied), tuple(ignored), tuple(fencing),
+                   frozenset(forced))

@@ -76,6 +76,9 @@ class AdminRequest:
     resource: str = ""  # the resource to enable (in service), disable (out) or kill (at once)
     node: str = ""  # the target of a move; the node of standby, online, fence or confirm_off
     on: bool = False  # maintenance on (True) or off
+    #: a move that may go to a node whose copy of the group's mirrored data is beyond
+    #: max_lag (the wire's request kind ``force_move``)
+    force: bool = False
 
     @property
     def target(self) -> str:

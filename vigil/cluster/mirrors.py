@@ -19,8 +19,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Final
 
-__all__ = ["CopyFact", "MirrorLag", "MirrorState"]
+from vigil.config import ClusterConfig, ConfigError, GroupConfig, ResourceConfig, parse_duration
+
+__all__ = ["DEFAULT_MAX_LAG", "MIRROR_TYPE", "CopyFact", "MirrorLag", "MirrorState",
+           "copy_lags", "group_mirrors", "max_lag", "mirror_resources"]
+
+#: The resource type whose data the freshest copy decides the placement of.
+MIRROR_TYPE: Final = "mirror"
+#: ``params.max_lag`` when the resource does not say.
+DEFAULT_MAX_LAG: Final = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,3 +59,39 @@ class MirrorLag:
 
     resource: str
     lags: Mapping[str, float | None] = field(default_factory=dict)
+
+
+def mirror_resources(config: ClusterConfig) -> tuple[str, ...]:
+    """The configured mirror resources, sorted."""
+    return tuple(sorted(r for r, rc in config.resources.items() if rc.type == MIRROR_TYPE))
+
+
+def group_mirrors(config: ClusterConfig, group: GroupConfig) -> tuple[str, ...]:
+    """The group's mirror resources, in the group's order."""
+    return tuple(r for r in group.resources if config.resources[r].type == MIRROR_TYPE)
+
+
+def max_lag(resource: ResourceConfig) -> float:
+    """The resource's ``params.max_lag`` in seconds (default 30 s). A value that does not
+    parse counts as the default: `vigil config check` refuses it, so only a node started
+    without the check would run with one, and it must not crash over it."""
+    value = resource.params.get("max_lag")
+    if not isinstance(value, str | int | float) or isinstance(value, bool):
+        return DEFAULT_MAX_LAG
+    try:
+        return parse_duration(value, f"resources.{resource.name}.params.max_lag")
+    except ConfigError:
+        return DEFAULT_MAX_LAG
+
+
+def copy_lags(copies: Mapping[str, CopyFact | None]) -> dict[str, float | None]:
+    """Node -> how many seconds its copy is behind the freshest of ``copies`` (None: it has
+    none). A live copy is the data itself: it is never behind. The others are measured from
+    the newest snapshot any node holds (a live copy's snapshots are that newest, unless a
+    node kept a newer one of another history)."""
+    taken = [c.taken for c in copies.values() if c is not None]
+    if not taken:
+        return dict.fromkeys(copies)
+    freshest = max(taken)
+    return {n: None if c is None else 0.0 if c.live else max(0.0, freshest - c.taken)
+            for n, c in copies.items()}

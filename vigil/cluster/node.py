@@ -46,7 +46,7 @@ from vigil.cluster.fencing import Fencing
 from vigil.cluster.journal import Journal
 from vigil.cluster.local import Allowed, LocalGroups, LocalState
 from vigil.cluster.membership import Heard, Membership
-from vigil.cluster.mirrors import MirrorLag, MirrorState
+from vigil.cluster.mirrors import CopyFact, MirrorLag, MirrorState, max_lag, mirror_resources
 from vigil.cluster.placement import stop_bound
 from vigil.cluster.promise import Persisted, Promise
 from vigil.cluster.round import Master, Phase, Round
@@ -82,11 +82,15 @@ from vigil.config import ClusterConfig
 from vigil.messages import BROADCAST
 from vigil.notifications import (
     FailCountsCleared,
+    MirrorCaughtUp,
+    MirrorDiverged,
+    MirrorLagging,
     NicDown,
     NicUp,
     TransitionCompleted,
     TransitionStarted,
 )
+from vigil.status import seconds
 
 __all__ = ["NodeCore"]
 
@@ -120,6 +124,8 @@ class NodeCore:
         self.mirrors: dict[str, MirrorState] = {}
         #: mirror resource -> how far the other nodes' copies are behind (here, its source)
         self.mirror_lags: dict[str, MirrorLag] = {}
+        #: mirror resources whose best standby is beyond max_lag, as last notified here
+        self.mirror_lagging: set[str] = set()
         self.started_at = now
         self.now = now
         self.leaving = False
@@ -198,9 +204,9 @@ class NodeCore:
         elif isinstance(event, NicChanged):
             self._nic_changed(event)
         elif isinstance(event, MirrorState):
-            self.mirrors[event.resource] = event
+            self._mirror_state(event)
         elif isinstance(event, MirrorLag):
-            self.mirror_lags[event.resource] = event
+            self._mirror_lag(event)
         elif isinstance(event, Shutdown) and not self.leaving:
             self.leaving = True
             self.journal.note("membership", f"{self.name} is leaving the cluster: stopping "
@@ -280,6 +286,12 @@ class NodeCore:
 
     def fail_counts(self) -> dict[str, int]:
         return self.groups.fail_counts()
+
+    def copies(self) -> dict[str, CopyFact | None]:
+        """Mirror resource -> this node's newest copy of its data (None: none), as the shell
+        last said: what the cost reply carries, so that the master lets the freshest win."""
+        return {r: s.copy if (s := self.mirrors.get(r)) is not None else None
+                for r in mirror_resources(self.config)}
 
     def fence_refusal(self, kind: str, node: str) -> str:
         """Why a manual fencing request (``fence`` or ``confirm_off``) of ``node`` is refused
@@ -424,6 +436,56 @@ class NodeCore:
                                       text=f"NIC {event.nic} of {self.name} is down: "
                                            f"{event.reason}"))
 
+    def _mirror_state(self, event: MirrorState) -> None:
+        r = event.resource
+        before = self.mirrors.get(r)
+        self.mirrors[r] = event
+        if event.copy is None or not event.copy.live:
+            # no longer the source: how far the others are behind is the new source's to tell
+            self.mirror_lagging.discard(r)
+        # A daemon's first word names what it already held aside too: a reminder, once per
+        # life, of what an operator still has to decide on.
+        gained = tuple(a for a in event.aside if before is None or a not in before.aside)
+        rc = self.config.resources.get(r)
+        if gained and rc is not None:
+            self.journal.emit(MirrorDiverged(
+                node=self.name, time=self.now, resource=r, group=rc.group, names=gained,
+                text=f"{self.name} holds set aside {', '.join(gained)} of mirror resource {r} "
+                     f"(group {rc.group}): kept until an operator discards or promotes it "
+                     "(`vigil resource ...`)"))
+
+    def _mirror_lag(self, event: MirrorLag) -> None:
+        """On the source: notify once each time the best standby's copy (the smallest lag
+        elsewhere) crosses max_lag, either way."""
+        r = event.resource
+        self.mirror_lags[r] = event
+        rc = self.config.resources.get(r)
+        if rc is None or not event.lags:
+            return
+        known = [lag for lag in event.lags.values() if lag is not None]
+        best = min(known) if known else None
+        limit = max_lag(rc)
+        lagging = best is None or best > limit
+        if lagging == (r in self.mirror_lagging):
+            return
+        where = f"mirror resource {r} (group {rc.group})"
+        if lagging:
+            self.mirror_lagging.add(r)
+            behind = ("no other node has a copy" if best is None else
+                      f"the freshest copy elsewhere is {seconds(best)} behind")
+            self.journal.emit(MirrorLagging(
+                node=self.name, time=self.now, resource=r, group=rc.group, lag=best,
+                max_lag=limit, text=f"{where}: {behind}, beyond max_lag {seconds(limit)}: "
+                                    f"should {self.name} fail now, no node may take the "
+                                    "group over (unless an operator forces a move)"))
+        else:
+            assert best is not None
+            self.mirror_lagging.discard(r)
+            self.journal.emit(MirrorCaughtUp(
+                node=self.name, time=self.now, resource=r, group=rc.group, lag=best,
+                max_lag=limit, text=f"{where} caught up: the freshest copy elsewhere is "
+                                    f"{seconds(best)} behind (max_lag {seconds(limit)})"))
+
     def _clear_failures(self, group: str, how: str) -> None:
         if self.groups.clear_failures(group):
             self.journal.emit(FailCountsCleared(
@@ -480,8 +542,8 @@ class NodeCore:
                 fail_counts=self.fail_counts(), standby=body.admin,
                 missing_types=self.missing_types, nics_down=dict(self.nics_down))
             costs = self.strategy.local_costs(ctx)
-            self._send(CostReply(epoch, {g: costs.get(g, INFINITY) for g in self.config.groups}),
-                       master)
+            self._send(CostReply(epoch, {g: costs.get(g, INFINITY) for g in self.config.groups},
+                                 self.copies()), master)
         elif isinstance(body, StopRequest):
             promise.stop_orders.update(g for g in body.groups if g in self.groups.state)
             self._reconcile()

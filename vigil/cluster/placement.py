@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from vigil.cluster.mirrors import CopyFact
 from vigil.cluster.strategy import DecisionContext, Strategy, colocation_sets
 from vigil.cluster.wire import MAINTENANCE, Accepted
 from vigil.config import ClusterConfig
@@ -61,11 +62,15 @@ def plan(
     two_node: bool,
     off: frozenset[str] = frozenset(),
     hold: bool = False,
+    copies: Mapping[str, Mapping[str, CopyFact | None]] | None = None,
+    forced: frozenset[str] = frozenset(),
 ) -> Plan:
     """``reports``: member -> group active there -> its local state; ``known``: every
     placement possibly in effect, oldest first (the last is the highest accepted); ``off``:
     nodes known to be off (fenced, or confirmed off by an operator): no suspects; ``hold``:
-    hold the groups of the other suspects instead of waiting for them (a power fencer)."""
+    hold the groups of the other suspects instead of waiting for them (a power fencer);
+    ``copies``: member -> mirror resource -> its copy of the data; ``forced``: groups whose
+    move may go where that copy is beyond max_lag."""
     holders: dict[str, str] = {}
     active_on: dict[str, set[str]] = {}
     blocked: dict[str, str] = {}
@@ -89,7 +94,7 @@ def plan(
     else:
         decision = strategy.decide(DecisionContext(
             config=config, members=tuple(view), costs=costs, holders=holders, moves=moves,
-            blocked=blocked))
+            blocked=blocked, copies=copies or {}, forced=forced))
         placement = dict(decision.placement)
         reasons = dict(decision.reasons)
     for g, node in unclean.items():

@@ -23,8 +23,8 @@ from vigil.cluster.wire import (
     parse_epoch,
 )
 
-ADMIN_KINDS: Final = ("move", "standby", "online", "enable", "disable", "kill", "maintenance",
-                      "fence", "confirm_off")
+ADMIN_KINDS: Final = ("move", "force_move", "standby", "online", "enable", "disable", "kill",
+                      "maintenance", "fence", "confirm_off")
 
 
 @dataclass(frozen=True, slots=True)

@@ -100,6 +100,7 @@ class Round:
     admin: frozenset[str] = frozenset()
     applied: tuple[str, ...] = ()
     moves: dict[str, str] = field(default_factory=dict)
+    forced: frozenset[str] = frozenset()  # groups whose move may go beyond max_lag
     placement: dict[str, str | None] = field(default_factory=dict)
     reasons: dict[str, str] = field(default_factory=dict)
     stops: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -407,7 +408,7 @@ class Master:
         result = admin.apply(self.config, highest.admin, self.pending_requests(reported))
         for why in result.ignored:
             self.journal.note("request", why)
-        r.admin, r.moves = result.admin, result.moves
+        r.admin, r.moves, r.forced = result.admin, result.moves, result.forced
         r.applied = result.applied + tuple(self.stale_requests(reported))
         for kind, node, who in result.fencing:
             self._fence_by_hand(r, kind, node, who)
@@ -427,10 +428,11 @@ class Master:
                               "can fence it", node=node)
 
     def _decide(self, r: Round) -> None:
+        replies = {n: c for n, c in r.replies.items() if isinstance(c, CostReply)}
         decided = plan(self.config, self.strategy, view=r.view, reports=r.reports,
-                       costs={n: c.costs for n, c in r.replies.items()
-                              if isinstance(c, CostReply)},
-                       known=r.known, admin=r.admin, moves=r.moves,
+                       costs={n: c.costs for n, c in replies.items()},
+                       copies={n: c.copies for n, c in replies.items()},
+                       known=r.known, admin=r.admin, moves=r.moves, forced=r.forced,
                        departed=self.membership.departed,
                        two_node=self.membership.quorum.two_node,
                        off=frozenset(n for n in self.config.nodes

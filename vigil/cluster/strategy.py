@@ -19,15 +19,20 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Final
 
+from vigil.cluster.mirrors import CopyFact, copy_lags, group_mirrors, max_lag
 from vigil.cluster.nics import address_nics
 from vigil.config import ClusterConfig, GroupConfig
 from vigil.graph import DependencyGraph
+from vigil.status import seconds
 
 INFINITY = math.inf
+#: Added to a member's cost of a group for each second its copy of one of the group's mirror
+#: resources is behind the freshest copy among the members (docs/resources.md, "mirror").
+COPY_WEIGHT: Final = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +58,12 @@ class DecisionContext:
     holders: Mapping[str, str]  # group -> member that has it active now
     moves: Mapping[str, str] = field(default_factory=dict)  # group -> node (manual requests)
     blocked: Mapping[str, str] = field(default_factory=dict)  # group -> why it may not run
+    #: node -> mirror resource -> its newest copy of the data (None: none), from the cost
+    #: replies
+    copies: Mapping[str, Mapping[str, CopyFact | None]] = field(default_factory=dict)
+    #: groups whose manual move (in ``moves``) was forced: it may go to a node whose copy is
+    #: beyond max_lag (`vigil group move --force`)
+    forced: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,13 +168,72 @@ def runnable_on(ctx: DecisionContext, node: str, groups: list[str]) -> list[str]
 Ranker = Callable[[DecisionContext, str, list[str], str | None, int], tuple[float, str]]
 
 
+@dataclass(frozen=True, slots=True)
+class CopyWeights:
+    """What the members' copies of mirrored data make of the costs (:func:`weigh_copies`)."""
+
+    ctx: DecisionContext  # the context with the costs raised
+    refused: Mapping[str, Mapping[str, str]]  # group -> member -> why its copy cannot serve
+    notes: Mapping[str, Mapping[str, str]]  # group -> member -> its copy, in words
+
+
+def weigh_copies(ctx: DecisionContext) -> CopyWeights:
+    """The freshest copy wins: a member's cost of a group with mirror resources rises by
+    :data:`COPY_WEIGHT` for each second its copy is behind the freshest copy among the
+    members, and is INFINITY when that lag exceeds the resource's ``max_lag`` or when it has
+    no copy while another member has one. A live copy (the data in service there, or the
+    group's current holder, which starts it or runs it) is never behind. When no member has
+    a copy (a first start), nothing changes; nor for the target of a forced move."""
+    costs = {n: dict(c) for n, c in ctx.costs.items()}
+    refused: dict[str, dict[str, str]] = {}
+    notes: dict[str, dict[str, str]] = {}
+    forced_to: dict[str, str] = {}
+    for groups in colocation_sets(ctx.config):
+        for g in groups:
+            if g in ctx.forced and g in ctx.moves:
+                forced_to.update(dict.fromkeys(groups, ctx.moves[g]))
+    for g, gc in ctx.config.groups.items():
+        for r in group_mirrors(ctx.config, gc):
+            lags = copy_lags({n: ctx.copies.get(n, {}).get(r) for n in ctx.members})
+            if all(lag is None for lag in lags.values()):
+                continue  # a first start: nobody holds any data yet
+            holder = ctx.holders.get(g)
+            if holder in lags:
+                lags[holder] = 0.0
+            limit = max_lag(ctx.config.resources[r])
+            for n, lag in lags.items():
+                if n not in costs or forced_to.get(g) == n:
+                    continue
+                if lag is None:
+                    why = f"{n} has no copy of {r} (another member has one)"
+                elif lag > limit:
+                    why = f"{n}'s copy of {r} is {seconds(lag)} behind (max_lag {seconds(limit)})"
+                else:
+                    costs[n][g] = costs[n].get(g, INFINITY) + COPY_WEIGHT * lag
+                    live = n == holder or ((c := ctx.copies[n].get(r)) is not None and c.live)
+                    notes.setdefault(g, {})[n] = (
+                        f"its copy of {r} is live" if live else
+                        f"it holds the freshest copy of {r}" if lag == 0 else
+                        f"its copy of {r} is {seconds(lag)} behind")
+                    continue
+                if costs[n].get(g, INFINITY) < INFINITY:
+                    refused.setdefault(g, {})[n] = why
+                costs[n][g] = INFINITY
+    if not refused and not notes:
+        return CopyWeights(ctx, {}, {})
+    return CopyWeights(replace(ctx, costs=costs), refused, notes)
+
+
 def _place_sets(ctx: DecisionContext, rank: Ranker) -> Decision:
     """Place each colocation set on the member that can run most of it, then by ``rank``.
 
     A set is placed as a whole because ``depends_on`` between groups means "on the same node":
     choosing the node for the first group alone could strand a dependent that another node
-    could have run together with it.
+    could have run together with it. The members' copies of mirrored data weigh in first
+    (:func:`weigh_copies`).
     """
+    weights = weigh_copies(ctx)
+    ctx = weights.ctx
     placement: dict[str, str | None] = {}
     reasons: dict[str, str] = {}
     assigned: dict[str, int] = dict.fromkeys(ctx.members, 0)
@@ -186,6 +256,11 @@ def _place_sets(ctx: DecisionContext, rank: Ranker) -> Decision:
             chosen = min(options, key=lambda n: (-len(options[n]), ranked[n][0],
                                                  0 if n == holder else 1, n))
             why = ranked[chosen][1]
+        if chosen is not None:
+            why = "; ".join([why, *(weights.notes[g][chosen] for g in groups
+                                    if chosen in weights.notes.get(g, {}))])
+        refusals = [w for g in groups for w in weights.refused.get(g, {}).values()]
+        moved = [ctx.moves[g] for g in groups if g in ctx.moves]
         for g in groups:
             if chosen is not None and g in options[chosen]:
                 placement[g] = chosen
@@ -196,7 +271,14 @@ def _place_sets(ctx: DecisionContext, rank: Ranker) -> Decision:
                 reasons[g] = (f"blocked: {ctx.blocked[g]}" if g in ctx.blocked else
                               "no member can run it" + (
                                   f" together with {', '.join(ctx.config.groups[g].depends_on)}"
-                                  if ctx.config.groups[g].depends_on else ""))
+                                  if ctx.config.groups[g].depends_on else "") + (
+                                  f": {'; '.join(refusals)}" if refusals else ""))
+            for target in moved:
+                refused = weights.refused.get(g, {}).get(target)
+                if refused and placement[g] != target:
+                    reasons[g] += (f"; not moved to {target}: {refused} (`vigil group move "
+                                   "--force` moves it there anyway, losing what its copy "
+                                   "lacks)")
     return Decision(placement=placement, reasons=reasons)
 
 

@@ -12,15 +12,18 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from vigil.cluster.local import ACTIVE
+from vigil.cluster.mirrors import max_lag, mirror_resources
 from vigil.cluster.node import NodeCore
 from vigil.cluster.wire import fmt_epoch
 from vigil.status import (
     ClusterStatus,
+    CopyStatus,
     FenceDeviceStatus,
     FenceEvent,
     FencingStatus,
     GroupStatus,
     LinkStatus,
+    MirrorStatus,
     NicStatus,
     NodeStatus,
     Operation,
@@ -67,8 +70,10 @@ def _core_time(t: float) -> str:
 
 
 def build_status(core: NodeCore, facts: ResourceFacts | None = None, *,
-                 wall: Callable[[float], str] = _core_time) -> ClusterStatus:
-    """The cluster as ``core`` sees it; ``wall`` turns core times into what people read."""
+                 wall: Callable[[float], str] = _core_time,
+                 unix_now: float | None = None) -> ClusterStatus:
+    """The cluster as ``core`` sees it; ``wall`` turns core times into what people read;
+    ``unix_now`` (the wall clock, Unix seconds) dates the copies of mirrored data."""
     facts = facts or ResourceFacts()
     config = core.config
     alive = core.alive()
@@ -156,7 +161,30 @@ def build_status(core: NodeCore, facts: ResourceFacts | None = None, *,
         mismatched=tuple(sorted(membership.mismatched)), dropped=core.dropped,
         messages=dict(facts.messages),
         decisions=tuple((wall(t), text) for t, text in core.decisions[-20:]),
-        fencing=fence_status, nics=dict(facts.nics), links=links)
+        fencing=fence_status, nics=dict(facts.nics), links=links,
+        mirrors=_mirrors(core, groups, unix_now))
+
+
+def _mirrors(core: NodeCore, groups: Mapping[str, GroupStatus],
+             unix_now: float | None) -> dict[str, MirrorStatus]:
+    """Each mirror resource: this node's copy and what it holds aside; on the source (the
+    group runs here), how far each other node's copy is behind."""
+    out = {}
+    for r in mirror_resources(core.config):
+        rc = core.config.resources[r]
+        source = groups[rc.group].node
+        state = core.mirrors.get(r)
+        fact = state.copy if state is not None else None
+        lag = core.mirror_lags.get(r)
+        out[r] = MirrorStatus(
+            group=rc.group, source=source, max_lag=max_lag(rc),
+            copy=None if fact is None else CopyStatus(
+                seq=fact.seq, source=fact.source, taken=fact.taken, live=fact.live,
+                age=None if unix_now is None else round(max(0.0, unix_now - fact.taken), 3)),
+            aside=state.aside if state is not None else (),
+            lags=dict(sorted(lag.lags.items())) if lag is not None and source == core.name
+            else {})
+    return out
 
 
 def _links(core: NodeCore, facts: ResourceFacts) -> dict[str, LinkStatus]:

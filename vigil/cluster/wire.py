@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar, Final, Protocol, Self
 
+from vigil.cluster.mirrors import CopyFact
 from vigil.messages import BROADCAST, NAME_RE, Message
 
 Epoch = tuple[int, str]
@@ -122,6 +123,40 @@ def _dec_costs(text: str) -> dict[str, float]:
         if math.isnan(cost):
             raise RemoteProtocolError("cost is NaN")
         out[group] = cost
+    return out
+
+
+def _enc_copies(copies: Mapping[str, CopyFact | None]) -> str:
+    return _enc_pairs((r, "-" if c is None else
+                       f"{c.seq}:{c.taken!r}:{c.source}:{1 if c.live else 0}")
+                      for r, c in sorted(copies.items()))
+
+
+def _dec_copies(text: str) -> dict[str, CopyFact | None]:
+    """``R=SEQ:TAKEN:SOURCE:LIVE`` for each mirror resource, ``R=-`` for no copy."""
+    out: dict[str, CopyFact | None] = {}
+    for resource, value in _pairs(text).items():
+        if value == "-":
+            out[resource] = None
+            continue
+        parts = value.split(":")
+        if len(parts) != 4:
+            raise RemoteProtocolError(f"bad copy of {resource}: {value[:40]!r} (expected "
+                                      "SEQ:TAKEN:SOURCE:LIVE or -)")
+        seq, taken_text, source, live = parts
+        try:
+            taken = float(taken_text)
+        except ValueError:
+            raise RemoteProtocolError(f"bad copy time of {resource}: "
+                                      f"{taken_text[:40]!r}") from None
+        if not math.isfinite(taken) or taken < 0:
+            raise RemoteProtocolError(f"bad copy time of {resource}: {taken_text[:40]!r}")
+        if not NAME_RE.match(source):
+            raise RemoteProtocolError(f"bad copy source of {resource}: {source[:40]!r}")
+        if live not in ("0", "1"):
+            raise RemoteProtocolError(f"bad copy liveness of {resource}: {live[:40]!r}")
+        out[resource] = CopyFact(_int(seq, f"copy number of {resource}"), taken, source,
+                                 live == "1")
     return out
 
 
@@ -469,14 +504,21 @@ class CostReply:
     TYPE: ClassVar[str] = "cost"
     epoch: Epoch
     costs: Mapping[str, float]
+    #: mirror resource -> the member's newest copy of its data (None: it has none); absent
+    #: from the message when the cluster has no mirror resource (and from older members')
+    copies: Mapping[str, CopyFact | None] = field(default_factory=dict)
 
     def fields(self) -> dict[str, str]:
-        return {"epoch": fmt_epoch(self.epoch),
-                "costs": _enc_pairs((g, _enc_cost(c)) for g, c in sorted(self.costs.items()))}
+        out = {"epoch": fmt_epoch(self.epoch),
+               "costs": _enc_pairs((g, _enc_cost(c)) for g, c in sorted(self.costs.items()))}
+        if self.copies:
+            out["copies"] = _enc_copies(self.copies)
+        return out
 
     @classmethod
     def parse(cls, f: Mapping[str, str]) -> CostReply:
-        return cls(parse_epoch(f["epoch"]), _dec_costs(f["costs"]))
+        return cls(parse_epoch(f["epoch"]), _dec_costs(f["costs"]),
+                   _dec_copies(f.get("copies", "")))
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,9 @@ Layout (``ro`` value files are mode 0444; ``rw`` control files are root's, mode 
                      peers/PEER/ state heard_ago connection ro
     nodes/NODE/      state standby links/LINK (up | down)   ro
                      nics/NIC (up | down: why; this node's) ro
+                     mirrors/RES/ (this node's copy of mirror resource RES) group source
+                       max_lag seq copy_source taken age live aside
+                       lags (on the source: PEER SECONDS, or PEER none; one a line)  ro
                      fencing (what its fencing waits for)   ro
                      control                 rw: standby | online | fence | confirm_off
     fencing/         pending (NODE: what it waits for)      ro
@@ -70,7 +73,7 @@ from vigil.local.protocol import (
     request,
     status_of,
 )
-from vigil.status import ClusterStatus, Operation, Transition
+from vigil.status import ClusterStatus, MirrorStatus, Operation, Transition
 
 log = logging.getLogger("vigil.ha")
 
@@ -210,6 +213,23 @@ class _Builder:
         return tree
 
 
+def _mirror(b: _Builder, path: str, mv: MirrorStatus) -> None:
+    """/ha/nodes/SELF/mirrors/RES: the facts `vigil status` shows of a mirror resource."""
+    d = b.dir(path)
+    c = mv.copy
+    b.file(f"{d}/group", _text(mv.group))
+    b.file(f"{d}/source", _text(mv.source))
+    b.file(f"{d}/max_lag", _text(mv.max_lag))
+    b.file(f"{d}/seq", _text(None if c is None else c.seq))
+    b.file(f"{d}/copy_source", _text(None if c is None else c.source))
+    b.file(f"{d}/taken", _text(None if c is None else c.taken))
+    b.file(f"{d}/age", _text(None if c is None else c.age))
+    b.file(f"{d}/live", _text(None if c is None else c.live))
+    b.file(f"{d}/aside", _text(mv.aside))
+    b.file(f"{d}/lags", _text(tuple(f"{n} {'none' if lag is None else lag}"
+                                    for n, lag in mv.lags.items())))
+
+
 def build_tree(st: ClusterStatus, diagnoses: Mapping[str, str] | None = None) -> Tree:
     """The /ha tree of one status (see the module docstring). Names that cannot be file names
     are left out."""
@@ -263,6 +283,10 @@ def build_tree(st: ClusterStatus, diagnoses: Mapping[str, str] | None = None) ->
                 if _safe(nic):
                     b.file(f"{nics}/{nic}", _text(nv.state if nv.state == "up"
                                                    else f"{nv.state}: {nv.reason}"))
+            mirrors = b.dir(f"{d}/mirrors")
+            for r, mv in st.mirrors.items():
+                if _safe(r):
+                    _mirror(b, f"{mirrors}/{r}", mv)
 
     b.dir("/groups")
     for g, gv in st.groups.items():
