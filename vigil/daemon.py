@@ -57,6 +57,8 @@ def ensure_descriptors(cfg: ClusterConfig, name: str) -> int:
         descriptors_needed(sum(1 for n, nc in cfg.nodes.items() if n != name
                                for peer in nc.links if peer.name == link.name))
         for link in me.links)
+    if any(r.type == "mirror" for r in cfg.resources.values()):  # the mirror receiver
+        need += descriptors_needed(len(cfg.nodes) - 1)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     ceiling = WANTED_DESCRIPTORS if hard == resource.RLIM_INFINITY else min(hard,
                                                                             WANTED_DESCRIPTORS)
@@ -185,7 +187,8 @@ def _run(cfg: ClusterConfig, key: bytes, name: str) -> int:
                          "%s", name, exc)
             return 1
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    runtime = NodeRuntime(cfg, name, key, zmq_links(cfg, context, key), registry, guard=guard)
+    runtime = NodeRuntime(cfg, name, key, zmq_links(cfg, context, key), registry, guard=guard,
+                          context=context)
     stop = threading.Event()
     signals = {"count": 0}
 

@@ -52,6 +52,19 @@ def missing_tools(fstype: str) -> str | None:
     return None
 
 
+def skip_unless_btrfs() -> None:
+    """Skip the calling test (pytest) without root or a usable btrfs, saying why."""
+    import pytest
+
+    from vigil.resources.btrfs import btrfs_available
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root: loop devices, mounts and btrfs ioctls")
+    why = btrfs_available()
+    if why is not None:
+        pytest.skip(why)
+
+
 def in_own_mount_namespace(test: Callable[..., None]) -> Callable[..., None]:
     """Decorate a test function (not parametrized) to run in a pytest of its own under
     ``unshare --mount --propagation private``: there the test runs as written, fixtures and

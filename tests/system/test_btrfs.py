@@ -25,14 +25,13 @@ from typing import BinaryIO, cast
 
 import pytest
 
-from tests.support.loopfs import LoopFilesystem, in_own_mount_namespace
+from tests.support.loopfs import LoopFilesystem, in_own_mount_namespace, skip_unless_btrfs
 from vigil.resources import proc
 from vigil.resources.btrfs import (
     BtrfsError,
     ParentMissing,
     Snapshot,
     Volume,
-    btrfs_available,
     common,
     diverged,
     idents,
@@ -54,11 +53,7 @@ class Nodes:
 @pytest.fixture
 def nodes(tmp_path: Path) -> Iterator[Nodes]:
     """Two 512 MiB btrfs filesystems, alpha's with a data subvolume."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root: loop devices, mounts and btrfs ioctls")
-    why = btrfs_available()
-    if why is not None:
-        pytest.skip(why)
+    skip_unless_btrfs()
     with LoopFilesystem(tmp_path, "alpha", size_mb=512) as a, \
             LoopFilesystem(tmp_path, "beta", size_mb=512) as b:
         alpha = Volume(a.mount_point, "data", "alpha")

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.loopfs import LoopFilesystem, in_own_mount_namespace
+from tests.support.loopfs import LoopFilesystem, in_own_mount_namespace, skip_unless_btrfs
 from tests.system.test_btrfs import MIB, random_file, tree, write
 from vigil.cluster.mirrors import MirrorLag, MirrorState
 from vigil.config import ResourceConfig
-from vigil.resources.btrfs import Volume, btrfs_available
+from vigil.resources.btrfs import Volume
 from vigil.resources.mirror import MirrorResource, MirrorType
 from vigil.resources.model import ServiceState
 from vigil.resources.replication import MirrorService, MirrorSpec, Replicator
@@ -121,11 +121,7 @@ class Cluster:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root: loop devices, mounts and btrfs ioctls")
-    why = btrfs_available()
-    if why is not None:
-        pytest.skip(why)
+    skip_unless_btrfs()
     with ExitStack() as stack:
         specs = {}
         for node in NODES:
@@ -217,6 +213,10 @@ def test_a_diverged_peer_keeps_its_snapshots_aside_and_follows_the_new_source(
         assert (aside[f"{snapshot.name}.aside"].path / "records").read_bytes() == \
             b"record 1\nlost 2\n"
     assert all(s.node == "beta" or s.seq < own[0].seq for s in alpha.snapshots())
+    # and so is the data alpha wrote after its last snapshot
+    assert not alpha.has_data()
+    assert [(a.path / "records").read_bytes() for a in aside.values() if a.writable] == \
+        [b"record 1\nlost 2\n"]
     wait_for("alpha reports its copy from beta", lambda: (
         (copy := cluster.states("alpha")[-1].copy) is not None and copy.source == "beta"))
     state = cluster.states("alpha")[-1]

@@ -5,6 +5,10 @@ LinkActor per NIC, the CoordinatorActor, the DiagnosticsActor, the NotifierActor
 ControlActor. A child that dies is started again under the same name (a restarted
 coordinator comes back from the persisted state and probes the resources, like a daemon
 restart); a child that keeps dying takes the node down, loudly, rather than limp on.
+
+Beside them, when the configuration has a mirror resource, the node's
+:class:`~vigil.resources.replication.MirrorService` (no actor: threads of its own that tell the
+coordinator what they find), which the mirror resources are handed.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pykka
+import zmq
 
 from vigil.actors.base import Directory, VigilActor
 from vigil.actors.control import ControlActor
@@ -45,11 +50,13 @@ from vigil.guard.cgroups import NodeCgroups
 from vigil.guard.client import GuardClient
 from vigil.guard.holdings import Holdings
 from vigil.local.access import Access, prepare_runtime_dir
+from vigil.resources.mirror import MirrorResource
 from vigil.resources.model import Catalog
 from vigil.resources.registry import ResourceTypeRegistry, default_registry
+from vigil.resources.replication import MirrorService, MirrorSpec
 from vigil.status import ClusterStatus
 from vigil.transports import Codec, Sequencer
-from vigil.transports.keys import key_ring
+from vigil.transports.keys import LinkKeys, key_ring
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +133,8 @@ class NodeRuntime:
                  link_factory: Callable[[str, str], LinkFactory],
                  registry: ResourceTypeRegistry | None = None,
                  runtime_dir: Path | None = None,
-                 guard: GuardClient | None = None, watch_nics: bool = True) -> None:
+                 guard: GuardClient | None = None, watch_nics: bool = True,
+                 context: zmq.Context[zmq.Socket[bytes]] | None = None) -> None:
         self.registry = registry or default_registry()
         # Timeouts the file leaves out come from the resource types (OCF meta-data).
         self.config = config = apply_type_defaults(config, self._type_defaults)
@@ -138,6 +146,10 @@ class NodeRuntime:
         self.guard = guard
         #: whether NIC monitors watch this host's interfaces (off: every NIC counts as up)
         self.watch_nics = watch_nics
+        #: the daemon's ZeroMQ context, shared by the mirror receiver (None: its own)
+        self.context = context
+        #: replication of the mirror resources' data (None: the configuration has none)
+        self.mirrors: MirrorService | None = None
         self.runtime_dir = runtime_dir or config.nodes[node].runtime_dir
         self.directory = Directory()
         self.left = threading.Event()
@@ -167,6 +179,7 @@ class NodeRuntime:
             catalog.add(self.registry.get(rcfg.type).instantiate(rcfg, node, self.runtime_dir))
         catalog.add_configured_dependencies()
         ring = key_ring(self.key)
+        self.mirrors = self._mirror_service(catalog, ring)
         codec = Codec(cfg.name, ring[0], cfg.node_names, node, also_accept=ring[1:])
         sequencer = Sequencer(node)
         guard_link = (self._guard_link(catalog, sequencer.incarnation)
@@ -221,9 +234,28 @@ class NodeRuntime:
         # the kernel's word on the NICs, once their monitors are there to hear it
         self.nic_sources = NicSources(d, nics, cfg.nics)
         self.nic_sources.start()
+        if self.mirrors is not None:  # its first reports go to the coordinator, there now
+            self.mirrors.start()
         with _running_lock:
             _running.add(self)
         return self
+
+    def _mirror_service(self, catalog: Catalog, ring: tuple[bytes, ...]
+                        ) -> MirrorService | None:
+        """The node's replication service, handed to its mirror resources; None without
+        any."""
+        mirrors = [r for r in catalog if isinstance(r, MirrorResource)]
+        if not mirrors:
+            return None
+        cfg, directory = self.config, self.directory
+        service = MirrorService(
+            self.node, [MirrorSpec.of(r.name, r.config.params) for r in mirrors],
+            {n: c.replication_endpoint for n, c in cfg.nodes.items()},
+            LinkKeys.derive(ring, cfg.name, cfg.node_names, self.node),
+            partial(directory.tell, "coordinator"), context=self.context)
+        for resource in mirrors:
+            resource.service = service
+        return service
 
     def _guard_link(self, catalog: Catalog, incarnation: int) -> GuardLink:
         assert self.guard is not None
@@ -277,5 +309,8 @@ class NodeRuntime:
             with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
                 self.ref.stop(block=True, timeout=30.0)
             self.ref = None
+        if self.mirrors is not None:
+            self.mirrors.close()
+            self.mirrors = None
         if self.executor is not None:
             self.executor.shutdown(wait=False, cancel_futures=True)

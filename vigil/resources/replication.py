@@ -13,7 +13,8 @@ replaced). A header ``{"resource": R, "ask": true}`` with an empty stream asks w
 holds; any other header describes one snapshot (``name``, ``parent``, ``taken``, ``source``,
 ``idents``: the source's snapshot idents, newest last). Before an incremental receive whose
 parent is not this node's newest snapshot, the snapshots that are not in the source's history
-(:func:`~vigil.resources.btrfs.diverged`) are set aside, never deleted. After a receive the
+(:func:`~vigil.resources.btrfs.diverged`) are set aside, never deleted; so is a data subvolume
+left from when this node was the source. After a receive the
 snapshots are pruned to ``keep`` and the coordinator hears :class:`MirrorState`. Every answer
 (the DONE frame's reply) is ``{"idents": [...]}``: what this node holds, newest last.
 
@@ -83,7 +84,7 @@ _SIZE_UNITS: Final = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}
 _PARAMS: Final = ("root", "subvolume", "mount_point", "interval", "keep", "max_lag",
                   "bandwidth")
 
-Report = Callable[[MirrorState | MirrorLag], None]
+Report = Callable[[MirrorState | MirrorLag], object]
 Endpoints = Mapping[str, tuple[str, int]]
 
 
@@ -274,6 +275,7 @@ class MirrorService:
         self.idle_timeout = idle_timeout
         self._mirrors = {s.resource: _Mirror.of(s, node) for s in specs}
         self._lock = threading.Lock()
+        self._replicators: list[Replicator] = []
         self.server: StreamServer | None = None
 
     @property
@@ -318,6 +320,12 @@ class MirrorService:
             self.report_state(resource)
 
     def close(self) -> None:
+        """Stop receiving, and stop the replicators still running (the node is going away
+        without stopping its resources: nothing may go on sending in its name)."""
+        with self._lock:
+            replicators, self._replicators = self._replicators, []
+        for replicator in replicators:
+            replicator.stop()
         if self.server is not None:
             self.server.close()
             self.server = None
@@ -386,6 +394,13 @@ class MirrorService:
                                      f"source here and takes no stream (from {sender})")
                 mirror.cancel = cancel
             volume = mirror.volume
+            if volume.has_data():
+                # not in service here, and another node sends: the data is left from when
+                # this node was the source, and may hold writes no other node has
+                data = volume.set_aside_data()
+                log.warning("mirror %s on %s: %s receives from %s; its former data is kept "
+                            "aside as %s", resource, self.node, self.node, sender,
+                            data.name if data else "?")
             local = volume.snapshots()
             if local and (parent is None or local[-1].name != parent):
                 for snapshot in diverged(local, theirs):
@@ -417,7 +432,11 @@ class MirrorService:
     # -- the source's side ------------------------------------------------------------------
 
     def replicator(self, resource: str) -> Replicator:
-        return Replicator(self, self._mirror(resource).spec)
+        replicator = Replicator(self, self._mirror(resource).spec)
+        with self._lock:
+            self._replicators = [r for r in self._replicators
+                                 if not r.stopping.is_set()] + [replicator]
+        return replicator
 
 
 def _snapshot_header(header: Mapping[str, object]
