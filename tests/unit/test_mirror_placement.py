@@ -205,7 +205,8 @@ def simulated(max_lag: str = "30s") -> Recorder:
     cfg = sim_config(3, 1)
     resources = {**cfg.resources, "g0-r0": dataclasses.replace(
         cfg.resources["g0-r0"], type="mirror", params={"max_lag": max_lag})}
-    c = formed(dataclasses.replace(cfg, resources=resources))
+    # no simulated replication: the copies are the ones told here
+    c = formed(dataclasses.replace(cfg, resources=resources), mirror_interval=None)
     assert c.where() == {"g0": "alpha"}
     c.inject("alpha", MirrorState("g0-r0", CopyFact(100, T, "alpha", live=True)))
     c.inject("beta", MirrorState("g0-r0", CopyFact(55, T - 45.0, "alpha")))

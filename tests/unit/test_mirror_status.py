@@ -39,7 +39,7 @@ def mirrored(max_lag: str = "30s") -> ClusterConfig:
 
 
 def test_status_json_cli_and_ha_show_the_source_and_a_standby() -> None:
-    c = formed(mirrored())
+    c = formed(mirrored(), mirror_interval=None)
     assert c.placement() == {"g0": ["alpha"]}
     c.inject("alpha", MirrorState(MIRROR, CopyFact(123, T, "alpha", live=True)))
     c.inject("alpha", MirrorLag(MIRROR, {"beta": 0.8, "gamma": 41.25}))

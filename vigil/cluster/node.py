@@ -451,8 +451,8 @@ class NodeCore:
             self.journal.emit(MirrorDiverged(
                 node=self.name, time=self.now, resource=r, group=rc.group, names=gained,
                 text=f"{self.name} holds set aside {', '.join(gained)} of mirror resource {r} "
-                     f"(group {rc.group}): kept until an operator discards or promotes it "
-                     "(`vigil resource ...`)"))
+                     f"(group {rc.group}): kept until an operator discards or promotes "
+                     "it"))
 
     def _mirror_lag(self, event: MirrorLag) -> None:
         """On the source: notify once each time the best standby's copy (the smallest lag

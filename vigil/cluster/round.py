@@ -33,6 +33,7 @@ from vigil.cluster.events import Action, FenceDone
 from vigil.cluster.fencing import Fencing, fence_delay
 from vigil.cluster.journal import Journal
 from vigil.cluster.membership import Membership
+from vigil.cluster.mirrors import CopyFact
 from vigil.cluster.placement import hold_partners, plan
 from vigil.cluster.promise import Promise
 from vigil.cluster.strategy import Strategy
@@ -101,6 +102,8 @@ class Round:
     applied: tuple[str, ...] = ()
     moves: dict[str, str] = field(default_factory=dict)
     forced: frozenset[str] = frozenset()  # groups whose move may go beyond max_lag
+    #: member -> mirror resource -> its copy, as the cost replies said (the decision's input)
+    copies: dict[str, Mapping[str, CopyFact | None]] = field(default_factory=dict)
     placement: dict[str, str | None] = field(default_factory=dict)
     reasons: dict[str, str] = field(default_factory=dict)
     stops: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -429,9 +432,9 @@ class Master:
 
     def _decide(self, r: Round) -> None:
         replies = {n: c for n, c in r.replies.items() if isinstance(c, CostReply)}
+        r.copies = {n: c.copies for n, c in replies.items()}
         decided = plan(self.config, self.strategy, view=r.view, reports=r.reports,
-                       costs={n: c.costs for n, c in replies.items()},
-                       copies={n: c.copies for n, c in replies.items()},
+                       costs={n: c.costs for n, c in replies.items()}, copies=r.copies,
                        known=r.known, admin=r.admin, moves=r.moves, forced=r.forced,
                        departed=self.membership.departed,
                        two_node=self.membership.quorum.two_node,

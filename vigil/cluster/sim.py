@@ -35,10 +35,18 @@ from vigil.cluster.events import (
     Tick,
 )
 from vigil.cluster.local import LocalState
+from vigil.cluster.mirrors import (
+    CopyFact,
+    MirrorLag,
+    MirrorState,
+    group_mirrors,
+    max_lag,
+    mirror_resources,
+)
 from vigil.cluster.nics import address_nics
 from vigil.cluster.node import NodeCore
 from vigil.cluster.promise import Persisted
-from vigil.cluster.round import Phase
+from vigil.cluster.round import Phase, Round
 from vigil.cluster.steps import GroupAction, GroupSteps, Step, group_steps
 from vigil.cluster.strategy import Strategy, colocation_sets, network_paths, nic_limit
 from vigil.cluster.wire import NO_EPOCH, Bye, Epoch, fmt_epoch, to_message
@@ -151,6 +159,7 @@ class SimCluster:
         measure_bytes: bool = False,
         strategy: Callable[[], Strategy] | None = None,
         devices: Mapping[str, SimDevice] | None = None,
+        mirror_interval: float | None = 0.1,
     ) -> None:
         if (fencer or config.fencer) not in TIME_FENCERS and not config.fence_devices:
             config = replace(config, fence_devices={SIM_SWITCH: FenceDevice(
@@ -194,9 +203,18 @@ class SimCluster:
         self.votes = {n: c.votes for n, c in config.nodes.items()}
         self.log: list[str] = []
         self.starts = 0
+        #: mirror resources: each node's newest copy of their data (its disk: it survives a
+        #: power cycle); the source snapshots and sends every ``mirror_interval`` and when
+        #: it stops (None: no replication; the copies are what a test tells the cores)
+        self.mirrors = mirror_resources(config)
+        self.mirror_interval = mirror_interval
+        self.copies: dict[str, dict[str, CopyFact]] = {n: {} for n in config.node_names}
+        self.mirror_checked: set[Epoch] = set()  # decisions checked against the copies
         for name in config.node_names:
             self.nodes[name] = SimNode(name, None, 0)
             self.power_on(name)
+        if self.mirrors and mirror_interval is not None:
+            self._push(self.now + mirror_interval, "replicate", config.node_names[0])
 
     # ---- faults ---------------------------------------------------------------------------
 
@@ -223,6 +241,8 @@ class SimCluster:
             self._guard_out(node, node.guard.hello(f"{name} life {node.incarnation}", self.now))
         self._check_restored(node)
         self._deliver(name, Tick())
+        for r, fact in sorted(self.copies[name].items()):  # what the disk holds, not live
+            self._tell_copy(node, r, replace(fact, live=False))
         for nic in sorted(node.nics_down):
             self._deliver(name, NicChanged(nic, False, "simulated: no carrier"))
 
@@ -412,6 +432,11 @@ class SimCluster:
             t, _, kind, name, inc, payload = heapq.heappop(self._queue)
             self.now = max(self.now, t)
             node = self.nodes[name]
+            if kind == "replicate":
+                assert self.mirror_interval is not None
+                self._replicate()
+                self._push(self.now + self.mirror_interval, "replicate", name)
+                continue
             if kind == "announce":
                 assert isinstance(payload, tuple)
                 guard, bye = payload
@@ -549,6 +574,11 @@ class SimCluster:
             raise self._violation(
                 f"epoch declared twice: {node.name} declared {fmt_epoch(core.round.epoch)} "
                 "again (a restart lost the highest epoch number it had seen)")
+        rnd = core.round
+        if (self.check and self.mirrors and rnd is not None and rnd.epoch not in
+                self.mirror_checked and rnd.phase not in (Phase.ACK, Phase.REPORT, Phase.COST)):
+            self.mirror_checked.add(rnd.epoch)
+            self._check_copies(rnd)
         if core.closed and core.accepted.epoch != NO_EPOCH:
             placement = dict(core.accepted.placement)
             agreed = self.closed_epochs.setdefault(core.accepted.epoch, placement)
@@ -699,6 +729,8 @@ class SimCluster:
                                                    "failure", remaining=remaining))
                 return
             self._check_stop_order(node, r)
+            if r in self.mirrors and self.mirror_interval is not None:
+                self._snapshot(node, r, live=False)  # the final one: a graceful stop loses nothing
             if op == "start":
                 # this model's stops on the way to a start (a restart in place, members
                 # leaving by hand on a converge) take no time
@@ -713,6 +745,64 @@ class SimCluster:
         if op == "start":
             self.starts += 1
         self._deliver(node.name, GroupDone(group, op, True))
+
+    # ---- mirrored data ------------------------------------------------------------------
+
+    def _replicate(self) -> None:
+        """Each mirror resource in service somewhere: its source snapshots the data."""
+        for r in self.mirrors:
+            for node in self.nodes.values():
+                if node.core is not None and node.resources.get(r) == "in":
+                    self._snapshot(node, r, live=True)
+
+    def _snapshot(self, source: SimNode, r: str, *, live: bool) -> None:
+        """``source`` takes a snapshot of ``r`` and sends it to every node it can reach (a
+        daemon that runs, is not paused, and whose link from the source is not blocked); a
+        live source learns how far each other node is behind (None: not reached)."""
+        mine = self.copies[source.name].get(r)
+        fact = CopyFact(mine.seq + 1 if mine else 1, self.now, source.name, live)
+        self._tell_copy(source, r, fact)
+        lags: dict[str, float | None] = {}
+        for other in self.nodes.values():
+            if other is source:
+                continue
+            reached = (other.core is not None and other.paused_until <= self.now
+                       and (source.name, other.name) not in self.net.blocked)
+            if reached:
+                self._tell_copy(other, r, replace(fact, live=False))
+            lags[other.name] = 0.0 if reached else None
+        if live:
+            self._deliver(source.name, MirrorLag(r, lags))
+
+    def _tell_copy(self, node: SimNode, r: str, fact: CopyFact) -> None:
+        self.copies[node.name][r] = fact
+        if node.core is not None:
+            self._deliver(node.name, MirrorState(r, fact))
+
+    def _check_copies(self, r: Round) -> None:
+        """The freshest copy wins: a group with a mirror resource is never placed on a
+        member whose copy (as the cost replies said) was further behind the freshest copy
+        among the members than max_lag, or that had none while another had one, unless the
+        group is active there already (its data is live) or a forced move took it there."""
+        forced = {node for g, node in r.moves.items() if g in r.forced}
+        for g, node in sorted(r.placement.items()):
+            if node is None or node not in r.view or g in r.held or g in r.reports.get(node, {}):
+                continue
+            if node in forced:
+                continue
+            for res in group_mirrors(self.config, self.config.groups[g]):
+                facts = {m: r.copies.get(m, {}).get(res) for m in r.view}
+                known = [f for f in facts.values() if f is not None]
+                mine = facts[node]
+                if not known or (mine is not None and mine.live):
+                    continue
+                limit = max_lag(self.config.resources[res])
+                behind = None if mine is None else max(f.taken for f in known) - mine.taken
+                if behind is None or behind > limit + 1e-9:
+                    raise self._violation(
+                        f"mirror: epoch {fmt_epoch(r.epoch)} placed {g} on {node}, whose copy "
+                        f"of {res} was " + ("missing" if behind is None else
+                                           f"{behind:.3f}s behind") + f" (max_lag {limit:g}s)")
 
     def _violation(self, text: str) -> InvariantViolation:
         return InvariantViolation(f"{text}\n{self.describe(history=40)}")
