@@ -12,6 +12,7 @@ Figures (replication delay, records lost at power-off and the window they span) 
 from __future__ import annotations
 
 import os
+import re
 import statistics
 import time
 from collections.abc import Iterator
@@ -29,6 +30,8 @@ from tests.support.nscluster import NsCluster, nscluster_fixture
 cluster = nscluster_fixture(hosts=3, links=2)
 
 INTERVAL = 0.2
+#: a snapshot set aside: ``db.<node>.<seq>.aside``, a former data subvolume ``...data.aside``
+ASIDE_RE = re.compile(r"^db\.n1\.(\d+)\.(data\.)?aside$")
 #: Every wait for the cluster to act (a start, a takeover) is bounded by this.
 ACT = 60.0
 
@@ -150,7 +153,9 @@ def test_a_standby_beyond_max_lag_is_not_chosen(mirror: MirrorGroup) -> None:
 def test_the_old_holder_returns_keeps_its_diverged_data_aside_and_catches_up(
         mirror: MirrorGroup) -> None:
     c = mirror.c
-    assert mirror.start(prefer="n1 = 0, n2 = 10, n3 = 10") == "n1"
+    # enough snapshots kept (10 s of them) that the new holder still has the one it went on
+    # from when n1 returns: n1 then catches up incrementally from there
+    assert mirror.start(prefer="n1 = 0, n2 = 10, n3 = 10", keep=50) == "n1"
     for h in ("n2", "n3"):
         mirror.wait_record(h, 20, 30)
     # n1 goes on writing and snapshotting while no snapshot of it reaches anyone: a history
@@ -161,7 +166,8 @@ def test_the_old_holder_returns_keeps_its_diverged_data_aside_and_catches_up(
     c.restore_link("n1", "lan0")
     new = c.wait_for(lambda: c.holder(GROUP), ACT, "the group running again")
     kept = mirror.data_records(new)
-    assert kept is not None
+    base = mirror.newest(new, source="n1")  # the last snapshot both histories share
+    assert kept is not None and base is not None
     # n1's last writes: records the new holder never got
     lost = [a.number for a in mirror.acked("n1") if a.number > kept.last_of("n1")]
     assert lost
@@ -171,7 +177,12 @@ def test_the_old_holder_returns_keeps_its_diverged_data_aside_and_catches_up(
                and copy.found.last_of(new) > 0, ACT, f"n1 catching up from {new}")
     assert c.holder(GROUP) == new
     volume = mirror.volume("n1")
-    assert volume["aside"], volume
+    # aside: n1's snapshots after the shared one, and its data; the shared one and those
+    # before it stay in n1's chain
+    diverged = [m for m in map(ASIDE_RE.match, volume["aside"]) if m and not m.group(2)]
+    assert diverged and all(int(m.group(1)) > base.seq for m in diverged), (base, volume)
+    assert any(name.endswith(".data.aside") for name in volume["aside"]), volume
+    assert base.name in [s["name"] for s in volume["snapshots"]], (base, volume)
     # the diverged data is intact aside: n1's last records are in it
     aside_root = c.hosts["n1"].inside(mirror.root / ".snapshots")
     newest_aside = max((mirror_records(aside_root / name) for name in volume["aside"]),
@@ -185,8 +196,8 @@ def test_the_old_holder_returns_keeps_its_diverged_data_aside_and_catches_up(
     shown = str(entry)
     assert any(name in shown for name in volume["aside"]), entry
     print(f"\nn1 returned: set aside {volume['aside']} (its last records up to "
-          f"{newest_aside.last_of('n1')}; {new} went on from {kept.last_of('n1')}), and "
-          f"follows {new}")
+          f"{newest_aside.last_of('n1')}; {new} went on from {base.name}, record "
+          f"{kept.last_of('n1')}), and follows {new} from {base.name}")
 
 
 def mirror_records(snapshot: Path) -> records.Found:
