@@ -17,16 +17,15 @@ import json
 import os
 import re
 import sys
-import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Final
 
 from tests.support import records
 from tests.support.nscluster import NsCluster, NsClusterError
+from tests.support.poller import Poller
 
 __all__ = ["Copy", "CopyWatch", "MirrorGroup"]
 
@@ -196,37 +195,26 @@ start = "{sys.executable} {records.__file__} {self.data} {self.acks} {writer_per
         return entry if isinstance(entry, dict) else None
 
 
-class CopyWatch:
+class CopyWatch(Poller):
     """A context manager: a thread that notes when each complete snapshot first appears on
     ``hosts`` (polled every 10 ms), to tell what a host held at a given moment."""
 
     def __init__(self, mirror: MirrorGroup, hosts: Iterable[str]) -> None:
+        super().__init__(0.01)
         self.mirror = mirror
         self.hosts = list(hosts)
         #: (host, snapshot name) -> (seq, source, when first seen complete)
         self.seen: dict[tuple[str, str], tuple[int, str, float]] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="copy-watch", daemon=True)
 
-    def __enter__(self) -> CopyWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.01):
-            for h in self.hosts:
-                try:
-                    copies = self.mirror.copies(h)
-                except (OSError, NsClusterError):  # powered off meanwhile
-                    continue
-                now = time.time()
-                for name, source, seq in copies:
-                    self.seen.setdefault((h, name), (seq, source, now))
+    def poll(self) -> None:
+        for h in self.hosts:
+            try:
+                copies = self.mirror.copies(h)
+            except (OSError, NsClusterError):  # powered off meanwhile
+                continue
+            now = time.time()
+            for name, source, seq in copies:
+                self.seen.setdefault((h, name), (seq, source, now))
 
     def newest_before(self, host: str, moment: float, source: str) -> int:
         """The number of the newest snapshot of ``source``'s history complete on ``host``
