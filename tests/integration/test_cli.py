@@ -56,6 +56,32 @@ def test_config_check_reports_application_without_a_command(tmp_path: Path) -> N
     assert "resources.web-app.params" in result.output
 
 
+def test_config_check_names_bad_mirror_params_and_a_root_that_is_no_btrfs_top_level(
+        tmp_path: Path) -> None:
+    mirror = """
+[groups.db]
+resources = ["db-data"]
+
+[resources.db-data]
+type = "mirror"
+params = { root = "ROOT", mount_point = "var/lib/db", keep = 0 }
+"""
+    path = write(tmp_path, cluster_toml(tmp_path, groups=mirror.replace("ROOT", str(tmp_path))))
+    result = CliRunner().invoke(cli, ["config", "check", str(path)])
+    assert result.exit_code == 2
+    assert f"{path}: resources.db-data.params: mount_point must be an absolute path" \
+        in result.output
+    assert "keep must be a whole number of snapshots, at least 1" in result.output
+    good = mirror.replace("ROOT", str(tmp_path)).replace('"var/lib/db", keep = 0',
+                                                         f'"{tmp_path}/db"')
+    path = write(tmp_path, cluster_toml(tmp_path, groups=good))
+    result = CliRunner().invoke(cli, ["config", "check", str(path)])
+    assert result.exit_code == 2
+    # a plain directory: the operator has not mounted the btrfs top level there
+    assert f"{path}: resources.db-data: " in result.output
+    assert "not a mount point" in result.output or "btrfs" in result.output
+
+
 def test_keygen_refuses_to_overwrite(tmp_path: Path) -> None:
     key = tmp_path / "k"
     runner = CliRunner()

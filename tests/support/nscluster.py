@@ -30,8 +30,9 @@ would.
 (btrfs by default, as the ``mirror`` resource wants): an image file ``<tmp>/disks/<node>.img``
 on a loop device, mounted at the same path on every host, each in its own mount namespace (a
 :class:`~tests.support.loopfs.LoopFilesystem` whose mount runs inside the host). Powering a
-host off kills its keeper with the rest, so the kernel tears down its mount namespace: the
-filesystem is unmounted and its loop device (auto-clear) detached, within milliseconds. The
+host off kills its keeper with the rest and lets go of its mount namespace, which the kernel
+then tears down: the filesystem is unmounted and its loop device (auto-clear) detached,
+within milliseconds. The
 image stays, and :meth:`~NsCluster.power_on` mounts it again in the new keeper's namespace
 before the daemon starts: the host's data survives its power cycle, as a real disk's does.
 One difference from a power loss: that unmount commits what the page cache held, so writes a
@@ -91,7 +92,7 @@ from typing import IO, Any, Final
 from tests.support.cluster_harness import wait_for as _wait_for
 from tests.support.loopfs import LoopFilesystem
 from vigil.config import write_key
-from vigil.fencing.netns import kill_all, ns_id, pids_in
+from vigil.fencing.netns import held, kill_all, ns_id, pids_in
 from vigil.local.protocol import request
 from vigil.resources import proc
 
@@ -212,9 +213,9 @@ def _sweep_stale() -> None:
         m = _STALE_RE.match(name)
         if m is None or Path(f"/proc/{m.group(1)}").exists():
             continue
-        ns = ns_id(f"/run/netns/{name}")
-        if ns is not None:
-            kill_all(functools.partial(pids_in, [("net", ns)]), name, wait=KILL_WAIT)
+        with held(f"/run/netns/{name}") as ns:
+            if ns is not None:
+                kill_all(functools.partial(pids_in, [("net", ns)]), name, wait=KILL_WAIT)
         subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
 
 
@@ -292,6 +293,17 @@ class Host(_Namespace):
         self._mnt_ns: tuple[int, int] | None = None
         #: the host's own disk (:meth:`NsCluster.add_disks`), mounted while it is powered on
         self.disk: LoopFilesystem | None = None
+        # The keeper's mount namespace, held open while the host is on: a namespace's number
+        # is given to a new one as soon as it is freed, so a kill loop that goes on looking
+        # for processes in it after its last one died would kill in someone else's.
+        self._mnt_fd: int | None = None
+
+    def release_namespace(self) -> None:
+        """Let the host's mount namespace go (after its processes are killed)."""
+        if self._mnt_fd is not None:
+            os.close(self._mnt_fd)
+            self._mnt_fd = None
+        self._mnt_ns = None
 
     def __repr__(self) -> str:
         return f"Host({self.name}, {self.netns}, {'on' if self.powered else 'off'})"
@@ -581,7 +593,9 @@ class NsCluster:
                 return False
 
         _wait_for(ready, 20, f"the keeper of host {host.name} to set up its namespaces", 0.01)
-        host._mnt_ns = ns_id(f"/proc/{keeper.pid}/ns/mnt")
+        host._mnt_fd = os.open(f"/proc/{keeper.pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        st = os.fstat(host._mnt_fd)
+        host._mnt_ns = (st.st_dev, st.st_ino)
         host.powered = True
 
     def close(self) -> None:
@@ -601,6 +615,7 @@ class NsCluster:
                              wait=KILL_WAIT, reap=self._started)
         for host in self.hosts.values():
             host.powered = False
+            host.release_namespace()
         for name in reversed(self._namespaces):
             out = subprocess.run(["ip", "netns", "del", name], capture_output=True, text=True,
                                  timeout=30)
@@ -848,7 +863,7 @@ class NsCluster:
             f"--- nscluster {time.strftime('%H:%M:%S')}: power off {h.name}\n".encode())
         self._log(h).flush()
         h.keeper = h.daemon = h.guardian = None
-        h._mnt_ns = None
+        h.release_namespace()
         if problems:
             raise NsClusterError("; ".join(problems))
 

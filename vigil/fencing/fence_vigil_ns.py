@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Final
 from xml.sax.saxutils import quoteattr
 
-from vigil.fencing.netns import NamespaceId, kill_all, ns_id, pids_in
+from vigil.fencing.netns import NamespaceId, held, kill_all, ns_id, pids_in
 from vigil.resources import proc
 
 log = logging.getLogger("fence_vigil_ns")
@@ -160,7 +160,10 @@ def power_state(path: Path, namespace: NamespaceId) -> str:
 def power_off(path: Path, namespace: NamespaceId, wait: float) -> None:
     """Unplug, then kill everything inside; Failed if processes survive ``wait`` seconds."""
     _set_links(path, "down", links(path, up_only=True))
-    problems = kill_all(lambda: pids_in([("net", namespace)]), path.name, wait=wait)
+    with held(str(path)) as now:
+        if now != namespace:
+            raise Failed(f"{path} was deleted or replaced while powering off")
+        problems = kill_all(lambda: pids_in([("net", namespace)]), path.name, wait=wait)
     # A process may have set a link up again before it died.
     _set_links(path, "down", links(path, up_only=True))
     if problems:

@@ -7,8 +7,11 @@ does: every process in the host's namespaces gets SIGKILL, again and again until
 
 A namespace is named by its identity, ``(st_dev, st_ino)`` of its ``/proc/PID/ns/KIND`` or
 ``/run/netns/NAME`` file, never by a name: names can be reused, identities cannot while the
-namespace lives. Processes are found through ``/proc/*/ns/*``; zombies have no namespaces
-left and count as gone.
+namespace lives. While it lives: the kernel gives a freed namespace's number to the next new
+one at once, so a loop that kills by identity must hold the namespace (:func:`held`) until it
+is done, or after the last process died it could find, and kill, the processes of a namespace
+someone else just made. Processes are found through ``/proc/*/ns/*``; zombies have no
+namespaces left and count as gone.
 """
 
 from __future__ import annotations
@@ -18,10 +21,10 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final
 
-__all__ = ["KILL_WAIT", "NamespaceId", "kill_all", "ns_id", "pids_in"]
+__all__ = ["KILL_WAIT", "NamespaceId", "held", "kill_all", "ns_id", "pids_in"]
 
 #: Bound of a wait for processes to die after SIGKILL.
 KILL_WAIT: Final = 10.0
@@ -37,6 +40,23 @@ def ns_id(path: str) -> NamespaceId | None:
     except OSError:  # gone, or a zombie (its namespaces are already released)
         return None
     return st.st_dev, st.st_ino
+
+
+@contextlib.contextmanager
+def held(path: str) -> Iterator[NamespaceId | None]:
+    """Hold the namespace file ``path`` open for the block, so that the namespace, and with it
+    its identity, lives until the block ends; yields the identity (None if there is no such
+    file)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        yield None
+        return
+    try:
+        st = os.fstat(fd)
+        yield st.st_dev, st.st_ino
+    finally:
+        os.close(fd)
 
 
 def pids_in(namespaces: Iterable[tuple[str, NamespaceId]]) -> list[int]:
