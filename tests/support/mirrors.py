@@ -164,6 +164,16 @@ start = "{sys.executable} {records.__file__} {self.data} {self.acks} {writer_per
                 continue
         return None
 
+    def newest_taken(self, host: str) -> float | None:
+        """When the source took the newest snapshot ``host`` holds (None: none), from the
+        resource's record beside the data (``<root>/.<subvolume>.taken.json``)."""
+        try:
+            taken = json.loads(self.c.hosts[host].inside(
+                self.root / f".{SUBVOLUME}.taken.json").read_text())
+        except (OSError, ValueError):  # none yet, or being replaced
+            return None
+        return max((float(t) for t in taken.values()), default=None)
+
     def wait_record(self, host: str, number: int, timeout: float) -> float:
         """Wait until ``host``'s newest copy holds record ``number``; when it was seen."""
         def holds() -> float | None:
