@@ -176,12 +176,25 @@ start = "{sys.executable} {records.__file__} {self.data} {self.acks} {writer_per
 
     def wait_record(self, host: str, number: int, timeout: float) -> float:
         """Wait until ``host``'s newest copy holds record ``number``; when it was seen."""
-        def holds() -> float | None:
-            copy = self.newest(host)
-            return time.time() if copy is not None and copy.found.last >= number else None
+        return self.wait_records([host], number, timeout)[host]
 
-        seen: float = self.c.wait_for(holds, timeout, f"record {number} in a copy on {host}",
-                                      interval=0.01)
+    def wait_records(self, hosts: Iterable[str], number: int, timeout: float
+                     ) -> dict[str, float]:
+        """Wait until the newest copy of each of ``hosts`` holds record ``number``; when each
+        was first seen so (all polled together, every 10 ms)."""
+        waiting = list(hosts)
+        seen: dict[str, float] = {}
+
+        def hold() -> bool:
+            for h in waiting:
+                if h not in seen:
+                    record = self.newest_record(h)
+                    if record is not None and record.number >= number:
+                        seen[h] = time.time()
+            return len(seen) == len(waiting)
+
+        self.c.wait_for(hold, timeout, f"record {number} in a copy on {', '.join(waiting)}",
+                        interval=0.01)
         return seen
 
     def volume(self, host: str) -> dict[str, Any]:
