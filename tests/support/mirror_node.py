@@ -23,7 +23,8 @@ def main() -> None:
     keys = LinkKeys.derive([settings["key"].encode()], "test", set(endpoints), node)
     specs = [MirrorSpec(r["resource"], Path(r["root"]), r["subvolume"], Path("/nonexistent"),
                         keep=int(r["keep"])) for r in settings["mirrors"]]
-    service = MirrorService(node, specs, endpoints, keys, lambda _fact: None)
+    service = MirrorService(node, specs, endpoints, keys, lambda _fact: None,
+                            idle_timeout=3.0, stream_timeout=3.0)
     service.start()
     assert service.server is not None
     print(f"ready {service.server.port}", flush=True)

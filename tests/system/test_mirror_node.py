@@ -13,6 +13,7 @@ from typing import Any
 from tests.support.cluster_harness import MemoryCluster, cluster_toml, wait_for
 from tests.support.loopfs import LoopFilesystem, in_own_mount_namespace, skip_unless_btrfs
 from tests.system.test_btrfs import tree, write
+from vigil.actors.messages import ChildFailed
 from vigil.cluster.mirrors import MirrorLag, MirrorState
 from vigil.config import load_key, loads
 from vigil.resources.btrfs import Volume
@@ -71,6 +72,21 @@ monitor = {{ interval = "500ms", timeout = "5s" }}
                      "alpha's coordinator hears beta's lag")
             mine = coordinator.core.get().mirrors.get("db-data")
             assert isinstance(mine, MirrorState) and mine.copy is not None and mine.copy.live
+            # out of service, alpha's copy is idle: nothing reports it again by itself...
+            assert runtime.control("oo_service", resource="db-data")["ok"]
+            wait_for(lambda: isinstance(m := coordinator.core.get().mirrors.get("db-data"),
+                                        MirrorState) and m.copy is not None and not m.copy.live,
+                     WAIT, "alpha's copy no longer live")
+            # ... yet a coordinator started again after a failure hears what alpha holds
+            old = runtime.coordinator()
+            old.stop()
+            assert runtime.ref is not None
+            runtime.ref.tell(ChildFailed("coordinator", "a test stopped it"))
+            wait_for(lambda: runtime.coordinator() is not old, WAIT, "a new coordinator")
+            again: Any = runtime.coordinator().proxy()
+            wait_for(lambda: isinstance(m := again.core.get().mirrors.get("db-data"),
+                                        MirrorState) and m.copy is not None, WAIT,
+                     "the new coordinator hears alpha's copy")
         finally:
             cluster.stop()
             beta.close()

@@ -37,6 +37,8 @@ KEY = "0123456789abcdef0123456789abcdef"
 HOST = "127.0.0.1"
 NODES = ("alpha", "beta", "gamma")
 WAIT = 60.0
+#: how soon the test's senders and receivers give up on a silent peer
+STREAM_TIMEOUT = 3.0
 RESOURCE = "db-data"
 
 
@@ -72,7 +74,9 @@ class Cluster:
             with self.lock:
                 self.reports[node].append(fact)
 
-        service = MirrorService(node, [self.specs[node]], self.endpoints, keys, report)
+        # a peer gone is given up on within seconds here (30 s by default)
+        service = MirrorService(node, [self.specs[node]], self.endpoints, keys, report,
+                                idle_timeout=STREAM_TIMEOUT, stream_timeout=STREAM_TIMEOUT)
         service.start()
         assert service.server is not None
         self.endpoints[node] = (HOST, service.server.port)

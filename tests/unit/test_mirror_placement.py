@@ -220,8 +220,25 @@ def test_after_a_crash_the_freshest_copy_takes_over_not_the_preferred_stale_one(
     c.crash("alpha")
     c.run_for(4.0)
     assert c.where() == {"g0": "gamma"}
-    assert any("g0: lowest cost on gamma (20); it holds the freshest copy of g0-r0" in text
-               for _, text in c.core("beta").decisions)
+    # gamma's copy arrived a few ms before alpha's last heartbeat: that little behind
+    assert any("g0: lowest cost on gamma (20.0" in text and "its copy of g0-r0 is 0 s behind"
+               in text for _, text in c.core("beta").decisions)
+
+
+def test_a_lone_copy_the_source_outlived_by_more_than_max_lag_does_not_take_over() -> None:
+    """Beta's copy was fresh when it arrived, but alpha (the source) went on for 40 s without
+    another reaching beta (replication cut, heartbeats fine). With alpha gone and gamma in
+    standby, beta's is the freshest copy among the members, yet 40 s of writes are missing
+    from it: the group goes nowhere, and the decision says why."""
+    c = simulated()
+    c.inject("beta", MirrorState("g0-r0", CopyFact(99, T - 1.0, "alpha")))
+    c.request("beta", AdminRequest("standby", node="gamma"))
+    c.run_for(40.0)
+    c.crash("alpha")
+    c.run_for(4.0)
+    assert c.where() == {"g0": None}
+    assert any("no member can run it: beta's copy of g0-r0 is 4" in text
+               and "behind (max_lag 30 s)" in text for _, text in c.core("beta").decisions)
 
 
 def test_without_a_copy_within_max_lag_the_group_goes_nowhere_and_says_why() -> None:

@@ -47,7 +47,8 @@ requests = st.builds(RequestRef, names.map(lambda n: f"{n}-1-2"),
                      st.sampled_from(["move", "standby", "maintenance", "kill"]),
                      st.just("") | names, st.just("") | names)
 copies = st.builds(CopyFact, st.integers(0, 10**12),
-                   st.floats(min_value=0, max_value=4e9, allow_nan=False), names, st.booleans())
+                   st.floats(min_value=0, max_value=4e9, allow_nan=False), names, st.booleans(),
+                   st.floats(min_value=0, max_value=1e6, allow_nan=False))
 
 bodies: st.SearchStrategy[Body] = st.one_of(
     st.builds(Heartbeat, n=st.integers(1, 10**9), incarnation=st.integers(1, 10**9),
@@ -106,6 +107,9 @@ def test_every_message_reads_back_as_itself(body: Body, sender: str) -> None:
         ("db=3:soon:alpha:0", "bad copy time of db"),
         ("db=3:1.5:ALPHA:0", "bad copy source of db"),
         ("db=3:1.5:alpha:yes", "bad copy liveness of db"),
+        ("db=3:1.5:alpha:0:-2", "bad copy lag of db"),
+        ("db=3:1.5:alpha:0:nan", "bad copy lag of db"),
+        ("db=3:1.5:alpha:0:1:2", "bad copy of db"),
         ("DB=-", "bad pair"),
     ]),
     ("hb", {"n": "-1", "inc": "1", "epoch": "0", "acc": "0", "echo": "", "groups": "",

@@ -68,9 +68,12 @@ Factory = Callable[[], pykka.ActorRef[Any]]
 
 class NodeActor(VigilActor):
     def __init__(self, name: str, directory: Directory, factories: dict[str, Factory],
-                 left: threading.Event, failed: threading.Event) -> None:
+                 left: threading.Event, failed: threading.Event,
+                 restarted: Callable[[str], None] | None = None) -> None:
         super().__init__(name, directory)
         self.factories = factories
+        #: told the name of each child started again, once it is in the directory
+        self.restarted = restarted
         self.left = left
         self.failed = failed
         self.restarts: dict[str, list[float]] = {}
@@ -112,6 +115,8 @@ class NodeActor(VigilActor):
         self.directory.set(failed.name, factory())
         for name in self.directory.names("group:"):
             self.directory.tell(name, ChildRestarted(failed.name))
+        if self.restarted is not None:
+            self.restarted(failed.name)
 
 
 #: The runtimes started in this process and not stopped (for vigil.api's default runtime).
@@ -221,7 +226,8 @@ class NodeRuntime:
                 LinkActor.start, f"link:{link.name}", d, link.name, codec, factory)
         factories["control"] = lambda: ControlActor.start(
             "control", d, cfg.nodes[node].control_socket, access)
-        self.ref = NodeActor.start("node", d, factories, self.left, self.failed)
+        self.ref = NodeActor.start("node", d, factories, self.left, self.failed,
+                                   self._restarted)
         d.set("node", self.ref)
         # on_start runs on the actor's thread: wait until every child is in the directory
         self.ref.ask(Control("ready"), timeout=30.0)
@@ -239,6 +245,12 @@ class NodeRuntime:
         with _running_lock:
             _running.add(self)
         return self
+
+    def _restarted(self, child: str) -> None:
+        """A child actor was started again: a new coordinator has lost what the mirror
+        service told the old one (an idle copy would not be told again)."""
+        if child == "coordinator" and self.mirrors is not None:
+            self.mirrors.report_again()
 
     def _mirror_service(self, catalog: Catalog, ring: tuple[bytes, ...]
                         ) -> MirrorService | None:

@@ -40,6 +40,11 @@ class CopyFact:
     taken: float  # when its source took it (the source's wall clock, Unix seconds)
     source: str  # the node that took it
     live: bool = False  # the data is in service here: this node is the source, its copy current
+    #: seconds this copy is known to be behind at least, whatever the others hold: the node
+    #: holding the group (the source) was heard alive this long after the copy arrived (the
+    #: core fills it in, :meth:`~vigil.cluster.node.NodeCore.copies`). It is what refuses a
+    #: lone stale copy: the lag between copies cannot see it once the source is gone.
+    behind: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,10 +93,11 @@ def copy_lags(copies: Mapping[str, CopyFact | None]) -> dict[str, float | None]:
     """Node -> how many seconds its copy is behind the freshest of ``copies`` (None: it has
     none). A live copy is the data itself: it is never behind. The others are measured from
     the newest snapshot any node holds (a live copy's snapshots are that newest, unless a
-    node kept a newer one of another history)."""
+    node kept a newer one of another history), and are at least what each knows it is behind
+    (``behind``)."""
     taken = [c.taken for c in copies.values() if c is not None]
     if not taken:
         return dict.fromkeys(copies)
     freshest = max(taken)
-    return {n: None if c is None else 0.0 if c.live else max(0.0, freshest - c.taken)
+    return {n: None if c is None else 0.0 if c.live else max(0.0, freshest - c.taken, c.behind)
             for n, c in copies.items()}

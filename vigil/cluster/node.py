@@ -22,6 +22,7 @@ docs/protocol.md has the full protocol and its safety argument.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from vigil.cluster.admin import Requests
 from vigil.cluster.changes import Changes
@@ -124,6 +125,9 @@ class NodeCore:
         self.mirrors: dict[str, MirrorState] = {}
         #: mirror resource -> how far the other nodes' copies are behind (here, its source)
         self.mirror_lags: dict[str, MirrorLag] = {}
+        #: mirror resource -> when our newest copy arrived, and how far behind it is known
+        #: to be (:meth:`_copy_behind`)
+        self.copy_arrived: dict[str, tuple[float, float]] = {}
         #: mirror resources whose best standby is beyond max_lag, as last notified here
         self.mirror_lagging: set[str] = set()
         self.started_at = now
@@ -289,9 +293,29 @@ class NodeCore:
 
     def copies(self) -> dict[str, CopyFact | None]:
         """Mirror resource -> this node's newest copy of its data (None: none), as the shell
-        last said: what the cost reply carries, so that the master lets the freshest win."""
-        return {r: s.copy if (s := self.mirrors.get(r)) is not None else None
-                for r in mirror_resources(self.config)}
+        last said, with how far it is known to be behind at least: what the cost reply
+        carries, so that the master lets the freshest win and refuses a stale one."""
+        out: dict[str, CopyFact | None] = {}
+        for r in mirror_resources(self.config):
+            state = self.mirrors.get(r)
+            copy = state.copy if state is not None else None
+            if copy is not None and not copy.live:
+                copy = replace(copy, behind=self._copy_behind(r))
+            out[r] = copy
+        return out
+
+    def _copy_behind(self, resource: str) -> float:
+        """How long the node holding the resource's group (another node: the source) was heard
+        alive after our newest copy arrived: writes made there meanwhile are not in it. Kept
+        (never lowered) until a newer copy arrives, so that it outlives the source's death
+        and the placements that follow it."""
+        arrived, known = self.copy_arrived.get(resource, (self.started_at, 0.0))
+        holder = self.accepted.placement.get(self.config.resources[resource].group)
+        if holder is not None and holder != self.name and holder in self.config.nodes:
+            heard = self.now - self.membership.silent_for(holder)
+            known = max(known, heard - arrived)
+            self.copy_arrived[resource] = (arrived, known)
+        return known
 
     def fence_refusal(self, kind: str, node: str) -> str:
         """Why a manual fencing request (``fence`` or ``confirm_off``) of ``node`` is refused
@@ -440,6 +464,10 @@ class NodeCore:
         r = event.resource
         before = self.mirrors.get(r)
         self.mirrors[r] = event
+        old = before.copy if before is not None else None
+        new = event.copy
+        if new is None or old is None or (new.seq, new.source) != (old.seq, old.source):
+            self.copy_arrived[r] = (self.now, 0.0)
         if event.copy is None or not event.copy.live:
             # no longer the source: how far the others are behind is the new source's to tell
             self.mirror_lagging.discard(r)

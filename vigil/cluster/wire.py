@@ -128,7 +128,7 @@ def _dec_costs(text: str) -> dict[str, float]:
 
 def _enc_copies(copies: Mapping[str, CopyFact | None]) -> str:
     return _enc_pairs((r, "-" if c is None else
-                       f"{c.seq}:{c.taken!r}:{c.source}:{1 if c.live else 0}")
+                       f"{c.seq}:{c.taken!r}:{c.source}:{1 if c.live else 0}:{c.behind!r}")
                       for r, c in sorted(copies.items()))
 
 
@@ -140,24 +140,29 @@ def _dec_copies(text: str) -> dict[str, CopyFact | None]:
             out[resource] = None
             continue
         parts = value.split(":")
-        if len(parts) != 4:
+        if len(parts) not in (4, 5):
             raise RemoteProtocolError(f"bad copy of {resource}: {value[:40]!r} (expected "
-                                      "SEQ:TAKEN:SOURCE:LIVE or -)")
-        seq, taken_text, source, live = parts
-        try:
-            taken = float(taken_text)
-        except ValueError:
-            raise RemoteProtocolError(f"bad copy time of {resource}: "
-                                      f"{taken_text[:40]!r}") from None
-        if not math.isfinite(taken) or taken < 0:
-            raise RemoteProtocolError(f"bad copy time of {resource}: {taken_text[:40]!r}")
+                                      "SEQ:TAKEN:SOURCE:LIVE[:BEHIND] or -)")
+        seq, taken_text, source, live = parts[:4]
+        taken = _copy_seconds(taken_text, f"copy time of {resource}")
+        behind = _copy_seconds(parts[4], f"copy lag of {resource}") if len(parts) == 5 else 0.0
         if not NAME_RE.match(source):
             raise RemoteProtocolError(f"bad copy source of {resource}: {source[:40]!r}")
         if live not in ("0", "1"):
             raise RemoteProtocolError(f"bad copy liveness of {resource}: {live[:40]!r}")
         out[resource] = CopyFact(_int(seq, f"copy number of {resource}"), taken, source,
-                                 live == "1")
+                                 live == "1", behind)
     return out
+
+
+def _copy_seconds(text: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise RemoteProtocolError(f"bad {what}: {text[:40]!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise RemoteProtocolError(f"bad {what}: {text[:40]!r}")
+    return value
 
 
 # ---- records carried inside messages ---------------------------------------------------------

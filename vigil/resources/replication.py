@@ -259,12 +259,15 @@ class MirrorService:
     """One node's side of replication: its receiver on ``endpoints[node]`` (every node's
     replication endpoint: the first link's address and the replication port), the volumes
     of the mirror resources ``specs``, and the keys and endpoints its replicators send with.
-    ``report`` tells the coordinator (any thread); ``context`` may be the daemon's."""
+    ``report`` tells the coordinator (any thread); ``context`` may be the daemon's.
+    ``idle_timeout`` bounds the receiver's wait for a sender's next frame, ``stream_timeout``
+    each wait of this node's senders (the handshake, credit, the answer)."""
 
     def __init__(self, node: str, specs: Collection[MirrorSpec], endpoints: Endpoints,
                  keys: LinkKeys, report: Report, *,
                  context: zmq.Context[zmq.Socket[bytes]] | None = None,
-                 idle_timeout: float = STREAM_TIMEOUT) -> None:
+                 idle_timeout: float = STREAM_TIMEOUT,
+                 stream_timeout: float = STREAM_TIMEOUT) -> None:
         if node not in endpoints:
             raise ValueError(f"no replication endpoint for node {node!r}")
         self.node = node
@@ -273,6 +276,7 @@ class MirrorService:
         self.report = report
         self.context = context
         self.idle_timeout = idle_timeout
+        self.stream_timeout = stream_timeout
         self._mirrors = {s.resource: _Mirror.of(s, node) for s in specs}
         self._lock = threading.Lock()
         self._replicators: list[Replicator] = []
@@ -329,6 +333,22 @@ class MirrorService:
         if self.server is not None:
             self.server.close()
             self.server = None
+
+    def report_again(self) -> None:
+        """Report every resource's state again, from a thread of its own: a coordinator
+        started again after a failure has lost what it was told, and an idle copy (no source
+        sending) would stay unknown to it (listing subvolumes runs btrfs: never on an
+        actor's thread)."""
+        def report_all() -> None:
+            for resource in sorted(self._mirrors):
+                try:
+                    self.report_state(resource)
+                except Exception as exc:  # a report lost is logged, never the thread's end
+                    log.warning("mirror %s on %s: could not report its copy again: %s",
+                                resource, self.node, exc)
+
+        threading.Thread(target=report_all, name=f"vigil-mirror-report-{self.node}",
+                         daemon=True).start()
 
     def report_state(self, resource: str) -> MirrorState:
         """Tell the coordinator this node's copy of ``resource`` and what it holds aside."""
@@ -648,7 +668,7 @@ class Replicator:
         left = deadline - time.monotonic()
         if left <= 0:
             raise StreamError("out of time")
-        return min(STREAM_TIMEOUT, left)
+        return min(self.service.stream_timeout, left)
 
     def ask(self, peer: str, deadline: float, cancel: threading.Event) -> set[str]:
         """What ``peer`` holds of this resource (its idents)."""
@@ -684,10 +704,10 @@ class Replicator:
                 failures.append(exc)
 
         def outcome() -> BaseException | None:
-            producer.join(STREAM_TIMEOUT)
+            producer.join(self.service.stream_timeout)
             if producer.is_alive():
-                return StreamError(f"btrfs send did not end within {STREAM_TIMEOUT:g}s after "
-                                   "its output closed")
+                return StreamError(f"btrfs send did not end within "
+                                   f"{self.service.stream_timeout:g}s after its output closed")
             return failures[0] if failures else None
 
         producer = threading.Thread(target=produce, daemon=True,
