@@ -2,8 +2,9 @@
 (a loop device, mounted inside the host); group ``db`` is a ``mirror`` resource and a writer
 appending numbered, fsynced records into it (tests/support/records.py), which notes each
 record it acknowledged outside the hosts. The tests power the active host off, move the group,
-starve a standby of replication, bring an old holder back and kill a receiver mid-stream, and
-check what each copy holds: records contiguous from 1, none torn, nothing acknowledged before
+starve one standby or all of them of replication (the group then goes to the fresh one, or
+nowhere until an operator forces it), bring an old holder back and kill a receiver
+mid-stream, and check what each copy holds: records contiguous from 1, none torn, nothing acknowledged before
 the last snapshot that arrived missing.
 
 Figures (replication delay, records lost at power-off and the window they span) are printed
@@ -150,6 +151,36 @@ def test_a_standby_beyond_max_lag_is_not_chosen(mirror: MirrorGroup) -> None:
            and ("behind" in line or "freshest" in line) and "n2" in line]
     print(f"\nn3's copy {stale.name} was {behind:.1f} s behind n2's ({time.time() - cut:.1f} s "
           f"after its cut): the group went to n2 ({why[-1] if why else 'no reason logged'})")
+
+
+def test_with_no_standby_within_max_lag_the_group_goes_nowhere_unless_forced(
+        mirror: MirrorGroup) -> None:
+    c = mirror.c
+    assert mirror.start(max_lag="2s") == "n1"
+    for h in ("n2", "n3"):
+        mirror.wait_record(h, 20, 30)
+    # neither standby gets a snapshot any more, while n1 goes on writing for longer than
+    # max_lag: whatever copy they have, n1 outlived it by too much
+    for h in ("n2", "n3"):
+        c.cut_link(h, "lan0")
+    time.sleep(3.5)
+    c.power_off("n1", cable_first=True)
+
+    def refused() -> str | None:
+        return next((line for h in ("n2", "n3") for line in c.log(h).splitlines()
+                     if "no member can run it" in line and "max_lag" in line), None)
+    why = c.wait_for(refused, ACT, "a decision that leaves the group stopped, saying why")
+    time.sleep(1.0)  # and it stays so
+    assert c.holders(GROUP) == []
+    # the operator's way out: take the loss, on purpose
+    moved = c.vigil("n2", "group", "move", "--force", GROUP, "n2", "-c", str(c.config))
+    assert moved.returncode == 0, moved.stderr
+    c.wait_for(lambda: c.holder(GROUP) == "n2", ACT, "the forced move to n2")
+    found = c.wait_for(lambda: mirror.data_records("n2"), 30, "the records on n2")
+    assert found.problems() == []
+    print(f"\nno standby within max_lag: the group stayed stopped ({why.split('] ', 1)[-1]}); "
+          f"forced onto n2, which went on from record {found.last_of('n1')} of "
+          f"{mirror.acked('n1')[-1].number}")
 
 
 def test_the_old_holder_returns_keeps_its_diverged_data_aside_and_catches_up(
