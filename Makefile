@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test test-long test-fast demo soak soak-sim soak-large stability bench bench-failover bench-nic lint typecheck clean
+.PHONY: test test-long test-fast demo soak soak-sim soak-large stability bench bench-failover bench-nic bench-mirror lint typecheck clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,11 @@ bench-failover: $(STAMP)
 # an address moving to the node's other NIC when its cable is pulled (root, namespaces)
 bench-nic: $(STAMP)
 	$(BIN)/python -m bench.nic_failover --runs 40
+
+# mirrored data: replication throughput, the standbys' lag under a steady writer and the
+# data lost at a power-off, on the namespace cluster (root, namespaces, btrfs; some 5 minutes)
+bench-mirror: $(STAMP)
+	$(BIN)/python -m bench.mirror
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

@@ -20,7 +20,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -110,27 +110,55 @@ def in_own_mount_namespace(test: Callable[..., None]) -> Callable[..., None]:
     return outside
 
 
+#: Runs a command (mount, umount) where the filesystem is to be mounted: ``(argv) -> result``.
+Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
+
+
+def _run_here(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    return _run(*argv)
+
+
 class LoopFilesystem:
     """A ``size_mb`` MiB ``fstype`` filesystem on a loop device, mounted on ``directory /
-    name``: a context manager. Skips the test (pytest) where root, the tools, loop devices or
-    the kernel's support for ``fstype`` are missing.
+    name`` (or ``mount_point``): a context manager. Skips the test (pytest) where root, the
+    tools, loop devices or the kernel's support for ``fstype`` are missing.
 
     The loop device is detached as soon as the filesystem is mounted: the kernel then frees
     it with the last unmount (this one on exit, or the end of the mount namespace if the test
     process is killed), and never is a device number that someone else may have taken since
     detached by mistake. On exit everything mounted at or below the mount point is unmounted
-    and the image removed."""
+    and the image removed.
+
+    By default the mount is made in this process's mount namespace. ``run`` (which runs
+    ``mount`` and ``umount``) and ``mountinfo`` (the path of the mount table to read) put it
+    in another's, e.g. a namespace cluster host's: there :meth:`create`, :meth:`mount` (again
+    after that namespace is gone and a new one made: the image is the disk), :meth:`released`
+    and :meth:`remove` are used one by one."""
 
     def __init__(self, directory: Path, name: str, *, fstype: str = "btrfs",
-                 size_mb: int = 256, mount_options: str = "") -> None:
+                 size_mb: int = 256, mount_options: str = "", mount_point: Path | None = None,
+                 run: Runner = _run_here,
+                 mountinfo: Callable[[], str] = lambda: "/proc/self/mountinfo") -> None:
         self.image = directory / f"{name}.img"
-        self.mount_point = directory / name
+        self.mount_point = mount_point if mount_point is not None else directory / name
         self.fstype = fstype
         self.size_mb = size_mb
         self.mount_options = mount_options
         self.device = ""
+        self._run = run
+        self._mountinfo = mountinfo
 
     def __enter__(self) -> LoopFilesystem:
+        self.create()
+        try:
+            self.mount()
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def create(self) -> None:
+        """The image file with a new, empty filesystem on it."""
         import pytest
 
         why = missing_tools(self.fstype)
@@ -143,44 +171,63 @@ class LoopFilesystem:
         if made.returncode != 0:
             self.image.unlink(missing_ok=True)
             raise RuntimeError(f"mkfs.{self.fstype} {self.image} failed: {made.stderr.strip()}")
+
+    def mount(self) -> None:
+        """Attach the image to a loop device and mount it (then detach: see the class)."""
+        import pytest
+
         attached = _run("losetup", "--find", "--show", str(self.image))
         if attached.returncode != 0:
-            self.image.unlink(missing_ok=True)
             pytest.skip(f"loop devices do not work here: {attached.stderr.strip()}")
         self.device = attached.stdout.strip()
         try:
-            self.mount_point.mkdir(exist_ok=True)
+            self.mount_point.mkdir(parents=True, exist_ok=True)
             options = ["-o", self.mount_options] if self.mount_options else []
-            mounted = _run("mount", "-t", self.fstype, *options, self.device,
-                           str(self.mount_point))
+            mounted = self._run(["mount", "-t", self.fstype, *options, self.device,
+                                 str(self.mount_point)])
         finally:
             # Mounted, the device only gets its auto-clear flag; unmounted, it goes now.
             _run("losetup", "-d", self.device)
         if mounted.returncode != 0:
-            self.image.unlink(missing_ok=True)
             reason = mounted.stderr.strip()
             if "unknown filesystem type" in reason:
                 pytest.skip(f"the kernel cannot mount {self.fstype} here: {reason}")
             raise RuntimeError(f"mount {self.device} {self.mount_point} failed: {reason}")
-        return self
+
+    def released(self) -> bool:
+        """No loop device is backed by the image any longer: the filesystem is gone from
+        every mount namespace (the auto-clear flag detaches the device with the last
+        unmount)."""
+        found = _run("losetup", "--associated", str(self.image))
+        return found.returncode == 0 and not found.stdout.strip()
 
     def _mounted_below(self) -> list[str]:
         top = str(self.mount_point)
-        points = {m.mount_point for m in read_mountinfo()
+        try:
+            mounts = read_mountinfo(self._mountinfo())
+        except OSError:  # that namespace is gone, and its mounts with it
+            return []
+        points = {m.mount_point for m in mounts
                   if m.mount_point == top or m.mount_point.startswith(top + "/")}
         return sorted(points, key=len, reverse=True)
 
-    def __exit__(self, *exc: object) -> None:
+    def unmount(self) -> None:
+        """Unmount everything at or below the mount point."""
         for _ in range(50):  # a process of the test may still be letting go of it
             below = self._mounted_below()
             if not below:
-                break
+                return
             for point in below:
-                _run("umount", point)
+                self._run(["umount", point])
             if self._mounted_below():
                 time.sleep(0.1)
-        else:
-            # Still busy after 5 s: detach it; the device goes when its last user lets go.
-            for point in self._mounted_below():
-                _run("umount", "-l", point)
+        # Still busy after 5 s: detach it; the device goes when its last user lets go.
+        for point in self._mounted_below():
+            self._run(["umount", "-l", point])
+
+    def remove(self) -> None:
         self.image.unlink(missing_ok=True)
+
+    def __exit__(self, *exc: object) -> None:
+        self.unmount()
+        self.remove()

@@ -26,6 +26,21 @@ The rest of the file system, ``/tmp`` included, is shared: the harness directory
 logs, and each node's ``runtime_dir``, ``<tmp>/run/<node>``) survives a power cycle, as a disk
 would.
 
+**Disks of their own.** :meth:`NsCluster.add_disks` gives hosts each a filesystem of its own
+(btrfs by default, as the ``mirror`` resource wants): an image file ``<tmp>/disks/<node>.img``
+on a loop device, mounted at the same path on every host, each in its own mount namespace (a
+:class:`~tests.support.loopfs.LoopFilesystem` whose mount runs inside the host). Powering a
+host off kills its keeper with the rest and lets go of its mount namespace, which the kernel
+then tears down: the filesystem is unmounted and its loop device (auto-clear) detached,
+within milliseconds. The
+image stays, and :meth:`~NsCluster.power_on` mounts it again in the new keeper's namespace
+before the daemon starts: the host's data survives its power cycle, as a real disk's does.
+One difference from a power loss: that unmount commits what the page cache held, so writes a
+process made but did not fsync survive too (tests count only what was fsynced). Closing the
+harness waits for every disk's loop device to go and removes the images; a test process that
+dies leaves nothing mounted (its hosts' namespaces die with their processes), and its images
+go with its tmp dir (swept by the next harness).
+
 Processes are started through :func:`vigil.resources.proc.spawn`, so they get SIGKILL if the
 test process dies (an observer that must outlive a host runs on the machine itself, started
 by :meth:`NsCluster.popen`); namespaces and tmp dirs left by a test process that died anyway
@@ -75,6 +90,7 @@ from pathlib import Path
 from typing import IO, Any, Final
 
 from tests.support.cluster_harness import wait_for as _wait_for
+from tests.support.loopfs import LoopFilesystem
 from vigil.config import write_key
 from vigil.fencing.netns import held, kill_all, ns_id, pids_in
 from vigil.local.protocol import request
@@ -275,6 +291,8 @@ class Host(_Namespace):
         self.powered = False
         self.cut: set[int] = set()
         self._mnt_ns: tuple[int, int] | None = None
+        #: the host's own disk (:meth:`NsCluster.add_disks`), mounted while it is powered on
+        self.disk: LoopFilesystem | None = None
         # The keeper's mount namespace, held open while the host is on: a namespace's number
         # is given to a new one as soon as it is freed, so a kill loop that goes on looking
         # for processes in it after its last one died would kill in someone else's.
@@ -322,6 +340,14 @@ class Host(_Namespace):
         if self._mnt_ns is not None:
             namespaces.append(("mnt", self._mnt_ns))
         return pids_in(namespaces)
+
+    def inside(self, path: str | Path) -> Path:
+        """``path`` as this host sees it (its mounts), to read from the test process:
+        through its keeper's root, ``/proc/<keeper>/root/<path>``. Valid while the host is
+        powered on (and until its keeper changes)."""
+        if not self.powered or self.keeper is None:
+            raise NsClusterError(f"host {self.name} is powered off: power_on() it first")
+        return Path(f"/proc/{self.keeper.pid}/root") / Path(path).relative_to("/")
 
     @property
     def daemon_running(self) -> bool:
@@ -595,6 +621,7 @@ class NsCluster:
                                  timeout=30)
             if out.returncode != 0 and Path(f"/run/netns/{name}").exists():
                 problems.append(f"ip netns del {name}: {out.stderr.strip()}")
+        problems += self._remove_disks()
         for log in self._logs.values():
             log.close()
         if self._own_tmp:
@@ -603,6 +630,68 @@ class NsCluster:
             _live.discard(self)
         if problems:
             raise NsClusterError("cleanup incomplete: " + "; ".join(problems))
+
+    # -- disks ------------------------------------------------------------------------------
+
+    def add_disks(self, mount_point: str | Path, *, hosts: Iterable[HostRef] | None = None,
+                  size_mb: int = 256, fstype: str = "btrfs", mount_options: str = "subvolid=5"
+                  ) -> None:
+        """Give each host (default: all) a new ``fstype`` filesystem of its own, mounted at
+        ``mount_point`` inside the host (the module docstring: "Disks of their own"); a host
+        powered off gets it mounted when it is powered on. The default options mount a
+        btrfs's top level (subvolume id 5), as the ``mirror`` resource's ``root`` wants.
+
+        Prefer a mount point under :attr:`tmp` (the same path on every host all the same):
+        a directory elsewhere, such as /srv/mirror, is made on the machine and stays."""
+        for h in [self.host(x) for x in hosts] if hosts is not None else self.hosts.values():
+            if h.disk is not None:
+                raise NsClusterError(f"host {h.name} already has a disk "
+                                     f"({h.disk.image} on {h.disk.mount_point})")
+            disk = LoopFilesystem(
+                self.tmp / "disks", h.name, fstype=fstype, size_mb=size_mb,
+                mount_options=mount_options, mount_point=Path(mount_point),
+                run=functools.partial(self._run_on, h),
+                mountinfo=functools.partial(self._mountinfo_of, h))
+            disk.image.parent.mkdir(exist_ok=True)
+            disk.create()
+            h.disk = disk
+            if h.powered:
+                self._mount_disk(h, disk)
+
+    @staticmethod
+    def _run_on(h: Host, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+        return h.run(argv, timeout=60)
+
+    @staticmethod
+    def _mountinfo_of(h: Host) -> str:
+        return f"/proc/{h.keeper.pid if h.keeper else 0}/mountinfo"
+
+    def _mount_disk(self, h: Host, disk: LoopFilesystem) -> None:
+        # The filesystem of the host's previous life goes with its mount namespace, a moment
+        # after its last process: mounting the image again before would meet it still there.
+        try:
+            _wait_for(disk.released, KILL_WAIT, "", 0.02)
+        except AssertionError:
+            raise NsClusterError(
+                f"host {h.name}: its disk {disk.image} is still attached to a loop device "
+                f"{KILL_WAIT:g}s after its previous mount namespace ended (`losetup -j "
+                f"{disk.image}`: who holds it?)") from None
+        disk.mount()
+
+    def _remove_disks(self) -> list[str]:
+        """After every process is gone: wait for each disk's loop device to go, remove the
+        images. What could not be removed, for close()'s report."""
+        problems = []
+        for h in self.hosts.values():
+            if h.disk is None:
+                continue
+            try:
+                _wait_for(h.disk.released, KILL_WAIT, "", 0.02)
+            except AssertionError:
+                problems.append(f"the loop device of {h.disk.image} is still attached "
+                                f"(`losetup -j {h.disk.image}`: who holds it?)")
+            h.disk.remove()
+        return problems
 
     def popen(self, argv: Sequence[str], **popen_kwargs: Any) -> subprocess.Popen[Any]:
         """Start ``argv`` on the machine itself, outside every host: an observer that must
@@ -801,6 +890,8 @@ class NsCluster:
                        f"{h.address(k)}/24", up=k not in h.cut)
         self._plug_spare(h)
         self._boot(h)
+        if h.disk is not None:
+            self._mount_disk(h, h.disk)
         if start_daemon and self.config.exists():
             self.start(h)
 

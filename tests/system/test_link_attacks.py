@@ -16,13 +16,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import TracebackType
 
 import pytest
 import zmq
 
 from tests.support.cluster_harness import wait_for
 from tests.support.daemons import CALM, NODES, Daemons, daemons_in, settled
+from tests.support.poller import Poller
 from tests.support.rogue import (
     ANSWERS,
     RecordingProxy,
@@ -63,11 +63,11 @@ def pair(tmp_path: Path) -> Iterator[Daemons]:
     yield from daemons_in(tmp_path, ("alpha", "beta"))
 
 
-class Watch:
+class Watch(Poller):
     """Samples every node's status and its daemon's memory on a thread while an attack runs."""
 
     def __init__(self, d: Daemons, interval: float = 0.1) -> None:
-        self.interval = interval
+        super().__init__(interval)
         self.pids = {n: p.pid for n, p in d.procs.items() if p.poll() is None}
         self.clients = {n: Client(str(d.config), n, timeout=5.0) for n in self.pids}
         self.epochs: dict[str, set[str]] = {n: set() for n in self.pids}
@@ -75,30 +75,18 @@ class Watch:
         self.lease_lost: dict[str, int] = dict.fromkeys(self.pids, 0)
         self.max_rss: dict[str, int] = dict.fromkeys(self.pids, 0)
         self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> Watch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            for node, client in self.clients.items():
-                self.max_rss[node] = max(self.max_rss[node], rss_bytes(self.pids[node]))
-                try:
-                    st = client.status()
-                except Exception:  # a status request that timed out is a gap, not a fault
-                    continue
-                self.epochs[node].add(st.epoch)
-                self.holders.add(st.groups["web"].node)
-                self.lease_lost[node] += not st.lease_valid
-            self.samples += 1
+    def poll(self) -> None:
+        for node, client in self.clients.items():
+            self.max_rss[node] = max(self.max_rss[node], rss_bytes(self.pids[node]))
+            try:
+                st = client.status()
+            except Exception:  # a status request that timed out is a gap, not a fault
+                continue
+            self.epochs[node].add(st.epoch)
+            self.holders.add(st.groups["web"].node)
+            self.lease_lost[node] += not st.lease_valid
+        self.samples += 1
 
     def assert_undisturbed(self, epoch: str, holder: str = "alpha") -> None:
         assert self.samples >= 5, "the watch saw too little"

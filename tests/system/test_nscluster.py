@@ -15,6 +15,7 @@ import pytest
 
 from tests.support.nscluster import NsCluster, nscluster_fixture, require_nscluster
 from vigil.api import LinkDown, LinkUp, subscribe
+from vigil.resources.btrfs import btrfs_available
 from vigil.resources.proc import pid_alive
 
 cluster = nscluster_fixture(hosts=3)
@@ -243,6 +244,38 @@ def test_hosts_have_private_mounts_and_run() -> None:
             c.cut_link("n9", 0)
         with pytest.raises(ValueError, match="this cluster has links lan0"):
             c.cut_link("n1", "lan1")
+
+
+def test_each_host_has_a_disk_of_its_own_that_survives_a_power_cycle() -> None:
+    require_nscluster()
+    why = btrfs_available()
+    if why is not None:
+        pytest.skip(why)
+    with NsCluster(hosts=2) as c:
+        disk = c.tmp / "mirror"
+        c.add_disks(disk, size_mb=128)
+        n1, n2 = c.hosts["n1"], c.hosts["n2"]
+        assert n1.disk is not None and n2.disk is not None
+        images = [n1.disk.image, n2.disk.image]
+        # the top level of a btrfs of each host's own, seen by no one else
+        for h in (n1, n2):
+            out = h.run(["findmnt", "-n", "-o", "FSTYPE,OPTIONS", str(disk)])
+            assert out.stdout.startswith("btrfs") and "subvolid=5" in out.stdout, out
+            h.run(["sh", "-c", f"echo {h.name} > {disk}/owner && sync"])
+        assert n1.run(["cat", str(disk / "owner")]).stdout == "n1\n"
+        assert n2.run(["cat", str(disk / "owner")]).stdout == "n2\n"
+        assert str(disk) not in Path("/proc/self/mountinfo").read_text()
+        # the data outlives a power cycle, as on a real disk; the mount is made again
+        c.power_off("n1")
+        c.power_on("n1")
+        assert n1.run(["cat", str(disk / "owner")]).stdout == "n1\n"
+        assert n2.run(["cat", str(disk / "owner")]).stdout == "n2\n"
+    # closed: nothing mounted, no loop device, no image
+    for image in images:
+        attached = subprocess.run(["losetup", "--associated", str(image)], capture_output=True,
+                                  text=True, timeout=30)
+        assert attached.stdout == ""
+        assert not image.exists()
 
 
 def test_cleanup_leaves_nothing_behind() -> None:
