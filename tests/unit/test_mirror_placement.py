@@ -18,8 +18,8 @@ from vigil.cluster.events import AdminRequest, Received
 from vigil.cluster.mirrors import CopyFact, MirrorState, copy_lags, max_lag
 from vigil.cluster.node import NodeCore
 from vigil.cluster.strategy import (
-    COPY_WEIGHT,
     INFINITY,
+    TAKEOVER_COPY_WEIGHT,
     CostStrategy,
     Decision,
     DecisionContext,
@@ -80,15 +80,30 @@ def test_the_freshest_copy_wins_over_a_cheaper_staler_one(strategy: Strategy) ->
     assert "it holds the freshest copy of db-data" in d.reasons["db"]
 
 
-def test_the_lag_costs_copy_weight_per_second() -> None:
+def test_the_lag_costs_takeover_copy_weight_per_second_when_no_member_runs_it() -> None:
     d = decide(config(), {"beta": copy(1.0), "gamma": copy(4.0)},
-               costs={"beta": 3.0 * COPY_WEIGHT, "gamma": 0.0})
-    # beta: 3 + 0 (it holds the freshest); gamma: 0 + 3 s behind: a tie, the lower name wins
+               costs={"beta": 3.0 * TAKEOVER_COPY_WEIGHT, "gamma": 0.0})
+    # beta: 3 W + 0 (it holds the freshest); gamma: 0 + 3 s behind: a tie, the lower name wins
     assert d.placement["db"] == "beta"
     d = decide(config(), {"beta": copy(1.0), "gamma": copy(4.0)},
-               costs={"beta": 3.5 * COPY_WEIGHT, "gamma": 0.0})
+               costs={"beta": 3.5 * TAKEOVER_COPY_WEIGHT, "gamma": 0.0})
     assert d.placement["db"] == "gamma"
-    assert d.reasons["db"] == "lowest cost on gamma (3); its copy of db-data is 3 s behind"
+    assert d.reasons["db"] == "lowest cost on gamma (3000); its copy of db-data is 3 s behind"
+    # a preference (10 here) never outweighs a tenth of a second of writes lost for good
+    d = decide(config(), {"beta": copy(1.1), "gamma": copy(1.0)},
+               costs={"beta": 0.0, "gamma": 10.0})
+    assert d.placement["db"] == "gamma"
+
+
+def test_while_a_member_runs_it_the_lag_costs_copy_weight_per_second() -> None:
+    # alpha runs db (a move is graceful: the final snapshot brings the rest): beta, 3 s
+    # behind but preferred by 10, is where a move goes
+    d = decide(config(), {"alpha": copy(0.0, live=True), "beta": copy(3.0),
+                          "gamma": copy(1.0)},
+               costs={"alpha": 20.0, "beta": 0.0, "gamma": 10.0}, holders={"db": "alpha"},
+               moves={})
+    assert d.placement["db"] == "beta"
+    assert "lowest cost on beta (3)" in d.reasons["db"]
 
 
 def test_a_copy_beyond_max_lag_is_refused_and_the_reason_says_so() -> None:
@@ -112,10 +127,11 @@ def test_max_lag_defaults_to_30_seconds_and_takes_durations() -> None:
     assert max_lag(cfg.resources["db-data"]) == 30.0
     assert max_lag(config("2m").resources["db-data"]) == 120.0
     assert max_lag(config("nonsense").resources["db-data"]) == 30.0  # config check refuses it
+    # within max_lag a copy may serve (beta cannot here), beyond it not
     assert decide(cfg, {"gamma": copy(29.0), "beta": copy(0.0)},
-                  costs={"beta": 100.0}).placement["db"] == "gamma"
+                  costs={"beta": INFINITY}).placement["db"] == "gamma"
     assert decide(cfg, {"gamma": copy(31.0), "beta": copy(0.0)},
-                  costs={"beta": 100.0}).placement["db"] == "beta"
+                  costs={"beta": INFINITY}).placement["db"] is None
 
 
 def test_a_live_copy_is_never_behind() -> None:
@@ -221,7 +237,7 @@ def test_after_a_crash_the_freshest_copy_takes_over_not_the_preferred_stale_one(
     c.run_for(4.0)
     assert c.where() == {"g0": "gamma"}
     # gamma's copy arrived a few ms before alpha's last heartbeat: that little behind
-    assert any("g0: lowest cost on gamma (20.0" in text and "its copy of g0-r0 is 0 s behind"
+    assert any("g0: lowest cost on gamma (2" in text and "its copy of g0-r0 is 0 s behind"
                in text for _, text in c.core("beta").decisions)
 
 

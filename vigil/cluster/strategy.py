@@ -31,8 +31,14 @@ from vigil.status import seconds
 
 INFINITY = math.inf
 #: Added to a member's cost of a group for each second its copy of one of the group's mirror
-#: resources is behind the freshest copy among the members (docs/resources.md, "mirror").
+#: resources is behind the freshest copy among the members (docs/resources.md, "mirror"),
+#: while the group runs on a member: a move is graceful then (the final snapshot brings the
+#: rest), and the lag only costs transfer time.
 COPY_WEIGHT: Final = 1.0
+#: The same when no member runs the group (a takeover after its holder died): what a copy
+#: lacks is lost for good, so freshness outweighs any preference (0.1 s behind outweighs a
+#: preference of 100).
+TAKEOVER_COPY_WEIGHT: Final = 1000.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,9 +185,10 @@ class CopyWeights:
 
 def weigh_copies(ctx: DecisionContext) -> CopyWeights:
     """The freshest copy wins: a member's cost of a group with mirror resources rises by
-    :data:`COPY_WEIGHT` for each second its copy is behind the freshest copy among the
-    members, and is INFINITY when that lag exceeds the resource's ``max_lag`` or when it has
-    no copy while another member has one. A live copy (the data in service there, or the
+    :data:`COPY_WEIGHT` (:data:`TAKEOVER_COPY_WEIGHT` when no member runs the group) for
+    each second its copy is behind the freshest copy among the members, and is INFINITY when
+    that lag exceeds the resource's ``max_lag`` or when it has no copy while another member
+    has one. A live copy (the data in service there, or the
     group's current holder, which starts it or runs it) is never behind. When no member has
     a copy (a first start), nothing changes; nor for the target of a forced move."""
     costs = {n: dict(c) for n, c in ctx.costs.items()}
@@ -198,8 +205,10 @@ def weigh_copies(ctx: DecisionContext) -> CopyWeights:
             if all(lag is None for lag in lags.values()):
                 continue  # a first start: nobody holds any data yet
             holder = ctx.holders.get(g)
+            weight = TAKEOVER_COPY_WEIGHT
             if holder in lags:
                 lags[holder] = 0.0
+                weight = COPY_WEIGHT
             limit = max_lag(ctx.config.resources[r])
             for n, lag in lags.items():
                 if n not in costs or forced_to.get(g) == n:
@@ -209,7 +218,7 @@ def weigh_copies(ctx: DecisionContext) -> CopyWeights:
                 elif lag > limit:
                     why = f"{n}'s copy of {r} is {seconds(lag)} behind (max_lag {seconds(limit)})"
                 else:
-                    costs[n][g] = costs[n].get(g, INFINITY) + COPY_WEIGHT * lag
+                    costs[n][g] = costs[n].get(g, INFINITY) + weight * lag
                     live = n == holder or ((c := ctx.copies[n].get(r)) is not None and c.live)
                     notes.setdefault(g, {})[n] = (
                         f"its copy of {r} is live" if live else
