@@ -136,6 +136,7 @@ __all__ = [
     "common",
     "diverged",
     "idents",
+    "is_name",
     "parse_subvolume_list",
     "read_stream_start",
 ]
@@ -547,7 +548,7 @@ class Volume:
     def __init__(self, root: str | Path, subvol: str, node: str, *,
                  timeout: float = DEFAULT_TIMEOUT) -> None:
         for what, value in (("subvolume", subvol), ("node", node)):
-            if not _word(value):
+            if not is_name(value):
                 raise ValueError(f"{what} name {value!r} must be letters, digits, '_' and '-' "
                                  "(starting with a letter or digit; no dots)")
         if timeout <= 0:
@@ -566,7 +567,7 @@ class Volume:
 
     # -- checks and listing -------------------------------------------------------------------
 
-    def _top_mount(self) -> Mount:
+    def top_mount(self) -> Mount:
         """The mount of ``root``: the top level of a btrfs filesystem, or BtrfsError."""
         # The kernel shows mount points with symbolic links resolved.
         where = os.path.realpath(self.root)
@@ -586,7 +587,7 @@ class Volume:
     def check(self) -> None:
         """Raise BtrfsError unless ``root`` is the mounted top level of a btrfs filesystem."""
         if not self._checked:
-            self._top_mount()
+            self.top_mount()
             self._checked = True
 
     def subvolumes(self) -> list[Subvolume]:
@@ -618,7 +619,7 @@ class Volume:
         """(node, seq, kind) of a name in the snapshot directory: kind "" for a snapshot,
         "aside" or "data.aside"; None for a name that is not ours."""
         parts = name.split(".")
-        if len(parts) < 3 or parts[0] != self.subvol or not _word(parts[1]) \
+        if len(parts) < 3 or parts[0] != self.subvol or not is_name(parts[1]) \
                 or not parts[2].isdigit() or parts[2] != str(int(parts[2])):
             return None
         kind = ".".join(parts[3:])
@@ -1226,7 +1227,7 @@ class Volume:
         return found
 
     def _refuse_if_mounted(self) -> None:
-        top = self._top_mount()
+        top = self.top_mount()
         inside = [m for m in read_mountinfo() if m.fstype == "btrfs"
                   and (m.major, m.minor) == (top.major, top.minor)
                   and (m.root == f"/{self.subvol}" or m.root.startswith(f"/{self.subvol}/"))]
@@ -1262,7 +1263,9 @@ class Volume:
                f"could not {why}; delete it by hand (btrfs subvolume delete {path})")
 
 
-def _word(value: object) -> bool:
+def is_name(value: object) -> bool:
+    """Whether ``value`` may name a subvolume or a node here: letters, digits, ``_`` and
+    ``-``, starting with a letter or digit (no dots: names split on them)."""
     return isinstance(value, str) and bool(value) and value[0].isascii() \
         and value[0].isalnum() and all(c.isascii() and (c.isalnum() or c in "_-")
                                        for c in value)

@@ -264,12 +264,7 @@ class MirrorResource(Resource):
             and mount.root == f"/{self.spec.subvolume}"
 
     def _top(self) -> Mount:
-        root = os.path.realpath(self.spec.root)
-        here = [m for m in read_mountinfo() if m.mount_point == root]
-        if not here:
-            raise BtrfsError(f"{self.spec.root} is not a mount point: mount the btrfs "
-                             f"top level there (mount -o subvolid=5 DEVICE {self.spec.root})")
-        return here[-1]
+        return self._service().volume(self.name).top_mount()
 
     def _ours(self) -> Mount | None:
         """Our bind mount, if it is the visible one on the mount point."""

@@ -65,6 +65,7 @@ from vigil.resources.btrfs import (
     Volume,
     common,
     diverged,
+    is_name,
 )
 from vigil.resources.model import parse_seconds, unknown_params
 from vigil.transports.keys import LinkKeys
@@ -92,7 +93,6 @@ RECEIVE_WAIT: Final = 60.0
 REPLY_IDENTS: Final = (REPLY_MAX_BYTES - 64) // 40
 #: How long stop() waits for the replicator's threads.
 JOIN_TIMEOUT: Final = 10.0
-_WORD: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 _SIZE: Final = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([KMG]?)(?:i?B)?\s*$", re.IGNORECASE)
 _SIZE_UNITS: Final = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}
 _PARAMS: Final = ("root", "subvolume", "mount_point", "interval", "keep", "max_lag",
@@ -133,8 +133,7 @@ class MirrorSpec:
             elif not isinstance(value, str) or not value.startswith("/") or value == "/":
                 problems.append(f"{key} must be an absolute path other than /, not {value!r}")
         subvolume = params.get("subvolume")
-        if subvolume is not None and (not isinstance(subvolume, str)
-                                      or not _WORD.fullmatch(subvolume)):
+        if subvolume is not None and not is_name(subvolume):
             problems.append(f"subvolume must be letters, digits, '_' and '-' (starting with a "
                             f"letter or digit), not {subvolume!r}")
         for key, least in (("interval", 0.05), ("max_lag", 0.0)):
@@ -163,7 +162,7 @@ class MirrorSpec:
         """The settings of mirror resource ``resource``; ValueError listing the problems."""
         problems = cls.problems(params)
         subvolume = params.get("subvolume", resource)
-        if "subvolume" not in params and not _WORD.fullmatch(resource):
+        if "subvolume" not in params and not is_name(resource):
             problems.append(f"the resource's name {resource!r} cannot name a subvolume: give "
                             "params.subvolume (letters, digits, '_' and '-')")
         if problems:
