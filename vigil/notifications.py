@@ -271,6 +271,8 @@ class Decision(Notification):
     kind: ClassVar[str] = "decision"
     topic: str = ""  # request, placement, config, membership, ...
     fields: tuple[tuple[str, str], ...] = field(default=())
+    #: "info", or "warning" for what an operator should act on (logged at that level)
+    severity: str = "info"
 
     def field(self, name: str, default: str = "") -> str:
         return dict(self.fields).get(name, default)

@@ -38,7 +38,7 @@ from vigil.actors.messages import Subscribe, Unsubscribe
 from vigil.local.access import Access, prepare_runtime_dir, socket_in_use
 from vigil.local.limits import LISTEN_BACKLOG, MAX_EVENT_MESSAGE, SEND_HWM
 from vigil.local.zmtp import EventServer
-from vigil.notifications import Notification, to_dict
+from vigil.notifications import Decision, Notification, to_dict
 
 __all__ = ["SEND_HWM", "NotifierActor", "bind_event_socket", "encode_event"]
 
@@ -88,7 +88,8 @@ class NotifierActor(VigilActor):
     def _publish(self, note: Notification) -> None:
         self.seq += 1
         note = dataclasses.replace(note, seq=self.seq)
-        log.info("%s: %s", note.kind, note.text)
+        warn = isinstance(note, Decision) and note.severity == "warning"
+        log.log(logging.WARNING if warn else logging.INFO, "%s: %s", note.kind, note.text)
         alive: list[tuple[pykka.ActorRef[Any], frozenset[str] | None]] = []
         for ref, kinds in self.subscribers:
             if kinds is not None and note.kind not in kinds:

@@ -11,6 +11,7 @@ from typing import Literal
 
 from vigil.cluster.mirrors import MirrorLag, MirrorState
 from vigil.cluster.wire import Epoch
+from vigil.config import ClusterConfig
 from vigil.messages import Message
 from vigil.notifications import Notification
 
@@ -150,9 +151,23 @@ class NicChanged:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class StageConfig:
+    """The shell read the configuration file again and checked it: switch to ``config``
+    when the cluster does (vigil.cluster.reconfig). ``missing_types``: the resource types of
+    ``config`` this node cannot run. ``problem``: why the file cannot be staged (it did not
+    load, or differs from what was asked): the core says so and keeps what it had staged.
+    ``wanted``: the digest a reload asked for ("" this node's own request)."""
+
+    config: ClusterConfig | None
+    missing_types: frozenset[str] = frozenset()
+    problem: str = ""
+    wanted: str = ""
+
+
 Event = (Received | CopyReceived | Tick | GroupDone | GroupFailed | AdminRequest
          | ClearFailures | MarkedOutOfService | FenceDone | GroupProbed | GuardFenced
-         | Shutdown | NicChanged | MirrorState | MirrorLag)
+         | Shutdown | NicChanged | MirrorState | MirrorLag | StageConfig)
 
 
 # ---- outputs ------------------------------------------------------------------------------
@@ -207,7 +222,24 @@ class FenceNode:
     attempt: int = 0
 
 
-Action = StartGroup | StopGroup | RestartResource | FenceNode
+@dataclass(frozen=True, slots=True)
+class LoadConfig:
+    """Read the configuration file again, check it and answer with a :class:`StageConfig`
+    (another node asked the cluster to reload: ``wanted`` is the digest of its file)."""
+
+    wanted: str
+
+
+@dataclass(frozen=True, slots=True)
+class SwitchConfig:
+    """The core switched to ``config`` (every member does in the same epoch): rebuild what
+    was built from the old one (the actors of the resources and groups that changed) before
+    anything else of this output is carried out."""
+
+    config: ClusterConfig
+
+
+Action = StartGroup | StopGroup | RestartResource | FenceNode | LoadConfig | SwitchConfig
 
 
 @dataclass(slots=True)

@@ -23,6 +23,11 @@ class Journal:
         self.emit(Decision(node=self.node, time=self.now, text=text, topic=topic,
                            fields=tuple(sorted(fields.items()))))
 
+    def warn(self, topic: str, text: str, **fields: str) -> None:
+        """A decision an operator should act on (logged as a warning)."""
+        self.emit(Decision(node=self.node, time=self.now, text=text, topic=topic,
+                           fields=tuple(sorted(fields.items())), severity="warning"))
+
     def emit(self, notification: Notification) -> None:
         self.decisions.append((self.now, notification.text))
         del self.decisions[:-200]

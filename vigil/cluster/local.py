@@ -90,6 +90,25 @@ class LocalGroups:
         #: master knows when a member's costs changed and looks again.
         self.failures = 0
 
+    def reconfigured(self, config: ClusterConfig, keep: frozenset[str]) -> LocalGroups:
+        """The same node's groups under ``config``: the groups of ``keep`` (their
+        definition did not change) carry their state, fail counts and holds over; the
+        others start stopped, with no failures."""
+        new = LocalGroups(config, self.name, self.journal, self.act)
+        for g in sorted(keep, key=new.index.__getitem__):
+            new.set(g, self.state[g])
+            new.fail_times[g] = list(self.fail_times[g])
+            if g in self.left_out:
+                new.left_out[g] = self.left_out[g]
+            if g in self.held:
+                new.held.add(g)
+            if g in self.held_in:
+                new.held_in[g] = self.held_in[g]
+            if g in self.unclean_members:
+                new.unclean_members[g] = set(self.unclean_members[g])
+        new.failures = self.failures  # a counter the peers compare: it never goes back
+        return new
+
     # ---- state ---------------------------------------------------------------------------
 
     def set(self, group: str, state: LocalState) -> None:

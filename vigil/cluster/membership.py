@@ -33,6 +33,8 @@ class PeerInfo:
     failures: int = 0  # the peer's count of failures reported (see LocalGroups.failures)
     requests: tuple[RequestRef, ...] = ()
     received_at: float = -math.inf
+    digest: str = ""  # of the configuration it runs
+    next: str = ""  # of the configuration it staged ("" none)
 
 
 class Heard(enum.Enum):
@@ -53,6 +55,7 @@ class Membership:
         self.name = name
         self.timing = config.timing
         self.digest = config.digest
+        self.next = ""  # the digest of the configuration staged here (vigil.cluster.reconfig)
         self.nodes = frozenset(config.nodes)
         self.quorum = Quorum({n: c.votes for n, c in config.nodes.items()},
                              two_node=config.two_node, wait_for_all=config.wait_for_all)
@@ -88,6 +91,28 @@ class Membership:
         alive = frozenset(heard | {self.name})
         self._alive = (self.now, alive)
         return alive
+
+    def compatible(self, digest: str, staged: str) -> bool:
+        """Whether a peer running ``digest`` (and staged ``staged``) belongs with us: it runs
+        our configuration, or one of us runs what the other staged (a switch under way, or
+        a node started with the file the cluster is about to switch to)."""
+        return digest == self.digest or bool({digest, staged} & {self.digest, self.next}
+                                             - {""})
+
+    def unswitched(self) -> frozenset[str]:
+        """Live peers that run another configuration than ours (compatible with it: see
+        :meth:`compatible`): no master counts them in a view, since they would place the
+        groups by another file, until they switch."""
+        return frozenset(n for n in self.alive() if n in self.peers
+                         and self.peers[n].digest != self.digest)
+
+    def reconfigure(self, config: ClusterConfig) -> None:
+        """Switch to ``config``: the nodes and the quorum are the same (reconfig refuses
+        otherwise); the timings and the digest are the new ones."""
+        self.timing = config.timing
+        self.digest = config.digest
+        self.next = ""
+        self._touch()
 
     def _touch(self) -> None:
         self.changed = True
@@ -220,7 +245,7 @@ class Membership:
         """Record ``sender``'s heartbeat; ``promised`` is the epoch we promised (only echoes
         from a peer in the same epoch support our lease), ``incarnation`` our life (only
         echoes of its heartbeats do)."""
-        if hb.digest != self.digest:
+        if not self.compatible(hb.digest, hb.next):
             new = sender not in self.mismatched
             self.mismatched.add(sender)
             self._touch()
@@ -246,6 +271,9 @@ class Membership:
         peer.failures = hb.failures
         peer.requests = hb.requests
         peer.received_at = self.now
+        if (peer.digest, peer.next) != (hb.digest, hb.next):
+            peer.digest, peer.next = hb.digest, hb.next
+            self._touch()
         mine = hb.echo.get(self.name)
         if hb.promised == promised and mine is not None and mine[1] == incarnation:
             self._support(sender, mine[0])
@@ -288,4 +316,4 @@ class Membership:
         return Heartbeat(n=self.hb_counter, incarnation=incarnation, promised=promised,
                          accepted=accepted.epoch, closed=closed, echo=echo, groups=groups,
                          failures=failures, digest=self.digest, requests=requests,
-                         ask=self.lease_thin())
+                         ask=self.lease_thin(), next=self.next)

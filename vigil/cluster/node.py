@@ -37,11 +37,14 @@ from vigil.cluster.events import (
     GroupFailed,
     GroupProbed,
     GuardFenced,
+    LoadConfig,
     MarkedOutOfService,
     NicChanged,
     Output,
     Received,
     Shutdown,
+    StageConfig,
+    SwitchConfig,
 )
 from vigil.cluster.fencing import Fencing
 from vigil.cluster.journal import Journal
@@ -57,6 +60,7 @@ from vigil.cluster.mirrors import (
 )
 from vigil.cluster.placement import stop_bound
 from vigil.cluster.promise import Persisted, Promise
+from vigil.cluster.reconfig import refusals, retired, summary
 from vigil.cluster.round import Master, Phase, Round
 from vigil.cluster.strategy import LocalCostContext, Strategy, builtin_strategy, nic_limit
 from vigil.cluster.wire import (
@@ -74,6 +78,7 @@ from vigil.cluster.wire import (
     Echo,
     Envelope,
     Heartbeat,
+    Reload,
     RemoteProtocolError,
     Reply,
     Report,
@@ -126,6 +131,10 @@ class NodeCore:
         self.incarnation = incarnation
         self.strategy = strategy or builtin_strategy(config.strategy)
         self.missing_types = missing_types
+        #: the configuration staged to switch to, and the resource types of it this node
+        #: cannot run (vigil.cluster.reconfig)
+        self.staged: ClusterConfig | None = None
+        self.staged_missing: frozenset[str] = frozenset()
         #: this node's NICs that its NIC monitors believe down -> why (for the costs)
         self.nics_down: dict[str, str] = {}
         #: mirror resource -> this node's copy of its data (the shell's word; for the costs)
@@ -218,6 +227,8 @@ class NodeCore:
             self._mirror_state(event)
         elif isinstance(event, MirrorLag):
             self._mirror_lag(event)
+        elif isinstance(event, StageConfig):
+            self._stage(event)
         elif isinstance(event, Shutdown) and not self.leaving:
             self.leaving = True
             self.journal.note("membership", f"{self.name} is leaving the cluster: stopping "
@@ -417,6 +428,12 @@ class NodeCore:
         elif isinstance(body, Cleanup):
             if sender != self.name and body.group in self.config.groups:
                 self._clear_failures(body.group, f"by a request from {sender}")
+        elif isinstance(body, Reload):
+            if sender != self.name and body.digest not in (
+                    self.config.digest, self.staged.digest if self.staged else ""):
+                self.journal.note("config", f"{sender} asks every node to reload its "
+                                  f"configuration file (digest {body.digest[:12]})")
+                self._act(LoadConfig(body.digest))
         elif isinstance(body, Declare):
             self._on_declare(sender, body)
         elif isinstance(body, Reply):
@@ -432,12 +449,24 @@ class NodeCore:
         heard = self.membership.on_heartbeat(sender, hb, self.promise.promised,
                                              self.incarnation)
         if heard is Heard.MISMATCH:
-            self.journal.note("config", f"node {sender} runs a different configuration "
-                              f"(digest {hb.digest[:12]} vs ours {self.config.digest[:12]}); "
-                              "it is kept out of the cluster")
+            self.journal.warn(
+                "config", f"node {sender} runs a different configuration (digest "
+                f"{hb.digest[:12]} vs ours {self.config.digest[:12]}); it is kept out of "
+                f"the cluster: `vigil config diff` on {sender} shows how its file differs "
+                f"from what its daemon runs, and here how ours does; put the same file on "
+                "every node and run `vigil config reload` (docs/operations.md)")
             return
         if heard is Heard.NOTHING:
             return
+        staged = self.staged
+        if (staged is not None and hb.digest == staged.digest and not self.groups.busy
+                and hb.promised > self.promise.promised):
+            # The cluster switched in an epoch we were not part of, and nothing runs here:
+            # follow it (we run nothing the switch could have had to stop first).
+            self.journal.note("config", f"{sender} runs configuration {staged.digest[:12]} "
+                              f"in epoch {fmt_epoch(hb.promised)}, which we missed: switching "
+                              "to it too")
+            self.switch_config(staged)
         if heard is Heard.RESTARTED:
             self.journal.note("membership", f"node {sender} restarted (incarnation changed)")
         if heard is not Heard.UPDATED:
@@ -552,6 +581,73 @@ class NodeCore:
                 max_lag=limit, text=f"{where} caught up: the freshest copy elsewhere is "
                                     f"{seconds(best)} behind (max_lag {seconds(limit)})"))
 
+    # ---- configuration changes (vigil.cluster.reconfig) ---------------------------------------
+
+    def _stage(self, event: StageConfig) -> None:
+        new = event.config
+        who = "asked by another node" if event.wanted else "asked here"
+        if new is None or event.problem:
+            self.journal.warn("config", f"configuration file not staged ({who}): "
+                              f"{event.problem or 'it did not load'}")
+            return
+        if event.wanted and new.digest != event.wanted:
+            self.journal.warn(
+                "config", f"the configuration file of {self.name} (digest {new.digest[:12]}) "
+                f"is not the one the cluster was asked to switch to ({event.wanted[:12]}): "
+                f"nothing staged here; `vigil config diff` on {self.name} shows how it "
+                "differs from what runs; put the same file on every node and reload again")
+            return
+        if new.digest == self.config.digest:
+            if self.staged is not None:
+                self.journal.note("config", "the configuration file is the running one "
+                                  f"again: configuration {self.staged.digest[:12]} unstaged")
+                self._unstage()
+            return
+        problems = refusals(self.config, new)
+        if problems:
+            self.journal.warn("config", f"configuration {new.digest[:12]} cannot be applied "
+                              f"while the cluster runs ({who}): " + "; ".join(problems))
+            return
+        self.staged, self.staged_missing = new, event.missing_types
+        self.membership.next = new.digest
+        self.master.staged = new
+        self.membership.next_hb = self.now  # tell the others now, not an interval later
+        self.journal.note("config", f"configuration {new.digest[:12]} staged ({who}; "
+                          f"{summary(self.config, new)}): the cluster switches to it in one "
+                          "transition once every member has staged it")
+        if not event.wanted:
+            self._send(Reload(new.digest), BROADCAST)
+
+    def _unstage(self) -> None:
+        self.staged, self.staged_missing = None, frozenset()
+        self.membership.next = ""
+        self.master.staged = None
+
+    def switch_config(self, new: ClusterConfig) -> None:
+        """Run ``new`` from now on (the master's accept, or the cluster switched while we
+        were out): every part built from the configuration takes the new one; the groups it
+        keeps keep their state here, those it retires were stopped first."""
+        old = self.config
+        gone = retired(old, new)
+        still = sorted(g for g in gone if self.groups.state.get(g, LocalState.STOPPED)
+                       is not LocalState.STOPPED)
+        if still:  # the protocol stops them first: a bug if this is ever seen
+            self.journal.warn("config", f"switching while {', '.join(still)} is not stopped "
+                              "here")
+        self.config = new
+        if new.strategy != old.strategy:
+            self.strategy = builtin_strategy(new.strategy)
+        self.missing_types = self.staged_missing
+        self.membership.reconfigure(new)
+        self.groups = self.groups.reconfigured(new, keep=frozenset(
+            g for g in new.groups if g in old.groups and g not in gone))
+        self.fencing.config = new
+        self.master.reconfigure(new, stop_bound(new))
+        self._unstage()
+        self._act(SwitchConfig(new))
+        self.journal.note("config", f"now running configuration {new.digest[:12]} "
+                          f"({summary(old, new)})")
+
     def _clear_failures(self, group: str, how: str) -> None:
         if self.groups.clear_failures(group):
             self.journal.emit(FailCountsCleared(
@@ -607,16 +703,33 @@ class NodeCore:
                                  if s in (LocalState.RUNNING, LocalState.STARTING)),
                 fail_counts=self.fail_counts(), standby=body.admin,
                 missing_types=self.missing_types, nics_down=dict(self.nics_down))
+            config = self.config
+            if body.config and body.config == (self.staged.digest if self.staged else ""):
+                # the transition that switches to it: price its groups by the staged file
+                assert self.staged is not None
+                config = self.staged
+                ctx = replace(ctx, config=config, missing_types=self.staged_missing)
             costs = self.strategy.local_costs(ctx)
-            self._send(CostReply(epoch, {g: costs.get(g, INFINITY) for g in self.config.groups},
+            self._send(CostReply(epoch, {g: costs.get(g, INFINITY) for g in config.groups},
                                  self.copies()), master)
         elif isinstance(body, StopRequest):
             promise.stop_orders.update(g for g in body.groups if g in self.groups.state)
             self._reconcile()
             self._confirm_stops(master)
         elif isinstance(body, Accept):
+            switch = body.config not in ("", self.config.digest)
+            if switch and (self.staged is None or self.staged.digest != body.config):
+                # nothing accepted: the master declares again, without us if need be
+                self.journal.warn("config", f"{master} switches the cluster to configuration "
+                                  f"{body.config[:12]}, which is not staged here (ours: "
+                                  f"{self.config.digest[:12]}, staged: "
+                                  f"{self.staged.digest[:12] if self.staged else 'none'})")
+                return
             if promise.accept(Accepted(epoch, body.placement, body.admin, body.applied)):
                 self.requests.applied(body.applied)
+            if switch:
+                assert self.staged is not None
+                self.switch_config(self.staged)
             self._send(AcceptedReply(epoch), master)
         elif isinstance(body, Start):
             if promise.accepted.epoch != epoch:

@@ -36,8 +36,10 @@ from vigil.cluster.membership import Membership
 from vigil.cluster.mirrors import CopyFact
 from vigil.cluster.placement import hold_partners, plan
 from vigil.cluster.promise import Promise
-from vigil.cluster.strategy import Strategy
+from vigil.cluster.reconfig import retired, summary
+from vigil.cluster.strategy import Strategy, builtin_strategy
 from vigil.cluster.wire import (
+    MAINTENANCE,
     NO_ACCEPTED,
     NO_EPOCH,
     Accept,
@@ -114,6 +116,12 @@ class Round:
     incarnations: dict[str, int] = field(default_factory=dict)
     done_at: float = math.inf
     messages: int = 0
+    #: the configuration every member switches to as it accepts this round's placement
+    #: (placed by it; None: no change), and the groups of the running one that stop first
+    config: ClusterConfig | None = None
+    retire: dict[str, str] = field(default_factory=dict)
+    #: why this round goes no further (the master declares again)
+    aborted: str = ""
 
     def waiting_for(self) -> set[str]:
         return set(self.stops) if self.phase is Phase.STOP else set(self.view)
@@ -150,6 +158,31 @@ class Master:
         #: each member's failure count when the current round was declared
         self.handled_failures: dict[str, int] = {}
         self.applied_ids: list[str] = []
+        #: the configuration staged here (vigil.cluster.reconfig): a round declared while
+        #: every member staged it too switches to it
+        self.staged: ClusterConfig | None = None
+
+    def reconfigure(self, config: ClusterConfig, stop_bound: float) -> None:
+        """Switch to ``config`` (see :meth:`NodeCore.switch_config`)."""
+        if config.strategy != self.config.strategy:
+            self.strategy = builtin_strategy(config.strategy)
+        self.config = config
+        self.timing = config.timing
+        self.stop_bound = stop_bound
+        self.staged = None
+
+    def _strategy_for(self, config: ClusterConfig) -> Strategy:
+        return (self.strategy if config.strategy == self.config.strategy
+                else builtin_strategy(config.strategy))
+
+    def switch_ready(self, view: Iterable[str]) -> bool:
+        """Every member of ``view`` staged the configuration staged here."""
+        staged = self.staged
+        if staged is None:
+            return False
+        peers = self.membership.peers
+        return all(n == self.name or (n in peers and peers[n].next == staged.digest)
+                   for n in view)
 
     @property
     def now(self) -> float:
@@ -215,7 +248,9 @@ class Master:
     def maybe_declare(self, *, local_failures: int, started_at: float) -> None:
         if self.now < started_at + self.timing.dead_time:
             return  # learn who is there before declaring anything
-        alive = self.alive()
+        # a peer running another configuration (about to switch, or started with the file
+        # the cluster is about to switch to) neither leads nor joins a view until it runs ours
+        alive = self.alive() - self.membership.unswitched()
         if alive - self.last_alive:
             # Someone (re)appeared: others are likely coming back too (a healed partition,
             # a rebooted switch). Wait a few heartbeats so one transition takes them all.
@@ -246,6 +281,8 @@ class Master:
                 return f"master {self.promise.master} lost"
             return "taking over as the lowest-named live node"
         if r.phase is not Phase.DONE:
+            if r.aborted:
+                return r.aborted
             lost = set(r.view) - alive
             if lost:
                 return f"lost {', '.join(sorted(lost))} during the transition"
@@ -270,6 +307,9 @@ class Master:
         pending = self.pending_requests()
         if pending:
             return f"{len(pending)} request(s) pending"
+        if self.staged is not None and self.switch_ready(view):
+            return (f"configuration change to {self.staged.digest[:12]} "
+                    f"({summary(self.config, self.staged)})")
         fenced = sorted({x for x in r.held.values() if self.fencing.is_off(x)})
         if fenced:
             return f"{', '.join(fenced)} fenced: the groups held for it may move"
@@ -302,6 +342,9 @@ class Master:
         self.round = Round(epoch=epoch, view=view, reason=reason, phase=Phase.ACK,
                            started=self.now, phase_deadline=self.now + self.timing.step_timeout,
                            next_retransmit=self.now + self.timing.retransmit_interval)
+        if self.staged is not None and self.switch_ready(view):
+            self.round.config = self.staged
+            self.round.retire = retired(self.config, self.staged)
         self.journal.emit(TransitionStarted(
             node=self.name, time=self.now, epoch=fmt_epoch(epoch), master=self.name,
             reason=reason, text=f"declaring epoch {fmt_epoch(epoch)}: {reason}; view "
@@ -338,13 +381,14 @@ class Master:
             self.send(ReportRequest(e, frozenset(fmt_epoch(a.epoch)
                                                  for a in self.promise.history)), dest)
         elif r.phase is Phase.COST:
-            self.send(CostRequest(e, r.admin), dest)
+            self.send(CostRequest(e, r.admin, r.config.digest if r.config else ""), dest)
         elif r.phase is Phase.STOP:
             for node in ([dest] if dest != BROADCAST else sorted(r.stops)):
                 if node in r.stops:
                     self.send(StopRequest(e, r.stops[node]), node)
         elif r.phase is Phase.ACCEPT:
-            self.send(Accept(e, r.placement, r.admin, r.applied), dest)
+            self.send(Accept(e, r.placement, r.admin, r.applied,
+                             r.config.digest if r.config else ""), dest)
         elif r.phase is Phase.START:
             self.send(Start(e), dest)
 
@@ -381,6 +425,8 @@ class Master:
         elif r.phase is Phase.STOP:
             if self.now < r.fence_until:
                 return
+            if self._switch_stop_failed(r):
+                return
             self._failed_stops(r)
             self._silence_over(r)
             self._enter(r, Phase.ACCEPT)
@@ -408,7 +454,10 @@ class Master:
         highest = r.known[-1] if r.known else NO_ACCEPTED
         reported = {a for reply in r.replies.values() if isinstance(reply, Report)
                     for a in reply.applied}
-        result = admin.apply(self.config, highest.admin, self.pending_requests(reported))
+        if r.config is not None:
+            self._check_switch(r, highest.admin)
+        config = r.config or self.config
+        result = admin.apply(config, highest.admin, self.pending_requests(reported))
         for why in result.ignored:
             self.journal.note("request", why)
         r.admin, r.moves, r.forced = result.admin, result.moves, result.forced
@@ -433,7 +482,8 @@ class Master:
     def _decide(self, r: Round) -> None:
         replies = {n: c for n, c in r.replies.items() if isinstance(c, CostReply)}
         r.copies = {n: c.copies for n, c in replies.items()}
-        decided = plan(self.config, self.strategy, view=r.view, reports=r.reports,
+        config = r.config or self.config
+        decided = plan(config, self._strategy_for(config), view=r.view, reports=r.reports,
                        costs={n: c.costs for n, c in replies.items()}, copies=r.copies,
                        known=r.known, admin=r.admin, moves=r.moves, forced=r.forced,
                        departed=self.membership.departed,
@@ -442,6 +492,8 @@ class Master:
                                      if n not in r.view and self.fencing.is_off(n)),
                        hold=self.power)
         r.placement, r.reasons, r.stops = decided.placement, decided.reasons, decided.stops
+        if r.config is not None:
+            self._retire(r)
         for g, node in sorted(r.moves.items()):
             if r.placement.get(g) != node:
                 self.journal.note("request", f"cannot move {g} to {node}: "
@@ -483,6 +535,50 @@ class Master:
         self.journal.note("placement", f"epoch {fmt_epoch(r.epoch)} placement decided"
                           + (f"; changes: {'; '.join(moved)}" if moved else "; no changes"),
                           epoch=fmt_epoch(r.epoch))
+
+    def _check_switch(self, r: Round, admin_state: frozenset[str]) -> None:
+        """A switch needs every group it retires stopped first: not in maintenance mode
+        (nothing stops then), nor while one is blocked where its stop failed (only fencing
+        or an operator ends that). Otherwise this round places by the running file."""
+        blocked = sorted(f"{g} on {n}" for n, active in r.reports.items()
+                         for g, s in active.items() if s == "unclean" and g in r.retire)
+        why = ("maintenance mode is on: nothing stops until it ends"
+               if MAINTENANCE in admin_state and any(
+                   g in r.retire for active in r.reports.values() for g in active)
+               else f"a stop failed ({', '.join(blocked)}): it must be stopped first "
+                    "(fencing, or `vigil resource mark-oos`)" if blocked else "")
+        if why:
+            assert r.config is not None
+            self.journal.warn("config", f"the switch to configuration "
+                              f"{r.config.digest[:12]} waits: {why}")
+            r.config, r.retire = None, {}
+
+    def _retire(self, r: Round) -> None:
+        """The groups the switch retires stop wherever they are active, even where the new
+        placement keeps them: they start again from their new definition (or not at all)."""
+        stops = {n: set(gs) for n, gs in r.stops.items()}
+        for node, active in r.reports.items():
+            for g in active:
+                if g in r.retire:
+                    stops.setdefault(node, set()).add(g)
+        r.stops = {n: tuple(sorted(gs)) for n, gs in stops.items()}
+        for g, why in r.retire.items():
+            if r.placement.get(g) is not None:
+                r.reasons[g] = f"{why}; {r.reasons.get(g, '')}".rstrip("; ")
+
+    def _switch_stop_failed(self, r: Round) -> bool:
+        """A group the switch retires failed to stop: the round goes no further (the next
+        one, which sees it blocked, places by the running file and fences as usual)."""
+        if r.config is None:
+            return False
+        failed = sorted(f"{g} on {n}" for n, reply in r.replies.items()
+                        if isinstance(reply, Stopped) for g in reply.unclean if g in r.retire)
+        if not failed:
+            return False
+        r.aborted = (f"the switch to configuration {r.config.digest[:12]} stopped: the stop "
+                     f"of {', '.join(failed)} failed")
+        self.journal.warn("config", r.aborted)
+        return True
 
     def _fence_lost(self, r: Round, member: str, held: Mapping[str, str]) -> None:
         """A power fencer's suspect: fence it after the delays against a split's race."""

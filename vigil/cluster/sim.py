@@ -26,12 +26,15 @@ from vigil.cluster.events import (
     GroupDone,
     GroupFailed,
     GuardFenced,
+    LoadConfig,
     NicChanged,
     Output,
     Received,
     RestartResource,
+    StageConfig,
     StartGroup,
     StopGroup,
+    SwitchConfig,
     Tick,
 )
 from vigil.cluster.local import LocalState
@@ -193,6 +196,14 @@ class SimCluster:
                                   for g, graph in self.group_resources.items()}
         self.resource_group = {r: c.group for r, c in config.resources.items()}
         self.group_deps = {g: tuple(c.depends_on) for g, c in config.groups.items()}
+        #: configuration changes: each node's file where it is not ``config`` (what a node
+        #: powered on or asked to reload reads), every group's members in any configuration
+        #: seen (for the invariants), and each resource's starts and stops
+        self.files: dict[str, ClusterConfig] = {}
+        self.members_ever: dict[str, set[str]] = {g: set(c.resources)
+                                                  for g, c in config.groups.items()}
+        self.resources_ever = dict(config.resources)
+        self.ops_done: dict[tuple[str, str], int] = {}
         self.nodes: dict[str, SimNode] = {}
         self.closed_epochs: dict[Epoch, dict[str, str | None]] = {}
         self.promised_seen: dict[str, Epoch] = {}  # per node, across its restarts
@@ -224,7 +235,7 @@ class SimCluster:
             return
         node.incarnation = next(self._incarnations)
         # The disk survives a power cycle: the node comes back with what it persisted.
-        node.core = NodeCore(self.config, name, incarnation=node.incarnation, now=self.now,
+        node.core = NodeCore(self.file(name), name, incarnation=node.incarnation, now=self.now,
                              fencer=self.fencer, persisted=node.persisted,
                              strategy=self.strategy() if self.strategy else None)
         node.resources = {}
@@ -297,7 +308,7 @@ class SimCluster:
         groups not stopped here hold (vigil/actors/coordinator.py)."""
         assert node.core is not None and node.guard is not None
         held = Holdings.of(ResourceHolding(name=r) for g in sorted(node.core.groups.busy)
-                           for r in self.config.groups[g].resources)
+                           for r in node.core.config.groups[g].resources)
         self._guard_out(node, node.guard.report(lease_until, held, self.now,
                                                 node.core.incarnation))
 
@@ -314,7 +325,7 @@ class SimCluster:
                                 f"({action.cause})")
                 for r in names:
                     node.resources.pop(r, None)
-                for g in [g for g in node.ops if names & set(self.config.groups[g].resources)]:
+                for g in [g for g in node.ops if names & self.members_ever[g]]:
                     del node.ops[g]
                 self._guard_out(node, guard.fence_done(action, Holdings(), self.now))
                 if node.core is not None:
@@ -378,6 +389,30 @@ class SimCluster:
         """Messages from ``src`` to ``dst`` (that direction only) take ``delay`` (min, max)."""
         self.net.link_delay[(src, dst)] = delay
 
+    def file(self, name: str) -> ClusterConfig:
+        """The configuration file of node ``name``."""
+        return self.files.get(name, self.config)
+
+    def stage(self, config: ClusterConfig, on: str, files: Iterable[str] | None = None) -> None:
+        """An operator puts ``config`` in the file of ``files`` (default: every node) and
+        runs `vigil config reload` on ``on``: it stages it, and asks the others to."""
+        for name in self.config.node_names if files is None else files:
+            self.files[name] = config
+        if all(self.files.get(n) is config for n in self.config.node_names):
+            self.config = config  # what the cluster converges to, and is checked against
+        for g, c in config.groups.items():
+            self.members_ever.setdefault(g, set()).update(c.resources)
+        self.resources_ever.update(config.resources)
+        self.log.append(f"{self.now:.3f} configuration {config.digest[:8]} on "
+                        f"{', '.join(sorted(n for n in self.files if self.files[n] is config))}"
+                        f"; reload on {on}")
+        if self.nodes[on].core is not None:
+            self.inject(on, self._loaded(on, ""))
+
+    def _loaded(self, name: str, wanted: str) -> StageConfig:
+        """What the shell of ``name`` makes of its file (vigil/actors/coordinator.py)."""
+        return StageConfig(self.file(name), wanted=wanted)
+
     def inject(self, name: str, event: Event, at: float | None = None) -> None:
         """Deliver ``event`` to ``name`` at ``at`` (default now), after what is due before."""
         self._push(self.now if at is None else at, "event", name, event)
@@ -404,6 +439,7 @@ class SimCluster:
         ``policy``."""
         node = self.nodes[name]
         if node.core is not None and node.core.local.get(group) is LocalState.RUNNING:
+            self._graphs(node.core.config)
             failed = resource or self.group_resources[group].start_order()[0]
             self._deliver(name, GroupFailed(group, "simulated monitor failure",
                                             resource=failed, policy=policy))
@@ -520,7 +556,7 @@ class SimCluster:
             if peer == node.name and inc == life and number.isdigit() \
                     and int(number) in node.hb_sent \
                     and (node.name, node.core.incarnation, int(number)) in heard:
-                bound = node.hb_sent[int(number)] + self.config.timing.lease_time
+                bound = node.hb_sent[int(number)] + node.core.config.timing.lease_time
                 if bound > node.support_bound.get(msg.sender, -math.inf):
                     node.support_bound[msg.sender] = bound
 
@@ -602,11 +638,16 @@ class SimCluster:
             if isinstance(action, StartGroup | RestartResource):
                 self._check_quorate_action(node, action.epoch)
                 node.skips[action.group] = action.skip
-                self._begin(node, action.group, self._steps(action))
+                self._begin(node, action.group, self._steps(node, action))
             elif isinstance(action, StopGroup):
-                self._begin(node, action.group, self._steps(action))
+                self._begin(node, action.group, self._steps(node, action))
             elif isinstance(action, FenceNode):
                 self._fence(node, action)
+            elif isinstance(action, LoadConfig):
+                self.inject(node.name, self._loaded(node.name, action.wanted))
+            elif isinstance(action, SwitchConfig):
+                self.log.append(f"{self.now:.3f} {node.name} switches to configuration "
+                                f"{action.config.digest[:8]}")
         if out.deadline is not None and out.deadline != node.deadline:
             node.deadline = out.deadline
             self._push(out.deadline, "wake", node.name)
@@ -676,12 +717,25 @@ class SimCluster:
 
     # ---- the resource executor ------------------------------------------------------------
 
-    def _steps(self, action: GroupAction) -> GroupSteps:
+    def _steps(self, node: SimNode, action: GroupAction) -> GroupSteps:
         """The steps the daemon's GroupActor takes: one function serves both. A stop's
         ``interrupt`` needs no model of its own: here a member still starting is stopped in
         its turn, and the force of a stop takes as long as a stop."""
+        assert node.core is not None
+        self._graphs(node.core.config)
         return group_steps(action, self.group_resources[action.group].start_order(),
                            self.member_dependents[action.group])
+
+    def _graphs(self, config: ClusterConfig) -> None:
+        """Look the groups up in ``config`` (that of the node acting) from now on."""
+        if config.digest != getattr(self, "_graphs_of", self.config.digest):
+            self._graphs_of = config.digest
+            self.group_resources = member_graphs(config)
+            self.member_dependents = {
+                g: {r: graph.transitive_dependents(r) for r in graph.names()}
+                for g, graph in self.group_resources.items()}
+            self.resource_group = {r: c.group for r, c in config.resources.items()}
+            self.group_deps = {g: tuple(c.depends_on) for g, c in config.groups.items()}
 
     def _begin(self, node: SimNode, group: str, steps: GroupSteps) -> None:
         token = next(self._tokens)
@@ -703,7 +757,7 @@ class SimCluster:
                     continue
                 if state == "in":
                     continue
-                nics = address_nics(self.config.resources[r])
+                nics = address_nics(self.resources_ever[r])
                 if group in node.fail_next_start or (nics and set(nics) <= node.nics_down):
                     node.fail_next_start.discard(group)
                     del node.ops[group]
@@ -711,6 +765,7 @@ class SimCluster:
                     return
                 self._check_start_order(node, r)
                 node.resources[r] = "starting"
+                self.ops_done[(r, "start")] = self.ops_done.get((r, "start"), 0) + 1
                 self._push(self.now + self.start_duration, "op", node.name,
                            (group, op, token, steps[i:]))
                 return
@@ -729,6 +784,7 @@ class SimCluster:
                                                    "failure", remaining=remaining))
                 return
             self._check_stop_order(node, r)
+            self.ops_done[(r, "stop")] = self.ops_done.get((r, "stop"), 0) + 1
             if r in self.mirrors and self.mirror_interval is not None:
                 self._snapshot(node, r, live=False)  # the final one: a graceful stop loses nothing
             if op == "start":
@@ -738,7 +794,7 @@ class SimCluster:
                 continue
             node.resources[r] = "stopping"
             took = (self.stop_duration if self.stop_duration is not None else  # None: slow
-                    self.rng.uniform(0.5, 1.0) * self.config.resources[r].stop_timeout)
+                    self.rng.uniform(0.5, 1.0) * self.resources_ever[r].stop_timeout)
             self._push(self.now + took, "op", node.name, (group, op, token, steps[i:]))
             return
         del node.ops[group]
@@ -812,11 +868,14 @@ class SimCluster:
     def _check_start_order(self, node: SimNode, resource: str) -> None:
         if not self.check:
             return
+        assert node.core is not None
+        config = node.core.config
+        self._graphs(config)
         group = self.resource_group[resource]
-        needed = list(self.config.resources[resource].depends_on)
+        needed = list(config.resources[resource].depends_on)
         for dep_group in self.group_deps[group]:
             left_out = node.skips.get(dep_group, frozenset())
-            needed += [r for r in self.config.groups[dep_group].resources if r not in left_out]
+            needed += [r for r in config.groups[dep_group].resources if r not in left_out]
         for dep in needed:
             if node.resources.get(dep) != "in":
                 raise self._violation(
@@ -826,18 +885,21 @@ class SimCluster:
     def _check_stop_order(self, node: SimNode, resource: str) -> None:
         if not self.check:
             return
+        assert node.core is not None
+        config = node.core.config
+        self._graphs(config)
         group = self.resource_group[resource]
         dependents = list(self.group_resources[group].dependents(resource))
         for g, deps in self.group_deps.items():
             if group in deps:
-                dependents += list(self.config.groups[g].resources)
+                dependents += list(config.groups[g].resources)
         for dep in dependents:
             if node.resources.get(dep) is not None:
                 raise self._violation(
                     f"order: {resource} stopped on {node.name} while {dep} is still in service")
 
     def _check_exclusive(self, group: str, starting_on: str) -> None:
-        resources = set(self.config.groups[group].resources)
+        resources = self.members_ever[group]
         for other in self.nodes.values():
             if other.name != starting_on and resources & set(other.resources):
                 raise self._violation(
@@ -905,9 +967,8 @@ class SimCluster:
         return newest.admin if newest is not None else frozenset()
 
     def check_exclusivity(self) -> None:
-        for group, cfg in self.config.groups.items():
-            holders = [n.name for n in self.nodes.values()
-                       if set(cfg.resources) & set(n.resources)]
+        for group, members in self.members_ever.items():
+            holders = [n.name for n in self.nodes.values() if members & set(n.resources)]
             if len(holders) > 1:
                 raise self._violation(f"exclusivity: {group} active on {holders}")
 

@@ -55,6 +55,13 @@ def _names(text: str) -> tuple[str, ...]:
     return out
 
 
+def _digest(text: str) -> str:
+    """A configuration digest (sha256, hex) or "" (none)."""
+    if text and (len(text) != 64 or not all(c in "0123456789abcdef" for c in text)):
+        raise RemoteProtocolError(f"bad configuration digest {text[:40]!r}")
+    return text
+
+
 def _int(text: str, what: str) -> int:
     if not (text.isascii() and text.isdigit()):  # "²" is a digit to isdigit(), not to int()
         raise RemoteProtocolError(f"bad {what} {text[:40]!r}")
@@ -281,6 +288,9 @@ class Heartbeat:
     #: The sender's lease rests on every live peer: each answers with an :class:`Echo` at once
     #: rather than in its next heartbeat (see ``Membership.lease_thin``).
     ask: bool = False
+    #: the digest of the configuration this node staged to switch to ("" none:
+    #: vigil.cluster.reconfig)
+    next: str = ""
 
     def fields(self) -> dict[str, str]:
         out = {
@@ -292,6 +302,8 @@ class Heartbeat:
         }
         if self.ask:
             out["ask"] = "1"
+        if self.next:
+            out["next"] = self.next
         return out
 
     @classmethod
@@ -308,7 +320,7 @@ class Heartbeat:
             closed=f.get("closed", "0") == "1", echo=echo, groups=_pairs(f["groups"]),
             failures=_int(f["want"], "failure count"), digest=f.get("digest", ""),
             requests=tuple(RequestRef.decode(r) for r in f["reqs"].split(";") if r),
-            ask=f.get("ask", "0") == "1")
+            ask=f.get("ask", "0") == "1", next=_digest(f.get("next", "")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,6 +383,22 @@ class Cleanup:
 
 
 @dataclass(frozen=True, slots=True)
+class Reload:
+    """`vigil config reload` on another node: read the configuration file again and stage it
+    if it is the one with this digest (the file was changed on every node)."""
+
+    TYPE: ClassVar[str] = "reload"
+    digest: str
+
+    def fields(self) -> dict[str, str]:
+        return {"digest": self.digest}
+
+    @classmethod
+    def parse(cls, f: Mapping[str, str]) -> Reload:
+        return cls(_digest(f["digest"]))
+
+
+@dataclass(frozen=True, slots=True)
 class Declare:
     TYPE: ClassVar[str] = "declare"
     epoch: Epoch
@@ -406,13 +434,20 @@ class CostRequest:
     TYPE: ClassVar[str] = "cost_req"
     epoch: Epoch
     admin: frozenset[str] = frozenset()  # the administrative state the costs assume
+    #: the digest of the configuration the costs are for: a staged one in the transition that
+    #: switches to it ("" the one running)
+    config: str = ""
 
     def fields(self) -> dict[str, str]:
-        return {"epoch": fmt_epoch(self.epoch), "standby": _enc_admin(self.admin)}
+        out = {"epoch": fmt_epoch(self.epoch), "standby": _enc_admin(self.admin)}
+        if self.config:
+            out["config"] = self.config
+        return out
 
     @classmethod
     def parse(cls, f: Mapping[str, str]) -> CostRequest:
-        return cls(parse_epoch(f["epoch"]), _admin(f.get("standby", "")))
+        return cls(parse_epoch(f["epoch"]), _admin(f.get("standby", "")),
+                   _digest(f.get("config", "")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -436,16 +471,22 @@ class Accept:
     placement: Mapping[str, str | None]
     admin: frozenset[str] = frozenset()
     applied: tuple[str, ...] = ()
+    #: the digest of the configuration every member switches to as it accepts ("" no change)
+    config: str = ""
 
     def fields(self) -> dict[str, str]:
-        return {"epoch": fmt_epoch(self.epoch), "placement": _enc_placement(self.placement),
-                "standby": _enc_admin(self.admin), "applied": ",".join(self.applied)}
+        out = {"epoch": fmt_epoch(self.epoch), "placement": _enc_placement(self.placement),
+               "standby": _enc_admin(self.admin), "applied": ",".join(self.applied)}
+        if self.config:
+            out["config"] = self.config
+        return out
 
     @classmethod
     def parse(cls, f: Mapping[str, str]) -> Accept:
         return cls(parse_epoch(f["epoch"]), _dec_placement(f["placement"]),
                    _admin(f.get("standby", "")),
-                   tuple(r for r in f.get("applied", "").split(",") if r))
+                   tuple(r for r in f.get("applied", "").split(",") if r),
+                   _digest(f.get("config", "")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -552,14 +593,15 @@ class Started(_EpochOnly):
     TYPE: ClassVar[str] = "started"
 
 
-Body = (Heartbeat | Echo | Bye | Cleanup | Declare | ReportRequest | CostRequest | StopRequest
-        | Accept | Start | Ack | Report | CostReply | Stopped | AcceptedReply | Started)
+Body = (Heartbeat | Echo | Bye | Cleanup | Reload | Declare | ReportRequest | CostRequest
+        | StopRequest | Accept | Start | Ack | Report | CostReply | Stopped | AcceptedReply
+        | Started)
 #: Replies a master collects, by the phase they answer.
 Reply = Ack | Report | CostReply | Stopped | AcceptedReply | Started
 
 _PARSERS: Final = {cls.TYPE: cls.parse for cls in (
-    Heartbeat, Echo, Bye, Cleanup, Declare, ReportRequest, CostRequest, StopRequest, Accept, Start,
-    Ack, Report, CostReply, Stopped, AcceptedReply, Started)}
+    Heartbeat, Echo, Bye, Cleanup, Reload, Declare, ReportRequest, CostRequest, StopRequest,
+    Accept, Start, Ack, Report, CostReply, Stopped, AcceptedReply, Started)}
 
 
 @dataclass(frozen=True, slots=True)
