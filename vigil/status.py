@@ -258,6 +258,12 @@ class FencingStatus:
                        for n, d in data.get("devices", {}).items()})
 
 
+@dataclass(frozen=True, slots=True)
+class ConfigState:
+    digest: str  # of the configuration a node runs
+    staged: str = ""  # of the one it staged to switch to
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ClusterStatus:
     cluster: str
@@ -289,6 +295,9 @@ class ClusterStatus:
     #: this node's links (its own; ``nodes[NODE].links`` has each peer's as seen from here)
     links: Mapping[str, LinkStatus] = field(default_factory=dict)
     mirrors: Mapping[str, MirrorStatus] = field(default_factory=dict)  # mirror resource ->
+    #: the configuration each node runs and has staged ("" none), as heard here (this node
+    #: included): a change under way shows who has not staged it yet
+    configs: Mapping[str, ConfigState] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -321,7 +330,21 @@ class ClusterStatus:
             "nics": {n: v.to_json() for n, v in self.nics.items()},
             "links": {name: v.to_json() for name, v in self.links.items()},
             "mirrors": {r: v.to_json() for r, v in self.mirrors.items()},
+            "configs": {n: {"digest": v.digest, "staged": v.staged}
+                        for n, v in self.configs.items()},
         }
+
+    def config_line(self) -> str:
+        """One line on a configuration change under way ("" when there is none)."""
+        mine = self.configs.get(self.node)
+        staged = {v.staged for v in self.configs.values()} - {""}
+        if mine is None or not staged:
+            return ""
+        target = mine.staged or sorted(staged)[0]
+        missing = sorted(n for n, v in self.configs.items()
+                         if v.staged != target and v.digest != target)
+        return (f"configuration {target[:12]} staged; the cluster switches once every node "
+                "has staged it" + (f" (not yet: {', '.join(missing)})" if missing else ""))
 
     def links_down(self) -> str:
         """The links down as the node that answered sees them, in one line ("" if none): per
@@ -376,6 +399,8 @@ class ClusterStatus:
                    for name, v in data.get("links", {}).items()},
             mirrors={str(r): MirrorStatus.from_json(v)
                      for r, v in data.get("mirrors", {}).items()},
+            configs={str(n): ConfigState(str(v["digest"]), str(v["staged"]))
+                     for n, v in data.get("configs", {}).items()},
         )
 
 

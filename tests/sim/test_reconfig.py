@@ -143,7 +143,7 @@ def test_a_retired_group_whose_stop_fails_holds_the_switch_back() -> None:
                for n in c.live()), c.describe()
     master = c.nodes["alpha"].core
     assert master is not None
-    assert any("the switch to configuration" in text and "waits" in text or "stopped" in text
+    assert any(("the switch to configuration" in text and "waits" in text) or "stopped" in text
                for _, text in master.decisions), master.decisions[-8:]
     core = c.nodes[holder].core
     assert core is not None and core.local["g2"] is LocalState.UNCLEAN

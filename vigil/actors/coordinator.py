@@ -9,8 +9,9 @@ import dataclasses
 import difflib
 import json
 import logging
+import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +24,7 @@ from vigil.actors.messages import (
     GetStatus,
     NicsDown,
     ProbeGroup,
+    Reconfigure,
     ResourceOp,
     ResourceOpDone,
     ResourceState,
@@ -38,13 +40,16 @@ from vigil.cluster.events import (
     Event,
     FenceDone,
     FenceNode,
+    LoadConfig,
     MarkedOutOfService,
     NicChanged,
     Output,
     RestartResource,
     Shutdown,
+    StageConfig,
     StartGroup,
     StopGroup,
+    SwitchConfig,
     Tick,
 )
 from vigil.cluster.mirrors import MirrorLag, MirrorState
@@ -83,7 +88,8 @@ class CoordinatorActor(VigilActor):
                  codec: Codec, sequencer: Sequencer, state_path: Path,
                  missing_types: frozenset[str] = frozenset(),
                  guard: GuardLink | None = None,
-                 link_nics: Mapping[str, str] | None = None) -> None:
+                 link_nics: Mapping[str, str] | None = None,
+                 read_config: Callable[[str], StageConfig] | None = None) -> None:
         super().__init__(name, directory)
         self.config = config
         self.node = node
@@ -94,7 +100,9 @@ class CoordinatorActor(VigilActor):
         self.core = NodeCore(config, node, incarnation=sequencer.incarnation,
                              now=time.monotonic(), missing_types=missing_types,
                              strategy=load_strategy(config.strategy),
-                             persisted=load_persisted(state_path))
+                             persisted=load_persisted(state_path), strategies=load_strategy)
+        #: reads the configuration file again (NodeRuntime.read_config): None, no file
+        self.read_config = read_config
         self.saved = self.core.persisted()
         self.tokens = 0
         self.resource_states: dict[str, tuple[str, str]] = {
@@ -228,7 +236,12 @@ class CoordinatorActor(VigilActor):
             for link in self.links:
                 self.directory.tell(f"link:{link}", SendFrames(frames))
         for action in out.actions:
-            if isinstance(action, StartGroup | StopGroup | RestartResource):
+            if isinstance(action, SwitchConfig):
+                # first: the commands below may be for the actors of the new configuration
+                self._switch(action.config)
+            elif isinstance(action, LoadConfig):
+                self._read_later(action.wanted)
+            elif isinstance(action, StartGroup | StopGroup | RestartResource):
                 self.directory.tell(f"group:{action.group}", action)
             elif isinstance(action, FenceNode) and not self.directory.tell("fencer", action):
                 self.actor_ref.tell(FenceDone(action.node, False, action.level, "no fencer "
@@ -253,6 +266,59 @@ class CoordinatorActor(VigilActor):
         if self.timer is not None:
             wall = time.monotonic()
             self.timer.set(None if out.deadline is None else max(out.deadline, wall))
+
+    # ---- configuration changes ----------------------------------------------------------
+
+    def _read_later(self, wanted: str) -> None:
+        """Another node asked for a reload: read the file off this actor's thread (a type's
+        defaults may run an agent), then hand the core what was found."""
+        read, me = self.read_config, self.actor_ref
+        if read is None:
+            return
+
+        def work() -> None:
+            me.tell(read(wanted))
+
+        threading.Thread(target=work, name=f"vigil-reload-{self.node}", daemon=True).start()
+
+    def _switch(self, config: ClusterConfig) -> None:
+        """The core runs ``config`` now: so does everything built from it. The node actor
+        rebuilds the children that changed before anything else is told to them (bounded:
+        a stuck rebuild is the node's failure, not a silent half-switch)."""
+        before = self.config
+        self.config = config
+        self.resource_states = {r: self.resource_states.get(r, ("UNKNOWN", "not yet probed"))
+                                for r in config.resources}
+        for table in (self.resource_fails, self.last_failure, self.last_diagnostic):
+            for r in [r for r in table if r not in config.resources]:
+                del table[r]
+        node = self.directory.get("node")
+        if node is not None:
+            node.ask(Reconfigure(config), timeout=30.0)
+        for group in sorted(set(config.groups) - set(before.groups)):
+            self.directory.tell(f"group:{group}", ProbeGroup())
+
+    def _reload(self) -> dict[str, Any]:
+        """`vigil config reload` here: read and check the file now (the answer says what is
+        wrong with it), stage it, and ask every other node to do the same."""
+        if self.read_config is None:
+            return _error("this node has no configuration file to read again")
+        staged = self.read_config("")
+        self._handle(staged)
+        new, core = staged.config, self.core
+        if new is None or staged.problem:
+            return _error(f"configuration not staged: {staged.problem or 'it did not load'}")
+        if new.digest == core.config.digest:
+            return {"ok": True, "message": f"{new.path} is the running configuration "
+                    f"({new.digest[:12]}): nothing to change", "digest": new.digest}
+        if core.staged is None or core.staged.digest != new.digest:
+            # the core said why (refusals) in its last decision
+            why = core.decisions[-1][1] if core.decisions else "refused"
+            return _error(why)
+        return {"ok": True, "digest": new.digest, "message": (
+            f"configuration {new.digest[:12]} staged here and asked of every node; the "
+            "cluster switches to it in one transition once every node has staged it "
+            "(`vigil status` shows its progress)")}
 
     # ---- manual requests ----------------------------------------------------------------
 
@@ -319,6 +385,8 @@ class CoordinatorActor(VigilActor):
             self._handle(AdminRequest("maintenance", on=state == "on"))
             return {"ok": True, "message": f"maintenance {state} requested; the next "
                     "transition applies it cluster-wide"}
+        if cmd == "reload":
+            return self._reload()
         if cmd == "shutdown":
             self._handle(Shutdown())
             return {"ok": True, "message": "leaving the cluster"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from vigil.config import ClusterConfig
 from vigil.resources.model import OpResult
 
 ResourceOpName = Literal["start", "stop", "force_stop", "monitor", "mark_oos"]
@@ -128,3 +129,11 @@ class Subscribe:
 @dataclass(frozen=True, slots=True)
 class Unsubscribe:
     ref: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Reconfigure:
+    """Ask the node actor: rebuild the children the new configuration changes (answered
+    once they are there)."""
+
+    config: ClusterConfig

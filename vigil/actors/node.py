@@ -40,11 +40,15 @@ from vigil.actors.messages import ChildFailed, ChildRestarted, Control, GetStatu
 from vigil.actors.nic import NicMonitorActor, NicSources, dampening, link_nics, watched_nics
 from vigil.actors.notifier import NotifierActor
 from vigil.actors.resource import ResourceActor
+from vigil.actors.strategies import load_strategy
+from vigil.cluster.events import StageConfig
 from vigil.config import (
     ClusterConfig,
+    ConfigError,
     ResourceConfig,
     TypeDefaults,
     apply_type_defaults,
+    load,
     member_graphs,
 )
 from vigil.guard.cgroups import NodeCgroups
@@ -166,6 +170,27 @@ class NodeRuntime:
         self.missing_types = frozenset(
             r.type for r in config.resources.values() if r.type not in self.registry)
 
+    def read_config(self, wanted: str = "") -> StageConfig:
+        """The configuration file read again and checked as at start (``wanted``: the digest
+        another node's reload asked for), for the core to stage (vigil.cluster.reconfig)."""
+        path = self.config.path
+        try:
+            new = load(path)
+            load_strategy(new.strategy)
+        except ConfigError as exc:
+            return StageConfig(None, problem=f"{path} has problems:\n{exc}", wanted=wanted)
+        except Exception as exc:  # a strategy plug-in that does not load
+            return StageConfig(None, problem=f"{path}: strategy {exc}", wanted=wanted)
+        problems = [f"resources.{r.name}.params: {p}" for r in new.resources.values()
+                    if r.type in self.registry
+                    for p in self.registry.get(r.type).check_params(r.params)]
+        if problems:
+            return StageConfig(None, problem=f"{path} has problems:\n" + "\n".join(problems),
+                               wanted=wanted)
+        return StageConfig(apply_type_defaults(new, self._type_defaults), frozenset(
+            r.type for r in new.resources.values() if r.type not in self.registry),
+            wanted=wanted)
+
     def _type_defaults(self, r: ResourceConfig) -> TypeDefaults | None:
         return self.registry.get(r.type).defaults() if r.type in self.registry else None
 
@@ -216,7 +241,7 @@ class NodeRuntime:
         carriers = link_nics(cfg, node) if self.watch_nics else {}
         factories["coordinator"] = lambda: CoordinatorActor.start(
             "coordinator", d, cfg, node, codec, sequencer, state_path, self.missing_types,
-            guard_link, carriers)
+            guard_link, carriers, self.read_config)
         nics = watched_nics(cfg, carriers.values()) if self.watch_nics else []
         rule = dampening(cfg.nics)
         for nic in nics:

@@ -1,7 +1,7 @@
 """The ``vigil`` command line.
 
 Exit codes scripts can rely on: 0 done; 1 the cluster refused or failed the request;
-2 usage or configuration error; 3 no daemon answers on the control socket.
+2 usage or configuration error; 3 no daemon answers on the control socket; 4 --wait timed out.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from vigil.config import (
 from vigil.local.protocol import MalformedAnswer, request, status_of
 from vigil.status import ClusterStatus, PeerLink, seconds
 
-EXIT_REFUSED, EXIT_USAGE, EXIT_NO_DAEMON = 1, 2, 3
+EXIT_REFUSED, EXIT_USAGE, EXIT_NO_DAEMON, EXIT_TIMEOUT = 1, 2, 3, 4
 DEFAULT_CONFIG = os.environ.get("VIGIL_CONFIG", "/etc/vigil/cluster.toml")
 
 config_option = click.option(
@@ -355,6 +355,9 @@ def format_status(st: ClusterStatus) -> str:
                  f"[seen from {st.node}]")
     if t is not None and t.phase != "done":
         lines.append(f"Transition in progress: {t.phase} ({t.reason})")
+    change = st.config_line()
+    if change:
+        lines.append(f"Configuration change: {change}")
     down = st.links_down()
     if down:
         lines.append(f"Links down: {down}")
@@ -521,6 +524,52 @@ def config_check(path: str) -> None:
     devices = f", {len(cfg.fence_devices)} fence devices" if cfg.fence_devices else ""
     click.echo(f"{path}: ok (cluster {cfg.name}, {len(cfg.nodes)} nodes, {len(cfg.groups)} "
                f"groups, {len(cfg.resources)} resources{devices}, digest {cfg.digest[:12]})")
+
+
+@config.command("reload")
+@config_option
+@via_option
+@click.option("--wait", "wait", default=None, is_flag=False, flag_value=60.0, type=float,
+              metavar="[SECONDS]", help="Return once every node runs the new configuration "
+              "(default 60 s; exit 4 when it did not within that time).")
+def config_reload(config_path: str, via: str | None, wait: float | None) -> None:
+    """Apply the configuration file, changed on every node, without stopping the cluster.
+
+    The daemon reads its file again and checks it (the answer names what is wrong), and
+    asks every other node to do the same; once all have the same new file, the cluster
+    switches to it in one transition: groups added start, groups removed or whose
+    resources changed stop (and start again from their new definition), the others are not
+    touched. What cannot change live (the nodes, the fencing, a shorter lease) is refused
+    with what to do instead. `kill -HUP` of the daemon does the same."""
+    answer = _ask(config_path, via, "reload", timeout=30.0)
+    if not answer.get("ok"):
+        _fail(str(answer.get("error", "reload refused")), EXIT_REFUSED)
+    click.echo(answer.get("message", "ok"))
+    target = str(answer.get("digest", ""))
+    if wait is None or not target:
+        return
+    deadline = time.monotonic() + wait
+    last = ""
+    while time.monotonic() < deadline:
+        status = _status(config_path, via)
+        mine = status.configs.get(status.node)
+        if mine is not None and mine.digest == target and status.transition is None:
+            behind = sorted(n for n, c in status.configs.items() if c.digest != target)
+            if not behind:
+                click.echo(f"every node runs configuration {target[:12]} (epoch "
+                           f"{status.epoch})")
+                return
+        if mine is not None and mine.digest != target and mine.staged != target:
+            _fail(f"configuration {target[:12]} is no longer staged on {status.node}: "
+                  f"{status.decisions[-1][1] if status.decisions else 'see vigil status'}",
+                  EXIT_REFUSED)
+        line = status.config_line()
+        if line and line != last:
+            click.echo(line)
+            last = line
+        time.sleep(0.2)
+    _fail(f"the cluster did not switch to configuration {target[:12]} within {wait:g}s: "
+          f"{last or 'see vigil status'}", EXIT_TIMEOUT)
 
 
 @cli.command()

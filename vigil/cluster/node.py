@@ -22,6 +22,7 @@ docs/protocol.md has the full protocol and its safety argument.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
 
 from vigil.cluster.admin import Requests
@@ -122,6 +123,7 @@ class NodeCore:
         missing_types: frozenset[str] = frozenset(),
         fencer: str | None = None,
         persisted: Persisted | None = None,
+        strategies: Callable[[str], Strategy] | None = None,
     ) -> None:
         if name not in config.nodes:
             known = ", ".join(sorted(config.nodes))
@@ -129,7 +131,9 @@ class NodeCore:
         self.config = config
         self.name = name
         self.incarnation = incarnation
-        self.strategy = strategy or builtin_strategy(config.strategy)
+        #: the strategy of a name (a configuration change may name another)
+        self.strategies = strategies or builtin_strategy
+        self.strategy = strategy or self.strategies(config.strategy)
         self.missing_types = missing_types
         #: the configuration staged to switch to, and the resource types of it this node
         #: cannot run (vigil.cluster.reconfig)
@@ -164,7 +168,8 @@ class NodeCore:
                              fencer=fencer or config.fencer, stop_bound=stop_bound(config),
                              membership=self.membership, promise=self.promise,
                              requests=self.requests, journal=self.journal, send=self._send,
-                             act=self._act, now=now, fencing=self.fencing)
+                             act=self._act, now=now, fencing=self.fencing,
+                             strategies=self.strategies)
         self.changes = Changes(name)
 
     # ---- the one entry point -------------------------------------------------------------
@@ -636,7 +641,7 @@ class NodeCore:
                               "here")
         self.config = new
         if new.strategy != old.strategy:
-            self.strategy = builtin_strategy(new.strategy)
+            self.strategy = self.strategies(new.strategy)
         self.missing_types = self.staged_missing
         self.membership.reconfigure(new)
         self.groups = self.groups.reconfigured(new, keep=frozenset(

@@ -134,11 +134,13 @@ class Master:
     def __init__(self, config: ClusterConfig, name: str, *, strategy: Strategy, fencer: str,
                  stop_bound: float, membership: Membership, promise: Promise,
                  requests: admin.Requests, journal: Journal, send: Send,
-                 act: Callable[[Action], None], now: float, fencing: Fencing) -> None:
+                 act: Callable[[Action], None], now: float, fencing: Fencing,
+                 strategies: Callable[[str], Strategy] = builtin_strategy) -> None:
         self.config = config
         self.name = name
         self.timing = config.timing
         self.strategy = strategy
+        self.strategies = strategies
         self.fencer = fencer
         #: power fencing (every fencer that is not time-based): hold, fence, move after
         self.power = fencer not in TIME_FENCERS
@@ -165,7 +167,7 @@ class Master:
     def reconfigure(self, config: ClusterConfig, stop_bound: float) -> None:
         """Switch to ``config`` (see :meth:`NodeCore.switch_config`)."""
         if config.strategy != self.config.strategy:
-            self.strategy = builtin_strategy(config.strategy)
+            self.strategy = self.strategies(config.strategy)
         self.config = config
         self.timing = config.timing
         self.stop_bound = stop_bound
@@ -173,7 +175,7 @@ class Master:
 
     def _strategy_for(self, config: ClusterConfig) -> Strategy:
         return (self.strategy if config.strategy == self.config.strategy
-                else builtin_strategy(config.strategy))
+                else self.strategies(config.strategy))
 
     def switch_ready(self, view: Iterable[str]) -> bool:
         """Every member of ``view`` staged the configuration staged here."""

@@ -17,6 +17,7 @@ from vigil.cluster.node import NodeCore
 from vigil.cluster.wire import fmt_epoch
 from vigil.status import (
     ClusterStatus,
+    ConfigState,
     CopyStatus,
     FenceDeviceStatus,
     FenceEvent,
@@ -162,7 +163,10 @@ def build_status(core: NodeCore, facts: ResourceFacts | None = None, *,
         messages=dict(facts.messages),
         decisions=tuple((wall(t), text) for t, text in core.decisions[-20:]),
         fencing=fence_status, nics=dict(facts.nics), links=links,
-        mirrors=_mirrors(core, groups, unix_now))
+        mirrors=_mirrors(core, groups, unix_now),
+        configs={core.name: ConfigState(config.digest, membership.next), **{
+            n: ConfigState(p.digest, p.next) for n, p in sorted(membership.peers.items())
+            if n in alive}})
 
 
 def _mirrors(core: NodeCore, groups: Mapping[str, GroupStatus],
