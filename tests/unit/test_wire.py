@@ -3,6 +3,8 @@ message is one RemoteProtocolError that names what is wrong."""
 
 from __future__ import annotations
 
+import hashlib
+
 import hypothesis.strategies as st
 import pytest
 from hypothesis import given
@@ -21,6 +23,7 @@ from vigil.cluster.wire import (
     Declare,
     Echo,
     Heartbeat,
+    Reload,
     RemoteProtocolError,
     Report,
     ReportRequest,
@@ -50,6 +53,10 @@ copies = st.builds(CopyFact, st.integers(0, 10**12),
                    st.floats(min_value=0, max_value=4e9, allow_nan=False), names, st.booleans(),
                    st.floats(min_value=0, max_value=1e6, allow_nan=False))
 
+#: configuration digests: sha256 in hex, or none
+digests = st.one_of(st.just(""), st.binary(min_size=1, max_size=8).map(
+    lambda b: hashlib.sha256(b).hexdigest()))
+
 bodies: st.SearchStrategy[Body] = st.one_of(
     st.builds(Heartbeat, n=st.integers(1, 10**9), incarnation=st.integers(1, 10**9),
               promised=epochs, accepted=epochs, closed=st.booleans(),
@@ -58,16 +65,19 @@ bodies: st.SearchStrategy[Body] = st.one_of(
               groups=st.dictionaries(names, states, max_size=4),
               failures=st.integers(0, 10**6),
               digest=st.from_regex(r"[0-9a-f]{0,16}", fullmatch=True),
-              requests=st.lists(requests, max_size=3).map(tuple), ask=st.booleans()),
+              requests=st.lists(requests, max_size=3).map(tuple), ask=st.booleans(),
+              next=digests),
     st.builds(Echo, st.integers(1, 10**9), st.integers(1, 10**9), epochs),
     st.builds(Bye, st.integers(1, 10**9), st.booleans()),
     st.builds(Cleanup, names),
+    st.builds(Reload, digests.filter(bool)),
     st.builds(Declare, epochs, st.lists(names, min_size=1, max_size=5).map(tuple),
               st.text(alphabet="abc ;:,.()", max_size=30)),
     st.builds(ReportRequest, epochs, st.frozensets(epochs.map(fmt_epoch), max_size=3)),
-    st.builds(CostRequest, epochs, admin),
+    st.builds(CostRequest, epochs, admin, digests),
     st.builds(StopRequest, epochs, st.lists(names, max_size=4).map(tuple)),
-    st.builds(Accept, epochs, placements, admin, st.lists(names, max_size=3).map(tuple)),
+    st.builds(Accept, epochs, placements, admin, st.lists(names, max_size=3).map(tuple),
+              digests),
     st.builds(Report, epochs, st.dictionaries(names, states, max_size=4),
               st.lists(accepted, max_size=3).map(tuple)),
     st.builds(CostReply, epochs, st.dictionaries(names, costs, max_size=4),
@@ -122,6 +132,10 @@ def test_every_message_reads_back_as_itself(body: Body, sender: str) -> None:
     ("ack", {"epoch": "3.alpha", "silent": "beta:-5"}, "bad silence"),
     ("ack", {"epoch": "3.alpha", "silent": "BETA:5"}, "bad node"),
     ("teleport", {}, "unknown message type"),
+    ("reload", {"digest": "abc"}, "bad configuration digest"),
+    ("reload", {"digest": "G" * 64}, "bad configuration digest"),
+    ("accept", {"epoch": "3.alpha", "placement": "", "config": "x" * 64},
+     "bad configuration digest"),
 ])
 def test_a_malformed_message_is_one_remote_protocol_error(mtype: str, fields: dict[str, str],
                                                           says: str) -> None:

@@ -1,0 +1,86 @@
+"""What a configuration change may do while the cluster runs (vigil.cluster.reconfig)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from tests.support.simconfig import sim_config
+from vigil.cluster.reconfig import refusals, retired, summary
+from vigil.config import FenceDevice, GroupConfig, LinkConfig, NodeConfig, Timing
+
+pytestmark = pytest.mark.unit
+
+BASE = sim_config(3, 4, group_chain=True, chain=2)  # g0 <- g1, g2, g3
+
+
+def test_nothing_changed_is_nothing_refused_or_retired() -> None:
+    assert refusals(BASE, BASE) == [] and retired(BASE, BASE) == {}
+    assert summary(BASE, BASE) == "no group stops"
+
+
+@pytest.mark.parametrize(("change", "says"), [
+    (lambda c: replace(c, name="other"), "the cluster's name changed"),
+    (lambda c: replace(c, key_file=Path("/elsewhere")), "key_file changed"),
+    (lambda c: replace(c, nodes={**c.nodes, "delta": NodeConfig(
+        "delta", (LinkConfig("lan0", "127.0.0.1", 7499),))}), "node delta added"),
+    (lambda c: replace(c, nodes={n: v for n, v in c.nodes.items() if n != "gamma"}),
+     "node gamma removed"),
+    (lambda c: replace(c, nodes={**c.nodes, "beta": replace(c.nodes["beta"], votes=2)}),
+     "node beta changed"),
+    (lambda c: replace(c, no_quorum_policy="freeze"), "no_quorum_policy changed"),
+    (lambda c: replace(c, fencer="guardian"), "fencer changed"),
+    (lambda c: replace(c, fence_devices={"pdu": FenceDevice("pdu", "x", ("alpha",))}),
+     "[fence_devices] changed"),
+    (lambda c: replace(c, timing=replace(c.timing, lease_time=0.3)),
+     "timing.lease_time shortened (0.5s -> 0.3s)"),
+    (lambda c: replace(c, timing=replace(c.timing, fence_margin=0.01)),
+     "timing.fence_margin shortened"),
+    (lambda c: replace(c, timing=replace(c.timing, guard_time=0.2)),
+     "timing.guard_time changed"),
+    (lambda c: replace(c, resources={r: replace(v, stop_timeout=0.05)
+                                     for r, v in c.resources.items()}),
+     "stop timeouts shortened"),
+])
+def test_what_needs_every_node_restarted_is_refused_with_what_to_do(change, says) -> None:  # type: ignore[no-untyped-def]
+    found = refusals(BASE, change(BASE))
+    assert found and says in found[0], found
+    assert any(hint in found[0] for hint in ("start them all with the new file",
+                                             "docs/security.md"))
+
+
+def test_longer_waits_timings_and_placement_settings_change_live() -> None:
+    new = replace(BASE, timing=Timing(heartbeat_interval=0.2, dead_time=1.0, lease_time=0.7,
+                                      step_timeout=2.0, retransmit_interval=0.2,
+                                      fence_margin=0.05),
+                  groups={**BASE.groups, "g0": replace(BASE.groups["g0"], stickiness=500.0,
+                                                       migration_threshold=9)},
+                  resources={r: replace(v, stop_timeout=v.stop_timeout * 2)
+                             for r, v in BASE.resources.items()})
+    assert refusals(BASE, new) == []
+    assert retired(BASE, new) == {}  # nothing that runs changes: nothing stops
+
+
+def test_changed_members_and_their_dependents_retire_removed_ones_too() -> None:
+    resources = dict(BASE.resources)
+    resources["g0-r1"] = replace(resources["g0-r1"], params={"x": 1})
+    groups = {g: c for g, c in BASE.groups.items() if g != "g3"}
+    for r in BASE.groups["g3"].resources:
+        del resources[r]
+    groups["g4"] = GroupConfig("g4", ())
+    new = replace(BASE, groups=groups, resources=resources)
+    gone = retired(BASE, new)
+    assert gone == {"g0": "its definition changed: it starts again from the new one",
+                    "g1": "depends on g0, which stops for the change",
+                    "g3": "removed from the configuration"}
+    assert summary(BASE, new) == "adds g4; removes g3; restarts g0, g1"
+
+
+def test_monitor_and_timeout_settings_do_not_restart_a_resource() -> None:
+    r = BASE.resources["g2-r0"]
+    new = replace(BASE, resources={**BASE.resources, "g2-r0": replace(
+        r, start_timeout=99.0, on_fail="block",
+        monitor=replace(r.monitor, interval=1.0))})
+    assert retired(BASE, new) == {}
