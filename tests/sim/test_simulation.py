@@ -22,10 +22,12 @@ for the whole run), VIGIL_SIM_SHRINK=0 (no shrinking: to count the examples a bu
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import random
 import sys
+from dataclasses import replace
 
 import hypothesis.strategies as st
 import pytest
@@ -43,7 +45,7 @@ from vigil.cluster.events import AdminRequest
 from vigil.cluster.placement import stop_bound
 from vigil.cluster.sim import SimCluster, SimDevice
 from vigil.cluster.wire import MAINTENANCE
-from vigil.config import TIME_FENCERS, ClusterConfig
+from vigil.config import TIME_FENCERS, ClusterConfig, GroupConfig, ResourceConfig
 
 EXAMPLES = int(os.environ.get("VIGIL_SIM_EXAMPLES", "60"))
 STEPS = int(os.environ.get("VIGIL_SIM_STEPS", "40"))
@@ -123,6 +125,7 @@ class ClusterMachine(RuleBasedStateMachine):
                                                            itertools.cycle(drawn))})
         self.names = cfg.node_names
         self.groups = sorted(cfg.groups)
+        self.added = 0  # groups added by reconfigure
         if not SHRINK:
             print(f"example {next(_EXAMPLE)}: {nodes} nodes, {fencer}", file=sys.stderr)
         self.cluster.run_for(2.0)
@@ -290,6 +293,43 @@ class ClusterMachine(RuleBasedStateMachine):
     @rule()
     def heal(self) -> None:
         self.cluster.heal()
+
+    @rule(data=st.data(), kind=st.sampled_from(["settings", "restart", "swap"]))
+    def reconfigure(self, data: st.DataObject, kind: str) -> None:
+        """An operator changes the configuration (the new file on every node, the powered-off
+        ones too) and reloads on a live node: a placement setting and a timing, a group's
+        resource (it restarts), or a group removed and another added."""
+        live = self.cluster.live()
+        if not live:
+            return
+        old = self.cluster.config
+        groups, resources = dict(old.groups), dict(old.resources)
+        group = data.draw(st.sampled_from(sorted(groups)))
+        timing = old.timing
+        if kind == "settings":
+            groups[group] = replace(groups[group], stickiness=groups[group].stickiness * 2)
+            timing = replace(timing, step_timeout=timing.step_timeout * 1.25)
+        elif kind == "restart" and groups[group].resources:
+            r = groups[group].resources[0]
+            rev = int(str(resources[r].params.get("rev", 0))) + 1
+            resources[r] = replace(resources[r], params={**resources[r].params, "rev": rev})
+        elif kind == "swap":
+            free = [g for g in sorted(groups)
+                    if not any(g in c.depends_on for c in groups.values())]
+            if len(groups) > 1 and free:
+                gone = data.draw(st.sampled_from(free))
+                for r in groups.pop(gone).resources:
+                    del resources[r]
+            self.added += 1
+            name = f"new{self.added}"
+            resources[f"{name}-r0"] = ResourceConfig(f"{name}-r0", "dummy", name,
+                                                     stop_timeout=0.1, start_timeout=0.1)
+            groups[name] = GroupConfig(name, (f"{name}-r0",), nodes=tuple(old.node_names))
+        digest = hashlib.sha256(f"{old.digest}/{kind}/{self.added}/{len(self.cluster.log)}"
+                                .encode()).hexdigest()
+        new = replace(old, groups=groups, resources=resources, timing=timing, digest=digest)
+        self.cluster.stage(new, on=data.draw(st.sampled_from(live)))
+        self.groups = sorted(new.groups)
 
     @rule(data=st.data())
     def resource_fails(self, data: st.DataObject) -> None:

@@ -240,7 +240,7 @@ class CoordinatorActor(VigilActor):
                 # first: the commands below may be for the actors of the new configuration
                 self._switch(action.config)
             elif isinstance(action, LoadConfig):
-                self._read_later(action.wanted)
+                self._read_later(action.wanted, action.quiet)
             elif isinstance(action, StartGroup | StopGroup | RestartResource):
                 self.directory.tell(f"group:{action.group}", action)
             elif isinstance(action, FenceNode) and not self.directory.tell("fencer", action):
@@ -269,7 +269,7 @@ class CoordinatorActor(VigilActor):
 
     # ---- configuration changes ----------------------------------------------------------
 
-    def _read_later(self, wanted: str) -> None:
+    def _read_later(self, wanted: str, quiet: bool) -> None:
         """Another node asked for a reload: read the file off this actor's thread (a type's
         defaults may run an agent), then hand the core what was found."""
         read, me = self.read_config, self.actor_ref
@@ -277,7 +277,7 @@ class CoordinatorActor(VigilActor):
             return
 
         def work() -> None:
-            me.tell(read(wanted))
+            me.tell(dataclasses.replace(read(wanted), quiet=quiet))
 
         threading.Thread(target=work, name=f"vigil-reload-{self.node}", daemon=True).start()
 

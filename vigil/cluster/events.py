@@ -163,6 +163,9 @@ class StageConfig:
     missing_types: frozenset[str] = frozenset()
     problem: str = ""
     wanted: str = ""
+    #: read because a peer runs ``wanted`` (not a reload): a file that is still the running
+    #: one is no news (the peer is the odd one, and was named already)
+    quiet: bool = False
 
 
 Event = (Received | CopyReceived | Tick | GroupDone | GroupFailed | AdminRequest
@@ -225,9 +228,11 @@ class FenceNode:
 @dataclass(frozen=True, slots=True)
 class LoadConfig:
     """Read the configuration file again, check it and answer with a :class:`StageConfig`
-    (another node asked the cluster to reload: ``wanted`` is the digest of its file)."""
+    (another node asked the cluster to reload: ``wanted`` is the digest of its file; or,
+    ``quiet``, a peer runs ``wanted``: this node may have missed the reload)."""
 
     wanted: str
+    quiet: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -454,6 +454,9 @@ class NodeCore:
         heard = self.membership.on_heartbeat(sender, hb, self.promise.promised,
                                              self.incarnation)
         if heard is Heard.MISMATCH:
+            # Perhaps we missed the reload that switched it (we were cut off): read our file
+            # again; if it is what the peer runs, we stage it and follow.
+            self._act(LoadConfig(hb.digest, quiet=True))
             self.journal.warn(
                 "config", f"node {sender} runs a different configuration (digest "
                 f"{hb.digest[:12]} vs ours {self.config.digest[:12]}); it is kept out of "
@@ -590,12 +593,15 @@ class NodeCore:
 
     def _stage(self, event: StageConfig) -> None:
         new = event.config
-        who = "asked by another node" if event.wanted else "asked here"
+        who = ("a peer runs it" if event.quiet else "asked by another node" if event.wanted
+               else "asked here")
         if new is None or event.problem:
             self.journal.warn("config", f"configuration file not staged ({who}): "
                               f"{event.problem or 'it did not load'}")
             return
         if event.wanted and new.digest != event.wanted:
+            if event.quiet:
+                return
             self.journal.warn(
                 "config", f"the configuration file of {self.name} (digest {new.digest[:12]}) "
                 f"is not the one the cluster was asked to switch to ({event.wanted[:12]}): "

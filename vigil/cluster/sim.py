@@ -644,7 +644,8 @@ class SimCluster:
             elif isinstance(action, FenceNode):
                 self._fence(node, action)
             elif isinstance(action, LoadConfig):
-                self.inject(node.name, self._loaded(node.name, action.wanted))
+                self.inject(node.name, replace(self._loaded(node.name, action.wanted),
+                                               quiet=action.quiet))
             elif isinstance(action, SwitchConfig):
                 self.log.append(f"{self.now:.3f} {node.name} switches to configuration "
                                 f"{action.config.digest[:8]}")
@@ -1003,6 +1004,9 @@ class SimCluster:
             return False
         if any(not c.closed or c.accepted.epoch != epoch for c in cores):
             return False
+        if any(self.nodes[n].core.config.digest != self.file(n).digest  # type: ignore[union-attr]
+               for n in self.live()):
+            return False  # a configuration change is not through
         return all(not n.ops for n in self.nodes.values() if n.core is not None)
 
     def expected_placement_ok(self) -> list[str]:
@@ -1031,6 +1035,8 @@ class SimCluster:
         ok: list[str] = []
         for g in groups:
             cfg = self.config.groups[g]
+            if g not in core.groups.fail_times:
+                continue  # it runs another configuration (settled() says so)
             if (name in core.accepted.admin
                     or nic_limit(self.config, cfg,
                                  dict.fromkeys(self.nodes[name].nics_down, "")) is not None
