@@ -52,6 +52,7 @@ from vigil.cluster.node import NodeCore
 from vigil.cluster.promise import Persisted
 from vigil.cluster.view import LinkFacts, ResourceFacts, build_status
 from vigil.config import ClusterConfig
+from vigil.config_diff import json_safe
 from vigil.local.rundir import read_private, write_atomic
 from vigil.notifications import FailCountsCleared, ResourceStateChanged
 from vigil.status import ClusterStatus, FenceDeviceStatus, NicStatus, Operation
@@ -262,6 +263,9 @@ class CoordinatorActor(VigilActor):
         group, node = req.arg("group"), req.arg("node")
         if cmd == "status":
             return {"ok": True, "status": self.status().to_json()}
+        if cmd == "config":  # the running configuration, for `vigil config diff`
+            return {"ok": True, "path": str(cfg.path), "digest": cfg.digest,
+                    "document": json_safe(cfg.document)}
         if cmd == "move":
             if group not in cfg.groups:
                 return _error(_unknown("group", group, cfg.groups))
