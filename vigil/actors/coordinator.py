@@ -163,6 +163,10 @@ class CoordinatorActor(VigilActor):
         if isinstance(message, LinkFacts):
             self.link_facts[message.link] = message
             return None
+        if isinstance(message, ChildRestarted):  # a fresh diagnostics knows of nothing running
+            if message.name == "diagnostics":
+                self.directory.tell("diagnostics", RunningGroups(self.running))
+            return None
         if isinstance(message, (MirrorState, MirrorLag)):  # from the mirror replication
             self._handle(message)
             return None

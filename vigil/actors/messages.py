@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from vigil.config import ClusterConfig
 from vigil.resources.model import OpResult
 
 ResourceOpName = Literal["start", "stop", "force_stop", "monitor", "mark_oos"]
@@ -128,3 +129,23 @@ class Subscribe:
 @dataclass(frozen=True, slots=True)
 class Unsubscribe:
     ref: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Reconfigure:
+    """Ask the NodeActor to run ``config``: it replaces the children whose inputs changed
+    (children of what was added, removed or changed) and leaves the others running;
+    answered with :class:`Reconfigured`."""
+
+    config: ClusterConfig
+
+
+@dataclass(frozen=True, slots=True)
+class Reconfigured:
+    """What a :class:`Reconfigure` did, by child name (``resource:web-ip``...)."""
+
+    started: tuple[str, ...]  # new children
+    stopped: tuple[str, ...]  # children gone
+    replaced: tuple[str, ...]  # stopped, then started again with their new inputs
+    #: children that did not stop in time: left behind, out of the directory
+    dropped: tuple[str, ...] = ()
