@@ -5,6 +5,8 @@ over the in-memory network and recording dummy resources."""
 
 from __future__ import annotations
 
+import grp
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from tests.support.cluster_harness import MemoryCluster, cluster_toml, wait_for
 from vigil.actors.messages import ChildFailed
 from vigil.actors.node import NodeRuntime
 from vigil.config import ClusterConfig, load_key, loads
+from vigil.local.protocol import request
 from vigil.resources.registry import ResourceTypeRegistry
 
 
@@ -125,3 +128,23 @@ def test_the_same_configuration_changes_nothing(cluster: MemoryCluster,
     done = alpha.reconfigure(config(tmp_path, GROUPS))
     assert (done.started, done.stopped, done.replaced) == ((), (), ())
     assert {name: alpha.directory.get(name) for name in alpha.directory.names()} == before
+
+
+def test_new_access_groups_and_alerts_replace_only_the_local_interfaces(
+        cluster: MemoryCluster, tmp_path: Path) -> None:
+    alpha = cluster.start("alpha")
+    before = {name: alpha.directory.get(name) for name in alpha.directory.names()}
+    text = cluster_toml(tmp_path, groups=GROUPS).replace(
+        'name = "test"', f'name = "test"\nstatus_group = "{grp.getgrgid(os.getgid()).gr_name}"')
+    text += '\n[[alerts]]\ncommand = "true"\n'
+    done = alpha.reconfigure(loads(text, tmp_path / "cluster.toml"))
+    assert done.started == ("alerts",)
+    assert done.replaced == ("notifier", "control")
+    assert done.stopped == ()
+    # the new control actor serves the socket (and its group may read it)
+    socket_path = cluster.config.nodes["alpha"].control_socket
+    assert request(socket_path, "status")["ok"]
+    assert socket_path.stat().st_gid == os.getgid()
+    for name in before:
+        if name not in ("notifier", "control"):
+            assert alpha.directory.get(name) is before[name], name

@@ -6,6 +6,12 @@ ControlActor. A child that dies is started again under the same name (a restarte
 coordinator comes back from the persisted state and probes the resources, like a daemon
 restart); a child that keeps dying takes the node down, loudly, rather than limp on.
 
+A new configuration (:class:`~vigil.actors.messages.Reconfigure`) replaces exactly the
+children whose inputs changed (each :class:`Child` says what it is started with): those of
+resources and groups added, removed or changed, and the diagnostics, alerts, fencer, NIC
+monitors, control and notifier actors when what they read changed; the others keep running,
+the same actors. The coordinator and the links are never replaced that way.
+
 Beside them, when the configuration has a mirror resource, the node's
 :class:`~vigil.resources.replication.MirrorService` (no actor: threads of its own that tell the
 coordinator what they find), which the mirror resources are handed, and the control actor
@@ -107,10 +113,6 @@ class NodeActor(VigilActor):
         self.left = left
         self.failed = failed
         self.restarts: dict[str, list[float]] = {}
-
-    @property
-    def factories(self) -> dict[str, Factory]:
-        return {name: child.start for name, child in self.children.items()}
 
     def on_start(self) -> None:
         for name, child in self.children.items():
@@ -299,12 +301,7 @@ class NodeRuntime:
         d.set("node", self.ref)
         # on_start runs on the actor's thread: wait until every child is in the directory
         self.ref.ask(Control("ready"), timeout=30.0)
-        # ... and until the local sockets are bound (in those actors' on_start): an ask is
-        # answered only after on_start, so callers may use the sockets once start() returns.
-        for name in ("control", "notifier"):
-            ref = d.get(name)
-            if ref is not None:
-                ref.ask(Control("ping"), timeout=30.0)
+        self._wait_for_sockets()
         # the kernel's word on the NICs, once their monitors are there to hear it
         self._watch_nics()
         if self.mirrors is not None:  # its first reports go to the coordinator, there now
@@ -330,7 +327,17 @@ class NodeRuntime:
         return children
 
     def _reconfigured(self, done: Reconfigured) -> None:
+        self._wait_for_sockets()
         self._watch_nics()
+
+    def _wait_for_sockets(self) -> None:
+        """Return once the local sockets are bound (in their actors' on_start): an ask is
+        answered only after on_start, so callers may use the sockets once start() (or a
+        reconfiguration) returns."""
+        for name in ("control", "notifier"):
+            ref = self.directory.get(name)
+            if ref is not None:
+                ref.ask(Control("ping"), timeout=30.0)
 
     def _children(self, cfg: ClusterConfig, catalog: Catalog) -> dict[str, Child]:
         """The node's child actors for ``cfg``, in the order they start, each with what it
