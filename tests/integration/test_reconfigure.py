@@ -10,16 +10,14 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import pykka
 import pytest
 
-from tests.integration.test_actors_memory import JOURNAL, JOURNAL_LOCK, RecordingType
+from tests.integration.test_actors_memory import JOURNAL, JOURNAL_LOCK, recording_cluster
 from tests.support.cluster_harness import MemoryCluster, cluster_toml, wait_for
 from vigil.actors.messages import ChildFailed
 from vigil.actors.node import NodeRuntime
-from vigil.config import ClusterConfig, load_key, loads
+from vigil.config import ClusterConfig, loads
 from vigil.local.protocol import request
-from vigil.resources.registry import ResourceTypeRegistry
 
 
 def dummy(name: str, extra: str = "") -> str:
@@ -43,17 +41,7 @@ def config(tmp: Path, groups: str) -> ClusterConfig:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[MemoryCluster]:
-    with JOURNAL_LOCK:
-        JOURNAL.clear()
-    cfg = config(tmp_path, GROUPS)
-    registry = ResourceTypeRegistry()
-    registry.register(RecordingType())
-    mc = MemoryCluster(cfg, load_key(cfg), registry=registry)
-    try:
-        yield mc
-    finally:
-        mc.stop()
-        pykka.ActorRegistry.stop_all(timeout=10)
+    yield from recording_cluster(config(tmp_path, GROUPS))
 
 
 def placed(mc: MemoryCluster) -> bool:
