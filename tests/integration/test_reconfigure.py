@@ -136,3 +136,15 @@ def test_new_access_groups_and_alerts_replace_only_the_local_interfaces(
     for name in before:
         if name not in ("notifier", "control"):
             assert alpha.directory.get(name) is before[name], name
+
+
+def test_a_new_nic_to_watch_gets_its_monitor_and_the_kernel_s_word(
+        cluster: MemoryCluster, tmp_path: Path) -> None:
+    alpha = cluster.start("alpha")
+    vip = ('\n[resources.other-vip]\ntype = "ip"\n'
+           'params = { address = "192.0.2.10/24", nic = "nothere0" }\n')
+    done = alpha.reconfigure(config(tmp_path, GROUPS.replace(
+        'resources = ["other-data"]', 'resources = ["other-data", "other-vip"]') + vip))
+    assert "nic:nothere0" in done.started
+    wait_for(lambda: cluster.status("alpha")["nics"].get("nothere0", {}).get("reason")
+             == "no such interface", 10, "the new NIC monitor's word")
