@@ -1,8 +1,10 @@
 """``vigil config diff [FILE]``: what differs between a cluster file and the configuration a
 daemon runs, key by key (:mod:`vigil.config_diff`).
 
-Exit status, like diff(1): 0 no difference; 1 differences; 2 the file is invalid (its
-problems printed as ``vigil config check`` prints them) or a usage error; 3 no daemon answers.
+Exit status, like diff(1): 0 no difference; 1 differences; 2 trouble: the file is invalid
+(its problems printed as ``vigil config check`` prints them), a usage error, or the daemon
+refused to show its configuration (it may hold fence devices' passwords: the request is an
+admin's); 3 no daemon answers.
 
 :mod:`vigil.cli.main` imports this module to register the command and hands it its options
 and its way of asking a daemon (this module cannot import main back: no import cycles).
@@ -37,14 +39,14 @@ def _fail(message: str, code: int) -> NoReturn:
 def running_document(ask_node: AskNode, config_path: str,
                      node: str | None) -> tuple[str, dict[str, Any]]:
     """The node asked and the ``config`` answer of its daemon (``path``, ``digest``,
-    ``document``); exits 1 when the daemon refuses."""
+    ``document``); exits 2 when the daemon refuses (1 would read as "different")."""
     name, answer = ask_node(config_path, node, "config")
     if not answer.get("ok"):
         _fail(f"node {name} did not say what configuration it runs: "
-              f"{answer.get('error', 'request failed')}", EXIT_DIFFERENT)
+              f"{answer.get('error', 'request failed')}", EXIT_USAGE)
     if not isinstance(answer.get("document"), dict):
         _fail(f"node {name} answered without its configuration (is its daemon older than "
-              "this command?)", EXIT_DIFFERENT)
+              "this command?)", EXIT_USAGE)
     return name, answer
 
 
@@ -72,7 +74,8 @@ def config_diff_command(config_option: Decorator, node_option: Decorator,
         node's daemon runs: `~ key: running -> FILE`, `+ key (new)` (only in FILE), `- key
         (removed)` (only in the running one).
 
-        Exit status: 0 no difference, 1 differences, 2 FILE is invalid, 3 no daemon."""
+        Exit status: 0 no difference, 1 differences, 2 FILE is invalid (or the daemon
+        refused: run it as root or a member of admin_group), 3 no daemon."""
         path = file if file is not None else config_path
         proposed = load_or_exit(path)
         name, answer = running_document(ask_node, config_path, node)
