@@ -12,6 +12,7 @@ work package; the data model itself is the contract other packages code against.
 from __future__ import annotations
 
 import contextlib
+import copy
 import difflib
 import errno
 import hashlib
@@ -246,6 +247,9 @@ class ClusterConfig:
     nics: NicsConfig = NicsConfig()
     path: Path = Path("<memory>")
     digest: str = ""  # sha256 of the canonical form; carried in heartbeats
+    #: the parsed TOML document the configuration was read from (as :func:`tomllib.loads`
+    #: returns it): what `vigil config diff` compares
+    document: Mapping[str, object] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def node_names(self) -> tuple[str, ...]:
@@ -696,6 +700,7 @@ def from_dict(document: Mapping[str, object], path: str | Path = _MEMORY) -> Clu
         nics=nics,
         path=resolved,
         digest=hashlib.sha256(canonical.encode("utf-8")).hexdigest(),
+        document=copy.deepcopy(dict(document)),  # the caller's stays the caller's
     )
 
 

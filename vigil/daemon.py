@@ -198,6 +198,8 @@ def _run(cfg: ClusterConfig, key: bytes, name: str) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    reload_requested = threading.Event()  # SIGHUP: reload, like keepalived and most daemons
+    signal.signal(signal.SIGHUP, lambda signum, frame: reload_requested.set())
     try:
         runtime.start()
     except Exception as exc:
@@ -209,6 +211,9 @@ def _run(cfg: ClusterConfig, key: bytes, name: str) -> int:
     log.info("node %s of cluster %s running (config %s, digest %s)", name, cfg.name,
              cfg.path, cfg.digest[:12])
     while not stop.wait(0.1):
+        if reload_requested.is_set():
+            reload_requested.clear()
+            reload(runtime, name)
         if runtime.left.is_set():
             # it left by itself: its guardian is gone (the coordinator said why)
             log.critical("node %s left the cluster by itself; exiting so that it can be "
@@ -251,6 +256,26 @@ def _run(cfg: ClusterConfig, key: bytes, name: str) -> int:
     context.term()
     log.info("node %s stopped", name)
     return 0 if left else 1
+
+
+def reload(runtime: NodeRuntime, name: str) -> None:
+    """Ask the coordinator to reload the configuration file (SIGHUP); log its answer."""
+    log.info("node %s: reload requested by SIGHUP", name)
+    try:
+        answer = runtime.control("reload", timeout=RELOAD_TIMEOUT)
+    except Exception as exc:  # the coordinator is stuck or restarting: the daemon runs on
+        log.error("node %s: reload failed: no answer from the coordinator (%s)", name,
+                  exc or type(exc).__name__)
+        return
+    if answer.get("ok"):
+        log.info("node %s: reload: %s", name, answer.get("message", "done"))
+    else:
+        log.error("node %s: reload refused: %s", name, answer.get("error", "no reason given"))
+
+
+#: how long the coordinator may take to answer a reload (it validates the file; the cluster
+#: applies it after the answer)
+RELOAD_TIMEOUT = 10.0
 
 
 def configure_logging(level: str, node: str | None) -> None:

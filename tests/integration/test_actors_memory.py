@@ -19,7 +19,7 @@ import pykka
 import pytest
 
 from tests.support.cluster_harness import MemoryCluster, cluster_toml, wait_for
-from vigil.config import ResourceConfig, load_key, loads
+from vigil.config import ClusterConfig, ResourceConfig, load_key, loads
 from vigil.notifications import (
     GroupMoved,
     GroupStateChanged,
@@ -77,9 +77,14 @@ class RecordingType(DummyType):
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[MemoryCluster]:
+    yield from recording_cluster(loads(cluster_toml(tmp_path), tmp_path / "cluster.toml"))
+
+
+def recording_cluster(cfg: ClusterConfig) -> Iterator[MemoryCluster]:
+    """A cluster of ``cfg`` whose dummy resources record their starts and stops in
+    :data:`JOURNAL` (emptied first); stopped at the end."""
     JOURNAL.clear()
     FAIL_STOP.clear()
-    cfg = loads(cluster_toml(tmp_path), tmp_path / "cluster.toml")
     registry = ResourceTypeRegistry()
     registry.register(RecordingType())
     mc = MemoryCluster(cfg, load_key(cfg), registry=registry)

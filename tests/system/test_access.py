@@ -135,6 +135,7 @@ def test_a_status_group_member_reads_status_and_events_but_may_not_control(
                 f"'{groups.admin}'")
     for command, args in (("move", {"group": "web", "node": "beta"}),
                           ("diagnose", {"resource": "web-app"}),  # it acts: admin only
+                          ("config", {}),  # fence devices' passwords: admin only
                           ("shutdown", {})):
         answer = as_nobody(*member, node.control, command, args)
         assert answer == {"ok": False, "error": expected}

@@ -26,7 +26,7 @@ ROOT = Path(vigil.__file__).resolve().parent
 #: a module or a package (then every module under it).
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("base", ("vigil", "vigil.messages", "vigil.notifications", "vigil.status", "vigil.graph",
-              "vigil.config")),
+              "vigil.config", "vigil.config_diff")),
     ("core", ("vigil.cluster", "vigil.guard.core", "vigil.guard.holdings")),
     ("system", ("vigil.resources", "vigil.transports", "vigil.local", "vigil.fencing",
                 "vigil.guard")),

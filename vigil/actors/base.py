@@ -30,6 +30,10 @@ class Directory:
         with self._lock:
             self._refs[name] = ref
 
+    def remove(self, name: str) -> None:
+        with self._lock:
+            self._refs.pop(name, None)
+
     def get(self, name: str) -> pykka.ActorRef[Any] | None:
         with self._lock:
             return self._refs.get(name)

@@ -57,12 +57,25 @@ from vigil.cluster.node import NodeCore
 from vigil.cluster.promise import Persisted
 from vigil.cluster.view import LinkFacts, ResourceFacts, build_status
 from vigil.config import ClusterConfig
+from vigil.config_diff import json_safe
 from vigil.local.rundir import read_private, write_atomic
 from vigil.notifications import FailCountsCleared, ResourceStateChanged
 from vigil.status import ClusterStatus, FenceDeviceStatus, NicStatus, Operation
 from vigil.transports import Codec, Sequencer
 
 log = logging.getLogger(__name__)
+
+#: how long the node actor may take to rebuild its children for a new configuration
+REBUILD_TIMEOUT = 60.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Rebuilt:
+    """The node actor rebuilt the children for a new configuration (``error``: it did
+    not); ``added``: the groups new in it."""
+
+    added: tuple[str, ...]
+    error: str
 
 
 def load_persisted(path: Path) -> Persisted | None:
@@ -103,6 +116,10 @@ class CoordinatorActor(VigilActor):
                              persisted=load_persisted(state_path), strategies=load_strategy)
         #: reads the configuration file again (NodeRuntime.read_config): None, no file
         self.read_config = read_config
+        #: rebuilds of the actors under way (a configuration switch), and the group commands
+        #: that wait for them
+        self.rebuilding = 0
+        self.waiting: list[StartGroup | StopGroup | RestartResource] = []
         self.saved = self.core.persisted()
         self.tokens = 0
         self.resource_states: dict[str, tuple[str, str]] = {
@@ -170,6 +187,10 @@ class CoordinatorActor(VigilActor):
         if isinstance(message, LinkFacts):
             self.link_facts[message.link] = message
             return None
+        if isinstance(message, ChildRestarted):  # a fresh diagnostics knows of nothing running
+            if message.name == "diagnostics":
+                self.directory.tell("diagnostics", RunningGroups(self.running))
+            return None
         if isinstance(message, (MirrorState, MirrorLag)):  # from the mirror replication
             self._handle(message)
             return None
@@ -180,6 +201,9 @@ class CoordinatorActor(VigilActor):
                                                            time.monotonic())
             if silent < self.config.timing.dead_time / 4:
                 return None
+        if isinstance(message, Rebuilt):
+            self._rebuilt(message)
+            return None
         if isinstance(message, GuardianLost):
             # Nothing would kill what this node runs if its daemon hung now, so the others'
             # short fencing wait would no longer be true: leave, cleanly, at once.
@@ -242,7 +266,10 @@ class CoordinatorActor(VigilActor):
             elif isinstance(action, LoadConfig):
                 self._read_later(action.wanted, action.quiet)
             elif isinstance(action, StartGroup | StopGroup | RestartResource):
-                self.directory.tell(f"group:{action.group}", action)
+                if self.rebuilding:
+                    self.waiting.append(action)
+                else:
+                    self.directory.tell(f"group:{action.group}", action)
             elif isinstance(action, FenceNode) and not self.directory.tell("fencer", action):
                 self.actor_ref.tell(FenceDone(action.node, False, action.level, "no fencer "
                                               "runs on this node (is it restarting?)",
@@ -283,8 +310,9 @@ class CoordinatorActor(VigilActor):
 
     def _switch(self, config: ClusterConfig) -> None:
         """The core runs ``config`` now: so does everything built from it. The node actor
-        rebuilds the children that changed before anything else is told to them (bounded:
-        a stuck rebuild is the node's failure, not a silent half-switch)."""
+        rebuilds the children that changed; until it has, what the core asks of the groups
+        waits here, in order (it may be for an actor being replaced). Not awaited on this
+        thread: the node actor may be stopping an actor that waits for this one."""
         before = self.config
         self.config = config
         self.resource_states = {r: self.resource_states.get(r, ("UNKNOWN", "not yet probed"))
@@ -292,11 +320,33 @@ class CoordinatorActor(VigilActor):
         for table in (self.resource_fails, self.last_failure, self.last_diagnostic):
             for r in [r for r in table if r not in config.resources]:
                 del table[r]
-        node = self.directory.get("node")
-        if node is not None:
-            node.ask(Reconfigure(config), timeout=30.0)
-        for group in sorted(set(config.groups) - set(before.groups)):
+        node, me = self.directory.get("node"), self.actor_ref
+        if node is None:
+            return
+        future = node.ask(Reconfigure(config), block=False)
+        self.rebuilding += 1
+        added = tuple(sorted(set(config.groups) - set(before.groups)))
+
+        def wait() -> None:
+            try:
+                future.get(timeout=REBUILD_TIMEOUT)
+                me.tell(Rebuilt(added, ""))
+            except Exception as exc:  # the node actor failed or hangs: say so, go on
+                me.tell(Rebuilt(added, str(exc) or type(exc).__name__))
+
+        threading.Thread(target=wait, name=f"vigil-rebuild-{self.node}", daemon=True).start()
+
+    def _rebuilt(self, done: Rebuilt) -> None:
+        self.rebuilding -= 1
+        if done.error:
+            log.error("rebuilding the actors for the new configuration failed (%s): the "
+                      "groups' commands go to what is there", done.error)
+        for group in done.added:  # a new group may find its resources running already
             self.directory.tell(f"group:{group}", ProbeGroup())
+        if self.rebuilding == 0:
+            waiting, self.waiting = self.waiting, []
+            for action in waiting:
+                self.directory.tell(f"group:{action.group}", action)
 
     def _reload(self) -> dict[str, Any]:
         """`vigil config reload` here: read and check the file now (the answer says what is
@@ -328,6 +378,9 @@ class CoordinatorActor(VigilActor):
         group, node = req.arg("group"), req.arg("node")
         if cmd == "status":
             return {"ok": True, "status": self.status().to_json()}
+        if cmd == "config":  # the running configuration, for `vigil config diff`
+            return {"ok": True, "path": str(cfg.path), "digest": cfg.digest,
+                    "document": json_safe(cfg.document)}
         if cmd == "move":
             if group not in cfg.groups:
                 return _error(_unknown("group", group, cfg.groups))

@@ -133,7 +133,19 @@ class Unsubscribe:
 
 @dataclass(frozen=True, slots=True)
 class Reconfigure:
-    """Ask the node actor: rebuild the children the new configuration changes (answered
-    once they are there)."""
+    """Ask the NodeActor to run ``config``: it replaces the children whose inputs changed
+    (children of what was added, removed or changed) and leaves the others running;
+    answered with :class:`Reconfigured`."""
 
     config: ClusterConfig
+
+
+@dataclass(frozen=True, slots=True)
+class Reconfigured:
+    """What a :class:`Reconfigure` did, by child name (``resource:web-ip``...)."""
+
+    started: tuple[str, ...]  # new children
+    stopped: tuple[str, ...]  # children gone
+    replaced: tuple[str, ...]  # stopped, then started again with their new inputs
+    #: children that did not stop in time: left behind, out of the directory
+    dropped: tuple[str, ...] = ()

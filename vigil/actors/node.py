@@ -6,6 +6,12 @@ ControlActor. A child that dies is started again under the same name (a restarte
 coordinator comes back from the persisted state and probes the resources, like a daemon
 restart); a child that keeps dying takes the node down, loudly, rather than limp on.
 
+A new configuration (:class:`~vigil.actors.messages.Reconfigure`) replaces exactly the
+children whose inputs changed (each :class:`Child` says what it is started with): those of
+resources and groups added, removed or changed, and the diagnostics, alerts, fencer, NIC
+monitors, control and notifier actors when what they read changed; the others keep running,
+the same actors. The coordinator and the links are never replaced that way.
+
 Beside them, when the configuration has a mirror resource, the node's
 :class:`~vigil.resources.replication.MirrorService` (no actor: threads of its own that tell the
 coordinator what they find), which the mirror resources are handed, and the control actor
@@ -21,6 +27,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, cast
@@ -36,7 +43,15 @@ from vigil.actors.fencer import FencerActor
 from vigil.actors.group import GroupActor
 from vigil.actors.guard import GuardLink
 from vigil.actors.link import LinkActor, LinkFactory
-from vigil.actors.messages import ChildFailed, ChildRestarted, Control, GetStatus, Subscribe
+from vigil.actors.messages import (
+    ChildFailed,
+    ChildRestarted,
+    Control,
+    GetStatus,
+    Reconfigure,
+    Reconfigured,
+    Subscribe,
+)
 from vigil.actors.nic import NicMonitorActor, NicSources, dampening, link_nics, watched_nics
 from vigil.actors.notifier import NotifierActor
 from vigil.actors.resource import ResourceActor
@@ -45,6 +60,7 @@ from vigil.cluster.events import StageConfig
 from vigil.config import (
     ClusterConfig,
     ConfigError,
+    NicsConfig,
     ResourceConfig,
     TypeDefaults,
     apply_type_defaults,
@@ -56,7 +72,7 @@ from vigil.guard.client import GuardClient
 from vigil.guard.holdings import Holdings
 from vigil.local.access import Access, prepare_runtime_dir
 from vigil.resources.mirror import MirrorResource
-from vigil.resources.model import Catalog
+from vigil.resources.model import Catalog, Resource
 from vigil.resources.registry import ResourceTypeRegistry, default_registry
 from vigil.resources.replication import MirrorService, MirrorSpec
 from vigil.status import ClusterStatus
@@ -71,24 +87,43 @@ RESTART_WINDOW = 60.0
 Factory = Callable[[], pykka.ActorRef[Any]]
 
 
+@dataclass(frozen=True, slots=True)
+class Child:
+    """How to start one child actor, and what it is started with (``inputs``, compared by
+    ``==``): at a reconfiguration, a child whose inputs did not change keeps running."""
+
+    start: Factory
+    inputs: object = None
+
+
+#: How long a child stopped at a reconfiguration may take to stop before it is dropped.
+CHILD_STOP_TIMEOUT = 10.0
+
+
 class NodeActor(VigilActor):
-    def __init__(self, name: str, directory: Directory, factories: dict[str, Factory],
+    def __init__(self, name: str, directory: Directory, children: dict[str, Child],
                  left: threading.Event, failed: threading.Event,
-                 restarted: Callable[[str], None] | None = None) -> None:
+                 restarted: Callable[[str], None] | None = None,
+                 build: Callable[[ClusterConfig], dict[str, Child]] | None = None,
+                 reconfigured: Callable[[Reconfigured], None] | None = None) -> None:
         super().__init__(name, directory)
-        self.factories = factories
+        self.children = children
         #: told the name of each child started again, once it is in the directory
         self.restarted = restarted
+        #: the children of a new configuration (a :class:`Reconfigure`); None: refused
+        self.build = build
+        #: told what a reconfiguration did, once the new children are in the directory
+        self.reconfigured = reconfigured
         self.left = left
         self.failed = failed
         self.restarts: dict[str, list[float]] = {}
 
     def on_start(self) -> None:
-        for child, factory in self.factories.items():
-            self.directory.set(child, factory())
+        for name, child in self.children.items():
+            self.directory.set(name, child.start())
 
     def on_stop(self) -> None:
-        for child in reversed(list(self.factories)):
+        for child in reversed(list(self.children)):
             ref = self.directory.get(child)
             if ref is not None:
                 with contextlib.suppress(pykka.ActorDeadError, pykka.Timeout):
@@ -100,6 +135,8 @@ class NodeActor(VigilActor):
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, ChildFailed):
             self._restart(message)
+        elif isinstance(message, Reconfigure):
+            return self._reconfigure(message.config)
         elif isinstance(message, Control) and message.command == "left":
             self.left.set()
         return None
@@ -113,15 +150,72 @@ class NodeActor(VigilActor):
             self.failed.set()
             return
         self.restarts[failed.name] = [*history, now]
-        factory = self.factories.get(failed.name)
-        if factory is None:
+        child = self.children.get(failed.name)
+        if child is None:
             return
         log.warning("restarting actor %s after: %s", failed.name, failed.error)
-        self.directory.set(failed.name, factory())
-        for name in self.directory.names("group:"):
-            self.directory.tell(name, ChildRestarted(failed.name))
+        self.directory.set(failed.name, child.start())
+        self._started_again(failed.name)
         if self.restarted is not None:
             self.restarted(failed.name)
+
+    def _started_again(self, name: str) -> None:
+        """Tell those who work with ``name`` that it is a fresh actor that knows nothing."""
+        for group in self.directory.names("group:"):
+            self.directory.tell(group, ChildRestarted(name))
+        if name != "coordinator":
+            self.directory.tell("coordinator", ChildRestarted(name))
+
+    def _reconfigure(self, config: ClusterConfig) -> Reconfigured:
+        if self.build is None:
+            raise RuntimeError("this node cannot change its configuration while it runs")
+        new, old = self.build(config), self.children
+        # stopped in the reverse of their start order, started in the new order
+        gone = [n for n in reversed(old) if n not in new or new[n].inputs != old[n].inputs]
+        fresh = [n for n in new if n not in old or new[n].inputs != old[n].inputs]
+        dropped = self._stop_children(gone)
+        self.children = new
+        for name in gone:
+            self.restarts.pop(name, None)
+        for name in fresh:
+            self.directory.set(name, new[name].start())
+        replaced = [n for n in fresh if n in old]
+        for name in replaced:
+            self._started_again(name)
+        done = Reconfigured(started=tuple(n for n in fresh if n not in old),
+                            stopped=tuple(n for n in gone if n not in new),
+                            replaced=tuple(replaced), dropped=tuple(dropped))
+        log.info("reconfigured: %s", "; ".join(
+            f"{what} {', '.join(names)}" for what, names in (
+                ("started", done.started), ("stopped", done.stopped),
+                ("replaced", done.replaced), ("not stopped in time", done.dropped)) if names)
+            or "no actor changed")
+        if self.reconfigured is not None:
+            self.reconfigured(done)
+        return done
+
+    def _stop_children(self, names: Iterable[str]) -> list[str]:
+        """Stop the children ``names``, all at once, and take them out of the directory; the
+        names of those still running after :data:`CHILD_STOP_TIMEOUT` (left behind)."""
+        stopping: list[tuple[str, pykka.Future[Any]]] = []
+        for name in names:
+            ref = self.directory.get(name)
+            self.directory.remove(name)
+            if ref is not None:
+                with contextlib.suppress(pykka.ActorDeadError):
+                    stopping.append((name, ref.stop(block=False)))
+        deadline = time.monotonic() + CHILD_STOP_TIMEOUT
+        dropped = []
+        for name, future in stopping:
+            try:
+                future.get(timeout=max(0.0, deadline - time.monotonic()))
+            except pykka.Timeout:
+                log.error("actor %s did not stop within %gs; dropped (it may still run)",
+                          name, CHILD_STOP_TIMEOUT)
+                dropped.append(name)
+            except pykka.ActorDeadError:
+                pass
+        return dropped
 
 
 #: The runtimes started in this process and not stopped (for vigil.api's default runtime).
@@ -167,8 +261,19 @@ class NodeRuntime:
         self.executor: ThreadPoolExecutor | None = None
         self.ref: pykka.ActorRef[Any] | None = None
         self.nic_sources: NicSources | None = None
-        self.missing_types = frozenset(
-            r.type for r in config.resources.values() if r.type not in self.registry)
+        self.missing_types = self._missing_types(config)
+        #: the resources of the configuration that can run here (built by start())
+        self.catalog: Catalog | None = None
+        #: group -> its members in the catalog, for the guardian (swapped whole)
+        self._members: dict[str, list[Resource]] = {}
+        #: each resource's cgroup under the guardian (None: none, or no guardian)
+        self.cgroups: NodeCgroups | None = None
+        # made once by start(), for every configuration: the node's identity on the links
+        self.codec: Codec | None = None
+        self.sequencer: Sequencer | None = None
+        self.guard_link: GuardLink | None = None
+        self.carriers: dict[str, str] = {}  # link -> the NIC that holds its address here
+        self._nics_watched: tuple[list[str], NicsConfig] | None = None
 
     def read_config(self, wanted: str = "") -> StageConfig:
         """The configuration file read again and checked as at start (``wanted``: the digest
@@ -187,12 +292,14 @@ class NodeRuntime:
         if problems:
             return StageConfig(None, problem=f"{path} has problems:\n" + "\n".join(problems),
                                wanted=wanted)
-        return StageConfig(apply_type_defaults(new, self._type_defaults), frozenset(
-            r.type for r in new.resources.values() if r.type not in self.registry),
-            wanted=wanted)
+        return StageConfig(apply_type_defaults(new, self._type_defaults),
+                           self._missing_types(new), wanted=wanted)
 
     def _type_defaults(self, r: ResourceConfig) -> TypeDefaults | None:
         return self.registry.get(r.type).defaults() if r.type in self.registry else None
+
+    def _missing_types(self, config: ClusterConfig) -> frozenset[str]:
+        return frozenset(r.type for r in config.resources.values() if r.type not in self.registry)
 
     def start(self) -> NodeRuntime:
         cfg, node, d = self.config, self.node, self.directory
@@ -200,78 +307,165 @@ class NodeRuntime:
         prepare_runtime_dir(self.runtime_dir, access)  # the daemon's own, or UnsafePath
         self.executor = ThreadPoolExecutor(max_workers=max(4, 2 * len(cfg.resources)),
                                            thread_name_prefix=f"vigil-agent-{node}")
-        executor = self.executor
-        catalog = Catalog()
-        for rcfg in cfg.resources.values():
-            if rcfg.type in self.missing_types:
-                log.warning("resource %s: type %r is not installed on %s; its group %s "
-                            "cannot run here", rcfg.name, rcfg.type, node, rcfg.group)
-                continue
-            catalog.add(self.registry.get(rcfg.type).instantiate(rcfg, node, self.runtime_dir))
-        catalog.add_configured_dependencies()
+        if self.guard is not None:
+            self.cgroups = self._resource_cgroups()
+        catalog = self._catalog(cfg)
         ring = key_ring(self.key)
         self.mirrors = self._mirror_service(catalog, ring)
-        codec = Codec(cfg.name, ring[0], cfg.node_names, node, also_accept=ring[1:])
-        sequencer = Sequencer(node)
-        guard_link = (self._guard_link(catalog, sequencer.incarnation)
-                      if self.guard is not None else None)
-        factories: dict[str, Factory] = {}
-        from vigil.actors.alerts import AlertsActor
-
-        factories["notifier"] = lambda: NotifierActor.start(
-            "notifier", d, cfg.nodes[node].event_socket, access)
-        if cfg.alerts:
-            factories["alerts"] = lambda: AlertsActor.start("alerts", d, node, cfg.alerts)
-        for res in catalog:
-            factories[f"resource:{res.name}"] = partial(
-                ResourceActor.start, f"resource:{res.name}", d, res, executor)
-        graphs = member_graphs(cfg)
-        for group, gcfg in cfg.groups.items():
-            # the order the core and the simulator use (ties by name): one order everywhere
-            order = [r for r in graphs[group].start_order() if r in catalog]
-            dependents = {r: graphs[group].transitive_dependents(r) for r in gcfg.resources}
-            factories[f"group:{group}"] = partial(
-                GroupActor.start, f"group:{group}", d, group, order, dependents)
-        present = frozenset(r.name for r in catalog)
-        factories["diagnostics"] = lambda: DiagnosticsActor.start("diagnostics", d, cfg, present)
-        if cfg.fence_devices:  # runs the levels the core decides, monitors the devices
-            factories["fencer"] = lambda: FencerActor.start("fencer", d, cfg)
-        state_path = self.runtime_dir / "state.json"
+        self.codec = Codec(cfg.name, ring[0], cfg.node_names, node, also_accept=ring[1:])
+        self.sequencer = Sequencer(node)
+        if self.guard is not None:
+            self.guard_link = GuardLink(self.guard, self._holdings_of,
+                                        self.sequencer.incarnation)
         # link -> the interface that holds its address here (one netlink query)
-        carriers = link_nics(cfg, node) if self.watch_nics else {}
-        factories["coordinator"] = lambda: CoordinatorActor.start(
-            "coordinator", d, cfg, node, codec, sequencer, state_path, self.missing_types,
-            guard_link, carriers, self.read_config)
-        nics = watched_nics(cfg, carriers.values()) if self.watch_nics else []
-        rule = dampening(cfg.nics)
-        for nic in nics:
-            factories[f"nic:{nic}"] = partial(NicMonitorActor.start, f"nic:{nic}", d, nic, rule)
-        for link in cfg.nodes[node].links:
-            factory = self.link_factory(node, link.name)
-            factories[f"link:{link.name}"] = partial(
-                LinkActor.start, f"link:{link.name}", d, link.name, codec, factory)
-        mirrors = self.mirrors
-        factories["control"] = lambda: ControlActor.start(
-            "control", d, cfg.nodes[node].control_socket, access, mirrors)
-        self.ref = NodeActor.start("node", d, factories, self.left, self.failed,
-                                   self._restarted)
+        self.carriers = link_nics(cfg, node) if self.watch_nics else {}
+        self.ref = NodeActor.start("node", d, self._children(cfg, catalog), self.left,
+                                   self.failed, self._restarted, self._rebuild,
+                                   self._reconfigured)
         d.set("node", self.ref)
         # on_start runs on the actor's thread: wait until every child is in the directory
         self.ref.ask(Control("ready"), timeout=30.0)
-        # ... and until the local sockets are bound (in those actors' on_start): an ask is
-        # answered only after on_start, so callers may use the sockets once start() returns.
-        for name in ("control", "notifier"):
-            ref = d.get(name)
-            if ref is not None:
-                ref.ask(Control("ping"), timeout=30.0)
+        self._wait_for_sockets()
         # the kernel's word on the NICs, once their monitors are there to hear it
-        self.nic_sources = NicSources(d, nics, cfg.nics)
-        self.nic_sources.start()
+        self._watch_nics()
         if self.mirrors is not None:  # its first reports go to the coordinator, there now
             self.mirrors.start()
         with _running_lock:
             _running.add(self)
         return self
+
+    def reconfigure(self, config: ClusterConfig, timeout: float = 60.0) -> Reconfigured:
+        """Run ``config`` from now on: the node actor replaces the child actors whose inputs
+        changed and leaves the others running (:class:`Reconfigure`). The coordinator's core
+        takes the configuration through the transition protocol, not from here."""
+        if self.ref is None:
+            raise RuntimeError(f"node {self.node} is not running")
+        return cast(Reconfigured, self.ref.ask(Reconfigure(config), timeout=timeout))
+
+    def _rebuild(self, config: ClusterConfig) -> dict[str, Child]:
+        """The children of ``config`` (on the node actor's thread, at a reconfiguration)."""
+        config = apply_type_defaults(config, self._type_defaults)  # as at start; idempotent
+        catalog = self._catalog(config)
+        children = self._children(config, catalog)
+        self.config = config
+        return children
+
+    def _reconfigured(self, done: Reconfigured) -> None:
+        self._wait_for_sockets()
+        self._watch_nics()
+
+    def _wait_for_sockets(self) -> None:
+        """Return once the local sockets are bound (in their actors' on_start): an ask is
+        answered only after on_start, so callers may use the sockets once start() (or a
+        reconfiguration) returns."""
+        for name in ("control", "notifier"):
+            ref = self.directory.get(name)
+            if ref is not None:
+                ref.ask(Control("ping"), timeout=30.0)
+
+    def _children(self, cfg: ClusterConfig, catalog: Catalog) -> dict[str, Child]:
+        """The node's child actors for ``cfg``, in the order they start, each with what it
+        is started with. The coordinator and the links are never replaced: the coordinator
+        takes a new configuration through its core, and the links cannot change live."""
+        node, d, executor = self.node, self.directory, self.executor
+        codec, sequencer, guard_link, carriers = (self.codec, self.sequencer, self.guard_link,
+                                                  self.carriers)
+        assert executor is not None and codec is not None and sequencer is not None
+        access = Access(cfg.admin_group, cfg.status_group)
+        here = cfg.nodes[node]
+        children: dict[str, Child] = {}
+        from vigil.actors.alerts import AlertsActor
+
+        children["notifier"] = Child(lambda: NotifierActor.start(
+            "notifier", d, here.event_socket, access), (here.event_socket, access))
+        if cfg.alerts:
+            children["alerts"] = Child(
+                lambda: AlertsActor.start("alerts", d, node, cfg.alerts), cfg.alerts)
+        for res in catalog:  # the same Resource while its configuration is the same
+            children[f"resource:{res.name}"] = Child(partial(
+                ResourceActor.start, f"resource:{res.name}", d, res, executor), res)
+        graphs = member_graphs(cfg)
+        for group, gcfg in cfg.groups.items():
+            # the order the core and the simulator use (ties by name): one order everywhere
+            order = [r for r in graphs[group].start_order() if r in catalog]
+            dependents = {r: graphs[group].transitive_dependents(r) for r in gcfg.resources}
+            children[f"group:{group}"] = Child(partial(
+                GroupActor.start, f"group:{group}", d, group, order, dependents),
+                (order, dependents))
+        present = frozenset(r.name for r in catalog)
+        children["diagnostics"] = Child(
+            lambda: DiagnosticsActor.start("diagnostics", d, cfg, present),
+            (present, {r: (c.group, c.monitor, c.on_fail) for r, c in cfg.resources.items()},
+             {g: c.resources for g, c in cfg.groups.items()}))
+        if cfg.fence_devices:  # runs the levels the core decides, monitors the devices
+            children["fencer"] = Child(lambda: FencerActor.start("fencer", d, cfg),
+                                       (cfg.fence_devices, cfg.node_names))
+        state_path = self.runtime_dir / "state.json"
+        missing = self.missing_types
+        children["coordinator"] = Child(lambda: CoordinatorActor.start(
+            "coordinator", d, cfg, node, codec, sequencer, state_path, missing, guard_link,
+            carriers, self.read_config))
+        rule = dampening(cfg.nics)
+        for nic in self._watched_nics(cfg):
+            children[f"nic:{nic}"] = Child(
+                partial(NicMonitorActor.start, f"nic:{nic}", d, nic, rule), rule)
+        for link in here.links:
+            factory = self.link_factory(node, link.name)
+            children[f"link:{link.name}"] = Child(partial(
+                LinkActor.start, f"link:{link.name}", d, link.name, codec, factory))
+        children["control"] = Child(lambda: ControlActor.start(
+            "control", d, here.control_socket, access, self.mirrors),
+            (here.control_socket, access))
+        return children
+
+    def _catalog(self, cfg: ClusterConfig) -> Catalog:
+        """The resources of ``cfg`` that can run here (their type is installed); one whose
+        configuration is the same as in the last catalog is the same object (its actor keeps
+        running with it). Made the runtime's catalog."""
+        previous = self.catalog
+        kept = {r.name for r in previous or () if cfg.resources.get(r.name) == r.config}
+        missing = self._missing_types(cfg)
+        fresh: dict[str, Resource] = {}
+        for rcfg in cfg.resources.values():  # all made before anything changes
+            if rcfg.type in missing:
+                log.warning("resource %s: type %r is not installed on %s; its group %s "
+                            "cannot run here", rcfg.name, rcfg.type, self.node, rcfg.group)
+            elif rcfg.name not in kept:
+                fresh[rcfg.name] = self.registry.get(rcfg.type).instantiate(
+                    rcfg, self.node, self.runtime_dir)
+        catalog = Catalog()
+        for name in cfg.resources:
+            if previous is not None and name in kept:
+                catalog.add(previous.remove(name))
+            elif name in fresh:
+                res = fresh[name]
+                if self.cgroups is not None:
+                    res.cgroups = self.cgroups  # what it starts goes into a cgroup of its own
+                if isinstance(res, MirrorResource):
+                    res.service = self.mirrors  # None at start: _mirror_service sets it
+                catalog.add(res)
+        catalog.add_configured_dependencies()
+        self.missing_types = missing
+        self.catalog = catalog
+        self._members = {g: [catalog.find_resource(r) for r in c.resources if r in catalog]
+                         for g, c in cfg.groups.items()}
+        return catalog
+
+    def _watched_nics(self, cfg: ClusterConfig) -> list[str]:
+        return watched_nics(cfg, self.carriers.values()) if self.watch_nics else []
+
+    def _watch_nics(self) -> None:
+        """Feed the NIC monitors of the current configuration what the kernel and the probes
+        say (anew when the NICs watched or how changed)."""
+        cfg = self.config
+        watched = (self._watched_nics(cfg), cfg.nics)
+        if self._nics_watched == watched:
+            return
+        if self.nic_sources is not None:
+            self.nic_sources.close()
+        self._nics_watched = watched
+        self.nic_sources = NicSources(self.directory, *watched)
+        self.nic_sources.start()
 
     def _restarted(self, child: str) -> None:
         """A child actor was started again: a new coordinator has lost what the mirror
@@ -296,23 +490,19 @@ class NodeRuntime:
             resource.service = service
         return service
 
-    def _guard_link(self, catalog: Catalog, incarnation: int) -> GuardLink:
-        assert self.guard is not None
+    def _resource_cgroups(self) -> NodeCgroups | None:
         cgroups = NodeCgroups(self.node, cluster=self.config.name)
         problem = cgroups.problem()
-        if problem is None:
-            for res in catalog:
-                res.cgroups = cgroups  # what they start goes into a cgroup of their own
-        else:
+        if problem is not None:
             log.warning("no cgroups for the resources of %s (%s): the guardian kills their "
                         "process groups only", self.node, problem)
-        members = {g: [catalog.find_resource(r) for r in c.resources if r in catalog]
-                   for g, c in self.config.groups.items()}
+            return None
+        return cgroups
 
-        def holdings_of(groups: Iterable[str]) -> Holdings:
-            return Holdings.of(res.holding() for g in sorted(groups) for res in members[g])
-
-        return GuardLink(self.guard, holdings_of, incarnation)
+    def _holdings_of(self, groups: Iterable[str]) -> Holdings:
+        """What ``groups`` hold here, by the members the current configuration gives them."""
+        members = self._members
+        return Holdings.of(res.holding() for g in sorted(groups) for res in members.get(g, ()))
 
     def coordinator(self) -> pykka.ActorRef[Any]:
         ref = self.directory.get("coordinator")

@@ -645,6 +645,10 @@ from vigil.cli.mount import mount_command  # noqa: E402
 
 cli.add_command(mount_command)
 
+from vigil.cli.config_cmds import config_diff_command  # noqa: E402
+
+config.add_command(config_diff_command(config_option, node_option, _ask_node))
+
 
 if __name__ == "__main__":
     main()

@@ -652,6 +652,18 @@ class Catalog:
             self._depends_on[resource.name] = []
             resource._catalog = self
 
+    def remove(self, name: str) -> Resource:
+        """Take the resource ``name`` out (and every dependency on it); it may then be added to
+        another catalog. :class:`UnknownResource` if there is none."""
+        with self._lock:
+            resource = self.find_resource(name)
+            del self._resources[name], self._depends_on[name]
+            for targets in self._depends_on.values():
+                if name in targets:
+                    targets.remove(name)
+            resource._catalog = None
+            return resource
+
     def add_configured_dependencies(self) -> None:
         """Call :meth:`dependson` for every ``depends_on`` in the resources' configurations.
 
