@@ -68,7 +68,7 @@ def pid_of(args: str) -> int | None:
 
 def running(d: Daemons, via: str, *groups: str) -> bool:
     st = d.status(via)
-    return st is not None and st["transition"] is None and all(
+    return st is not None and (st["transition"] or {}).get("phase", "done") == "done" and all(
         g in st["groups"] and st["groups"][g]["state"] == "running" for g in groups)
 
 
@@ -129,10 +129,19 @@ def test_what_cannot_change_live_is_refused_and_a_broken_file_is_named(
     out = daemons.vigil("config", "reload", "-c", str(daemons.config), "--via", "alpha")
     assert out.returncode == 1, out.stdout + out.stderr
     assert "fence_margin shortened" in out.stderr and "start them all" in out.stderr
-    daemons.config.write_text(good.replace('type = "dummy"', 'type = "dummmy"', 1))
+    daemons.config.write_text(good.replace('stop_timeout = "1s"', 'stop_timeout = "soon"', 1))
     out = daemons.vigil("config", "reload", "-c", str(daemons.config), "--via", "alpha")
-    assert out.returncode == 1 and "dummmy" in out.stderr, out.stdout + out.stderr
+    assert out.returncode == 2, out.stdout + out.stderr  # the command's own file is broken
+    assert "resources.web-state.stop_timeout" in out.stderr and "soon" in out.stderr
+    # asked with a good file, the daemon reads its own (broken) one and says what is wrong
+    copy = daemons.tmp / "good.toml"
+    copy.write_text(good)
+    out = daemons.vigil("config", "reload", "-c", str(copy), "--via", "alpha")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "resources.web-state.stop_timeout" in out.stderr and "soon" in out.stderr, \
+        out.stderr
     # nothing changed meanwhile
+    daemons.config.write_text(good)
     st = daemons.status("beta")
     assert st is not None and all(c["staged"] == "" for c in st["configs"].values())
 

@@ -365,10 +365,14 @@ class CoordinatorActor(VigilActor):
             # the core said why (refusals) in its last decision
             why = core.decisions[-1][1] if core.decisions else "refused"
             return _error(why)
+        missing = sorted(staged.missing_types)
+        warn = (f"; warning: resource type {', '.join(missing)} is not installed on "
+                f"{self.node}: what uses it cannot run here (`vigil config check` names the "
+                "types this machine knows)" if missing else "")
         return {"ok": True, "digest": new.digest, "message": (
             f"configuration {new.digest[:12]} staged here and asked of every node; the "
             "cluster switches to it in one transition once every node has staged it "
-            "(`vigil status` shows its progress)")}
+            f"(`vigil status` shows its progress){warn}")}
 
     # ---- manual requests ----------------------------------------------------------------
 

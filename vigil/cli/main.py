@@ -553,7 +553,8 @@ def config_reload(config_path: str, via: str | None, wait: float | None) -> None
     while time.monotonic() < deadline:
         status = _status(config_path, via)
         mine = status.configs.get(status.node)
-        if mine is not None and mine.digest == target and status.transition is None:
+        settled = status.transition is None or status.transition.phase == "done"
+        if mine is not None and mine.digest == target and settled:
             behind = sorted(n for n, c in status.configs.items() if c.digest != target)
             if not behind:
                 click.echo(f"every node runs configuration {target[:12]} (epoch "
