@@ -58,7 +58,7 @@ def test_a_changed_file_shows_every_difference_and_exits_1(running: Path,
     changed.write_text(text + DB)
     code, out, _ = diff("-c", str(running), "-n", "alpha", str(changed))
     assert code == 1, out
-    assert out.splitlines() == [
+    assert out.splitlines()[:5] == [
         "+ groups.db (new)",
         "+ resources.db-data (new)",
         '~ resources.web-ip.params.start_delay: "0.05s" -> "0.1s"',
@@ -66,6 +66,15 @@ def test_a_changed_file_shows_every_difference_and_exits_1(running: Path,
         f"4 differences between what node alpha runs (digest "
         f"{loads(running.read_text(), running).digest[:12]}) and {changed} (digest "
         f"{loads(changed.read_text(), changed).digest[:12]})"]
+    # a shorter heartbeat shortens the lease it derives: not live, and what to do instead
+    assert out.splitlines()[5] == "cannot be applied live:"
+    assert "timing.lease_time shortened" in out and "start them all with the new file" in out
+    live = tmp_path / "live.toml"
+    live.write_text(running.read_text() + DB)
+    code, out, _ = diff("-c", str(running), "-n", "alpha", str(live))
+    assert code == 1
+    assert out.splitlines()[-1] == ("applies live with `vigil config reload` once the file "
+                                    "is on every node (adds db)")
     code, out, _ = diff("-c", str(running), "-n", "alpha", "--json", str(changed))
     assert code == 1
     assert json.loads(out)[0] == {"path": "groups.db", "kind": "added",

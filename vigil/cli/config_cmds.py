@@ -19,7 +19,9 @@ from typing import Any, NoReturn
 
 import click
 
-from vigil.config import ClusterConfig, ConfigError, load
+from vigil.cluster.reconfig import refusals
+from vigil.cluster.reconfig import summary as reconfig_summary
+from vigil.config import ClusterConfig, ConfigError, from_dict, load
 from vigil.config_diff import Difference, differences, json_safe
 
 # The same as vigil.cli.main's (not imported: main imports this module).
@@ -87,9 +89,25 @@ def config_diff_command(config_option: Decorator, node_option: Decorator,
                 click.echo(d.render())
             click.echo(summary(diffs, name, str(answer.get("digest", "")), path,
                                proposed.digest))
+            if diffs:
+                click.echo(live_check(answer, proposed))
         sys.exit(EXIT_DIFFERENT if diffs else EXIT_SAME)
 
     return config_diff
+
+
+def live_check(answer: dict[str, Any], proposed: ClusterConfig) -> str:
+    """Whether `vigil config reload` can apply the change without stopping the cluster, and
+    what it stops; what to do instead when it cannot."""
+    try:
+        running = from_dict(answer["document"], str(answer.get("path", "<running>")))
+    except ConfigError:  # a daemon of another version: the refusals cannot be judged here
+        return "(whether it applies live: `vigil config reload` says)"
+    refused = refusals(running, proposed)
+    if refused:
+        return "cannot be applied live:\n  " + "\n  ".join(refused)
+    return (f"applies live with `vigil config reload` once the file is on every node "
+            f"({reconfig_summary(running, proposed)})")
 
 
 def summary(diffs: list[Difference], node: str, running: str, path: str, digest: str) -> str:
