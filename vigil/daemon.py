@@ -24,6 +24,7 @@ from vigil.local.access import Access, prepare_runtime_dir
 from vigil.local.rundir import AlreadyRunning, NodeLock, UnsafePath
 from vigil.resources import proc
 from vigil.resources.registry import default_registry
+from vigil.sdnotify import SdNotify, SystemdReporter, watchdog_time
 from vigil.transports.zmq_link import descriptors_needed, zmq_links
 
 log = logging.getLogger("vigil.daemon")
@@ -169,13 +170,18 @@ def run(config_path: str, node: str | None) -> int:
         print(f"vigil: refusing to start:\n{problem}", file=sys.stderr)
         return 2
     log.info("node %s may hold %d open files", name, files)
+    reporter = SystemdReporter(SdNotify.from_environment(unset=True),
+                               watchdog_time(unset=True)).start()
     try:
-        return _run(cfg, key, name)
+        return _run(cfg, key, name, reporter)
     finally:
+        reporter.close()
         lock.release()
 
 
-def _run(cfg: ClusterConfig, key: bytes, name: str) -> int:
+def _run(cfg: ClusterConfig, key: bytes, name: str,
+         reporter: SystemdReporter | None = None) -> int:
+    reporter = reporter or SystemdReporter(SdNotify(None), None)
     registry = default_registry()
     raise_priority(name)
     guard = None
@@ -208,6 +214,7 @@ def _run(cfg: ClusterConfig, key: bytes, name: str) -> int:
         return 1
     log.info("node %s of cluster %s running (config %s, digest %s)", name, cfg.name,
              cfg.path, cfg.digest[:12])
+    reporter.attach(lambda timeout: runtime.status(timeout=timeout))
     while not stop.wait(0.1):
         if runtime.left.is_set():
             # it left by itself: its guardian is gone (the coordinator said why)
@@ -227,6 +234,7 @@ def _run(cfg: ClusterConfig, key: bytes, name: str) -> int:
     limit = stop_bound(cfg) + 2 * cfg.timing.step_timeout
     log.info("leaving the cluster: stopping groups here (at most %.1fs; signal again to "
              "exit at once)", limit)
+    reporter.leaving()
     exit_by(limit + STOP_GRACE, name, "the signal")
     stop.clear()
     left = False

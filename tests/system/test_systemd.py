@@ -1,0 +1,130 @@
+"""System: real `vigil node run` daemons as systemd sees them: the notifications on a fake
+``$NOTIFY_SOCKET`` (a unix datagram socket the test binds, as systemd does), and log lines
+with syslog priorities when stderr is journald's stream (``$JOURNAL_STREAM``)."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import os
+import re
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.cluster_harness import wait_for
+from tests.support.daemons import Daemons, daemons_in, settled
+
+
+class FakeSystemd:
+    """What systemd's notify socket receives: (monotonic time, {key: value}) per datagram."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(b"\0" + address[1:].encode() if address.startswith("@") else address)
+        self.sock.settimeout(0.2)
+        self.received: list[tuple[float, dict[str, str]]] = []
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._receive, daemon=True)
+        self.thread.start()
+
+    def _receive(self) -> None:
+        while not self.done.is_set():
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines())
+            with self.lock:
+                self.received.append((time.monotonic(), fields))
+
+    def close(self) -> None:
+        self.done.set()
+        self.thread.join(5)
+        self.sock.close()
+
+    def values(self, key: str) -> list[tuple[float, str]]:
+        with self.lock:
+            return [(t, f[key]) for t, f in self.received if key in f]
+
+    def first(self, key: str) -> float | None:
+        found = self.values(key)
+        return found[0][0] if found else None
+
+
+@pytest.fixture
+def daemons(tmp_path: Path) -> Iterator[Daemons]:
+    yield from daemons_in(tmp_path)
+
+
+def test_systemd_hears_ready_once_the_cluster_formed_status_lines_and_the_watchdog(
+        daemons: Daemons) -> None:
+    # one socket in the file system, one in the abstract namespace, as systemd may give either
+    alpha = FakeSystemd(str(daemons.tmp / "notify-alpha"))
+    beta = FakeSystemd(f"@vigil-test-notify-{os.getpid()}-beta")
+    try:
+        watchdog = {"WATCHDOG_USEC": "2000000"}
+        daemons.start("alpha", {"NOTIFY_SOCKET": alpha.address, **watchdog,
+                                "WATCHDOG_PID": "1"})  # meant for another process: no petting
+        wait_for(lambda: any(v.startswith("waiting for peers")
+                             for _, v in alpha.values("STATUS")), 30, "alpha waiting for peers")
+        # alone (1 of 3 votes), alpha is not ready: units after it wait for the cluster
+        assert alpha.first("READY") is None
+        waiting = [v for _, v in alpha.values("STATUS") if v.startswith("waiting")][-1]
+        assert waiting == ("waiting for peers: 1/3 nodes online, quorum 1 of 3 votes, "
+                           "need 2"), waiting
+        daemons.start("beta", {"NOTIFY_SOCKET": beta.address, **watchdog})
+        settled_epoch = settled(daemons, holder="alpha")
+
+        for fake in (alpha, beta):
+            wait_for(functools.partial(fake.first, "READY"), 10, "READY=1")
+            ready = fake.first("READY")
+            assert ready is not None
+            # READY=1 comes with or after the first quorate status line, never before
+            quorate = [t for t, v in fake.values("STATUS") if v.startswith("quorate")]
+            assert quorate and quorate[0] <= ready
+            assert len(fake.values("READY")) == 1
+        # the status line names the epoch and where the group runs
+        wait_for(lambda: alpha.values("STATUS")[-1][1] ==
+                 f"quorate, 2/3 nodes, epoch {settled_epoch}; here: web", 10,
+                 "alpha's status line with web")
+        wait_for(lambda: beta.values("STATUS")[-1][1].endswith("; here: nothing"), 10,
+                 "beta's status line")
+
+        # the watchdog: petted at least every second (half of WATCHDOG_USEC) by beta, never
+        # by alpha (WATCHDOG_PID names another process)
+        start = time.monotonic()
+        wait_for(lambda: time.monotonic() - start > 3.0, 5, "three seconds")
+        pets = [t for t, _ in beta.values("WATCHDOG") if t >= start - 1.0]
+        assert len(pets) >= 3, pets
+        gaps = [b - a for a, b in itertools.pairwise(pets)]
+        assert max(gaps) < 2.0, gaps
+        assert alpha.values("WATCHDOG") == []
+
+        daemons.procs["beta"].send_signal(signal.SIGTERM)
+        assert daemons.procs["beta"].wait(30) == 0
+        assert beta.values("STOPPING") and beta.values("STATUS")[-1][1] == \
+            "leaving: stopping groups"
+        wait_for(lambda: alpha.values("STATUS")[-1][1].startswith("waiting for peers"), 20,
+                 "alpha waiting again once beta left")
+    finally:
+        alpha.close()
+        beta.close()
+
+
+def test_without_notify_socket_nothing_changes(daemons: Daemons) -> None:
+    """A daemon started by hand: no variable, no notification, the log as before."""
+    daemons.start("alpha")
+    daemons.start("beta")
+    settled(daemons, holder="alpha")
+    log = daemons.log("alpha")
+    assert "systemd" not in log
+    assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO    \[alpha\] vigil\.daemon: ",
+                     log, re.MULTILINE), log[:2000]
