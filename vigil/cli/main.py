@@ -596,6 +596,10 @@ from vigil.cli.mount import mount_command  # noqa: E402
 
 cli.add_command(mount_command)
 
+from vigil.cli.ops import units_command  # noqa: E402
+
+cli.add_command(units_command)
+
 
 if __name__ == "__main__":
     main()
