@@ -20,6 +20,7 @@ from vigil.actors.node import NodeRuntime
 from vigil.cluster.placement import stop_bound
 from vigil.config import ClusterConfig, ConfigError, UnknownNode, load, load_key, resolve_node
 from vigil.guard.client import GuardClient
+from vigil.journal import configure
 from vigil.local.access import Access, prepare_runtime_dir
 from vigil.local.rundir import AlreadyRunning, NodeLock, UnsafePath
 from vigil.resources import proc
@@ -262,10 +263,6 @@ def _run(cfg: ClusterConfig, key: bytes, name: str,
 
 
 def configure_logging(level: str, node: str | None) -> None:
-    tag = f" [{node}]" if node else ""
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
-                        format=f"%(asctime)s %(levelname)-7s{tag} %(name)s: %(message)s")
-    # Libraries' debug output (every netlink message) drowns the daemon's own: --log-level
-    # debug is for Vigil's decisions.
-    for noisy in ("pyroute2", "asyncio"):
-        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
+    """Lines on stderr, or journald entries with priorities and fields under systemd
+    (:mod:`vigil.journal`)."""
+    configure(level, f"[{node}]" if node else "", node)

@@ -128,3 +128,83 @@ def test_without_notify_socket_nothing_changes(daemons: Daemons) -> None:
     assert "systemd" not in log
     assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO    \[alpha\] vigil\.daemon: ",
                      log, re.MULTILINE), log[:2000]
+
+
+def journal_entry(data: bytes) -> dict[str, str]:
+    """One datagram of journald's native protocol: ``KEY=value`` lines, or ``KEY``, a
+    little-endian 64-bit length and the value for values with newlines."""
+    fields, i = {}, 0
+    while i < len(data):
+        end = data.index(b"\n", i)
+        line = data[i:end]
+        if b"=" in line:
+            key, _, value = line.partition(b"=")
+            i = end + 1
+        else:
+            key, size = line, int.from_bytes(data[end + 1:end + 9], "little")
+            value, i = data[end + 9:end + 9 + size], end + 9 + size + 1
+        fields[key.decode()] = value.decode()
+    return fields
+
+
+def test_journald_sees_priorities_and_fields(daemons: Daemons) -> None:
+    """alpha's stderr is journald's stream without the native socket: ``<N>`` prefixes;
+    beta's has the native socket (a fake one): entries with PRIORITY, NODE, GROUP, EPOCH,
+    KIND. ``journalctl -p err`` would see alpha's failed resource, ``-p warning`` beta
+    losing its quorum."""
+    from tests.system.test_daemons import app_pid
+
+    def stream_of(node: str) -> dict[str, str]:
+        log = daemons.tmp / f"{node}.log"
+        log.touch()
+        st = log.stat()
+        return {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+
+    journal = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    journal.bind(str(daemons.tmp / "journal"))
+    journal.settimeout(0.1)
+    entries: list[dict[str, str]] = []
+
+    def receive() -> list[dict[str, str]]:
+        try:
+            while True:
+                entries.append(journal_entry(journal.recv(65536)))
+        except TimeoutError:
+            return entries
+
+    try:
+        daemons.start("alpha", {**stream_of("alpha"),
+                                "VIGIL_JOURNAL_SOCKET": str(daemons.tmp / "none")})
+        daemons.start("beta", {**stream_of("beta"),
+                               "VIGIL_JOURNAL_SOCKET": str(daemons.tmp / "journal")})
+        settled(daemons, holder="alpha")
+        app = wait_for(lambda: app_pid(daemons, "alpha"), 10, "web-app on alpha")
+        os.kill(app, signal.SIGKILL)
+        wait_for(lambda: "web-app FAILED" in daemons.log("alpha"), 20, "the failure logged")
+        lines = daemons.log("alpha").splitlines()
+        assert lines and all(re.match(r"<[2-7]>", line) for line in lines), lines[:5]
+        assert any(re.match(r"<3>ERROR \[alpha\] vigil\.events: resource_state_changed: "
+                            r"web-app FAILED on alpha", line) for line in lines), lines
+        assert any(line.startswith("<6>INFO [alpha] vigil.daemon: node alpha of cluster sys "
+                                   "running") for line in lines)
+
+        def transition() -> dict[str, str] | None:
+            return next((e for e in receive() if e.get("KIND") == "transition_completed"),
+                        None)
+
+        done = wait_for(transition, 20, "beta's transition_completed entry")
+        assert done["PRIORITY"] == "6" and done["NODE"] == "beta" and done["EPOCH"]
+        assert done["SYSLOG_IDENTIFIER"] == "vigil" and done["LOGGER"] == "vigil.events"
+        assert done["MESSAGE"].startswith("INFO [beta] vigil.events: transition_completed: ")
+
+        receive()
+        entries.clear()
+        daemons.procs["alpha"].send_signal(signal.SIGKILL)
+        daemons.procs["alpha"].wait(10)
+        lost = wait_for(lambda: next((e for e in receive() if e.get("KIND") == "quorum_lost"),
+                                     None), 20, "beta's quorum_lost entry")
+        assert lost["PRIORITY"] == "4" and lost["NODE"] == "beta", lost
+        # the native entries replace the stream: nothing of beta's log went to its stderr
+        assert "vigil.events" not in daemons.log("beta")
+    finally:
+        journal.close()

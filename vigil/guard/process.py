@@ -61,6 +61,7 @@ from vigil.guard.protocol import (
     decode,
     encode,
 )
+from vigil.journal import configure
 from vigil.local.access import peer_of, socket_in_use
 from vigil.local.rundir import prepare_runtime_dir
 
@@ -543,11 +544,7 @@ class Guardian:
 
 
 def configure_logging(level: str, node: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
-                        format=f"%(asctime)s %(levelname)-7s [{node} guardian] %(name)s: "
-                        "%(message)s")
-    for noisy in ("pyroute2", "asyncio"):  # every netlink message, the event loop's set-up
-        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
+    configure(level, f"[{node} guardian]", node, identifier="vigil-guard")
 
 
 def run(settings: GuardSettings, announcer: Announcer | None = None) -> int:
