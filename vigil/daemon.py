@@ -216,6 +216,7 @@ def _run(cfg: ClusterConfig, key: bytes, name: str,
     log.info("node %s of cluster %s running (config %s, digest %s)", name, cfg.name,
              cfg.path, cfg.digest[:12])
     reporter.attach(lambda timeout: runtime.status(timeout=timeout))
+    serve_metrics(cfg, name, runtime)
     while not stop.wait(0.1):
         if runtime.left.is_set():
             # it left by itself: its guardian is gone (the coordinator said why)
@@ -260,6 +261,23 @@ def _run(cfg: ClusterConfig, key: bytes, name: str,
     context.term()
     log.info("node %s stopped", name)
     return 0 if left else 1
+
+
+def serve_metrics(cfg: ClusterConfig, name: str, runtime: NodeRuntime) -> None:
+    """The node's Prometheus endpoint, when configured; one that cannot be bound is logged
+    and the node runs on without it (its groups matter more than their metrics)."""
+    address = cfg.nodes[name].metrics
+    if address is None:
+        return
+    from vigil.metrics import MetricsServer  # prometheus_client only where metrics are on
+
+    server = MetricsServer(address, lambda timeout: runtime.status(timeout=timeout),
+                           cfg.timing.heartbeat_interval)
+    try:
+        server.start(runtime.subscribe)
+    except OSError as exc:
+        log.error("node %s: cannot serve metrics on %s (%s); fix [metrics] listen or "
+                  "[nodes.%s] metrics in %s", name, server.url_host, exc, name, cfg.path)
 
 
 def configure_logging(level: str, node: str | None) -> None:
