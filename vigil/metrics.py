@@ -18,7 +18,13 @@ from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 import pykka
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    start_http_server,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -206,6 +212,9 @@ class MetricsServer:
     def __init__(self, address: tuple[str, int], status: Callable[[float], ClusterStatus],
                  heartbeat_interval: float) -> None:
         self.address = address
+        # the *_created series (a timestamp per counter) say nothing a daemon's start time
+        # does not: half the output, no information
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry()
         self.registry.register(StatusCollector(status, heartbeat_interval))
         self.events = EventMetrics(self.registry)
