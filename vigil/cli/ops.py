@@ -15,6 +15,10 @@ import click
 
 __all__ = ["UNITS", "render_unit", "units_command", "vigil_command"]
 
+# vigil.cli.main's (not imported: main imports this module at its end)
+EXIT_REFUSED = 1
+DEFAULT_CONFIG = "/etc/vigil/cluster.toml"
+
 #: the units shipped with the package, in the order they are printed
 UNITS = ("vigil.service", "vigil-guard.service", "vigil-ha.service")
 SYSTEM_UNIT_DIR = Path("/etc/systemd/system")
@@ -62,10 +66,7 @@ def units_command(config_path: str | None, install: bool, directory: str | None)
     """Print or install the systemd units (vigil, vigil-guard, vigil-ha) with the absolute
     path of this installation's vigil. After --install: `systemctl daemon-reload`, then
     `systemctl enable --now vigil` (docs/operations.md, "systemd")."""
-    # imported here: vigil.cli.main imports this module at its end
-    from vigil.cli.main import DEFAULT_CONFIG, EXIT_REFUSED
-
-    config_path = config_path or DEFAULT_CONFIG
+    config_path = config_path or os.environ.get("VIGIL_CONFIG", DEFAULT_CONFIG)
     rendered = {name: render_unit(name, config_path) for name in UNITS}
     if directory is None and not install:
         for name, text in rendered.items():
