@@ -16,6 +16,7 @@ from types import FrameType
 
 import zmq
 
+from vigil.actors.messages import GetStatus
 from vigil.actors.node import NodeRuntime
 from vigil.cluster.placement import stop_bound
 from vigil.config import ClusterConfig, ConfigError, UnknownNode, load, load_key, resolve_node
@@ -215,7 +216,7 @@ def _run(cfg: ClusterConfig, key: bytes, name: str,
         return 1
     log.info("node %s of cluster %s running (config %s, digest %s)", name, cfg.name,
              cfg.path, cfg.digest[:12])
-    reporter.attach(lambda timeout: runtime.status(timeout=timeout))
+    reporter.attach(lambda: runtime.coordinator().ask(GetStatus(), block=False))
     serve_metrics(cfg, name, runtime)
     while not stop.wait(0.1):
         if runtime.left.is_set():

@@ -29,6 +29,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, MutableMapping
+from typing import Any, Protocol
 
 from vigil.status import ClusterStatus
 
@@ -139,11 +140,18 @@ def status_line(st: ClusterStatus) -> str:
     return line
 
 
+class Answer(Protocol):
+    """A reply to come (a Pykka future): ``get`` raises on a timeout or a dead actor."""
+
+    def get(self, *, timeout: float | None = None) -> Any: ...
+
+
 class SystemdReporter:
     """A thread that tells systemd how the node is (see the module's docstring). ``probe``
-    asks the node's coordinator for its status within a timeout (raising on none); until
-    :meth:`attach` gives one, the node is starting: the watchdog is petted, since starting
-    is bounded by its own timeouts."""
+    asks the node's coordinator for its status (:class:`Answer`); a question not answered in
+    time is waited for again at the next round, not asked again, so that a slow coordinator
+    does not find a queue of them. Until :meth:`attach` gives a probe, the node is starting:
+    the watchdog is petted, since starting is bounded by its own timeouts."""
 
     def __init__(self, notify: SdNotify, watchdog: float | None, *,
                  interval: float = 1.0) -> None:
@@ -153,7 +161,8 @@ class SystemdReporter:
         self.interval = interval if watchdog is None else min(interval, watchdog / 4)
         #: how long an answer may take before the actors count as stuck
         self.timeout = 5.0 if watchdog is None else min(5.0, watchdog / 4)
-        self._probe: Callable[[float], ClusterStatus] | None = None
+        self._probe: Callable[[], Answer] | None = None
+        self._pending: Answer | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_pet = -float("inf")
@@ -175,7 +184,7 @@ class SystemdReporter:
             self._thread.start()
         return self
 
-    def attach(self, probe: Callable[[float], ClusterStatus]) -> None:
+    def attach(self, probe: Callable[[], Answer]) -> None:
         self._probe = probe
 
     def leaving(self, why: str = "leaving: stopping groups") -> None:
@@ -212,8 +221,13 @@ class SystemdReporter:
             self._pet_when_due()
             return
         try:
-            st = probe(self.timeout)
+            if self._pending is None:
+                self._pending = probe()
+            st: ClusterStatus = self._pending.get(timeout=self.timeout)
+            self._pending = None
         except Exception as exc:  # a timeout, a dead actor: the node does not answer
+            if not _is_timeout(exc):
+                self._pending = None
             if not self._stuck:
                 log.warning("the node's coordinator did not answer within %.1fs (%s): the "
                             "systemd watchdog is not petted while it does not", self.timeout,
@@ -238,3 +252,7 @@ class SystemdReporter:
                 time.monotonic() - self._last_pet >= self.watchdog / 2 - self.interval:
             self._pet()
 
+
+def _is_timeout(exc: Exception) -> bool:
+    # pykka.Timeout, without importing Pykka here
+    return isinstance(exc, TimeoutError) or type(exc).__name__ == "Timeout"

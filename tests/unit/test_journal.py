@@ -10,7 +10,7 @@ import socket
 import sys
 from pathlib import Path
 
-from tests.system.test_systemd import journal_entry
+from tests.support.systemd import journal_entry
 from vigil.actors.notifier import journal_fields, level_of
 from vigil.journal import JournalHandler, PrefixFormatter, stderr_is_journal
 from vigil.notifications import FencingCompleted, NodeLost, ResourceStateChanged

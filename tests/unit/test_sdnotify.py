@@ -131,7 +131,13 @@ def test_the_watchdog_is_petted_only_while_the_actors_answer(
     try:
         reporter.start()
         assert r.drain() == ["STATUS=starting", "WATCHDOG=1"]
-        reporter.attach(lambda timeout: ref.ask("status", timeout=timeout))
+        asked: list[int] = []
+
+        def probe() -> Any:
+            asked.append(1)
+            return ref.ask("status", block=False)
+
+        reporter.attach(probe)
         received: list[str] = []
         wait_for(lambda: received.extend(r.drain()) or "READY=1" in received, 5, "READY=1")
         assert received.index(f"STATUS={status_line(formed)}") < received.index("READY=1")
@@ -144,10 +150,13 @@ def test_the_watchdog_is_petted_only_while_the_actors_answer(
         wait_for(lambda: reporter._stuck, 5, "the reporter to notice")
         r.drain()
         # twice the watchdog time without a single pet: systemd would restart the daemon
+        questions = len(asked)
         quiet: list[str] = []
         threading.Event().wait(1.6)
         quiet.extend(r.drain())
         assert "WATCHDOG=1" not in quiet, quiet
+        # the unanswered question is waited for, not asked again and again
+        assert len(asked) == questions
 
         stuck.set()  # it answers again: the petting resumes
         wait_for(lambda: "WATCHDOG=1" in r.drain(), 5, "the petting to resume")
