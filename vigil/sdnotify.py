@@ -211,6 +211,11 @@ class SystemdReporter:
             self.notify.send("WATCHDOG=1")
 
     def _loop(self) -> None:
+        # the thread's id: what to leave running when the rest of the daemon is stopped
+        # (under a debugger, or tests/system/test_systemd.py freezing the actors)
+        log.info("notifying systemd at %s from thread %d (watchdog: %s)", self.notify.address,
+                 threading.get_native_id(),
+                 "off" if self.watchdog is None else f"{self.watchdog:g}s")
         while not self._stop.wait(self.interval):
             self.check()
 

@@ -4,6 +4,8 @@ with syslog priorities when stderr is journald's stream (``$JOURNAL_STREAM``).""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import functools
 import itertools
 import os
@@ -153,3 +155,84 @@ def test_journald_sees_priorities_and_fields(daemons: Daemons) -> None:
         assert "vigil.events" not in daemons.log("beta")
     finally:
         journal.close()
+
+
+class Frozen:
+    """Every thread of ``pid`` but ``keep`` stopped with ptrace (PTRACE_SEIZE and
+    PTRACE_INTERRUPT: a thread of its own, where SIGSTOP stops the whole process), until
+    :meth:`thaw`. Must be thawed from the thread that froze."""
+
+    SEIZE, INTERRUPT, DETACH = 0x4206, 0x4207, 17
+
+    def __init__(self, pid: int, keep: int) -> None:
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p,
+                                     ctypes.c_void_p]
+        self.tids: list[int] = []
+        for tid in sorted(int(t) for t in os.listdir(f"/proc/{pid}/task")):
+            if tid == keep:
+                continue
+            if self.libc.ptrace(self.SEIZE, tid, None, None) != 0:
+                err = ctypes.get_errno()
+                self.thaw()
+                raise OSError(err, f"ptrace(PTRACE_SEIZE, {tid}): {os.strerror(err)}")
+            self.tids.append(tid)
+            self.libc.ptrace(self.INTERRUPT, tid, None, None)
+            os.waitpid(tid, 0x40000000)  # __WALL: a thread, not a child process
+
+    def thaw(self) -> None:
+        for tid in self.tids:
+            self.libc.ptrace(self.DETACH, tid, None, None)
+        self.tids = []
+
+
+def test_the_watchdog_stops_while_the_daemons_actors_are_frozen(tmp_path: Path) -> None:
+    """A real daemon whose threads are all stopped but the one that talks to systemd: it
+    finds its coordinator silent, says so and stops petting; thawed, it pets again."""
+    gen = daemons_in(tmp_path, nodes=("alpha",))
+    d = next(gen)
+    fake = FakeSystemd(str(d.tmp / "notify"))
+    frozen: Frozen | None = None
+    try:
+        d.start("alpha", {"NOTIFY_SOCKET": fake.address, "WATCHDOG_USEC": "2000000"})
+        wait_for(functools.partial(fake.first, "READY"), 30, "READY=1")
+        match = re.search(r"notifying systemd at \S+ from thread (\d+)", d.log("alpha"))
+        assert match, d.log("alpha")[-2000:]
+        pid, keep = d.procs["alpha"].pid, int(match.group(1))
+        for _attempt in range(3):
+            warned = d.log("alpha").count("did not answer")
+            try:
+                frozen = Frozen(pid, keep)
+            except OSError as exc:
+                pytest.skip(f"cannot stop the daemon's threads with ptrace: {exc}")
+            since = time.monotonic()
+            try:
+                # the thread left running decides: the coordinator did not answer
+                wait_for(lambda w=warned: d.log("alpha").count("did not answer") > w,
+                         5, "the warning")
+                break
+            except AssertionError:
+                # a stopped thread held the interpreter's lock: nothing ran; try again
+                frozen.thaw()
+                frozen = None
+                time.sleep(0.5)
+        assert frozen is not None, "the daemon's reporter never ran while the others stood"
+        start = time.monotonic()
+        wait_for(lambda: time.monotonic() - start > 2.5, 5, "more than the watchdog time")
+        # not one pet since the coordinator stopped answering (at most one right after the
+        # freeze, from an answer already on its way): systemd would have restarted it
+        late = [t for t, _ in fake.values("WATCHDOG") if t > since + 0.6]
+        assert late == [], late
+        frozen.thaw()
+        frozen = None
+        thawed = time.monotonic()
+        wait_for(lambda: any(t > thawed for t, _ in fake.values("WATCHDOG")), 10,
+                 "the petting to resume")
+        wait_for(lambda: d.log("alpha").count("answers again") > warned, 10,
+                 "the log saying so")
+    finally:
+        if frozen is not None:
+            frozen.thaw()
+        fake.close()
+        with contextlib.suppress(StopIteration):
+            next(gen)
