@@ -223,6 +223,7 @@ def _run(cfg: ClusterConfig, key: bytes, name: str,
             # it left by itself: its guardian is gone (the coordinator said why)
             log.critical("node %s left the cluster by itself; exiting so that it can be "
                          "started again with a guardian", name)
+            reporter.leaving("left the cluster by itself (its guardian is gone)")
             exit_by(STOP_GRACE, name, "it left the cluster")
             runtime.stop()
             context.term()
@@ -230,6 +231,7 @@ def _run(cfg: ClusterConfig, key: bytes, name: str,
         if runtime.failed.is_set():
             log.critical("node %s: an actor keeps failing; exiting so that the cluster "
                          "can move its groups", name)
+            reporter.leaving("stopping: an actor keeps failing")
             exit_by(STOP_GRACE, name, "an actor kept failing")
             runtime.stop()
             context.term()
