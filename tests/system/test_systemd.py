@@ -236,3 +236,25 @@ def test_the_watchdog_stops_while_the_daemons_actors_are_frozen(tmp_path: Path) 
         fake.close()
         with contextlib.suppress(StopIteration):
             next(gen)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the guardian needs root (cgroups)")
+def test_the_guardian_is_ready_once_it_listens(tmp_path: Path) -> None:
+    """vigil-guard.service is Type=notify: READY=1 once its socket listens (vigil.service is
+    ordered after it), STOPPING=1 on SIGTERM."""
+    from tests.system.test_guard import Guard
+
+    fake = FakeSystemd(str(tmp_path / "notify"))
+    guard = None
+    try:
+        guard = Guard(tmp_path, wrapper=("env", f"NOTIFY_SOCKET={fake.address}"))
+        wait_for(functools.partial(fake.first, "READY"), 20, "the guardian's READY=1")
+        ready = fake.first("READY")
+        assert ready is not None and guard.socket.exists()
+        assert fake.values("STATUS")[0][1] == f"listening at {guard.socket}"
+        assert guard.terminate() == 0
+        assert fake.values("STOPPING")
+    finally:
+        if guard is not None:
+            guard.cleanup()
+        fake.close()

@@ -64,6 +64,7 @@ from vigil.guard.protocol import (
 from vigil.journal import configure
 from vigil.local.access import peer_of, socket_in_use
 from vigil.local.rundir import prepare_runtime_dir
+from vigil.sdnotify import SdNotify
 
 __all__ = ["DEFAULT_SYSRQ", "GuardSettings", "Guardian", "configure_logging", "main", "run"]
 
@@ -550,9 +551,13 @@ def configure_logging(level: str, node: str) -> None:
 def run(settings: GuardSettings, announcer: Announcer | None = None) -> int:
     """Serve until SIGTERM or SIGINT; the exit code."""
     guardian = Guardian(settings, announcer)
+    # vigil-guard.service is Type=notify: the daemon's unit, ordered after it, starts once the
+    # guardian listens (the variable is gone when the daemon started this guardian itself)
+    systemd = SdNotify.from_environment(unset=True)
 
     def on_signal(signum: int, frame: object) -> None:
         log.info("signal %s: leaving", signal.Signals(signum).name)
+        systemd.send("STOPPING=1")
         guardian.stop()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -563,6 +568,7 @@ def run(settings: GuardSettings, announcer: Announcer | None = None) -> int:
         log.critical("guardian of node %s cannot start: %s", settings.node, exc)
         guardian.close()
         return 1
+    systemd.send("READY=1", f"STATUS=listening at {settings.socket_path}")
     try:
         return guardian.run()
     finally:
