@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test test-long test-fast demo soak soak-sim soak-large stability bench bench-failover bench-nic bench-mirror lint typecheck clean
+.PHONY: man test test-long test-fast demo soak soak-sim soak-large stability bench bench-failover bench-nic bench-mirror lint typecheck clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -73,6 +73,11 @@ bench-nic: $(STAMP)
 # data lost at a power-off, on the namespace cluster (root, namespaces, btrfs; some 5 minutes)
 bench-mirror: $(STAMP)
 	$(BIN)/python -m bench.mirror
+
+# vigil(1) from the click commands; shipped by `pip install` under share/man/man1 (a unit test
+# fails when the committed page is stale)
+man: $(STAMP)
+	env -u VIGIL_CONFIG $(BIN)/python -m vigil.cli.manpage man/vigil.1
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

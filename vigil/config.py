@@ -65,6 +65,9 @@ class NodeConfig:
     #: where mirrored data arrives (key ``replication_port``; None: the first link's port +
     #: :data:`REPLICATION_PORT_OFFSET`), on the first link's address
     replication_port: int | None = None
+    #: (address, port) where this node serves Prometheus metrics (``[metrics] listen`` or
+    #: its own ``metrics``); None: no metrics endpoint
+    metrics: tuple[str, int] | None = None
 
     @property
     def replication_endpoint(self) -> tuple[str, int]:
@@ -544,7 +547,8 @@ class _Checker:
 
 
 _TOP_KEYS: Final = ("cluster", "timing", "nodes", "groups", "resources", "alerts",
-                    "fence_devices", "fencing", "guardian", "nics")
+                    "fence_devices", "fencing", "guardian", "nics", "metrics")
+_METRICS_KEYS: Final = ("listen",)
 _NICS_KEYS: Final = ("up_hold", "max_up_hold", "flap_window", "targets", "probe_interval",
                      "probe_failures")
 _CLUSTER_KEYS: Final = ("name", "key_file", "strategy", "no_quorum_policy", "two_node",
@@ -560,7 +564,7 @@ LEASE_SLACK: Final = 0.3
 _TIMING_KEYS: Final = ("heartbeat_interval", "dead_time", "lease_time", "step_timeout",
                        "retransmit_interval", "fence_margin", "guard_time")
 _GUARDIAN_KEYS: Final = ("self_fence", "watchdog_device", "watchdog_interval")
-_NODE_KEYS: Final = ("votes", "runtime_dir", "links", "replication_port")
+_NODE_KEYS: Final = ("votes", "runtime_dir", "links", "replication_port", "metrics")
 _LINK_KEYS: Final = ("name", "address", "port")
 _GROUP_KEYS: Final = ("resources", "depends_on", "prefer", "nodes", "failback", "stickiness",
                       "migration_threshold", "failure_timeout")
@@ -657,7 +661,7 @@ def from_dict(document: Mapping[str, object], path: str | Path = _MEMORY) -> Clu
 
     cluster = _read_cluster(c, root)
     timing = _read_timing(c, root)
-    nodes = _read_nodes(c, root, base, cluster.runtime_dir)
+    nodes = _read_nodes(c, root, base, cluster.runtime_dir, _read_metrics(c, root))
     raw_resources = root.get("resources", {})
     resources_table = c.table(raw_resources, "resources") or {}
     node_names = set(_as_table(root.get("nodes")))  # also those whose table has problems
@@ -1062,8 +1066,42 @@ def _read_nics(c: _Checker, root: Mapping[str, object]) -> NicsConfig:
                       probe_failures=failures)
 
 
+def _read_metrics(c: _Checker, root: Mapping[str, object]) -> tuple[str, int] | None:
+    """``[metrics] listen``: where every node serves metrics unless its own says else."""
+    if "metrics" not in root:
+        return None
+    t = c.table(root["metrics"], "metrics", _METRICS_KEYS)
+    if t is None:
+        return None
+    listen = c.string(t, "metrics", "listen", required='give the address and port to serve '
+                      'metrics on, e.g. listen = "127.0.0.1:9664"')
+    return None if listen is None else _read_listen(c, listen, "metrics.listen", off=False)
+
+
+def _read_listen(c: _Checker, text: str, where: str, off: bool) -> tuple[str, int] | None:
+    """``ADDRESS:PORT`` (``[ADDRESS]:PORT`` for IPv6), or ``off`` where ``off`` is allowed."""
+    if off and text == "off":
+        return None
+    example = 'e.g. "127.0.0.1:9664", "[::1]:9664" or "0.0.0.0:9664"' + (
+        ', or "off"' if off else "")
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        c.add(where, f"{_describe(text)} is not ADDRESS:PORT with an IP address ({example})")
+        return None
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        c.add(where, f"{_describe(text)}: the port must be a number from 1 to 65535 "
+              f"({example})")
+        return None
+    return str(ip), int(port)
+
+
 def _read_nodes(c: _Checker, root: Mapping[str, object], base: Path,
-                runtime_dir: object) -> dict[str, NodeConfig]:
+                runtime_dir: object, metrics: tuple[str, int] | None = None
+                ) -> dict[str, NodeConfig]:
     if "nodes" not in root:
         c.add("nodes", "missing required table [nodes]: add one [nodes.NAME] table per node")
         return {}
@@ -1089,8 +1127,12 @@ def _read_nodes(c: _Checker, root: Mapping[str, object], base: Path,
         links = _read_links(c, t, key, endpoints)
         replication = (c.integer(t, key, "replication_port", 0, minimum=1, maximum=65535)
                        or None) if "replication_port" in t else None
-        nodes[name] = NodeConfig(name=name, links=links, votes=votes, runtime_dir=node_dir,
-                                 replication_port=replication)
+        own_metrics = c.string(t, key, "metrics")
+        nodes[name] = NodeConfig(
+            name=name, links=links, votes=votes, runtime_dir=node_dir,
+            replication_port=replication,
+            metrics=metrics if own_metrics is None else _read_listen(
+                c, own_metrics, f"{key}.metrics", off=True))
     return nodes
 
 

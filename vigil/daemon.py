@@ -16,14 +16,17 @@ from types import FrameType
 
 import zmq
 
+from vigil.actors.messages import GetStatus
 from vigil.actors.node import NodeRuntime
 from vigil.cluster.placement import stop_bound
 from vigil.config import ClusterConfig, ConfigError, UnknownNode, load, load_key, resolve_node
 from vigil.guard.client import GuardClient
+from vigil.journal import configure
 from vigil.local.access import Access, prepare_runtime_dir
 from vigil.local.rundir import AlreadyRunning, NodeLock, UnsafePath
 from vigil.resources import proc
 from vigil.resources.registry import default_registry
+from vigil.sdnotify import SdNotify, SystemdReporter, watchdog_time
 from vigil.transports.zmq_link import descriptors_needed, zmq_links
 
 log = logging.getLogger("vigil.daemon")
@@ -169,13 +172,18 @@ def run(config_path: str, node: str | None) -> int:
         print(f"vigil: refusing to start:\n{problem}", file=sys.stderr)
         return 2
     log.info("node %s may hold %d open files", name, files)
+    reporter = SystemdReporter(SdNotify.from_environment(unset=True),
+                               watchdog_time(unset=True)).start()
     try:
-        return _run(cfg, key, name)
+        return _run(cfg, key, name, reporter)
     finally:
+        reporter.close()
         lock.release()
 
 
-def _run(cfg: ClusterConfig, key: bytes, name: str) -> int:
+def _run(cfg: ClusterConfig, key: bytes, name: str,
+         reporter: SystemdReporter | None = None) -> int:
+    reporter = reporter or SystemdReporter(SdNotify(None), None)
     registry = default_registry()
     raise_priority(name)
     guard = None
@@ -210,6 +218,8 @@ def _run(cfg: ClusterConfig, key: bytes, name: str) -> int:
         return 1
     log.info("node %s of cluster %s running (config %s, digest %s)", name, cfg.name,
              cfg.path, cfg.digest[:12])
+    reporter.attach(lambda: runtime.coordinator().ask(GetStatus(), block=False))
+    serve_metrics(cfg, name, runtime)
     while not stop.wait(0.1):
         if reload_requested.is_set():
             reload_requested.clear()
@@ -218,6 +228,7 @@ def _run(cfg: ClusterConfig, key: bytes, name: str) -> int:
             # it left by itself: its guardian is gone (the coordinator said why)
             log.critical("node %s left the cluster by itself; exiting so that it can be "
                          "started again with a guardian", name)
+            reporter.leaving("left the cluster by itself (its guardian is gone)")
             exit_by(STOP_GRACE, name, "it left the cluster")
             runtime.stop()
             context.term()
@@ -225,6 +236,7 @@ def _run(cfg: ClusterConfig, key: bytes, name: str) -> int:
         if runtime.failed.is_set():
             log.critical("node %s: an actor keeps failing; exiting so that the cluster "
                          "can move its groups", name)
+            reporter.leaving("stopping: an actor keeps failing")
             exit_by(STOP_GRACE, name, "an actor kept failing")
             runtime.stop()
             context.term()
@@ -232,6 +244,7 @@ def _run(cfg: ClusterConfig, key: bytes, name: str) -> int:
     limit = stop_bound(cfg) + 2 * cfg.timing.step_timeout
     log.info("leaving the cluster: stopping groups here (at most %.1fs; signal again to "
              "exit at once)", limit)
+    reporter.leaving()
     exit_by(limit + STOP_GRACE, name, "the signal")
     stop.clear()
     left = False
@@ -278,11 +291,24 @@ def reload(runtime: NodeRuntime, name: str) -> None:
 RELOAD_TIMEOUT = 10.0
 
 
+def serve_metrics(cfg: ClusterConfig, name: str, runtime: NodeRuntime) -> None:
+    """The node's Prometheus endpoint, when configured; one that cannot be bound is logged
+    and the node runs on without it (its groups matter more than their metrics)."""
+    address = cfg.nodes[name].metrics
+    if address is None:
+        return
+    from vigil.metrics import MetricsServer  # prometheus_client only where metrics are on
+
+    server = MetricsServer(address, lambda timeout: runtime.status(timeout=timeout),
+                           cfg.timing.heartbeat_interval)
+    try:
+        server.start(runtime.subscribe)
+    except OSError as exc:
+        log.error("node %s: cannot serve metrics on %s (%s); fix [metrics] listen or "
+                  "[nodes.%s] metrics in %s", name, server.url_host, exc, name, cfg.path)
+
+
 def configure_logging(level: str, node: str | None) -> None:
-    tag = f" [{node}]" if node else ""
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
-                        format=f"%(asctime)s %(levelname)-7s{tag} %(name)s: %(message)s")
-    # Libraries' debug output (every netlink message) drowns the daemon's own: --log-level
-    # debug is for Vigil's decisions.
-    for noisy in ("pyroute2", "asyncio"):
-        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
+    """Lines on stderr, or journald entries with priorities and fields under systemd
+    (:mod:`vigil.journal`)."""
+    configure(level, f"[{node}]" if node else "", node)

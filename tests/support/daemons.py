@@ -11,7 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -76,11 +76,14 @@ class Daemons:
         return subprocess.run([sys.executable, "-m", "vigil.cli.main", *args],
                               capture_output=True, text=True, timeout=timeout)
 
-    def start(self, node: str) -> None:
+    def start(self, node: str, env: Mapping[str, str] | None = None) -> None:
+        """Start ``node``'s daemon, its output appended to its log; ``env``: variables added
+        to this process's environment for it."""
         log = open(self.tmp / f"{node}.log", "ab")  # noqa: SIM115 - closed in stop()
         self.procs[node] = subprocess.Popen(
             [sys.executable, "-m", "vigil.cli.main", "node", "run", "-c", str(self.config),
-             "--node", node], stdout=log, stderr=subprocess.STDOUT)
+             "--node", node], stdout=log, stderr=subprocess.STDOUT,
+            env=None if env is None else {**os.environ, **env})
 
     def status(self, via: str) -> dict[str, Any] | None:
         out = self.vigil("status", "-c", str(self.config), "--node", via, "--json")

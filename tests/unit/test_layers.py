@@ -29,9 +29,9 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
               "vigil.config", "vigil.config_diff")),
     ("core", ("vigil.cluster", "vigil.guard.core", "vigil.guard.holdings")),
     ("system", ("vigil.resources", "vigil.transports", "vigil.local", "vigil.fencing",
-                "vigil.guard")),
+                "vigil.guard", "vigil.journal", "vigil.sdnotify")),
     ("shell", ("vigil.actors",)),
-    ("daemon", ("vigil.daemon",)),
+    ("daemon", ("vigil.daemon", "vigil.metrics")),
     ("faces", ("vigil.cli", "vigil.api", "vigil.ha", "vigil.demo")),
 )
 

@@ -38,11 +38,52 @@ from vigil.actors.messages import Subscribe, Unsubscribe
 from vigil.local.access import Access, prepare_runtime_dir, socket_in_use
 from vigil.local.limits import LISTEN_BACKLOG, MAX_EVENT_MESSAGE, SEND_HWM
 from vigil.local.zmtp import EventServer
-from vigil.notifications import Decision, Notification, to_dict
+from vigil.notifications import (
+    Decision,
+    FencingCompleted,
+    FencingRequested,
+    GroupStateChanged,
+    LinkDown,
+    MirrorDiverged,
+    MirrorLagging,
+    NicDown,
+    NodeLost,
+    Notification,
+    QuorumLost,
+    ResourceStateChanged,
+    to_dict,
+)
 
-__all__ = ["SEND_HWM", "NotifierActor", "bind_event_socket", "encode_event"]
+__all__ = ["SEND_HWM", "NotifierActor", "bind_event_socket", "encode_event", "journal_fields",
+           "level_of"]
 
 log = logging.getLogger("vigil.events")
+
+
+#: what an operator must see (``journalctl -p warning``) beside the day's comings and goings
+WARNINGS = (FencingRequested, QuorumLost, LinkDown, NicDown, MirrorLagging, MirrorDiverged)
+
+
+def level_of(note: Notification) -> int:
+    """The log level of a notification: failures are errors (``journalctl -p err``)."""
+    if (isinstance(note, ResourceStateChanged) and note.state in ("FAILED", "UNCLEAN")) or \
+            (isinstance(note, GroupStateChanged) and note.state in ("failed", "unclean")) or \
+            (isinstance(note, FencingCompleted) and not note.ok):
+        return logging.ERROR
+    if isinstance(note, WARNINGS) or (isinstance(note, NodeLost) and not note.clean) or (
+            isinstance(note, Decision) and note.severity == "warning"):
+        return logging.WARNING
+    return logging.INFO
+
+
+def journal_fields(note: Notification) -> dict[str, str]:
+    """The journald fields of a notification's log line (:mod:`vigil.journal`)."""
+    fields = {"kind": note.kind, "node": note.node}
+    for attr in ("group", "epoch"):
+        value = getattr(note, attr, "")
+        if value:
+            fields[attr] = str(value)
+    return fields
 
 
 class NotifierActor(VigilActor):
@@ -88,8 +129,7 @@ class NotifierActor(VigilActor):
     def _publish(self, note: Notification) -> None:
         self.seq += 1
         note = dataclasses.replace(note, seq=self.seq)
-        warn = isinstance(note, Decision) and note.severity == "warning"
-        log.log(logging.WARNING if warn else logging.INFO, "%s: %s", note.kind, note.text)
+        log.log(level_of(note), "%s: %s", note.kind, note.text, extra=journal_fields(note))
         alive: list[tuple[pykka.ActorRef[Any], frozenset[str] | None]] = []
         for ref, kinds in self.subscribers:
             if kinds is not None and note.kind not in kinds:

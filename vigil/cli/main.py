@@ -650,6 +650,10 @@ from vigil.cli.config_cmds import config_diff_command  # noqa: E402
 
 config.add_command(config_diff_command(config_option, node_option, _ask_node))
 
+from vigil.cli.ops import units_command  # noqa: E402
+
+cli.add_command(units_command)
+
 
 if __name__ == "__main__":
     main()

@@ -21,6 +21,7 @@ from typing import NoReturn
 
 import click
 
+from vigil.journal import configure
 from vigil.local.access import Access as SocketAccess
 from vigil.local.access import prepare_runtime_dir
 from vigil.local.rundir import open_append, private_dir
@@ -77,8 +78,7 @@ def _allow_other() -> bool:
 
 
 def _setup_logging(level: str, node: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
-                        format=f"%(asctime)s %(levelname)-7s [{node}] %(name)s: %(message)s")
+    configure(level, f"[{node}]", node, identifier="vigil-ha")
 
 
 def _log_to(log_file: str | None, in_runtime_dir: bool = False) -> None:

@@ -61,8 +61,10 @@ from vigil.guard.protocol import (
     decode,
     encode,
 )
+from vigil.journal import configure
 from vigil.local.access import peer_of, socket_in_use
 from vigil.local.rundir import prepare_runtime_dir
+from vigil.sdnotify import SdNotify
 
 __all__ = ["DEFAULT_SYSRQ", "GuardSettings", "Guardian", "configure_logging", "main", "run"]
 
@@ -543,19 +545,19 @@ class Guardian:
 
 
 def configure_logging(level: str, node: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
-                        format=f"%(asctime)s %(levelname)-7s [{node} guardian] %(name)s: "
-                        "%(message)s")
-    for noisy in ("pyroute2", "asyncio"):  # every netlink message, the event loop's set-up
-        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
+    configure(level, f"[{node} guardian]", node, identifier="vigil-guard")
 
 
 def run(settings: GuardSettings, announcer: Announcer | None = None) -> int:
     """Serve until SIGTERM or SIGINT; the exit code."""
     guardian = Guardian(settings, announcer)
+    # vigil-guard.service is Type=notify: the daemon's unit, ordered after it, starts once the
+    # guardian listens (the variable is gone when the daemon started this guardian itself)
+    systemd = SdNotify.from_environment(unset=True)
 
     def on_signal(signum: int, frame: object) -> None:
         log.info("signal %s: leaving", signal.Signals(signum).name)
+        systemd.send("STOPPING=1")
         guardian.stop()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -566,6 +568,7 @@ def run(settings: GuardSettings, announcer: Announcer | None = None) -> int:
         log.critical("guardian of node %s cannot start: %s", settings.node, exc)
         guardian.close()
         return 1
+    systemd.send("READY=1", f"STATUS=listening at {settings.socket_path}")
     try:
         return guardian.run()
     finally:
