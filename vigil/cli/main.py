@@ -770,37 +770,64 @@ def keygen(path: str) -> None:
 # ---- simulate -----------------------------------------------------------------------------
 
 
-@cli.command()
+class _InOrder(click.Command):
+    """A command that also keeps the order in which its event options were given
+    (``ctx.meta["vigil.events"]``: (kind, value) pairs); click gathers each option's values
+    apart."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        from vigil.cli.simulate import EVENT_KINDS
+
+        parser = self.make_parser(ctx)
+        opts, _, order = parser.parse_args(args=list(args))
+        values = {name: list(v) if isinstance(v, list) else [v] for name, v in opts.items()}
+        events: list[tuple[str, str]] = []
+        for param in order:
+            name = param.name or ""
+            kind = name.replace("_", "-")
+            if kind in EVENT_KINDS and values.get(name):
+                value = values[name].pop(0)
+                events.append((kind, "" if kind == "heal" else str(value)))
+        ctx.meta["vigil.events"] = events
+        return super().parse_args(ctx, args)
+
+
+@cli.command(cls=_InOrder)
 @config_option
-@click.option("--node-down", multiple=True, metavar="NODE", help="Power NODE off.")
-@click.option("--node-up", multiple=True, metavar="NODE", help="Power NODE back on.")
+@node_option
+@click.option("--node-down", multiple=True, metavar="NODE", help="Power NODE off.",
+              shell_complete=complete("nodes"))
+@click.option("--node-up", multiple=True, metavar="NODE", help="Power NODE back on.",
+              shell_complete=complete("nodes"))
 @click.option("--resource-fail", multiple=True, metavar="RESOURCE@NODE",
-              help="RESOURCE's monitor fails where it runs on NODE.")
+              help="RESOURCE's monitor fails where it runs on NODE (its on_fail applies); "
+                   "a group name: its first member.")
 @click.option("--partition", multiple=True, metavar="A,B/C",
               help="Split the network: nodes before '/' and after it cannot talk.")
-@click.option("--heal", is_flag=True, help="After the other events, heal the network.")
+@click.option("--heal", multiple=True, is_flag=True, flag_value=True,
+              help="Heal the network.")
+@click.option("--live", is_flag=True,
+              help="Start from the running cluster's state as the daemon (-n) reports it: "
+                   "nodes up, standby, resources out of service, maintenance, where the "
+                   "groups run, its fail counts.")
+@click.option("--show-costs", is_flag=True,
+              help="Print every group's cost on every node after the last step, and why.")
 @click.option("--json", "as_json", is_flag=True)
-def simulate(config_path: str, node_down: tuple[str, ...], node_up: tuple[str, ...],
-             resource_fail: tuple[str, ...], partition: tuple[str, ...], heal: bool,
-             as_json: bool) -> None:
-    """Show what the cluster would do, like crm_simulate: the placement now and after the
-    given events, computed by the same protocol code over a simulated network."""
-    from vigil.cli.simulate import Scenario, SimulateError, run_scenario
+@click.pass_context
+def simulate(ctx: click.Context, config_path: str, node: str | None,
+             node_down: tuple[str, ...], node_up: tuple[str, ...],
+             resource_fail: tuple[str, ...], partition: tuple[str, ...], heal: tuple[bool, ...],
+             live: bool, show_costs: bool, as_json: bool) -> None:
+    """Show what the cluster would do, like crm_simulate: the placement at the start and
+    after each event, computed by the same protocol code over a simulated network. Events
+    apply in the order given, e.g. --node-down alpha --heal --resource-fail web-app@beta."""
+    from vigil.cli.simulate import Live, Scenario, SimulateError, format_costs, run_scenario
 
+    cfg = _load(config_path)
+    events: list[tuple[str, str]] = ctx.meta.get("vigil.events", [])
+    start = Live.of(_status(config_path, node)) if live else None
     try:
-        cfg = load(config_path)
-    except ConfigError as exc:
-        _fail(str(exc), EXIT_USAGE)
-    events: list[tuple[str, str]] = []
-    # Events apply in the order given per option, options in this order:
-    events += [("node-down", n) for n in node_down]
-    events += [("resource-fail", r) for r in resource_fail]
-    events += [("partition", p) for p in partition]
-    events += [("node-up", n) for n in node_up]
-    if heal:
-        events.append(("heal", ""))
-    try:
-        report = run_scenario(cfg, Scenario(events))
+        report = run_scenario(cfg, Scenario(events, start, show_costs))
     except SimulateError as exc:
         _fail(str(exc), EXIT_USAGE)
     if as_json:
@@ -812,6 +839,8 @@ def simulate(config_path: str, node_down: tuple[str, ...], node_up: tuple[str, .
             click.echo(f"  {g:<14} {where or 'stopped'}")
         for line in step["changes"]:
             click.echo(f"  * {line}")
+    if show_costs:
+        click.echo("\n".join(format_costs(report["costs"])))
 
 
 def main() -> None:
