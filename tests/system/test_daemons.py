@@ -98,7 +98,7 @@ def test_operator_moves_a_group_and_uses_standby(daemons: Daemons) -> None:
     assert daemons.group_on("beta") == "alpha"  # failback is off: it stays
 
     out = daemons.vigil("group", "move", "nosuch", "gamma", "-c", cfg, "--via", "beta")
-    assert out.returncode == 1 and "no group named 'nosuch'" in out.stderr
+    assert out.returncode == 2 and "no group named 'nosuch'" in out.stderr
 
 
 def test_sigterm_leaves_cleanly_and_the_group_moves(daemons: Daemons) -> None:
