@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cluster_harness import wait_for
-from tests.support.daemons import NODES, Daemons, daemons_in, settled
+from tests.support.daemons import NODES, Daemons, app_pid, daemons_in, settled
 
 
 @pytest.fixture
@@ -37,17 +37,6 @@ def cluster(daemons: Daemons) -> Daemons:
 def cli(d: Daemons, *args: str, node: str = "beta", timeout: float = 90
         ) -> subprocess.CompletedProcess[str]:
     return d.vigil(*args, "-c", str(d.config), "-n", node, timeout=timeout)
-
-
-def app_pid(d: Daemons, node: str) -> int | None:
-    """PID of the web-app process (``sleep 600``) a node's daemon started."""
-    out = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(d.procs[node].pid)],
-                         capture_output=True, text=True)
-    for line in out.stdout.splitlines():
-        pid, _, args = line.strip().partition(" ")
-        if args.strip() == "sleep 600":
-            return int(pid)
-    return None
 
 
 def test_move_standby_online_and_maintenance_wait_until_done(cluster: Daemons) -> None:
