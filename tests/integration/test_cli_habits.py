@@ -75,6 +75,13 @@ def test_no_daemon_exits_3_in_every_command(config: Path, words: tuple[str, ...]
     assert "no daemon for node alpha" in result.output
 
 
+def test_events_exits_3_without_a_daemon_and_2_for_an_unknown_node(config: Path) -> None:
+    result = run("events", "-c", str(config), "-n", "alpha")
+    assert result.exit_code == EXIT_NO_DAEMON, result.output
+    assert "no event socket" in result.output
+    assert run("events", "-c", str(config), "-n", "omega").exit_code == EXIT_USAGE
+
+
 def test_an_unknown_node_to_ask_exits_2_with_the_known_ones(config: Path) -> None:
     for flag in ("-n", "--node", "--via"):
         result = run("group", "move", "web", "beta", "-c", str(config), flag, "omega")

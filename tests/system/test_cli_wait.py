@@ -163,3 +163,19 @@ def test_status_watch_ends_on_ctrl_c_with_0(cluster: Daemons) -> None:
     assert proc.returncode == 0, stderr
     assert "Aborted!" not in stdout + stderr and "Traceback" not in stderr
     assert stdout.count("Cluster sys: epoch") >= 2  # it refreshed
+
+
+def test_confirm_off_waits_for_the_fencing_entry(cluster: Daemons) -> None:
+    d = cluster
+    out = cli(d, "node", "confirm-off", "gamma", "--wait=20")
+    assert out.returncode == 1 and "online" in out.stderr  # refused: gamma runs
+    d.procs["gamma"].send_signal(signal.SIGKILL)
+    d.procs["gamma"].wait(10)
+    wait_for(lambda: (s := d.status("alpha")) and s["nodes"]["gamma"]["state"] == "offline",
+             30, "gamma offline")
+    for asked in ("alpha", "beta"):  # the master (its fencing history), and another node
+        out = cli(d, "node", "confirm-off", "gamma", "--wait=30", node=asked)
+        assert out.returncode == 0, out.stdout + out.stderr
+        last = out.stdout.splitlines()[-1]
+        assert last.startswith(("done: fencing of gamma: confirmed off",
+                                "done: gamma offline, no fencing of gamma pending")), last

@@ -55,6 +55,9 @@ from vigil.config import (
 from vigil.local.protocol import MalformedAnswer, request, status_of
 from vigil.status import ClusterStatus, PeerLink, seconds
 
+#: the old name of node_option (kept for other modules' imports)
+via_option = node_option
+
 __all__ = ["DEFAULT_WAIT", "EXIT_NO_DAEMON", "EXIT_OK", "EXIT_REFUSED", "EXIT_TIMEOUT",
            "EXIT_USAGE", "cli", "complete", "config_option", "config_path_now",
            "format_status", "main", "node_option", "this_node_option", "wait_option"]
@@ -228,10 +231,6 @@ def node_online(config_path: str, node: str | None, wait: float | None, name: st
              until=lambda _: waits.standby(name, False))
 
 
-def _fence_count(st: ClusterStatus, name: str) -> int:
-    return sum(e.target == name for e in st.fencing.history)
-
-
 @node.command("fence")
 @config_option
 @node_option
@@ -243,7 +242,7 @@ def node_fence(config_path: str, node: str | None, wait: float | None, name: str
     ended (exit 1 if it failed)."""
     _known(_load(config_path), "node", name)
     _request(config_path, node, "fence", node=name, wait=wait,
-             until=lambda before: waits.fenced(name, _fence_count(before, name)))
+             until=lambda before: waits.fenced(name, before))
 
 
 @node.command("confirm-off")
@@ -259,7 +258,7 @@ def node_confirm_off(config_path: str, node: str | None, wait: float | None,
     running one group."""
     _known(_load(config_path), "node", name)
     _request(config_path, node, "confirm_off", node=name, wait=wait,
-             until=lambda before: waits.fenced(name, _fence_count(before, name)))
+             until=lambda before: waits.fenced(name, before))
 
 
 # ---- group / resource ---------------------------------------------------------------------

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from vigil.status import ClusterStatus
+from vigil.status import ClusterStatus, FenceEvent
 
 State = Literal["done", "failed", "pending"]
 
@@ -179,17 +179,29 @@ def in_service(resources: tuple[str, ...]) -> Check:
     return check
 
 
-def fenced(node: str, before: int) -> Check:
-    """``node fence`` / ``confirm-off``: a fencing of ``node`` ended after the ``before``
-    entries of the fencing history that named it."""
+def last_fencing(st: ClusterStatus, node: str) -> FenceEvent | None:
+    """The newest entry of the fencing history that names ``node``."""
+    return next((e for e in reversed(st.fencing.history) if e.target == node), None)
+
+
+def fenced(node: str, before: ClusterStatus) -> Check:
+    """``node fence`` / ``confirm-off``: a fencing of ``node`` ended since the request
+    (``before``: the status then). The fencing history is the master's (and bounded: the
+    newest entry is compared, not a count); seen from another node, done means that a
+    transition since the request completed with ``node`` offline and no fencing pending."""
+    last = last_fencing(before, node)
+
     def check(st: ClusterStatus) -> Verdict:
-        mine = [e for e in st.fencing.history if e.target == node]
-        pending = st.fencing.pending.get(node)
-        if len(mine) > before:
-            e = mine[-1]
+        e = last_fencing(st, node)
+        if e is not None and e != last:
             seen = f"fencing of {node}: {e.result}" + (f" ({e.detail})" if e.detail else "")
             return Verdict("done" if e.result in ("off", "confirmed off", "waited out")
                            else "failed", seen)
-        return Verdict("pending", f"fencing of {node}: {pending}" if pending else
-                       f"no fencing of {node} yet")
+        pending = st.fencing.pending.get(node)
+        if pending:
+            return Verdict("pending", f"fencing of {node}: {pending}")
+        state = st.nodes[node].state
+        seen = f"{node} {state}, no fencing of {node} pending"
+        done = state != "online" and st.epoch != before.epoch
+        return _settled(st, Verdict("done" if done else "pending", seen))
     return check
