@@ -326,6 +326,11 @@ def group_stop(config_path: str, node: str | None, wait: float | None,
     cfg = _load(config_path)
     _known(cfg, "group", group_name)
     members = _members_of(cfg, group_name)
+    after = sorted(g for g, c in cfg.groups.items() if group_name in c.depends_on)
+    if after:
+        # the group stays placed (only its members are out), so what depends on it stays up
+        click.echo(f"vigil: note: {', '.join(after)} depend(s) on {group_name} and keep "
+                   f"running; stop them first with `vigil group stop`", err=True)
     _by_hand_each(config_path, node, "oo_service", tuple(reversed(members)))
     click.echo(f"stop of {group_name} requested ({', '.join(members)} out of service by "
                "hand); the next transition applies it")
