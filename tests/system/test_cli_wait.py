@@ -111,6 +111,8 @@ def test_group_stop_and_start_cluster_wide(cluster: Daemons) -> None:
     assert out.stdout.splitlines()[-1].startswith("done: web-state OOS [oo_service by hand], "
                                                   "web-app OOS")
     assert app_pid(d, "alpha") is None
+    shown = cli(d, "status").stdout
+    assert "(stopped by hand: `vigil group start web`)" in shown
     for n in NODES:  # stopped everywhere, as each node sees it
         st = d.status(n)
         assert st is not None

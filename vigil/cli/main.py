@@ -617,6 +617,9 @@ def format_status(st: ClusterStatus) -> str:
         where = f"on {gv.node}" if gv.node else ""
         if not gv.node and gv.placed in st.fencing.pending:
             where = f"(held: it waits for the fencing of {gv.placed})"
+        members = by_group.get(g, [])
+        if members and all(st.resources[r].by_hand for r in members):
+            where += f" (stopped by hand: `vigil group start {g}`)"
         lines.append(f"  * {g:<12} {gv.state} {where}".rstrip())
         for r in by_group.get(g, []):
             rv = st.resources[r]
