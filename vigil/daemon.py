@@ -22,7 +22,7 @@ from vigil.cluster.placement import stop_bound
 from vigil.config import ClusterConfig, ConfigError, UnknownNode, load, load_key, resolve_node
 from vigil.guard.client import GuardClient
 from vigil.journal import configure
-from vigil.local.access import Access, prepare_runtime_dir
+from vigil.local.access import Access, prepare_runtime_dir, socket_problem
 from vigil.local.rundir import AlreadyRunning, NodeLock, UnsafePath
 from vigil.resources import proc
 from vigil.resources.registry import default_registry
@@ -169,7 +169,12 @@ def run(config_path: str, node: str | None) -> int:
     except (OSError, AlreadyRunning) as exc:
         problem = str(exc) if isinstance(exc, UnsafePath | AlreadyRunning) else \
             f"cannot prepare the runtime directory {runtime_dir}: {exc}"
-        print(f"vigil: refusing to start:\n{problem}", file=sys.stderr)
+        print(f"vigil: refusing to start: {problem}", file=sys.stderr)
+        return 2
+    in_use = socket_problem(cfg.nodes[name].control_socket, "control socket")
+    if in_use is not None:
+        lock.release()
+        print(f"vigil: refusing to start: {in_use}", file=sys.stderr)
         return 2
     log.info("node %s may hold %d open files", name, files)
     reporter = SystemdReporter(SdNotify.from_environment(unset=True),

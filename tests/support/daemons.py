@@ -131,6 +131,19 @@ class Daemons:
         return (self.tmp / f"{node}.log").read_text(errors="replace")
 
 
+def app_pid(d: Daemons, node: str) -> int | None:
+    """PID of the web-app process (``sleep 600``) a node's daemon started (from its process
+    tree)."""
+    proc = d.procs[node]
+    out = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(proc.pid)],
+                         capture_output=True, text=True)
+    for line in out.stdout.splitlines():
+        pid, _, args = line.strip().partition(" ")
+        if args.strip() == "sleep 600":
+            return int(pid)
+    return None
+
+
 def settled(d: Daemons, holder: str | None = "alpha") -> str:
     """Wait until every running node sees every other online, in one epoch, with ``web``
     running (on ``holder`` unless None) and no transition under way; that epoch."""

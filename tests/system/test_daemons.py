@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,24 +12,12 @@ from pathlib import Path
 import pytest
 
 from tests.support.cluster_harness import wait_for
-from tests.support.daemons import NODES, Daemons, daemons_in
+from tests.support.daemons import NODES, Daemons, app_pid, daemons_in
 
 
 @pytest.fixture
 def daemons(tmp_path: Path) -> Iterator[Daemons]:
     yield from daemons_in(tmp_path)
-
-
-def app_pid(d: Daemons, node: str) -> int | None:
-    """PID of the web-app process a node's daemon started (from its process tree)."""
-    proc = d.procs[node]
-    out = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(proc.pid)],
-                         capture_output=True, text=True)
-    for line in out.stdout.splitlines():
-        pid, _, args = line.strip().partition(" ")
-        if args.strip() == "sleep 600":
-            return int(pid)
-    return None
 
 
 def test_holder_sigkilled_group_runs_on_a_survivor(daemons: Daemons) -> None:
@@ -98,7 +85,7 @@ def test_operator_moves_a_group_and_uses_standby(daemons: Daemons) -> None:
     assert daemons.group_on("beta") == "alpha"  # failback is off: it stays
 
     out = daemons.vigil("group", "move", "nosuch", "gamma", "-c", cfg, "--via", "beta")
-    assert out.returncode == 1 and "no group named 'nosuch'" in out.stderr
+    assert out.returncode == 2 and "no group named 'nosuch'" in out.stderr
 
 
 def test_sigterm_leaves_cleanly_and_the_group_moves(daemons: Daemons) -> None:

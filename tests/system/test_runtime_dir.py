@@ -289,7 +289,7 @@ def test_a_runtime_directory_another_user_could_change_is_refused(
     before = sorted(p for p in base.rglob("*"))
     out = node_at(runtime_dir).run()
     assert out.returncode == 2, out.stderr
-    assert out.stderr.startswith("vigil: refusing to start:\nunsafe runtime directory: ")
+    assert out.stderr.startswith("vigil: refusing to start: unsafe runtime directory: ")
     assert what in out.stderr and fix in out.stderr
     assert "Traceback" not in out.stderr + out.stdout
     # refused before anything was made or started
@@ -375,7 +375,7 @@ def test_a_second_daemon_for_the_same_node_refuses_before_it_binds_anything(
     second = node.run()
     assert second.returncode == 2
     assert second.stderr == (
-        f"vigil: refusing to start:\nnode alpha is already running on this machine (pid "
+        f"vigil: refusing to start: node alpha is already running on this machine (pid "
         f"{first.pid} holds {node.dir / 'node.lock'}); stop that daemon first (kill -TERM "
         f"{first.pid}, or systemctl stop vigil)\n")
     assert first.poll() is None and node.web_running()  # the first one did not notice

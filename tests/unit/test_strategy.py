@@ -443,3 +443,59 @@ def test_decide_is_deterministic_whatever_the_order_of_its_inputs(strategy: Stra
 
 def test_infinity_is_math_inf() -> None:
     assert math.inf == INFINITY
+
+
+# ---- explanations (`vigil simulate --show-costs`) -----------------------------------------
+
+
+@pytest.mark.parametrize("strategy", [CostStrategy(), PreferredListStrategy()],
+                         ids=["cost", "preferred"])
+def test_explained_costs_are_the_local_costs(strategy: Strategy) -> None:
+    cfg = config(group("web", prefer={"alpha": 0.0, "beta": 5.0}, nodes=("beta", "alpha"),
+                       migration_threshold=2), group("db"), types={"db": "postgres"})
+    for ctx in (local(cfg, "alpha"), local(cfg, "beta", active=("web",), fails={"web": 1}),
+                local(cfg, "gamma", missing=("postgres",)), local(cfg, "alpha", fails={"web": 2}),
+                local(cfg, "beta", standby=("beta",))):
+        explained = strategy.explain_costs(ctx)
+        assert {g: e.cost for g, e in explained.items()} == strategy.local_costs(ctx)
+        assert all(e.reasons for e in explained.values())
+
+
+def test_cost_explanations_name_every_term() -> None:
+    cfg = config(group("web", prefer={"alpha": 0.0, "beta": 5.0}, stickiness=30.0,
+                       migration_threshold=3))
+    s = CostStrategy()
+    assert s.explain_costs(local(cfg, "alpha"))["web"].reasons == ("prefer alpha = 0",)
+    beta = s.explain_costs(local(cfg, "beta", active=("web",), fails={"web": 1}))["web"]
+    assert beta.cost == -25.0
+    assert beta.reasons == ("prefer beta = 5", "runs here: stickiness -30",
+                            "1 failure(s) here, INFINITY at migration_threshold 3")
+    gamma = s.explain_costs(local(cfg, "gamma"))["web"]
+    assert (gamma.cost, gamma.reasons) == (15.0, ("not in prefer: the worst preference + 10 "
+                                                  "= 15",))
+    standby = s.explain_costs(local(cfg, "alpha", standby=("alpha",)))["web"]
+    assert (standby.cost, standby.reasons) == (INFINITY, ("node in standby",))
+
+
+def test_preferred_list_explanations_give_the_position() -> None:
+    cfg = config(group("web", nodes=("beta", "alpha")))
+    s = PreferredListStrategy()
+    assert s.explain_costs(local(cfg, "alpha"))["web"].reasons == (
+        "position 2 in the group's nodes (beta, alpha)",)
+    assert s.explain_costs(local(cfg, "gamma"))["web"].reasons == (
+        "gamma is not in the group's nodes",)
+
+
+def test_a_strategy_without_explanations_still_gives_its_costs() -> None:
+    class Flat(Strategy):
+        name = "flat"
+
+        def local_costs(self, ctx: LocalCostContext) -> dict[str, float]:
+            return dict.fromkeys(ctx.config.groups, 1.0)
+
+        def decide(self, ctx: DecisionContext) -> Decision:
+            return Decision({}, {})
+
+    explained = Flat().explain_costs(local(config(group("web")), "alpha"))
+    assert explained["web"].cost == 1.0
+    assert explained["web"].reasons == ("strategy flat gives no reasons",)

@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import sys
 from typing import NoReturn
 
 import click
 
+from vigil.cli.options import EXIT_NO_DAEMON, EXIT_USAGE, config_option, node_option_for
 from vigil.notifications import KINDS, Missed, Notification, to_dict
 
-# The same as vigil.cli.main's (not imported: main imports this module at its end).
-EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, EXIT_NO_DAEMON = 0, 1, 2, 3
-DEFAULT_CONFIG = os.environ.get("VIGIL_CONFIG", "/etc/vigil/cluster.toml")
+#: ``--timeout`` passed without a notification (events has no --wait: 1, as before)
+EXIT_TIMEOUT = 1
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -39,10 +38,8 @@ def format_line(note: Notification) -> str:
 
 
 @click.command("events")
-@click.option("--config", "-c", "config_path", default=DEFAULT_CONFIG, show_default=True,
-              type=click.Path(dir_okay=False), help="Cluster configuration file (or "
-              "$VIGIL_CONFIG).")
-@click.option("--node", "-n", default=None, help="Whose events (default: the host name).")
+@config_option
+@node_option_for("Whose events (default: the host name).")
 @click.option("--kind", "kinds", multiple=True, type=click.Choice(sorted(KINDS)),
               metavar="KIND", help="Only this kind (repeat for more); default all.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")

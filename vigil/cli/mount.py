@@ -21,12 +21,12 @@ from typing import NoReturn
 
 import click
 
+from vigil.cli.options import config_option, node_option_for
 from vigil.journal import configure
 from vigil.local.access import Access as SocketAccess
 from vigil.local.access import prepare_runtime_dir
 from vigil.local.rundir import open_append, private_dir
 
-DEFAULT_CONFIG = os.environ.get("VIGIL_CONFIG", "/etc/vigil/cluster.toml")
 DEFAULT_MOUNTPOINT = "/ha"
 EXIT_FAILED, EXIT_USAGE = 1, 2
 #: How long ``--background`` waits for the mount to come up before it gives up.
@@ -96,11 +96,8 @@ def _log_to(log_file: str | None, in_runtime_dir: bool = False) -> None:
 
 @click.command("mount")
 @click.argument("mountpoint", default=DEFAULT_MOUNTPOINT, type=click.Path(file_okay=False))
-@click.option("--config", "-c", "config_path", default=DEFAULT_CONFIG, show_default=True,
-              type=click.Path(dir_okay=False),
-              help="Cluster configuration file (or $VIGIL_CONFIG).")
-@click.option("--node", "-n", default=None,
-              help="Whose daemon /ha shows (default: the host name).")
+@config_option
+@node_option_for("Whose daemon /ha shows (default: the host name).")
 @click.option("--foreground/--background", default=False, show_default=True,
               help="Serve in this process (for systemd), or return once the mount is up and "
                    "serve from a background process.")

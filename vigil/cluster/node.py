@@ -63,7 +63,13 @@ from vigil.cluster.placement import stop_bound
 from vigil.cluster.promise import Persisted, Promise
 from vigil.cluster.reconfig import refusals, retired, summary
 from vigil.cluster.round import Master, Phase, Round
-from vigil.cluster.strategy import LocalCostContext, Strategy, builtin_strategy, nic_limit
+from vigil.cluster.strategy import (
+    CostExplanation,
+    LocalCostContext,
+    Strategy,
+    builtin_strategy,
+    nic_limit,
+)
 from vigil.cluster.wire import (
     INFINITY,
     Accept,
@@ -313,6 +319,21 @@ class NodeCore:
 
     def fail_counts(self) -> dict[str, int]:
         return self.groups.fail_counts()
+
+    def cost_context(self, admin: frozenset[str]) -> LocalCostContext:
+        """What this node knows when it prices the groups, under the administrative state
+        ``admin`` (the master's, in a cost request)."""
+        return LocalCostContext(
+            node=self.name, config=self.config,
+            active=frozenset(g for g, s in self.groups.state.items()
+                             if s in (LocalState.RUNNING, LocalState.STARTING)),
+            fail_counts=self.fail_counts(), standby=admin,
+            missing_types=self.missing_types, nics_down=dict(self.nics_down))
+
+    def explain_costs(self) -> dict[str, CostExplanation]:
+        """Each group's cost here now and why (the strategy's words), under the accepted
+        administrative state: `vigil simulate --show-costs`."""
+        return self.strategy.explain_costs(self.cost_context(self.accepted.admin))
 
     def copies(self) -> dict[str, CopyFact | None]:
         """Mirror resource -> this node's newest copy of its data (None: none), as the shell
@@ -708,12 +729,7 @@ class NodeCore:
                               tuple(a for a in promise.applied_seen if a in carried)),
                        master)
         elif isinstance(body, CostRequest):
-            ctx = LocalCostContext(
-                node=self.name, config=self.config,
-                active=frozenset(g for g, s in self.groups.state.items()
-                                 if s in (LocalState.RUNNING, LocalState.STARTING)),
-                fail_counts=self.fail_counts(), standby=body.admin,
-                missing_types=self.missing_types, nics_down=dict(self.nics_down))
+            ctx = self.cost_context(body.admin)
             config = self.config
             if body.config and body.config == (self.staged.digest if self.staged else ""):
                 # the transition that switches to it: price its groups by the staged file

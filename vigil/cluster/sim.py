@@ -444,6 +444,15 @@ class SimCluster:
             self._deliver(name, GroupFailed(group, "simulated monitor failure",
                                             resource=failed, policy=policy))
 
+    def set_fail_count(self, name: str, group: str, count: int) -> None:
+        """``group`` has failed ``count`` times on ``name`` (`vigil simulate --live` starts
+        from the fail counts a daemon reports); the master prices it again."""
+        node = self.nodes[name]
+        if node.core is not None:
+            groups = node.core.groups
+            groups.fail_times[group] = [self.now] * count
+            groups.failures += 1
+
     def fail_next_start(self, name: str, group: str) -> None:
         self.nodes[name].fail_next_start.add(group)
 

@@ -78,6 +78,14 @@ class Decision:
     reasons: Mapping[str, str]  # group -> why, for the log and `vigil simulate`
 
 
+@dataclass(frozen=True, slots=True)
+class CostExplanation:
+    """A group's cost on one node, and the terms that make it up (or why it is INFINITY)."""
+
+    cost: float
+    reasons: tuple[str, ...]
+
+
 def group_order(config: ClusterConfig) -> list[str]:
     """Groups with the ones they depend on first (deterministic)."""
     graph = DependencyGraph({g.name: g.depends_on for g in config.groups.values()})
@@ -102,6 +110,13 @@ class Strategy(ABC):
 
     @abstractmethod
     def decide(self, ctx: DecisionContext) -> Decision: ...
+
+    def explain_costs(self, ctx: LocalCostContext) -> dict[str, CostExplanation]:
+        """Each group's cost on this node (as :meth:`local_costs`) and why, in words (`vigil
+        simulate --show-costs`). A strategy that cannot say why gives its costs alone."""
+        return {g: CostExplanation(c, (f"strategy {self.name or type(self).__name__} gives "
+                                       "no reasons",))
+                for g, c in self.local_costs(ctx).items()}
 
     @staticmethod
     def hard_limit(ctx: LocalCostContext, group: GroupConfig) -> str | None:
@@ -309,19 +324,37 @@ class CostStrategy(Strategy):
     PATH_WEIGHT = 1.0
 
     def local_costs(self, ctx: LocalCostContext) -> dict[str, float]:
-        costs: dict[str, float] = {}
+        return {g: e.cost for g, e in self.explain_costs(ctx).items()}
+
+    def explain_costs(self, ctx: LocalCostContext) -> dict[str, CostExplanation]:
+        out: dict[str, CostExplanation] = {}
         for group in ctx.config.groups.values():
-            if self.hard_limit(ctx, group) is not None:
-                costs[group.name] = INFINITY
+            limit = self.hard_limit(ctx, group)
+            if limit is not None:
+                out[group.name] = CostExplanation(INFINITY, (limit,))
                 continue
-            if group.prefer:
-                base = group.prefer.get(ctx.node, max(group.prefer.values()) + 10.0)
+            why: list[str] = []
+            if group.prefer and ctx.node in group.prefer:
+                base = group.prefer[ctx.node]
+                why.append(f"prefer {ctx.node} = {base:g}")
+            elif group.prefer:
+                base = max(group.prefer.values()) + 10.0
+                why.append(f"not in prefer: the worst preference + 10 = {base:g}")
             else:
                 base = 0.0
+                why.append("no preferences: 0")
             if group.name in ctx.active and not group.failback:
                 base -= group.stickiness
-            costs[group.name] = base + self.PATH_WEIGHT * self.paths_lost(ctx, group)
-        return costs
+                why.append(f"runs here: stickiness -{group.stickiness:g}")
+            lost = self.paths_lost(ctx, group)
+            if lost:
+                why.append(f"{lost} NIC(s) of its addresses down: +{self.PATH_WEIGHT * lost:g}")
+            failures = ctx.fail_counts.get(group.name, 0)
+            if failures:
+                why.append(f"{failures} failure(s) here, INFINITY at migration_threshold "
+                           f"{group.migration_threshold}")
+            out[group.name] = CostExplanation(base + self.PATH_WEIGHT * lost, tuple(why))
+        return out
 
     def decide(self, ctx: DecisionContext) -> Decision:
         return _place_sets(ctx, _rank_by_cost)
@@ -344,14 +377,23 @@ class PreferredListStrategy(Strategy):
     name = "preferred"
 
     def local_costs(self, ctx: LocalCostContext) -> dict[str, float]:
-        costs: dict[str, float] = {}
+        return {g: e.cost for g, e in self.explain_costs(ctx).items()}
+
+    def explain_costs(self, ctx: LocalCostContext) -> dict[str, CostExplanation]:
+        out: dict[str, CostExplanation] = {}
         for group in ctx.config.groups.values():
             order = group.nodes or tuple(sorted(ctx.config.nodes))
-            if ctx.node not in order or self.hard_limit(ctx, group) is not None:
-                costs[group.name] = INFINITY
+            limit = self.hard_limit(ctx, group)
+            if ctx.node not in order:
+                out[group.name] = CostExplanation(INFINITY, (f"{ctx.node} is not in the "
+                                                             "group's nodes",))
+            elif limit is not None:
+                out[group.name] = CostExplanation(INFINITY, (limit,))
             else:
-                costs[group.name] = float(order.index(ctx.node))
-        return costs
+                index = order.index(ctx.node)
+                out[group.name] = CostExplanation(float(index), (
+                    f"position {index + 1} in the group's nodes ({', '.join(order)})",))
+        return out
 
     def decide(self, ctx: DecisionContext) -> Decision:
         return _place_sets(ctx, _rank_by_list)

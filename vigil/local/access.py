@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import grp
 import logging
+import os
 import platform
 import pwd
 import socket
@@ -39,6 +40,7 @@ from typing import Final
 from vigil.local import rundir
 
 __all__ = [
+    "MAX_SOCKET_PATH",
     "READ_ONLY_COMMANDS",
     "Access",
     "Peer",
@@ -47,6 +49,7 @@ __all__ = [
     "prepare_runtime_dir",
     "proc_groups",
     "socket_in_use",
+    "socket_problem",
 ]
 
 log = logging.getLogger(__name__)
@@ -198,6 +201,34 @@ def prepare_runtime_dir(directory: Path, access: Access) -> None:
                         " / ".join(filter(None, (access.admin_group, access.status_group))),
                         directory)
             break
+
+
+#: The longest path an AF_UNIX socket can be bound to (sun_path, less its final NUL).
+MAX_SOCKET_PATH = 107
+
+
+def socket_problem(path: Path, what: str) -> str | None:
+    """Why the daemon cannot listen on the local socket ``path`` (its ``what``, e.g.
+    "control socket"), in one line, or None: checked before any actor starts, so that the
+    daemon refuses with this line rather than with an actor's traceback."""
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        return (f"the {what} path {path} is {len(os.fsencode(path))} bytes long, longer than "
+                f"the {MAX_SOCKET_PATH} a Unix socket allows: choose a shorter runtime_dir")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(1.0)
+    try:
+        s.connect(str(path))
+        pid, _, _ = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                     struct.calcsize("3i")))
+        who = f"pid {pid}" if pid > 0 else "another process"
+    except BlockingIOError:  # its queue of new connections is full: someone listens
+        who = "another process"
+    except OSError:
+        return None
+    finally:
+        s.close()
+    return (f"the {what} {path} is in use by {who}: is another vigil daemon running for "
+            "this node? Stop it first")
 
 
 def socket_in_use(path: Path) -> bool:
