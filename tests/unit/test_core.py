@@ -389,8 +389,8 @@ def test_a_node_with_a_different_config_digest_is_kept_out_and_reported() -> Non
     cfg = sim_config(3, 3, group_chain=False)
     c = Recorder(cfg)
     gamma = c.nodes["gamma"]
-    gamma.core = NodeCore(dataclasses.replace(cfg, digest="edited"), "gamma",
-                          incarnation=gamma.incarnation, now=c.now)
+    c.files["gamma"] = dataclasses.replace(cfg, digest="edited")  # its own file, edited
+    gamma.core = NodeCore(c.files["gamma"], "gamma", incarnation=gamma.incarnation, now=c.now)
     c.run_for(FORM)
     for name in ("alpha", "beta"):
         status = build_status(c.core(name))
