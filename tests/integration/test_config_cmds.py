@@ -68,7 +68,7 @@ def test_a_changed_file_shows_every_difference_and_exits_1(running: Path,
         f"{loads(changed.read_text(), changed).digest[:12]})"]
     # a shorter heartbeat shortens the lease it derives: not live, and what to do instead
     assert out.splitlines()[5] == "cannot be applied live:"
-    assert "timing.lease_time shortened" in out and "start them all with the new file" in out
+    assert "timing.lease_time changed" in out and "start them all with the new file" in out
     live = tmp_path / "live.toml"
     live.write_text(running.read_text() + DB)
     code, out, _ = diff("-c", str(running), "-n", "alpha", str(live))

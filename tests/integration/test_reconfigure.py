@@ -12,7 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_actors_memory import JOURNAL, JOURNAL_LOCK, recording_cluster
+from tests.integration.test_actors_memory import (
+    JOURNAL,
+    JOURNAL_LOCK,
+    load_key,
+    recording_cluster,
+)
 from tests.support.cluster_harness import MemoryCluster, cluster_toml, wait_for
 from vigil.actors.messages import ChildFailed
 from vigil.actors.node import NodeRuntime
@@ -148,3 +153,39 @@ def test_a_new_nic_to_watch_gets_its_monitor_and_the_kernel_s_word(
     assert "nic:nothere0" in done.started
     wait_for(lambda: cluster.status("alpha")["nics"].get("nothere0", {}).get("reason")
              == "no such interface", 10, "the new NIC monitor's word")
+
+
+def app(stop: str, interval: str) -> str:
+    return ('\n[groups.api]\nresources = ["api-app"]\nprefer = { alpha = 0, beta = 10 }\n'
+            '\n[resources.api-app]\ntype = "application"\nparams = { start = "sleep 917" }\n'
+            f'stop_timeout = "{stop}"\nmonitor = {{ interval = "{interval}", timeout = "1s" }}\n')
+
+
+def test_a_new_timeout_or_monitor_keeps_the_resource_and_what_it_started(
+        tmp_path: Path) -> None:
+    """Settings read at each operation change in place: a new object would not know the
+    process the old one started (its monitor would find nothing, its stop would leave it)."""
+    cfg = config(tmp_path, app("1s", "200ms"))
+    mc = MemoryCluster(cfg, load_key(cfg))
+    try:
+        alpha = mc.start("alpha")
+        mc.start("beta")
+        wait_for(lambda: mc.status("alpha")["groups"]["api"] == {
+            **mc.status("alpha")["groups"]["api"], "node": "alpha", "state": "running"},
+            20, "api running on alpha")
+        before = alpha.directory.get("resource:api-app")
+        assert before is not None
+        res = before.proxy().resource.get()
+        pid = res.pid
+        assert pid is not None and Path(f"/proc/{pid}").exists()
+        done = alpha.reconfigure(config(tmp_path, app("5s", "300ms")))
+        assert "resource:api-app" not in done.replaced + done.started, done
+        assert alpha.directory.get("resource:api-app") is before
+        assert res.config.stop_timeout == 5.0 and res.pid == pid
+        result = res._stop(False)
+        assert result.ok
+        wait_for(lambda: not Path(f"/proc/{pid}").exists()
+                 or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2], 10,
+                 "the application stopped")
+    finally:
+        mc.stop()

@@ -18,6 +18,7 @@ from vigil.cluster.local import LocalState
 from vigil.cluster.reconfig import refusals, retired
 from vigil.cluster.sim import SimCluster
 from vigil.config import ClusterConfig, GroupConfig, ResourceConfig
+from vigil.messages import Message
 
 pytestmark = pytest.mark.sim
 
@@ -129,7 +130,7 @@ def test_a_change_that_cannot_be_applied_live_is_refused_with_what_to_do() -> No
     assert alpha is not None and alpha.staged is None
     assert alpha.config.digest == old.digest
     text = alpha.decisions[-1][1]
-    assert "lease_time shortened" in text and "start them all with the new file" in text
+    assert "lease_time changed" in text and "start them all with the new file" in text
 
 
 def test_a_retired_group_whose_stop_fails_holds_the_switch_back() -> None:
@@ -183,3 +184,59 @@ def test_faults_during_the_switch_leave_one_configuration_and_the_invariants(
     digests = {c.nodes[n].core.config.digest for n in c.live()}  # type: ignore[union-attr]
     assert digests == {new.digest}, c.describe()
     assert not c.expected_placement_ok(), c.describe()
+
+
+def test_the_master_lost_during_the_accept_of_a_switch_leaves_the_others_able_to_go_on(
+        ) -> None:
+    """The accept reaches one member, then the master is powered off: the member that did
+    not switch follows the one that did (its stop phase stopped what the switch retires),
+    and the two take over the master's groups."""
+    old = base()
+    c = running(SimCluster(old))
+    new = changed(old)
+    seen: list[float] = []
+    transmit = c._transmit
+
+    def only_to_beta(msg: Message) -> None:
+        if msg.type == "accept" and msg.fields.get("config") and not seen:
+            seen.append(c.now)
+            c.block("alpha", "gamma")
+            transmit(msg)
+            c.unblock("alpha", "gamma")
+            return
+        transmit(msg)
+
+    c._transmit = only_to_beta  # type: ignore[method-assign]
+    c.stage(new, on="beta")
+    end = c.now + 10.0
+    while not seen and c.now < end:
+        c.run_for(0.0005)
+    assert seen, "the switch never reached its accept"
+    c.crash("alpha")
+    settle(c, 30.0)
+    assert {c.nodes[n].core.config.digest for n in c.live()} == {  # type: ignore[union-attr]
+        new.digest}
+    assert all(c.placement()[g] for g in new.groups), c.describe()
+
+
+def test_a_node_restarted_with_a_file_not_yet_reloaded_does_not_switch_the_cluster() -> None:
+    """The operator copied the new file everywhere but has not reloaded: a node that
+    restarts meanwhile runs it and stays out; the others do not pick it up on their own."""
+    old = base()
+    c = running(SimCluster(old))
+    new = changed(old)
+    for n in c.config.node_names:
+        c.files[n] = new  # copied, not reloaded
+    c.crash("gamma")
+    c.run_for(1.0)
+    c.power_on("gamma")
+    c.run_for(3.0)
+    for n in ("alpha", "beta"):
+        core = c.nodes[n].core
+        assert core is not None and core.config.digest == old.digest and core.staged is None
+        assert "gamma" in core.membership.mismatched
+    # the reload then switches them, and gamma joins
+    c.stage(new, on="alpha")
+    settle(c)
+    assert {c.nodes[n].core.config.digest for n in c.live()} == {  # type: ignore[union-attr]
+        new.digest}

@@ -128,7 +128,7 @@ def test_what_cannot_change_live_is_refused_and_a_broken_file_is_named(
                                            'fence_margin = "100ms"'))
     out = daemons.vigil("config", "reload", "-c", str(daemons.config), "--via", "alpha")
     assert out.returncode == 1, out.stdout + out.stderr
-    assert "fence_margin shortened" in out.stderr and "start them all" in out.stderr
+    assert "fence_margin changed" in out.stderr and "start them all" in out.stderr
     daemons.config.write_text(good.replace('stop_timeout = "1s"', 'stop_timeout = "soon"', 1))
     out = daemons.vigil("config", "reload", "-c", str(daemons.config), "--via", "alpha")
     assert out.returncode == 2, out.stdout + out.stderr  # the command's own file is broken

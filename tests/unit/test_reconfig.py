@@ -9,7 +9,7 @@ import pytest
 
 from tests.support.simconfig import sim_config
 from vigil.cluster.reconfig import refusals, retired, summary
-from vigil.config import FenceDevice, GroupConfig, LinkConfig, NodeConfig, Timing
+from vigil.config import FenceDevice, GroupConfig, LinkConfig, NodeConfig
 
 pytestmark = pytest.mark.unit
 
@@ -35,14 +35,19 @@ def test_nothing_changed_is_nothing_refused_or_retired() -> None:
     (lambda c: replace(c, fence_devices={"pdu": FenceDevice("pdu", "x", ("alpha",))}),
      "[fence_devices] changed"),
     (lambda c: replace(c, timing=replace(c.timing, lease_time=0.3)),
-     "timing.lease_time shortened (0.5s -> 0.3s)"),
+     "timing.lease_time changed (0.5s -> 0.3s)"),
+    (lambda c: replace(c, timing=replace(c.timing, lease_time=3.5)),
+     "timing.lease_time changed (0.5s -> 3.5s)"),
     (lambda c: replace(c, timing=replace(c.timing, fence_margin=0.01)),
-     "timing.fence_margin shortened"),
+     "timing.fence_margin changed"),
     (lambda c: replace(c, timing=replace(c.timing, guard_time=0.2)),
      "timing.guard_time changed"),
     (lambda c: replace(c, resources={r: replace(v, stop_timeout=0.05)
                                      for r, v in c.resources.items()}),
-     "stop timeouts shortened"),
+     "stop timeouts changed"),
+    (lambda c: replace(c, resources={r: replace(v, stop_timeout=v.stop_timeout * 2)
+                                     for r, v in c.resources.items()}),
+     "stop timeouts changed"),
 ])
 def test_what_needs_every_node_restarted_is_refused_with_what_to_do(change, says) -> None:  # type: ignore[no-untyped-def]
     found = refusals(BASE, change(BASE))
@@ -51,13 +56,13 @@ def test_what_needs_every_node_restarted_is_refused_with_what_to_do(change, says
                                              "docs/security.md"))
 
 
-def test_longer_waits_timings_and_placement_settings_change_live() -> None:
-    new = replace(BASE, timing=Timing(heartbeat_interval=0.2, dead_time=1.0, lease_time=0.7,
-                                      step_timeout=2.0, retransmit_interval=0.2,
-                                      fence_margin=0.05),
+def test_detection_timings_and_placement_settings_change_live() -> None:
+    t = BASE.timing
+    new = replace(BASE, timing=replace(t, heartbeat_interval=0.05, dead_time=0.9,
+                                       step_timeout=2.0, retransmit_interval=0.05),
                   groups={**BASE.groups, "g0": replace(BASE.groups["g0"], stickiness=500.0,
                                                        migration_threshold=9)},
-                  resources={r: replace(v, stop_timeout=v.stop_timeout * 2)
+                  resources={r: replace(v, start_timeout=v.start_timeout * 2)
                              for r, v in BASE.resources.items()})
     assert refusals(BASE, new) == []
     assert retired(BASE, new) == {}  # nothing that runs changes: nothing stops

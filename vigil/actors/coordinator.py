@@ -55,6 +55,7 @@ from vigil.cluster.events import (
 from vigil.cluster.mirrors import MirrorLag, MirrorState
 from vigil.cluster.node import NodeCore
 from vigil.cluster.promise import Persisted
+from vigil.cluster.reconfig import retired
 from vigil.cluster.view import LinkFacts, ResourceFacts, build_status
 from vigil.config import ClusterConfig
 from vigil.config_diff import json_safe
@@ -119,6 +120,7 @@ class CoordinatorActor(VigilActor):
         #: rebuilds of the actors under way (a configuration switch), and the group commands
         #: that wait for them
         self.rebuilding = 0
+        self.rebuilt_groups: set[str] = set()
         self.waiting: list[StartGroup | StopGroup | RestartResource] = []
         self.saved = self.core.persisted()
         self.tokens = 0
@@ -266,7 +268,7 @@ class CoordinatorActor(VigilActor):
             elif isinstance(action, LoadConfig):
                 self._read_later(action.wanted, action.quiet)
             elif isinstance(action, StartGroup | StopGroup | RestartResource):
-                if self.rebuilding:
+                if self.rebuilding and action.group in self.rebuilt_groups:
                     self.waiting.append(action)
                 else:
                     self.directory.tell(f"group:{action.group}", action)
@@ -326,6 +328,9 @@ class CoordinatorActor(VigilActor):
         future = node.ask(Reconfigure(config), block=False)
         self.rebuilding += 1
         added = tuple(sorted(set(config.groups) - set(before.groups)))
+        # only the commands for groups whose actors are replaced wait: a stop of a group
+        # the switch kept (its lease lost right after) must not wait behind the rebuild
+        self.rebuilt_groups |= set(added) | (set(retired(before, config)) & set(config.groups))
 
         def wait() -> None:
             try:
@@ -344,6 +349,7 @@ class CoordinatorActor(VigilActor):
         for group in done.added:  # a new group may find its resources running already
             self.directory.tell(f"group:{group}", ProbeGroup())
         if self.rebuilding == 0:
+            self.rebuilt_groups = set()
             waiting, self.waiting = self.waiting, []
             for action in waiting:
                 self.directory.tell(f"group:{action.group}", action)

@@ -57,6 +57,7 @@ from vigil.actors.notifier import NotifierActor
 from vigil.actors.resource import ResourceActor
 from vigil.actors.strategies import load_strategy
 from vigil.cluster.events import StageConfig
+from vigil.cluster.reconfig import resource_restarts
 from vigil.config import (
     ClusterConfig,
     ConfigError,
@@ -423,7 +424,10 @@ class NodeRuntime:
         configuration is the same as in the last catalog is the same object (its actor keeps
         running with it). Made the runtime's catalog."""
         previous = self.catalog
-        kept = {r.name for r in previous or () if cfg.resources.get(r.name) == r.config}
+        # The same object while nothing that needs a restart changed (a timeout, the
+        # monitor): a new one would not know the processes the old one started.
+        kept = {r.name for r in previous or () if r.name in cfg.resources
+                and not resource_restarts(r.config, cfg.resources[r.name])}
         missing = self._missing_types(cfg)
         fresh: dict[str, Resource] = {}
         for rcfg in cfg.resources.values():  # all made before anything changes
@@ -436,7 +440,9 @@ class NodeRuntime:
         catalog = Catalog()
         for name in cfg.resources:
             if previous is not None and name in kept:
-                catalog.add(previous.remove(name))
+                res = previous.remove(name)
+                res.reconfigure(cfg.resources[name])
+                catalog.add(res)
             elif name in fresh:
                 res = fresh[name]
                 if self.cgroups is not None:

@@ -475,9 +475,12 @@ class NodeCore:
         heard = self.membership.on_heartbeat(sender, hb, self.promise.promised,
                                              self.incarnation)
         if heard is Heard.MISMATCH:
-            # Perhaps we missed the reload that switched it (we were cut off): read our file
-            # again; if it is what the peer runs, we stage it and follow.
-            self._act(LoadConfig(hb.digest, quiet=True))
+            if hb.promised > self.promise.promised:
+                # The peer's cluster moved on without us: perhaps we missed the reload that
+                # switched it (we were cut off). Read our file again; if it is what the peer
+                # runs, we stage it and follow. (Not for a peer behind us: a node restarted
+                # with a file not yet reloaded must not switch the cluster.)
+                self._act(LoadConfig(hb.digest, quiet=True))
             self.journal.warn(
                 "config", f"node {sender} runs a different configuration (digest "
                 f"{hb.digest[:12]} vs ours {self.config.digest[:12]}); it is kept out of "
@@ -488,10 +491,14 @@ class NodeCore:
         if heard is Heard.NOTHING:
             return
         staged = self.staged
-        if (staged is not None and hb.digest == staged.digest and not self.groups.busy
-                and hb.promised > self.promise.promised):
-            # The cluster switched in an epoch we were not part of, and nothing runs here:
-            # follow it (we run nothing the switch could have had to stop first).
+        if staged is not None and hb.digest == staged.digest and (
+                (not self.groups.busy and hb.promised > self.promise.promised)
+                or (hb.accepted >= self.promise.promised
+                    and not self.groups.busy & set(retired(self.config, staged)))):
+            # The cluster switched in an epoch we were not part of (or whose accept we
+            # missed: its master may be gone), and nothing the switch retires runs here (its
+            # stop phase stopped them): follow it. What we accepted stays older, so nothing
+            # new starts here before the next transition.
             self.journal.note("config", f"{sender} runs configuration {staged.digest[:12]} "
                               f"in epoch {fmt_epoch(hb.promised)}, which we missed: switching "
                               "to it too")
@@ -736,7 +743,9 @@ class NodeCore:
                 assert self.staged is not None
                 config = self.staged
                 ctx = replace(ctx, config=config, missing_types=self.staged_missing)
-            costs = self.strategy.local_costs(ctx)
+            strategy = (self.strategy if config.strategy == self.config.strategy
+                        else self.strategies(config.strategy))  # the master decides by it
+            costs = strategy.local_costs(ctx)
             self._send(CostReply(epoch, {g: costs.get(g, INFINITY) for g in config.groups},
                                  self.copies()), master)
         elif isinstance(body, StopRequest):

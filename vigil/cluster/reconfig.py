@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from vigil.cluster.placement import stop_bound
 from vigil.config import TIME_FENCERS, ClusterConfig, GroupConfig, ResourceConfig
 
-__all__ = ["refusals", "retired", "summary"]
+__all__ = ["refusals", "resource_restarts", "retired", "summary"]
 
 #: what an operator does with a change that cannot be applied live
 RESTART_ALL = ("stop every node (`systemctl stop vigil` on each), then start them all with "
@@ -56,22 +56,22 @@ def refusals(old: ClusterConfig, new: ClusterConfig) -> list[str]:
     same("[guardian]", old.guardian, new.guardian,
          "the guardians run with the file they started with; " + RESTART_ALL)
     t0, t1 = old.timing, new.timing
-    # The fencing waits of a node running the new file must cover the leases and stops of
-    # one still running the old one (it may be cut off from the switch): shorter is refused.
+    # A lost node's lease and stops bound the others' fencing waits. During a switch some
+    # nodes run each file, and a master on either may have to wait for a node on the other:
+    # the bounds must be the same in both (shorter leaves a node on the old file unwaited
+    # for; longer, one that switched already).
     for what, before, after in (("lease_time", t0.lease_time, t1.lease_time),
-                                ("fence_margin", t0.fence_margin, t1.fence_margin)):
-        if after < before:
-            out.append(f"timing.{what} shortened ({before:g}s -> {after:g}s): a node still "
-                       "on the old file could hold its lease longer than the others wait; "
-                       f"a longer value may change live, a shorter one: {RESTART_ALL}")
-    same("timing.guard_time", t0.guard_time, t1.guard_time,
-         "the guardians run with the file they started with; " + RESTART_ALL)
-    if old.fencer in TIME_FENCERS and stop_bound(new) < stop_bound(old):
-        out.append(f"stop timeouts shortened (the longest stop of a node goes from "
+                                ("fence_margin", t0.fence_margin, t1.fence_margin),
+                                ("guard_time", t0.guard_time, t1.guard_time)):
+        if after != before:
+            out.append(f"timing.{what} changed ({before:g}s -> {after:g}s): a node lost "
+                       "during the switch would be waited for by the other file's value; "
+                       f"{RESTART_ALL}")
+    if old.fencer in TIME_FENCERS and stop_bound(new) != stop_bound(old):
+        out.append(f"stop timeouts changed (the longest stop of a node goes from "
                    f"{stop_bound(old):g}s to {stop_bound(new):g}s): the {old.fencer} fencer "
-                   "waits for a lost node's stops, and one still on the old file may take "
-                   f"the old time; a longer value may change live, a shorter one: "
-                   f"{RESTART_ALL}")
+                   "waits for a lost node's stops, and a node lost during the switch may "
+                   f"take the other file's time; {RESTART_ALL}")
     mirrors = sorted({r for c in (old, new) for r, rc in c.resources.items()
                       if rc.type == "mirror"})
     for r in mirrors:
@@ -81,7 +81,7 @@ def refusals(old: ClusterConfig, new: ClusterConfig) -> list[str]:
     return out
 
 
-def _resource_restarts(a: ResourceConfig | None, b: ResourceConfig | None) -> bool:
+def resource_restarts(a: ResourceConfig | None, b: ResourceConfig | None) -> bool:
     """Whether a resource must stop and start again to take its new definition (monitor
     settings, timeouts and on_fail apply to the next operation: no restart)."""
     if a is None or b is None:
@@ -94,7 +94,7 @@ def _group_restarts(old: ClusterConfig, new: ClusterConfig, a: GroupConfig,
                     b: GroupConfig) -> bool:
     if (a.resources, a.depends_on) != (b.resources, b.depends_on):
         return True
-    return any(_resource_restarts(old.resources.get(r), new.resources.get(r))
+    return any(resource_restarts(old.resources.get(r), new.resources.get(r))
                for r in a.resources)
 
 

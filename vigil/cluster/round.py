@@ -463,6 +463,10 @@ class Master:
         for why in result.ignored:
             self.journal.note("request", why)
         r.admin, r.moves, r.forced = result.admin, result.moves, result.forced
+        if r.config is not None:  # what the new file no longer has, nothing can clear later
+            r.admin = frozenset(t for t in r.admin if not (
+                t.partition(":")[0] in ("off", "kill")
+                and t.partition(":")[2] not in r.config.resources))
         r.applied = result.applied + tuple(self.stale_requests(reported))
         for kind, node, who in result.fencing:
             self._fence_by_hand(r, kind, node, who)
@@ -629,7 +633,7 @@ class Master:
         if blocked:
             running = {g: n for n, active in r.reports.items() for g, s in active.items()
                        if s in ("running", "starting") and r.placement.get(g) == n}
-            hold_partners(self.config, r.placement, r.reasons, blocked, running)
+            hold_partners(r.config or self.config, r.placement, r.reasons, blocked, running)
 
     def lease_end(self, r: Round, suspects: list[str]) -> float:
         """When the leases of ``suspects`` have surely run out. A lease needs a quorum, so a

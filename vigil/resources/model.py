@@ -341,6 +341,17 @@ class Resource(abc.ABC):
         #: processes it starts go into a cgroup of its own (set by the node runtime)
         self.cgroups: NodeCgroups | None = None
 
+    def reconfigure(self, config: ResourceConfig) -> None:
+        """Take settings that need no restart (timeouts, monitor, on_fail: read at each
+        operation) from a new configuration of the same resource: the object, and what it
+        knows of what it started, stay."""
+        if (config.name, config.type, dict(config.params), config.depends_on) != (
+                self._config.name, self._config.type, dict(self._config.params),
+                self._config.depends_on):
+            raise ValueError(f"resource {config.name!r}: its type, parameters or dependencies "
+                             "changed: it is made anew, not reconfigured")
+        self._config = config
+
     # -- what the node's guardian must remove if this node is fenced -------------------------
 
     def holding(self) -> ResourceHolding:
