@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from vigil.notifications import Notification
 from vigil.resources.model import OpResult
 
 ResourceOpName = Literal["start", "stop", "force_stop", "monitor", "mark_oos"]
@@ -128,3 +129,12 @@ class Subscribe:
 @dataclass(frozen=True, slots=True)
 class Unsubscribe:
     ref: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Heard:
+    """Another node's significant notification (its ``node`` is the origin), heard by the
+    coordinator, in wall-clock time: for this node's history file only (the notifier tells
+    neither the log nor subscribers: it is not this node's news)."""
+
+    note: Notification

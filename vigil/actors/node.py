@@ -51,6 +51,7 @@ from vigil.guard.cgroups import NodeCgroups
 from vigil.guard.client import GuardClient
 from vigil.guard.holdings import Holdings
 from vigil.local.access import Access, prepare_runtime_dir
+from vigil.local.history import history_path
 from vigil.resources.mirror import MirrorResource
 from vigil.resources.model import Catalog
 from vigil.resources.registry import ResourceTypeRegistry, default_registry
@@ -194,7 +195,8 @@ class NodeRuntime:
         from vigil.actors.alerts import AlertsActor
 
         factories["notifier"] = lambda: NotifierActor.start(
-            "notifier", d, cfg.nodes[node].event_socket, access)
+            "notifier", d, cfg.nodes[node].event_socket, access,
+            history_path(self.runtime_dir))
         if cfg.alerts:
             factories["alerts"] = lambda: AlertsActor.start("alerts", d, node, cfg.alerts)
         for res in catalog:
@@ -227,7 +229,8 @@ class NodeRuntime:
                 LinkActor.start, f"link:{link.name}", d, link.name, codec, factory)
         mirrors = self.mirrors
         factories["control"] = lambda: ControlActor.start(
-            "control", d, cfg.nodes[node].control_socket, access, mirrors)
+            "control", d, cfg.nodes[node].control_socket, access, mirrors,
+            history_path(self.runtime_dir))
         self.ref = NodeActor.start("node", d, factories, self.left, self.failed,
                                    self._restarted)
         d.set("node", self.ref)

@@ -24,7 +24,7 @@ from vigil.config import (
     write_key,
 )
 from vigil.local.protocol import MalformedAnswer, request, status_of
-from vigil.status import ClusterStatus, PeerLink, seconds
+from vigil.status import ClusterStatus, PeerLink, local_time, seconds
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_NO_DAEMON = 1, 2, 3
 DEFAULT_CONFIG = os.environ.get("VIGIL_CONFIG", "/etc/vigil/cluster.toml")
@@ -375,7 +375,7 @@ def format_status(st: ClusterStatus) -> str:
         for nic, nv in sorted(st.nics.items()):
             state = "up" if nv.state == "up" else "DOWN"
             why = "" if nv.state == "up" and nv.reason == "usable" else f": {nv.reason}"
-            lines.append(f"  * {nic:<12} {state} since {nv.since}{why}")
+            lines.append(f"  * {nic:<12} {state} since {local_time(nv.since)}{why}")
     lines += _format_links(st)
     lines.append("Groups:")
     by_group: dict[str, list[str]] = {}
@@ -391,23 +391,21 @@ def format_status(st: ClusterStatus) -> str:
             dep = f"  after {', '.join(rv.depends_on)}" if rv.depends_on else ""
             by_hand = f"  [{rv.by_hand} by hand]" if rv.by_hand else ""
             lines.append(f"      {r:<16} ({rv.type}) {rv.service_state}{dep}{by_hand}")
-            if rv.fail_count:
-                failure = rv.last_failure
-                at, why = (failure.at, failure.reason) if failure is not None else ("?", "")
-                lines.append(f"          {rv.fail_count} failure(s) here, last at {at}: {why}")
             diag = rv.last_diagnostic
             if diag is not None and not diag.ok:
-                lines.append(f"          last diagnostic at {diag.at} FAILED: {diag.reason}")
+                lines.append(f"          last diagnostic at {local_time(diag.at)} FAILED: "
+                             f"{diag.reason}")
     lines += _format_mirrors(st)
+    from vigil.cli.history import format_failed_actions, format_recent
+
+    lines += format_failed_actions(st)
     if st.fail_counts:
         lines.append("Fail counts here: " + ", ".join(f"{g}={c}"
                                                       for g, c in st.fail_counts.items()))
     lines += _format_fencing(st)
     if st.mismatched:
         lines.append("CONFIG MISMATCH (kept out): " + ", ".join(st.mismatched))
-    if st.decisions:
-        lines.append("Recent decisions:")
-        lines += [f"    {at} {text}" for at, text in st.decisions[-6:]]
+    lines += format_recent(st)
     return "\n".join(lines)
 
 
@@ -467,14 +465,15 @@ def _format_fencing(st: ClusterStatus) -> list[str]:
     lines = ["Fencing:"]
     lines += [f"  * {node}: {text}" for node, text in sorted(f.pending.items())]
     for name, d in sorted(f.devices.items()):
-        when = f" at {d.checked}" if d.checked else ""
+        when = f" at {local_time(d.checked)}" if d.checked else ""
         lines.append(f"  device {name:<12} {d.state}{when} (fences {', '.join(d.hosts)})"
                      + (f": {d.reason}" if d.state != "ok" else ""))
     if f.history:
         lines.append("  recent (requester -> node, level, devices: result, seconds):")
         for e in f.history[-6:]:
             level = f"level {e.level} ({'+'.join(e.devices)})" if e.level else "no device"
-            lines.append(f"    {e.at} {e.requester} -> {e.target}, {level}: {e.result}, "
+            lines.append(f"    {local_time(e.at)} {e.requester} -> {e.target}, {level}: "
+                         f"{e.result}, "
                          f"{e.duration:.1f}s" + (f": {e.detail}" if e.result != "off" else ""))
     return lines
 
@@ -595,6 +594,10 @@ cli.add_command(events_command)
 from vigil.cli.mount import mount_command  # noqa: E402
 
 cli.add_command(mount_command)
+
+from vigil.cli.history import history_command  # noqa: E402
+
+cli.add_command(history_command)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ from vigil.cluster.events import (
     Shutdown,
 )
 from vigil.cluster.fencing import Fencing
+from vigil.cluster.history import ClusterHistory
 from vigil.cluster.journal import Journal
 from vigil.cluster.local import Allowed, LocalGroups, LocalState
 from vigil.cluster.membership import Heard, Membership
@@ -74,6 +75,7 @@ from vigil.cluster.wire import (
     Echo,
     Envelope,
     Heartbeat,
+    News,
     RemoteProtocolError,
     Reply,
     Report,
@@ -157,6 +159,7 @@ class NodeCore:
                              requests=self.requests, journal=self.journal, send=self._send,
                              act=self._act, now=now, fencing=self.fencing)
         self.changes = Changes(name)
+        self.history = ClusterHistory(name, incarnation)
 
     # ---- the one entry point -------------------------------------------------------------
 
@@ -196,7 +199,7 @@ class NodeCore:
             else:
                 self._queue(event)
         elif isinstance(event, ClearFailures):
-            self._clear_failures(event.group, "here")
+            self._clear_failures(event.group, "here", self.name)
             if event.everywhere:
                 self._send(Cleanup(event.group), BROADCAST)
         elif isinstance(event, MarkedOutOfService):
@@ -228,6 +231,8 @@ class NodeCore:
         # decisions), the decisions, then where groups went as a result.
         seen, moves = self.changes.observe(self.membership, self.accepted)
         self._out.notifications = seen + self.journal.take() + moves
+        for news in self.history.local(self._out.notifications):
+            self._out.messages.append(to_message(news, self.name))
         self._out.deadline = self._next_deadline()
         # freeze: a partition without quorum keeps running, so only a power fencer is safe
         # (config check) and the guardian must not kill on a lost lease
@@ -416,7 +421,12 @@ class NodeCore:
                                   "cleanly (nothing in service there)")
         elif isinstance(body, Cleanup):
             if sender != self.name and body.group in self.config.groups:
-                self._clear_failures(body.group, f"by a request from {sender}")
+                self._clear_failures(body.group, f"by a request from {sender}", sender)
+        elif isinstance(body, News):
+            if sender != self.name:
+                heard = self.history.heard(sender, body, self.now)
+                if heard is not None:
+                    self._out.heard.append(heard)
         elif isinstance(body, Declare):
             self._on_declare(sender, body)
         elif isinstance(body, Reply):
@@ -552,11 +562,17 @@ class NodeCore:
                 max_lag=limit, text=f"{where} caught up: the freshest copy elsewhere is "
                                     f"{seconds(best)} behind (max_lag {seconds(limit)})"))
 
-    def _clear_failures(self, group: str, how: str) -> None:
-        if self.groups.clear_failures(group):
-            self.journal.emit(FailCountsCleared(
-                node=self.name, time=self.now, group=group,
-                text=f"fail count of {group} cleared on {self.name} {how}"))
+    def _clear_failures(self, group: str, how: str, asked_on: str) -> None:
+        """A cleanup (asked here, or on ``asked_on``, which told every node): the fail
+        count here, and the failed actions of every node, are gone. Told on every node, so
+        that each shell forgets what it keeps of the group's failures too."""
+        changed = self.groups.clear_failures(group)
+        self.history.clear(group)
+        self.master.cleanups[group] = asked_on
+        self.journal.emit(FailCountsCleared(
+            node=self.name, time=self.now, group=group,
+            text=f"fail count of {group} cleared on {self.name} {how}" if changed else
+            f"failures of {group} forgotten on {self.name} {how} (none counted here)"))
 
     # ---- the member's side of a transition ------------------------------------------------
 
@@ -573,6 +589,7 @@ class NodeCore:
             # thinning out while a transition runs.
             self.membership.next_hb = self.now
         if promised and sender != self.name:
+            self.master.cleanups.clear()  # the master that declared it takes them into account
             self.journal.emit(TransitionStarted(
                 node=self.name, time=self.now, epoch=fmt_epoch(d.epoch), master=sender,
                 reason=d.reason, text=f"joined epoch {fmt_epoch(d.epoch)} declared by "
@@ -609,7 +626,7 @@ class NodeCore:
                 missing_types=self.missing_types, nics_down=dict(self.nics_down))
             costs = self.strategy.local_costs(ctx)
             self._send(CostReply(epoch, {g: costs.get(g, INFINITY) for g in self.config.groups},
-                                 self.copies()), master)
+                                 self.copies(), self.groups.failures), master)
         elif isinstance(body, StopRequest):
             promise.stop_orders.update(g for g in body.groups if g in self.groups.state)
             self._reconcile()
