@@ -476,8 +476,8 @@ class Master:
                 how = "its stops had time to finish"
             # a span, not the core's clock: the shell adds the wall-clock end (``until``)
             why = (f"waiting {seconds(max(0.0, r.fence_until - self.now))} for "
-                   f"{', '.join(suspects)} to be off ({self.fencer}: its lease has run out "
-                   f"and {how})")
+                   f"{', '.join(suspects)} to be off (fencing by {self.fencer}: its lease has "
+                   f"run out and {how})")
             for i, member in enumerate(suspects):
                 self._fencing(FencingRequested(node=self.name, time=self.now, member=member,
                                                detail=why, text=why, until=r.fence_until),
