@@ -2,7 +2,8 @@
 heard from the others, and the failed actions of every node.
 
 Each node sends its own significant notifications (its failures, the fencing it ran, the
-transitions it declared and why, operators' requests it took, its NICs) to every node as a
+transitions it declared and why, the placements it decided, operators' requests it took,
+its NICs) to every node as a
 :class:`~vigil.cluster.wire.News` message, once, when they happen. A node keeps the
 cluster's recent ones (its own and those heard), each once (by origin, life and number),
 and the last failure of each resource on each node until a cleanup of its group: what
@@ -65,7 +66,7 @@ def significant(note: Notification, node: str) -> bool:
     if isinstance(note, TransitionStarted):
         return note.master == node  # declared here, with the reason; members only join
     if isinstance(note, Decision):
-        return note.topic == "request"
+        return note.topic in ("request", "placement")  # the master's, with what changed
     return failure(note) is not None or isinstance(note, _ALWAYS)
 
 

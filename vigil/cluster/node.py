@@ -199,7 +199,7 @@ class NodeCore:
             else:
                 self._queue(event)
         elif isinstance(event, ClearFailures):
-            self._clear_failures(event.group, "here", self.name)
+            self._clear_failures(event.group, "as asked here", self.name)
             if event.everywhere:
                 self._send(Cleanup(event.group), BROADCAST)
         elif isinstance(event, MarkedOutOfService):
@@ -572,7 +572,7 @@ class NodeCore:
         self.journal.emit(FailCountsCleared(
             node=self.name, time=self.now, group=group,
             text=f"fail count of {group} cleared on {self.name} {how}" if changed else
-            f"failures of {group} forgotten on {self.name} {how} (none counted here)"))
+            f"cleanup of {group} on {self.name} {how}: no fail count to clear here"))
 
     # ---- the member's side of a transition ------------------------------------------------
 
