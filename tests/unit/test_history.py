@@ -136,6 +136,17 @@ def test_news_crosses_the_wire_and_a_copy_is_taken_once() -> None:
     assert not beta.failed
 
 
+def test_a_fencing_wait_heard_ends_when_it_ends_on_its_sender() -> None:
+    wait = FencingRequested(node="alpha", time=50.0, member="gamma", text="waiting 4 s",
+                            until=54.0)
+    sent = ClusterHistory("alpha", 1).local([wait])
+    body = decode(to_message(sent[0], "alpha")).body
+    assert isinstance(body, News)
+    heard = ClusterHistory("beta", 1).heard("alpha", body, now=1000.0)  # another clock
+    assert isinstance(heard, FencingRequested)
+    assert (heard.time, heard.until) == (1000.0, 1004.0)
+
+
 def test_malformed_news_is_the_peers_fault() -> None:
     for note in ("[1]", "{", '{"kind": "decision"}', '{"text": 3}'):
         msg = Message(type="news", sender="alpha", fields={"n": "1", "inc": "1", "age": "0",

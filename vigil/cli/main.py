@@ -396,8 +396,6 @@ def format_status(st: ClusterStatus) -> str:
                 lines.append(f"          last diagnostic at {local_time(diag.at)} FAILED: "
                              f"{diag.reason}")
     lines += _format_mirrors(st)
-    from vigil.cli.history import format_failed_actions, format_recent
-
     lines += format_failed_actions(st)
     if st.fail_counts:
         lines.append("Fail counts here: " + ", ".join(f"{g}={c}"
@@ -595,7 +593,12 @@ from vigil.cli.mount import mount_command  # noqa: E402
 
 cli.add_command(mount_command)
 
-from vigil.cli.history import history_command  # noqa: E402
+# (also what `vigil status` shows of the history: failed actions, recent events)
+from vigil.cli.history import (  # noqa: E402
+    format_failed_actions,
+    format_recent,
+    history_command,
+)
 
 cli.add_command(history_command)
 

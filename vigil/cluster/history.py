@@ -99,6 +99,9 @@ class ClusterHistory:
             self.sent += 1
             if len(note.text) > TEXT_LIMIT:
                 note = dataclasses.replace(note, text=note.text[:TEXT_LIMIT] + " [shortened]")
+            if isinstance(note, FencingRequested) and note.until:
+                # a time of this core's clock means nothing elsewhere: sent as a span
+                note = dataclasses.replace(note, until=note.until - note.time)
             out.append(News(self.sent, self.incarnation, 0, note))
         return out
 
@@ -114,6 +117,8 @@ class ClusterHistory:
             self._seen.discard(self._seen_order.popleft())
         note = dataclasses.replace(news.note, node=sender, time=now - news.age_ms / 1000,
                                    seq=0)
+        if isinstance(note, FencingRequested) and note.until:
+            note = dataclasses.replace(note, until=note.time + note.until)
         self._record(note)
         return note
 
