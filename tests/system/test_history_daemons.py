@@ -100,3 +100,32 @@ def test_the_history_outlives_a_restart_and_is_read_without_a_daemon(
     lines = history(daemons, other, "--group", "web")
     assert any(x["heard"] and x["node"] == holder and "web-app" in x["text"] for x in lines)
     assert any("leaving the cluster" in x["text"] for x in history(daemons, other, "--all"))
+
+
+def test_a_cleanup_forgets_the_failed_diagnostic_of_a_group_that_moved_away(
+        daemons: Daemons) -> None:
+    holder = all_online(daemons)
+    cfg = str(daemons.config)
+    killed: set[int] = set()
+    def counted() -> int:
+        return max((a["fail_count"] for a in failed_actions(daemons, holder) or []), default=0)
+
+    while counted() < 3:  # migration_threshold 3: then web moves
+        # (killed while it starts, a start fails: the count goes to 3 at once)
+        app = wait_for(lambda: (pid := app_pid(daemons, holder)) not in killed and pid,
+                       20, f"web-app (re)started on {holder}")
+        assert isinstance(app, int) and len(killed) < 3
+        wait_for(lambda: daemons.group_on(holder) == holder, 20, f"web running on {holder}")
+        killed.add(app)
+        os.kill(app, signal.SIGKILL)
+        wait_for(lambda: counted() >= len(killed), 20, f"failure {len(killed)} counted")
+    wait_for(lambda: daemons.group_on(holder) not in (None, holder), 30, "web moved away")
+    # nothing monitors web-app on the old holder any more: its last word stays until a cleanup
+    text = daemons.vigil("status", "-c", cfg, "-n", holder).stdout
+    assert "last diagnostic at" in text and "FAILED" in text, text
+    assert "(fail count of web there 3 of 3)" in text, text
+    out = daemons.vigil("resource", "cleanup", "web-app", "-c", cfg, "-n", holder)
+    assert out.returncode == 0, out.stderr
+    wait_for(lambda: failed_actions(daemons, holder) == [], 20, "cleared")
+    text = daemons.vigil("status", "-c", cfg, "-n", holder).stdout
+    assert "FAILED" not in text and "Failed resource actions" not in text, text
