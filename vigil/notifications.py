@@ -25,11 +25,16 @@ MirrorCaughtUp             ``mirror_caught_up``         resource, group, lag, ma
 MirrorDiverged             ``mirror_diverged``          resource, group, names (what ``node``
                                                         newly set aside)
 ResourceStateChanged       ``resource_state_changed``   resource, group, state, reason
-GroupStateChanged          ``group_state_changed``      group, state, reason
+GroupStateChanged          ``group_state_changed``      group, state, reason; for a failure
+                                                        (state failed or unclean) also
+                                                        resource (if known), op (monitor,
+                                                        start, stop) and fail_count (the
+                                                        group's on ``node`` after it)
 FailCountsCleared          ``fail_counts_cleared``      group
 GroupMoved                 ``group_moved``              group, from_node, to_node
 QuorumGained / QuorumLost  ``quorum_gained`` / ...      (none)
-FencingRequested           ``fencing_requested``        member, level, device, detail
+FencingRequested           ``fencing_requested``        member, level, device, detail,
+                                                        until (a time-based wait's end)
 FencingCompleted           ``fencing_completed``        member, ok, level, device, detail
 Decision                   ``decision``                 topic, fields (everything else the
                                                         node decided: requests, config ...)
@@ -209,6 +214,11 @@ class GroupStateChanged(Notification):
     group: str
     state: str  # starting, running, stopping, stopped, unclean, failed
     reason: str = ""
+    #: of a failure (state failed or unclean): the resource that failed ("" when the group's
+    #: start failed as a whole), the operation, and the group's fail count on ``node`` after it
+    resource: str = ""
+    op: str = ""
+    fail_count: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -242,13 +252,16 @@ class FencingRequested(Notification):
     """``node`` (the master, or the node that ran an operator's request) fences ``member``:
     with a fence device, ``level`` (1 for the first of ``[fencing] levels``) and ``device``
     (the level's devices, joined with ``+``); level 0 and no device for a time-based wait
-    (fencers ``guardian`` and ``silence``). ``detail`` says why it is fenced."""
+    (fencers ``guardian`` and ``silence``), whose end is ``until``. ``detail`` says why it is
+    fenced."""
 
     kind: ClassVar[str] = "fencing_requested"
     member: str
     level: int = 0
     device: str = ""
     detail: str = ""
+    #: a time-based wait: when it ends (same clock as ``time``); 0 for a fence device
+    until: float = 0.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

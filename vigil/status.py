@@ -11,6 +11,7 @@ This module imports nothing else of Vigil: it is part of the base layer.
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,31 @@ def seconds(value: float) -> str:
     return f"{round(value, 1):g} s"
 
 
+def iso_time(unix: float) -> str:
+    """A wall-clock time (Unix seconds) as JSON carries it: ISO 8601 with date and offset,
+    ``2026-12-01T17:40:12.345+00:00`` (the local zone)."""
+    return datetime.datetime.fromtimestamp(unix).astimezone().isoformat(timespec="milliseconds")
+
+
+def parse_time(text: str) -> float | None:
+    """The Unix time of an ISO 8601 time with an offset (as :func:`iso_time` writes it);
+    None for anything else (an older daemon's ``HH:MM:SS``)."""
+    try:
+        when = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return when.timestamp() if when.tzinfo is not None else None
+
+
+def local_time(text: str) -> str:
+    """An ISO time as a person reads it, in this machine's zone: ``2026-12-01 17:40:12``
+    (anything else unchanged)."""
+    unix = parse_time(text)
+    if unix is None:
+        return text
+    return datetime.datetime.fromtimestamp(unix).strftime("%Y-%m-%d %H:%M:%S")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Operation:
     """The last failure or the last diagnostic of a resource on this node."""
@@ -29,7 +55,7 @@ class Operation:
     op: str
     state: str
     reason: str
-    at: str  # local wall-clock time, HH:MM:SS
+    at: str  # wall-clock time, ISO 8601 with offset (:func:`iso_time`)
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": self.ok, "op": self.op, "state": self.state, "reason": self.reason,
@@ -101,7 +127,7 @@ class NicStatus:
 
     state: str  # up, down
     reason: str
-    since: str  # wall-clock time of the last change
+    since: str  # wall-clock time of the last change, ISO 8601
 
     def to_json(self) -> dict[str, Any]:
         return {"state": self.state, "reason": self.reason, "since": self.since}
@@ -184,7 +210,9 @@ class ResourceStatus:
     dependents: tuple[str, ...]
     by_hand: str | None  # "oo_service" / "force_oos" when taken out of service by hand
     on_fail: str
-    fail_count: int  # failures on this node since the last cleanup
+    #: its group's fail count on this node after its last failure here (as the line of
+    #: ``ClusterStatus.failed_actions`` says), 0 when it has none here
+    fail_count: int
     last_failure: Operation | None
     last_diagnostic: Operation | None
 
@@ -200,7 +228,7 @@ class FenceEvent:
     """One entry of the fencing history: a level run on a node, a time-based wait over, or
     an operator's confirmation that a node is off."""
 
-    at: str  # when it ended (HH:MM:SS, local wall clock)
+    at: str  # when it ended (wall clock, ISO 8601)
     requester: str  # the node that asked (the master), or "operator via NODE"
     target: str
     level: int  # 1 for the first of the node's levels; 0: no device (a wait, an operator)
@@ -223,12 +251,58 @@ class FenceEvent:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class FailedAction:
+    """The last failure of a resource (or of a group's start) on one node of the cluster, as
+    crm_mon's "Failed Resource Actions": heard from that node, kept until a cleanup."""
+
+    node: str
+    group: str
+    resource: str  # "" when the group failed as a whole (a start that failed)
+    op: str  # monitor, start, stop
+    at: str  # wall clock, ISO 8601
+    reason: str
+    fail_count: int  # the group's fail count on ``node`` after this failure
+    threshold: int  # its migration_threshold
+
+    def to_json(self) -> dict[str, Any]:
+        return {"node": self.node, "group": self.group, "resource": self.resource,
+                "op": self.op, "at": self.at, "reason": self.reason,
+                "fail_count": self.fail_count, "threshold": self.threshold}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> FailedAction:
+        return cls(node=str(data["node"]), group=str(data["group"]),
+                   resource=str(data["resource"]), op=str(data["op"]), at=str(data["at"]),
+                   reason=str(data["reason"]), fail_count=int(data["fail_count"]),
+                   threshold=int(data["threshold"]))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterEvent:
+    """A significant event of any node (failures, fencing, transitions and their reasons,
+    operators' requests), as this node recorded or heard it."""
+
+    at: str  # wall clock, ISO 8601
+    node: str  # where it happened
+    kind: str  # the notification's kind
+    text: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"at": self.at, "node": self.node, "kind": self.kind, "text": self.text}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ClusterEvent:
+        return cls(at=str(data["at"]), node=str(data["node"]), kind=str(data["kind"]),
+                   text=str(data["text"]))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class FenceDeviceStatus:
     """A fence device as this node's periodic ``monitor`` of it found it."""
 
     state: str  # "ok", "failed", or "unknown" (not monitored yet, or monitor_interval 0)
     reason: str
-    checked: str  # when (HH:MM:SS), "" if never
+    checked: str  # when (wall clock, ISO 8601), "" if never
     hosts: tuple[str, ...]  # the nodes it can fence
 
 
@@ -298,6 +372,10 @@ class ClusterStatus:
     #: the configuration each node runs and has staged ("" none), as heard here (this node
     #: included): a change under way shows who has not staged it yet
     configs: Mapping[str, ConfigState] = field(default_factory=dict)
+    #: the last failure of each resource on each node, cluster-wide, oldest first
+    failed_actions: tuple[FailedAction, ...] = ()
+    #: the cluster's recent significant events, every node's, oldest first
+    events: tuple[ClusterEvent, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -332,6 +410,8 @@ class ClusterStatus:
             "mirrors": {r: v.to_json() for r, v in self.mirrors.items()},
             "configs": {n: {"digest": v.digest, "staged": v.staged}
                         for n, v in self.configs.items()},
+            "failed_actions": [a.to_json() for a in self.failed_actions],
+            "events": [e.to_json() for e in self.events],
         }
 
     def config_line(self) -> str:
@@ -401,6 +481,9 @@ class ClusterStatus:
                      for r, v in data.get("mirrors", {}).items()},
             configs={str(n): ConfigState(str(v["digest"]), str(v["staged"]))
                      for n, v in data.get("configs", {}).items()},
+            failed_actions=tuple(FailedAction.from_json(a)
+                                 for a in data.get("failed_actions", [])),
+            events=tuple(ClusterEvent.from_json(e) for e in data.get("events", [])),
         )
 
 

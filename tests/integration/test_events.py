@@ -460,8 +460,8 @@ def test_vigil_events_prints_lines_filters_kinds_and_stops_after_count(
         assert code == 0, err
         assert len(text.lines) == 3
         hello = next(line for line in text.lines if line.endswith("hello there"))
-        stamp, node, kind, *words = hello.split()
-        datetime.time.fromisoformat(stamp)
+        day, stamp, node, kind, *words = hello.split()
+        datetime.datetime.fromisoformat(f"{day} {stamp}")  # local date and time
         assert (node, kind, " ".join(words)) == ("alpha", "decision", "hello there")
         code, err = only_moves.finish()  # saw no group_moved: gave up after 1s
         assert code == 1 and "no notification in 1s" in err

@@ -209,7 +209,7 @@ def test_clean_shutdown_stops_in_reverse_order_says_bye_and_is_taken_over_withou
     takeover = c.first(t0, "alpha", "g1", "start-done") - t0
     fence_wait = cfg.timing.lease_time + stop_bound(cfg) + cfg.timing.fence_margin
     assert takeover < fence_wait
-    assert not any("waiting until" in text for when, text in c.core("alpha").decisions
+    assert not any("to be off (fencing by" in text for when, text in c.core("alpha").decisions
                    if when >= t0)
     assert build_status(c.core("alpha")).members == ("alpha", "gamma")
 

@@ -34,8 +34,8 @@ def simulated_status() -> ClusterStatus:
     assert core is not None
     resource = next(iter(core.config.resources))
     failed = Operation(ok=False, op="monitor", state="FAILED", reason="gone", at="12:00:01")
-    facts = ResourceFacts(fail_counts={resource: 1}, last_failure={resource: failed},
-                          last_diagnostic={resource: failed}, messages={"hb": 3})
+    facts = ResourceFacts(last_failure={resource: failed}, last_diagnostic={resource: failed},
+                          messages={"hb": 3})
     return build_status(core, facts)
 
 

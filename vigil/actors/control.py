@@ -42,6 +42,7 @@ from vigil.local.access import (
     prepare_runtime_dir,
     socket_in_use,
 )
+from vigil.local.history import MAX_ANSWER, read_history
 from vigil.local.limits import (
     ANSWER_TIMEOUT,
     CONTROL_CONNECTIONS,
@@ -97,12 +98,13 @@ class ControlServer(LocalServer):
     """The control protocol on a listening socket (see the module's text)."""
 
     def __init__(self, listener: socket.socket, access: Access, directory: Directory,
-                 mirrors: MirrorService | None = None) -> None:
+                 mirrors: MirrorService | None = None, history: Path | None = None) -> None:
         super().__init__(listener, Caps(CONTROL_CONNECTIONS, CONTROL_CONNECTIONS_PER_UID,
                                         ROOT_RESERVED), log, "control socket", "vigil-control")
         self.access = access
         self.directory = directory
         self.mirrors = mirrors
+        self.history = history
         self.workers = _Workers(CONTROL_WORKERS, "vigil-control")
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -201,6 +203,8 @@ class ControlServer(LocalServer):
             log.info("control request %r %s from %s", command, args, peer)
         # A diagnosis is the diagnostics actor's; a mirror request is answered here, once the
         # coordinator told where the group runs; every other request is the coordinator's.
+        if command == "history":  # the file, read here: the coordinator never waits for it
+            return self._history(args)
         message: Diagnose | GetStatus | Control
         if command == "diagnose":
             target, message = "diagnostics", Diagnose(args.get("resource", ""))
@@ -223,12 +227,34 @@ class ControlServer(LocalServer):
             return mirror_requests.answer(self.mirrors, answer, command, args)
         return cast(dict[str, Any], answer)
 
+    def _history(self, args: dict[str, str]) -> dict[str, Any]:
+        """`vigil history`: args ``since`` (Unix seconds), ``group``, ``all`` ("1"),
+        ``limit``."""
+        if self.history is None:
+            return {"ok": False, "error": "this daemon keeps no history file"}
+        try:
+            since = float(args["since"]) if args.get("since") else None
+            limit = min(MAX_ANSWER, int(args.get("limit") or MAX_ANSWER))
+        except ValueError as exc:
+            return {"ok": False, "error": f"bad history request: {exc}"}
+        try:
+            lines, more = read_history(self.history, since=since,
+                                       group=args.get("group") or None,
+                                       everything=args.get("all") == "1", limit=max(1, limit))
+        except FileNotFoundError:
+            lines, more = [], 0
+        except OSError as exc:
+            return {"ok": False, "error": f"cannot read the history file {self.history}: {exc}"}
+        return {"ok": True, "file": str(self.history), "lines": lines, "more": more}
+
 
 class ControlActor(VigilActor):
     def __init__(self, name: str, directory: Directory, path: Path,
-                 access: Access | None = None, mirrors: MirrorService | None = None) -> None:
+                 access: Access | None = None, mirrors: MirrorService | None = None,
+                 history: Path | None = None) -> None:
         super().__init__(name, directory)
         self.path = path
+        self.history = history
         self.access = access or Access()
         #: the node's mirror service (None: no mirror resource), for the mirror requests
         self.mirrors = mirrors
@@ -255,7 +281,8 @@ class ControlActor(VigilActor):
         except BaseException:
             listener.close()
             raise
-        self.server = ControlServer(listener, self.access, self.directory, self.mirrors)
+        self.server = ControlServer(listener, self.access, self.directory, self.mirrors,
+                                    self.history)
         self.server.start()
 
     def on_stop(self) -> None:

@@ -22,6 +22,7 @@ from vigil.actors.messages import (
     Control,
     FenceDeviceState,
     GetStatus,
+    Heard,
     NicsDown,
     ProbeGroup,
     Reconfigure,
@@ -60,8 +61,20 @@ from vigil.cluster.view import LinkFacts, ResourceFacts, build_status
 from vigil.config import ClusterConfig
 from vigil.config_diff import json_safe
 from vigil.local.rundir import read_private, write_atomic
-from vigil.notifications import FailCountsCleared, ResourceStateChanged
-from vigil.status import ClusterStatus, FenceDeviceStatus, NicStatus, Operation
+from vigil.notifications import (
+    FailCountsCleared,
+    FencingRequested,
+    Notification,
+    ResourceStateChanged,
+)
+from vigil.status import (
+    ClusterStatus,
+    FenceDeviceStatus,
+    NicStatus,
+    Operation,
+    iso_time,
+    local_time,
+)
 from vigil.transports import Codec, Sequencer
 
 log = logging.getLogger(__name__)
@@ -126,8 +139,7 @@ class CoordinatorActor(VigilActor):
         self.tokens = 0
         self.resource_states: dict[str, tuple[str, str]] = {
             r: ("UNKNOWN", "not yet probed") for r, c in config.resources.items()}
-        # per resource on this node, for `vigil status`: failures since the last cleanup
-        self.resource_fails: dict[str, int] = {}
+        # per resource on this node, for `vigil status`: until a cleanup of its group
         self.last_failure: dict[str, Operation] = {}
         self.last_diagnostic: dict[str, Operation] = {}
         self.running: frozenset[str] = frozenset()
@@ -179,7 +191,7 @@ class CoordinatorActor(VigilActor):
         if isinstance(message, NicChanged):
             self.nics[message.nic] = NicStatus(
                 state="up" if message.up else "down", reason=message.reason,
-                since=time.strftime("%H:%M:%S"))
+                since=iso_time(time.time()))
             self._handle(message)
             # the addresses that follow NICs move now, before any monitor notices
             down = NicsDown(frozenset(self.core.nics_down))
@@ -225,11 +237,10 @@ class CoordinatorActor(VigilActor):
                 text=f"{m.resource} {m.state} on {self.node} ({m.reason})"))
         self.resource_states[m.resource] = (m.state, m.reason)
         entry = Operation(ok=m.ok, op=m.op, state=m.state, reason=m.reason,
-                          at=time.strftime("%H:%M:%S", time.localtime(m.at or time.time())))
+                          at=iso_time(m.at or time.time()))
         if m.op == "monitor":
             self.last_diagnostic[m.resource] = entry
         if not m.ok:
-            self.resource_fails[m.resource] = self.resource_fails.get(m.resource, 0) + 1
             self.last_failure[m.resource] = entry
 
     def _fence_device_state(self, m: FenceDeviceState) -> None:
@@ -240,7 +251,7 @@ class CoordinatorActor(VigilActor):
                                                 state, m.reason)
         self.fence_devices[m.device] = FenceDeviceStatus(
             state=state, reason=m.reason, hosts=self.config.fence_devices[m.device].hosts,
-            checked=time.strftime("%H:%M:%S", time.localtime(m.at)))
+            checked=iso_time(m.at))
 
     # ---- the core --------------------------------------------------------------------------
 
@@ -280,9 +291,10 @@ class CoordinatorActor(VigilActor):
         offset = time.time() - time.monotonic()  # core times are monotonic
         for note in out.notifications:
             if isinstance(note, FailCountsCleared) and note.node == self.node:
-                for r in self.config.groups[note.group].resources:
-                    self.resource_fails.pop(r, None)
-            self.directory.tell("notifier", dataclasses.replace(note, time=note.time + offset))
+                self._forget_failures(note.group)
+            self.directory.tell("notifier", wall_clock(note, offset))
+        for note in out.heard:
+            self.directory.tell("notifier", Heard(wall_clock(note, offset)))
         running = frozenset() if self.core.accepted.maintenance else self.core.groups.running()
         if running != self.running:
             self.running = running
@@ -319,7 +331,7 @@ class CoordinatorActor(VigilActor):
         self.config = config
         self.resource_states = {r: self.resource_states.get(r, ("UNKNOWN", "not yet probed"))
                                 for r in config.resources}
-        for table in (self.resource_fails, self.last_failure, self.last_diagnostic):
+        for table in (self.last_failure, self.last_diagnostic):
             for r in [r for r in table if r not in config.resources]:
                 del table[r]
         node, me = self.directory.get("node"), self.actor_ref
@@ -379,6 +391,15 @@ class CoordinatorActor(VigilActor):
             f"configuration {new.digest[:12]} staged here and asked of every node; the "
             "cluster switches to it in one transition once every node has staged it "
             f"(`vigil status` shows its progress){warn}")}
+
+    def _forget_failures(self, group: str) -> None:
+        """A cleanup of ``group``: its members' last failure, and a failed last diagnostic,
+        are no longer news here (the next monitor says again how they are)."""
+        for r in self.config.groups[group].resources:
+            self.last_failure.pop(r, None)
+            diag = self.last_diagnostic.get(r)
+            if diag is not None and not diag.ok:
+                del self.last_diagnostic[r]
 
     # ---- manual requests ----------------------------------------------------------------
 
@@ -457,8 +478,8 @@ class CoordinatorActor(VigilActor):
 
     def status(self) -> ClusterStatus:
         return build_status(self.core, ResourceFacts(
-            states=self.resource_states, fail_counts=self.resource_fails,
-            last_failure=self.last_failure, last_diagnostic=self.last_diagnostic,
+            states=self.resource_states, last_failure=self.last_failure,
+            last_diagnostic=self.last_diagnostic,
             messages=self.codec.counters, fence_devices=self.fence_devices,
             nics=self.nics, links=self.link_facts, nic_down={
                 link: f"its NIC {nic} is down: {self.nics[nic].reason}"
@@ -468,8 +489,18 @@ class CoordinatorActor(VigilActor):
 
 
 def _wall(monotonic: float) -> str:
-    """A core timestamp (time.monotonic) as local wall-clock time, for people."""
-    return time.strftime("%H:%M:%S", time.localtime(time.time() - (time.monotonic() - monotonic)))
+    """A core timestamp (time.monotonic) as a wall-clock time, ISO 8601 with its offset."""
+    return iso_time(time.time() - (time.monotonic() - monotonic))
+
+
+def wall_clock(note: Notification, offset: float) -> Notification:
+    """A core notification in wall-clock time (``offset``: wall clock less the core's):
+    its time, and the end of a fencing wait, which its text then names for people."""
+    if isinstance(note, FencingRequested) and note.until:
+        until = note.until + offset
+        return dataclasses.replace(note, time=note.time + offset, until=until,
+                                   text=f"{note.text} (until {local_time(iso_time(until))})")
+    return dataclasses.replace(note, time=note.time + offset)
 
 
 #: manual requests on one resource that go through the protocol (cluster-wide state)

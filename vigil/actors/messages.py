@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from vigil.config import ClusterConfig
+from vigil.notifications import Notification
 from vigil.resources.model import OpResult
 
 ResourceOpName = Literal["start", "stop", "force_stop", "monitor", "mark_oos"]
@@ -149,3 +150,12 @@ class Reconfigured:
     replaced: tuple[str, ...]  # stopped, then started again with their new inputs
     #: children that did not stop in time: left behind, out of the directory
     dropped: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Heard:
+    """Another node's significant notification (its ``node`` is the origin), heard by the
+    coordinator, in wall-clock time: for this node's history file only (the notifier tells
+    neither the log nor subscribers: it is not this node's news)."""
+
+    note: Notification

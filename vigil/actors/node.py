@@ -72,6 +72,7 @@ from vigil.guard.cgroups import NodeCgroups
 from vigil.guard.client import GuardClient
 from vigil.guard.holdings import Holdings
 from vigil.local.access import Access, prepare_runtime_dir
+from vigil.local.history import history_path
 from vigil.resources.mirror import MirrorResource
 from vigil.resources.model import Catalog, Resource
 from vigil.resources.registry import ResourceTypeRegistry, default_registry
@@ -377,8 +378,9 @@ class NodeRuntime:
         children: dict[str, Child] = {}
         from vigil.actors.alerts import AlertsActor
 
+        history = history_path(self.runtime_dir)
         children["notifier"] = Child(lambda: NotifierActor.start(
-            "notifier", d, here.event_socket, access), (here.event_socket, access))
+            "notifier", d, here.event_socket, access, history), (here.event_socket, access))
         if cfg.alerts:
             children["alerts"] = Child(
                 lambda: AlertsActor.start("alerts", d, node, cfg.alerts), cfg.alerts)
@@ -415,7 +417,7 @@ class NodeRuntime:
             children[f"link:{link.name}"] = Child(partial(
                 LinkActor.start, f"link:{link.name}", d, link.name, codec, factory))
         children["control"] = Child(lambda: ControlActor.start(
-            "control", d, here.control_socket, access, self.mirrors),
+            "control", d, here.control_socket, access, self.mirrors, history),
             (here.control_socket, access))
         return children
 

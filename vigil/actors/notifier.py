@@ -34,8 +34,9 @@ from typing import Any
 import pykka
 
 from vigil.actors.base import Directory, VigilActor
-from vigil.actors.messages import Subscribe, Unsubscribe
+from vigil.actors.messages import Heard, Subscribe, Unsubscribe
 from vigil.local.access import Access, prepare_runtime_dir, socket_in_use
+from vigil.local.history import HistoryFile, entry
 from vigil.local.limits import LISTEN_BACKLOG, MAX_EVENT_MESSAGE, SEND_HWM
 from vigil.local.zmtp import EventServer
 from vigil.notifications import (
@@ -88,8 +89,12 @@ def journal_fields(note: Notification) -> dict[str, str]:
 
 class NotifierActor(VigilActor):
     def __init__(self, name: str, directory: Directory, event_socket: Path | None = None,
-                 access: Access | None = None) -> None:
+                 access: Access | None = None, history: Path | None = None) -> None:
         super().__init__(name, directory)
+        #: the node's history file (vigil/local/history.py): every notification, and the
+        #: other nodes' significant ones (None: not kept, as in tests without a daemon)
+        self.history = HistoryFile(history) if history is not None else None
+        self.history_failed = False
         self.subscribers: list[tuple[pykka.ActorRef[Any], frozenset[str] | None]] = []
         self.seq = 0
         self.run = uuid.uuid4().hex[:12]
@@ -113,9 +118,13 @@ class NotifierActor(VigilActor):
 
     def on_stop(self) -> None:
         self._close()
+        if self.history is not None:
+            self.history.close()
 
     def release(self) -> None:
         self._close()  # the restarted notifier binds the same path
+        if self.history is not None:
+            self.history.close()
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Subscribe):
@@ -124,12 +133,30 @@ class NotifierActor(VigilActor):
             self.subscribers = [(r, k) for r, k in self.subscribers if r != message.ref]
         elif isinstance(message, Notification):
             self._publish(message)
+        elif isinstance(message, Heard):
+            log.debug("heard from %s: %s: %s", message.note.node, message.note.kind,
+                      message.note.text)
+            self._record(message.note, heard=True)
         return None
+
+    def _record(self, note: Notification, *, heard: bool) -> None:
+        if self.history is None:
+            return
+        try:
+            self.history.append(entry(note, heard=heard))
+        except OSError as exc:
+            if not self.history_failed:  # once: a full disk must not flood the log
+                log.error("cannot write the history file %s: %s; `vigil history` misses "
+                          "what happens meanwhile", self.history.path, exc)
+            self.history_failed = True
+        else:
+            self.history_failed = False
 
     def _publish(self, note: Notification) -> None:
         self.seq += 1
         note = dataclasses.replace(note, seq=self.seq)
         log.log(level_of(note), "%s: %s", note.kind, note.text, extra=journal_fields(note))
+        self._record(note, heard=False)
         alive: list[tuple[pykka.ActorRef[Any], frozenset[str] | None]] = []
         for ref, kinds in self.subscribers:
             if kinds is not None and note.kind not in kinds:

@@ -1,6 +1,6 @@
 """``vigil events``: print a node's notifications as they happen.
 
-One line per notification (local time, node, kind, text), or its JSON (``--json``, the
+One line per notification (local date and time, node, kind, text), or its JSON (``--json``, the
 event socket's own format, with ``seq``), until Ctrl-C, ``--count N`` notifications, or
 ``--timeout`` seconds without one. A subscriber that falls behind is told: a line
 ``missed N notifications`` (JSON: ``{"kind": "missed", "count": N, ...}``).
@@ -31,7 +31,7 @@ def _fail(message: str, code: int) -> NoReturn:
 
 
 def format_line(note: Notification) -> str:
-    when = datetime.datetime.fromtimestamp(note.time).strftime("%H:%M:%S.%f")[:-3]
+    when = datetime.datetime.fromtimestamp(note.time).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
     if isinstance(note, Missed):
         return f"{when} {note.node} missed {note.count} notifications ({note.text})"
     return f"{when} {note.node} {note.kind:<22} {note.text}"

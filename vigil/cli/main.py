@@ -53,7 +53,7 @@ from vigil.config import (
     write_key,
 )
 from vigil.local.protocol import MalformedAnswer, request, status_of
-from vigil.status import ClusterStatus, PeerLink, seconds
+from vigil.status import ClusterStatus, PeerLink, local_time, seconds
 
 #: the old name of node_option (kept for other modules' imports)
 via_option = node_option
@@ -610,7 +610,7 @@ def format_status(st: ClusterStatus) -> str:
         for nic, nv in sorted(st.nics.items()):
             state = "up" if nv.state == "up" else "DOWN"
             why = "" if nv.state == "up" and nv.reason == "usable" else f": {nv.reason}"
-            lines.append(f"  * {nic:<12} {state} since {nv.since}{why}")
+            lines.append(f"  * {nic:<12} {state} since {local_time(nv.since)}{why}")
     lines += _format_links(st)
     lines.append("Groups:")
     by_group: dict[str, list[str]] = {}
@@ -629,23 +629,19 @@ def format_status(st: ClusterStatus) -> str:
             dep = f"  after {', '.join(rv.depends_on)}" if rv.depends_on else ""
             by_hand = f"  [{rv.by_hand} by hand]" if rv.by_hand else ""
             lines.append(f"      {r:<16} ({rv.type}) {rv.service_state}{dep}{by_hand}")
-            if rv.fail_count:
-                failure = rv.last_failure
-                at, why = (failure.at, failure.reason) if failure is not None else ("?", "")
-                lines.append(f"          {rv.fail_count} failure(s) here, last at {at}: {why}")
             diag = rv.last_diagnostic
             if diag is not None and not diag.ok:
-                lines.append(f"          last diagnostic at {diag.at} FAILED: {diag.reason}")
+                lines.append(f"          last diagnostic at {local_time(diag.at)} FAILED: "
+                             f"{diag.reason}")
     lines += _format_mirrors(st)
+    lines += format_failed_actions(st)
     if st.fail_counts:
         lines.append("Fail counts here: " + ", ".join(f"{g}={c}"
                                                       for g, c in st.fail_counts.items()))
     lines += _format_fencing(st)
     if st.mismatched:
         lines.append("CONFIG MISMATCH (kept out): " + ", ".join(st.mismatched))
-    if st.decisions:
-        lines.append("Recent decisions:")
-        lines += [f"    {at} {text}" for at, text in st.decisions[-6:]]
+    lines += format_recent(st)
     return "\n".join(lines)
 
 
@@ -705,14 +701,15 @@ def _format_fencing(st: ClusterStatus) -> list[str]:
     lines = ["Fencing:"]
     lines += [f"  * {node}: {text}" for node, text in sorted(f.pending.items())]
     for name, d in sorted(f.devices.items()):
-        when = f" at {d.checked}" if d.checked else ""
+        when = f" at {local_time(d.checked)}" if d.checked else ""
         lines.append(f"  device {name:<12} {d.state}{when} (fences {', '.join(d.hosts)})"
                      + (f": {d.reason}" if d.state != "ok" else ""))
     if f.history:
         lines.append("  recent (requester -> node, level, devices: result, seconds):")
         for e in f.history[-6:]:
             level = f"level {e.level} ({'+'.join(e.devices)})" if e.level else "no device"
-            lines.append(f"    {e.at} {e.requester} -> {e.target}, {level}: {e.result}, "
+            lines.append(f"    {local_time(e.at)} {e.requester} -> {e.target}, {level}: "
+                         f"{e.result}, "
                          f"{e.duration:.1f}s" + (f": {e.detail}" if e.result != "off" else ""))
     return lines
 
@@ -919,6 +916,15 @@ config.add_command(config_diff_command(config_option, node_option, _ask_node))
 from vigil.cli.ops import units_command  # noqa: E402
 
 cli.add_command(units_command)
+
+# (also what `vigil status` shows of the history: failed actions, recent events)
+from vigil.cli.history import (  # noqa: E402
+    format_failed_actions,
+    format_recent,
+    history_command,
+)
+
+cli.add_command(history_command)
 
 
 if __name__ == "__main__":

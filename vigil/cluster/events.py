@@ -254,6 +254,9 @@ class Output:
     #: what the core decided and saw, for the log, `vigil status` and applications (times
     #: are the core's clock: the shell makes them wall clock time)
     notifications: list[Notification] = field(default_factory=list)
+    #: other nodes' significant notifications heard now (their ``node`` is the origin), for
+    #: this node's history only: not this node's own news (no log line, alert or event)
+    heard: list[Notification] = field(default_factory=list)
     deadline: float | None = None
     #: until when this node may hold anything (its quorum lease; infinite when it needs
     #: none): the shell tells the node's guardian, which kills what still runs after it

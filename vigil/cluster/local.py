@@ -170,9 +170,13 @@ class LocalGroups:
 
     # ---- start and stop ----------------------------------------------------------------
 
-    def _emit_state(self, group: str, state: str, text: str, reason: str = "") -> None:
-        self.journal.emit(GroupStateChanged(node=self.name, time=self.journal.now, text=text,
-                                            group=group, state=state, reason=reason))
+    def _emit_state(self, group: str, state: str, text: str, reason: str = "", *,
+                    resource: str = "", op: str = "") -> None:
+        """``op`` (with ``resource`` when known) makes it a failure: with the fail count."""
+        self.journal.emit(GroupStateChanged(
+            node=self.name, time=self.journal.now, text=text, group=group, state=state,
+            reason=reason, resource=resource, op=op,
+            fail_count=len(self.fail_times[group]) if op else 0))
 
     def _stop(self, group: str, why: str, promised: Epoch) -> None:
         force = self.state[group] is LocalState.STARTING
@@ -271,7 +275,7 @@ class LocalGroups:
             # where it just failed rarely helps, so the fail count jumps to the threshold
             # and the group goes elsewhere until cleanup or failure_timeout.
             self.fill_fail_count(ev.group)
-            self.record_failure(ev.group, f"start failed: {ev.reason}", promised)
+            self.record_failure(ev.group, f"start failed: {ev.reason}", promised, op="start")
             # What did start is in service: it stops like a running group. A converging start
             # may fail under running dependents: held, reconcile() stops them first.
             self.set(ev.group, LocalState.RUNNING)
@@ -300,7 +304,7 @@ class LocalGroups:
                                              else ev.remaining)
         self._emit_state(ev.group, "unclean", f"stop of {ev.group} failed on {self.name}: "
                          f"{ev.reason}; the node is unclean and the group stays blocked "
-                         "until fenced", ev.reason)
+                         "until fenced", ev.reason, op="stop")
 
     def fenced(self, why: str) -> None:
         """The node's guardian killed everything that ran here: every group is out of
@@ -340,13 +344,13 @@ class LocalGroups:
                               reason=ev.reason)
             return False
         if ev.policy == "standby":
-            self.record_failure(g, ev.reason, promised)
+            self.record_failure(g, ev.reason, promised, ev.resource, "monitor")
             return True
         if ev.policy == "stop":
             # Held stopped here (its fail count reaches the threshold, so its cost here is
             # infinite); it is not restarted in place, and may run elsewhere.
             self.fill_fail_count(g)
-            self.record_failure(g, ev.reason, promised)
+            self.record_failure(g, ev.reason, promised, ev.resource, "monitor")
             return False
         threshold = self.config.groups[g].migration_threshold
         # In place only while no group that depends on this one is active here: restarting
@@ -362,9 +366,11 @@ class LocalGroups:
                                      self.left_out.get(g, frozenset())))
             self._emit_state(g, "failed", f"{ev.resource} failed on {self.name} ({count} of "
                              f"{threshold} failures before {g} moves): restarting it in "
-                             f"place: {ev.reason}", ev.reason)
+                             f"place: {ev.reason}", ev.reason, resource=ev.resource,
+                             op="monitor")
             return False
-        self.record_failure(g, ev.reason, promised)  # reconcile() stops it, dependents first
+        # reconcile() stops it, dependents first
+        self.record_failure(g, ev.reason, promised, ev.resource, "monitor")
         return False
 
     def fill_fail_count(self, group: str) -> None:
@@ -374,22 +380,30 @@ class LocalGroups:
             self.fail_times[group])
         self.fail_times[group].extend([self.journal.now] * max(0, missing - 1))
 
-    def record_failure(self, group: str, reason: str, promised: Epoch) -> None:
+    def record_failure(self, group: str, reason: str, promised: Epoch, resource: str = "",
+                       op: str = "monitor") -> None:
         self.fail_times[group].append(self.journal.now)
         self.held.add(group)
         self.held_in[group] = promised
         self.failures += 1
         count = len(self.fail_times[group])
-        self._emit_state(group, "failed", f"{group} failed on {self.name} ({count} "
-                         f"failure(s)): {reason}", reason)
+        what = f"{resource} ({group})" if resource else group
+        self._emit_state(group, "failed", f"{what} failed on {self.name} ({count} "
+                         f"failure(s)): {reason}", reason, resource=resource, op=op)
 
     def clear_failures(self, group: str) -> bool:
+        """Forget the group's fail count and hold here; True when there was one. Only then
+        is it counted as a change (``failures``): a cleanup broadcast to every node must not
+        look like a failure of each (the master declares one transition for the cleanup
+        itself, ``Master.cleanups``)."""
         if group not in self.fail_times:
             return False
+        changed = bool(self.fail_times[group]) or group in self.held
         self.fail_times[group] = []
         self.held.discard(group)
-        self.failures += 1  # its cost here changed: let the master look again
-        return True
+        if changed:
+            self.failures += 1  # its cost here changed: the master looks again
+        return changed
 
     def epoch_closed(self) -> None:
         # A failed group still on its way out (its dependents stop first) stays held, or it

@@ -48,6 +48,7 @@ from vigil.cluster.events import (
     SwitchConfig,
 )
 from vigil.cluster.fencing import Fencing
+from vigil.cluster.history import ClusterHistory
 from vigil.cluster.journal import Journal
 from vigil.cluster.local import Allowed, LocalGroups, LocalState
 from vigil.cluster.membership import Heard, Membership
@@ -85,6 +86,7 @@ from vigil.cluster.wire import (
     Echo,
     Envelope,
     Heartbeat,
+    News,
     Reload,
     RemoteProtocolError,
     Reply,
@@ -177,6 +179,7 @@ class NodeCore:
                              act=self._act, now=now, fencing=self.fencing,
                              strategies=self.strategies)
         self.changes = Changes(name)
+        self.history = ClusterHistory(name, incarnation)
 
     # ---- the one entry point -------------------------------------------------------------
 
@@ -216,7 +219,7 @@ class NodeCore:
             else:
                 self._queue(event)
         elif isinstance(event, ClearFailures):
-            self._clear_failures(event.group, "here")
+            self._clear_failures(event.group, "as asked here", self.name)
             if event.everywhere:
                 self._send(Cleanup(event.group), BROADCAST)
         elif isinstance(event, MarkedOutOfService):
@@ -250,6 +253,8 @@ class NodeCore:
         # decisions), the decisions, then where groups went as a result.
         seen, moves = self.changes.observe(self.membership, self.accepted)
         self._out.notifications = seen + self.journal.take() + moves
+        for news in self.history.local(self._out.notifications):
+            self._out.messages.append(to_message(news, self.name))
         self._out.deadline = self._next_deadline()
         # freeze: a partition without quorum keeps running, so only a power fencer is safe
         # (config check) and the guardian must not kill on a lost lease
@@ -453,13 +458,18 @@ class NodeCore:
                                   "cleanly (nothing in service there)")
         elif isinstance(body, Cleanup):
             if sender != self.name and body.group in self.config.groups:
-                self._clear_failures(body.group, f"by a request from {sender}")
+                self._clear_failures(body.group, f"by a request from {sender}", sender)
         elif isinstance(body, Reload):
             if sender != self.name and body.digest not in (
                     self.config.digest, self.staged.digest if self.staged else ""):
                 self.journal.note("config", f"{sender} asks every node to reload its "
                                   f"configuration file (digest {body.digest[:12]})")
                 self._act(LoadConfig(body.digest))
+        elif isinstance(body, News):
+            if sender != self.name:
+                heard = self.history.heard(sender, body, self.now)
+                if heard is not None:
+                    self._out.heard.append(heard)
         elif isinstance(body, Declare):
             self._on_declare(sender, body)
         elif isinstance(body, Reply):
@@ -687,11 +697,17 @@ class NodeCore:
         self.journal.note("config", f"now running configuration {new.digest[:12]} "
                           f"({summary(old, new)})")
 
-    def _clear_failures(self, group: str, how: str) -> None:
-        if self.groups.clear_failures(group):
-            self.journal.emit(FailCountsCleared(
-                node=self.name, time=self.now, group=group,
-                text=f"fail count of {group} cleared on {self.name} {how}"))
+    def _clear_failures(self, group: str, how: str, asked_on: str) -> None:
+        """A cleanup (asked here, or on ``asked_on``, which told every node): the fail
+        count here, and the failed actions of every node, are gone. Told on every node, so
+        that each shell forgets what it keeps of the group's failures too."""
+        changed = self.groups.clear_failures(group)
+        self.history.clear(group)
+        self.master.cleanups[group] = asked_on
+        self.journal.emit(FailCountsCleared(
+            node=self.name, time=self.now, group=group,
+            text=f"fail count of {group} cleared on {self.name} {how}" if changed else
+            f"cleanup of {group} on {self.name} {how}: no fail count to clear here"))
 
     # ---- the member's side of a transition ------------------------------------------------
 
@@ -708,6 +724,7 @@ class NodeCore:
             # thinning out while a transition runs.
             self.membership.next_hb = self.now
         if promised and sender != self.name:
+            self.master.cleanups.clear()  # the master that declared it takes them into account
             self.journal.emit(TransitionStarted(
                 node=self.name, time=self.now, epoch=fmt_epoch(d.epoch), master=sender,
                 reason=d.reason, text=f"joined epoch {fmt_epoch(d.epoch)} declared by "
@@ -747,7 +764,7 @@ class NodeCore:
                         else self.strategies(config.strategy))  # the master decides by it
             costs = strategy.local_costs(ctx)
             self._send(CostReply(epoch, {g: costs.get(g, INFINITY) for g in config.groups},
-                                 self.copies()), master)
+                                 self.copies(), self.groups.failures), master)
         elif isinstance(body, StopRequest):
             promise.stop_orders.update(g for g in body.groups if g in self.groups.state)
             self._reconcile()

@@ -64,6 +64,7 @@ from vigil.cluster.wire import (
 from vigil.config import TIME_FENCERS, ClusterConfig
 from vigil.messages import BROADCAST
 from vigil.notifications import FencingCompleted, FencingRequested, TransitionStarted
+from vigil.status import seconds
 
 
 class Phase(enum.Enum):
@@ -157,8 +158,12 @@ class Master:
         self.last_alive: frozenset[str] = frozenset({name})
         self.settle_until = now
         self.missed: dict[str, int] = {}
-        #: each member's failure count when the current round was declared
+        #: each member's failure count that the current round has seen: when it was declared,
+        #: then as its cost reply says (a change the costs already reflect needs no round)
         self.handled_failures: dict[str, int] = {}
+        #: groups cleaned up (`vigil resource cleanup`) since the last declaration -> the
+        #: node it was asked on: one transition for the cleanup, with that as its reason
+        self.cleanups: dict[str, str] = {}
         self.applied_ids: list[str] = []
         #: the configuration staged here (vigil.cluster.reconfig): a round declared while
         #: every member staged it too switches to it
@@ -309,6 +314,9 @@ class Master:
         pending = self.pending_requests()
         if pending:
             return f"{len(pending)} request(s) pending"
+        if self.cleanups:
+            return "cleanup of " + ", ".join(f"{g} (asked on {n})" for g, n in sorted(
+                self.cleanups.items())) + ": fail counts cleared"
         if self.staged is not None and self.switch_ready(view):
             return (f"configuration change to {self.staged.digest[:12]} "
                     f"({summary(self.config, self.staged)})")
@@ -336,6 +344,7 @@ class Master:
     def _declare(self, view: tuple[str, ...], reason: str, local_failures: int) -> None:
         epoch: Epoch = (max(self.promise.max_seen, self.promise.promised[0]) + 1, self.name)
         self.promise.saw(epoch)
+        self.cleanups = {}  # the costs this round asks for are after them
         peers = self.membership.peers
         for node in view:
             peer = peers.get(node)
@@ -361,6 +370,11 @@ class Master:
             return
         if isinstance(reply, _REPLY[r.phase]) and sender in r.view:
             r.replies[sender] = reply
+            if isinstance(reply, CostReply) and reply.failures is not None:
+                # its costs count every failure and cleanup up to this: a heartbeat that
+                # tells of them later is no news (one cleanup, one transition)
+                self.handled_failures[sender] = max(self.handled_failures.get(sender, 0),
+                                                    reply.failures)
             if isinstance(reply, Ack):
                 # the ack left its sender no later than now: its silence ends no earlier
                 # than now minus what it says, so the bound errs late, which is safe
@@ -518,11 +532,14 @@ class Master:
                 r.fence_until = (r.acked_at + self.timing.lease_time + self.stop_bound
                                  + self.timing.fence_margin)
                 how = "its stops had time to finish"
-            why = (f"waiting until {r.fence_until:.3f} for {', '.join(suspects)} to be "
-                   f"off ({self.fencer}: its lease has run out and {how})")
+            # a span, not the core's clock: the shell adds the wall-clock end (``until``)
+            why = (f"waiting {seconds(max(0.0, r.fence_until - self.now))} for "
+                   f"{', '.join(suspects)} to be off (fencing by {self.fencer}: its lease has "
+                   f"run out and {how})")
             for i, member in enumerate(suspects):
                 self._fencing(FencingRequested(node=self.name, time=self.now, member=member,
-                                               detail=why, text=why), first=i == 0)
+                                               detail=why, text=why, until=r.fence_until),
+                              first=i == 0)
         wanted = set(suspects) if self.power else set()
         for member in suspects if self.power else ():
             self._fence_lost(r, member, decided.held)

@@ -174,6 +174,9 @@ class SimCluster:
         #: makes each core's strategy (None: the core's built-in of the configuration's name)
         self.strategy = strategy
         self.rng = rng or random.Random(0)
+        #: the delivery of ``news`` (vigil/cluster/history.py): not part of the protocol, so
+        #: drawn apart, and every seed's protocol story stays as it was without them
+        self.news_rng = random.Random(0)
         self.now = 0.0
         self.start_duration = start_duration
         self.stop_duration = stop_duration
@@ -716,14 +719,15 @@ class SimCluster:
             if (msg.sender, dest) in self.net.blocked:
                 continue
             copies = 1
-            if self.net.loss and self.rng.random() < self.net.loss:
+            rng = self.news_rng if msg.type == "news" else self.rng
+            if self.net.loss and rng.random() < self.net.loss:
                 copies = 0
-            elif self.net.duplicate and self.rng.random() < self.net.duplicate:
+            elif self.net.duplicate and rng.random() < self.net.duplicate:
                 copies = 2
             for _ in range(copies):
                 lo, hi = self.net.link_delay.get((msg.sender, dest), self.net.delay)
                 self.stats.deliveries += 1
-                self._push(self.now + self.rng.uniform(lo, hi), "msg", dest, msg)
+                self._push(self.now + rng.uniform(lo, hi), "msg", dest, msg)
 
     # ---- the resource executor ------------------------------------------------------------
 

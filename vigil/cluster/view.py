@@ -16,9 +16,11 @@ from vigil.cluster.mirrors import max_lag, mirror_resources
 from vigil.cluster.node import NodeCore
 from vigil.cluster.wire import fmt_epoch
 from vigil.status import (
+    ClusterEvent,
     ClusterStatus,
     ConfigState,
     CopyStatus,
+    FailedAction,
     FenceDeviceStatus,
     FenceEvent,
     FencingStatus,
@@ -52,7 +54,6 @@ class ResourceFacts:
     """What the shell saw of the resources on this node."""
 
     states: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # -> (state, reason)
-    fail_counts: Mapping[str, int] = field(default_factory=dict)
     last_failure: Mapping[str, Operation] = field(default_factory=dict)
     last_diagnostic: Mapping[str, Operation] = field(default_factory=dict)
     messages: Mapping[str, int] = field(default_factory=dict)  # the codec's counters
@@ -89,6 +90,8 @@ def build_status(core: NodeCore, facts: ResourceFacts | None = None, *,
         if s in ACTIVE:
             active.setdefault(g, {})[core.name] = s.value
     fail_counts = core.fail_counts()
+    failed_actions = _failed_actions(core, fail_counts, wall)
+    failed_here = {a.resource: a.fail_count for a in failed_actions if a.node == core.name}
     groups: dict[str, GroupStatus] = {}
     for g, gc in config.groups.items():
         where = active.get(g, {})
@@ -122,7 +125,7 @@ def build_status(core: NodeCore, facts: ResourceFacts | None = None, *,
             provided_by=holder if state == "IN_SERVICE" else None, reason=reason,
             depends_on=tuple(rc.depends_on), dependents=layout.direct_dependents[r],
             by_hand=disabled.get(r), on_fail=rc.on_fail,
-            fail_count=facts.fail_counts.get(r, 0), last_failure=facts.last_failure.get(r),
+            fail_count=failed_here.get(r, 0), last_failure=facts.last_failure.get(r),
             last_diagnostic=facts.last_diagnostic.get(r))
     links = _links(core, facts)
     nodes = {n: NodeStatus(state="online" if n in alive else "offline",
@@ -166,7 +169,25 @@ def build_status(core: NodeCore, facts: ResourceFacts | None = None, *,
         mirrors=_mirrors(core, groups, unix_now),
         configs={core.name: ConfigState(config.digest, membership.next), **{
             n: ConfigState(p.digest, p.next) for n, p in sorted(membership.peers.items())
-            if n in alive}})
+            if n in alive}},
+        failed_actions=failed_actions,
+        events=tuple(ClusterEvent(at=wall(n.time), node=n.node, kind=n.kind, text=n.text)
+                     for n in list(core.history.recent)[-20:]))
+
+
+def _failed_actions(core: NodeCore, fail_counts: Mapping[str, int],
+                    wall: Callable[[float], str]) -> tuple[FailedAction, ...]:
+    """The last failure of each resource on each node since its group's cleanup. The fail
+    count of one of this node's is the group's now (a failure_timeout may have lowered
+    it); another node's, as that node said with the failure."""
+    groups = core.config.groups
+    return tuple(
+        FailedAction(node=n.node, group=n.group, resource=n.resource, op=n.op,
+                     at=wall(n.time), reason=n.reason,
+                     fail_count=(fail_counts.get(n.group, 0) if n.node == core.name
+                                 else n.fail_count),
+                     threshold=groups[n.group].migration_threshold)
+        for n in core.history.failed.values() if n.group in groups)
 
 
 def _mirrors(core: NodeCore, groups: Mapping[str, GroupStatus],

@@ -13,6 +13,7 @@ The encoding is documented in docs/protocol.md ("Messages"); ``to_message()`` an
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import ClassVar, Final, Protocol, Self
 
 from vigil.cluster.mirrors import CopyFact
 from vigil.messages import BROADCAST, NAME_RE, Message
+from vigil.notifications import Notification, from_dict, to_dict
 
 Epoch = tuple[int, str]
 NO_EPOCH: Final[Epoch] = (0, "")
@@ -399,6 +401,43 @@ class Reload:
 
 
 @dataclass(frozen=True, slots=True)
+class News:
+    """A significant notification of the sender (a failure, a fencing, a transition it
+    declared, an operator's request), for every node's history. ``n`` numbers the sender's
+    news in its life ``incarnation`` (from 1): the pair names one, so a copy is kept once.
+    ``age_ms``: how long before sending it happened (core clocks differ between nodes; a
+    span does not). The notification travels as the JSON of
+    :func:`~vigil.notifications.to_dict`, without its node, time and seq."""
+
+    TYPE: ClassVar[str] = "news"
+    n: int
+    incarnation: int
+    age_ms: int
+    note: Notification
+
+    def fields(self) -> dict[str, str]:
+        data = to_dict(self.note)
+        for key in ("node", "time", "seq"):
+            data.pop(key, None)
+        return {"n": str(self.n), "inc": str(self.incarnation), "age": str(self.age_ms),
+                "note": json.dumps(data, sort_keys=True, separators=(",", ":"))}
+
+    @classmethod
+    def parse(cls, f: Mapping[str, str]) -> News:
+        try:
+            data = json.loads(f["note"])
+            if not isinstance(data, dict):
+                raise ValueError("not an object")
+            note = from_dict({**data, "node": "", "time": 0.0, "seq": 0})
+        except (ValueError, TypeError, RecursionError) as exc:
+            raise RemoteProtocolError(f"bad news: {str(exc)[:80]}") from None
+        if not isinstance(note.text, str):
+            raise RemoteProtocolError("bad news: its text is not a string")
+        return cls(_int(f["n"], "news number"), _int(f["inc"], "incarnation"),
+                   _int(f["age"], "news age"), note)
+
+
+@dataclass(frozen=True, slots=True)
 class Declare:
     TYPE: ClassVar[str] = "declare"
     epoch: Epoch
@@ -553,18 +592,25 @@ class CostReply:
     #: mirror resource -> the member's newest copy of its data (None: it has none); absent
     #: from the message when the cluster has no mirror resource (and from older members')
     copies: Mapping[str, CopyFact | None] = field(default_factory=dict)
+    #: the member's failure count (Heartbeat.failures) when it computed these costs: the
+    #: master has seen every failure and cleanup up to it (None: an older member's reply)
+    failures: int | None = None
 
     def fields(self) -> dict[str, str]:
         out = {"epoch": fmt_epoch(self.epoch),
                "costs": _enc_pairs((g, _enc_cost(c)) for g, c in sorted(self.costs.items()))}
         if self.copies:
             out["copies"] = _enc_copies(self.copies)
+        if self.failures is not None:
+            out["want"] = str(self.failures)
         return out
 
     @classmethod
     def parse(cls, f: Mapping[str, str]) -> CostReply:
+        want = f.get("want")
         return cls(parse_epoch(f["epoch"]), _dec_costs(f["costs"]),
-                   _dec_copies(f.get("copies", "")))
+                   _dec_copies(f.get("copies", "")),
+                   None if want is None else _int(want, "failure count"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -593,15 +639,15 @@ class Started(_EpochOnly):
     TYPE: ClassVar[str] = "started"
 
 
-Body = (Heartbeat | Echo | Bye | Cleanup | Reload | Declare | ReportRequest | CostRequest
-        | StopRequest | Accept | Start | Ack | Report | CostReply | Stopped | AcceptedReply
-        | Started)
+Body = (Heartbeat | Echo | Bye | Cleanup | Reload | News | Declare | ReportRequest
+        | CostRequest | StopRequest | Accept | Start | Ack | Report | CostReply | Stopped
+        | AcceptedReply | Started)
 #: Replies a master collects, by the phase they answer.
 Reply = Ack | Report | CostReply | Stopped | AcceptedReply | Started
 
 _PARSERS: Final = {cls.TYPE: cls.parse for cls in (
-    Heartbeat, Echo, Bye, Cleanup, Reload, Declare, ReportRequest, CostRequest, StopRequest,
-    Accept, Start, Ack, Report, CostReply, Stopped, AcceptedReply, Started)}
+    Heartbeat, Echo, Bye, Cleanup, Reload, News, Declare, ReportRequest, CostRequest,
+    StopRequest, Accept, Start, Ack, Report, CostReply, Stopped, AcceptedReply, Started)}
 
 
 @dataclass(frozen=True, slots=True)

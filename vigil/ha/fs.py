@@ -161,7 +161,7 @@ def _transition(value: Transition | None) -> bytes:
 
 def _op_result(value: Operation | None) -> bytes:
     """A resource operation's outcome, as the coordinator keeps the last failure and the last
-    monitor: ``19:30:12 monitor ok, IN_SERVICE: running``."""
+    monitor: ``2026-12-01T19:30:12.345+00:00 monitor ok, IN_SERVICE: running``."""
     if value is None:
         return b""
     verdict = "ok" if value.ok else "failed"
@@ -170,7 +170,7 @@ def _op_result(value: Operation | None) -> bytes:
 
 def diagnosis_text(answer: Mapping[str, Any], at: float | None = None) -> str:
     """The answer to a manual ``diagnose``, as the ``diagnosis`` file shows it."""
-    when = time.strftime("%H:%M:%S", time.localtime(time.time() if at is None else at))
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() if at is None else at))
     verdict = "healthy" if answer.get("healthy") else "FAILED"
     duration = answer.get("duration")
     took = f" ({duration:.2f}s)" if isinstance(duration, int | float) else ""

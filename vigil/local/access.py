@@ -55,7 +55,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Requests members of status_group may send; every other request needs admin_group.
-READ_ONLY_COMMANDS: Final = frozenset({"status"})
+READ_ONLY_COMMANDS: Final = frozenset({"status", "history"})
 
 # Linux >= 4.13. Python does not name it; 59 is its number where the architecture uses the
 # generic socket options (elsewhere another option may have that number: /proc is read).
