@@ -9,7 +9,7 @@ import pytest
 
 from tests.support.simconfig import sim_config
 from vigil.cluster.reconfig import refusals, retired, summary
-from vigil.config import FenceDevice, GroupConfig, LinkConfig, NodeConfig
+from vigil.config import FenceDevice, GroupConfig, LinkConfig, NodeConfig, ResourceConfig
 
 pytestmark = pytest.mark.unit
 
@@ -89,3 +89,15 @@ def test_monitor_and_timeout_settings_do_not_restart_a_resource() -> None:
         r, start_timeout=99.0, on_fail="block",
         monitor=replace(r.monitor, interval=1.0))})
     assert retired(BASE, new) == {}
+
+
+def test_a_new_group_of_its_own_may_stop_slowly_one_tied_to_a_group_may_not() -> None:
+    slow = ResourceConfig("slow-r0", "dummy", "slow", stop_timeout=60.0)
+    alone = replace(BASE, groups={**BASE.groups, "slow": GroupConfig("slow", ("slow-r0",))},
+                    resources={**BASE.resources, "slow-r0": slow})
+    assert refusals(BASE, alone) == []  # its set stops beside the others
+    tied = replace(alone, groups={**alone.groups, "slow": GroupConfig(
+        "slow", ("slow-r0",), depends_on=("g2",))})
+    found = refusals(BASE, tied)
+    assert found and "the groups tied to g2 by depends_on stop in 60.2s instead of 0.2s" \
+        in found[0], found

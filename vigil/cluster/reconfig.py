@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from vigil.cluster.placement import stop_bound
+from vigil.cluster.strategy import colocation_sets
 from vigil.config import TIME_FENCERS, ClusterConfig, GroupConfig, ResourceConfig
 
 __all__ = ["refusals", "resource_restarts", "retired", "summary"]
@@ -67,17 +67,33 @@ def refusals(old: ClusterConfig, new: ClusterConfig) -> list[str]:
             out.append(f"timing.{what} changed ({before:g}s -> {after:g}s): a node lost "
                        "during the switch would be waited for by the other file's value; "
                        f"{RESTART_ALL}")
-    if old.fencer in TIME_FENCERS and stop_bound(new) != stop_bound(old):
-        out.append(f"stop timeouts changed (the longest stop of a node goes from "
-                   f"{stop_bound(old):g}s to {stop_bound(new):g}s): the {old.fencer} fencer "
-                   "waits for a lost node's stops, and a node lost during the switch may "
-                   f"take the other file's time; {RESTART_ALL}")
+    if old.fencer in TIME_FENCERS:
+        before, after = _set_stops(old), _set_stops(new)
+        changed = sorted(g for g in set(before) & set(after) if before[g] != after[g])
+        if changed:
+            g = changed[0]
+            out.append(f"stop timeouts changed: the groups tied to {', '.join(changed)} by "
+                       f"depends_on stop in {after[g]:g}s instead of {before[g]:g}s; the "
+                       f"{old.fencer} fencer waits for a lost node's stops, and a node lost "
+                       f"during the switch may take the other file's time; {RESTART_ALL} "
+                       "(new groups of their own may have any stop timeouts)")
     mirrors = sorted({r for c in (old, new) for r, rc in c.resources.items()
                       if rc.type == "mirror"})
     for r in mirrors:
         if old.resources.get(r) != new.resources.get(r):
             out.append(f"mirror resource {r} added, removed or changed: its replication "
                        f"runs beside the daemon; {RESTART_ALL}")
+    return out
+
+
+def _set_stops(config: ClusterConfig) -> dict[str, float]:
+    """Group -> how long the groups tied to it by ``depends_on`` take to stop on one node
+    (one after the other; the sets stop in parallel: placement.stop_bound is the largest)."""
+    out: dict[str, float] = {}
+    for groups in colocation_sets(config):
+        total = sum(config.resources[r].stop_timeout for g in groups
+                    for r in config.groups[g].resources)
+        out.update(dict.fromkeys(groups, total))
     return out
 
 
