@@ -277,7 +277,7 @@ class CoordinatorActor(VigilActor):
                 # first: the commands below may be for the actors of the new configuration
                 self._switch(action.config)
             elif isinstance(action, LoadConfig):
-                self._read_later(action.wanted, action.quiet)
+                self._read_later(action)
             elif isinstance(action, StartGroup | StopGroup | RestartResource):
                 if self.rebuilding and action.group in self.rebuilt_groups:
                     self.waiting.append(action)
@@ -310,7 +310,7 @@ class CoordinatorActor(VigilActor):
 
     # ---- configuration changes ----------------------------------------------------------
 
-    def _read_later(self, wanted: str, quiet: bool) -> None:
+    def _read_later(self, load: LoadConfig) -> None:
         """Another node asked for a reload: read the file off this actor's thread (a type's
         defaults may run an agent), then hand the core what was found."""
         read, me = self.read_config, self.actor_ref
@@ -318,7 +318,7 @@ class CoordinatorActor(VigilActor):
             return
 
         def work() -> None:
-            me.tell(dataclasses.replace(read(wanted), quiet=quiet))
+            me.tell(dataclasses.replace(read(load.wanted), quiet=load.quiet, also=load.also))
 
         threading.Thread(target=work, name=f"vigil-reload-{self.node}", daemon=True).start()
 

@@ -166,6 +166,7 @@ class StageConfig:
     #: read because a peer runs ``wanted`` (not a reload): a file that is still the running
     #: one is no news (the peer is the odd one, and was named already)
     quiet: bool = False
+    also: str = ""  # with quiet: the digest the peer staged, which will do too
 
 
 Event = (Received | CopyReceived | Tick | GroupDone | GroupFailed | AdminRequest
@@ -233,6 +234,7 @@ class LoadConfig:
 
     wanted: str
     quiet: bool = False
+    also: str = ""  # with quiet: the digest the peer staged, which will do too
 
 
 @dataclass(frozen=True, slots=True)

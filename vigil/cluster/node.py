@@ -114,7 +114,10 @@ from vigil.notifications import (
 )
 from vigil.status import seconds
 
-__all__ = ["NodeCore"]
+__all__ = ["RELOAD_AGAIN", "NodeCore"]
+
+#: seconds between two asks to a peer that has not staged our staged configuration
+RELOAD_AGAIN = 1.0
 
 
 class NodeCore:
@@ -147,6 +150,10 @@ class NodeCore:
         #: cannot run (vigil.cluster.reconfig)
         self.staged: ClusterConfig | None = None
         self.staged_missing: frozenset[str] = frozenset()
+        #: (digest asked, digest of our file) of the last reload we could not follow (said
+        #: once), and when we last asked each peer to reload (asked again while it has not)
+        self.refused_reload: tuple[str, str] = ("", "")
+        self.reload_asked: dict[str, float] = {}
         #: this node's NICs that its NIC monitors believe down -> why (for the costs)
         self.nics_down: dict[str, str] = {}
         #: mirror resource -> this node's copy of its data (the shell's word; for the costs)
@@ -490,7 +497,7 @@ class NodeCore:
                 # switched it (we were cut off). Read our file again; if it is what the peer
                 # runs, we stage it and follow. (Not for a peer behind us: a node restarted
                 # with a file not yet reloaded must not switch the cluster.)
-                self._act(LoadConfig(hb.digest, quiet=True))
+                self._act(LoadConfig(hb.digest, quiet=True, also=hb.next))
             self.journal.warn(
                 "config", f"node {sender} runs a different configuration (digest "
                 f"{hb.digest[:12]} vs ours {self.config.digest[:12]}); it is kept out of "
@@ -501,6 +508,11 @@ class NodeCore:
         if heard is Heard.NOTHING:
             return
         staged = self.staged
+        if (staged is not None and staged.digest not in (hb.digest, hb.next)
+                and self.now >= self.reload_asked.get(sender, -math.inf) + RELOAD_AGAIN):
+            # it missed our reload (a lost message, or it was restarting): ask again
+            self.reload_asked[sender] = self.now
+            self._send(Reload(staged.digest), sender)
         if staged is not None and hb.digest == staged.digest and (
                 (not self.groups.busy and hb.promised > self.promise.promised)
                 or (hb.accepted >= self.promise.promised
@@ -637,9 +649,10 @@ class NodeCore:
             self.journal.warn("config", f"configuration file not staged ({who}): "
                               f"{event.problem or 'it did not load'}")
             return
-        if event.wanted and new.digest != event.wanted:
-            if event.quiet:
-                return
+        if event.wanted and new.digest not in {event.wanted, event.also} - {""}:
+            if event.quiet or self.refused_reload == (event.wanted, new.digest):
+                return  # said already (a reload is asked again until every node staged it)
+            self.refused_reload = (event.wanted, new.digest)
             self.journal.warn(
                 "config", f"the configuration file of {self.name} (digest {new.digest[:12]}) "
                 f"is not the one the cluster was asked to switch to ({event.wanted[:12]}): "

@@ -68,12 +68,14 @@ def refusals(old: ClusterConfig, new: ClusterConfig) -> list[str]:
                        "during the switch would be waited for by the other file's value; "
                        f"{RESTART_ALL}")
     if old.fencer in TIME_FENCERS:
-        before, after = _set_stops(old), _set_stops(new)
-        changed = sorted(g for g in set(before) & set(after) if before[g] != after[g])
+        stops_before, stops_after = _set_stops(old), _set_stops(new)
+        changed = sorted(g for g in set(stops_before) & set(stops_after)
+                         if stops_before[g] != stops_after[g])
         if changed:
             g = changed[0]
             out.append(f"stop timeouts changed: the groups tied to {', '.join(changed)} by "
-                       f"depends_on stop in {after[g]:g}s instead of {before[g]:g}s; the "
+                       f"depends_on stop in {stops_after[g]:g}s instead of "
+                       f"{stops_before[g]:g}s; the "
                        f"{old.fencer} fencer waits for a lost node's stops, and a node lost "
                        f"during the switch may take the other file's time; {RESTART_ALL} "
                        "(new groups of their own may have any stop timeouts)")

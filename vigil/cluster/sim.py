@@ -657,7 +657,7 @@ class SimCluster:
                 self._fence(node, action)
             elif isinstance(action, LoadConfig):
                 self.inject(node.name, replace(self._loaded(node.name, action.wanted),
-                                               quiet=action.quiet))
+                                               quiet=action.quiet, also=action.also))
             elif isinstance(action, SwitchConfig):
                 self.log.append(f"{self.now:.3f} {node.name} switches to configuration "
                                 f"{action.config.digest[:8]}")
