@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from vigil.cluster.placement import stop_bound
 from vigil.cluster.strategy import colocation_sets
-from vigil.config import TIME_FENCERS, ClusterConfig, GroupConfig, ResourceConfig
+from vigil.config import ClusterConfig, GroupConfig, ResourceConfig
 
 __all__ = ["refusals", "resource_restarts", "retired", "summary"]
 
@@ -67,18 +68,24 @@ def refusals(old: ClusterConfig, new: ClusterConfig) -> list[str]:
             out.append(f"timing.{what} changed ({before:g}s -> {after:g}s): a node lost "
                        "during the switch would be waited for by the other file's value; "
                        f"{RESTART_ALL}")
-    if old.fencer in TIME_FENCERS:
-        stops_before, stops_after = _set_stops(old), _set_stops(new)
-        changed = sorted(g for g in set(stops_before) & set(stops_after)
-                         if stops_before[g] != stops_after[g])
-        if changed:
-            g = changed[0]
-            out.append(f"stop timeouts changed: the groups tied to {', '.join(changed)} by "
-                       f"depends_on stop in {stops_after[g]:g}s instead of "
-                       f"{stops_before[g]:g}s; the "
-                       f"{old.fencer} fencer waits for a lost node's stops, and a node lost "
-                       f"during the switch may take the other file's time; {RESTART_ALL} "
-                       "(new groups of their own may have any stop timeouts)")
+    if old.fencer == "silence":
+        # The silence fencer waits for a lost node's stops (stop_bound of its own file: the
+        # slowest colocation set; sets stop in parallel). A node lost during the switch may
+        # run the other file: every group both files know, which the waiting master may
+        # start elsewhere, must stop there within this file's bound. (The guardian fencer
+        # waits for the guardian, whatever the stop timeouts.)
+        for first, second, when in ((old, new, "before"), (new, old, "after")):
+            sets, bound = _set_stops(first), stop_bound(second)
+            slow = sorted(g for g in second.groups if sets.get(g, 0.0) > bound)
+            if slow:
+                out.append(f"stop timeouts changed: {', '.join(slow)} took up to "
+                           f"{sets[slow[0]]:g}s to stop {when} the change, but a master on "
+                           f"the {'new' if when == 'before' else 'old'} file waits "
+                           f"{bound:g}s for a lost node's stops (the silence fencer); a "
+                           f"node lost during the switch may run the other file; "
+                           f"{RESTART_ALL} (a new group of its own may have any stop "
+                           "timeout)")
+                break
     mirrors = sorted({r for c in (old, new) for r, rc in c.resources.items()
                       if rc.type == "mirror"})
     for r in mirrors:

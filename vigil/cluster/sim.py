@@ -199,6 +199,7 @@ class SimCluster:
                                   for g, graph in self.group_resources.items()}
         self.resource_group = {r: c.group for r, c in config.resources.items()}
         self.group_deps = {g: tuple(c.depends_on) for g, c in config.groups.items()}
+        self._graphs_of = config.digest  # the configuration the four tables above are of
         #: configuration changes: each node's file where it is not ``config`` (what a node
         #: powered on or asked to reload reads), every group's members in any configuration
         #: seen (for the invariants), and each resource's starts and stops
@@ -742,7 +743,7 @@ class SimCluster:
 
     def _graphs(self, config: ClusterConfig) -> None:
         """Look the groups up in ``config`` (that of the node acting) from now on."""
-        if config.digest != getattr(self, "_graphs_of", self.config.digest):
+        if config.digest != self._graphs_of:
             self._graphs_of = config.digest
             self.group_resources = member_graphs(config)
             self.member_dependents = {
