@@ -155,13 +155,24 @@ def test_cleanup_wait_and_simulate_live(cluster: Daemons) -> None:
     assert out.stdout.splitlines()[-1] == "done: web running on alpha, no failures"
 
 
-def test_status_watch_ends_on_ctrl_c_with_0(cluster: Daemons) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "vigil.cli.main", "status", "--watch",
-                             "--interval", "0.2", "-c", str(cluster.config), "-n", "beta"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(2.0)
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=20)
+def test_status_watch_ends_on_ctrl_c_with_0(cluster: Daemons, tmp_path: Path) -> None:
+    # into files, not pipes: a full pipe nobody reads (a few refreshes of a long status)
+    # would hold the command in a write, which is not what this is about
+    out_file, err_file = tmp_path / "out", tmp_path / "err"
+    with open(out_file, "w") as out, open(err_file, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "vigil.cli.main", "status", "--watch",
+                                 "--interval", "0.2", "-c", str(cluster.config), "-n", "beta"],
+                                stdout=out, stderr=err, text=True)
+        wait_for(lambda: out_file.read_text().count("Cluster sys: epoch") >= 2, 30,
+                 "two refreshes")
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+    stdout, stderr = out_file.read_text(), err_file.read_text()
     assert proc.returncode == 0, stderr
     assert "Aborted!" not in stdout + stderr and "Traceback" not in stderr
     assert stdout.count("Cluster sys: epoch") >= 2  # it refreshed
