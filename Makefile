@@ -21,8 +21,9 @@ typecheck: $(STAMP)
 test: lint typecheck
 	PYTHONHASHSEED=0 $(BIN)/python -m pytest -q --durations=15 -m "not long"
 
-# The slow cases left out of `make test` (floods, a rolling key rotation...: each has a
-# quicker kin there), some 3 minutes.
+# The slow cases left out of `make test` (floods, a rolling key rotation, a fresh pip install,
+# system tests whose decision a simulation or another system test checks too: each names its
+# kin in make test), some 5 minutes.
 test-long: $(STAMP)
 	PYTHONHASHSEED=0 $(BIN)/python -m pytest -q --durations=15 -m long
 

@@ -125,6 +125,8 @@ def test_graceful_move_loses_nothing(mirror: MirrorGroup) -> None:
     print(f"\ngraceful move n1 -> n2: all {last.number} records of n1 there")
 
 
+# kin in make test: tests/sim/test_mirrors.py and the unit tests of weigh_copies decide the same
+@pytest.mark.long
 def test_a_standby_beyond_max_lag_is_not_chosen(mirror: MirrorGroup) -> None:
     c = mirror.c
     # n3 is preferred over n2: only its stale copy keeps it from taking over
@@ -153,6 +155,8 @@ def test_a_standby_beyond_max_lag_is_not_chosen(mirror: MirrorGroup) -> None:
           f"after its cut): the group went to n2 ({why[-1] if why else 'no reason logged'})")
 
 
+# kin in make test: tests/sim/test_mirrors.py and the unit tests of weigh_copies decide the same
+@pytest.mark.long
 def test_with_no_standby_within_max_lag_the_group_goes_nowhere_unless_forced(
         mirror: MirrorGroup) -> None:
     c = mirror.c
@@ -238,6 +242,8 @@ def mirror_records(snapshot: Path) -> records.Found:
     return found or records.Found([], True)
 
 
+# kin in make test: tests/system/test_replication_btrfs.py kills a receiver mid-stream the same way
+@pytest.mark.long
 def test_a_receiver_killed_mid_stream_leaves_no_half_snapshot_taken_for_whole(
         mirror: MirrorGroup) -> None:
     c = mirror.c

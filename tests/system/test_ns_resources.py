@@ -248,6 +248,8 @@ def test_sigterm_stops_the_group_cleanly_in_reverse_order_and_it_moves(
 OCF_ROOT = Path("/usr/lib/ocf/resource.d/heartbeat")
 
 
+# kin in make test: tests/system/test_ocf.py runs the agents; the web service fails over here
+@pytest.mark.long
 def test_an_ocf_group_fails_over_the_same_way(cluster: NsCluster, disk: SharedDisk) -> None:
     for agent in ("IPaddr2", "Filesystem", "Dummy"):
         if not (OCF_ROOT / agent).exists():

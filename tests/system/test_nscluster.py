@@ -91,6 +91,8 @@ def test_cluster_forms_and_a_client_reaches_the_service(cluster: NsCluster) -> N
     assert cluster.hosts["n2"].run(["ls", "/run/resource-agents"]).stdout == ""
 
 
+# kin in make test: tests/system/test_ns_resources.py powers off the holder of the web service
+@pytest.mark.long
 def test_power_off_the_holder_moves_the_service(cluster: NsCluster) -> None:
     start_web(cluster)
     wait_holder(cluster, "n1", "web on n1")

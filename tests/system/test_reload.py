@@ -120,6 +120,9 @@ def test_a_rolling_change_adds_restarts_and_leaves_the_rest_running(daemons: Dae
         assert "stopping web" not in log and "stopping api" not in log, log[-2000:]
 
 
+# kin in make test: tests/unit/test_reconfig.py and tests/integration/test_config_cmds.py refuse the
+#  same
+@pytest.mark.long
 def test_what_cannot_change_live_is_refused_and_a_broken_file_is_named(
         daemons: Daemons) -> None:
     start(daemons)

@@ -286,6 +286,8 @@ def mirror_resource(cluster: Cluster, node: str) -> MirrorResource:
 
 
 @in_own_mount_namespace
+# kin in make test: tests/system/test_ns_mirror.py moves it gracefully on real daemons
+@pytest.mark.long
 def test_the_mirror_resource_moves_gracefully_without_losing_a_write(cluster: Cluster) -> None:
     alpha, beta = mirror_resource(cluster, "alpha"), mirror_resource(cluster, "beta")
     assert alpha.monitor().state is ServiceState.OOS
