@@ -160,9 +160,12 @@ def test_status_watch_ends_on_ctrl_c_with_0(cluster: Daemons, tmp_path: Path) ->
     # would hold the command in a write, which is not what this is about
     out_file, err_file = tmp_path / "out", tmp_path / "err"
     with open(out_file, "w") as out, open(err_file, "w") as err:
+        # Ctrl-C as a terminal delivers it: a test run started in the background (`make
+        # test &`) ignores SIGINT, and its children would inherit that
         proc = subprocess.Popen([sys.executable, "-m", "vigil.cli.main", "status", "--watch",
                                  "--interval", "0.2", "-c", str(cluster.config), "-n", "beta"],
-                                stdout=out, stderr=err, text=True)
+                                stdout=out, stderr=err, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         wait_for(lambda: out_file.read_text().count("Cluster sys: epoch") >= 2, 30,
                  "two refreshes")
         proc.send_signal(signal.SIGINT)

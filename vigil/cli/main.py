@@ -17,6 +17,7 @@ other modules use the same options and codes: :mod:`vigil.cli.options`, re-expor
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -550,6 +551,10 @@ def resource_diagnose(config_path: str, node: str | None, as_json: bool, name: s
 def status(config_path: str, node: str | None, as_json: bool, watch: bool,
            interval: float) -> None:
     """Show the cluster as this node's daemon sees it."""
+    if watch:
+        # Ctrl-C ends watching even where SIGINT came ignored from the parent (a shell's
+        # background job, a service manager): Python then leaves it ignored
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         while True:
             st = _status(config_path, node)
