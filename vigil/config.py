@@ -114,6 +114,13 @@ class ResourceConfig:
     #: resource type's defaults (:func:`apply_type_defaults`)
     explicit: frozenset[str] = frozenset()
 
+    def same_instance(self, other: ResourceConfig) -> bool:
+        """Whether ``other`` defines the same running thing (name, type, group, parameters,
+        dependencies): what else differs (timeouts, monitor, on_fail) applies to the next
+        operation, without a restart (a configuration change, vigil.cluster.reconfig)."""
+        return (self.name, self.type, self.group, dict(self.params), self.depends_on) == (
+            other.name, other.type, other.group, dict(other.params), other.depends_on)
+
 
 @dataclass(frozen=True, slots=True)
 class GroupConfig:

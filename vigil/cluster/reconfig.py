@@ -111,8 +111,7 @@ def resource_restarts(a: ResourceConfig | None, b: ResourceConfig | None) -> boo
     settings, timeouts and on_fail apply to the next operation: no restart)."""
     if a is None or b is None:
         return a is not b
-    return (a.type, a.group, dict(a.params), a.depends_on) != (
-        b.type, b.group, dict(b.params), b.depends_on)
+    return not a.same_instance(b)
 
 
 def _group_restarts(old: ClusterConfig, new: ClusterConfig, a: GroupConfig,

@@ -345,11 +345,9 @@ class Resource(abc.ABC):
         """Take settings that need no restart (timeouts, monitor, on_fail: read at each
         operation) from a new configuration of the same resource: the object, and what it
         knows of what it started, stay."""
-        if (config.name, config.type, dict(config.params), config.depends_on) != (
-                self._config.name, self._config.type, dict(self._config.params),
-                self._config.depends_on):
-            raise ValueError(f"resource {config.name!r}: its type, parameters or dependencies "
-                             "changed: it is made anew, not reconfigured")
+        if not self._config.same_instance(config):
+            raise ValueError(f"resource {config.name!r}: its type, group, parameters or "
+                             "dependencies changed: it is made anew, not reconfigured")
         self._config = config
 
     # -- what the node's guardian must remove if this node is fenced -------------------------
