@@ -56,7 +56,6 @@ from vigil.cluster.events import (
 from vigil.cluster.mirrors import MirrorLag, MirrorState
 from vigil.cluster.node import NodeCore
 from vigil.cluster.promise import Persisted
-from vigil.cluster.reconfig import retired
 from vigil.cluster.view import LinkFacts, ResourceFacts, build_status
 from vigil.config import ClusterConfig
 from vigil.config_diff import json_safe
@@ -275,7 +274,7 @@ class CoordinatorActor(VigilActor):
         for action in out.actions:
             if isinstance(action, SwitchConfig):
                 # first: the commands below may be for the actors of the new configuration
-                self._switch(action.config)
+                self._switch(action)
             elif isinstance(action, LoadConfig):
                 self._read_later(action)
             elif isinstance(action, StartGroup | StopGroup | RestartResource):
@@ -322,12 +321,12 @@ class CoordinatorActor(VigilActor):
 
         threading.Thread(target=work, name=f"vigil-reload-{self.node}", daemon=True).start()
 
-    def _switch(self, config: ClusterConfig) -> None:
+    def _switch(self, switch: SwitchConfig) -> None:
         """The core runs ``config`` now: so does everything built from it. The node actor
         rebuilds the children that changed; until it has, what the core asks of the groups
         waits here, in order (it may be for an actor being replaced). Not awaited on this
         thread: the node actor may be stopping an actor that waits for this one."""
-        before = self.config
+        before, config = self.config, switch.config
         self.config = config
         self.resource_states = {r: self.resource_states.get(r, ("UNKNOWN", "not yet probed"))
                                 for r in config.resources}
@@ -342,7 +341,7 @@ class CoordinatorActor(VigilActor):
         added = tuple(sorted(set(config.groups) - set(before.groups)))
         # only the commands for groups whose actors are replaced wait: a stop of a group
         # the switch kept (its lease lost right after) must not wait behind the rebuild
-        self.rebuilt_groups |= set(added) | (set(retired(before, config)) & set(config.groups))
+        self.rebuilt_groups |= switch.rebuilt
 
         def wait() -> None:
             try:
@@ -380,9 +379,7 @@ class CoordinatorActor(VigilActor):
             return {"ok": True, "message": f"{new.path} is the running configuration "
                     f"({new.digest[:12]}): nothing to change", "digest": new.digest}
         if core.staged is None or core.staged.digest != new.digest:
-            # the core said why (refusals) in its last decision
-            why = core.decisions[-1][1] if core.decisions else "refused"
-            return _error(why)
+            return _error(core.stage_refused or "not staged: see `vigil status`")
         missing = sorted(staged.missing_types)
         warn = (f"; warning: resource type {', '.join(missing)} is not installed on "
                 f"{self.node}: what uses it cannot run here (`vigil config check` names the "

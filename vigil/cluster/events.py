@@ -244,6 +244,9 @@ class SwitchConfig:
     anything else of this output is carried out."""
 
     config: ClusterConfig
+    #: groups whose actors are replaced or new (the others keep theirs, and their commands
+    #: need not wait for the rebuild)
+    rebuilt: frozenset[str] = frozenset()
 
 
 Action = StartGroup | StopGroup | RestartResource | FenceNode | LoadConfig | SwitchConfig

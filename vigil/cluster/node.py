@@ -153,6 +153,8 @@ class NodeCore:
         #: (digest asked, digest of our file) of the last reload we could not follow (said
         #: once), and when we last asked each peer to reload (asked again while it has not)
         self.refused_reload: tuple[str, str] = ("", "")
+        #: why the last file offered to stage could not be applied live ("" it could)
+        self.stage_refused = ""
         self.reload_asked: dict[str, float] = {}
         #: this node's NICs that its NIC monitors believe down -> why (for the costs)
         self.nics_down: dict[str, str] = {}
@@ -643,6 +645,7 @@ class NodeCore:
 
     def _stage(self, event: StageConfig) -> None:
         new = event.config
+        self.stage_refused = ""
         who = ("a peer runs it" if event.quiet else "asked by another node" if event.wanted
                else "asked here")
         if new is None or event.problem:
@@ -667,8 +670,9 @@ class NodeCore:
             return
         problems = refusals(self.config, new)
         if problems:
-            self.journal.warn("config", f"configuration {new.digest[:12]} cannot be applied "
-                              f"while the cluster runs ({who}): " + "; ".join(problems))
+            self.stage_refused = (f"configuration {new.digest[:12]} cannot be applied while "
+                                  f"the cluster runs ({who}): " + "; ".join(problems))
+            self.journal.warn("config", self.stage_refused)
             return
         self.staged, self.staged_missing = new, event.missing_types
         self.membership.next = new.digest
@@ -706,7 +710,8 @@ class NodeCore:
         self.fencing.config = new
         self.master.reconfigure(new, stop_bound(new))
         self._unstage()
-        self._act(SwitchConfig(new))
+        self._act(SwitchConfig(new, frozenset(
+            g for g in new.groups if g not in old.groups or g in gone)))
         self.journal.note("config", f"now running configuration {new.digest[:12]} "
                           f"({summary(old, new)})")
 
