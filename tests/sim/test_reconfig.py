@@ -240,3 +240,54 @@ def test_a_node_restarted_with_a_file_not_yet_reloaded_does_not_switch_the_clust
     settle(c)
     assert {c.nodes[n].core.config.digest for n in c.live()} == {  # type: ignore[union-attr]
         new.digest}
+
+
+def test_a_reload_taken_by_a_node_that_restarts_before_anyone_heard_it_is_not_lost() -> None:
+    """The operator reloads on alpha while it is cut off, and alpha's daemon restarts
+    before the others heard the reload: it comes back running the new file and asks again
+    (the reload is persisted like a manual request), so the cluster switches once alpha is
+    reachable, with no second command. The simulation found it lost (6 nodes, a reload on
+    a node cut off, then its quick restart: the cluster stayed split on two files)."""
+    old = base()
+    c = running(SimCluster(old))
+    new = changed(old)
+    c.partition(["alpha"], ["beta", "gamma"])
+    c.run_for(0.3)
+    c.stage(new, on="alpha")
+    assert c.nodes["alpha"].persisted.reload == new.digest  # type: ignore[union-attr]
+    c.crash("alpha")
+    c.run_for(0.5)
+    c.power_on("alpha")
+    alpha = c.nodes["alpha"].core
+    assert alpha is not None and alpha.config.digest == new.digest
+    assert any("asked here before this daemon restarted" in t for _, t in alpha.decisions)
+    c.run_for(1.0)
+    for n in ("beta", "gamma"):  # nothing switched while they could not hear alpha
+        assert c.nodes[n].core.config.digest == old.digest  # type: ignore[union-attr]
+    c.heal()
+    settle(c)
+    assert {c.nodes[n].core.config.digest for n in c.live()} == {  # type: ignore[union-attr]
+        new.digest}
+    assert c.nodes["alpha"].persisted.reload == ""  # type: ignore[union-attr]
+
+
+def test_a_reload_pending_at_restart_is_dropped_if_the_file_changed_meanwhile() -> None:
+    """A restarted node asks again only for the file it was asked to reload: if its file
+    is another one by then, the earlier reload is over (and it stays out, as any node
+    started with a file not reloaded)."""
+    old = base()
+    c = running(SimCluster(old))
+    new = changed(old)
+    c.partition(["alpha"], ["beta", "gamma"])
+    c.run_for(0.3)
+    c.stage(new, on="alpha")
+    c.crash("alpha")
+    other = digest(replace(new, timing=replace(new.timing, step_timeout=9.0)))
+    c.files["alpha"] = other
+    c.power_on("alpha")
+    c.heal()
+    c.run_for(5.0)
+    assert c.nodes["alpha"].persisted.reload == ""  # type: ignore[union-attr]
+    for n in ("beta", "gamma"):
+        core = c.nodes[n].core
+        assert core is not None and core.config.digest == old.digest and core.staged is None

@@ -673,11 +673,12 @@ def test_persisted_state_round_trips_through_json() -> None:
                                        frozenset({"alpha"})),),
                      max_seen=9,
                      requests=(RequestRef("beta-4-1", "move", "g0", "alpha"),
-                               RequestRef("beta-4-2", "maintenance", "", "off")))
+                               RequestRef("beta-4-2", "maintenance", "", "off")),
+                     reload="ab" * 32)
     assert Persisted.from_json(json.loads(json.dumps(hand.to_json()))) == hand
     older = hand.to_json()
-    del older["requests"]  # written before pending requests were kept
-    assert Persisted.from_json(older) == dataclasses.replace(hand, requests=())
+    del older["requests"], older["reload"]  # written before these were kept
+    assert Persisted.from_json(older) == dataclasses.replace(hand, requests=(), reload="")
     assert Persisted.from_json(Persisted().to_json()) == Persisted()
 
 
@@ -702,9 +703,10 @@ def _good_state() -> dict[str, object]:
     (lambda d: d.update(requests=[{"id": "a-1-1", "kind": "reboot", "group": "",
                                    "node": ""}]), ValueError),
     (lambda d: d.update(requests=[{"id": "a-1-1", "kind": "move"}]), KeyError),
+    (lambda d: d.update(reload=["ab"]), TypeError),
 ], ids=["no-promised", "no-history", "bad-epoch", "history-not-list", "view-not-list",
         "max-seen-not-int", "placement-not-dict", "history-bad-epoch", "history-no-epoch",
-        "requests-not-list", "request-bad-kind", "request-no-group"])
+        "requests-not-list", "request-bad-kind", "request-no-group", "reload-not-str"])
 def test_a_damaged_persisted_state_is_refused(
     damage: Callable[[dict[str, object]], object], error: type[Exception]
 ) -> None:

@@ -156,6 +156,11 @@ class NodeCore:
         #: why the last file offered to stage could not be applied live ("" it could)
         self.stage_refused = ""
         self.reload_asked: dict[str, float] = {}
+        #: the digest of a reload asked here that the cluster does not run yet: asked again
+        #: after a restart too, if our file is still that one (a node restarted with a file
+        #: nobody asked to reload stays out instead; see _on_heartbeat)
+        self.reload_pending = (persisted.reload if persisted and persisted.reload == config.digest
+                               else "")
         #: this node's NICs that its NIC monitors believe down -> why (for the costs)
         self.nics_down: dict[str, str] = {}
         #: mirror resource -> this node's copy of its data (the shell's word; for the costs)
@@ -189,6 +194,10 @@ class NodeCore:
                              strategies=self.strategies)
         self.changes = Changes(name)
         self.history = ClusterHistory(name, incarnation)
+        if self.reload_pending:
+            self.journal.note("config", f"the reload to configuration {config.digest[:12]} "
+                              "asked here before this daemon restarted is not done yet: "
+                              "asking every node again to reload its file")
 
     # ---- the one entry point -------------------------------------------------------------
 
@@ -295,7 +304,7 @@ class NodeCore:
     # ---- what others may ask ---------------------------------------------------------------
 
     def persisted(self) -> Persisted:
-        return self.promise.persisted(self.requests.refs())
+        return replace(self.promise.persisted(self.requests.refs()), reload=self.reload_pending)
 
     @property
     def promised(self) -> tuple[int, str]:
@@ -494,6 +503,11 @@ class NodeCore:
         heard = self.membership.on_heartbeat(sender, hb, self.promise.promised,
                                              self.incarnation)
         if heard is Heard.MISMATCH:
+            if self.reload_pending == self.config.digest:
+                # restarted before the cluster switched to the file reloaded here: it runs
+                # the old one, we the new one; ask until it has staged ours (then we are
+                # compatible and it switches without us, and we join)
+                self._ask_reload(sender, hb, self.reload_pending)
             if hb.promised > self.promise.promised:
                 # The peer's cluster moved on without us: perhaps we missed the reload that
                 # switched it (we were cut off). Read our file again; if it is what the peer
@@ -510,11 +524,9 @@ class NodeCore:
         if heard is Heard.NOTHING:
             return
         staged = self.staged
-        if (staged is not None and staged.digest not in (hb.digest, hb.next)
-                and self.now >= self.reload_asked.get(sender, -math.inf) + RELOAD_AGAIN):
+        if staged is not None:
             # it missed our reload (a lost message, or it was restarting): ask again
-            self.reload_asked[sender] = self.now
-            self._send(Reload(staged.digest), sender)
+            self._ask_reload(sender, hb, staged.digest)
         if staged is not None and hb.digest == staged.digest and (
                 (not self.groups.busy and hb.promised > self.promise.promised)
                 or (hb.accepted >= self.promise.promised
@@ -536,6 +548,12 @@ class NodeCore:
             # not through _send: an echo is membership's, not a transition's, message
             self._out.messages.append(to_message(
                 Echo(hb.n, hb.incarnation, self.promise.promised), self.name, sender))
+
+    def _ask_reload(self, peer: str, hb: Heartbeat, digest: str) -> None:
+        if (digest not in (hb.digest, hb.next)
+                and self.now >= self.reload_asked.get(peer, -math.inf) + RELOAD_AGAIN):
+            self.reload_asked[peer] = self.now
+            self._send(Reload(digest), peer)
 
     def _nic_changed(self, event: NicChanged) -> None:
         groups = self.config.groups
@@ -648,6 +666,8 @@ class NodeCore:
         self.stage_refused = ""
         who = ("a peer runs it" if event.quiet else "asked by another node" if event.wanted
                else "asked here")
+        if not event.wanted:  # an operator's reload here replaces any earlier one
+            self.reload_pending = ""
         if new is None or event.problem:
             self.journal.warn("config", f"configuration file not staged ({who}): "
                               f"{event.problem or 'it did not load'}")
@@ -682,10 +702,11 @@ class NodeCore:
                           f"{summary(self.config, new)}): the cluster switches to it in one "
                           "transition once every member has staged it")
         if not event.wanted:
+            self.reload_pending = new.digest
             self._send(Reload(new.digest), BROADCAST)
 
     def _unstage(self) -> None:
-        self.staged, self.staged_missing = None, frozenset()
+        self.staged, self.staged_missing, self.reload_pending = None, frozenset(), ""
         self.membership.next = ""
         self.master.staged = None
 
@@ -801,6 +822,8 @@ class NodeCore:
             if switch:
                 assert self.staged is not None
                 self.switch_config(self.staged)
+            elif self.reload_pending == self.config.digest:
+                self.reload_pending = ""  # restarted with it, and the cluster runs it now
             self._send(AcceptedReply(epoch), master)
         elif isinstance(body, Start):
             if promise.accepted.epoch != epoch:

@@ -43,6 +43,9 @@ class Persisted:
     requests: tuple[RequestRef, ...] = ()  # queued here, not applied yet
     #: ids of the requests applied by the latest placements accepted here (newest last)
     applied: tuple[str, ...] = ()
+    #: the digest of a configuration reload asked on this node that the cluster does not
+    #: run yet ("" none): like a manual request, it survives a restart of this node
+    reload: str = ""
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -54,6 +57,7 @@ class Persisted:
             "requests": [{"id": r.rid, "kind": r.kind, "group": r.target, "node": r.node}
                          for r in self.requests],
             "applied": list(self.applied),
+            "reload": self.reload,
         }
 
     @classmethod
@@ -86,7 +90,11 @@ class Persisted:
         applied = data.get("applied", [])  # absent in files written before it was kept
         if not isinstance(applied, list):
             raise TypeError("damaged node state")
+        reload = data.get("reload", "")  # absent in files written before it was kept
+        if not isinstance(reload, str):
+            raise TypeError("damaged node state")
         return cls(
+            reload=reload,
             applied=tuple(str(a) for a in applied),
             promised=parse_epoch(str(data["promised"])),
             promised_view=tuple(str(v) for v in view),

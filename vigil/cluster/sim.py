@@ -410,8 +410,8 @@ class SimCluster:
         self.log.append(f"{self.now:.3f} configuration {config.digest[:8]} on "
                         f"{', '.join(sorted(n for n in self.files if self.files[n] is config))}"
                         f"; reload on {on}")
-        if self.nodes[on].core is not None:
-            self.inject(on, self._loaded(on, ""))
+        if self.nodes[on].core is not None:  # taken now, as `vigil config reload` answers
+            self._deliver(on, self._loaded(on, ""))
 
     def _loaded(self, name: str, wanted: str) -> StageConfig:
         """What the shell of ``name`` makes of its file (vigil/actors/coordinator.py)."""
