@@ -170,7 +170,11 @@ def test_rounds_reach_every_peer_incrementally(cluster: Cluster) -> None:
     print(f"lags: {dict(lag.lags)}")
     mine = cluster.states("alpha")[-1].copy
     assert mine is not None and mine.live and mine.source == "alpha"
-    assert len(cluster.volume("alpha").snapshots()) <= 4 + 2  # keep, and the peers' parents
+    # Pruning spares what a peer builds on and what is in flight, so while a slow send runs
+    # the source may hold more than keep (the CI machine once counted 7 mid-send); once the
+    # peers are caught up it is back to keep, plus the snapshot of a round not pruned yet.
+    wait_for("alpha pruned back to keep",
+             lambda: len(cluster.volume("alpha").snapshots()) <= 4 + 1)
 
 
 @in_own_mount_namespace
