@@ -291,3 +291,34 @@ def test_a_reload_pending_at_restart_is_dropped_if_the_file_changed_meanwhile() 
     for n in ("beta", "gamma"):
         core = c.nodes[n].core
         assert core is not None and core.config.digest == old.digest and core.staged is None
+
+
+def test_a_node_kept_out_follows_when_the_cluster_switches_to_the_file_it_has() -> None:
+    """gamma restarts with file X while the others run the old file (an operator copied X
+    to alpha and gamma, reloaded on alpha, then put the old file back there): it is kept
+    out, as it should. Then the operator copies Y everywhere and reloads while gamma is cut
+    off: the others switch to Y. Back, gamma hears them run Y in a later epoch and must read
+    its file (Y by now) again: its peers run another file than when it first kept them out.
+    The simulation found gamma out for good (6 nodes, two reloads and a restart between):
+    it re-read its file only the first time it kept a peer out."""
+    old = base()
+    c = running(SimCluster(old))
+    x = changed(old)
+    y = digest(replace(x, timing=replace(x.timing, step_timeout=x.timing.step_timeout * 2)))
+    c.stage(x, on="alpha", files=["alpha", "gamma"])
+    c.run_for(0.5)
+    c.stage(old, on="alpha", files=["alpha"])  # put back
+    c.crash("gamma")
+    c.power_on("gamma")
+    c.run_for(1.0)
+    gamma = c.nodes["gamma"].core
+    assert gamma is not None and gamma.config.digest == x.digest
+    assert gamma.membership.mismatched == {"alpha", "beta"}
+    c.partition(["alpha", "beta"], ["gamma"])
+    c.stage(y, on="alpha")
+    c.run_for(3.0)
+    assert c.nodes["alpha"].core.config.digest == y.digest  # type: ignore[union-attr]
+    c.heal()
+    settle(c)
+    assert {c.nodes[n].core.config.digest for n in c.live()} == {  # type: ignore[union-attr]
+        y.digest}

@@ -124,6 +124,10 @@ def test_every_message_reads_back_as_itself(body: Body, sender: str) -> None:
     ]),
     ("hb", {"n": "-1", "inc": "1", "epoch": "0", "acc": "0", "echo": "", "groups": "",
             "want": "0", "reqs": ""}, "bad heartbeat number"),
+    *(("hb", {"n": "1", "inc": "1", "epoch": "0", "acc": "0", "echo": echo, "groups": "",
+             "want": "0", "reqs": ""}, "bad echo list") for echo in [
+        "alpha:3", "alpha:3:x", "Alpha:1:2", "alpha:1:2,", ",alpha:1:2", "alpha:1:2:3",
+        "alpha:\u00b2:1", "alpha:1:2;beta:1:2"]),
     ("echo", {"n": "7", "inc": "1"}, "echo without field 'epoch'"),
     ("echo", {"n": "7", "inc": "x", "epoch": "0"}, "bad incarnation"),
     ("bye", {"inc": "\u00b2"}, "bad incarnation"),

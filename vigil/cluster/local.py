@@ -136,9 +136,9 @@ class LocalGroups:
         return {g: len(ts) for g, ts in self.fail_times.items() if ts}
 
     def expire(self, now: float) -> None:
-        for g in self.expiring:
-            limit = now - self.config.groups[g].failure_timeout
-            self.fail_times[g] = [t for t in self.fail_times[g] if t > limit]
+        for g in self.expiring:  # the sum deadlines() gives, not a difference that rounds
+            timeout = self.config.groups[g].failure_timeout
+            self.fail_times[g] = [t for t in self.fail_times[g] if t + timeout > now]
 
     def deadlines(self) -> list[float]:
         return [self.fail_times[g][0] + self.config.groups[g].failure_timeout

@@ -59,6 +59,7 @@ class Membership:
         self.nodes = frozenset(config.nodes)
         self.quorum = Quorum({n: c.votes for n, c in config.nodes.items()},
                              two_node=config.two_node, wait_for_all=config.wait_for_all)
+        self._one_vote_each = all(v == 1 for v in self.quorum.votes.values())
         self.now = now
         self.started = now
         self.last_heard: dict[str, float] = {}
@@ -66,6 +67,8 @@ class Membership:
         self.peers: dict[str, PeerInfo] = {}
         self.seen_all = False
         self.mismatched: set[str] = set()
+        #: what each node kept out runs and staged, as last said (a change is news again)
+        self.mismatch_digests: dict[str, tuple[str, str]] = {}
         self.departed: dict[str, int] = {}  # node -> incarnation that said goodbye
         # heartbeats and lease
         self.hb_counter = 0
@@ -81,12 +84,15 @@ class Membership:
     # ---- questions -----------------------------------------------------------------------
 
     def alive(self) -> frozenset[str]:
-        """Nodes heard within ``dead_time`` (and ourselves), minus config mismatches."""
+        """Nodes heard within ``dead_time`` (and ourselves), minus config mismatches. Written
+        ``now < heard + dead_time``, the very sum :meth:`deadlines` gives: ``now - heard <
+        dead_time`` rounds otherwise, and a node could outlive its deadline by a rounding
+        error, noticed only at the next event (a heartbeat a moment later, or one interval)."""
         if self._alive is not None and self._alive[0] == self.now and not self.changed:
             return self._alive[1]
         dead_time = self.timing.dead_time
         heard = {n for n, t in self.last_heard.items()
-                 if self.now - t < dead_time and n not in self.mismatched
+                 if self.now < t + dead_time and n not in self.mismatched
                  and n not in self.departed}
         alive = frozenset(heard | {self.name})
         self._alive = (self.now, alive)
@@ -131,7 +137,7 @@ class Membership:
         """A node counted alive was last heard more than dead_time minus a heartbeat
         interval ago: it may be declared dead within a heartbeat interval."""
         limit = self.timing.dead_time - self.timing.heartbeat_interval
-        return any(limit <= self.now - self.last_heard[n] for n in self.alive()
+        return any(self.last_heard[n] + limit <= self.now for n in self.alive()
                    if n != self.name)
 
     def silent_for(self, node: str) -> float:
@@ -148,7 +154,7 @@ class Membership:
         """node -> link -> heard on that link within dead_time."""
         out: dict[str, dict[str, bool]] = {}
         for (node, link), t in self.link_heard.items():
-            out.setdefault(node, {})[link] = self.now - t < self.timing.dead_time
+            out.setdefault(node, {})[link] = self.now < t + self.timing.dead_time
         return out
 
     def quorate(self) -> bool:
@@ -161,6 +167,10 @@ class Membership:
         votes = self.quorum.votes
         weight = votes.get(self.name, 0)
         total = self.quorum.total
+        if self._one_vote_each:  # the common case, asked at every heartbeat: no sort by key
+            need = total // 2 + 1 - weight  # supporters whose echoes make a majority with us
+            live = sorted((t for t in self.support.values() if t > self.now), reverse=True)
+            return live[need - 1] if len(live) >= need else -math.inf
         for node, expiry in sorted(self.support.items(), key=lambda kv: -kv[1]):
             if expiry <= self.now:
                 break
@@ -232,11 +242,11 @@ class Membership:
         """Any message is proof of life: a node we can hear is not dead, whatever channel
         carried it (it also stops two would-be masters fighting over an asymmetric link)."""
         dead_time = self.timing.dead_time
-        if self.now - self.last_heard.get(sender, -math.inf) >= dead_time:
+        if self.last_heard.get(sender, -math.inf) + dead_time <= self.now:
             self._touch()
         self.last_heard[sender] = self.now
         if link:
-            if self.now - self.link_heard.get((sender, link), -math.inf) >= dead_time:
+            if self.link_heard.get((sender, link), -math.inf) + dead_time <= self.now:
                 self._touch()
             self.link_heard[(sender, link)] = self.now
 
@@ -246,12 +256,16 @@ class Membership:
         from a peer in the same epoch support our lease), ``incarnation`` our life (only
         echoes of its heartbeats do)."""
         if not self.compatible(hb.digest, hb.next):
-            new = sender not in self.mismatched
+            # news when it starts, and whenever the peer runs or stages another file: the
+            # cluster may have switched to a file we have too (NodeCore re-reads ours then)
+            new = self.mismatch_digests.get(sender) != (hb.digest, hb.next)
             self.mismatched.add(sender)
+            self.mismatch_digests[sender] = (hb.digest, hb.next)
             self._touch()
             return Heard.MISMATCH if new else Heard.NOTHING
         if sender in self.mismatched:
             self.mismatched.discard(sender)
+            del self.mismatch_digests[sender]
             self._touch()
         peer = self.peers.get(sender)
         what = Heard.UPDATED
@@ -278,6 +292,47 @@ class Membership:
         if hb.promised == promised and mine is not None and mine[1] == incarnation:
             self._support(sender, mine[0])
         return what
+
+    def routine(self, sender: str, link: str, now: float, hb: Heartbeat | None,
+                echo: Echo | None, promised: Epoch, incarnation: int) -> bool:
+        """Record a heartbeat (or an echo) that changes nothing but times, and say so (True);
+        anything else (False) is left untouched for the full path. Routine means: a peer
+        alive and not in doubt, heard on this link within dead_time, in the same life, with
+        the same epoch, groups, failures, requests and configuration as its last heartbeat,
+        and our lease valid (an echo can then only lengthen it). Then no answer of this
+        class changes, bar times, and what the node decides from them cannot either. ``now``
+        must be before every deadline this class gave (the caller's last deadline)."""
+        t = self.timing
+        if (sender in self.mismatched or sender in self.departed or self.changed
+                or now >= self._flip_at or self.last_heard.get(sender, -math.inf)
+                + (t.dead_time - t.heartbeat_interval) <= now
+                or (link and self.link_heard.get((sender, link), -math.inf) + t.dead_time
+                    <= now)):
+            return False
+        peer = self.peers.get(sender)
+        if hb is not None and (
+                peer is None or hb.incarnation != peer.incarnation or hb.n <= peer.hb
+                or hb.promised != peer.promised or hb.failures != peer.failures
+                or hb.digest != peer.digest or hb.next != peer.next
+                or hb.groups != peer.groups or hb.requests != peer.requests):
+            return False
+        # lease_until() at our last time equals it at ``now``: no support expires between
+        # them (each expiry is a deadline)
+        if self.lease_until() <= now:
+            return False
+        self.now = now
+        self.last_heard[sender] = now
+        if link:
+            self.link_heard[(sender, link)] = now
+        if hb is not None:
+            assert peer is not None
+            peer.hb, peer.received_at = hb.n, now
+            mine = hb.echo.get(self.name)
+            if hb.promised == promised and mine is not None and mine[1] == incarnation:
+                self._support(sender, mine[0])
+        elif echo is not None and echo.promised == promised and echo.incarnation == incarnation:
+            self._support(sender, echo.n)
+        return True
 
     def on_bye(self, sender: str, bye: Bye) -> bool:
         """A peer left cleanly (True), unless the goodbye is from a previous life or was

@@ -10,7 +10,7 @@ with redundant links or a fencer that really powers nodes off (see docs/protocol
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,10 +18,11 @@ class Quorum:
     votes: Mapping[str, int]
     two_node: bool = False
     wait_for_all: bool = True
+    #: the sum of the votes (asked for at every heartbeat: kept, not summed each time)
+    total: int = field(init=False, compare=False)
 
-    @property
-    def total(self) -> int:
-        return sum(self.votes.values())
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "total", sum(self.votes.values()))
 
     def weight(self, nodes: Iterable[str]) -> int:
         return sum(self.votes.get(n, 0) for n in set(nodes))
