@@ -459,6 +459,9 @@ class ClusterMachine(RuleBasedStateMachine):
                 c.power_on(name)
 
         power_on_all()
+        # A reload whose daemon died before answering (it was paused): the operator saw the
+        # command fail and runs it again.
+        c.retry_lost_reloads()
         for name in self.names:  # and every cable plugged back in
             for nic in sorted(c.nodes[name].nics_down):
                 c.nic(name, nic, up=True)

@@ -204,6 +204,8 @@ class SimCluster:
         #: powered on or asked to reload reads), every group's members in any configuration
         #: seen (for the invariants), and each resource's starts and stops
         self.files: dict[str, ClusterConfig] = {}
+        #: operators' reloads a daemon never answered (it died paused, holding them)
+        self.reloads_lost: list[ClusterConfig] = []
         self.members_ever: dict[str, set[str]] = {g: set(c.resources)
                                                   for g, c in config.groups.items()}
         self.resources_ever = dict(config.resources)
@@ -277,9 +279,24 @@ class SimCluster:
                 if nics and set(nics) <= node.nics_down:
                     self.fail_group(name, group, resource)
 
+    def _lost_with(self, node: SimNode) -> None:
+        """The daemon of ``node`` dies with events still held (it was paused): an operator's
+        reload among them was never answered, and the operator, told so by the command, runs
+        it again (:meth:`retry_lost_reloads`)."""
+        self.reloads_lost += [e.config for e in node.held if isinstance(e, StageConfig)
+                              and not e.wanted and e.config is not None]
+
+    def retry_lost_reloads(self) -> None:
+        live = self.live()
+        if live:
+            for config in self.reloads_lost:
+                self.stage(config, on=live[0], files=())
+            self.reloads_lost = []
+
     def crash(self, name: str) -> None:
         """Power off: the daemon and everything it ran are gone at once."""
         node = self.nodes[name]
+        self._lost_with(node)
         node.core = None
         node.resources = {}
         node.ops = {}
@@ -294,6 +311,7 @@ class SimCluster:
         node = self.nodes[name]
         if node.core is None:
             return
+        self._lost_with(node)
         node.core = None
         node.ops = {}
         node.deadline = math.inf
