@@ -60,6 +60,7 @@ from vigil.cluster.view import LinkFacts, ResourceFacts, build_status
 from vigil.config import ClusterConfig
 from vigil.config_diff import json_safe
 from vigil.local.rundir import read_private, write_atomic
+from vigil.messages import Message
 from vigil.notifications import (
     FailCountsCleared,
     FencingRequested,
@@ -259,6 +260,13 @@ class CoordinatorActor(VigilActor):
         self._apply(out)
 
     def _apply(self, out: Output) -> None:
+        if out.routine:
+            # a heartbeat that changed nothing but times: nothing to persist, start, stop or
+            # tell, only an echo to send and a longer lease for the guardian
+            if self.guard is not None and not self.left:
+                self.guard.report(out.lease_until, frozenset(self.core.groups.busy))
+            self._send(out.messages)
+            return
         state = self.core.persisted()
         if state != self.saved:
             # before anything leaves: a promise must survive a crash (docs/protocol.md)
@@ -267,10 +275,7 @@ class CoordinatorActor(VigilActor):
         if self.guard is not None and not self.left:
             # before any start leaves: the guardian must know what it is to remove first
             self.guard.report(out.lease_until, frozenset(self.core.groups.busy))
-        for msg in out.messages:
-            frames = tuple(self.codec.encode(self.sequencer.stamp(msg)))
-            for link in self.links:
-                self.directory.tell(f"link:{link}", SendFrames(frames))
+        self._send(out.messages)
         for action in out.actions:
             if isinstance(action, SwitchConfig):
                 # first: the commands below may be for the actors of the new configuration
@@ -306,6 +311,12 @@ class CoordinatorActor(VigilActor):
         if self.timer is not None:
             wall = time.monotonic()
             self.timer.set(None if out.deadline is None else max(out.deadline, wall))
+
+    def _send(self, messages: Iterable[Message]) -> None:
+        for msg in messages:
+            frames = tuple(self.codec.encode(self.sequencer.stamp(msg)))
+            for link in self.links:
+                self.directory.tell(f"link:{link}", SendFrames(frames))
 
     # ---- configuration changes ----------------------------------------------------------
 

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -21,7 +24,7 @@ from typing import Any
 import pykka
 
 from vigil.actors.base import Directory, VigilActor
-from vigil.actors.messages import ChildRestarted, Frames, SendFrames
+from vigil.actors.messages import ChildRestarted, SendFrames
 from vigil.cluster.events import CopyReceived, Received
 from vigil.cluster.view import LinkFacts
 from vigil.transports import Codec, Link, Rejected
@@ -34,7 +37,7 @@ LinkFactory = Callable[[str, FrameHandler], Link]
 
 class LinkActor(VigilActor):
     def __init__(self, name: str, directory: Directory, link_name: str, codec: Codec,
-                 factory: LinkFactory) -> None:
+                 factory: LinkFactory, copy_every: float = 0.1) -> None:
         super().__init__(name, directory)
         self.link_name = link_name
         self.codec = codec
@@ -42,27 +45,49 @@ class LinkActor(VigilActor):
         self.link: Link | None = None
         self._warned: set[str] = set()
         self._rejected: Counter[str] = Counter()  # reason -> dropped on this link
+        self._lock = threading.Lock()  # the reader thread counts copies too
+        #: how often, at most, a copy from one sender is news (CopyReceived), and when it
+        #: last was; on the reader thread only
+        self.copy_every = copy_every
+        self._copy_told: dict[str, float] = {}
         self._told: LinkFacts | None = None  # what the coordinator was told last
 
     def on_start(self) -> None:
-        me = self.actor_ref
-
-        def on_frames(_link: str, frames: list[bytes]) -> None:
-            # frames that arrive while the node shuts down have no one left to read them
-            with contextlib.suppress(pykka.ActorDeadError):
-                me.tell(Frames(tuple(frames)))
-
-        self.link = self.factory(self.link_name, on_frames)
+        self.link = self.factory(self.link_name, self._on_frames)
         self.link.start()
         self._tell_facts()
+
+    def _on_frames(self, _link: str, frames: list[bytes]) -> None:
+        """On the link's reader thread: check the message there (the codec is made for it)
+        and hand a good one straight to the coordinator. Nearly all are heartbeats, and a
+        hop through this actor's mailbox cost a thread switch each. A copy that came first
+        over another link is news to the coordinator only now and then (it proves that this
+        link works); what is dropped comes to this actor, which says why."""
+        try:
+            msg = self.codec.decode(frames)
+        except Rejected as exc:
+            if exc.reason == "duplicate" and exc.sender:
+                now = time.monotonic()
+                if now - self._copy_told.get(exc.sender, -math.inf) >= self.copy_every:
+                    self._copy_told[exc.sender] = now
+                    self.directory.tell("coordinator", CopyReceived(exc.sender,
+                                                                    self.link_name))
+                with self._lock:
+                    self._rejected[exc.reason] += 1
+                return
+            # frames that arrive while the node shuts down have no one left to read them
+            with contextlib.suppress(pykka.ActorDeadError):
+                self.actor_ref.tell(exc)
+            return
+        self.directory.tell("coordinator", Received(msg, self.link_name))
 
     def on_stop(self) -> None:
         if self.link is not None:
             self.link.close()
 
     def on_receive(self, message: Any) -> Any:
-        if isinstance(message, Frames):
-            self._arrived(message.frames)
+        if isinstance(message, Rejected):
+            self._dropped(message)
         elif isinstance(message, SendFrames) and self.link is not None:
             self.link.send(list(message.frames))
             self._tell_facts()
@@ -77,27 +102,21 @@ class LinkActor(VigilActor):
         cut = 0
         if isinstance(link, ObservedLink):
             connections, cut = dict(link.peer_states()), link.cut()
-        facts = LinkFacts(self.link_name, connections, dict(self._rejected), cut)
+        with self._lock:
+            rejected = dict(self._rejected)
+        facts = LinkFacts(self.link_name, connections, rejected, cut)
         if facts != self._told:
             self._told = facts
             self.directory.tell("coordinator", facts)
 
-    def _arrived(self, frames: tuple[bytes, ...]) -> None:
-        try:
-            msg = self.codec.decode(frames)
-        except Rejected as exc:  # counted by the codec (`vigil status`: messages)
+    def _dropped(self, exc: Rejected) -> None:
+        with self._lock:  # counted by the codec too (`vigil status`: messages)
             self._rejected[exc.reason] += 1
-            if exc.reason == "duplicate" and exc.sender:
-                # the same message over a second link: this one works too
-                self.directory.tell("coordinator", CopyReceived(exc.sender, self.link_name))
-                return
-            if exc.reason in ("duplicate", "own"):
-                return  # our own broadcast
-            # Say it once per reason at warning level: a forged or misconfigured peer should
-            # be visible to the operator without flooding the log.
-            level = logging.DEBUG if exc.reason in self._warned else logging.WARNING
-            self._warned.add(exc.reason)
-            log.log(level, "link %s: dropped a %s message: %s", self.link_name, exc.reason,
-                    exc.detail)
-            return
-        self.directory.tell("coordinator", Received(msg, self.link_name))
+        if exc.reason in ("duplicate", "own"):
+            return  # our own broadcast
+        # Say it once per reason at warning level: a forged or misconfigured peer should be
+        # visible to the operator without flooding the log.
+        level = logging.DEBUG if exc.reason in self._warned else logging.WARNING
+        self._warned.add(exc.reason)
+        log.log(level, "link %s: dropped a %s message: %s", self.link_name, exc.reason,
+                exc.detail)

@@ -60,13 +60,6 @@ class FenceDeviceState:
 
 
 @dataclass(frozen=True, slots=True)
-class Frames:
-    """Raw frames from a link's reader thread."""
-
-    frames: tuple[bytes, ...]
-
-
-@dataclass(frozen=True, slots=True)
 class SendFrames:
     frames: tuple[bytes, ...]
 

@@ -415,7 +415,8 @@ class NodeRuntime:
         for link in here.links:
             factory = self.link_factory(node, link.name)
             children[f"link:{link.name}"] = Child(partial(
-                LinkActor.start, f"link:{link.name}", d, link.name, codec, factory))
+                LinkActor.start, f"link:{link.name}", d, link.name, codec, factory,
+                cfg.timing.dead_time / 8))
         children["control"] = Child(lambda: ControlActor.start(
             "control", d, here.control_socket, access, self.mirrors, history),
             (here.control_socket, access))
