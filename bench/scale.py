@@ -292,7 +292,8 @@ def form(d: Daemons, r: Result, started: float) -> None:
         time.sleep(POLL)
     for node, st in statuses(d, d.nodes).items():
         if st is None:
-            r.not_formed[node] = "no answer"
+            listening = (d.tmp / "run" / node / "control.sock").exists()
+            r.not_formed[node] = "no answer" if listening else "not listening yet"
             continue
         online = sum(1 for v in st["nodes"].values() if v["state"] == "online")
         running = sum(1 for g in st["groups"].values() if g["state"] == "running")
@@ -492,8 +493,8 @@ def report(r: Result, command: str, started: str, loads: tuple[float, float]) ->
     timing = (f"heartbeat {r.heartbeat * 1000:.0f} ms, dead_time {r.dead_time * 1000:.0f} ms")
     lines = [
         f"`{command}`, {environment()}, started {started}; load average (1 min) {loads[0]:.1f} "
-        f"before the start, {min(r.loads, default=loads[1]):.1f} to "
-        f"{max(r.loads, default=loads[1]):.1f} in the idle window, {loads[1]:.1f} at the end: "
+        f"before the start, " + (f"{min(r.loads):.1f} to {max(r.loads):.1f} in the idle "
+                                 "window, " if r.loads else "") + f"{loads[1]:.1f} at the end: "
         f"{r.nodes} daemons on 127.0.0.1 ({timing}), {r.resources} dummy resources in "
         f"{r.groups} groups.", ""]
     if r.formed is None:
@@ -504,7 +505,9 @@ def report(r: Result, command: str, started: str, loads: tuple[float, float]) ->
                   + "; ".join(f"{n} {v}" for n, v in r.not_formed.items()),
                   f"- highest epoch number {highest}; "
                   f"{sum(v == 'no answer' for v in r.not_formed.values())} of {r.nodes} "
-                  f"daemons did not answer a status request within {STATUS_TIMEOUT:g} s"]
+                  f"daemons did not answer a status request within {STATUS_TIMEOUT:g} s, "
+                  f"{sum(v == 'not listening yet' for v in r.not_formed.values())} had no "
+                  "control socket yet"]
         return "\n".join(lines)
     window = r.window
     plain = r.unprofiled()
