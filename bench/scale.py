@@ -53,6 +53,7 @@ if str(ROOT) not in sys.path:  # `tests.support` lives in the repository, not th
     sys.path.insert(0, str(ROOT))
 
 import argparse  # noqa: E402
+import math  # noqa: E402
 import os  # noqa: E402
 import shlex  # noqa: E402
 import shutil  # noqa: E402
@@ -128,6 +129,8 @@ def status(d: Daemons, node: str) -> dict[str, Any] | None:
 def statuses(d: Daemons, nodes: Sequence[str]) -> dict[str, dict[str, Any] | None]:
     """Every one of ``nodes``' statuses, read at once: within STATUS_TIMEOUT even when the
     daemons are too busy to answer."""
+    if not nodes:
+        return {}
     with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
         return dict(zip(nodes, pool.map(lambda n: status(d, n), nodes), strict=True))
 
@@ -184,17 +187,24 @@ class Usage:
 
 
 def ticks(pid: int) -> int:
-    """utime + stime of ``pid`` (all its threads), in clock ticks."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
+    """utime + stime of ``pid`` (all its threads), in clock ticks; 0 when it is gone (a
+    zombie still has them)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
     return int(fields[11]) + int(fields[12])
 
 
 def rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
     return 0
 
 
@@ -240,6 +250,7 @@ class Result:
     check_round: float = 0.0  # seconds the confirming round of reads took
     epoch: str = ""
     not_formed: dict[str, str] = field(default_factory=dict)  # node -> its epoch / state
+    died: dict[str, str] = field(default_factory=dict)  # daemons that ended in the window
     window: float = 0.0
     daemons: dict[str, Usage] = field(default_factory=dict)
     guards: dict[str, Usage] = field(default_factory=dict)
@@ -285,12 +296,13 @@ def form(d: Daemons, r: Result, started: float) -> None:
             r.check_round = time.monotonic() - began
             r.epoch = next(st["epoch"] for st in seen.values() if st is not None)
             return
-        for node, proc in d.procs.items():
-            if proc.poll() is not None:
-                raise RuntimeError(f"the daemon of {node} exited with {proc.returncode} while "
-                                   f"the cluster formed; its log:\n{d.log(node)[-3000:]}")
+        gone = exited(d, started)
+        if gone:  # all nodes online cannot happen any more
+            r.not_formed.update(gone)
+            break
         time.sleep(POLL)
-    for node, st in statuses(d, d.nodes).items():
+    alive = [n for n in d.nodes if n not in r.not_formed]
+    for node, st in statuses(d, alive).items():
         if st is None:
             listening = (d.tmp / "run" / node / "control.sock").exists()
             r.not_formed[node] = "no answer" if listening else "not listening yet"
@@ -302,6 +314,21 @@ def form(d: Daemons, r: Result, started: float) -> None:
                               + f", {online} online, {running}/{len(st['groups'])} running")
 
 
+def exited(d: Daemons, started: float) -> dict[str, str]:
+    """node -> how its daemon ended, for those that did, with the last line it logged at
+    CRITICAL or ERROR (why it ended, as a rule)."""
+    gone = {}
+    for node, proc in d.procs.items():
+        if proc.poll() is None:
+            continue
+        worst = [line for line in d.log(node).splitlines()
+                 if " CRITICAL " in line or " ERROR " in line]
+        gone[node] = (f"its daemon EXITED with {proc.returncode} within "
+                      f"{time.monotonic() - started:.0f} s of the start"
+                      + (f" ({worst[-1].strip()[:400]})" if worst else ""))
+    return gone
+
+
 def idle(d: Daemons, r: Result, seconds: float, profile: Profile | None) -> None:
     before = statuses(d, d.nodes)
     r.epochs_before = {n: st["epoch"] if st else "no answer" for n, st in before.items()}
@@ -311,17 +338,23 @@ def idle(d: Daemons, r: Result, seconds: float, profile: Profile | None) -> None
     r.guards = {n: Usage(pid, ticks(pid)) for n, pid in guard_pids.items()}
     if profile is not None:
         profile.start(min(seconds, profile.seconds))
-    end = began + seconds
+    end, next_rss = began + seconds, began
     while True:
-        for u in [*r.daemons.values(), *r.guards.values()]:
-            u.rss_kb = max(u.rss_kb, rss_kb(u.pid))
-        r.loads.append(os.getloadavg()[0])
-        left = end - time.monotonic()
-        if left <= 0:
+        now = time.monotonic()
+        if profile is not None and now >= profile.stop_at:
+            profile.interrupt()
+        if now >= next_rss:
+            for u in [*r.daemons.values(), *r.guards.values()]:
+                u.rss_kb = max(u.rss_kb, rss_kb(u.pid))
+            r.loads.append(os.getloadavg()[0])
+            next_rss = now + RSS_EVERY
+        if now >= end:
             break
-        time.sleep(min(RSS_EVERY, left))
+        wake = min(end, next_rss, profile.stop_at if profile and profile.running else end)
+        time.sleep(max(0.0, wake - time.monotonic()))
     for u in [*r.daemons.values(), *r.guards.values()]:
         u.ticks1 = ticks(u.pid)
+    r.died = exited(d, began)  # in the window: their figures stop at their end
     r.window = time.monotonic() - began
     after = statuses(d, d.nodes)
     r.epochs_after = {n: st["epoch"] if st else "no answer" for n, st in after.items()}
@@ -383,6 +416,8 @@ class Profile:
         self.out = out
         self.proc: subprocess.Popen[bytes] | None = None
         self.pid = 0
+        self.stop_at = math.inf
+        self.interrupted = False
         here = Path(sys.executable).parent / "py-spy"
         exe = str(here) if here.exists() else shutil.which("py-spy")
         if exe is None:
@@ -394,23 +429,39 @@ class Profile:
         self.pid = pid
 
     def start(self, seconds: float) -> None:
-        self.seconds = seconds
-        argv = [self.exe, "record", "-p", str(self.pid), "-r", str(RATE),
-                "-d", str(round(seconds)),
-                "--nolineno", "--format", "raw", "-o", str(self.out)]
-        argv.append("--idle" if self.include_idle else "--gil")
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        """Sample for ``seconds``: until :meth:`interrupt` once ``stop_at`` has come (py-spy's
+        own ``--duration`` counts samples, and runs long on a machine too busy to take them
+        in time)."""
+        self.stop_at = time.monotonic() + seconds
+        argv = [self.exe, "record", "-p", str(self.pid), "-r", str(RATE), "--nolineno",
+                "--format", "raw", "-o", str(self.out),
+                "--idle" if self.include_idle else "--gil"]
+        with open(self.out.with_suffix(".log"), "wb") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None and not self.interrupted
+
+    def interrupt(self) -> None:
+        """Stop sampling: on SIGINT py-spy writes what it has."""
+        if self.running:
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGINT)
+            self.interrupted = True
 
     def finish(self) -> list[str]:
         assert self.proc is not None
+        self.interrupt()
         try:
-            _, err = self.proc.communicate(timeout=self.seconds + 30)
+            self.proc.wait(30)
         except subprocess.TimeoutExpired:
             self.stop()
-            return ["py-spy did not finish in time: no profile"]
+            return ["py-spy did not write its profile within 30 s of the end: no profile"]
         self.proc = None
         if not self.out.exists():
-            return [f"py-spy wrote no profile: {err.decode(errors='replace').strip()[-500:]}"]
+            said = self.out.with_suffix(".log").read_text(errors="replace").strip()
+            return [f"py-spy wrote no profile: {said[-500:]}"]
         return profile_tables(self.out.read_text().splitlines(), self.top, RATE)
 
     def stop(self) -> None:
@@ -438,7 +489,7 @@ def profile_tables(lines: Iterable[str], top: int, rate: int) -> list[str]:
     out = []
     for title, counts in (("own time", own), ("total time (itself and what it calls)", total)):
         out += ["", f"Top {top} functions by {title}, of {samples:,} samples "
-                f"({samples / rate:.1f} s at {rate} a second):", "",
+                f"({samples / rate:.2f} s at {rate} a second):", "",
                 "| samples | % | function (file) |", "|---|---|---|"]
         out += [f"| {n:,} | {100 * n / max(samples, 1):.1f} | `{frame}` |"
                 for frame, n in counts.most_common(top)]
@@ -502,8 +553,9 @@ def report(r: Result, command: str, started: str, loads: tuple[float, float]) ->
                        if v.startswith("epoch ")), default=0)
         lines += [f"- **did not form** within {r.form_timeout:g} s; each node then (the number "
                   "of its epoch counts the epochs declared, as far as it knows): "
-                  + "; ".join(f"{n} {v}" for n, v in r.not_formed.items()),
+                  + "; ".join(f"{n} {v}" for n, v in sorted(r.not_formed.items())),
                   f"- highest epoch number {highest}; "
+                  f"{sum('EXITED' in v for v in r.not_formed.values())} daemons exited, "
                   f"{sum(v == 'no answer' for v in r.not_formed.values())} of {r.nodes} "
                   f"daemons did not answer a status request within {STATUS_TIMEOUT:g} s, "
                   f"{sum(v == 'not listening yet' for v in r.not_formed.values())} had no "
@@ -533,6 +585,7 @@ def report(r: Result, command: str, started: str, loads: tuple[float, float]) ->
         f"**daemon CPU per received message**{apart}: mean "
         f"{statistics.mean(per_msg) if per_msg else 0:.3f} ms, max "
         f"{max(per_msg, default=0):.3f} ms",
+        *(f"- **{n}'s daemon ended in the window**: {why}" for n, why in r.died.items()),
         f"- **spurious transitions** in the window: {r.spurious} (epochs "
         f"{', '.join(sorted(set(r.epochs_before.values())))} before, "
         f"{', '.join(sorted(set(r.epochs_after.values())))} after)",
