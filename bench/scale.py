@@ -551,9 +551,13 @@ def report(r: Result, command: str, started: str, loads: tuple[float, float]) ->
     if r.formed is None:
         highest = max((epoch_number(v.split()[1]) for v in r.not_formed.values()
                        if v.startswith("epoch ")), default=0)
-        lines += [f"- **did not form** within {r.form_timeout:g} s; each node then (the number "
-                  "of its epoch counts the epochs declared, as far as it knows): "
-                  + "; ".join(f"{n} {v}" for n, v in sorted(r.not_formed.items())),
+        said: dict[str, list[str]] = {}
+        for node, what in sorted(r.not_formed.items()):
+            said.setdefault(what, []).append(node)
+        lines += [f"- **did not form** within {r.form_timeout:g} s; what the nodes said then "
+                  "(the number of an epoch counts the epochs declared, as far as that node "
+                  "knows): " + "; ".join(f"{', '.join(nodes)}: {what}"
+                                         for what, nodes in said.items()),
                   f"- highest epoch number {highest}; "
                   f"{sum('EXITED' in v for v in r.not_formed.values())} daemons exited, "
                   f"{sum(v == 'no answer' for v in r.not_formed.values())} of {r.nodes} "
