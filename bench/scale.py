@@ -13,8 +13,9 @@ Measured, in this order:
    other) until every daemon's status says every node online, one epoch, no transition under
    way and every group running. Statuses are read from the control sockets directly (no CLI
    process per read), node after node, a round stopping at the first node not there yet.
-   Bounded by ``--form-timeout``: then "did not form", with each node's epoch (its number
-   counts the epochs declared, as far as that node knows).
+   Bounded by ``--form-timeout``, and over at once when a daemon exits (a guardian that does
+   not answer in time, say): then "did not form", with what each node said (the number of its
+   epoch counts the epochs declared, as far as that node knows).
 2. **idle cost**: after ``--settle`` seconds, over ``--idle`` seconds (or ``--calm`` minutes),
    each daemon's CPU (``utime + stime`` of ``/proc/PID/stat``: all its threads) and peak RSS
    (``VmRSS``, read every few seconds), the guardians' separately. No status is read inside
@@ -30,10 +31,9 @@ the first ``--profile-seconds`` of the idle window and prints the functions with
 time and the most total time (py-spy's raw collapsed stacks, aggregated per function). Only
 samples of a thread holding the GIL count (``py-spy --gil``: Python code running; py-spy's
 own idle detection lets threads blocked in ``Condition.wait`` through), or with
-``--profile-idle`` every sample of every thread. For every run the
-messages each daemon accepted from its peers in the window (the codec's ``accepted`` counter
-of the status: heartbeats, when nothing else happens) give the daemons' CPU per received
-message.
+``--profile-idle`` every sample of every thread. For every run the messages each daemon
+accepted from its peers in the window (the codec's ``accepted`` counter of the status:
+heartbeats, when nothing else happens) give the daemons' CPU per received message.
 
 Not part of ``make test``; ``make bench-scale`` runs the sizes of the goals and writes them
 into docs/benchmarks.md. From the repository root (as root, for the guardians' priorities)::
@@ -601,7 +601,8 @@ def report(r: Result, command: str, started: str, loads: tuple[float, float]) ->
     ]
     if r.failover is not None:
         lines.append(
-            f"- **failover**: SIGKILL of the master's daemon ({r.master}, {r.moved} groups); "
+            f"- **failover**: SIGKILL of the master's daemon ({r.master}, holding {r.moved} "
+            f"group{'' if r.moved == 1 else 's'}); "
             f"the new master saw them running elsewhere in a newer epoch after "
             f"{r.failover:.2f} s, " + (f"every survivor after {r.failover_all:.2f} s "
                                        f"(epoch {r.failover_epoch})"
