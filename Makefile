@@ -4,13 +4,19 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: man test test-long test-fast demo soak soak-sim soak-large stability bench bench-failover bench-nic bench-mirror lint typecheck clean
+.PHONY: man test test-long test-fast demo soak soak-sim soak-large stability bench bench-failover bench-nic bench-mirror bench-scale lint typecheck clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
+
+# the benchmarks' own tools (py-spy), on top of the test set-up
+BENCH_STAMP := $(VENV)/.bench-stamp
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $(BENCH_STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check vigil tests bench examples
@@ -74,6 +80,13 @@ bench-nic: $(STAMP)
 # data lost at a power-off, on the namespace cluster (root, namespaces, btrfs; some 5 minutes)
 bench-mirror: $(STAMP)
 	$(BIN)/python -m bench.mirror
+
+# Many real daemons on 127.0.0.1 (as root): formation, idle CPU and memory, 10 minutes without a
+# spurious transition, the master's SIGKILL, a py-spy profile (docs/benchmarks.md, "Scale"):
+# 3 daemons with 50 resources, then 32 with 128; some 15 minutes
+bench-scale: $(BENCH_STAMP)
+	$(BIN)/python -m bench.scale --nodes 3 --resources 50 --write
+	$(BIN)/python -m bench.scale --nodes 32 --resources 128 --calm 10 --profile n02 --write
 
 # vigil(1) from the click commands; shipped by `pip install` under share/man/man1 (a unit test
 # fails when the committed page is stale)

@@ -11,7 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +42,14 @@ def free_ports(n: int) -> list[int]:
 
 class Daemons:
     """A cluster of ``nodes`` (one link, ``lan0``, each on its own port of 127.0.0.1) with one
-    group, ``web`` (a dummy and a ``sleep 600`` application), preferring the nodes in order."""
+    group, ``web`` (a dummy and a ``sleep 600`` application), preferring the nodes in order;
+    or, with ``groups``, those lines of TOML (groups and resources) instead."""
 
     def __init__(self, tmp: Path, nodes: tuple[str, ...] = NODES,
-                 timing: tuple[str, ...] = FAST) -> None:
+                 timing: tuple[str, ...] = FAST, groups: Sequence[str] | None = None,
+                 name: str = "sys") -> None:
         self.tmp = tmp
+        self.name = name
         self.nodes = nodes
         self.config = tmp / "cluster.toml"
         self.key_file = tmp / "cluster.key"
@@ -54,13 +57,16 @@ class Daemons:
         write_key(self.key_file)
         self.ports = dict(zip(nodes, free_ports(len(nodes)), strict=True))
         lines = [
-            "[cluster]", 'name = "sys"', 'key_file = "cluster.key"',
+            "[cluster]", f'name = "{name}"', 'key_file = "cluster.key"',
             f'runtime_dir = "{tmp}/run"', "",
             "[timing]", *timing, "",
         ]
         for node, port in self.ports.items():
             lines += [f"[nodes.{node}]",
                       f'links = [{{ name = "lan0", address = "127.0.0.1", port = {port} }}]', ""]
+        if groups is not None:
+            self.config.write_text("\n".join([*lines, *groups]))
+            return
         prefer = ", ".join(f"{node} = {10 * i}" for i, node in enumerate(nodes))
         lines += [
             "[groups.web]", 'resources = ["web-state", "web-app"]',
