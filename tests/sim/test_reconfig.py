@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from tests.support.simconfig import sim_config
+from vigil.cluster.events import AdminRequest
 from vigil.cluster.local import LocalState
 from vigil.cluster.reconfig import refusals, retired
 from vigil.cluster.sim import SimCluster
@@ -322,3 +323,31 @@ def test_a_node_kept_out_follows_when_the_cluster_switches_to_the_file_it_has() 
     settle(c)
     assert {c.nodes[n].core.config.digest for n in c.live()} == {  # type: ignore[union-attr]
         y.digest}
+
+
+def test_nodes_restarted_with_the_new_file_before_the_switch_do_not_deadlock_it() -> None:
+    """A reload on alpha of four nodes; gamma and alpha restart before the switch (with the
+    new file, which they run). beta and delta staged it but are two of four: no quorum to
+    declare the switch, and alpha and gamma, on the new file, keep them out. Neither side
+    could lead; idle nodes on the old file with the new one staged switch by themselves
+    when those on or ready for the new file make a quorum (the simulation found it stuck:
+    4 nodes, a reload, two restarts)."""
+    old = digest(sim_config(4, 4, group_chain=True, chain=2))
+    c = running(SimCluster(old))
+    new = changed(old)
+    c.stage(new, on="alpha")
+    c.crash("gamma")
+    # a request makes alpha declare a round (beta and delta promise it) that alpha's crash
+    # leaves open: what alpha and gamma accepted is older than what the others promised
+    c.request("alpha", AdminRequest("move", group="g2", node="beta"))
+    c.run_for(0.002)
+    assert c.nodes["beta"].core.promised > c.nodes["beta"].core.accepted.epoch  # type: ignore[union-attr]
+    c.crash("alpha")
+    c.run_for(3.0)
+    assert {c.nodes[n].core.config.digest for n in c.live()} == {  # type: ignore[union-attr]
+        old.digest}
+    c.power_on("alpha")
+    c.power_on("gamma")
+    settle(c)
+    assert {c.nodes[n].core.config.digest for n in c.live()} == {  # type: ignore[union-attr]
+        new.digest}

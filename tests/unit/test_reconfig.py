@@ -8,7 +8,11 @@ from pathlib import Path
 import pytest
 
 from tests.support.simconfig import sim_config
+from vigil.cluster.events import LoadConfig, Received
+from vigil.cluster.node import NodeCore
+from vigil.cluster.promise import Persisted
 from vigil.cluster.reconfig import refusals, retired, summary
+from vigil.cluster.wire import Heartbeat, to_message
 from vigil.config import FenceDevice, GroupConfig, LinkConfig, NodeConfig, ResourceConfig
 
 pytestmark = pytest.mark.unit
@@ -113,3 +117,45 @@ def test_a_retired_group_may_stop_faster_within_the_bound_and_the_guardian_ignor
     slower = {r: replace(v, stop_timeout=9.0) for r, v in BASE.resources.items()}
     assert refusals(replace(BASE, fencer="guardian"),
                     replace(BASE, fencer="guardian", resources=slower)) == []
+
+
+def test_a_node_kept_out_looks_at_its_file_again_when_the_peer_moves_ahead() -> None:
+    """delta runs another file than beta, both in epoch 4: delta keeps beta out and says so
+    once. When beta's cluster moves to epoch 5 on that file (without delta), delta may have
+    missed the reload that put it there: it reads its own file again, once (the simulation
+    found delta out for good: it had looked only when beta first ran another file, while
+    still in delta's epoch)."""
+    cfg = replace(sim_config(4, 2), digest="a" * 64)
+    delta = NodeCore(cfg, "delta", incarnation=1, now=0.0,
+                     persisted=Persisted(promised=(4, "alpha"), max_seen=4))
+
+    def heartbeat_of_beta(n: int, epoch: int) -> list[object]:
+        hb = Heartbeat(n=n, incarnation=7, promised=(epoch, "alpha"),
+                       accepted=(epoch, "alpha"), closed=True, echo={}, groups={},
+                       failures=0, digest="b" * 64)
+        out = delta.handle(Received(to_message(hb, "beta"), "lan0"), 0.1 * n)
+        return [a for a in out.actions if isinstance(a, LoadConfig)]
+
+    assert heartbeat_of_beta(1, 4) == []  # same epoch: a node restarted with another file
+    assert "beta" in delta.membership.mismatched
+    assert heartbeat_of_beta(2, 4) == []
+    assert heartbeat_of_beta(3, 5) == [LoadConfig("b" * 64, quiet=True, also="")]
+    assert heartbeat_of_beta(4, 5) == []  # once
+
+
+def test_a_node_ahead_by_a_round_it_could_not_finish_follows_a_quorum_on_another_file() -> None:
+    """delta declared epoch 4.delta alone (cut off, no quorum) while the others switched to
+    another file in 4.alpha, which sorts before it: none of them is ahead of delta, but once
+    delta hears that a quorum of them runs that file, it reads its own again (the
+    simulation found such a node out for good: 9 nodes, three reloads in a row)."""
+    cfg = replace(sim_config(4, 2), digest="a" * 64)
+    delta = NodeCore(cfg, "delta", incarnation=1, now=0.0,
+                     persisted=Persisted(promised=(4, "delta"), max_seen=4))
+    loads = []
+    for i, peer in enumerate(("alpha", "beta", "gamma")):
+        hb = Heartbeat(n=1, incarnation=7, promised=(4, "alpha"), accepted=(4, "alpha"),
+                       closed=True, echo={}, groups={}, failures=0, digest="b" * 64)
+        out = delta.handle(Received(to_message(hb, peer), "lan0"), 0.1 * (i + 1))
+        loads.append([a for a in out.actions if isinstance(a, LoadConfig)])
+    # alpha alone, then alpha and beta, are no quorum of four (with delta, on its own file)
+    assert loads == [[], [], [LoadConfig("b" * 64, quiet=True, also="")]]

@@ -261,11 +261,14 @@ class CoordinatorActor(VigilActor):
 
     def _apply(self, out: Output) -> None:
         if out.routine:
-            # a heartbeat that changed nothing but times: nothing to persist, start, stop or
-            # tell, only an echo to send and a longer lease for the guardian
+            # a heartbeat received or sent that changed nothing but times: nothing to
+            # persist, start, stop or tell, only messages to send, a longer lease for the
+            # guardian and the next deadline
             if self.guard is not None and not self.left:
                 self.guard.report(out.lease_until, frozenset(self.core.groups.busy))
             self._send(out.messages)
+            if self.timer is not None and out.deadline is not None:
+                self.timer.set(max(out.deadline, time.monotonic()))
             return
         state = self.core.persisted()
         if state != self.saved:
@@ -365,6 +368,8 @@ class CoordinatorActor(VigilActor):
 
     def _rebuilt(self, done: Rebuilt) -> None:
         self.rebuilding -= 1
+        if self.guard is not None:
+            self.guard.forget_holdings()  # the actors that hold them may be new ones
         if done.error:
             log.error("rebuilding the actors for the new configuration failed (%s): the "
                       "groups' commands go to what is there", done.error)

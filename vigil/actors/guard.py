@@ -38,6 +38,7 @@ class GuardLink:
         client.incarnation = incarnation
         self.holdings_of = holdings_of
         self._last: tuple[float, frozenset[str]] | None = None
+        self._holdings: tuple[frozenset[str], Holdings] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -62,9 +63,18 @@ class GuardLink:
         """Tell the guardian the lease and what ``groups`` (active here) hold, if changed."""
         if self._last == (lease_until, groups):
             return
+        if self._holdings is None or self._holdings[0] != groups:
+            # what a set of groups holds is fixed by their resources (cgroup, addresses,
+            # mounts): worked out when the set changes, not at every lease renewal
+            self._holdings = (groups, self.holdings_of(groups))
         self._last = (lease_until, groups)
         self.client.report(lease_until if lease_until > -math.inf else None,
-                           self.holdings_of(groups))
+                           self._holdings[1])
+
+    def forget_holdings(self) -> None:
+        """The resources were rebuilt (a configuration switch): work out holdings again."""
+        self._holdings = None
+        self._last = None
 
     def bye(self) -> None:
         """Everything is stopped and the node leaves: the guardian has nothing to guard."""

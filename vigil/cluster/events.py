@@ -263,8 +263,9 @@ class Output:
     #: this node's history only: not this node's own news (no log line, alert or event)
     heard: list[Notification] = field(default_factory=list)
     deadline: float | None = None
-    #: a routine heartbeat or echo (NodeCore._routine): nothing changed but times, so the
-    #: shell has nothing to persist, tell or look at again but the messages and the lease
+    #: a routine heartbeat or echo received, or a heartbeat sent, and nothing else
+    #: (NodeCore._routine, _heartbeat_only): nothing changed but times, so the shell has
+    #: nothing to persist, tell or look at again but the messages, lease and deadline
     routine: bool = False
     #: until when this node may hold anything (its quorum lease; infinite when it needs
     #: none): the shell tells the node's guardian, which kills what still runs after it

@@ -67,8 +67,9 @@ class Membership:
         self.peers: dict[str, PeerInfo] = {}
         self.seen_all = False
         self.mismatched: set[str] = set()
-        #: what each node kept out runs and staged, as last said (a change is news again)
-        self.mismatch_digests: dict[str, tuple[str, str]] = {}
+        #: what each node kept out runs and staged, and whether it is ahead of us in epoch,
+        #: as last said (a change is news again)
+        self.mismatch_digests: dict[str, tuple[str, str, bool]] = {}
         self.departed: dict[str, int] = {}  # node -> incarnation that said goodbye
         # heartbeats and lease
         self.hb_counter = 0
@@ -256,11 +257,13 @@ class Membership:
         from a peer in the same epoch support our lease), ``incarnation`` our life (only
         echoes of its heartbeats do)."""
         if not self.compatible(hb.digest, hb.next):
-            # news when it starts, and whenever the peer runs or stages another file: the
-            # cluster may have switched to a file we have too (NodeCore re-reads ours then)
-            new = self.mismatch_digests.get(sender) != (hb.digest, hb.next)
+            # news when it starts, and whenever the peer runs or stages another file or moves
+            # ahead of us: the cluster may have switched to a file we have too, without us
+            # (NodeCore re-reads ours then)
+            seen = (hb.digest, hb.next, hb.promised > promised)
+            new = self.mismatch_digests.get(sender) != seen
             self.mismatched.add(sender)
-            self.mismatch_digests[sender] = (hb.digest, hb.next)
+            self.mismatch_digests[sender] = seen
             self._touch()
             return Heard.MISMATCH if new else Heard.NOTHING
         if sender in self.mismatched:
@@ -293,6 +296,22 @@ class Membership:
             self._support(sender, mine[0])
         return what
 
+    def running(self, digest: str) -> set[str]:
+        """The nodes heard within dead_time whose last heartbeat said they run ``digest``,
+        those kept out for it included (and ourselves, if we do)."""
+        out = {self.name} if digest == self.digest else set()
+        for n, t in self.last_heard.items():
+            if self.now < t + self.timing.dead_time and (
+                    self.mismatch_digests[n][0] == digest if n in self.mismatched
+                    else n in self.peers and self.peers[n].digest == digest):
+                out.add(n)
+        return out
+
+    def quiet(self, now: float) -> bool:
+        """Nothing changed since the last look and no node or link falls silent by ``now``:
+        every answer of this class is the same then, bar times."""
+        return not self.changed and now < self._flip_at
+
     def routine(self, sender: str, link: str, now: float, hb: Heartbeat | None,
                 echo: Echo | None, promised: Epoch, incarnation: int) -> bool:
         """Record a heartbeat (or an echo) that changes nothing but times, and say so (True);
@@ -303,8 +322,8 @@ class Membership:
         class changes, bar times, and what the node decides from them cannot either. ``now``
         must be before every deadline this class gave (the caller's last deadline)."""
         t = self.timing
-        if (sender in self.mismatched or sender in self.departed or self.changed
-                or now >= self._flip_at or self.last_heard.get(sender, -math.inf)
+        if (sender in self.mismatched or sender in self.departed or not self.quiet(now)
+                or self.last_heard.get(sender, -math.inf)
                 + (t.dead_time - t.heartbeat_interval) <= now
                 or (link and self.link_heard.get((sender, link), -math.inf) + t.dead_time
                     <= now)):

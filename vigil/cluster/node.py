@@ -46,6 +46,7 @@ from vigil.cluster.events import (
     Shutdown,
     StageConfig,
     SwitchConfig,
+    Tick,
 )
 from vigil.cluster.fencing import Fencing
 from vigil.cluster.history import ClusterHistory
@@ -197,6 +198,7 @@ class NodeCore:
         #: the deadline of the last full handling: until then a routine heartbeat takes the
         #: short path (:meth:`_routine`), and how many did
         self._due = -math.inf
+        self._due_else = -math.inf  # the same, but for our next heartbeat
         self.routine_handled = 0
         self._decoded: tuple[Message, Envelope] | None = None
         if self.reload_pending:
@@ -218,6 +220,10 @@ class NodeCore:
             routine = self._routine(event)
             if routine is not None:
                 return routine
+        elif (isinstance(event, Tick) and self.now < self._due_else and not self._inbox
+              and self.staged is None and not self.reload_pending and not self.leaving
+              and self.membership.quiet(self.now)):
+            return self._heartbeat_only()
         self.journal.now = self.now
         self._out = Output()
         self.membership.advance(self.now)
@@ -283,10 +289,7 @@ class NodeCore:
         for news in self.history.local(self._out.notifications):
             self._out.messages.append(to_message(news, self.name))
         self._out.deadline = self._due = self._next_deadline()
-        # freeze: a partition without quorum keeps running, so only a power fencer is safe
-        # (config check) and the guardian must not kill on a lost lease
-        self._out.lease_until = (math.inf if self.config.no_quorum_policy == "freeze"
-                                 else self.membership.lease_until())
+        self._out.lease_until = self._lease_until()
         return self._out
 
     def _settle(self) -> None:
@@ -304,11 +307,7 @@ class NodeCore:
             for envelope in inbox:
                 self._dispatch(envelope.sender, envelope.body)
         if self.membership.heartbeat_due():
-            self._out.messages.append(to_message(self.membership.heartbeat(
-                incarnation=self.incarnation, promised=self.promise.promised,
-                accepted=self.accepted, closed=self.promise.closed,
-                groups=self.groups.active(), failures=self.groups.failures,
-                requests=self.requests.refs()), self.name))
+            self._out.messages.append(to_message(self._heartbeat(), self.name))
 
     # ---- what others may ask ---------------------------------------------------------------
 
@@ -474,6 +473,31 @@ class NodeCore:
                 return
         self._dispatch(envelope.sender, envelope.body)
 
+    def _heartbeat_only(self) -> Output:
+        """The short path of a tick at which only our heartbeat is due, nothing changed
+        since the last full handling and no other deadline has come (see :meth:`_routine`):
+        send it, and nothing else runs."""
+        self.membership.advance(self.now)
+        self.routine_handled += 1
+        out = Output(routine=True)
+        if self.membership.heartbeat_due():
+            out.messages.append(to_message(self._heartbeat(), self.name))
+        out.deadline = self._due = self._next_deadline()
+        out.lease_until = self._lease_until()
+        return out
+
+    def _heartbeat(self) -> Heartbeat:
+        return self.membership.heartbeat(
+            incarnation=self.incarnation, promised=self.promise.promised,
+            accepted=self.accepted, closed=self.promise.closed, groups=self.groups.active(),
+            failures=self.groups.failures, requests=self.requests.refs())
+
+    def _lease_until(self) -> float:
+        # freeze: a partition without quorum keeps running, so only a power fencer is safe
+        # (config check) and the guardian must not kill on a lost lease
+        return (math.inf if self.config.no_quorum_policy == "freeze"
+                else self.membership.lease_until())
+
     def _routine(self, event: Received) -> Output | None:
         """The short path of a heartbeat or echo that changes nothing but times (see
         ``Membership.routine``): recorded, echoed if asked, and nothing else runs, since
@@ -498,9 +522,7 @@ class NodeCore:
             return None
         self._decoded = None
         self.routine_handled += 1
-        out = Output(deadline=self._due, routine=True,
-                     lease_until=(math.inf if self.config.no_quorum_policy == "freeze"
-                                  else self.membership.lease_until()))
+        out = Output(deadline=self._due, routine=True, lease_until=self._lease_until())
         if hb is not None and hb.ask and hb.promised == promised:
             out.messages.append(to_message(Echo(hb.n, hb.incarnation, promised), self.name,
                                            msg.sender))
@@ -553,11 +575,15 @@ class NodeCore:
                 # the old one, we the new one; ask until it has staged ours (then we are
                 # compatible and it switches without us, and we join)
                 self._ask_reload(sender, hb, self.reload_pending)
-            if hb.promised > self.promise.promised:
-                # The peer's cluster moved on without us: perhaps we missed the reload that
-                # switched it (we were cut off). Read our file again; if it is what the peer
-                # runs, we stage it and follow. (Not for a peer behind us: a node restarted
-                # with a file not yet reloaded must not switch the cluster.)
+            m = self.membership
+            if hb.promised > self.promise.promised or m.quorum.quorate(
+                    m.running(hb.digest), seen_all=m.seen_all):
+                # The peer's cluster moved on without us (it is ahead of us, or a quorum runs
+                # its file): perhaps we missed the reload that switched it (we were cut off).
+                # Read our file again; if it is what the peer runs, we stage it and follow.
+                # (Not for a lone peer behind us: a node restarted with a file not yet
+                # reloaded must not switch the cluster. A minority node may be "ahead" with
+                # the epoch of a round it could not finish: hence the quorum.)
                 self._act(LoadConfig(hb.digest, quiet=True, also=hb.next))
             self.journal.warn(
                 "config", f"node {sender} runs a different configuration (digest "
@@ -584,6 +610,13 @@ class NodeCore:
                               f"in epoch {fmt_epoch(hb.promised)}, which we missed: switching "
                               "to it too")
             self.switch_config(staged)
+        elif (staged is not None and hb.digest == staged.digest and not self.groups.busy
+              and self._stranded(staged)):
+            self.journal.note("config", f"the live nodes on configuration "
+                              f"{self.config.digest[:12]} make no quorum, those on or ready "
+                              f"for {staged.digest[:12]} do ({sender} runs it): switching to "
+                              "it, as nothing runs here")
+            self.switch_config(staged)
         if heard is Heard.RESTARTED:
             self.journal.note("membership", f"node {sender} restarted (incarnation changed)")
         if heard is not Heard.UPDATED:
@@ -593,6 +626,24 @@ class NodeCore:
             # not through _send: an echo is membership's, not a transition's, message
             self._out.messages.append(to_message(
                 Echo(hb.n, hb.incarnation, self.promise.promised), self.name, sender))
+
+    def _stranded(self, staged: ClusterConfig) -> bool:
+        """The live nodes that run our file cannot make a quorum, and those that run or
+        staged ``staged`` can: nodes restarted with the new file before the cluster switched
+        to it (they run it and stay out), and too few left on the old one to declare the
+        switch. Nobody could lead then, on either file; a node that runs nothing here may
+        switch by itself (no group runs under both definitions), and once enough have, the
+        new file's side forms. The simulation found the deadlock: 4 nodes, a reload, then two
+        of them restarted before the switch."""
+        m = self.membership
+        alive = m.alive()
+        peers = m.peers
+        ours = {n for n in alive if n == self.name
+                or (n in peers and peers[n].digest == self.config.digest)}
+        new = {n for n in alive if n == self.name
+               or (n in peers and staged.digest in (peers[n].digest, peers[n].next))}
+        return (not m.quorum.quorate(ours, seen_all=m.seen_all)
+                and m.quorum.quorate(new, seen_all=m.seen_all))
 
     def _ask_reload(self, peer: str, hb: Heartbeat, digest: str) -> None:
         if (digest not in (hb.digest, hb.next)
@@ -913,9 +964,10 @@ class NodeCore:
     # ---- deadlines ------------------------------------------------------------------------
 
     def _next_deadline(self) -> float:
-        candidates = self.membership.deadlines() + self.master.deadlines()
-        candidates += self.groups.deadlines()
+        next_hb, *candidates = self.membership.deadlines()
+        candidates += self.master.deadlines() + self.groups.deadlines()
         if self.now < self.started_at + self.config.timing.dead_time:
             candidates.append(self.started_at + self.config.timing.dead_time)
         # only the future: what is due now was handled before this returned
-        return min(c for c in candidates if c > self.now)
+        self._due_else = min((c for c in candidates if c > self.now), default=math.inf)
+        return min(self._due_else, next_hb) if next_hb > self.now else self._due_else
