@@ -348,6 +348,16 @@ def test_nodes_restarted_with_the_new_file_before_the_switch_do_not_deadlock_it(
         old.digest}
     c.power_on("alpha")
     c.power_on("gamma")
+    beta = c.nodes["beta"].core
+    assert beta is not None
+    for _ in range(300):
+        c.run_for(0.01)
+        if beta.config.digest == new.digest:
+            break
+    # switched by itself: what it accepted was placed by the old file, so nothing of it may
+    # start here before a round under the new file
+    assert beta.config.digest == new.digest and not beta.promise.may_run()
+    assert any("make no quorum" in text for _, text in beta.decisions)
     settle(c)
     assert {c.nodes[n].core.config.digest for n in c.live()} == {  # type: ignore[union-attr]
         new.digest}

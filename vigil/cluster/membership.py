@@ -301,7 +301,7 @@ class Membership:
         those kept out for it included (and ourselves, if we do)."""
         out = {self.name} if digest == self.digest else set()
         for n, t in self.last_heard.items():
-            if self.now < t + self.timing.dead_time and (
+            if self.now < t + self.timing.dead_time and n not in self.departed and (
                     self.mismatch_digests[n][0] == digest if n in self.mismatched
                     else n in self.peers and self.peers[n].digest == digest):
                 out.add(n)
@@ -316,9 +316,9 @@ class Membership:
                 echo: Echo | None, promised: Epoch, incarnation: int) -> bool:
         """Record a heartbeat (or an echo) that changes nothing but times, and say so (True);
         anything else (False) is left untouched for the full path. Routine means: a peer
-        alive and not in doubt, heard on this link within dead_time, in the same life, with
-        the same epoch, groups, failures, requests and configuration as its last heartbeat,
-        and our lease valid (an echo can then only lengthen it). Then no answer of this
+        alive and not in doubt, heard on this link within dead_time, in the same life, in
+        our epoch, with the same groups, failures, requests and configuration as its last
+        heartbeat, and our lease valid (an echo can then only lengthen it). Then no answer of this
         class changes, bar times, and what the node decides from them cannot either. ``now``
         must be before every deadline this class gave (the caller's last deadline)."""
         t = self.timing
@@ -331,7 +331,8 @@ class Membership:
         peer = self.peers.get(sender)
         if hb is not None and (
                 peer is None or hb.incarnation != peer.incarnation or hb.n <= peer.hb
-                or hb.promised != peer.promised or hb.failures != peer.failures
+                or hb.promised != peer.promised or hb.promised != promised
+                or hb.failures != peer.failures
                 or hb.digest != peer.digest or hb.next != peer.next
                 or hb.groups != peer.groups or hb.requests != peer.requests):
             return False

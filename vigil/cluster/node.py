@@ -74,6 +74,7 @@ from vigil.cluster.strategy import (
 )
 from vigil.cluster.wire import (
     INFINITY,
+    NO_EPOCH,
     Accept,
     Accepted,
     AcceptedReply,
@@ -86,6 +87,7 @@ from vigil.cluster.wire import (
     Declare,
     Echo,
     Envelope,
+    Epoch,
     Heartbeat,
     News,
     Reload,
@@ -162,6 +164,8 @@ class NodeCore:
         #: nobody asked to reload stays out instead; see _on_heartbeat)
         self.reload_pending = (persisted.reload if persisted and persisted.reload == config.digest
                                else "")
+        #: the epoch we had promised when we switched files by ourselves (switch_config)
+        self.switched_in: Epoch = NO_EPOCH
         #: this node's NICs that its NIC monitors believe down -> why (for the costs)
         self.nics_down: dict[str, str] = {}
         #: mirror resource -> this node's copy of its data (the shell's word; for the costs)
@@ -517,6 +521,9 @@ class NodeCore:
         body, promised = envelope.body, self.promise.promised
         hb = body if isinstance(body, Heartbeat) else None
         echo = body if isinstance(body, Echo) else None
+        if (hb is not None and promised[1] == self.name
+                and hb.failures > self.master.handled_failures.get(msg.sender, 0)):
+            return None  # a failure this master has not acted on (it looks after a round)
         if not self.membership.routine(msg.sender, event.link, self.now, hb, echo, promised,
                                        self.incarnation):
             return None
@@ -582,8 +589,8 @@ class NodeCore:
                 # its file): perhaps we missed the reload that switched it (we were cut off).
                 # Read our file again; if it is what the peer runs, we stage it and follow.
                 # (Not for a lone peer behind us: a node restarted with a file not yet
-                # reloaded must not switch the cluster. A minority node may be "ahead" with
-                # the epoch of a round it could not finish: hence the quorum.)
+                # reloaded must not switch the cluster. The quorum: we may be the one
+                # "ahead", with the epoch of a round we could not finish alone.)
                 self._act(LoadConfig(hb.digest, quiet=True, also=hb.next))
             self.journal.warn(
                 "config", f"node {sender} runs a different configuration (digest "
@@ -609,14 +616,14 @@ class NodeCore:
             self.journal.note("config", f"{sender} runs configuration {staged.digest[:12]} "
                               f"in epoch {fmt_epoch(hb.promised)}, which we missed: switching "
                               "to it too")
-            self.switch_config(staged)
+            self.switch_config(staged, local=True)
         elif (staged is not None and hb.digest == staged.digest and not self.groups.busy
               and self._stranded(staged)):
             self.journal.note("config", f"the live nodes on configuration "
                               f"{self.config.digest[:12]} make no quorum, those on or ready "
                               f"for {staged.digest[:12]} do ({sender} runs it): switching to "
                               "it, as nothing runs here")
-            self.switch_config(staged)
+            self.switch_config(staged, local=True)
         if heard is Heard.RESTARTED:
             self.journal.note("membership", f"node {sender} restarted (incarnation changed)")
         if heard is not Heard.UPDATED:
@@ -638,6 +645,10 @@ class NodeCore:
         m = self.membership
         alive = m.alive()
         peers = m.peers
+        master = self.promise.master
+        if (master != self.name and master in alive and master in peers
+                and peers[master].digest == self.config.digest):
+            return False  # it leads our epoch on our file: it will see to the switch
         ours = {n for n in alive if n == self.name
                 or (n in peers and peers[n].digest == self.config.digest)}
         new = {n for n in alive if n == self.name
@@ -779,6 +790,7 @@ class NodeCore:
                 "differs from what runs; put the same file on every node and reload again")
             return
         if new.digest == self.config.digest:
+            self.reload_pending = ""  # the file is the running one again
             if self.staged is not None:
                 self.journal.note("config", "the configuration file is the running one "
                                   f"again: configuration {self.staged.digest[:12]} unstaged")
@@ -802,14 +814,23 @@ class NodeCore:
             self._send(Reload(new.digest), BROADCAST)
 
     def _unstage(self) -> None:
-        self.staged, self.staged_missing, self.reload_pending = None, frozenset(), ""
+        self.staged, self.staged_missing = None, frozenset()
         self.membership.next = ""
         self.master.staged = None
 
-    def switch_config(self, new: ClusterConfig) -> None:
+    def switch_config(self, new: ClusterConfig, *, local: bool = False) -> None:
         """Run ``new`` from now on (the master's accept, or the cluster switched while we
         were out): every part built from the configuration takes the new one; the groups it
-        keeps keep their state here, those it retires were stopped first."""
+        keeps keep their state here, those it retires were stopped first.
+
+        ``local``: not by an accept. What we accepted was placed by the old file, so it is
+        no longer ours to start (its groups may be defined otherwise now): nothing starts
+        here until a round under the new file closes, what runs goes on, and the requests
+        of the epoch we promised before are not answered (its master places by the old
+        file; the round goes on without us, the next one has us)."""
+        if local:
+            self.promise.closed = False
+            self.switched_in = self.promise.promised
         old = self.config
         gone = retired(old, new)
         still = sorted(g for g in gone if self.groups.state.get(g, LocalState.STOPPED)
@@ -874,6 +895,8 @@ class NodeCore:
         """A request of the master of the epoch we promised."""
         promise = self.promise
         epoch = promise.promised
+        if epoch == self.switched_in:
+            return  # promised under the old file: see switch_config
         if isinstance(body, ReportRequest):
             active = {g: s.value for g, s in self.groups.state.items()
                       if s is not LocalState.STOPPED}
@@ -918,8 +941,8 @@ class NodeCore:
             if switch:
                 assert self.staged is not None
                 self.switch_config(self.staged)
-            elif self.reload_pending == self.config.digest:
-                self.reload_pending = ""  # restarted with it, and the cluster runs it now
+            if self.reload_pending == self.config.digest:
+                self.reload_pending = ""  # the cluster runs it: the reload is done
             self._send(AcceptedReply(epoch), master)
         elif isinstance(body, Start):
             if promise.accepted.epoch != epoch:
