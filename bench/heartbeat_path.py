@@ -19,7 +19,7 @@ Run from the repository root; it works on older commits too (to compare, check o
 worktree and run this file there)::
 
     .venv/bin/python -m bench.heartbeat_path                  # 3, 9, 32 and 64 nodes
-    .venv/bin/python -m bench.heartbeat_path --write          # and update docs/benchmarks.md
+    .venv/bin/python -m bench.heartbeat_path --write          # and replace its table there
 """
 
 from __future__ import annotations
