@@ -243,18 +243,25 @@ def test_a_node_restarted_with_a_file_not_yet_reloaded_does_not_switch_the_clust
         new.digest}
 
 
-def test_a_reload_taken_by_a_node_that_restarts_before_anyone_heard_it_is_not_lost() -> None:
-    """The operator reloads on alpha while it is cut off, and alpha's daemon restarts
-    before the others heard the reload: it comes back running the new file and asks again
-    (the reload is persisted like a manual request), so the cluster switches once alpha is
-    reachable, with no second command. The simulation found it lost (6 nodes, a reload on
-    a node cut off, then its quick restart: the cluster stayed split on two files)."""
+def reload_on_alpha_cut_off() -> tuple[SimCluster, ClusterConfig, ClusterConfig]:
+    """A running cluster, the old and the new file: the new one on every node, reloaded on
+    alpha while it is cut off from the others."""
     old = base()
     c = running(SimCluster(old))
     new = changed(old)
     c.partition(["alpha"], ["beta", "gamma"])
     c.run_for(0.3)
     c.stage(new, on="alpha")
+    return c, old, new
+
+
+def test_a_reload_taken_by_a_node_that_restarts_before_anyone_heard_it_is_not_lost() -> None:
+    """The operator reloads on alpha while it is cut off, and alpha's daemon restarts
+    before the others heard the reload: it comes back running the new file and asks again
+    (the reload is persisted like a manual request), so the cluster switches once alpha is
+    reachable, with no second command. The simulation found it lost (6 nodes, a reload on
+    a node cut off, then its quick restart: the cluster stayed split on two files)."""
+    c, old, new = reload_on_alpha_cut_off()
     assert c.nodes["alpha"].persisted.reload == new.digest  # type: ignore[union-attr]
     c.crash("alpha")
     c.run_for(0.5)
@@ -276,12 +283,7 @@ def test_a_reload_pending_at_restart_is_dropped_if_the_file_changed_meanwhile() 
     """A restarted node asks again only for the file it was asked to reload: if its file
     is another one by then, the earlier reload is over (and it stays out, as any node
     started with a file not reloaded)."""
-    old = base()
-    c = running(SimCluster(old))
-    new = changed(old)
-    c.partition(["alpha"], ["beta", "gamma"])
-    c.run_for(0.3)
-    c.stage(new, on="alpha")
+    c, old, new = reload_on_alpha_cut_off()
     c.crash("alpha")
     other = digest(replace(new, timing=replace(new.timing, step_timeout=9.0)))
     c.files["alpha"] = other
