@@ -830,6 +830,7 @@ class NodeCore:
         file; the round goes on without us, the next one has us)."""
         if local:
             self.promise.closed = False
+            self.promise.stop_orders.clear()  # that epoch's: not answered any more
             self.switched_in = self.promise.promised
         old = self.config
         gone = retired(old, new)
@@ -839,6 +840,9 @@ class NodeCore:
             self.journal.warn("config", f"switching while {', '.join(still)} is not stopped "
                               "here")
         self.config = new
+        # a stop order of a group the new file removed has nothing left to confirm (its stop
+        # ran before the accept, or the group is gone with the old file)
+        self.promise.stop_orders.intersection_update(new.groups)
         if new.strategy != old.strategy:
             self.strategy = self.strategies(new.strategy)
         self.missing_types = self.staged_missing
