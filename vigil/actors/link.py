@@ -8,7 +8,12 @@ this link carries the sender's messages: the coordinator hears of it
 (:class:`~vigil.cluster.events.CopyReceived`), else a link that always loses the race would
 look dead. What the link says of itself (its connections, the messages dropped on it, the
 connections it cut) goes to the coordinator once it is bound, then whenever it changed, seen
-each time the node sends (every heartbeat interval): never more often, whatever arrives."""
+each time the node sends (every heartbeat interval): never more often, whatever arrives.
+
+Neither direction needs this actor's thread in a calm cluster: a received message goes from
+the reader thread straight to the coordinator (:meth:`Directory.deliver`), which handles a
+routine heartbeat there and then, and the coordinator sends on the caller's thread too
+(the link's ``send`` is thread-safe). The mailbox takes what is dropped and the rest."""
 
 from __future__ import annotations
 
@@ -56,6 +61,16 @@ class LinkActor(VigilActor):
         self.link = self.factory(self.link_name, self._on_frames)
         self.link.start()
         self._tell_facts()
+        self.directory.set_direct(self.name, self._send_now)
+
+    def _send_now(self, message: object) -> bool:
+        """On the sender's thread (the coordinator's shell): send the frames at once."""
+        link = self.link
+        if not isinstance(message, SendFrames) or link is None:
+            return False
+        link.send(list(message.frames))
+        self._tell_facts()
+        return True
 
     def _on_frames(self, _link: str, frames: list[bytes]) -> None:
         """On the link's reader thread: check the message there (the codec is made for it)
@@ -79,9 +94,10 @@ class LinkActor(VigilActor):
             with contextlib.suppress(pykka.ActorDeadError):
                 self.actor_ref.tell(exc)
             return
-        self.directory.tell("coordinator", Received(msg, self.link_name))
+        self.directory.deliver("coordinator", Received(msg, self.link_name))
 
     def on_stop(self) -> None:
+        self.directory.remove_direct(self.name, self._send_now)
         if self.link is not None:
             self.link.close()
 
@@ -92,7 +108,8 @@ class LinkActor(VigilActor):
             self.link.send(list(message.frames))
             self._tell_facts()
         elif isinstance(message, ChildRestarted) and message.name == "coordinator":
-            self._told = None  # a new coordinator knows nothing of this link yet
+            with self._lock:
+                self._told = None  # a new coordinator knows nothing of this link yet
             self._tell_facts()
         return None
 
@@ -104,9 +121,11 @@ class LinkActor(VigilActor):
             connections, cut = dict(link.peer_states()), link.cut()
         with self._lock:
             rejected = dict(self._rejected)
-        facts = LinkFacts(self.link_name, connections, rejected, cut)
-        if facts != self._told:
+            facts = LinkFacts(self.link_name, connections, rejected, cut)
+            if facts == self._told:  # whoever sends: this actor or the coordinator's shell
+                return
             self._told = facts
+            # told under the lock: two senders must not tell in the other order
             self.directory.tell("coordinator", facts)
 
     def _dropped(self, exc: Rejected) -> None:

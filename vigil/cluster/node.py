@@ -219,12 +219,12 @@ class NodeCore:
         that ran out is noticed even if the message that would renew it arrives at that very
         instant (the safety argument of the silence fencer relies on it).
         """
-        self.now = max(self.now, now)
-        if isinstance(event, Received) and self.now < self._due and not self._inbox:
-            routine = self._routine(event)
+        if isinstance(event, Received):
+            routine = self.handle_routine(event, now)
             if routine is not None:
                 return routine
-        elif (isinstance(event, Tick) and self.now < self._due_else and not self._inbox
+        self.now = max(self.now, now)
+        if (isinstance(event, Tick) and self.now < self._due_else and not self._inbox
               and self.staged is None and not self.reload_pending and not self.leaving
               and self.membership.quiet(self.now)):
             return self._heartbeat_only()
@@ -476,6 +476,16 @@ class NodeCore:
                 self.dropped += 1
                 return
         self._dispatch(envelope.sender, envelope.body)
+
+    def handle_routine(self, event: Received, now: float) -> Output | None:
+        """Only the short path of :meth:`handle`: the output of a heartbeat or echo that
+        changes nothing but times, or None (nothing changed but the clock): :meth:`handle`
+        must take it. The shell tries this on the link's reader thread and hands the
+        coordinator only what it refuses."""
+        self.now = max(self.now, now)
+        if self.now < self._due and not self._inbox:
+            return self._routine(event)
+        return None
 
     def _heartbeat_only(self) -> Output:
         """The short path of a tick at which only our heartbeat is due, nothing changed
