@@ -80,6 +80,10 @@ def ensure_descriptors(cfg: ClusterConfig, name: str) -> int:
 
 #: how long `vigil node run` waits for the guardian it started to answer
 GUARDIAN_START_TIMEOUT = 15.0
+#: ... and for longer while that guardian runs: a machine starting many processes at once
+#: (a host booting every service, 32 daemons with their guardians on two cores) can starve
+#: a guardian's start (its Python imports) well past the first limit
+GUARDIAN_STARTING_LIMIT = 90.0
 
 
 def connect_guardian(cfg: ClusterConfig, name: str) -> GuardClient:
@@ -89,6 +93,7 @@ def connect_guardian(cfg: ClusterConfig, name: str) -> GuardClient:
     not run anything without it."""
     path = cfg.nodes[name].guard_socket
     client = GuardClient(path, name)
+    guard: subprocess.Popen[bytes] | None = None
     if client.connected:
         log.info("guardian of %s found at %s", name, path)
     else:
@@ -99,13 +104,22 @@ def connect_guardian(cfg: ClusterConfig, name: str) -> GuardClient:
         log.info("started the guardian of %s (pid %d)", name, guard.pid)
         client.close(flush_timeout=0.0)
         client = GuardClient(path, name, reconnect_interval=0.05)
-    deadline = time.monotonic() + GUARDIAN_START_TIMEOUT
+    start, warned = time.monotonic(), False
     while client.welcome is None:
-        if time.monotonic() > deadline:
+        waited = time.monotonic() - start
+        exited = None if guard is None else guard.poll()
+        if exited is not None or waited > (GUARDIAN_START_TIMEOUT if guard is None
+                                           else GUARDIAN_STARTING_LIMIT):
             client.close(flush_timeout=0.0)
-            raise RuntimeError(f"no guardian answered at {path} within "
-                               f"{GUARDIAN_START_TIMEOUT:g}s ({client.last_error or 'no answer'}); "
-                               "see its log above, or start it with `vigil guard`")
+            what = (f"the guardian it started exited with {exited}" if exited is not None
+                    else f"no guardian answered at {path} within {waited:.0f}s")
+            raise RuntimeError(f"{what} ({client.last_error or 'no answer'}); see its log "
+                               "above, or start it with `vigil guard`")
+        if guard is not None and waited > GUARDIAN_START_TIMEOUT and not warned:
+            warned = True
+            log.warning("the guardian of %s (pid %d) has not answered in %.0fs: it still "
+                        "runs (a busy machine?), waiting up to %.0fs", name, guard.pid,
+                        waited, GUARDIAN_STARTING_LIMIT)
         client.wait(0.1)
     log.info("guardian of %s: pid %d, guard_time %gms, %s", name, client.welcome.pid,
              client.welcome.guard_time * 1000, client.welcome.cgroups)
@@ -133,6 +147,8 @@ def raise_priority(name: str) -> None:
 #: how long stopping the actors and closing the sockets may take after the groups are out
 #: (or after a second signal) before the daemon exits regardless
 STOP_GRACE = 15.0
+#: The daemon's main thread looks at its flags at least this often, whatever wakes it.
+ATTENTION_CHECK = 5.0
 
 
 def exit_by(seconds: float, name: str, why: str) -> None:
@@ -208,11 +224,16 @@ def _run(cfg: ClusterConfig, key: bytes, name: str,
     def on_signal(signum: int, frame: FrameType | None) -> None:
         signals["count"] += 1
         stop.set()
+        runtime.attention.set()
+
+    def on_hangup(signum: int, frame: FrameType | None) -> None:
+        reload_requested.set()
+        runtime.attention.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     reload_requested = threading.Event()  # SIGHUP: reload, like keepalived and most daemons
-    signal.signal(signal.SIGHUP, lambda signum, frame: reload_requested.set())
+    signal.signal(signal.SIGHUP, on_hangup)
     try:
         runtime.start()
     except Exception as exc:
@@ -225,7 +246,13 @@ def _run(cfg: ClusterConfig, key: bytes, name: str,
              cfg.path, cfg.digest[:12])
     reporter.attach(lambda: runtime.coordinator().ask(GetStatus(), block=False))
     serve_metrics(cfg, name, runtime)
-    while not stop.wait(0.1):
+    # asleep until a signal, or the node left or failed (a wake-up ten times a second was
+    # a tenth of an idle daemon's CPU)
+    while not stop.is_set():
+        runtime.attention.wait(ATTENTION_CHECK)
+        runtime.attention.clear()
+        if stop.is_set():
+            break
         if reload_requested.is_set():
             reload_requested.clear()
             reload(runtime, name)

@@ -230,6 +230,18 @@ def running_runtimes() -> list[NodeRuntime]:
         return list(_running)
 
 
+class Flag(threading.Event):
+    """An event that also sets another, which one thread waits on for several of them."""
+
+    def __init__(self, attention: threading.Event) -> None:
+        super().__init__()
+        self._attention = attention
+
+    def set(self) -> None:
+        super().set()
+        self._attention.set()
+
+
 class NodeRuntime:
     """One node's actor system. ``start()`` builds it; ``stop()`` tears it down. ``key`` is
     the key file's content (:func:`vigil.config.load_key`): one key, or two during a rotation
@@ -258,8 +270,10 @@ class NodeRuntime:
         self.mirrors: MirrorService | None = None
         self.runtime_dir = runtime_dir or config.nodes[node].runtime_dir
         self.directory = Directory()
-        self.left = threading.Event()
-        self.failed = threading.Event()
+        #: set with ``left`` and ``failed``: the daemon's main thread sleeps on it alone
+        self.attention = threading.Event()
+        self.left: threading.Event = Flag(self.attention)
+        self.failed: threading.Event = Flag(self.attention)
         self.executor: ThreadPoolExecutor | None = None
         self.ref: pykka.ActorRef[Any] | None = None
         self.nic_sources: NicSources | None = None
