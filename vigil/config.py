@@ -330,6 +330,20 @@ MAX_DURATION: Final = 24 * 3600.0
 #: loaded machine misses them); slower than 10 s and failures go unnoticed for a minute.
 MIN_HEARTBEAT: Final = 0.010
 MAX_HEARTBEAT: Final = 10.0
+#: The default heartbeat_interval: HEARTBEAT_BASE up to HEARTBEAT_NODES nodes, then
+#: HEARTBEAT_PER_NODE more per node beyond them. Every node hears every other, so at a fixed
+#: interval each node's work grows with the node count and the cluster's with its square; like
+#: Corosync's token_coefficient (650 ms more token timeout per node past two), the interval
+#: grows instead, which holds what each node receives near 40 heartbeats a second at any size
+#: (docs/benchmarks.md, "Scale") while detection slows gently (dead_time 3.2 s at 32 nodes).
+HEARTBEAT_BASE: Final = 0.2
+HEARTBEAT_NODES: Final = 8
+HEARTBEAT_PER_NODE: Final = 0.025
+
+
+def default_heartbeat(nodes: int) -> float:
+    """heartbeat_interval when the file does not set it, for a cluster of ``nodes``."""
+    return round(HEARTBEAT_BASE + HEARTBEAT_PER_NODE * max(0, nodes - HEARTBEAT_NODES), 6)
 #: The other [timing] durations: the cluster notices a failure within dead_time, and a
 #: transition step waits step_timeout; longer than 10 minutes is a mistake.
 MAX_TIMING: Final = 600.0
@@ -963,8 +977,10 @@ def _read_fencing(c: _Checker, root: Mapping[str, object], node_names: Collectio
 def _read_timing(c: _Checker, root: Mapping[str, object]) -> Timing:
     t = c.table(root.get("timing", {}), "timing", _TIMING_KEYS) or {}
     p = "timing"
-    hb = c.duration(t, p, "heartbeat_interval", 0.2, positive=True, minimum=MIN_HEARTBEAT,
-                    maximum=MAX_HEARTBEAT)
+    nodes = root.get("nodes")
+    hb = c.duration(t, p, "heartbeat_interval",
+                    default_heartbeat(len(nodes) if isinstance(nodes, Mapping) else 0),
+                    positive=True, minimum=MIN_HEARTBEAT, maximum=MAX_HEARTBEAT)
     # dead_time and fence_margin follow the heartbeat unless written: an operator who makes
     # heartbeats faster gets faster detection and takeover with the same tolerance for
     # missed heartbeats (docs/benchmarks.md, "Stability under load", is what chose 4).

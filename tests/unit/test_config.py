@@ -149,6 +149,30 @@ def test_derived_timing_defaults_follow_the_values_given(tmp_path: Path) -> None
     assert cfg.timing.retransmit_interval == 0.05
 
 
+def many_nodes(count: int) -> str:
+    return "".join(f'[nodes.n{i:02d}]\nlinks = [{{ name = "lan0", address = "127.0.0.1", '
+                   f'port = {7400 + i} }}]\n' for i in range(1, count + 1))
+
+
+def test_the_default_heartbeat_slows_past_eight_nodes_and_everything_follows_it(
+        tmp_path: Path) -> None:
+    # each node hears every other: past 8 nodes the interval grows with the node count, so
+    # what a node receives stays near 40 heartbeats a second
+    timings = {n: load(write(tmp_path, document(nodes=many_nodes(n)))).timing
+               for n in (3, 8, 9, 16, 32)}
+    assert [timings[n].heartbeat_interval for n in (3, 8, 9, 16, 32)] == [
+        0.2, 0.2, 0.225, 0.4, 0.8]
+    t = timings[32]
+    assert (t.dead_time, t.step_timeout, t.retransmit_interval) == (
+        pytest.approx(3.2), pytest.approx(9.6), 0.8)
+    assert t.lease_time == pytest.approx(3.2 - 0.1 - 0.2)  # fence_margin stays at 200 ms
+    assert all((n - 1) / timings[n].heartbeat_interval <= 40 for n in timings)
+    # a written interval is the interval, whatever the size
+    written = load(write(tmp_path, document(timing='heartbeat_interval = "200ms"',
+                                            nodes=many_nodes(32)))).timing
+    assert (written.heartbeat_interval, written.dead_time) == (0.2, pytest.approx(0.8))
+
+
 def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
     nodes = NODES.replace("[nodes.beta]", '[nodes.beta]\nruntime_dir = "state/beta"')
     cluster = CLUSTER + 'runtime_dir = "run"\n'
