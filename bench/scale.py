@@ -247,6 +247,9 @@ class Result:
     dead_time: float
     form_timeout: float
     formed: float | None = None  # seconds
+    #: seconds until every daemon had its control socket (it runs: its guardian answered,
+    #: its actors started); the rest of ``formed`` is the cluster's own formation
+    listening: float | None = None
     check_round: float = 0.0  # seconds the confirming round of reads took
     epoch: str = ""
     not_formed: dict[str, str] = field(default_factory=dict)  # node -> its epoch / state
@@ -291,6 +294,9 @@ def form(d: Daemons, r: Result, started: float) -> None:
     deadline = started + r.form_timeout
     while time.monotonic() < deadline:
         began = time.monotonic()
+        if r.listening is None and all((d.tmp / "run" / n / "control.sock").exists()
+                                       for n in d.nodes):
+            r.listening = began - started
         done, seen = checked_round(d, order, ok)
         if done:
             r.formed = time.monotonic() - started
@@ -579,7 +585,10 @@ def report(r: Result, command: str, started: str, loads: tuple[float, float]) ->
     apart = f" (without {r.profiled}, sampled by py-spy: see below)" if r.profiled else ""
     lines += [
         f"- **formed** in {r.formed:.1f} s (epoch {r.epoch}; the confirming round of {r.nodes} "
-        f"status reads took {r.check_round:.2f} s)",
+        f"status reads took {r.check_round:.2f} s)" + (
+            "" if r.listening is None else
+            f": every daemon was up (its control socket there) after {r.listening:.1f} s, "
+            f"the cluster formed {r.formed - r.listening:.1f} s after that"),
         f"- **idle CPU per daemon** over {window:.0f} s{apart}: mean / max {pct(daemon_cpu)} "
         f"of a core; all {r.nodes} daemons together "
         f"{sum(u.cpu_percent(window) for u in r.daemons.values()):.1f} %",

@@ -6,12 +6,17 @@ to the group actors, and sets one timer for the core's next deadline.
 Two kinds of event do not wait in the mailbox: a heartbeat that changes nothing but times is
 handled on the link's reader thread that decoded it (``NodeCore.handle_routine``), and the
 deadline on the timer's thread (when our heartbeat is due, or a timeout). One lock keeps the
-core and this shell's state to one thread at a time, whichever, so the core sees exactly the
-sequence of events it would through the mailbox. What that saves: the two thread switches of
-a hop, for nearly every event of a calm cluster; and a heartbeat leaves on time while the
-mailbox is busy (a peer must not think a busy node dead). A message from a link that the
-short path refuses goes to the mailbox, and so do those after it from that link until it has
-been handled: one link's messages keep their order."""
+core and this shell's state to one thread at a time, whichever: the core still sees one event
+after the other, each with the time it is handled at, persisted before anything it caused
+leaves. What that saves: the two thread switches of a hop, for nearly every event of a calm
+cluster; and a heartbeat leaves on time while a backlog waits in the mailbox (a peer must not
+think a busy node dead), though not while one handler runs long (reading a configuration
+file is done before the lock for that reason). A message from a link that the short path
+refuses goes to the mailbox, and so do those after it from that link until it has been
+handled: one link's messages keep their order, as the protocol's reasoning assumes of one
+connection. An event that raises leaves the core half-way: nothing reaches it any more,
+whichever thread comes next, and the actor fails (the supervisor starts a new one from the
+persisted state)."""
 
 from __future__ import annotations
 
@@ -22,7 +27,9 @@ import json
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -99,16 +106,16 @@ REBUILD_TIMEOUT = 60.0
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Queued:
-    """A message the short path refused: the full path handles it, in order."""
+    """A message from ``link`` the short path refused: the full path handles it, in order
+    (None: a barrier, what the link told before the short path was open)."""
 
-    event: Received
+    event: Received | None
+    link: str
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class _DirectFailed:
-    """Handling an event on another thread raised: the actor fails, as in its mailbox."""
-
-    error: Exception
+class _Failed:
+    """Handling an event failed (perhaps on another thread): the actor fails at once."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -184,16 +191,27 @@ class CoordinatorActor(VigilActor):
         self.link_nics: Mapping[str, str] = link_nics or {}
         #: the core and this state, whichever thread handles an event (see the module's
         #: docstring); reentrant: a control request handles events under it
-        self._lock = threading.RLock()
-        self._queued = 0  # received messages in the mailbox: those after them wait too
+        self._lock = threading.Lock()
+        #: link -> its received messages in the mailbox: those after them wait too
+        self._queued: Counter[str] = Counter()
         self._stopped = False
+        self._broken: Exception | None = None  # what left the core half-way
+        self._thread: threading.Thread | None = None  # the actor's own
 
     def on_start(self) -> None:
-        me = self.actor_ref
+        self._thread = threading.current_thread()
         self.timer = DeadlineTimer(self.node, self._on_deadline)
+        with self._lock:
+            # What a link told before the line below went to the mailbox: a barrier per
+            # link keeps what comes after it behind it.
+            for link in self.links:
+                self._queued[link] += 1
+                self.actor_ref.tell(_Queued(None, link))
         self.directory.set_direct(self.name, self._received_now)
         if self.guard is not None:
-            self.guard.start(me.tell)
+            # through the directory: a reader started by a coordinator that failed since
+            # reaches this one
+            self.guard.start(partial(self.directory.tell, "coordinator"))
         for group in self.config.groups:
             self.directory.tell(f"group:{group}", ProbeGroup())
         for link in self.links:  # a restarted coordinator: the links say again how they are
@@ -201,65 +219,96 @@ class CoordinatorActor(VigilActor):
         for nic in self.directory.names("nic:"):  # and the NIC monitors what they believe
             self.directory.tell(nic, ChildRestarted(self.name))
         with self._lock:
-            self._handle(Tick())
+            self._run(Tick())
 
     def on_stop(self) -> None:
+        self._quit()
+        if self.guard is not None:
+            self.guard.close()
+
+    def release(self) -> None:
+        # Failed: no event may reach this core any more (the supervisor starts a new one from
+        # the persisted state). The guardian's connection is the node's: the new one keeps it.
+        self._quit()
+
+    def _quit(self) -> None:
         self.directory.remove_direct(self.name, self._received_now)
         with self._lock:  # a reader or the timer that got in first has finished
             self._stopped = True
         if self.timer is not None:
             self.timer.close()
-        if self.guard is not None:
-            self.guard.close()
+
+    def _run(self, event: Event, routine: bool = False) -> bool:
+        """Under the lock: ``event`` through the core and its output through the shell
+        (``routine``: only if it takes the short path; False: it did not). An exception
+        leaves the core and this shell half-way: nothing may use them any more, whichever
+        thread comes next, and the actor fails (its supervisor starts a new one from the
+        persisted state)."""
+        if self._stopped:
+            return True
+        try:
+            now = time.monotonic()
+            if routine:
+                assert isinstance(event, Received)
+                out = self.core.handle_routine(event, now)
+                if out is None:
+                    return False
+            else:
+                out = self.core.handle(event, now)
+            self._apply(out)
+        except Exception as exc:
+            self._stopped, self._broken = True, exc
+            log.error("coordinator %s: handling %s failed", self.node, type(event).__name__,
+                      exc_info=exc)
+            # a tell: a failure while answering an ask would not fail the actor
+            with contextlib.suppress(pykka.ActorDeadError):
+                self.actor_ref.tell(_Failed())
+            if threading.current_thread() is self._thread:
+                raise
+        return True
 
     def _received_now(self, message: object) -> bool:
         """On a link's reader thread: a heartbeat that changes nothing but times is handled
-        here and now; anything else goes to the mailbox (True either way)."""
+        here and now; anything else goes to the mailbox, and what comes after it on that
+        link follows it there (True either way)."""
         if not isinstance(message, Received):
             return False
-        try:
-            with self._lock:
-                if self._stopped:
-                    return True  # the node is stopping: nobody handles it any more
-                out = (None if self._queued else
-                       self.core.handle_routine(message, time.monotonic()))
-                if out is None:
-                    self._queued += 1
-                    self.actor_ref.tell(_Queued(message))
-                    return True
-                self._apply(out)
-        except pykka.ActorDeadError:
-            pass
-        except Exception as exc:  # the actor fails with it, as in its mailbox
-            self._failed(exc)
+        with self._lock:
+            if self._queued[message.link] or not self._run(message, routine=True):
+                self._queued[message.link] += 1
+                with contextlib.suppress(pykka.ActorDeadError):
+                    self.actor_ref.tell(_Queued(message, message.link))
         return True
 
     def _on_deadline(self) -> None:
         """On the timer's thread: the core's deadline came (our heartbeat, a timeout)."""
-        try:
-            with self._lock:
-                if not self._stopped:
-                    self._handle(Tick())
-        except Exception as exc:  # the actor fails with it, as in its mailbox
-            self._failed(exc)
-
-    def _failed(self, exc: Exception) -> None:
-        log.error("coordinator %s: handling an event off its mailbox failed", self.node,
-                  exc_info=exc)
-        with contextlib.suppress(pykka.ActorDeadError):
-            self.actor_ref.tell(_DirectFailed(exc))
+        with self._lock:
+            self._run(Tick())
 
     def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Control) and message.command == "reload":
+            # read (and check) the file before taking the lock: a type's defaults may run
+            # an agent, and heartbeats must not wait for it
+            staged = self.read_config("") if self.read_config is not None else None
+            with self._lock:
+                self._check()
+                return self._reload(staged)
         with self._lock:
+            self._check()
             return self._on_receive(message)
+
+    def _check(self) -> None:
+        if self._broken is not None:  # an event failed on another thread: so does this actor
+            raise RuntimeError(f"the coordinator's core failed: {self._broken!r}")
 
     def _on_receive(self, message: Any) -> Any:
         if isinstance(message, _Queued):
-            self._queued -= 1
-            self._handle(message.event)
+            self._queued[message.link] -= 1
+            if message.event is not None:
+                self._handle(message.event)
             return None
-        if isinstance(message, _DirectFailed):
-            raise message.error
+        if isinstance(message, _Failed):
+            return None  # _check raised already
         if isinstance(message, GetStatus):
             return self.status()
         if isinstance(message, Control):
@@ -341,8 +390,7 @@ class CoordinatorActor(VigilActor):
     # ---- the core --------------------------------------------------------------------------
 
     def _handle(self, event: Event) -> None:
-        out = self.core.handle(event, time.monotonic())
-        self._apply(out)
+        self._run(event)
 
     def _apply(self, out: Output) -> None:
         if out.routine:
@@ -466,12 +514,12 @@ class CoordinatorActor(VigilActor):
             for action in waiting:
                 self.directory.tell(f"group:{action.group}", action)
 
-    def _reload(self) -> dict[str, Any]:
-        """`vigil config reload` here: read and check the file now (the answer says what is
-        wrong with it), stage it, and ask every other node to do the same."""
-        if self.read_config is None:
+    def _reload(self, staged: StageConfig | None) -> dict[str, Any]:
+        """`vigil config reload` here: the file read and checked just now (``staged``; the
+        answer says what is wrong with it): stage it, and ask every other node to do the
+        same."""
+        if staged is None:
             return _error("this node has no configuration file to read again")
-        staged = self.read_config("")
         self._handle(staged)
         new, core = staged.config, self.core
         if new is None or staged.problem:
@@ -567,8 +615,6 @@ class CoordinatorActor(VigilActor):
             self._handle(AdminRequest("maintenance", on=state == "on"))
             return {"ok": True, "message": f"maintenance {state} requested; the next "
                     "transition applies it cluster-wide"}
-        if cmd == "reload":
-            return self._reload()
         if cmd == "shutdown":
             self._handle(Shutdown())
             return {"ok": True, "message": "leaving the cluster"}

@@ -40,12 +40,17 @@ class GuardLink:
         self._last: tuple[float, frozenset[str]] | None = None
         self._holdings: tuple[frozenset[str], Holdings] | None = None
         self._stop = threading.Event()
+        self._reader_stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def start(self, tell: Callable[[object], None]) -> None:
-        """Read the guardian's messages on a thread of its own; ``tell`` gets them."""
+    def start(self, tell: Callable[[object], object]) -> None:
+        """Read the guardian's messages on a thread of its own; ``tell`` gets them. A reader
+        started before (by a coordinator that failed) ends."""
+        self._reader_stop.set()
+        mine = self._reader_stop = threading.Event()
+
         def read() -> None:
-            while not self._stop.is_set():
+            while not (self._stop.is_set() or mine.is_set()):
                 for event in self.client.wait(0.5):
                     if isinstance(event, FencedEvent):
                         log.error("the guardian fenced this node: %s", event.report.summary())

@@ -24,6 +24,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pykka
@@ -38,6 +39,13 @@ from vigil.transports.base import FrameHandler, ObservedLink
 log = logging.getLogger(__name__)
 
 LinkFactory = Callable[[str, FrameHandler], Link]
+
+
+@dataclass(frozen=True, slots=True)
+class _SendFailed:
+    """Sending on another thread raised: this actor fails with it."""
+
+    error: Exception
 
 
 class LinkActor(VigilActor):
@@ -64,12 +72,17 @@ class LinkActor(VigilActor):
         self.directory.set_direct(self.name, self._send_now)
 
     def _send_now(self, message: object) -> bool:
-        """On the sender's thread (the coordinator's shell): send the frames at once."""
+        """On the sender's thread (the coordinator's shell): send the frames at once. What
+        goes wrong is this actor's failure, not the sender's."""
         link = self.link
         if not isinstance(message, SendFrames) or link is None:
             return False
-        link.send(list(message.frames))
-        self._tell_facts()
+        try:
+            link.send(list(message.frames))
+            self._tell_facts()
+        except Exception as exc:
+            with contextlib.suppress(pykka.ActorDeadError):
+                self.actor_ref.tell(_SendFailed(exc))
         return True
 
     def _on_frames(self, _link: str, frames: list[bytes]) -> None:
@@ -97,11 +110,17 @@ class LinkActor(VigilActor):
         self.directory.deliver("coordinator", Received(msg, self.link_name))
 
     def on_stop(self) -> None:
+        self.release()
+
+    def release(self) -> None:
+        # also when it failed: the actor that replaces it binds the same address
         self.directory.remove_direct(self.name, self._send_now)
         if self.link is not None:
             self.link.close()
 
     def on_receive(self, message: Any) -> Any:
+        if isinstance(message, _SendFailed):
+            raise message.error
         if isinstance(message, Rejected):
             self._dropped(message)
         elif isinstance(message, SendFrames) and self.link is not None:
