@@ -303,6 +303,12 @@ class Master:
             return
         reason = self._declare_reason(view, alive, local_failures)
         if reason:
+            # a node the timeout just left out is out of this very view (if the rest is
+            # quorate): taken in, it would make a round that waits longer time out again
+            rest = tuple(n for n in view if n not in self.unresponsive)
+            if rest != view and self.membership.quorum.quorate(
+                    rest, seen_all=self.membership.seen_all):
+                view = rest
             self._declare(view, reason, local_failures)
 
     def _declare_reason(self, view: tuple[str, ...], alive: frozenset[str],
