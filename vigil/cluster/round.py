@@ -69,7 +69,6 @@ from vigil.messages import BROADCAST
 from vigil.notifications import FencingCompleted, FencingRequested, TransitionStarted
 from vigil.status import seconds
 
-
 #: The longest a step waits, in step_timeouts, after rounds in a row that timed out (1, 2, 4,
 #: then 8): long enough for a node that lags by several seconds, short enough that a node
 #: that is heard but never answers is still left out within a minute at the defaults.
@@ -213,7 +212,8 @@ class Master:
         """How long the next round's phases wait: doubled per round in a row that timed out,
         at most STEP_BACKOFF_CAP x step_timeout. Nothing safe depends on it: every wait
         that keeps two nodes from running a group at once is counted from leases and acks."""
-        return self.timing.step_timeout * min(2 ** self.timed_out, STEP_BACKOFF_CAP)
+        doublings = min(self.timed_out, STEP_BACKOFF_CAP.bit_length())  # no huge numbers
+        return self.timing.step_timeout * min(1 << doublings, STEP_BACKOFF_CAP)
 
     def completed(self) -> None:
         """A round completed (this master's, or one this node took part in): the cluster
@@ -327,10 +327,11 @@ class Master:
             lost = set(r.view) - alive
             if lost:
                 return f"lost {', '.join(sorted(lost))} during the transition"
-            missing = sorted(r.waiting_for() - set(r.replies))
-            if self.now >= r.phase_deadline and missing:
-                # (every reply in, however late it was handled, is no timeout: progress
-                # moves the round on; a busy master handles replies late, not never)
+            # every reply in, however late a busy master handled it, is no timeout:
+            # progress moves the round on
+            missing = (sorted(r.waiting_for() - set(r.replies))
+                       if self.now >= r.phase_deadline else [])
+            if missing:
                 # A node that is heard but does not answer twice in a row (a one-way link)
                 # is left out for a while so the rest can proceed; once is not enough, the
                 # reply may have been lost or the node unreachable only for a moment.
