@@ -192,19 +192,22 @@ class ClusterMachine(RuleBasedStateMachine):
 
     @rule(data=st.data(), fraction=st.floats(0.01, 1.0), length=st.floats(0.0, 1.0))
     def slow_node(self, data: st.DataObject, fraction: float, length: float) -> None:
-        """A daemon cannot keep up (CPU starved) for a while, up to 20 step_timeouts: it
-        handles everything late, its timer ticks (so its heartbeats) and its resource
-        operations' results too, then the load stops. With a guardian or a power fencer the
-        lag goes up to 3 x step_timeout, so that a round with it must wait 4 x (the master's
-        backoff); the start of a lag is a pause of that long. Without one (silence), at most
-        dead_time / (groups + 2): a chain of groups stops one group after the other, each
-        once the core handled the previous stop, a lag each, and the silence fencer counts
-        on the stops ending within its wait."""
+        """A daemon cannot keep up (CPU starved) for a while, up to 20 step_timeouts (time
+        runs on for half of it): it handles everything late, its timer ticks (so its
+        heartbeats) and its resource operations' results too, then the load stops. With a
+        guardian or a power fencer the lag goes up to 3 x step_timeout, so that a round with
+        it must wait 4 x (the master's backoff); the start of a lag is a pause of that
+        long. Without one (silence), at most dead_time / (groups + 2): a chain of groups
+        stops one group after the other, each once the core handled the previous stop, a
+        lag each, and the silence fencer counts on the stops ending within its wait."""
         t = self.cluster.config.timing
         longest = (3 * t.step_timeout if self._powered_or_guarded()
                    else t.dead_time / (len(self.cluster.config.groups) + 2))
-        self.cluster.slow(data.draw(st.sampled_from(self.names)), fraction * longest,
-                          length * 20 * t.step_timeout)
+        load = length * 20 * t.step_timeout
+        self.cluster.slow(data.draw(st.sampled_from(self.names)), fraction * longest, load)
+        # time runs on for half of it (rounds happen under the load), the other half overlaps
+        # whatever comes next
+        self.cluster.run_for(load / 2)
 
     def _powered_or_guarded(self) -> bool:
         """A guardian kills what a stalled or dead daemon ran, and a power fencer switches
