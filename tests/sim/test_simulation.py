@@ -2,7 +2,8 @@
 
 Rules are faults (crash, restart, quick restart, partitions including one-way ones, a
 holder cut off, also right after a master change, a pair of nodes that lose each other,
-loss, duplication, delay, per-direction delay, process pauses, resource failures, stops that
+loss, duplication, delay, per-direction delay, process pauses, slow (lagging) daemons,
+resource failures, stops that
 fail, fence devices that fail or hang) and operator requests (fencing by hand included);
 the network's per-message choices (delay, loss, duplication) come from a ``random.Random``
 whose seed Hypothesis draws, so a failure replays exactly and shrinks (towards seed 0 and
@@ -11,8 +12,8 @@ checked after every step and, inside the simulator, at every single resource ope
 (exclusivity, dependency order, agreement on closed epochs, epochs only grow per node
 across restarts, no epoch declared twice, no epoch or start from a minority, quorum and
 lease worked out independently of the core, persisted state complete and restored). When
-faults stop, the cluster must converge within the bound of ``convergence_bound`` (derived
-in docs/protocol.md).
+faults stop (the load of slow daemons too), the cluster must converge within the bound of
+``convergence_bound`` (derived in docs/protocol.md, the step backoff's cap included).
 
 Environment knobs: VIGIL_SIM_EXAMPLES, VIGIL_SIM_STEPS and VIGIL_SIM_LARGE (comma-separated
 large cluster sizes; VIGIL_SIM_LARGE_ONLY=1 draws only those), VIGIL_SIM_TIMEOUT (seconds
@@ -44,6 +45,7 @@ from tests.support.simconfig import sim_config
 from vigil.cluster.events import AdminRequest
 from vigil.cluster.placement import stop_bound
 from vigil.cluster.reconfig import refusals
+from vigil.cluster.round import STEP_BACKOFF_CAP
 from vigil.cluster.sim import SimCluster, SimDevice
 from vigil.cluster.wire import MAINTENANCE
 from vigil.config import TIME_FENCERS, ClusterConfig, GroupConfig, ResourceConfig
@@ -78,7 +80,13 @@ def convergence_bound(cfg: ClusterConfig, groups: int) -> float:
     # a heal can cost one aborted round, then one full round with fencing; then the
     # cluster must stay settled for 2 * dead_time to count as converged
     calm = 2 * t.dead_time
-    return detect + unresponsive_backoff + 2 * (one_round + fencing) + group_ops + calm
+    # after rounds that timed out (a slow node, a deaf one) the aborted round's step may
+    # wait up to the backoff's cap rather than step_timeout; the backlog of a slow node is
+    # handled when the load stops, and the round after the aborted one completes (its
+    # phases get every reply), whatever it would wait
+    backoff = (STEP_BACKOFF_CAP - 1) * t.step_timeout
+    return (detect + unresponsive_backoff + 2 * (one_round + fencing) + backoff + group_ops
+            + calm)
 
 
 class ClusterMachine(RuleBasedStateMachine):
@@ -181,6 +189,25 @@ class ClusterMachine(RuleBasedStateMachine):
         t = self.cluster.config.timing
         longest = (t.dead_time + t.lease_time) * (4 if self._powered_or_guarded() else 1)
         self.cluster.pause(data.draw(st.sampled_from(self.names)), fraction * longest)
+
+    @rule(data=st.data(), fraction=st.floats(0.01, 1.0), length=st.floats(0.0, 1.0))
+    def slow_node(self, data: st.DataObject, fraction: float, length: float) -> None:
+        """A daemon cannot keep up (CPU starved) for a while, up to 20 step_timeouts (time
+        runs on for half of it): it handles everything late, its timer ticks (so its
+        heartbeats) and its resource operations' results too, then the load stops. With a
+        guardian or a power fencer the lag goes up to 3 x step_timeout, so that a round with
+        it must wait 4 x (the master's backoff); the start of a lag is a pause of that
+        long. Without one (silence), at most dead_time / (groups + 2): a chain of groups
+        stops one group after the other, each once the core handled the previous stop, a
+        lag each, and the silence fencer counts on the stops ending within its wait."""
+        t = self.cluster.config.timing
+        longest = (3 * t.step_timeout if self._powered_or_guarded()
+                   else t.dead_time / (len(self.cluster.config.groups) + 2))
+        load = length * 20 * t.step_timeout
+        self.cluster.slow(data.draw(st.sampled_from(self.names)), fraction * longest, load)
+        # time runs on for half of it (rounds happen under the load), the other half overlaps
+        # whatever comes next
+        self.cluster.run_for(load / 2)
 
     def _powered_or_guarded(self) -> bool:
         """A guardian kills what a stalled or dead daemon ran, and a power fencer switches
@@ -450,6 +477,7 @@ class ClusterMachine(RuleBasedStateMachine):
         c = self.cluster
         c.heal()
         c.resume_all()
+        c.end_lags()  # the load stops: the bound counts from here
         for device in c.devices:  # the fence devices work again
             c.devices[device] = SimDevice()
         # A node fenced meanwhile (by a fence ordered before the heal) is rebooted, as a

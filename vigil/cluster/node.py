@@ -963,6 +963,7 @@ class NodeCore:
                 return
             if promise.close():
                 self.groups.epoch_closed()
+                self.master.completed()  # a round got through: ours need not wait long
                 mine = sorted(g for g, n in self.accepted.placement.items() if n == self.name)
                 self.journal.emit(TransitionCompleted(
                     node=self.name, time=self.now, epoch=fmt_epoch(epoch),

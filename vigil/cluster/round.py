@@ -17,8 +17,11 @@
 7. *Start*: members start what is theirs. The epoch is complete when all confirmed.
 
 A phase waits for every member's reply and retransmits its request to those missing; a
-member that does not answer within ``step_timeout`` makes the master declare again (twice in
-a row, and it is left out of the next view for a while).
+member that does not answer within the round's step wait makes the master declare again (twice
+in a row, and it is left out of the next view for a while). The step wait is ``step_timeout``,
+doubled after each round in a row that timed out, up to ``STEP_BACKOFF_CAP`` times it: a
+cluster too slow for one step_timeout (a starved CPU) still completes a round. It affects
+liveness only (docs/protocol.md, "Graceful overload").
 """
 
 from __future__ import annotations
@@ -65,6 +68,11 @@ from vigil.config import TIME_FENCERS, ClusterConfig
 from vigil.messages import BROADCAST
 from vigil.notifications import FencingCompleted, FencingRequested, TransitionStarted
 from vigil.status import seconds
+
+#: The longest a step waits, in step_timeouts, after rounds in a row that timed out (1, 2, 4,
+#: then 8): long enough for a node that lags by several seconds, short enough that a node
+#: that is heard but never answers is still left out within a minute at the defaults.
+STEP_BACKOFF_CAP = 8
 
 
 class Phase(enum.Enum):
@@ -123,6 +131,9 @@ class Round:
     retire: dict[str, str] = field(default_factory=dict)
     #: why this round goes no further (the master declares again)
     aborted: str = ""
+    #: how long each phase waits for replies (the STOP phase more: the fencing wait):
+    #: step_timeout, or longer after rounds that timed out (Master.step_wait)
+    step_wait: float = 0.0
 
     def waiting_for(self) -> set[str]:
         return set(self.stops) if self.phase is Phase.STOP else set(self.view)
@@ -158,6 +169,8 @@ class Master:
         self.last_alive: frozenset[str] = frozenset({name})
         self.settle_until = now
         self.missed: dict[str, int] = {}
+        #: rounds declared here in a row whose step timed out: the next waits longer
+        self.timed_out = 0
         #: each member's failure count that the current round has seen: when it was declared,
         #: then as its cost reply says (a change the costs already reflect needs no round)
         self.handled_failures: dict[str, int] = {}
@@ -194,6 +207,21 @@ class Master:
     @property
     def now(self) -> float:
         return self.journal.now
+
+    def step_wait(self) -> float:
+        """How long the next round's phases wait: doubled per round in a row that timed out,
+        at most STEP_BACKOFF_CAP x step_timeout. Nothing safe depends on it: every wait
+        that keeps two nodes from running a group at once is counted from leases and acks."""
+        doublings = min(self.timed_out, STEP_BACKOFF_CAP.bit_length())  # no huge numbers
+        return self.timing.step_timeout * min(1 << doublings, STEP_BACKOFF_CAP)
+
+    def completed(self) -> None:
+        """A round completed (this master's, or one this node took part in): the cluster
+        keeps up again, so the steps wait step_timeout again. Not while nodes are left out
+        as unresponsive: they come back to a round that waits as long as the one they
+        missed, or a node that is merely slow would be left out and taken back for ever."""
+        if not self.unresponsive:
+            self.timed_out = 0
 
     def active(self) -> Round | None:
         """The round this node leads in the epoch it promised, if any and not done."""
@@ -275,6 +303,12 @@ class Master:
             return
         reason = self._declare_reason(view, alive, local_failures)
         if reason:
+            # a node the timeout just left out is out of this very view (if the rest is
+            # quorate): taken in, it would make a round that waits longer time out again
+            rest = tuple(n for n in view if n not in self.unresponsive)
+            if rest != view and self.membership.quorum.quorate(
+                    rest, seen_all=self.membership.seen_all):
+                view = rest
             self._declare(view, reason, local_failures)
 
     def _declare_reason(self, view: tuple[str, ...], alive: frozenset[str],
@@ -293,8 +327,11 @@ class Master:
             lost = set(r.view) - alive
             if lost:
                 return f"lost {', '.join(sorted(lost))} during the transition"
-            if self.now >= r.phase_deadline:
-                missing = sorted(r.waiting_for() - set(r.replies))
+            # every reply in, however late a busy master handled it, is no timeout:
+            # progress moves the round on
+            missing = (sorted(r.waiting_for() - set(r.replies))
+                       if self.now >= r.phase_deadline else [])
+            if missing:
                 # A node that is heard but does not answer twice in a row (a one-way link)
                 # is left out for a while so the rest can proceed; once is not enough, the
                 # reply may have been lost or the node unreachable only for a moment.
@@ -302,8 +339,10 @@ class Master:
                     self.missed[node] = self.missed.get(node, 0) + 1
                     if self.missed[node] >= 2:
                         self.unresponsive[node] = self.now + 2 * self.timing.step_timeout
-                return (f"step {r.phase.value} timed out waiting for "
-                        f"{', '.join(missing)}")
+                self.timed_out += 1
+                return (f"step {r.phase.value} timed out waiting for {', '.join(missing)} "
+                        f"(waited {seconds(r.step_wait)}; the next round waits "
+                        f"{seconds(self.step_wait())})")
             return ""
         if view != r.view:
             joined = sorted(set(view) - set(r.view))
@@ -350,9 +389,11 @@ class Master:
             peer = peers.get(node)
             self.handled_failures[node] = local_failures if node == self.name else (
                 peer.failures if peer else 0)
+        wait = self.step_wait()
         self.round = Round(epoch=epoch, view=view, reason=reason, phase=Phase.ACK,
-                           started=self.now, phase_deadline=self.now + self.timing.step_timeout,
-                           next_retransmit=self.now + self.timing.retransmit_interval)
+                           started=self.now, phase_deadline=self.now + wait,
+                           next_retransmit=self.now + self.timing.retransmit_interval,
+                           step_wait=wait)
         if self.staged is not None and self.switch_ready(view):
             self.round.config = self.staged
             self.round.retire = retired(self.config, self.staged)
@@ -386,7 +427,7 @@ class Master:
     def _enter(self, r: Round, phase: Phase, timeout: float | None = None) -> None:
         r.phase = phase
         r.replies = {}
-        r.phase_deadline = self.now + (timeout or self.timing.step_timeout)
+        r.phase_deadline = self.now + (timeout or r.step_wait)
         r.next_retransmit = self.now + self.timing.retransmit_interval
 
     def _request(self, r: Round, dest: str = BROADCAST) -> None:
@@ -437,7 +478,7 @@ class Master:
                 self._enter(r, Phase.ACCEPT)
             else:
                 extra = max(0.0, r.fence_until - self.now) + 2 * self.stop_bound
-                self._enter(r, Phase.STOP, self.timing.step_timeout + extra)
+                self._enter(r, Phase.STOP, r.step_wait + extra)
         elif r.phase is Phase.STOP:
             if self.now < r.fence_until:
                 return
@@ -452,6 +493,7 @@ class Master:
             r.phase = Phase.DONE
             r.done_at = self.now
             self.missed = {}
+            self.completed()
             self.applied_ids = (self.applied_ids + list(r.applied))[-1000:]
             self.journal.note("transition", f"epoch {fmt_epoch(r.epoch)} complete in "
                               f"{self.now - r.started:.3f}s ({r.messages} messages)",

@@ -81,6 +81,11 @@ class SimNode:
     # a paused process handles nothing until then; its events wait, in order, in ``held``
     paused_until: float = -math.inf
     held: list[Event] = field(default_factory=list)
+    # a slow process (CPU starved) handles every event ``lag`` after it came, in order,
+    # until ``lag_until``: (when, event) waiting in ``lagged``
+    lag: float = 0.0
+    lag_until: float = -math.inf
+    lagged: deque[tuple[float, Event]] = field(default_factory=deque)
     # for the lease check: when this life sent each heartbeat still recent, and per peer
     # the latest moment its echoes can support this node (sent_at(s) + lease_time)
     hb_sent: dict[int, float] = field(default_factory=dict)
@@ -247,6 +252,7 @@ class SimCluster:
         node.resources = {}
         node.ops = {}
         node.paused_until, node.held = -math.inf, []
+        node.lag, node.lag_until, node.lagged = 0.0, -math.inf, deque()
         # hb_heard outlives a life: an echo a previous life sent may still be on its way, and
         # supports as what it is (that life heard the heartbeat; docs/protocol.md)
         node.hb_sent, node.support_bound = {}, {}
@@ -283,8 +289,11 @@ class SimCluster:
         """The daemon of ``node`` dies with events still held (it was paused): an operator's
         reload among them was never answered, and the operator, told so by the command, runs
         it again (:meth:`retry_lost_reloads`)."""
-        self.reloads_lost += [e.config for e in node.held if isinstance(e, StageConfig)
+        waiting = [*node.held, *(e for _, e in node.lagged)]
+        self.reloads_lost += [e.config for e in waiting if isinstance(e, StageConfig)
                               and not e.wanted and e.config is not None]
+        node.paused_until, node.held = -math.inf, []
+        node.lag, node.lag_until, node.lagged = 0.0, -math.inf, deque()
 
     def retry_lost_reloads(self) -> None:
         live = self.live()
@@ -301,7 +310,6 @@ class SimCluster:
         node.resources = {}
         node.ops = {}
         node.deadline = math.inf
-        node.paused_until, node.held = -math.inf, []
         node.guard, node.guard_at = None, math.inf
         self.log.append(f"{self.now:.3f} crash {name}")
 
@@ -315,7 +323,6 @@ class SimCluster:
         node.core = None
         node.ops = {}
         node.deadline = math.inf
-        node.paused_until, node.held = -math.inf, []
         self.log.append(f"{self.now:.3f} kill daemon {name} (still running: "
                         f"{sorted(node.resources) or 'nothing'})")
         if node.guard is not None:
@@ -405,7 +412,31 @@ class SimCluster:
         for event in [*held, Tick()]:
             if node.core is None:
                 return
-            self._deliver(node.name, event)
+            self._handle(node.name, event)  # each waited already: not again behind a lag
+
+    def slow(self, name: str, lag: float, seconds: float) -> None:
+        """The node's daemon cannot keep up (CPU starved) for ``seconds``: every event it
+        handles (messages, its timer ticks, so the heartbeats it sends, and the results of
+        resource operations) is handled ``lag`` after it came, in order. Unlike a pause it
+        goes on handling, late; its resources go on as they were. When the load stops, what
+        came meanwhile is still handled at the time it was due (the backlog drains)."""
+        node = self.nodes[name]
+        if node.core is None:
+            return
+        node.lag, node.lag_until = lag, self.now + seconds
+        self.log.append(f"{self.now:.3f} {name} lags {lag:.3f}s until {node.lag_until:.3f}")
+
+    def end_lags(self) -> None:
+        """The load stops everywhere now: every slow daemon handles its backlog at once."""
+        for node in self.nodes.values():
+            node.lag_until = min(node.lag_until, self.now)
+            while node.lagged and node.core is not None:
+                self._handle(node.name, node.lagged.popleft()[1])
+
+    def _unlag(self, node: SimNode) -> None:
+        """The lagged events that are due now, in the order they came."""
+        while node.lagged and node.lagged[0][0] <= self.now and node.core is not None:
+            self._handle(node.name, node.lagged.popleft()[1])
 
     def slow_link(self, src: str, dst: str, delay: tuple[float, float]) -> None:
         """Messages from ``src`` to ``dst`` (that direction only) take ``delay`` (min, max)."""
@@ -532,6 +563,8 @@ class SimCluster:
                 self._op_step(node, *payload)
             elif kind == "resume":
                 self._resume(node)
+            elif kind == "lagged":
+                self._unlag(node)
             elif kind == "event":
                 self._deliver(name, payload)  # type: ignore[arg-type]
             elif kind == "fence":
@@ -553,6 +586,19 @@ class SimCluster:
         heapq.heappush(self._queue, (t, next(self._seq), kind, name, inc, payload))
 
     def _deliver(self, name: str, event: Event) -> None:
+        node = self.nodes[name]
+        assert node.core is not None
+        lag = node.lag if self.now < node.lag_until else 0.0
+        if lag > 0 or node.lagged:
+            # behind whatever still waits, even once the lag ended: a backlog keeps order
+            at = max(self.now + lag, node.lagged[-1][0] if node.lagged else self.now)
+            node.lagged.append((at, event))
+            self._push(at, "lagged", name)
+            return
+        self._handle(name, event)
+
+    def _handle(self, name: str, event: Event) -> None:
+        """The daemon of ``name`` handles ``event`` now (unless it is paused)."""
         node = self.nodes[name]
         assert node.core is not None
         if node.paused_until > self.now:
