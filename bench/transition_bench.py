@@ -1,6 +1,6 @@
 """CPU time and messages of one complete transition after a node crash, in the simulator.
 
-For every cluster size (3, 9, 32 nodes) and number of groups (10, 100, 1,000) the benchmark
+For every cluster size (3, 9, 32, 64 nodes) and number of groups (10, 100, 1,000) the benchmark
 builds a :class:`SimCluster` from ``tests.support.simconfig.sim_config(nodes, groups,
 group_chain=False)`` (two resources per group, independent groups, every node may run every
 group with a rotating preference, invariant checker off), runs it until it has settled, crashes
@@ -79,7 +79,7 @@ from vigil.cluster.sim import SimCluster  # noqa: E402
 from vigil.cluster.wire import NO_EPOCH, Epoch, fmt_epoch  # noqa: E402
 from vigil.messages import Message  # noqa: E402
 
-NODES = (3, 9, 32)
+NODES = (3, 9, 32, 64)
 GROUPS = (10, 100, 1000)
 STEP = 0.01  # simulated seconds between convergence checks
 SETTLE_LIMIT = 30.0  # simulated seconds allowed for forming the cluster or recovering
