@@ -25,7 +25,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import pykka
 
@@ -64,9 +64,12 @@ class LinkActor(VigilActor):
         self.copy_every = copy_every
         self._copy_told: dict[str, float] = {}
         self._told: LinkFacts | None = None  # what the coordinator was told last
+        self._observed = False  # the link says how its connections are (ObservedLink)
 
     def on_start(self) -> None:
         self.link = self.factory(self.link_name, self._on_frames)
+        # asked once: a runtime protocol check costs microseconds, and this is every send
+        self._observed = isinstance(self.link, ObservedLink)
         self.link.start()
         self._tell_facts()
         self.directory.set_direct(self.name, self._send_now)
@@ -136,8 +139,9 @@ class LinkActor(VigilActor):
         link = self.link
         connections: dict[str, str] = {}
         cut = 0
-        if isinstance(link, ObservedLink):
-            connections, cut = dict(link.peer_states()), link.cut()
+        if link is not None and self._observed:
+            observed = cast(ObservedLink, link)
+            connections, cut = dict(observed.peer_states()), observed.cut()
         with self._lock:
             rejected = dict(self._rejected)
             facts = LinkFacts(self.link_name, connections, rejected, cut)
