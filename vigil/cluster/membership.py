@@ -80,6 +80,7 @@ class Membership:
         # back (heard after dead_time), falls silent (at a known time), or is kept out.
         self.changed = True  # since the last look_done(): something above may differ
         self._flip_at = math.inf  # the next time a node or link falls silent
+        self._looked_at = -math.inf  # when look_done() last ran
         self._alive: tuple[float, frozenset[str]] | None = None
 
     # ---- questions -----------------------------------------------------------------------
@@ -128,11 +129,15 @@ class Membership:
     def look_done(self) -> None:
         """Whoever watches for changes has looked: until a node or link comes back, is kept
         out, or the next one falls silent, the answers stay the same."""
-        dead_time = self.timing.dead_time
         self.changed = False
-        self._flip_at = min((t + dead_time for t in (*self.last_heard.values(),
-                                                      *self.link_heard.values())
-                             if t + dead_time > self.now), default=math.inf)
+        self._looked_at = self.now
+        self._flip_at = self._next_silence(self.now)
+
+    def _next_silence(self, since: float) -> float:
+        dead_time = self.timing.dead_time
+        return min((t + dead_time for t in (*self.last_heard.values(),
+                                            *self.link_heard.values())
+                    if t + dead_time > since), default=math.inf)
 
     def in_doubt(self) -> bool:
         """A node counted alive was last heard more than dead_time minus a heartbeat
@@ -309,8 +314,29 @@ class Membership:
 
     def quiet(self, now: float) -> bool:
         """Nothing changed since the last look and no node or link falls silent by ``now``:
-        every answer of this class is the same then, bar times."""
-        return not self.changed and now < self._flip_at
+        every answer of this class is the same then, bar times.
+
+        The silence the last look foresaw may have been put off by heartbeats since (on the
+        short path, which does not look): then the look is brought up to date here, as the
+        full path's would be (it would find nothing new: every node and link heard since
+        the last look within dead_time is still heard), and it stays quiet."""
+        if self.changed:
+            return False
+        if now < self._flip_at:
+            return True
+        # what fell silent by the last look was seen then; one silent since is news
+        flip = self._next_silence(self._looked_at)
+        if flip <= now:
+            return False
+        self._flip_at = flip
+        return True
+
+    def expiring(self, since: float, now: float) -> bool:
+        """A peer's support ran out, or a node fell silent, after ``since`` and by ``now``:
+        what only the full path may handle (the lease shrinks, liveness changes)."""
+        dead_time = self.timing.dead_time
+        return (any(t <= now for t in self.support.values())
+                or any(since < t + dead_time <= now for t in self.last_heard.values()))
 
     def routine(self, sender: str, link: str, now: float, hb: Heartbeat | None,
                 echo: Echo | None, promised: Epoch, incarnation: int) -> bool:
