@@ -40,6 +40,7 @@ class GroupActor(VigilActor):
         self.op: str | None = None  # "start", "stop", "probe"
         self.queue: list[tuple[str, ResourceOpName]] = []
         self.token = 0
+        self.order = 0  # of the core's command under way
         self.waiting_for: str | None = None
         self.step: ResourceOpName | None = None
         self.reason = ""
@@ -52,6 +53,7 @@ class GroupActor(VigilActor):
         if isinstance(message, StartGroup | StopGroup | RestartResource):
             plan = group_steps(message, self.start_order, self.dependents,
                                starting=self.waiting_for if self.step == "start" else None)
+            self.order = message.order  # its GroupDone says which command it answers
             self._begin(plan.op, plan.steps)
             if plan.interrupt is not None:
                 self._tell(*plan.interrupt)
@@ -122,4 +124,4 @@ class GroupActor(VigilActor):
                      f" ({reason})" if reason else "")
             self.directory.tell("coordinator", GroupDone(
                 self.group, op, ok, reason,  # type: ignore[arg-type]
-                remaining=remaining if op == "stop" and not ok else None))
+                remaining=remaining if op == "stop" and not ok else None, order=self.order))

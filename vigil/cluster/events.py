@@ -52,6 +52,8 @@ class GroupDone:
     reason: str = ""
     #: After a failed stop: the members that may still be in service (None: all of them).
     remaining: frozenset[str] | None = None
+    #: the ``order`` of the command this answers (0: none given; counted as the newest)
+    order: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +192,8 @@ class StartGroup:
     kill: frozenset[str] = frozenset()
     converge: bool = False
     skipped: frozenset[str] = frozenset()  # with converge: what was left out until now
+    #: numbers the core's commands to a group; its GroupDone says which it answers
+    order: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +202,7 @@ class StopGroup:
     epoch: Epoch
     reason: str
     force: bool = False  # interrupt a start that is still running
+    order: int = 0  # see StartGroup
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +215,7 @@ class RestartResource:
     resource: str
     epoch: Epoch
     skip: frozenset[str] = frozenset()  # members out of service by hand: they stay out
+    order: int = 0  # see StartGroup
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,9 @@ it (docs/resources.md, "Recovery").
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -76,6 +78,11 @@ class LocalGroups:
                                   for graph in graphs.values() for r in graph.names()}
         self.start_order = [r for g in self.order for r in graphs[g].start_order()]
         self.state: dict[str, LocalState] = dict.fromkeys(config.groups, LocalState.STOPPED)
+        #: group -> the number of the newest command to it (see :meth:`_command`); numbers
+        #: start from the time in microseconds, so that a core started again (a restarted
+        #: coordinator) never reuses one whose late answer may still come
+        self.orders: dict[str, int] = {}
+        self._orders = itertools.count(int(max(journal.now, 0.0) * 1_000_000) + 1)
         self.busy: set[str] = set()  # groups not STOPPED here (kept with set())
         self._busy_order: list[str] | None = []  # busy, dependents first (None: recompute)
         self._placed_cache: tuple[Epoch | None, list[str]] = (None, [])
@@ -95,8 +102,11 @@ class LocalGroups:
         definition did not change) carry their state, fail counts and holds over; the
         others start stopped, with no failures."""
         new = LocalGroups(config, self.name, self.journal, self.act)
+        new._orders = self._orders
         for g in sorted(keep, key=new.index.__getitem__):
             new.set(g, self.state[g])
+            if g in self.orders:
+                new.orders[g] = self.orders[g]
             new.fail_times[g] = list(self.fail_times[g])
             if g in self.left_out:
                 new.left_out[g] = self.left_out[g]
@@ -181,7 +191,7 @@ class LocalGroups:
     def _stop(self, group: str, why: str, promised: Epoch) -> None:
         force = self.state[group] is LocalState.STARTING
         self.set(group, LocalState.STOPPING)
-        self.act(StopGroup(group, promised, why, force=force))
+        self._command(StopGroup(group, promised, why, force=force))
         self._emit_state(group, "stopping", f"stopping {group} on {self.name}: {why}", why)
 
     def _stop_dependents_first(self, group: str, why: str, promised: Epoch) -> bool:
@@ -237,7 +247,7 @@ class LocalGroups:
             if state is LocalState.STOPPED and g not in self.held and self._deps_running(g):
                 self.set(g, LocalState.STARTING)
                 self.left_out[g] = skip
-                self.act(StartGroup(g, promised, skip, kill))
+                self._command(StartGroup(g, promised, skip, kill))
                 self._emit_state(g, "starting", f"starting {g} on {self.name} (epoch "
                                  f"{fmt_epoch(promised)})"
                                  + (f" without {', '.join(sorted(skip))}" if skip else ""))
@@ -254,16 +264,29 @@ class LocalGroups:
                     continue
                 self.set(g, LocalState.STARTING)
                 skipped, self.left_out[g] = self.left_out.get(g, frozenset()), skip
-                self.act(StartGroup(g, promised, skip, kill, converge=True, skipped=skipped))
+                self._command(StartGroup(g, promised, skip, kill, converge=True,
+                                         skipped=skipped))
                 self._emit_state(g, "starting", f"{g} on {self.name}: resources out of "
                                  f"service by hand now {', '.join(sorted(skip)) or 'none'}")
 
     # ---- results ------------------------------------------------------------------------
 
+    def _command(self, action: StartGroup | StopGroup | RestartResource) -> None:
+        """Give ``action`` to the shell, numbered: only the answer to a group's newest
+        command counts. An older one can come after a newer command: the start the guardian
+        cut short (its kill and the start's success cross on their way here), then the core
+        started the group again, and the old start's success must not make its dependents
+        start before the new start is done."""
+        order = next(self._orders)
+        self.orders[action.group] = order
+        self.act(dataclasses.replace(action, order=order))
+
     def group_done(self, ev: GroupDone, promised: Epoch) -> None:
         state = self.state.get(ev.group)
         if state is None:
             return
+        if ev.order and ev.order != self.orders.get(ev.group):
+            return  # the answer to a command a newer one replaced
         if ev.op == "start":
             if state is not LocalState.STARTING:
                 return  # a stop overtook it; the stop's result decides
@@ -362,7 +385,7 @@ class LocalGroups:
             self.fail_times[g].append(self.journal.now)
             count = len(self.fail_times[g])
             self.set(g, LocalState.STARTING)
-            self.act(RestartResource(g, ev.resource, promised,
+            self._command(RestartResource(g, ev.resource, promised,
                                      self.left_out.get(g, frozenset())))
             self._emit_state(g, "failed", f"{ev.resource} failed on {self.name} ({count} of "
                              f"{threshold} failures before {g} moves): restarting it in "

@@ -229,8 +229,8 @@ class NodeCore:
                 return routine
         self.now = max(self.now, now)
         if (isinstance(event, Tick) and not self._inbox
-                and (self.now < self._due_else or self._put_off())
                 and self.staged is None and not self.reload_pending and not self.leaving
+                and (self.now < self._due_else or self._put_off())
                 and self.membership.quiet(self.now)):
             return self._heartbeat_only()
         self.journal.now = self.now
@@ -322,9 +322,9 @@ class NodeCore:
         if self.membership.heartbeat_due():
             self._out.messages.append(to_message(self._heartbeat(), self.name))
 
-    def _round_stage(self) -> tuple[Epoch, str] | None:
+    def _round_stage(self) -> tuple[Epoch, str, str] | None:
         r = self.master.round
-        return None if r is None else (r.epoch, r.phase.value)
+        return None if r is None else (r.epoch, r.phase.value, r.aborted)
 
     # ---- what others may ask ---------------------------------------------------------------
 
@@ -497,7 +497,8 @@ class NodeCore:
         coordinator only what it refuses."""
         self.now = max(self.now, now)
         if not self._inbox and (self.now < self._due or (
-                self.now < self.membership.next_hb and self._put_off())):
+                self.now < self.membership.next_hb
+                and event.msg.type in (Heartbeat.TYPE, Echo.TYPE) and self._put_off())):
             return self._routine(event)
         return None
 

@@ -73,6 +73,8 @@ class SimNode:
     resources: dict[str, str] = field(default_factory=dict)
     # group -> (op, token) of the operation the executor is running
     ops: dict[str, tuple[str, int]] = field(default_factory=dict)
+    #: group -> the ``order`` of the core's command its operation answers (GroupDone says)
+    op_orders: dict[str, int] = field(default_factory=dict)
     deadline: float = math.inf
     fail_next_start: set[str] = field(default_factory=set)
     fail_next_stop: set[str] = field(default_factory=set)  # its resources stay in service
@@ -715,8 +717,10 @@ class SimCluster:
             if isinstance(action, StartGroup | RestartResource):
                 self._check_quorate_action(node, action.epoch)
                 node.skips[action.group] = action.skip
+                node.op_orders[action.group] = action.order
                 self._begin(node, action.group, self._steps(node, action))
             elif isinstance(action, StopGroup):
+                node.op_orders[action.group] = action.order
                 self._begin(node, action.group, self._steps(node, action))
             elif isinstance(action, FenceNode):
                 self._fence(node, action)
@@ -840,7 +844,8 @@ class SimCluster:
                 if group in node.fail_next_start or (nics and set(nics) <= node.nics_down):
                     node.fail_next_start.discard(group)
                     del node.ops[group]
-                    self._deliver(node.name, GroupDone(group, "start", False, "injected"))
+                    self._deliver(node.name, GroupDone(group, "start", False, "injected",
+                                                       order=node.op_orders.get(group, 0)))
                     return
                 self._check_start_order(node, r)
                 node.resources[r] = "starting"
@@ -860,7 +865,8 @@ class SimCluster:
                 self.log.append(f"{self.now:.3f} stop of {group} fails on {node.name}: "
                                 f"{sorted(remaining)} stay in service")
                 self._deliver(node.name, GroupDone(group, "stop", False, "injected stop "
-                                                   "failure", remaining=remaining))
+                                                   "failure", remaining=remaining,
+                                                   order=node.op_orders.get(group, 0)))
                 return
             self._check_stop_order(node, r)
             self.ops_done[(r, "stop")] = self.ops_done.get((r, "stop"), 0) + 1
@@ -879,7 +885,7 @@ class SimCluster:
         del node.ops[group]
         if op == "start":
             self.starts += 1
-        self._deliver(node.name, GroupDone(group, op, True))
+        self._deliver(node.name, GroupDone(group, op, True, order=node.op_orders.get(group, 0)))
 
     # ---- mirrored data ------------------------------------------------------------------
 
