@@ -54,7 +54,7 @@ class GuardLink:
                 for event in self.client.wait(0.5):
                     if isinstance(event, FencedEvent):
                         log.error("the guardian fenced this node: %s", event.report.summary())
-                        tell(GuardFenced(event.report.reason))
+                        tell(GuardFenced(event.report.reason, event.report.at))
                     elif isinstance(event, GuardianGone) and not self._stop.is_set():
                         tell(GuardianLost(event.reason))
                         return

@@ -135,6 +135,10 @@ class GuardFenced:
     or the daemon stopped talking to it): every group is out of service."""
 
     reason: str
+    #: when the kill began (time.monotonic(), the core's clock; inf: not said). The core
+    #: counts a lapsed lease's kill itself, at once: a report of a kill from before that is
+    #: old news, and must not stop what was started since.
+    at: float = math.inf
 
 
 @dataclass(frozen=True, slots=True)

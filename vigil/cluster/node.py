@@ -207,6 +207,11 @@ class NodeCore:
         #: they were all worked out last (see :meth:`_put_off`)
         self._due_fixed = -math.inf
         self._planned_at = -math.inf
+        #: the lease the guardian was told last (inf: nothing told yet), and when this core
+        #: last counted what ran here as killed because it ran out
+        self._guarded = (fencer or config.fencer) == "guardian"
+        self._told_lease = math.inf
+        self._self_fenced_at = -math.inf
         self.routine_handled = 0
         self._decoded: tuple[Message, Envelope] | None = None
         if self.reload_pending:
@@ -235,6 +240,12 @@ class NodeCore:
             return self._heartbeat_only()
         self.journal.now = self.now
         self._out = Output()
+        if self._guarded and self.now >= self._told_lease and self.groups.busy:
+            # The guardian kills what ran here when the lease it was told runs out, and
+            # says so later: until then a start's late success, or a group thought to run,
+            # would make its dependents start on nothing. What it was told is known here.
+            self.groups.fenced("the lease it was told ran out (counted here at once)")
+            self._self_fenced_at = self.now
         self.membership.advance(self.now)
         self.master.advance()
         self.groups.expire(self.now)
@@ -276,7 +287,8 @@ class NodeCore:
                 self.journal.note("group", f"{event.group} found in service at start; the "
                                   "next transition decides where it stays", group=event.group)
         elif isinstance(event, GuardFenced):
-            self.groups.fenced(event.reason)
+            if event.at >= self._self_fenced_at:  # else counted already, when it happened
+                self.groups.fenced(event.reason)
         elif isinstance(event, NicChanged):
             self._nic_changed(event)
         elif isinstance(event, MirrorState):
@@ -298,7 +310,7 @@ class NodeCore:
         for news in self.history.local(self._out.notifications):
             self._out.messages.append(to_message(news, self.name))
         self._out.deadline = self._due = self._next_deadline()
-        self._out.lease_until = self._lease_until()
+        self._out.lease_until = self._told()
         return self._out
 
     def _settle(self) -> None:
@@ -523,7 +535,7 @@ class NodeCore:
         if self.membership.heartbeat_due():
             out.messages.append(to_message(self._heartbeat(), self.name))
         out.deadline = self._due = self._next_deadline()
-        out.lease_until = self._lease_until()
+        out.lease_until = self._told()
         return out
 
     def _heartbeat(self) -> Heartbeat:
@@ -531,6 +543,12 @@ class NodeCore:
             incarnation=self.incarnation, promised=self.promise.promised,
             accepted=self.accepted, closed=self.promise.closed, groups=self.groups.active(),
             failures=self.groups.failures, requests=self.requests.refs())
+
+    def _told(self) -> float:
+        """The lease to tell the guardian now (every output carries it), remembered: once
+        it has run out, the guardian has killed what ran here (see :meth:`handle`)."""
+        self._told_lease = self._lease_until()
+        return self._told_lease
 
     def _lease_until(self) -> float:
         # freeze: a partition without quorum keeps running, so only a power fencer is safe
@@ -565,7 +583,7 @@ class NodeCore:
             return None
         self._decoded = None
         self.routine_handled += 1
-        out = Output(deadline=self._due, routine=True, lease_until=self._lease_until())
+        out = Output(deadline=self._due, routine=True, lease_until=self._told())
         if hb is not None and hb.ask and hb.promised == promised:
             out.messages.append(to_message(Echo(hb.n, hb.incarnation, promised), self.name,
                                            msg.sender))

@@ -360,7 +360,8 @@ class SimCluster:
                     del node.ops[g]
                 self._guard_out(node, guard.fence_done(action, Holdings(), self.now))
                 if node.core is not None:
-                    self._deliver(node.name, GuardFenced(f"the guardian fenced ({action.cause})"))
+                    self._deliver(node.name, GuardFenced(f"the guardian fenced ({action.cause})",
+                                                         self.now))
             elif isinstance(action, Announce):
                 self._announce(node, action.incarnation)
         if out.deadline < math.inf:
