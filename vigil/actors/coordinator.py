@@ -162,7 +162,8 @@ class CoordinatorActor(VigilActor):
         self.core = NodeCore(config, node, incarnation=sequencer.incarnation,
                              now=time.monotonic(), missing_types=missing_types,
                              strategy=load_strategy(config.strategy),
-                             persisted=load_persisted(state_path), strategies=load_strategy)
+                             persisted=load_persisted(state_path), strategies=load_strategy,
+                             guardian=guard is not None)
         #: reads the configuration file again (NodeRuntime.read_config): None, no file
         self.read_config = read_config
         #: rebuilds of the actors under way (a configuration switch), and the group commands

@@ -250,7 +250,8 @@ class SimCluster:
         # The disk survives a power cycle: the node comes back with what it persisted.
         node.core = NodeCore(self.file(name), name, incarnation=node.incarnation, now=self.now,
                              fencer=self.fencer, persisted=node.persisted,
-                             strategy=self.strategy() if self.strategy else None)
+                             strategy=self.strategy() if self.strategy else None,
+                             guardian=self.guardian)
         node.resources = {}
         node.ops = {}
         node.paused_until, node.held = -math.inf, []
