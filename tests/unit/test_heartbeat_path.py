@@ -4,6 +4,9 @@ docs/protocol.md, "The heartbeat path"."""
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from tests.support.simconfig import sim_config
 from vigil.cluster.events import Received
 from vigil.cluster.membership import Membership
@@ -80,3 +83,26 @@ def test_only_the_receivers_echo_is_read_and_a_bad_list_is_refused_whole() -> No
                                      echo={"alpha": (5, 7)}, groups={}, failures=0,
                                      digest=""), "beta")).body
     assert isinstance(hb, Heartbeat) and hb.echo.get("alpha") == (5, 7)
+
+
+@given(st.dictionaries(st.sampled_from(["beta", "gamma", "delta", "epsilon"]),
+                       st.floats(min_value=10.0, max_value=11.0), min_size=1),
+       st.floats(min_value=10.0, max_value=11.0))
+def test_the_lease_changes_only_at_its_end_so_only_its_end_is_a_deadline(
+        support: dict[str, float], later: float) -> None:
+    """The core asks to be woken at the lease's end, not at each peer's support running out
+    (in a calm cluster those were half the timer's wakeups): a support that ends before the
+    lease changes no answer, at any time before the lease's end."""
+    m = Membership(sim_config(5, 1), "alpha", now=9.0)
+    m.seen_all = True
+    m.advance(10.0)
+    m.support.update(support)
+    lease = m.lease_until()
+    deadlines = [t for t in m.deadlines() if t > m.now]
+    assert (lease in deadlines) == (lease > m.now and lease != float("inf"))
+    assert not (set(support.values()) - {lease}) & set(deadlines)
+    m.advance(later)
+    if later < lease:
+        assert m.lease_until() == lease and m.lease_valid()
+    else:
+        assert not m.lease_valid()
