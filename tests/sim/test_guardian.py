@@ -185,6 +185,7 @@ def test_the_guardians_word_takes_every_group_out_of_service_here() -> None:
     t0 = c.now
     # as if the daemon had reported a lease that has run out: its guardian fences at once
     c._guard_report(beta, lease_until=-math.inf)
+    c.run_for(0.0)  # its word reaches the daemon as an event of its own
     killed = [text for t, text in c.core("beta").decisions
               if t >= t0 and "killed on beta by its guardian" in text]
     assert len(killed) == 2  # g1 and g0

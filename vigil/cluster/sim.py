@@ -361,8 +361,11 @@ class SimCluster:
                     del node.ops[g]
                 self._guard_out(node, guard.fence_done(action, Holdings(), self.now))
                 if node.core is not None:
-                    self._deliver(node.name, GuardFenced(f"the guardian fenced ({action.cause})",
-                                                         self.now))
+                    # its word comes over a socket: an event of its own, after the one that
+                    # made the daemon report (handled at once, a core whose every report
+                    # ends in a kill recursed here without end)
+                    self._push(self.now, "event", node.name,
+                               GuardFenced(f"the guardian fenced ({action.cause})", self.now))
             elif isinstance(action, Announce):
                 self._announce(node, action.incarnation)
         if out.deadline < math.inf:
