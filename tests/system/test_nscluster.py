@@ -99,7 +99,7 @@ def test_power_off_the_holder_moves_the_service(cluster: NsCluster) -> None:
     assert cluster.client.answers("198.18.0.1")
 
     # cable first: no FIN or RST leaves the host, as in a real power loss; the others'
-    # connections to it stay "up" until ZMTP heartbeats find them dead
+    # connections to it stay "up" until TCP finds them dead (keepalive, TCP_MAXRT)
     cluster.power_off("n1", cable_first=True)
     wait_holder(cluster, "n2", "web on n2 after n1 lost power")
     survivors = {"n1": "offline", "n2": "online", "n3": "online"}

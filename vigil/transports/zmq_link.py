@@ -74,12 +74,23 @@ PENDING_CAP: Final = 64
 #: connections libzmq accepted before the reader has cut them (the reader's lag: a few
 #: hundred under a flood on a busy two-core machine).
 UNAUTHENTICATED_ALLOWANCE: Final = 1_024
-#: ZMTP heartbeats on every connection. Without them a peer that lost power keeps its TCP
-#: connections "up" on our side until TCP gives up (minutes): our SUB never reconnects, so the
-#: rebooted peer never receives our subscriptions and never hears us. A connection whose peer
-#: does not answer a PING within the timeout is closed and reconnected.
+#: A peer that lost power leaves its TCP connections "up" on our side until TCP gives up
+#: (minutes): our SUB would never reconnect, so the rebooted peer would never receive our
+#: subscriptions and never hear us. On the cluster's links TCP finds such a connection:
+#: keepalive probes on one that received nothing for TCP_KEEPALIVE_IDLE_S (our SUB: a live
+#: peer's heartbeats come every interval), answered by nobody (closed after the probes) or
+#: by the rebooted host's RST (closed at once); and TCP_MAXRT_MS on one whose data is not
+#: acknowledged (our PUB's, to a vanished subscriber). ZMTP heartbeats (a PING and a PONG
+#: each way on every connection every HEARTBEAT_IVL_MS) found it a little sooner, but on a
+#: link that carries our own heartbeats they were most of the daemon's I/O wakeups, each
+#: some 100 µs of CPU: at 32 nodes, 620 events a second against 40 heartbeats. They stay on
+#: the transfer streams (vigil/transports/stream.py), whose connections can be idle.
 HEARTBEAT_IVL_MS: Final = 300
 HEARTBEAT_TIMEOUT_MS: Final = 1_200
+TCP_KEEPALIVE_IDLE_S: Final = 2
+TCP_KEEPALIVE_INTVL_S: Final = 1
+TCP_KEEPALIVE_CNT: Final = 3
+TCP_MAXRT_MS: Final = 5_000
 #: The largest frame a SUB socket takes: a message frame of the codec's limit, encrypted (the
 #: CURVE MESSAGE command adds 33 bytes). A larger one closes the connection before any of it
 #: is buffered.
@@ -365,7 +376,7 @@ class ZmqLink:
         endpoint, ipv6 = tcp_endpoint(address, port)
         pub = self._pub
         pub.setsockopt(zmq.LINGER, 0)
-        keep_alive(pub)
+        keep_alive(pub, zmtp=False)
         pub.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
         pub.setsockopt(zmq.MAXMSGSIZE, PUB_MAX_FRAME_BYTES)
         pub.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_TIMEOUT_MS)
@@ -423,7 +434,7 @@ class ZmqLink:
         monitor: zmq.Socket[bytes] | None = None
         try:
             sub.setsockopt(zmq.LINGER, 0)
-            keep_alive(sub)
+            keep_alive(sub, zmtp=False)
             sub.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
             sub.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
             sub.setsockopt(zmq.RECONNECT_IVL_MAX, int(self._retry_max_s * 1000))
@@ -673,16 +684,19 @@ class ZmqLink:
             log.exception("link %s: frame handler failed; frame set dropped", self._name)
 
 
-def keep_alive(sock: zmq.Socket[bytes]) -> None:
-    """ZMTP and TCP heartbeats on ``sock``: a connection whose peer vanished is closed."""
-    sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
-    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
-    sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)
-    # and TCP's own, for a peer that vanished while no ZMTP traffic was due
+def keep_alive(sock: zmq.Socket[bytes], *, zmtp: bool = True) -> None:
+    """TCP keepalive on ``sock``, and ZMTP heartbeats (``zmtp``) or else a bound on
+    unacknowledged data: a connection whose peer vanished is closed (a SUB's reconnected)."""
+    if zmtp:
+        sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+        sock.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)
+    else:
+        sock.setsockopt(zmq.TCP_MAXRT, TCP_MAXRT_MS)
     sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
-    sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 2)
-    sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 1)
-    sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, 3)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, TCP_KEEPALIVE_IDLE_S)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, TCP_KEEPALIVE_INTVL_S)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, TCP_KEEPALIVE_CNT)
 
 
 def zmq_links(
