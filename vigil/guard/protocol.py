@@ -26,6 +26,7 @@ goes on. The codec is pure; the sockets are in :mod:`vigil.guard.client` and
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Mapping
@@ -173,6 +174,11 @@ def _report_json(r: FenceReport) -> dict[str, Any]:
     }
 
 
+@functools.lru_cache(maxsize=8)
+def _holdings_json(holdings: Holdings) -> str:
+    return json.dumps(holdings.to_json(), allow_nan=False, separators=(",", ":"))
+
+
 def encode(message: Message) -> bytes:
     """One line (ending in a newline) of JSON for ``message``."""
     body: dict[str, Any]
@@ -180,10 +186,12 @@ def encode(message: Message) -> bytes:
         case Hello(node, pid):
             body = {"type": "hello", "node": node, "pid": pid}
         case Report(lease_until, holdings, incarnation):
-            body = {"type": "report", "lease_until": _lease_json(lease_until),
-                    "holdings": holdings.to_json()}
-            if incarnation:
-                body["inc"] = incarnation
+            # one at every lease renewal, and what the node holds rarely changes: its JSON
+            # is made once (it was most of the cost of a report)
+            inc = f',"inc":{int(incarnation)}' if incarnation else ""
+            lease = json.dumps(_lease_json(lease_until), allow_nan=False)
+            return (f'{{"v":{VERSION},"type":"report","lease_until":{lease},'
+                    f'"holdings":{_holdings_json(holdings)}{inc}}}\n').encode()
         case Bye():
             body = {"type": "bye"}
         case Welcome(node, pid, guard_time, self_fence, cgroups):

@@ -577,14 +577,17 @@ class ZmqLink:
         return max(0, int((min(due) - time.monotonic()) * 1000) + 1)
 
     def _drain(self, peer: _Peer) -> None:
-        assert peer.sub is not None
+        sub = peer.sub
+        assert sub is not None
         for _ in range(_BATCH):
             try:
-                frames = peer.sub.recv_multipart(zmq.NOBLOCK)
+                frames = sub.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
             self._deliver(frames)
-            if self._stopping.is_set():
+            # asked rather than found out by an Again raised (and built) after each
+            # heartbeat: nearly every poll has one frame set
+            if self._stopping.is_set() or not int(sub.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                 return
 
     def _door_events(self) -> None:
