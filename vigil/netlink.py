@@ -1,0 +1,205 @@
+"""The little of rtnetlink that every daemon reads: the host's interfaces and their addresses
+(dumped on request), and the kernel's link events (RTM_NEWLINK/RTM_DELLINK), parsed from
+the socket's bytes.
+
+The NIC monitors (:mod:`vigil.actors.nic`) watch the NIC of every heartbeat link, so every
+daemon reads these. They are read here rather than through pyroute2, whose package imports all
+of its modules (NDB, IPDB, nl80211...) whatever one uses: some 22 MB of memory and 100 ms of
+CPU in every daemon at its start. What changes addresses (the ip resource, the guardian's
+fence) still uses pyroute2, imported where it is used.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import os
+import socket
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Final
+
+__all__ = ["RTMGRP_LINK", "AddressMessage", "LinkMessage", "Rtnetlink", "parse"]
+
+#: The multicast group of link changes (bind a NETLINK_ROUTE socket to it to hear them).
+RTMGRP_LINK: Final = 1
+
+_NLMSG_ERROR: Final = 2
+_NLMSG_DONE: Final = 3
+_RTM_NEWLINK: Final = 16
+_RTM_DELLINK: Final = 17
+_RTM_GETLINK: Final = 18
+_RTM_NEWADDR: Final = 20
+_RTM_GETADDR: Final = 22
+_NLM_F_REQUEST: Final = 0x1
+_NLM_F_DUMP: Final = 0x300  # NLM_F_ROOT | NLM_F_MATCH
+_IFLA_IFNAME: Final = 3
+_IFLA_OPERSTATE: Final = 16
+_IFLA_CARRIER: Final = 33
+_IFA_ADDRESS: Final = 1
+#: the attribute type without its NLA_F_NESTED and NLA_F_NET_BYTEORDER bits
+_NLA_TYPE_MASK: Final = 0x3FFF
+
+_HEADER: Final = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, port
+_IFINFO: Final = struct.Struct("=BxHiII")  # ifinfomsg: family, type, index, flags, change
+_IFADDR: Final = struct.Struct("=BBBBI")  # ifaddrmsg: family, prefix, flags, scope, index
+_ATTR: Final = struct.Struct("=HH")  # rtattr: length, type
+_ERROR: Final = struct.Struct("=i")  # nlmsgerr: a negative errno (then the request's header)
+
+#: IFLA_OPERSTATE's values (RFC 2863), by number
+OPERSTATES: Final = ("UNKNOWN", "NOTPRESENT", "DOWN", "LOWERLAYERDOWN", "TESTING", "DORMANT",
+                     "UP")
+
+_RECV_SIZE: Final = 1 << 16
+
+
+@dataclass(frozen=True, slots=True)
+class LinkMessage:
+    """One interface as an RTM_NEWLINK (or RTM_DELLINK: ``deleted``) message says it."""
+
+    index: int
+    flags: int  # IFF_UP, IFF_RUNNING...
+    name: str | None = None
+    carrier: int | None = None
+    operstate: str | None = None
+    deleted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AddressMessage:
+    """One address of an interface (RTM_NEWADDR): its IFA_ADDRESS, as text."""
+
+    index: int
+    family: int
+    address: str | None
+
+
+def _align(length: int) -> int:
+    return (length + 3) & ~3
+
+
+def _attributes(data: bytes, start: int, end: int) -> dict[int, bytes]:
+    found: dict[int, bytes] = {}
+    while start + _ATTR.size <= end:
+        length, kind = _ATTR.unpack_from(data, start)
+        if length < _ATTR.size or start + length > end:
+            break
+        found.setdefault(kind & _NLA_TYPE_MASK, data[start + _ATTR.size:start + length])
+        start += _align(length)
+    return found
+
+
+def _link(data: bytes, start: int, end: int, deleted: bool) -> LinkMessage | None:
+    if end - start < _IFINFO.size:
+        return None
+    _family, _type, index, flags, _change = _IFINFO.unpack_from(data, start)
+    attrs = _attributes(data, start + _IFINFO.size, end)
+    name = attrs.get(_IFLA_IFNAME)
+    carrier = attrs.get(_IFLA_CARRIER)
+    state = attrs.get(_IFLA_OPERSTATE)
+    operstate = None
+    if state:
+        operstate = OPERSTATES[state[0]] if state[0] < len(OPERSTATES) else "UNKNOWN"
+    return LinkMessage(
+        index=index, flags=flags,
+        name=name.split(b"\0", 1)[0].decode("utf-8", "replace") if name is not None else None,
+        carrier=carrier[0] if carrier else None, operstate=operstate, deleted=deleted)
+
+
+def _address(data: bytes, start: int, end: int) -> AddressMessage | None:
+    if end - start < _IFADDR.size:
+        return None
+    family, _prefix, _flags, _scope, index = _IFADDR.unpack_from(data, start)
+    raw = _attributes(data, start + _IFADDR.size, end).get(_IFA_ADDRESS)
+    text = None
+    if raw is not None and len(raw) in (4, 16):
+        text = str(ipaddress.ip_address(raw))
+    return AddressMessage(index=index, family=family, address=text)
+
+
+def _messages(data: bytes) -> Iterator[tuple[int, int, int, int]]:
+    """Each message of a datagram: its type, sequence number, and where its body starts and
+    ends in ``data``."""
+    offset = 0
+    while offset + _HEADER.size <= len(data):
+        length, kind, _flags, seq, _port = _HEADER.unpack_from(data, offset)
+        if length < _HEADER.size or offset + length > len(data):
+            raise ValueError(f"netlink: a message of {length} bytes at offset {offset} of a "
+                             f"datagram of {len(data)}")
+        yield kind, seq, offset + _HEADER.size, offset + length
+        offset += _align(length)
+
+
+def _message(kind: int, data: bytes, start: int,
+             end: int) -> LinkMessage | AddressMessage | None:
+    if kind in (_RTM_NEWLINK, _RTM_DELLINK):
+        return _link(data, start, end, kind == _RTM_DELLINK)
+    if kind == _RTM_NEWADDR:
+        return _address(data, start, end)
+    if kind == _NLMSG_ERROR and end - start >= _ERROR.size:
+        (error,) = _ERROR.unpack_from(data, start)
+        if error:
+            raise OSError(-error, os.strerror(-error))
+    return None
+
+
+def parse(data: bytes) -> Iterator[LinkMessage | AddressMessage]:
+    """The link and address messages of one datagram from a NETLINK_ROUTE socket, in order
+    (others are skipped). An error message raises OSError with its errno; a datagram cut
+    short, ValueError."""
+    for kind, _seq, start, end in _messages(data):
+        found = _message(kind, data, start, end)
+        if found is not None:
+            yield found
+
+
+class Rtnetlink:
+    """A NETLINK_ROUTE socket that asks the kernel for its interfaces and addresses (in
+    this process's network namespace). Use it in a ``with`` block, or close() it."""
+
+    def __init__(self) -> None:
+        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                                   socket.NETLINK_ROUTE)
+        try:
+            self._sock.bind((0, 0))
+        except OSError:
+            self._sock.close()
+            raise
+        self._seq = itertools.count(1)
+
+    def __enter__(self) -> Rtnetlink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def links(self) -> list[LinkMessage]:
+        """Every interface."""
+        request = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+        return [m for m in self._dump(_RTM_GETLINK, request) if isinstance(m, LinkMessage)]
+
+    def addresses(self) -> list[AddressMessage]:
+        """Every address of every interface, IPv4 and IPv6."""
+        request = _IFADDR.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+        return [m for m in self._dump(_RTM_GETADDR, request) if isinstance(m, AddressMessage)]
+
+    def _dump(self, kind: int, body: bytes) -> list[LinkMessage | AddressMessage]:
+        seq = next(self._seq)
+        header = _HEADER.pack(_HEADER.size + len(body), kind, _NLM_F_REQUEST | _NLM_F_DUMP,
+                              seq, 0)
+        self._sock.sendto(header + body, (0, 0))
+        found: list[LinkMessage | AddressMessage] = []
+        while True:
+            data = self._sock.recv(_RECV_SIZE)
+            for kind_seen, seq_seen, start, end in _messages(data):
+                if seq_seen != seq:  # not this request's answer
+                    continue
+                if kind_seen == _NLMSG_DONE:
+                    return found
+                message = _message(kind_seen, data, start, end)
+                if message is not None:
+                    found.append(message)
