@@ -1,0 +1,98 @@
+"""What a daemon and a guardian load: only what their configuration uses.
+
+Every node runs both, and a machine may run many (32 daemons and 32 guardians in the scale
+benchmark, on two cores): what each imports and never uses is memory in every one of them
+(pyroute2 alone is 22 MB, locked in memory in a guardian) and CPU at every start. pyroute2
+(whose package loads all of itself), the btrfs and replication machinery and asyncio are
+loaded only by a configuration that has an ip resource, a mirror resource... Each case runs
+in a fresh interpreter: this one has long imported everything for other tests.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+#: loaded only for what a configuration names (an ip resource, a mirror resource)
+OPTIONAL = ("pyroute2", "asyncio", "vigil.resources.ip", "vigil.resources.btrfs",
+            "vigil.resources.replication")
+
+DAEMON = f"""
+import json, sys
+from pathlib import Path
+
+import vigil.cli.main, vigil.daemon  # what `vigil node run` imports
+
+from tests.support.cluster_harness import memory_cluster, wait_for
+from vigil.resources.registry import default_registry
+
+OPTIONAL = {OPTIONAL!r}
+# dummy resources; a heartbeat link on 127.0.0.1, whose NIC (lo) is watched over netlink
+with memory_cluster(Path(sys.argv[1])) as mc:
+    node = mc.start("alpha")
+    wait_for(lambda: node.status().nics.get("lo"), 20, "the NIC monitor of lo")
+    wait_for(lambda: all(s.service_state != "UNKNOWN"
+                         for s in node.status().resources.values()), 20, "the first probes")
+    resources = {{r: s.type for r, s in node.status().resources.items()}}
+    without = sorted(m for m in OPTIONAL if m in sys.modules)
+default_registry().get("ip")  # a configuration with an ip resource
+print(json.dumps({{"resources": resources, "without": without,
+                  "with ip": "pyroute2" in sys.modules}}))
+"""
+
+GUARDIAN = """
+import dataclasses, json, logging, os, socket, sys, time
+from pathlib import Path
+
+import vigil.cli.main, vigil.guard.process  # what `vigil guard` imports
+
+from tests.support.cluster_harness import cluster_toml
+from vigil.config import loads
+from vigil.guard.holdings import Address, Holdings, ResourceHolding
+from vigil.guard.process import Guardian, GuardSettings, _Daemon
+from vigil.guard.protocol import Hello, Report
+
+logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+tmp = Path(sys.argv[1])
+cfg = loads(cluster_toml(tmp), tmp / "cluster.toml")  # dummy resources only
+settings = dataclasses.replace(GuardSettings.from_config(cfg, "alpha"), realtime=False,
+                               cgroup_root=tmp / "cgroup")
+guardian = Guardian(settings)
+guardian.open()
+ours, theirs = socket.socketpair()
+daemon = guardian.daemon = _Daemon(ours, os.getpid())
+guardian._receive(daemon, Hello("alpha", os.getpid()))
+lease = time.monotonic() + 600
+app = ResourceHolding("web-app", pgids=(999_999,))
+guardian._receive(daemon, Report(lease, Holdings.of([app]), 1))
+without = "pyroute2" in sys.modules
+address = ResourceHolding("web-ip", addresses=(Address("lo", "198.18.0.10/24"),))
+guardian._receive(daemon, Report(lease, Holdings.of([app, address]), 1))
+print(json.dumps({"with no address": without, "with an address": "pyroute2" in sys.modules}))
+guardian.close()
+"""
+
+
+def run(code: str, tmp: Path) -> tuple[dict[str, object], str]:
+    out = subprocess.run([sys.executable, "-c", code, str(tmp)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1]), out.stderr
+
+
+def test_a_daemon_without_ip_or_mirror_resources_loads_no_pyroute2_btrfs_or_asyncio(
+        tmp_path: Path) -> None:
+    seen, _ = run(DAEMON, tmp_path)
+    assert seen["resources"] == {"web-ip": "dummy", "web-data": "dummy", "web-app": "dummy"}
+    assert seen["without"] == [], f"loaded though nothing uses them: {seen['without']}"
+    assert seen["with ip"], "the ip type loads pyroute2 (else this test would see nothing)"
+
+
+def test_a_guardian_opens_netlink_once_the_node_holds_an_address(tmp_path: Path) -> None:
+    seen, log = run(GUARDIAN, tmp_path)
+    assert seen == {"with no address": False, "with an address": True}
+    assert "netlink opened when an address is first held" in log
+    assert "the node holds an address: netlink open" in log
