@@ -40,7 +40,6 @@ from vigil.actors.base import Directory, VigilActor
 from vigil.actors.control import ControlActor
 from vigil.actors.coordinator import CoordinatorActor
 from vigil.actors.diagnostics import DiagnosticsActor
-from vigil.actors.fencer import FencerActor
 from vigil.actors.group import GroupActor
 from vigil.actors.guard import GuardLink
 from vigil.actors.link import LinkActor, LinkFactory
@@ -426,6 +425,10 @@ class NodeRuntime:
             (present, {r: (c.group, c.monitor, c.on_fail) for r, c in cfg.resources.items()},
              {g: c.resources for g, c in cfg.groups.items()}))
         if cfg.fence_devices:  # runs the levels the core decides, monitors the devices
+            # imported only here: the fence agents' modules (OCF meta-data, XML) are of no
+            # use to a node without fence devices
+            from vigil.actors.fencer import FencerActor
+
             children["fencer"] = Child(lambda: FencerActor.start("fencer", d, cfg),
                                        (cfg.fence_devices, cfg.node_names))
         state_path = self.runtime_dir / "state.json"

@@ -167,6 +167,14 @@ def _resource_type(obj: object, target: str) -> ResourceType:
     raise TypeError(f"{target} is {obj!r}, not a ResourceType subclass or instance")
 
 
+def _ocf_family(typename: str) -> ResourceType:
+    # Imported here: the agents import the model, and the model must not need them; and
+    # only a configuration with an OCF resource needs them.
+    from vigil.resources.ocf import ocf_family
+
+    return ocf_family(typename)
+
+
 _default: ResourceTypeRegistry | None = None
 _default_lock = threading.Lock()
 
@@ -181,13 +189,10 @@ def default_registry() -> ResourceTypeRegistry:
     global _default
     with _default_lock:
         if _default is None:
-            # Imported here: the agents import the model, and the model must not need them.
-            from vigil.resources.ocf import ocf_family
-
             registry = ResourceTypeRegistry()
             for typename, target in BUILTIN_TYPES.items():
                 registry.register_lazy(typename, target)
-            registry.register_family("ocf", ocf_family)
+            registry.register_family("ocf", _ocf_family)
             registry.load_entry_points()
             _default = registry
         return _default
