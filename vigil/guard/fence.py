@@ -40,7 +40,7 @@ from vigil.guard.cgroups import NodeCgroups, cgroup_populated, kill_cgroup
 from vigil.guard.holdings import Address, Holdings, MountHolding, ResourceHolding
 from vigil.guard.protocol import FenceReport, Killed
 from vigil.resources import proc
-from vigil.resources.filesystem import find_holders, read_mountinfo
+from vigil.resources.mountinfo import find_holders, read_mountinfo
 
 __all__ = ["Fencer"]
 
