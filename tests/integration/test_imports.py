@@ -16,9 +16,12 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-#: loaded only for what a configuration names (an ip resource, a mirror resource)
+#: loaded only for what a configuration names (an ip resource, a mirror resource, an OCF
+#: agent, fence devices), or never (asyncio)
 OPTIONAL = ("pyroute2", "asyncio", "vigil.resources.ip", "vigil.resources.btrfs",
-            "vigil.resources.replication")
+            "vigil.resources.replication", "vigil.resources.ocf", "vigil.fencing.agents")
+#: a guardian loads no resource type either
+GUARDIAN_OPTIONAL = (*OPTIONAL, "vigil.resources.model", "vigil.resources.filesystem")
 
 DAEMON = f"""
 import json, sys
@@ -43,21 +46,33 @@ print(json.dumps({{"resources": resources, "without": without,
                   "with ip": "pyroute2" in sys.modules}}))
 """
 
-GUARDIAN = """
+GUARDIAN = f"""
 import dataclasses, json, logging, os, socket, sys, time
 from pathlib import Path
 
 import vigil.cli.main, vigil.guard.process  # what `vigil guard` imports
 
-from tests.support.cluster_harness import cluster_toml
 from vigil.config import loads
 from vigil.guard.holdings import Address, Holdings, ResourceHolding
 from vigil.guard.process import Guardian, GuardSettings, _Daemon
 from vigil.guard.protocol import Hello, Report
 
+OPTIONAL = {GUARDIAN_OPTIONAL!r}
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 tmp = Path(sys.argv[1])
-cfg = loads(cluster_toml(tmp), tmp / "cluster.toml")  # dummy resources only
+# not tests.support.cluster_harness: it loads the resource types itself
+cfg = loads('''
+[cluster]
+name = "test"
+key_file = "cluster.key"
+[nodes.alpha]
+links = [{{ name = "lan0", address = "127.0.0.1", port = 7401 }}]
+[groups.web]
+resources = ["web-app"]
+[resources.web-app]
+type = "application"
+params = {{ start = "sleep 600" }}
+''', tmp / "cluster.toml")
 settings = dataclasses.replace(GuardSettings.from_config(cfg, "alpha"), realtime=False,
                                cgroup_root=tmp / "cgroup")
 guardian = Guardian(settings)
@@ -68,10 +83,10 @@ guardian._receive(daemon, Hello("alpha", os.getpid()))
 lease = time.monotonic() + 600
 app = ResourceHolding("web-app", pgids=(999_999,))
 guardian._receive(daemon, Report(lease, Holdings.of([app]), 1))
-without = "pyroute2" in sys.modules
+without = sorted(m for m in OPTIONAL if m in sys.modules)
 address = ResourceHolding("web-ip", addresses=(Address("lo", "198.18.0.10/24"),))
 guardian._receive(daemon, Report(lease, Holdings.of([app, address]), 1))
-print(json.dumps({"with no address": without, "with an address": "pyroute2" in sys.modules}))
+print(json.dumps({{"with no address": without, "with an address": "pyroute2" in sys.modules}}))
 guardian.close()
 """
 
@@ -93,6 +108,6 @@ def test_a_daemon_without_ip_or_mirror_resources_loads_no_pyroute2_btrfs_or_asyn
 
 def test_a_guardian_opens_netlink_once_the_node_holds_an_address(tmp_path: Path) -> None:
     seen, log = run(GUARDIAN, tmp_path)
-    assert seen == {"with no address": False, "with an address": True}
+    assert seen == {"with no address": [], "with an address": True}
     assert "netlink opened when an address is first held" in log
     assert "the node holds an address: netlink open" in log
