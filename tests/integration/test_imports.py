@@ -20,8 +20,9 @@ ROOT = Path(__file__).resolve().parents[2]
 #: agent, fence devices), or never (asyncio)
 OPTIONAL = ("pyroute2", "asyncio", "vigil.resources.ip", "vigil.resources.btrfs",
             "vigil.resources.replication", "vigil.resources.ocf", "vigil.fencing.agents")
-#: a guardian loads no resource type either
-GUARDIAN_OPTIONAL = (*OPTIONAL, "vigil.resources.model", "vigil.resources.filesystem")
+#: a guardian loads no resource type either, nor the status tree (the command line's)
+GUARDIAN_OPTIONAL = (*OPTIONAL, "vigil.resources.model", "vigil.resources.filesystem",
+                     "vigil.status")
 
 DAEMON = f"""
 import json, sys
