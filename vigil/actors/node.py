@@ -400,12 +400,12 @@ class NodeRuntime:
         access = Access(cfg.admin_group, cfg.status_group)
         here = cfg.nodes[node]
         children: dict[str, Child] = {}
-        from vigil.actors.alerts import AlertsActor
-
         history = history_path(self.runtime_dir)
         children["notifier"] = Child(lambda: NotifierActor.start(
             "notifier", d, here.event_socket, access, history), (here.event_socket, access))
-        if cfg.alerts:
+        if cfg.alerts:  # its module only where alerts are configured
+            from vigil.actors.alerts import AlertsActor
+
             children["alerts"] = Child(
                 lambda: AlertsActor.start("alerts", d, node, cfg.alerts), cfg.alerts)
         for res in catalog:  # the same Resource while its configuration is the same
