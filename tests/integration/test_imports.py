@@ -112,3 +112,69 @@ def test_a_guardian_opens_netlink_once_the_node_holds_an_address(tmp_path: Path)
     assert seen == {"with no address": [], "with an address": True}
     assert "netlink opened when an address is first held" in log
     assert "the node holds an address: netlink open" in log
+
+
+GUARDIAN_WITHOUT_PYROUTE2 = """
+import json, logging, sys
+from pathlib import Path
+
+from tests.support import no_pyroute2
+from tests.support.no_pyroute2 import Refuse
+
+no_pyroute2.install()
+
+from vigil.guard.cgroups import NodeCgroups
+from vigil.guard.fence import NETLINK_RETRY, Fencer
+from vigil.guard.holdings import Address, Holdings, ResourceHolding
+
+class Keep(logging.Handler):
+    def emit(self, record):
+        said.append([record.levelname, record.getMessage()])
+
+said = []
+logging.getLogger("vigil.guard.fence").addHandler(Keep())
+logging.getLogger("vigil.guard.fence").setLevel(logging.INFO)
+fencer = Fencer(NodeCgroups("alpha", root=Path(sys.argv[1])), 0.1)
+app = ResourceHolding("web-app", pgids=(999_999,))
+ip = ResourceHolding("web-ip", addresses=(Address("lo", "198.18.0.10/24"),))
+held = Holdings.of([app, ip])
+seen = {}
+
+def report(what, holdings, now):
+    got = fencer.ready_for(holdings, now)
+    seen[what] = {"said": got, "asked": Refuse.asked, "log": list(said)}
+    said.clear()
+
+report("no address", Holdings.of([app]), 100.0)
+report("an address", held, 100.0)
+report("the next report", held, 101.0)
+report("a report after the retry time", held, 100.0 + NETLINK_RETRY)
+fence = fencer.fence(Holdings.of([ip]), "test")  # pyroute2 refused: nothing is touched
+seen["fence"] = list(fence.problems)
+no_pyroute2.remove()
+report("installed again", held, 100.0 + 2 * NETLINK_RETRY)
+fencer.close()
+print(json.dumps(seen))
+"""
+
+
+def test_a_guardian_that_cannot_open_netlink_warns_and_tries_again_every_few_seconds(
+        tmp_path: Path) -> None:
+    seen, _ = run(GUARDIAN_WITHOUT_PYROUTE2, tmp_path)
+    assert seen["no address"] == {"said": None, "asked": 0, "log": []}
+    first = seen["an address"]
+    assert first["said"] is None and first["asked"] == 1
+    ((level, text),) = first["log"]
+    assert level == "WARNING"
+    assert "importing pyroute2 failed: ModuleNotFoundError" in text
+    assert "addresses may not be removable at a fence" in text
+    # not at every report (each try may cost the loop 0.1-0.2 s), but again a while later,
+    # and the same failure is not logged again
+    assert seen["the next report"] == {"said": None, "asked": 1, "log": []}
+    assert seen["a report after the retry time"] == {"said": None, "asked": 2, "log": []}
+    (problem,) = seen["fence"]
+    assert problem.startswith("cannot remove 198.18.0.10/24 on lo: netlink cannot be opened: "
+                              "importing pyroute2 failed")
+    again = seen["installed again"]
+    assert again["said"] == "netlink open"
+    assert again["log"] == [["INFO", f"netlink open now (after: {text.split(';')[0]})"]]

@@ -378,7 +378,7 @@ class Guardian:
                                        self.cgroup_status))
                     self._apply(self.core.hello(daemon.name, now))
             case Report(lease_until, holdings, incarnation) if daemon.hello is not None:
-                opened = self.fencer.ready_for(holdings)
+                opened = self.fencer.ready_for(holdings, now)
                 if opened is not None:  # before any fence of these holdings can be due
                     log.info("the node holds an address: %s", opened)
                 self._apply(self.core.report(lease_until, holdings, now, incarnation))
