@@ -759,9 +759,13 @@ def config_check(config_path: str, path: str | None) -> None:
     refuse_if(check_file(path))  # the file itself first: only a valid file can be loaded
     cfg = _load(path)
     registry = default_registry()
-    # Agent families (ocf:...) are made on first use: ask for every type the file names.
-    known = set(registry.names()) | {r.type for r in cfg.resources.values() if r.type in registry}
-    problems = [str(p) for p in validate_against_registry(cfg, sorted(known))]
+    # Agent families (ocf:...) and the built-ins are made on first use: ask for every type
+    # the file names (first: a type whose code fails to load leaves names(), into
+    # load_errors).
+    named = {r.type for r in cfg.resources.values() if r.type in registry}
+    known = set(registry.names()) | named
+    problems = [str(p) for p in validate_against_registry(cfg, sorted(known),
+                                                          registry.load_errors)]
     for r in cfg.resources.values():
         if r.type in registry:
             rtype = registry.get(r.type)

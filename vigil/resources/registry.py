@@ -8,11 +8,15 @@ stop a node from providing everything else. What failed is kept in
 
 The built-ins are imported when a configuration first names one, not before: the ``ip`` type
 loads pyroute2 (22 MB and some 100 ms of CPU in every daemon), ``mirror`` the btrfs and
-replication machinery; a node whose configuration has neither loads neither.
+replication machinery; a node whose configuration has neither loads neither. One whose module
+fails to import (pyroute2 missing or broken) is then what a broken plug-in is: logged, kept
+in :attr:`ResourceTypeRegistry.load_errors`, and not a type this node has
+(:class:`UnloadableResourceType`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import threading
@@ -27,6 +31,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "ResourceTypeRegistry",
     "UnknownResourceType",
+    "UnloadableResourceType",
     "default_registry",
 ]
 
@@ -44,13 +49,24 @@ BUILTIN_TYPES: Final = {
 }
 
 
+class UnloadableResourceType(UnknownResourceType):
+    """A type this registry knows of whose code does not load (its module, or a plug-in's,
+    fails to import): a KeyError like an unknown type, saying why."""
+
+    def __init__(self, typename: str, why: str) -> None:
+        self.typename = typename
+        self.why = why
+        self.message = f"resource type {typename!r} cannot be loaded: {why}"
+        KeyError.__init__(self, self.message)
+
+
 class ResourceTypeRegistry:
     """A set of resource types, by :meth:`~ResourceType.typename`. Thread-safe."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._types: dict[str, ResourceType] = {}
-        #: plug-in name -> why it was skipped
+        #: plug-in or built-in type name -> why it does not load
         self.load_errors: dict[str, str] = {}
         #: "ocf" -> a factory making the type "ocf:heartbeat:IPaddr2" on first use, or
         #: raising UnknownResourceType when no such agent is installed
@@ -80,7 +96,9 @@ class ResourceTypeRegistry:
         with self._lock:
             target = self._lazy.get(name)
         if target is not None and not replace:
-            self.get(name)  # the one registered first must be known to compare with
+            # the one registered first must be known to compare with (unless it does not load)
+            with contextlib.suppress(UnloadableResourceType):
+                self.get(name)
         with self._lock:
             self._lazy.pop(name, None)
             current = self._types.get(name)
@@ -91,6 +109,7 @@ class ResourceTypeRegistry:
                 )
             if current is None or replace:
                 self._types[name] = rtype
+                self.load_errors.pop(name, None)
 
     def load_entry_points(self, group: str = ENTRY_POINT_GROUP) -> list[str]:
         """Register every plug-in of entry-point ``group``; return the type names added or
@@ -126,20 +145,37 @@ class ResourceTypeRegistry:
         with self._lock:
             found = self._types.get(typename)
             target = self._lazy.get(typename)
+            failed = self.load_errors.get(typename)
             factory = self._families.get(typename.partition(":")[0]) if ":" in typename else None
             known = [*self._types, *self._lazy, *(f"{p}:..." for p in self._families)]
         if found is not None:
             return found
         if target is not None:
-            module, _, name = target.partition(":")
-            rtype = _resource_type(getattr(importlib.import_module(module), name), target)
-            with self._lock:
-                self._lazy.pop(typename, None)
-                return self._types.setdefault(typename, rtype)
+            return self._import(typename, target)
+        if failed is not None:
+            raise UnloadableResourceType(typename, failed)
         if factory is None:
             raise UnknownResourceType(typename, known)
         rtype = factory(typename)  # raises UnknownResourceType itself, naming what is missing
         with self._lock:
+            return self._types.setdefault(typename, rtype)
+
+    def _import(self, typename: str, target: str) -> ResourceType:
+        module, _, name = target.partition(":")
+        try:
+            rtype = _resource_type(getattr(importlib.import_module(module), name), target)
+        except Exception as exc:  # its module or one it needs is missing or broken
+            why = f"{module}: {type(exc).__name__}: {exc}"
+            with self._lock:
+                first = self._lazy.pop(typename, None) is not None
+                if first:
+                    self.load_errors[typename] = why
+            if first:  # not again for each resource of the type, nor at each reload
+                log.error("resource type %r (%s) cannot be loaded: %s; resources of this type "
+                          "cannot run on this node", typename, target, why)
+            raise UnloadableResourceType(typename, why) from exc
+        with self._lock:
+            self._lazy.pop(typename, None)
             return self._types.setdefault(typename, rtype)
 
     def names(self) -> list[str]:
