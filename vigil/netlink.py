@@ -11,16 +11,18 @@ fence) still uses pyroute2, imported where it is used.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import itertools
 import os
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["RTMGRP_LINK", "AddressMessage", "LinkMessage", "Rtnetlink", "parse"]
+__all__ = ["RTMGRP_LINK", "AddressMessage", "DumpInterrupted", "LinkMessage", "Rtnetlink",
+           "parse", "read_dump", "read_whole_dump"]
 
 #: The multicast group of link changes (bind a NETLINK_ROUTE socket to it to hear them).
 RTMGRP_LINK: Final = 1
@@ -34,6 +36,10 @@ _RTM_NEWADDR: Final = 20
 _RTM_GETADDR: Final = 22
 _NLM_F_REQUEST: Final = 0x1
 _NLM_F_DUMP: Final = 0x300  # NLM_F_ROOT | NLM_F_MATCH
+#: set on a dump's messages when what was dumped changed meanwhile: it may miss entries
+_NLM_F_DUMP_INTR: Final = 0x10
+#: how many times a dump is made while the kernel marks it interrupted
+_DUMP_TRIES: Final = 3
 _IFLA_IFNAME: Final = 3
 _IFLA_OPERSTATE: Final = 16
 _IFLA_CARRIER: Final = 33
@@ -118,16 +124,17 @@ def _address(data: bytes, start: int, end: int) -> AddressMessage | None:
     return AddressMessage(index=index, family=family, address=text)
 
 
-def _messages(data: bytes) -> Iterator[tuple[int, int, int, int]]:
-    """Each message of a datagram: its type, sequence number, and where its body starts and
-    ends in ``data``."""
+def _messages(data: bytes) -> Iterator[tuple[int, int, int, int, int]]:
+    """Each message of a datagram: its type, flags, sequence number, and where its body
+    starts and ends in ``data``."""
     offset = 0
     while offset + _HEADER.size <= len(data):
-        length, kind, _flags, seq, _port = _HEADER.unpack_from(data, offset)
+        length, kind, flags, seq, _port = _HEADER.unpack_from(data, offset)
         if length < _HEADER.size or offset + length > len(data):
-            raise ValueError(f"netlink: a message of {length} bytes at offset {offset} of a "
-                             f"datagram of {len(data)}")
-        yield kind, seq, offset + _HEADER.size, offset + length
+            # an OSError, as the socket's own failures are: what reads it catches those
+            raise OSError(errno.EBADMSG, f"netlink: a message of {length} bytes at offset "
+                          f"{offset} of a datagram of {len(data)}")
+        yield kind, flags, seq, offset + _HEADER.size, offset + length
         offset += _align(length)
 
 
@@ -147,11 +154,63 @@ def _message(kind: int, data: bytes, start: int,
 def parse(data: bytes) -> Iterator[LinkMessage | AddressMessage]:
     """The link and address messages of one datagram from a NETLINK_ROUTE socket, in order
     (others are skipped). An error message raises OSError with its errno; a datagram cut
-    short, ValueError."""
-    for kind, _seq, start, end in _messages(data):
+    short, OSError(EBADMSG)."""
+    for kind, _flags, _seq, start, end in _messages(data):
         found = _message(kind, data, start, end)
         if found is not None:
             yield found
+
+
+class DumpInterrupted(OSError):
+    """What was dumped changed while the kernel dumped it (NLM_F_DUMP_INTR): the answer may
+    lack entries, or hold stale ones; ask again."""
+
+
+def read_dump(replies: Iterable[bytes], seq: int) -> list[LinkMessage | AddressMessage]:
+    """The link and address messages that answer the dump request ``seq``, read from
+    ``replies`` (the socket's datagrams) up to its NLMSG_DONE; messages of other requests are
+    skipped. A dump that failed (an error message, or NLMSG_DONE with a negative errno, as
+    when it failed part-way) raises OSError with its errno; one the kernel marked
+    interrupted, :class:`DumpInterrupted`, once all of it is read (the next dump's answer
+    must not start with this one's rest)."""
+    found: list[LinkMessage | AddressMessage] = []
+    interrupted = False
+    for data in replies:
+        for kind, flags, seq_seen, start, end in _messages(data):
+            if seq_seen != seq:  # not this request's answer
+                continue
+            interrupted = interrupted or bool(flags & _NLM_F_DUMP_INTR)
+            if kind == _NLMSG_DONE:
+                if end - start >= _ERROR.size:
+                    (error,) = _ERROR.unpack_from(data, start)
+                    if error < 0:
+                        raise OSError(-error, f"netlink: the dump failed: "
+                                      f"{os.strerror(-error)}")
+                if interrupted:
+                    raise DumpInterrupted(errno.EAGAIN, "netlink: the dump was interrupted "
+                                          "by a change (NLM_F_DUMP_INTR)")
+                return found
+            message = _message(kind, data, start, end)
+            if message is not None:
+                found.append(message)
+    raise OSError(errno.EBADMSG, "netlink: the dump's answer ended before its NLMSG_DONE")
+
+
+def read_whole_dump(ask: Callable[[], int],
+                    replies: Iterator[bytes]) -> list[LinkMessage | AddressMessage]:
+    """A dump's answer (:func:`read_dump`) that no change interrupted: ``ask()`` sends the
+    request and gives its sequence number; it is sent again while the answer read from
+    ``replies`` is marked interrupted, at most :data:`_DUMP_TRIES` times in all (then
+    :class:`DumpInterrupted`)."""
+    attempt = 1
+    while True:
+        try:
+            return read_dump(replies, ask())
+        except DumpInterrupted as exc:
+            if attempt == _DUMP_TRIES:
+                raise DumpInterrupted(exc.errno, f"{exc.strerror}, {_DUMP_TRIES} times in a "
+                                      "row") from exc
+        attempt += 1
 
 
 class Rtnetlink:
@@ -178,7 +237,8 @@ class Rtnetlink:
         self._sock.close()
 
     def links(self) -> list[LinkMessage]:
-        """Every interface."""
+        """Every interface (OSError: the kernel's answer failed, or changes interrupted it
+        again and again: :func:`read_whole_dump`)."""
         request = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
         return [m for m in self._dump(_RTM_GETLINK, request) if isinstance(m, LinkMessage)]
 
@@ -188,18 +248,15 @@ class Rtnetlink:
         return [m for m in self._dump(_RTM_GETADDR, request) if isinstance(m, AddressMessage)]
 
     def _dump(self, kind: int, body: bytes) -> list[LinkMessage | AddressMessage]:
+        return read_whole_dump(lambda: self._ask(kind, body), self._replies())
+
+    def _ask(self, kind: int, body: bytes) -> int:
         seq = next(self._seq)
         header = _HEADER.pack(_HEADER.size + len(body), kind, _NLM_F_REQUEST | _NLM_F_DUMP,
                               seq, 0)
         self._sock.sendto(header + body, (0, 0))
-        found: list[LinkMessage | AddressMessage] = []
+        return seq
+
+    def _replies(self) -> Iterator[bytes]:
         while True:
-            data = self._sock.recv(_RECV_SIZE)
-            for kind_seen, seq_seen, start, end in _messages(data):
-                if seq_seen != seq:  # not this request's answer
-                    continue
-                if kind_seen == _NLMSG_DONE:
-                    return found
-                message = _message(kind_seen, data, start, end)
-                if message is not None:
-                    found.append(message)
+            yield self._sock.recv(_RECV_SIZE)

@@ -43,6 +43,8 @@ _SO_BINDTODEVICE: Final = 25
 _ICMP_ECHO: Final = 8
 _ICMP_ECHO_REPLY: Final = 0
 _RECV_BUFFER: Final = 1 << 20
+#: how soon the NICs' state is read again after a dump of it failed
+_REDUMP: Final = 1.0
 
 
 def watched_nics(config: ClusterConfig, link_carriers: Iterable[str]) -> list[str]:
@@ -103,6 +105,7 @@ class NetlinkWatch:
     def __init__(self, nics: Collection[str], deliver: Callable[[str, NicFacts], None]) -> None:
         self._nics = frozenset(nics)
         self._deliver = deliver
+        self._failure: str | None = None  # why the last dump failed (None: it did not)
         self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RECV_BUFFER)
         self._sock.bind((0, RTMGRP_LINK))
@@ -125,24 +128,42 @@ class NetlinkWatch:
             os.close(self._wake_r)
             os.close(self._wake_w)
 
-    def _dump(self) -> None:
+    def _dump(self) -> bool:
+        """Every NIC's state told; False: it could not be read (said in the log), to be
+        read again later: a NIC that a failed or interrupted dump lacks is not gone."""
+        try:
+            with Rtnetlink() as rtnl:
+                links = rtnl.links()
+        except OSError as err:
+            if str(err) != self._failure:
+                log.warning("netlink: cannot read the NICs' state (%s); trying again every "
+                            "%g s", err, _REDUMP)
+            self._failure = str(err)
+            return False
+        if self._failure is not None:
+            log.info("netlink: the NICs' state is read again")
+            self._failure = None
         seen: set[str] = set()
-        with Rtnetlink() as rtnl:
-            for msg in rtnl.links():
-                name = msg.name
-                if name is not None and name in self._nics:
-                    seen.add(name)
-                    self._deliver(name, facts_of(msg))
+        for msg in links:
+            name = msg.name
+            if name is not None and name in self._nics:
+                seen.add(name)
+                self._deliver(name, facts_of(msg))
         for name in sorted(self._nics - seen):
             self._deliver(name, NicFacts(exists=False))
+        return True
 
     def _run(self) -> None:
         try:
-            self._dump()
+            current = self._dump()
             while True:
-                ready, _, _ = select.select([self._sock.fileno(), self._wake_r], [], [])
+                ready, _, _ = select.select([self._sock.fileno(), self._wake_r], [], [],
+                                            None if current else _REDUMP)
                 if self._wake_r in ready:
                     return
+                if not ready:  # the last dump failed; the events since are told already
+                    current = self._dump()
+                    continue
                 try:
                     data = self._sock.recv(65536)
                 except OSError as err:
@@ -150,14 +171,14 @@ class NetlinkWatch:
                         raise
                     # the kernel dropped events (a storm of them): ask for the whole state
                     log.warning("netlink: events were lost; reading every NIC's state again")
-                    self._dump()
+                    current = self._dump()
                     continue
                 try:
                     messages = [m for m in parse(data) if isinstance(m, LinkMessage)]
                 except Exception:  # one datagram we cannot read: the next dump corrects it
                     log.exception("netlink: an event could not be parsed; reading every NIC's "
                                   "state again")
-                    self._dump()
+                    current = self._dump()
                     continue
                 for msg in messages:
                     name = msg.name
