@@ -44,6 +44,7 @@ _IFLA_IFNAME: Final = 3
 _IFLA_OPERSTATE: Final = 16
 _IFLA_CARRIER: Final = 33
 _IFA_ADDRESS: Final = 1
+_IFA_LOCAL: Final = 2
 #: the attribute type without its NLA_F_NESTED and NLA_F_NET_BYTEORDER bits
 _NLA_TYPE_MASK: Final = 0x3FFF
 
@@ -74,7 +75,9 @@ class LinkMessage:
 
 @dataclass(frozen=True, slots=True)
 class AddressMessage:
-    """One address of an interface (RTM_NEWADDR): its IFA_ADDRESS, as text."""
+    """One address of an interface (RTM_NEWADDR), as text: its IFA_LOCAL, this host's own,
+    else its IFA_ADDRESS (the same but on a point-to-point interface, where that is the
+    peer's)."""
 
     index: int
     family: int
@@ -117,7 +120,8 @@ def _address(data: bytes, start: int, end: int) -> AddressMessage | None:
     if end - start < _IFADDR.size:
         return None
     family, _prefix, _flags, _scope, index = _IFADDR.unpack_from(data, start)
-    raw = _attributes(data, start + _IFADDR.size, end).get(_IFA_ADDRESS)
+    attrs = _attributes(data, start + _IFADDR.size, end)
+    raw = attrs.get(_IFA_LOCAL, attrs.get(_IFA_ADDRESS))
     text = None
     if raw is not None and len(raw) in (4, 16):
         text = str(ipaddress.ip_address(raw))

@@ -53,7 +53,10 @@ def read_with_pyroute2() -> dict[str, Any]:
         links = sorted([m["index"], m.get_attr("IFLA_IFNAME"), m["flags"],
                         m.get_attr("IFLA_CARRIER"), m.get_attr("IFLA_OPERSTATE")]
                        for m in ipr.get_links())
-        addresses = sorted([m["index"], m["family"], m.get_attr("IFA_ADDRESS")]
+        # the host's own address: IFA_LOCAL where there is one (point-to-point: IFA_ADDRESS
+        # is the peer's)
+        addresses = sorted([m["index"], m["family"],
+                            m.get_attr("IFA_LOCAL") or m.get_attr("IFA_ADDRESS")]
                            for m in ipr.get_addr())
     return {"links": links, "addresses": addresses}
 
@@ -88,6 +91,7 @@ def main() -> None:
         out["both up"] = until(lambda f: f.carrier and f.operstate == "UP")
         ip("address", "add", "198.18.7.1/24", "dev", NIC)
         ip("address", "add", "2001:db8:7::1/64", "dev", NIC, "nodad")
+        ip("address", "add", "198.18.9.1", "peer", "198.18.9.2", "dev", NIC)
         out["current"] = facts_json(current_facts(NIC))
         out["current, no such NIC"] = facts_json(current_facts("vgNone"))
         cfg = loads("""
@@ -97,11 +101,13 @@ def main() -> None:
             [nodes.n1]
             links = [{name = "lan", address = "198.18.7.1", port = 7401},
                      {name = "lan6", address = "2001:db8:7::1", port = 7402},
-                     {name = "far", address = "198.18.8.1", port = 7403}]
+                     {name = "far", address = "198.18.8.1", port = 7403},
+                     {name = "ptp", address = "198.18.9.1", port = 7404}]
             [nodes.n2]
             links = [{name = "lan", address = "198.18.7.2", port = 7401},
                      {name = "lan6", address = "2001:db8:7::2", port = 7402},
-                     {name = "far", address = "198.18.8.2", port = 7403}]
+                     {name = "far", address = "198.18.8.2", port = 7403},
+                     {name = "ptp", address = "198.18.9.2", port = 7404}]
         """, Path("/nonexistent/cluster.toml"))
         out["link_nics"] = link_nics(cfg, "n1")
         out["vigil"] = read_with_vigil()

@@ -64,12 +64,13 @@ def test_an_operstate_past_rfc_2863_counts_as_unknown_and_other_messages_are_ski
     assert facts_of(msg).problem() is None
 
 
-def test_an_address_is_given_as_text() -> None:
-    v4 = message(20, struct.pack("=BBBBI", socket.AF_INET, 24, 0, 0, 3)
-                 + attr(2, bytes([198, 18, 0, 2])) + attr(1, bytes([198, 18, 0, 1])))
+def test_an_address_is_given_as_text_the_hosts_own_on_a_point_to_point_nic() -> None:
+    # point-to-point: IFA_ADDRESS (1) is the peer's, IFA_LOCAL (2) this host's
+    ptp = message(20, struct.pack("=BBBBI", socket.AF_INET, 32, 0, 0, 3)
+                  + attr(1, bytes([198, 18, 0, 2])) + attr(2, bytes([198, 18, 0, 1])))
     v6 = message(20, struct.pack("=BBBBI", socket.AF_INET6, 64, 0, 0, 3)
                  + attr(1, bytes.fromhex("20010db8000000000000000000000001")))
-    assert list(parse(v4 + v6)) == [
+    assert list(parse(ptp + v6)) == [
         AddressMessage(index=3, family=socket.AF_INET, address="198.18.0.1"),
         AddressMessage(index=3, family=socket.AF_INET6, address="2001:db8::1")]
 

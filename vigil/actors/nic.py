@@ -106,10 +106,15 @@ class NetlinkWatch:
         self._nics = frozenset(nics)
         self._deliver = deliver
         self._failure: str | None = None  # why the last dump failed (None: it did not)
-        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RECV_BUFFER)
-        self._sock.bind((0, RTMGRP_LINK))
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                                   socket.NETLINK_ROUTE)
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RECV_BUFFER)
+            self._sock.bind((0, RTMGRP_LINK))
+            self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            self._sock.close()
+            raise
         self._thread = threading.Thread(target=self._run, name="vigil-netlink", daemon=True)
 
     def start(self) -> None:
