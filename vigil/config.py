@@ -1446,12 +1446,19 @@ def _check_fencer(c: _Checker, fencer: str | None, two_node: bool, node_names: l
               "'silence' with two links between the nodes")
 
 
-def validate_against_registry(cfg: ClusterConfig,
-                              known_types: Collection[str]) -> list[ConfigProblem]:
-    """Problems for resources whose type no installed resource-type plug-in provides."""
+def validate_against_registry(
+        cfg: ClusterConfig, known_types: Collection[str],
+        load_errors: Mapping[str, str] | None = None) -> list[ConfigProblem]:
+    """Problems for resources whose type no installed resource-type plug-in provides, or
+    whose code fails to load (``load_errors``: type -> why)."""
     problems = []
     for name, resource in cfg.resources.items():
-        if resource.type not in known_types:
+        why = (load_errors or {}).get(resource.type)
+        if why is not None:
+            problems.append(ConfigProblem(
+                str(cfg.path), _join(_join("resources", name), "type"),
+                f"type '{resource.type}' cannot be loaded: {why}"))
+        elif resource.type not in known_types:
             problems.append(ConfigProblem(
                 str(cfg.path), _join(_join("resources", name), "type"),
                 f"unknown resource type '{resource.type}'; {_suggest(resource.type, known_types)}"

@@ -29,9 +29,10 @@ import socket
 import threading
 import time
 from collections.abc import Callable, MutableMapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from vigil.status import ClusterStatus
+if TYPE_CHECKING:  # annotations only: the guardian uses this module, never a status
+    from vigil.status import ClusterStatus
 
 __all__ = ["SdNotify", "SystemdReporter", "is_ready", "status_line", "watchdog_time"]
 

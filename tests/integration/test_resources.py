@@ -34,7 +34,11 @@ from vigil.resources.model import (
     find_resource,
     parse_seconds,
 )
-from vigil.resources.registry import ResourceTypeRegistry, default_registry
+from vigil.resources.registry import (
+    ResourceTypeRegistry,
+    UnloadableResourceType,
+    default_registry,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -684,8 +688,27 @@ def test_a_broken_plugin_is_skipped_and_the_good_ones_load(
     assert "echo" in registry.names()
     assert "ModuleNotFoundError" in registry.load_errors["broken"]
     assert "not a ResourceType" in registry.load_errors["notatype"]
+    with pytest.raises(UnloadableResourceType, match="'broken' cannot be loaded: "
+                       "ModuleNotFoundError"):
+        registry.get("broken")
     config = ResourceConfig(name="e", type="echo", group="g")
     assert isinstance(registry.get("echo").instantiate(config, "n1", tmp_path), Resource)
+
+
+def test_a_lazy_type_whose_module_fails_is_no_type_here_and_says_why() -> None:
+    registry = ResourceTypeRegistry()
+    registry.register_lazy("broken", "no_such_module_for_vigil:Type")
+    registry.register_lazy("dummy", "vigil.resources.dummy:DummyType")
+    assert registry.names() == ["broken", "dummy"]
+    assert "broken" not in registry  # not an ImportError out of `in`
+    why = ("no_such_module_for_vigil: ModuleNotFoundError: No module named "
+           "'no_such_module_for_vigil'")
+    assert registry.load_errors == {"broken": why}
+    with pytest.raises(UnloadableResourceType) as caught:
+        registry.get("broken")
+    assert str(caught.value) == f"resource type 'broken' cannot be loaded: {why}"
+    assert registry.names() == ["dummy"]
+    assert "dummy" in registry
 
 
 def test_a_type_name_cannot_be_taken_twice() -> None:

@@ -29,7 +29,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
               "vigil.config", "vigil.config_diff")),
     ("core", ("vigil.cluster", "vigil.guard.core", "vigil.guard.holdings")),
     ("system", ("vigil.resources", "vigil.transports", "vigil.local", "vigil.fencing",
-                "vigil.guard", "vigil.journal", "vigil.sdnotify")),
+                "vigil.guard", "vigil.journal", "vigil.sdnotify", "vigil.netlink")),
     ("shell", ("vigil.actors",)),
     ("daemon", ("vigil.daemon", "vigil.metrics")),
     ("faces", ("vigil.cli", "vigil.api", "vigil.ha", "vigil.demo")),

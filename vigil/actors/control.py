@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import pykka
 
@@ -56,8 +56,10 @@ from vigil.local.limits import (
 from vigil.local.protocol import MANUAL_OP_TIMEOUT, check_request
 from vigil.local.server import Caps, Connection, LocalServer
 from vigil.resources import mirror_requests
-from vigil.resources.replication import MirrorService
 from vigil.status import ClusterStatus
+
+if TYPE_CHECKING:
+    from vigil.resources.replication import MirrorService
 
 log = logging.getLogger(__name__)
 

@@ -28,16 +28,13 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.rtnl import RTMGRP_LINK
-from pyroute2.netlink.rtnl.marshal import MarshalRtnl
-
 from vigil.actors.base import Directory, VigilActor
 from vigil.actors.messages import ChildRestarted
 from vigil.actors.timer import DeadlineTimer
 from vigil.cluster.events import NicChanged, Tick
 from vigil.cluster.nics import Dampening, NicFacts, NicTracker, address_nics
 from vigil.config import ClusterConfig, NicsConfig
+from vigil.netlink import RTMGRP_LINK, LinkMessage, Rtnetlink, parse
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +43,8 @@ _SO_BINDTODEVICE: Final = 25
 _ICMP_ECHO: Final = 8
 _ICMP_ECHO_REPLY: Final = 0
 _RECV_BUFFER: Final = 1 << 20
+#: how soon the NICs' state is read again after a dump of it failed
+_REDUMP: Final = 1.0
 
 
 def watched_nics(config: ClusterConfig, link_carriers: Iterable[str]) -> list[str]:
@@ -67,32 +66,30 @@ def link_nics(config: ClusterConfig, node: str) -> dict[str, str]:
             wanted[str(ipaddress.ip_address(link.address.strip("[]")))] = link.name
     found: dict[str, str] = {}
     try:
-        with IPRoute() as ipr:
-            names = {msg["index"]: msg.get_attr("IFLA_IFNAME") for msg in ipr.get_links()}
-            for msg in ipr.get_addr():
-                address = msg.get_attr("IFA_ADDRESS")
-                if address in wanted and msg["index"] in names:
-                    found[wanted[address]] = names[msg["index"]]
+        with Rtnetlink() as rtnl:
+            names = {msg.index: msg.name for msg in rtnl.links() if msg.name is not None}
+            for addr in rtnl.addresses():
+                if addr.address in wanted and addr.index in names:
+                    found[wanted[addr.address]] = names[addr.index]
     except OSError as err:
         log.warning("cannot read this host's interfaces (%s): heartbeat links are not tied "
                     "to NICs", err)
     return found
 
 
-def facts_of(msg: Any) -> NicFacts:
-    if msg["event"] == "RTM_DELLINK":
+def facts_of(msg: LinkMessage) -> NicFacts:
+    if msg.deleted:
         return NicFacts(exists=False)
-    return NicFacts(exists=True, admin_up=bool(msg["flags"] & _IFF_UP),
-                    carrier=msg.get_attr("IFLA_CARRIER") == 1,
-                    operstate=str(msg.get_attr("IFLA_OPERSTATE") or "UNKNOWN"))
+    return NicFacts(exists=True, admin_up=bool(msg.flags & _IFF_UP), carrier=msg.carrier == 1,
+                    operstate=msg.operstate or "UNKNOWN")
 
 
 def current_facts(nic: str) -> NicFacts | None:
     """What netlink says of ``nic`` now (None: netlink could not be asked)."""
     try:
-        with IPRoute() as ipr:
-            for msg in ipr.get_links():
-                if msg.get_attr("IFLA_IFNAME") == nic:
+        with Rtnetlink() as rtnl:
+            for msg in rtnl.links():
+                if msg.name == nic:
                     return facts_of(msg)
     except OSError as err:
         log.warning("NIC %s: cannot read its state (%s)", nic, err)
@@ -108,11 +105,16 @@ class NetlinkWatch:
     def __init__(self, nics: Collection[str], deliver: Callable[[str, NicFacts], None]) -> None:
         self._nics = frozenset(nics)
         self._deliver = deliver
-        self._marshal = MarshalRtnl()
-        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RECV_BUFFER)
-        self._sock.bind((0, RTMGRP_LINK))
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._failure: str | None = None  # why the last dump failed (None: it did not)
+        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                                   socket.NETLINK_ROUTE)
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RECV_BUFFER)
+            self._sock.bind((0, RTMGRP_LINK))
+            self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            self._sock.close()
+            raise
         self._thread = threading.Thread(target=self._run, name="vigil-netlink", daemon=True)
 
     def start(self) -> None:
@@ -131,24 +133,42 @@ class NetlinkWatch:
             os.close(self._wake_r)
             os.close(self._wake_w)
 
-    def _dump(self) -> None:
+    def _dump(self) -> bool:
+        """Every NIC's state told; False: it could not be read (said in the log), to be
+        read again later: a NIC that a failed or interrupted dump lacks is not gone."""
+        try:
+            with Rtnetlink() as rtnl:
+                links = rtnl.links()
+        except OSError as err:
+            if str(err) != self._failure:
+                log.warning("netlink: cannot read the NICs' state (%s); trying again every "
+                            "%g s", err, _REDUMP)
+            self._failure = str(err)
+            return False
+        if self._failure is not None:
+            log.info("netlink: the NICs' state is read again")
+            self._failure = None
         seen: set[str] = set()
-        with IPRoute() as ipr:
-            for msg in ipr.get_links():
-                name = msg.get_attr("IFLA_IFNAME")
-                if name in self._nics:
-                    seen.add(name)
-                    self._deliver(name, facts_of(msg))
+        for msg in links:
+            name = msg.name
+            if name is not None and name in self._nics:
+                seen.add(name)
+                self._deliver(name, facts_of(msg))
         for name in sorted(self._nics - seen):
             self._deliver(name, NicFacts(exists=False))
+        return True
 
     def _run(self) -> None:
         try:
-            self._dump()
+            current = self._dump()
             while True:
-                ready, _, _ = select.select([self._sock.fileno(), self._wake_r], [], [])
+                ready, _, _ = select.select([self._sock.fileno(), self._wake_r], [], [],
+                                            None if current else _REDUMP)
                 if self._wake_r in ready:
                     return
+                if not ready:  # the last dump failed; the events since are told already
+                    current = self._dump()
+                    continue
                 try:
                     data = self._sock.recv(65536)
                 except OSError as err:
@@ -156,18 +176,18 @@ class NetlinkWatch:
                         raise
                     # the kernel dropped events (a storm of them): ask for the whole state
                     log.warning("netlink: events were lost; reading every NIC's state again")
-                    self._dump()
+                    current = self._dump()
                     continue
                 try:
-                    messages = list(self._marshal.parse(data))
+                    messages = [m for m in parse(data) if isinstance(m, LinkMessage)]
                 except Exception:  # one datagram we cannot read: the next dump corrects it
                     log.exception("netlink: an event could not be parsed; reading every NIC's "
                                   "state again")
-                    self._dump()
+                    current = self._dump()
                     continue
                 for msg in messages:
-                    name = msg.get_attr("IFLA_IFNAME")
-                    if name in self._nics:
+                    name = msg.name
+                    if name is not None and name in self._nics:
                         self._deliver(name, facts_of(msg))
         except Exception:
             log.exception("netlink: the NIC watch stopped; NIC states are no longer current")

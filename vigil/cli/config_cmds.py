@@ -15,14 +15,14 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from vigil.cluster.reconfig import refusals
-from vigil.cluster.reconfig import summary as reconfig_summary
 from vigil.config import ClusterConfig, ConfigError, from_dict, load
-from vigil.config_diff import Difference, differences, json_safe
+
+if TYPE_CHECKING:
+    from vigil.config_diff import Difference
 
 # The same as vigil.cli.main's (not imported: main imports this module).
 EXIT_SAME, EXIT_DIFFERENT, EXIT_USAGE, EXIT_NO_DAEMON = 0, 1, 2, 3
@@ -78,6 +78,10 @@ def config_diff_command(config_option: Decorator, node_option: Decorator,
 
         Exit status: 0 no difference, 1 differences, 2 FILE is invalid (or the daemon
         refused: run it as root or a member of admin_group), 3 no daemon."""
+        # Here, not at the top: every `vigil` command loads this module (`vigil guard` too,
+        # at every guardian's start), few of them diff.
+        from vigil.config_diff import differences, json_safe
+
         path = file if file is not None else config_path
         proposed = load_or_exit(path)
         name, answer = running_document(ask_node, config_path, node)
@@ -99,6 +103,9 @@ def config_diff_command(config_option: Decorator, node_option: Decorator,
 def live_check(answer: dict[str, Any], proposed: ClusterConfig) -> str:
     """Whether `vigil config reload` can apply the change without stopping the cluster, and
     what it stops; what to do instead when it cannot."""
+    from vigil.cluster.reconfig import refusals
+    from vigil.cluster.reconfig import summary as reconfig_summary
+
     try:
         running = from_dict(answer["document"], str(answer.get("path", "<running>")))
     except ConfigError:  # a daemon of another version: the refusals cannot be judged here

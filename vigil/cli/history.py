@@ -18,11 +18,12 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from vigil.status import ClusterStatus, local_time
+if TYPE_CHECKING:
+    from vigil.status import ClusterStatus
 
 # The same as vigil.cli.main's (not imported: main imports this module, and the layers test
 # refuses a cycle even through a function's import).
@@ -55,12 +56,16 @@ def parse_since(text: str, now: float | None = None) -> float:
 
 
 def format_line(line: dict[str, Any]) -> str:
+    from vigil.status import local_time  # not at the top: `vigil guard` loads this module
+
     when = local_time(str(line.get("time", "?")))
     return f"{when}  {line.get('node', '?')!s:<10} {line.get('text', '')}"
 
 
 def format_failed_actions(st: ClusterStatus) -> list[str]:
     """`vigil status`'s "Failed resource actions": every node's, as crm_mon shows them."""
+    from vigil.status import local_time  # not at the top: `vigil guard` loads this module
+
     if not st.failed_actions:
         return []
     lines = ["Failed resource actions (every node; `vigil resource cleanup` clears them):"]
@@ -74,6 +79,8 @@ def format_failed_actions(st: ClusterStatus) -> list[str]:
 def format_recent(st: ClusterStatus) -> list[str]:
     """`vigil status`'s last decisions here (without the bookkeeping) and the cluster's
     last significant events; `vigil history` has the rest."""
+    from vigil.status import local_time  # not at the top: `vigil guard` loads this module
+
     lines = []
     decisions = [(at, text) for at, text in st.decisions if not _BOOKKEEPING.match(text)]
     if decisions:

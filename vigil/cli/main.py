@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -54,7 +54,11 @@ from vigil.config import (
     write_key,
 )
 from vigil.local.protocol import MalformedAnswer, request, status_of
-from vigil.status import ClusterStatus, PeerLink, local_time, seconds
+
+if TYPE_CHECKING:
+    # imported where a status is shown: `vigil guard` (every guardian's start) loads this
+    # module and has no use for it
+    from vigil.status import ClusterStatus, PeerLink
 
 #: the old name of node_option (kept for other modules' imports)
 via_option = node_option
@@ -585,6 +589,8 @@ def _status(config_path: str, node: str | None, timeout: float = 10.0) -> Cluste
 
 
 def format_status(st: ClusterStatus) -> str:
+    from vigil.status import local_time
+
     lines = []
     t = st.transition
     lines.append(f"Cluster {st.cluster}: epoch {st.epoch}, master {st.master or '-'}, "
@@ -653,6 +659,8 @@ def format_status(st: ClusterStatus) -> str:
 def _format_mirrors(st: ClusterStatus) -> list[str]:
     """Each mirror resource: on its source, how far each peer is behind; elsewhere, this
     node's copy and its age; and what this node keeps aside."""
+    from vigil.status import seconds
+
     lines = []
     for r, m in sorted(st.mirrors.items()):
         if m.source == st.node:
@@ -700,6 +708,8 @@ def _peer_on_link(peer: str, v: PeerLink) -> str:
 
 
 def _format_fencing(st: ClusterStatus) -> list[str]:
+    from vigil.status import local_time
+
     f = st.fencing
     if not (f.pending or f.history or f.devices):
         return []
@@ -749,9 +759,13 @@ def config_check(config_path: str, path: str | None) -> None:
     refuse_if(check_file(path))  # the file itself first: only a valid file can be loaded
     cfg = _load(path)
     registry = default_registry()
-    # Agent families (ocf:...) are made on first use: ask for every type the file names.
-    known = set(registry.names()) | {r.type for r in cfg.resources.values() if r.type in registry}
-    problems = [str(p) for p in validate_against_registry(cfg, sorted(known))]
+    # Agent families (ocf:...) and the built-ins are made on first use: ask for every type
+    # the file names (first: a type whose code fails to load leaves names(), into
+    # load_errors).
+    named = {r.type for r in cfg.resources.values() if r.type in registry}
+    known = set(registry.names()) | named
+    problems = [str(p) for p in validate_against_registry(cfg, sorted(known),
+                                                          registry.load_errors)]
     for r in cfg.resources.values():
         if r.type in registry:
             rtype = registry.get(r.type)

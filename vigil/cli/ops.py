@@ -7,8 +7,6 @@ from __future__ import annotations
 import os
 import re
 import sys
-import sysconfig
-from importlib import resources
 from pathlib import Path
 
 import click
@@ -39,6 +37,8 @@ def systemd_word(word: str) -> str:
 def vigil_command() -> list[str]:
     """The absolute command that runs this installation's ``vigil``: its script where pip put
     it beside this interpreter, else this interpreter with ``-m vigil.cli.main``."""
+    import sysconfig  # here: every `vigil` command (every daemon) loads this module
+
     for scheme_dir in (sysconfig.get_path("scripts"), str(Path(sys.executable).parent)):
         script = Path(scheme_dir) / "vigil"
         if script.is_file() and os.access(script, os.X_OK):
@@ -48,6 +48,8 @@ def vigil_command() -> list[str]:
 
 def render_unit(name: str, config_path: str, command: list[str] | None = None) -> str:
     """The shipped unit ``name`` with ``@VIGIL@`` and ``@CONFIG@`` filled in."""
+    from importlib import resources
+
     template = resources.files("vigil").joinpath("units", name).read_text()
     vigil = " ".join(systemd_word(w) for w in (command or vigil_command()))
     return template.replace("@VIGIL@", vigil).replace(

@@ -36,13 +36,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from pyroute2 import IPRoute, NetlinkError
-
 from vigil.guard.cgroups import NodeCgroups, cgroup_populated, kill_cgroup
 from vigil.guard.holdings import Address, Holdings, MountHolding, ResourceHolding
 from vigil.guard.protocol import FenceReport, Killed
 from vigil.resources import proc
-from vigil.resources.filesystem import find_holders, read_mountinfo
+from vigil.resources.mountinfo import find_holders, read_mountinfo
 
 __all__ = ["Fencer"]
 
@@ -54,6 +52,9 @@ _POLL: Final = 0.001
 _MAX_PAUSE: Final = 0.008
 #: How often a busy unmount looks for new users of the filesystem (a /proc scan).
 _RESCAN: Final = 0.02
+#: How often, at most, a guardian whose node holds an address tries again to open netlink
+#: after it failed (each try may import pyroute2: 0.1-0.2 s of the guardian's loop).
+NETLINK_RETRY: Final = 5.0
 
 
 def _libc() -> Any:
@@ -114,21 +115,47 @@ class _Run:
 
 class Fencer:
     """Carries out fences for one node: its cgroups, and netlink in this process's network
-    namespace (opened by :meth:`open`, before any fence: loading pyroute2 alone takes longer
-    than a fence may; reopened after an error)."""
+    namespace (opened by :meth:`open`, or by :meth:`ready_for` once the node holds an
+    address, before any fence can need it: loading pyroute2 alone takes longer than a fence
+    may; reopened after an error). A node that holds no address never loads pyroute2 (22 MB
+    locked in memory in every guardian)."""
 
     def __init__(self, cgroups: NodeCgroups, budget: float) -> None:
         self.cgroups = cgroups
         self.budget = budget
         self._ipr: Any = None
+        self._tried_at: float | None = None  # when open() last tried (monotonic)
+        self._failure: str | None = None  # why it failed then (None: it did not)
 
-    def open(self) -> str:
-        """Open netlink now; what to say about it in the log."""
+    def open(self, now: float | None = None) -> str:
+        """Open netlink now; what to say about it in the log (a failure is also logged here,
+        as the warning it is)."""
+        self._tried_at = time.monotonic() if now is None else now
         try:
             self._netlink()
         except Exception as exc:  # pyroute2 raises more than OSError
-            return f"netlink unavailable ({exc}): will try again at a fence"
+            why = str(exc)
+            if why != self._failure:  # a retry that fails alike is not news
+                log.warning("%s; the node's addresses may not be removable at a fence: trying "
+                            "again every %g s while it holds one", why, NETLINK_RETRY)
+            self._failure = why
+            return f"netlink unavailable ({why})"
+        if self._failure is not None:
+            log.info("netlink open now (after: %s)", self._failure)
+            self._failure = None
         return "netlink open"
+
+    def ready_for(self, holdings: Holdings, now: float) -> str | None:
+        """Open netlink if ``holdings`` has an address and it is not open (again after a
+        failure, at most every :data:`NETLINK_RETRY` seconds: a fence that must import
+        pyroute2 itself overruns its budget); what to say about it in the log (None:
+        nothing, or a failure :meth:`open` logged)."""
+        if self._ipr is not None or not holdings.addresses:
+            return None
+        if self._tried_at is not None and now - self._tried_at < NETLINK_RETRY:
+            return None
+        said = self.open(now)
+        return said if self._ipr is not None else None
 
     def close(self) -> None:
         if self._ipr is not None:
@@ -240,7 +267,16 @@ class Fencer:
 
     def _netlink(self) -> Any:
         if self._ipr is None:
-            self._ipr = IPRoute()
+            try:
+                from pyroute2 import IPRoute
+            except Exception as exc:  # not installed, or broken: any error of its modules
+                raise OSError(f"netlink cannot be opened: importing pyroute2 failed: "
+                              f"{type(exc).__name__}: {exc}") from exc
+            try:
+                self._ipr = IPRoute()
+            except Exception as exc:
+                raise OSError(f"netlink cannot be opened: pyroute2's IPRoute(): "
+                              f"{type(exc).__name__}: {exc}") from exc
         return self._ipr
 
     def _remove_addresses(self, run: _Run, addresses: Iterable[Address]) -> None:
@@ -256,6 +292,8 @@ class Fencer:
 
     def _remove_address(self, run: _Run, address: Address) -> None:
         ipr = self._netlink()
+        from pyroute2 import NetlinkError  # loaded by _netlink()
+
         found = ipr.link_lookup(ifname=address.ifname)
         if not found:
             return  # the interface is gone, and the address with it

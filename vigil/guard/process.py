@@ -105,6 +105,9 @@ class GuardSettings:
     #: admin_group or status_group is set: the runtime directory is traversable by others
     #: (vigil.local.rundir), as the daemon makes it
     shared_runtime_dir: bool = False
+    #: netlink (pyroute2) is opened at start: the configuration has ip resources; otherwise
+    #: once the daemon first reports an address held (vigil.guard.fence.Fencer.ready_for)
+    netlink_at_start: bool = True
 
     @classmethod
     def from_config(cls, cfg: ClusterConfig, node: str, *,
@@ -117,7 +120,8 @@ class GuardSettings:
                    watchdog_interval=g.watchdog_interval,
                    sysrq_path=sysrq_path or DEFAULT_SYSRQ, realtime=realtime,
                    follow_daemon=follow_daemon,
-                   shared_runtime_dir=bool(cfg.admin_group or cfg.status_group))
+                   shared_runtime_dir=bool(cfg.admin_group or cfg.status_group),
+                   netlink_at_start=any(r.type == "ip" for r in cfg.resources.values()))
 
 
 def _wall(monotonic: float) -> str:
@@ -208,7 +212,8 @@ class Guardian:
         if self.cgroups.holds(os.getpid()):
             raise RuntimeError(f"the guardian runs inside {self.cgroups.path}, which a fence "
                                "kills whole: start it outside the node's cgroup")
-        got.append(self.fencer.open())
+        got.append(self.fencer.open() if s.netlink_at_start
+                   else "netlink opened when an address is first held")
         path = s.socket_path
         prepare_runtime_dir(path.parent, s.shared_runtime_dir)  # the daemon's rules, or refuse
         if path.exists() or path.is_symlink():
@@ -373,6 +378,9 @@ class Guardian:
                                        self.cgroup_status))
                     self._apply(self.core.hello(daemon.name, now))
             case Report(lease_until, holdings, incarnation) if daemon.hello is not None:
+                opened = self.fencer.ready_for(holdings, now)
+                if opened is not None:  # before any fence of these holdings can be due
+                    log.info("the node holds an address: %s", opened)
                 self._apply(self.core.report(lease_until, holdings, now, incarnation))
             case Bye() if daemon.hello is not None:
                 daemon.said_bye = True

@@ -18,10 +18,12 @@ import time
 from collections.abc import Mapping
 from itertools import accumulate
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from vigil.local.limits import MAX_JSON_DEPTH, MAX_REQUEST, REQUEST_TIMEOUT
-from vigil.status import ClusterStatus
+
+if TYPE_CHECKING:  # imported where a status is read: every `vigil` command loads this module
+    from vigil.status import ClusterStatus
 
 __all__ = ["MANUAL_OP_TIMEOUT", "MAX_REQUEST", "REQUEST_TIMEOUT", "MalformedAnswer",
            "check_request", "connect", "json_depth", "request", "status_of"]
@@ -110,6 +112,8 @@ def status_of(answer: Mapping[str, Any], node: str) -> ClusterStatus:
     """The status tree of node ``node``'s answer to a ``status`` request that succeeded.
     Raises :class:`MalformedAnswer` when the answer holds no status tree this code can read
     (a daemon of another version, or not a Vigil daemon at all)."""
+    from vigil.status import ClusterStatus
+
     st = answer.get("status")
     try:
         if st is None:

@@ -12,12 +12,15 @@ where its group runs) comes from the node's status, asked of the coordinator fir
 from __future__ import annotations
 
 import logging
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from vigil.cluster.mirrors import MIRROR_TYPE
-from vigil.resources.btrfs import BtrfsError
-from vigil.resources.replication import MirrorService
 from vigil.status import ClusterStatus
+
+if TYPE_CHECKING:
+    # every daemon's control actor imports this module; the mirror machinery is loaded only
+    # by a configuration with a mirror resource (a service is there to answer with then)
+    from vigil.resources.replication import MirrorService
 
 __all__ = ["MIRROR_COMMANDS", "answer", "out_of_service_by", "promote_refusal"]
 
@@ -42,6 +45,8 @@ def answer(service: MirrorService | None, status: ClusterStatus, command: str,
     if refused is not None:
         return {"ok": False, "error": refused}
     assert service is not None
+    from vigil.resources.btrfs import BtrfsError  # loaded with the service already
+
     try:
         if command == "mirror_discard":
             return _discard(service, status, resource, name)

@@ -76,7 +76,6 @@ from dataclasses import dataclass, field
 from typing import Final, NoReturn, Protocol
 
 import zmq
-from zmq.utils.monitor import parse_monitor_message
 
 from vigil.transports.keys import LinkKeys
 from vigil.transports.zap import Admission, Gatekeeper, bind_retrying
@@ -88,6 +87,7 @@ from vigil.transports.zmq_link import (
     close_door_monitor,
     connect_endpoint,
     door_cuts,
+    monitor_event,
     open_door_monitor,
     tcp_endpoint,
 )
@@ -679,12 +679,12 @@ class _Dealer:
         """The next event: "up", a reason it broke, or None."""
         assert self.monitor is not None
         try:
-            event = parse_monitor_message(self.monitor.recv_multipart(zmq.NOBLOCK))
+            kind, _ = monitor_event(self.monitor.recv_multipart(zmq.NOBLOCK))
         except zmq.Again:
             return None
-        if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+        if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             return "up"
-        return _BROKEN.get(event["event"])
+        return _BROKEN.get(kind)
 
     def close(self, linger_ms: int) -> None:
         # as the links do: drain the monitor, stop it, then close (libzmq's I/O thread would
