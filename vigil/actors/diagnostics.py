@@ -7,7 +7,9 @@ and the core decides the recovery (docs/resources.md). Monitoring goes on after 
 the core ignores reports about a group that is already recovering.
 
 ``vigil resource diagnose NAME`` asks this actor for one monitor now (:class:`Diagnose`); the
-answer is a future resolved when the agent returns, so the actor never waits.
+answer is a future resolved when the agent returns, so the actor never waits. Whatever ran a
+monitor (scheduled or by hand), the next scheduled one is due ``monitor.interval`` after it
+returned: each resource has one place in the :class:`Schedule`.
 """
 
 from __future__ import annotations
@@ -32,6 +34,46 @@ log = logging.getLogger(__name__)
 OVERDUE_GRACE = 5.0
 
 
+class Schedule:
+    """When each resource's next scheduled monitor is due: one time per resource (a heap
+    ordered by time, whose entries that a newer time replaced are skipped as they come up).
+    Times are the caller's (time.monotonic in the actor)."""
+
+    def __init__(self) -> None:
+        self._due: dict[str, float] = {}
+        self._heap: list[tuple[float, str]] = []
+
+    def set(self, resource: str, at: float) -> None:
+        """The next monitor of ``resource`` is due at ``at`` (instead of any time it had)."""
+        self._due[resource] = at
+        heapq.heappush(self._heap, (at, resource))
+
+    def drop(self, resource: str) -> None:
+        self._due.pop(resource, None)
+
+    def __contains__(self, resource: str) -> bool:
+        return resource in self._due
+
+    def next(self) -> float | None:
+        """The earliest time due (None: nothing scheduled)."""
+        self._skip_stale()
+        return self._heap[0][0] if self._heap else None
+
+    def take(self, now: float) -> list[str]:
+        """The resources due by ``now``, earliest first, taken off the schedule."""
+        taken = []
+        while (at := self.next()) is not None and at <= now:
+            _, resource = heapq.heappop(self._heap)
+            del self._due[resource]
+            taken.append(resource)
+        return taken
+
+    def _skip_stale(self) -> None:
+        heap, due = self._heap, self._due
+        while heap and due.get(heap[0][1]) != heap[0][0]:
+            heapq.heappop(heap)
+
+
 class DiagnosticsActor(VigilActor):
     def __init__(self, name: str, directory: Directory, config: ClusterConfig,
                  present: frozenset[str] | None = None) -> None:
@@ -39,7 +81,7 @@ class DiagnosticsActor(VigilActor):
         self.config = config
         self.present = present if present is not None else frozenset(config.resources)
         self.running: frozenset[str] = frozenset()
-        self.due: list[tuple[float, str]] = []
+        self.schedule = Schedule()
         self.token = 0
         # resource -> (token, monotonic start, futures of manual requests waiting for it)
         self.in_flight: dict[str, tuple[int, float, list[pykka.Future[Any]]]] = {}
@@ -57,13 +99,16 @@ class DiagnosticsActor(VigilActor):
         answer = None
         if isinstance(message, RunningGroups):
             started = message.groups - self.running
+            for g in self.running - message.groups:  # out of service here: not watched
+                for r in self.config.groups[g].resources:
+                    self.schedule.drop(r)
             self.running = message.groups
             now = time.monotonic()
             for g in sorted(started):
                 for r in self.config.groups[g].resources:
                     interval = self.config.resources[r].monitor.interval
                     if interval > 0 and r in self.present:
-                        heapq.heappush(self.due, (now + interval, r))
+                        self.schedule.set(r, now + interval)
         elif isinstance(message, ResourceOpDone):
             self._result(message)
         elif isinstance(message, Diagnose):
@@ -94,16 +139,14 @@ class DiagnosticsActor(VigilActor):
 
     def _run_due(self) -> None:
         now = time.monotonic()
-        while self.due and self.due[0][0] <= now:
-            _, r = heapq.heappop(self.due)
-            group = self.config.resources[r].group
-            if group not in self.running:
+        for r in self.schedule.take(now):
+            if self.config.resources[r].group not in self.running:
                 continue  # dropped: the group is not in service here any more
-            if r in self.in_flight:
-                heapq.heappush(self.due, (now + self.config.resources[r].monitor.interval, r))
+            if r in self.in_flight:  # a manual one runs: its end schedules the next
                 continue
             self._monitor(r)
-        deadlines = [d for d, _ in self.due[:1]] + [
+        due = self.schedule.next()
+        deadlines = ([] if due is None else [due]) + [
             started + self.config.resources[r].monitor.timeout + OVERDUE_GRACE
             for r, (_, started, _) in self.in_flight.items()]
         if self.timer is not None:
@@ -123,7 +166,7 @@ class DiagnosticsActor(VigilActor):
                             "reason": reason, "duration": now - started})
             self._failed(r, reason)
             if cfg.monitor.interval > 0:  # keep watching: the next one may answer
-                heapq.heappush(self.due, (now + cfg.monitor.interval, r))
+                self.schedule.set(r, now + cfg.monitor.interval)
 
     def _result(self, done: ResourceOpDone) -> None:
         entry = self.in_flight.get(done.resource)
@@ -141,7 +184,7 @@ class DiagnosticsActor(VigilActor):
         if not result.ok:
             self._failed(done.resource, result.reason)
         if cfg.monitor.interval > 0:
-            heapq.heappush(self.due, (time.monotonic() + cfg.monitor.interval, done.resource))
+            self.schedule.set(done.resource, time.monotonic() + cfg.monitor.interval)
 
     def _failed(self, resource: str, reason: str) -> None:
         cfg = self.config.resources[resource]
