@@ -605,8 +605,8 @@ class CoordinatorActor(VigilActor):
             if resource not in cfg.resources:
                 return _error(_unknown("resource", resource, cfg.resources))
             self.tokens += 1
-            self.directory.tell(f"resource:{resource}",
-                                ResourceOp("mark_oos", self.tokens, self.name))
+            self.directory.deliver(f"resource:{resource}",
+                                   ResourceOp("mark_oos", self.tokens, self.name))
             return {"ok": True, "message": f"{resource} marked out of service on {self.node} "
                     "(no action taken: make sure it really is stopped)"}
         if cmd == "maintenance":

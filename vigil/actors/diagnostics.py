@@ -135,7 +135,8 @@ class DiagnosticsActor(VigilActor):
     def _monitor(self, resource: str) -> None:
         self.token += 1
         self.in_flight[resource] = (self.token, time.monotonic(), [])
-        self.directory.tell(f"resource:{resource}", ResourceOp("monitor", self.token, self.name))
+        self.directory.deliver(f"resource:{resource}",
+                               ResourceOp("monitor", self.token, self.name))
 
     def _run_due(self) -> None:
         now = time.monotonic()
