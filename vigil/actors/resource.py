@@ -6,7 +6,9 @@ An operation does not wait in the mailbox: the sender's ``Directory.deliver`` ha
 the pool on the sender's thread (what that reads of the actor, its resource and its pool, never
 changes), and the worker that ran it reports the result itself, to the coordinator and to
 whoever asked, one report of a resource after the other in the order they were made (a lock).
-Every resource in service is monitored every ``monitor.interval``, and each hop through a
+A monitor that found what the coordinator knows (nearly every scheduled one) goes into the
+node's :class:`~vigil.actors.book.ResourceBook` instead, and the coordinator is not woken for
+it. Every resource in service is monitored every ``monitor.interval``, and each hop through a
 mailbox cost its thread switches. A worker that finishes after the actor stopped reports
 nothing, as before when its report went through the mailbox of a stopped actor.
 
@@ -19,15 +21,16 @@ scheduled monitor."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
 from typing import Any
 
 from vigil.actors.base import Directory, VigilActor
+from vigil.actors.book import ResourceBook
 from vigil.actors.messages import Diagnose, NicsDown, ResourceOp, ResourceOpDone, ResourceState
 from vigil.resources.model import OpResult, Resource, ServiceState
 
@@ -36,7 +39,7 @@ log = logging.getLogger(__name__)
 _OPERATIONS = frozenset({"start", "stop", "force_stop", "monitor", "mark_oos"})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class _Followed:
     """A ``nics_changed`` finished on a worker thread (None: it had nothing to do); its
     result, if any, was reported there."""
@@ -46,10 +49,13 @@ class _Followed:
 
 class ResourceActor(VigilActor):
     def __init__(self, name: str, directory: Directory, resource: Resource,
-                 executor: Executor) -> None:
+                 executor: Executor, book: ResourceBook | None = None) -> None:
         super().__init__(name, directory)
         self.resource = resource
         self.executor = executor
+        #: the node's, shared with the coordinator: a routine monitor is written there, and
+        #: the coordinator is not told of it (None: every report is told)
+        self.book = book
         #: the resource's nics_changed, if it can follow NICs
         self._nics_changed: Callable[[frozenset[str]], OpResult | None] | None = getattr(
             resource, "nics_changed", None)
@@ -133,9 +139,14 @@ class ResourceActor(VigilActor):
         if not quiet or not result.ok:
             log.info("resource %s: %s -> %s (%s)", self.resource.name, op, result.state.name,
                      result.reason)
-        self.directory.tell("coordinator", ResourceState(
-            self.resource.name, self.resource.group, result.state.name, result.reason,
-            op=op, ok=result.ok, at=time.time()))
+        report = ResourceState(self.resource.name, self.resource.group, result.state.name,
+                               result.reason, op=op, ok=result.ok, at=time.time())
+        if self.book is not None:
+            number = self.book.routine(report)
+            if not number:
+                return  # a monitor that changed nothing: in the book, the coordinator sleeps
+            report = dataclasses.replace(report, number=number)
+        self.directory.tell("coordinator", report)
 
     def _follow(self) -> None:
         nics_changed, down = self._nics_changed, self._nics_waiting
