@@ -6,6 +6,7 @@ count and for a failure on demand)."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Iterator
@@ -243,3 +244,52 @@ def test_a_monitor_that_returns_after_its_actor_stopped_reports_nothing(
     assert rt.directory.get("coordinator") is not None
     assert st["groups"]["web"]["state"] == "running"
     assert (d := diagnostic(node, "web-app")) is not None and d["ok"]
+
+
+STEP = 3.0  # the monitor.interval of the test below: its monitors may run 0.3 s early
+
+TWO_GROUPS = f"""
+[groups.quick]
+resources = ["quick-app"]
+
+[groups.slow]
+resources = ["slow-app"]
+
+[resources.quick-app]
+type = "dummy"
+monitor = {{ interval = "{STEP}s", timeout = "2s" }}
+
+[resources.slow-app]
+type = "dummy"
+params = {{ start_delay = "0.2s" }}
+monitor = {{ interval = "{STEP}s", timeout = "2s" }}
+"""
+
+
+def test_monitors_of_equal_intervals_run_together_and_never_late(tmp_path: Path) -> None:
+    """slow-app comes into service 0.2 s after quick-app: its monitors, due 0.2 s after
+    quick-app's, run with them (0.3 s early at most), and neither runs later than due."""
+    with Counted.lock:
+        Counted.monitors.clear()
+    cfg = loads(cluster_toml(tmp_path, nodes=("alpha",), groups=TWO_GROUPS),
+                tmp_path / "cluster.toml")
+    registry = ResourceTypeRegistry()
+    registry.register(CountedType())
+    mc = MemoryCluster(cfg, load_key(cfg), registry=registry)
+    try:
+        mc.start("alpha")
+        wait_for(lambda: all(g["state"] == "running"
+                             for g in mc.status("alpha")["groups"].values()), WAIT,
+                 "both groups running")
+        probes = {r: len(monitors(r)) for r in ("quick-app", "slow-app")}  # the start's
+        wait_for(lambda: all(len(monitors(r)) >= probes[r] + 2 for r in probes), 4 * STEP,
+                 "two scheduled monitors of each")
+        quick, slow = (monitors(r)[probes[r]:] for r in ("quick-app", "slow-app"))
+        # together: apart, they would run 0.2 s apart, each waking the daemon
+        assert all(abs(s - q) < 0.1 for q, s in zip(quick, slow, strict=False)), (quick, slow)
+        # never earlier than its slack allows (the interval counts from the last one's end)
+        for times in (quick, slow):
+            assert all(b - a >= STEP - 0.3 for a, b in itertools.pairwise(times)), times
+    finally:
+        mc.stop()
+        pykka.ActorRegistry.stop_all(timeout=10)

@@ -1,6 +1,8 @@
 """DiagnosticsActor: the seed's resource diagnostics, scheduled and manual.
 
-Every resource of a group in service here is monitored at its ``monitor.interval``; a failed
+Every resource of a group in service here is monitored at its ``monitor.interval`` (up to
+:data:`COALESCE`, at most a tenth of the interval, early: with other monitors that run then,
+so that they share a wakeup of the timer's thread, :class:`Schedule`); a failed
 monitor, or one that does not answer within its ``monitor.timeout`` (plus a grace for the
 agent's own cleanup), is reported to the coordinator with the resource's ``on_fail`` policy,
 and the core decides the recovery (docs/resources.md). Monitoring goes on after a failure:
@@ -33,19 +35,34 @@ log = logging.getLogger(__name__)
 #: kill their children at the timeout and need a moment to say so.
 OVERDUE_GRACE = 5.0
 
+#: The most a scheduled monitor runs before its time (at most a tenth of its interval), with
+#: others that run then (docs/resources.md, "Diagnostics").
+COALESCE = 1.0
+
+
+def slack(interval: float) -> float:
+    """How early a monitor of ``interval`` may run, with another one that runs then."""
+    return min(COALESCE, interval / 10)
+
 
 class Schedule:
     """When each resource's next scheduled monitor is due: one time per resource (a heap
     ordered by time, whose entries that a newer time replaced are skipped as they come up).
-    Times are the caller's (time.monotonic in the actor)."""
+    A monitor may run up to its *slack* before its time, with those that are due then:
+    monitors of equal intervals fall into step and share the timer's wakeups, where each
+    had its own (the cost of a wakeup is most of what an idle daemon spends). Times are the
+    caller's (time.monotonic in the actor)."""
 
     def __init__(self) -> None:
-        self._due: dict[str, float] = {}
+        self._due: dict[str, tuple[float, float]] = {}  # resource -> (time, slack)
         self._heap: list[tuple[float, str]] = []
+        self._widest = 0.0  # no slack set is wider
 
-    def set(self, resource: str, at: float) -> None:
-        """The next monitor of ``resource`` is due at ``at`` (instead of any time it had)."""
-        self._due[resource] = at
+    def set(self, resource: str, at: float, slack: float = 0.0) -> None:
+        """The next monitor of ``resource`` is due at ``at`` (instead of any time it had),
+        and may run from ``at - slack`` on."""
+        self._due[resource] = (at, slack)
+        self._widest = max(self._widest, slack)
         heapq.heappush(self._heap, (at, resource))
 
     def drop(self, resource: str) -> None:
@@ -60,17 +77,23 @@ class Schedule:
         return self._heap[0][0] if self._heap else None
 
     def take(self, now: float) -> list[str]:
-        """The resources due by ``now``, earliest first, taken off the schedule."""
-        taken = []
-        while (at := self.next()) is not None and at <= now:
+        """The resources that may run at ``now`` (due, or due within their slack), earliest
+        first, taken off the schedule."""
+        taken, later = [], []
+        while (at := self.next()) is not None and at <= now + self._widest:
             _, resource = heapq.heappop(self._heap)
-            del self._due[resource]
-            taken.append(resource)
+            if at - self._due[resource][1] <= now:
+                del self._due[resource]
+                taken.append(resource)
+            else:
+                later.append((at, resource))
+        for entry in later:
+            heapq.heappush(self._heap, entry)
         return taken
 
     def _skip_stale(self) -> None:
         heap, due = self._heap, self._due
-        while heap and due.get(heap[0][1]) != heap[0][0]:
+        while heap and (heap[0][1] not in due or due[heap[0][1]][0] != heap[0][0]):
             heapq.heappop(heap)
 
 
@@ -108,7 +131,7 @@ class DiagnosticsActor(VigilActor):
                 for r in self.config.groups[g].resources:
                     interval = self.config.resources[r].monitor.interval
                     if interval > 0 and r in self.present:
-                        self.schedule.set(r, now + interval)
+                        self.schedule.set(r, now + interval, slack(interval))
         elif isinstance(message, ResourceOpDone):
             self._result(message)
         elif isinstance(message, Diagnose):
@@ -167,7 +190,7 @@ class DiagnosticsActor(VigilActor):
                             "reason": reason, "duration": now - started})
             self._failed(r, reason)
             if cfg.monitor.interval > 0:  # keep watching: the next one may answer
-                self.schedule.set(r, now + cfg.monitor.interval)
+                self.schedule.set(r, now + cfg.monitor.interval, slack(cfg.monitor.interval))
 
     def _result(self, done: ResourceOpDone) -> None:
         entry = self.in_flight.get(done.resource)
@@ -185,7 +208,8 @@ class DiagnosticsActor(VigilActor):
         if not result.ok:
             self._failed(done.resource, result.reason)
         if cfg.monitor.interval > 0:
-            self.schedule.set(done.resource, time.monotonic() + cfg.monitor.interval)
+            interval = cfg.monitor.interval
+            self.schedule.set(done.resource, time.monotonic() + interval, slack(interval))
 
     def _failed(self, resource: str, reason: str) -> None:
         cfg = self.config.resources[resource]
