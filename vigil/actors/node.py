@@ -12,7 +12,9 @@ resources and groups added, removed or changed, and the diagnostics, alerts, fen
 monitors, control and notifier actors when what they read changed; the others keep running,
 the same actors. The coordinator and the links are never replaced that way.
 
-Beside them, when the configuration has a mirror resource, the node's
+Beside them, the node's :class:`~vigil.actors.book.ResourceBook` (what its resources
+reported, for status), which the resource actors and the coordinator share; and, when the
+configuration has a mirror resource, the node's
 :class:`~vigil.resources.replication.MirrorService` (no actor: threads of its own that tell the
 coordinator what they find), which the mirror resources are handed, and the control actor
 (for `vigil resource discard` / `promote`).
