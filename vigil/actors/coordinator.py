@@ -36,6 +36,7 @@ from typing import Any, Literal
 import pykka
 
 from vigil.actors.base import Directory, VigilActor
+from vigil.actors.book import ResourceBook
 from vigil.actors.guard import GuardianLost, GuardLink
 from vigil.actors.messages import (
     ChildRestarted,
@@ -92,7 +93,6 @@ from vigil.status import (
     ClusterStatus,
     FenceDeviceStatus,
     NicStatus,
-    Operation,
     iso_time,
     local_time,
 )
@@ -151,7 +151,8 @@ class CoordinatorActor(VigilActor):
                  missing_types: frozenset[str] = frozenset(),
                  guard: GuardLink | None = None,
                  link_nics: Mapping[str, str] | None = None,
-                 read_config: Callable[[str], StageConfig] | None = None) -> None:
+                 read_config: Callable[[str], StageConfig] | None = None,
+                 book: ResourceBook | None = None) -> None:
         super().__init__(name, directory)
         self.config = config
         self.node = node
@@ -173,11 +174,11 @@ class CoordinatorActor(VigilActor):
         self.waiting: list[StartGroup | StopGroup | RestartResource] = []
         self.saved = self.core.persisted()
         self.tokens = 0
-        self.resource_states: dict[str, tuple[str, str]] = {
-            r: ("UNKNOWN", "not yet probed") for r, c in config.resources.items()}
-        # per resource on this node, for `vigil status`: until a cleanup of its group
-        self.last_failure: dict[str, Operation] = {}
-        self.last_diagnostic: dict[str, Operation] = {}
+        #: what the resources here reported, for `vigil status` (their last failure and
+        #: diagnostic until a cleanup of their group); shared with the workers that report
+        #: (vigil/actors/book.py); a new coordinator starts it afresh, as it did its own
+        self.book = book if book is not None else ResourceBook()
+        self.book.reset(config.resources)
         self.running: frozenset[str] = frozenset()
         self.fence_devices: dict[str, FenceDeviceStatus] = {}  # as their monitors found them
         self.link_facts: dict[str, LinkFacts] = {}  # as each link last said
@@ -365,18 +366,12 @@ class CoordinatorActor(VigilActor):
         return None
 
     def _resource_state(self, m: ResourceState) -> None:
-        if self.resource_states[m.resource][0] != m.state:
+        before = self.book.record(m)  # None: a resource the configuration no longer has
+        if before is not None and before != m.state:
             self.directory.tell("notifier", ResourceStateChanged(
                 node=self.node, time=m.at or time.time(), resource=m.resource, group=m.group,
                 state=m.state, reason=m.reason,
                 text=f"{m.resource} {m.state} on {self.node} ({m.reason})"))
-        self.resource_states[m.resource] = (m.state, m.reason)
-        entry = Operation(ok=m.ok, op=m.op, state=m.state, reason=m.reason,
-                          at=iso_time(m.at or time.time()))
-        if m.op == "monitor":
-            self.last_diagnostic[m.resource] = entry
-        if not m.ok:
-            self.last_failure[m.resource] = entry
 
     def _fence_device_state(self, m: FenceDeviceState) -> None:
         state = "ok" if m.ok else "failed"
@@ -476,11 +471,7 @@ class CoordinatorActor(VigilActor):
         thread: the node actor may be stopping an actor that waits for this one."""
         before, config = self.config, switch.config
         self.config = config
-        self.resource_states = {r: self.resource_states.get(r, ("UNKNOWN", "not yet probed"))
-                                for r in config.resources}
-        for table in (self.last_failure, self.last_diagnostic):
-            for r in [r for r in table if r not in config.resources]:
-                del table[r]
+        self.book.keep(config.resources)
         node, me = self.directory.get("node"), self.actor_ref
         if node is None:
             return
@@ -542,11 +533,7 @@ class CoordinatorActor(VigilActor):
     def _forget_failures(self, group: str) -> None:
         """A cleanup of ``group``: its members' last failure, and a failed last diagnostic,
         are no longer news here (the next monitor says again how they are)."""
-        for r in self.config.groups[group].resources:
-            self.last_failure.pop(r, None)
-            diag = self.last_diagnostic.get(r)
-            if diag is not None and not diag.ok:
-                del self.last_diagnostic[r]
+        self.book.forget_failures(self.config.groups[group].resources)
 
     # ---- manual requests ----------------------------------------------------------------
 
@@ -605,8 +592,8 @@ class CoordinatorActor(VigilActor):
             if resource not in cfg.resources:
                 return _error(_unknown("resource", resource, cfg.resources))
             self.tokens += 1
-            self.directory.tell(f"resource:{resource}",
-                                ResourceOp("mark_oos", self.tokens, self.name))
+            self.directory.deliver(f"resource:{resource}",
+                                   ResourceOp("mark_oos", self.tokens, self.name))
             return {"ok": True, "message": f"{resource} marked out of service on {self.node} "
                     "(no action taken: make sure it really is stopped)"}
         if cmd == "maintenance":
@@ -622,9 +609,9 @@ class CoordinatorActor(VigilActor):
         return _error(f"unknown command {cmd!r}")
 
     def status(self) -> ClusterStatus:
+        states, last_failure, last_diagnostic = self.book.facts()
         return build_status(self.core, ResourceFacts(
-            states=self.resource_states, last_failure=self.last_failure,
-            last_diagnostic=self.last_diagnostic,
+            states=states, last_failure=last_failure, last_diagnostic=last_diagnostic,
             messages=self.codec.counters, fence_devices=self.fence_devices,
             nics=self.nics, links=self.link_facts, nic_down={
                 link: f"its NIC {nic} is down: {self.nics[nic].reason}"

@@ -79,7 +79,8 @@ class GroupActor(VigilActor):
         self._next()
 
     def _tell(self, resource: str, op: ResourceOpName) -> None:
-        self.directory.tell(f"resource:{resource}", ResourceOp(op, self.token, self.name))
+        # straight to the pool (ResourceActor._take), in the order sent
+        self.directory.deliver(f"resource:{resource}", ResourceOp(op, self.token, self.name))
 
     def _next(self) -> None:
         if not self.queue:

@@ -47,6 +47,8 @@ class ResourceState:
     op: str = ""
     ok: bool = True
     at: float = 0.0  # wall-clock time.time()
+    #: the reporter's count of the reports of this resource told (vigil/actors/book.py)
+    number: int = 0
 
 
 @dataclass(frozen=True, slots=True)

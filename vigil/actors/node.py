@@ -12,7 +12,9 @@ resources and groups added, removed or changed, and the diagnostics, alerts, fen
 monitors, control and notifier actors when what they read changed; the others keep running,
 the same actors. The coordinator and the links are never replaced that way.
 
-Beside them, when the configuration has a mirror resource, the node's
+Beside them, the node's :class:`~vigil.actors.book.ResourceBook` (what its resources
+reported, for status), which the resource actors and the coordinator share; and, when the
+configuration has a mirror resource, the node's
 :class:`~vigil.resources.replication.MirrorService` (no actor: threads of its own that tell the
 coordinator what they find), which the mirror resources are handed, and the control actor
 (for `vigil resource discard` / `promote`).
@@ -37,6 +39,7 @@ import pykka
 import zmq
 
 from vigil.actors.base import Directory, VigilActor
+from vigil.actors.book import ResourceBook
 from vigil.actors.control import ControlActor
 from vigil.actors.coordinator import CoordinatorActor
 from vigil.actors.diagnostics import DiagnosticsActor
@@ -280,6 +283,9 @@ class NodeRuntime:
         self.mirrors: MirrorService | None = None
         self.runtime_dir = runtime_dir or config.nodes[node].runtime_dir
         self.directory = Directory()
+        #: what the resources here reported, for status: the resource actors' workers and
+        #: the coordinator write it (vigil/actors/book.py)
+        self.book = ResourceBook(config.resources)
         #: set with ``left`` and ``failed``: the daemon's main thread sleeps on it alone
         self.attention = threading.Event()
         self.left: threading.Event = Flag(self.attention)
@@ -393,7 +399,7 @@ class NodeRuntime:
         """The node's child actors for ``cfg``, in the order they start, each with what it
         is started with. The coordinator and the links are never replaced: the coordinator
         takes a new configuration through its core, and the links cannot change live."""
-        node, d, executor = self.node, self.directory, self.executor
+        node, d, executor, book = self.node, self.directory, self.executor, self.book
         codec, sequencer, guard_link, carriers = (self.codec, self.sequencer, self.guard_link,
                                                   self.carriers)
         assert executor is not None and codec is not None and sequencer is not None
@@ -410,7 +416,7 @@ class NodeRuntime:
                 lambda: AlertsActor.start("alerts", d, node, cfg.alerts), cfg.alerts)
         for res in catalog:  # the same Resource while its configuration is the same
             children[f"resource:{res.name}"] = Child(partial(
-                ResourceActor.start, f"resource:{res.name}", d, res, executor), res)
+                ResourceActor.start, f"resource:{res.name}", d, res, executor, book), res)
         graphs = member_graphs(cfg)
         for group, gcfg in cfg.groups.items():
             # the order the core and the simulator use (ties by name): one order everywhere
@@ -435,7 +441,7 @@ class NodeRuntime:
         missing = self.missing_types
         children["coordinator"] = Child(lambda: CoordinatorActor.start(
             "coordinator", d, cfg, node, codec, sequencer, state_path, missing, guard_link,
-            carriers, self.read_config))
+            carriers, self.read_config, book))
         rule = dampening(cfg.nics)
         for nic in self._watched_nics(cfg):
             children[f"nic:{nic}"] = Child(
