@@ -266,9 +266,12 @@ monitor = {{ interval = "{STEP}s", timeout = "2s" }}
 """
 
 
-def test_monitors_of_equal_intervals_run_together_and_never_late(tmp_path: Path) -> None:
-    """slow-app comes into service 0.2 s after quick-app: its monitors, due 0.2 s after
-    quick-app's, run with them (0.3 s early at most), and neither runs later than due."""
+def test_monitors_that_may_run_early_never_run_more_often_than_their_slack_allows(
+        tmp_path: Path) -> None:
+    """slow-app comes into service 0.2 s after quick-app: its monitors may run up to 0.3 s
+    early, with quick-app's, but one never follows the last sooner than that allows (that
+    they fall into step is checked without a clock in tests/unit/test_monitor_schedule.py:
+    here it would be a wall-clock assertion)."""
     with Counted.lock:
         Counted.monitors.clear()
     cfg = loads(cluster_toml(tmp_path, nodes=("alpha",), groups=TWO_GROUPS),
@@ -285,8 +288,6 @@ def test_monitors_of_equal_intervals_run_together_and_never_late(tmp_path: Path)
         wait_for(lambda: all(len(monitors(r)) >= probes[r] + 2 for r in probes), 4 * STEP,
                  "two scheduled monitors of each")
         quick, slow = (monitors(r)[probes[r]:] for r in ("quick-app", "slow-app"))
-        # together: apart, they would run 0.2 s apart, each waking the daemon
-        assert all(abs(s - q) < 0.1 for q, s in zip(quick, slow, strict=False)), (quick, slow)
         # never earlier than its slack allows (the interval counts from the last one's end)
         for times in (quick, slow):
             assert all(b - a >= STEP - 0.3 for a, b in itertools.pairwise(times)), times

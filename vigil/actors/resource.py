@@ -21,6 +21,7 @@ scheduled monitor."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -28,6 +29,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
+
+import pykka
 
 from vigil.actors.base import Directory, VigilActor
 from vigil.actors.book import ResourceBook
@@ -37,6 +40,13 @@ from vigil.resources.model import OpResult, Resource, ServiceState
 log = logging.getLogger(__name__)
 
 _OPERATIONS = frozenset({"start", "stop", "force_stop", "monitor", "mark_oos"})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _ReportFailed:
+    """Reporting a result failed on a worker thread: the actor fails (told to itself)."""
+
+    error: Exception
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -82,11 +92,15 @@ class ResourceActor(VigilActor):
             return False
         try:
             self._submit(message)
-        except RuntimeError:  # the pool is shut down: the node is stopping
-            return False
+        except RuntimeError as exc:
+            # the pool is shut down (the node is stopping), or it queued the operation but
+            # could not start a thread for it: told again, it could run twice
+            log.error("resource %s: %s not run: %s", self.resource.name, message.op, exc)
         return True
 
     def on_receive(self, message: Any) -> Any:
+        if isinstance(message, _ReportFailed):
+            raise message.error
         if isinstance(message, ResourceOp):
             self._submit(message)
         elif isinstance(message, NicsDown):
@@ -116,8 +130,15 @@ class ResourceActor(VigilActor):
                 state = (ServiceState.UNCLEAN if op.op in ("stop", "force_stop")
                          else ServiceState.FAILED)
                 result = OpResult(False, state, f"{op.op} raised {exc!r}")
-            self._finished(op.reply_to,
-                           ResourceOpDone(self.resource.name, op.op, op.token, result))
+            try:
+                self._finished(op.reply_to,
+                               ResourceOpDone(self.resource.name, op.op, op.token, result))
+            except Exception as exc:
+                # on a worker nobody would see it, and the group would wait for good: the
+                # actor fails instead, and its group hears that it restarted
+                log.exception("resource %s: reporting %s failed", self.resource.name, op.op)
+                with contextlib.suppress(pykka.ActorDeadError):
+                    self.actor_ref.tell(_ReportFailed(exc))
 
         self.executor.submit(run)
 
