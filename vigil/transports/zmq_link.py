@@ -334,6 +334,9 @@ class ZmqLink:
         addresses = [address for address, _port in others.values()]
         self._zap_domain = f"{name}/{self_name}"
         self._peers: list[_Peer] = []
+        #: the reader's sockets: each peer's SUB (False) and its monitor (True)
+        self._watched: dict[zmq.Socket[bytes], tuple[_Peer, bool]] = {}
+        self._retrying = False  # some peer's socket is closed, waiting for its retry_at
         # the handler first: a CURVE socket must never listen while no one checks its clients
         self._gate = Gatekeeper.acquire(self._context)
         self._pub: zmq.Socket[bytes] = self._context.socket(zmq.PUB)
@@ -556,17 +559,26 @@ class ZmqLink:
             self._watch(poller, peer)
         try:
             while not self._stopping.is_set():
-                ready = dict(poller.poll(self._poll_timeout_ms()))
+                ready = poller.poll(self._poll_timeout_ms())
                 if self._stopping.is_set():
                     break
-                if self._door_monitor is not None and self._door_monitor in ready:
-                    self._door_events()
-                for peer in self._peers:
-                    if peer.sub is not None and peer.sub in ready:
-                        self._drain(peer)
-                    if peer.monitor is not None and peer.monitor in ready:
+                # only what is ready is looked at (in the order registered: a peer's frames
+                # before its monitor's events); going over every peer's sockets after each
+                # heartbeat was most of the reader's work at 32 nodes
+                for sock, _ in ready:
+                    if sock is self._door_monitor:
+                        self._door_events()
+                        continue
+                    watched = self._watched.get(sock)
+                    if watched is None:
+                        continue  # the wake-up pipe, or a socket closed since the poll
+                    peer, monitor = watched
+                    if monitor:
                         self._events(poller, peer)
-                self._reopen_due(poller)
+                    elif peer.sub is sock:
+                        self._drain(peer)
+                if self._retrying:
+                    self._reopen_due(poller)
         except zmq.ZMQError as err:
             log.error("link %s: reader stopped by socket error: %s", self._name, err)
         finally:
@@ -584,8 +596,12 @@ class ZmqLink:
         assert peer.sub is not None and peer.monitor is not None
         poller.register(peer.sub, zmq.POLLIN)
         poller.register(peer.monitor, zmq.POLLIN)
+        self._watched[peer.sub] = (peer, False)
+        self._watched[peer.monitor] = (peer, True)
 
     def _poll_timeout_ms(self) -> int | None:
+        if not self._retrying:
+            return None  # until a frame, an event or close()
         due = [p.retry_at for p in self._peers if p.retry_at is not None]
         if not due:
             return None  # until a frame, an event or close()
@@ -646,8 +662,10 @@ class ZmqLink:
         if peer.sub is not None:
             self._drain(peer)  # what the connection delivered before it broke
             poller.unregister(peer.sub)
+            self._watched.pop(peer.sub, None)
         if peer.monitor is not None:
             poller.unregister(peer.monitor)
+            self._watched.pop(peer.monitor, None)
         if not peer.handshaken and len(peer.server_keys) > 1:
             # a key rotation is under way: the peer may use the other key
             peer.key_index = (peer.key_index + 1) % len(peer.server_keys)
@@ -660,6 +678,7 @@ class ZmqLink:
                 self._name, peer.node, peer.address, what, peer.backoff_s * 1000)
         self._close_sockets(peer)
         peer.retry_at = time.monotonic() + peer.backoff_s
+        self._retrying = True
         peer.backoff_s = min(peer.backoff_s * 2, self._retry_max_s)
         peer.handshaken = False
 
@@ -677,6 +696,7 @@ class ZmqLink:
                 continue
             peer.replaced += 1
             self._watch(poller, peer)
+        self._retrying = any(p.retry_at is not None for p in self._peers)
 
     def _close_sockets(self, peer: _Peer) -> None:
         # libzmq's I/O thread sends monitor events with a blocking send: one sent to a monitor
