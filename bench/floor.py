@@ -33,7 +33,6 @@ if str(ROOT) not in sys.path:
 
 import argparse  # noqa: E402
 import os  # noqa: E402
-import socket  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import threading  # noqa: E402
@@ -44,6 +43,7 @@ import zmq  # noqa: E402
 
 from bench.failover_bench import write_doc  # noqa: E402
 from bench.transition_bench import environment  # noqa: E402
+from tests.support.daemons import free_ports  # noqa: E402
 
 HEADING = "## The floor: what a wakeup and a bare heartbeat cost here"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -133,17 +133,6 @@ def node_main(me: int, ports: list[int], interval: float, seconds: float,
     sub.close(0)
     ctx.term()
     print(received[0] / seconds, flush=True)  # a second, for the parent
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def heartbeats(nodes: int, interval: float, seconds: float,

@@ -77,18 +77,23 @@ def monitors(resource: str) -> list[float]:
         return list(Counted.monitors.get(resource, []))
 
 
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[MemoryCluster]:
-    """One node, alpha, running the group web."""
+def counted_node(tmp_path: Path, groups: str) -> MemoryCluster:
+    """One node, alpha, of counted resources (not started), the counts cleared."""
     with Counted.lock:
         Counted.monitors.clear()
         Counted.fail_next.clear()
         Counted.held.clear()
-    cfg = loads(cluster_toml(tmp_path, nodes=("alpha",), groups=GROUPS),
+    cfg = loads(cluster_toml(tmp_path, nodes=("alpha",), groups=groups),
                 tmp_path / "cluster.toml")
     registry = ResourceTypeRegistry()
     registry.register(CountedType())
-    mc = MemoryCluster(cfg, load_key(cfg), registry=registry)
+    return MemoryCluster(cfg, load_key(cfg), registry=registry)
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[MemoryCluster]:
+    """One node, alpha, running the group web."""
+    mc = counted_node(tmp_path, GROUPS)
     try:
         mc.start("alpha")
         wait_for(lambda: mc.status("alpha")["groups"]["web"]["state"] == "running", WAIT,
@@ -272,13 +277,7 @@ def test_monitors_that_may_run_early_never_run_more_often_than_their_slack_allow
     early, with quick-app's, but one never follows the last sooner than that allows (that
     they fall into step is checked without a clock in tests/unit/test_monitor_schedule.py:
     here it would be a wall-clock assertion)."""
-    with Counted.lock:
-        Counted.monitors.clear()
-    cfg = loads(cluster_toml(tmp_path, nodes=("alpha",), groups=TWO_GROUPS),
-                tmp_path / "cluster.toml")
-    registry = ResourceTypeRegistry()
-    registry.register(CountedType())
-    mc = MemoryCluster(cfg, load_key(cfg), registry=registry)
+    mc = counted_node(tmp_path, TWO_GROUPS)
     try:
         mc.start("alpha")
         wait_for(lambda: all(g["state"] == "running"
