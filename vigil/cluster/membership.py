@@ -233,8 +233,7 @@ class Membership:
         """Times at which an answer above may change (only the future ones matter): our
         next heartbeat, each node's silence, the lease's end. Not each peer's support
         running out: one that ends before the lease changes no answer (:meth:`_lease_at`),
-        and waking for each was half the timer's wakeups in a calm cluster (at 32 nodes,
-        seven in eight)."""
+        and in a calm 3-node cluster a node woke 97 times in 10 s, 70 without them."""
         dead_time = self.timing.dead_time
         lease = self.lease_until()
         return ([self.next_hb] + [h + dead_time for h in self.last_heard.values()]
