@@ -129,9 +129,8 @@ class DiagnosticsActor(VigilActor):
             now = time.monotonic()
             for g in sorted(started):
                 for r in self.config.groups[g].resources:
-                    interval = self.config.resources[r].monitor.interval
-                    if interval > 0 and r in self.present:
-                        self.schedule.set(r, now + interval, slack(interval))
+                    if r in self.present:
+                        self._next_after(r, now)
         elif isinstance(message, ResourceOpDone):
             self._result(message)
         elif isinstance(message, Diagnose):
@@ -189,8 +188,7 @@ class DiagnosticsActor(VigilActor):
                 future.set({"ok": True, "resource": r, "healthy": False, "state": "FAILED",
                             "reason": reason, "duration": now - started})
             self._failed(r, reason)
-            if cfg.monitor.interval > 0:  # keep watching: the next one may answer
-                self.schedule.set(r, now + cfg.monitor.interval, slack(cfg.monitor.interval))
+            self._next_after(r, now)  # keep watching: the next one may answer
 
     def _result(self, done: ResourceOpDone) -> None:
         entry = self.in_flight.get(done.resource)
@@ -207,9 +205,14 @@ class DiagnosticsActor(VigilActor):
             return
         if not result.ok:
             self._failed(done.resource, result.reason)
-        if cfg.monitor.interval > 0:
-            interval = cfg.monitor.interval
-            self.schedule.set(done.resource, time.monotonic() + interval, slack(interval))
+        self._next_after(done.resource, time.monotonic())
+
+    def _next_after(self, resource: str, now: float) -> None:
+        """The next scheduled monitor of ``resource``: an interval after ``now`` (none for
+        an interval of 0), with its slack."""
+        interval = self.config.resources[resource].monitor.interval
+        if interval > 0:
+            self.schedule.set(resource, now + interval, slack(interval))
 
     def _failed(self, resource: str, reason: str) -> None:
         cfg = self.config.resources[resource]
